@@ -1,0 +1,5 @@
+"""The ``headwater`` command."""
+
+from ._main import main as main
+
+__all__ = ("main",)
