@@ -1,25 +1,85 @@
-"""The durable partitioned log: record batches, segments, indexes, topics."""
+"""The durable partitioned log: record batches, segments, indexes, topics.
 
+A :class:`Store` is a data directory of topics; each topic has partitions, and each
+partition is an append-only :class:`PartitionLog` of Kafka v2 record batches, served
+asynchronously by a :class:`Partition`::
+
+    async with open_store("headwater-data") as store:
+        await store.create_topic("clicks", TopicConfig(partitions=4))
+        placed = await store.append("clicks", [NewRecord(value=b"{}", key=b"user-1")])
+        records = await store.partition("clicks", placed[0][0]).read_records(0, 1 << 20)
+"""
+
+from ._config import CleanupPolicy as CleanupPolicy
+from ._config import Durability as Durability
+from ._config import TopicConfig as TopicConfig
 from ._errors import CorruptRecordError as CorruptRecordError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
 from ._errors import LogClosedError as LogClosedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
+from ._errors import RecordTooLargeError as RecordTooLargeError
 from ._errors import StorageFullError as StorageFullError
 from ._errors import StoreError as StoreError
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
+from ._log import AppendInfo as AppendInfo
+from ._log import LogStatistics as LogStatistics
+from ._log import PartitionLog as PartitionLog
+from ._partition import Partition as Partition
+from ._partition import records_from as records_from
+from ._partitioner import StickyPartitioner as StickyPartitioner
+from ._partitioner import murmur2 as murmur2
+from ._partitioner import partition_for_key as partition_for_key
+from ._records import BatchHeader as BatchHeader
+from ._records import Compression as Compression
+from ._records import NewRecord as NewRecord
+from ._records import Record as Record
+from ._records import TimestampType as TimestampType
+from ._records import decode_records as decode_records
+from ._records import encode_batch as encode_batch
+from ._records import parse_batch_header as parse_batch_header
+from ._records import verify_batch as verify_batch
+from ._store import PartitionDescription as PartitionDescription
+from ._store import Store as Store
+from ._store import TopicDescription as TopicDescription
+from ._store import open_store as open_store
 
 __all__ = (
+    "AppendInfo",
+    "BatchHeader",
+    "CleanupPolicy",
+    "Compression",
     "CorruptRecordError",
+    "Durability",
     "HeadwaterError",
     "InvalidConfigError",
     "LogClosedError",
+    "LogStatistics",
+    "NewRecord",
     "OffsetOutOfRangeError",
+    "Partition",
+    "PartitionDescription",
+    "PartitionLog",
+    "Record",
+    "RecordTooLargeError",
+    "StickyPartitioner",
     "StorageFullError",
+    "Store",
     "StoreError",
+    "TimestampType",
+    "TopicConfig",
+    "TopicDescription",
     "TopicExistsError",
     "TopicNotFoundError",
     "UnsupportedCompressionError",
+    "decode_records",
+    "encode_batch",
+    "murmur2",
+    "open_store",
+    "parse_batch_header",
+    "partition_for_key",
+    "records_from",
+    "verify_batch",
 )

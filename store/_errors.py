@@ -11,6 +11,7 @@ lives here, the others define theirs beside their own code::
     │   ├── TopicNotFoundError
     │   ├── TopicExistsError
     │   ├── InvalidConfigError     a config key or value a user can correct
+    │   ├── RecordTooLargeError    a batch over the topic's max_message_bytes
     │   ├── LogClosedError         the log or store was closed under the caller
     │   └── StorageFullError       the disk refused an append; nothing acknowledged was lost
     ├── GroupError                 (headwater.groups)
@@ -62,6 +63,10 @@ class TopicExistsError(StoreError):
 
 class InvalidConfigError(StoreError):
     """A configuration key or value that is not valid; the message says which and why."""
+
+
+class RecordTooLargeError(StoreError):
+    """A batch larger than the topic's ``max_message_bytes``."""
 
 
 class LogClosedError(StoreError):

@@ -1,0 +1,80 @@
+"""File names and the few file-system operations the log depends on.
+
+A partition is a folder of segments, each named by its base offset as 20 zero-padded
+digits so that a plain directory listing sorts them in offset order:
+``00000000000000004096.log`` with its ``.index`` and ``.timeindex``. Files being written
+as a unit are built under a temporary name and renamed into place, and every creation or
+rename is followed by an fsync of the directory, because on Linux a new name is durable
+only once its directory is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIMEINDEX_SUFFIX = ".timeindex"
+TMP_SUFFIX = ".tmp"
+#: A segment marked for deletion: renamed first so that a crash mid-way finishes the delete.
+DELETED_SUFFIX = ".deleted"
+#: A compacted replacement that is complete; recovery finishes the swap it belongs to.
+SWAP_SUFFIX = ".swap"
+#: A compacted replacement still being written; recovery throws it away.
+CLEANED_SUFFIX = ".cleaned"
+
+CLEAN_SHUTDOWN_FILE = ".clean-shutdown"
+RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
+
+
+def segment_file_name(base_offset: int, suffix: str) -> str:
+    """Return the file name of a segment's file, e.g. ``00000000000000000042.log``."""
+    return f"{base_offset:020d}{suffix}"
+
+
+def parse_segment_file_name(name: str) -> tuple[int, str] | None:
+    """Split ``<20 digits><suffix>`` into (base offset, suffix); ``None`` for other names."""
+    stem, dot, rest = name.partition(".")
+    if not dot or len(stem) != 20 or not stem.isdigit():
+        return None
+    return int(stem), "." + rest
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the creations, renames and deletions inside directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, never a mix.
+
+    :raises OSError: if the file system refuses; the old file is then untouched.
+    """
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write every byte of ``data`` at the end of ``fd`` (opened with ``O_APPEND``)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

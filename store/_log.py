@@ -1,0 +1,551 @@
+"""PartitionLog: the segments of one partition, appended to and read by offset.
+
+Theory of operation. A partition is a folder of segments covering consecutive offset
+ranges; only the last one, the *active* segment, is appended to. ``append_batch`` checks a
+batch, gives it the next offsets by writing its base offset (outside the CRC, so the
+client's bytes are otherwise stored as sent), and writes it at the end of the active
+segment. Offsets are dense: every append covers ``[log_end_offset, log_end_offset + n)``.
+
+Writes reach the page cache at once; they become durable when ``flush`` fsyncs them.
+A flush runs in three steps so that its slow part can leave the event loop:
+``prepare_flush`` (on the writer's side: note what to fsync), ``FlushPlan.execute`` (any
+thread: fsync the segments, write the indexes of rolled segments, fsync the directory,
+and now and then the recovery checkpoint) and ``complete_flush`` (writer's side again:
+advance ``recovery_point``). Everything below ``recovery_point`` is durable.
+
+The active segment rolls when the next batch would take it past ``segment_bytes`` or its
+first batch is older than ``segment_ms``. Retention removes whole segments from the front
+(never the active one), by age (a segment whose newest record is older than
+``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
+``log_start_offset`` is the base offset of the first remaining segment.
+
+Concurrency: one owner calls every method except ``FlushPlan.execute`` and
+``Segment.read`` on a pinned segment, which may run in worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._config import TopicConfig
+from ._errors import (
+    CorruptRecordError,
+    LogClosedError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    StorageFullError,
+    StoreError,
+)
+from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
+from ._loader import RecoveryPoint, load_segments, write_recovery_point
+from ._records import (
+    Compression,
+    NewRecord,
+    TimestampType,
+    decode_records,
+    encode_batch,
+    set_base_offset,
+    stamp_log_append_time,
+    verify_batch,
+)
+from ._segment import HOP_SIZE, Segment
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Write the recovery checkpoint at most this often (bytes of log since the last one) so
+#: that recovery after a crash has a bounded tail to check.
+CHECKPOINT_INTERVAL_BYTES = 64 << 20
+
+
+def wall_clock_ms() -> int:
+    """Return the wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AppendInfo:
+    """Where an append landed: offsets ``[base_offset, last_offset]``."""
+
+    base_offset: int
+    last_offset: int
+    #: The time the log stamped on the batch for ``LogAppendTime`` topics, else -1.
+    log_append_time: int = -1
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last one appended."""
+        return self.last_offset + 1
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatistics:
+    """A snapshot of a partition's offsets and size."""
+
+    log_start_offset: int
+    log_end_offset: int
+    recovery_point: int
+    size_bytes: int
+    segments: int
+
+
+@dataclass(slots=True)
+class FlushPlan:
+    """What one flush makes durable; ``execute`` may run in a worker thread."""
+
+    directory: Path
+    segments: list[Segment]
+    rolled: list[Segment]
+    sync_directory: bool
+    target: RecoveryPoint
+    write_checkpoint: bool
+    done: bool = field(default=False)
+
+    def execute(self) -> None:
+        """fsync what the plan names; write rolled segments' indexes and the checkpoint."""
+        for segment in self.rolled:
+            segment.write_indexes()
+        for segment in self.segments:
+            segment.flush()
+        if self.sync_directory:
+            fsync_dir(self.directory)
+        if self.write_checkpoint:
+            write_recovery_point(self.directory, self.target)
+        self.done = True
+
+
+class PartitionLog:
+    """The append-only log of one partition: a folder of segments.
+
+    Open one with :meth:`open`. One owner appends, reads and flushes; see the module
+    docstring for what may run in worker threads.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        config: TopicConfig,
+        segments: list[Segment],
+        *,
+        clock: Callable[[], int],
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self._clock = clock
+        self._segments = segments
+        self._bases = [s.base_offset for s in segments]
+        active = segments[-1]
+        self._log_end_offset = active.next_offset
+        self._recovery_point = RecoveryPoint(active.next_offset, active.base_offset, active.size)
+        self._checkpoint_position = (active.base_offset, active.size)
+        self._rolled: list[Segment] = []
+        self._unflushed: list[Segment] = []
+        self._directory_dirty = False
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        config: TopicConfig,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> PartitionLog:
+        """Open (creating if needed) the log in ``directory``, recovering after a crash.
+
+        :raises CorruptRecordError: if the log is damaged other than in a torn tail.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        result = load_segments(
+            directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
+        )
+        segments = result.segments
+        if not segments:
+            segments = [
+                Segment.create(
+                    directory,
+                    0,
+                    index_interval_bytes=config.index_interval_bytes,
+                    now_ms=clock(),
+                )
+            ]
+            fsync_dir(directory)
+        log = cls(directory, config, segments, clock=clock)
+        # Rebuilt indexes of inactive segments are rewritten by the next flush.
+        log._rolled = [s for s in result.rebuilt if s is not segments[-1]]
+        if not result.clean:
+            # What recovery kept may not be on disk yet: fsync it, then checkpoint it.
+            log._unflushed = [segments[-1]]
+            log._directory_dirty = True
+            log._checkpoint_position = (-1, 0)
+            log.flush()
+        return log
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    @property
+    def log_start_offset(self) -> int:
+        """The first offset still in the log."""
+        return self._segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        """The offset the next appended record will get."""
+        return self._log_end_offset
+
+    @property
+    def recovery_point(self) -> int:
+        """Every offset below this one is durable (fsynced)."""
+        return self._recovery_point.offset
+
+    @property
+    def segments(self) -> Sequence[Segment]:
+        """The segments in offset order (the last one is active)."""
+        return self._segments
+
+    def statistics(self) -> LogStatistics:
+        """Return a snapshot of offsets and sizes."""
+        return LogStatistics(
+            self.log_start_offset,
+            self._log_end_offset,
+            self._recovery_point.offset,
+            sum(s.size for s in self._segments),
+            len(self._segments),
+        )
+
+    # -- appending -------------------------------------------------------------------------
+
+    def append(
+        self,
+        records: Sequence[NewRecord],
+        *,
+        compression: Compression = Compression.NONE,
+    ) -> AppendInfo:
+        """Encode ``records`` as one batch and append it (durable only after ``flush``).
+
+        :raises RecordTooLargeError: if the batch exceeds ``max_message_bytes``.
+        :raises StorageFullError: if the disk refuses the write.
+        """
+        now = self._clock()
+        batch = encode_batch(
+            records,
+            base_offset=self._log_end_offset,
+            now_ms=now,
+            compression=compression,
+            timestamp_type=self.config.timestamp_type,
+        )
+        return self._append_checked(batch, now)
+
+    def append_batch(self, batch: bytes | bytearray) -> AppendInfo:
+        """Append one encoded record batch as received, assigning its offsets.
+
+        Only the base offset (and, for ``LogAppendTime`` topics, the timestamp) is
+        rewritten; everything else, compressed payloads included, is stored as sent.
+
+        :raises CorruptRecordError: if ``batch`` is not exactly one valid v2 batch.
+        :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
+        :raises StorageFullError: if the disk refuses the write.
+        """
+        return self._append_checked(batch, self._clock())
+
+    def _append_checked(self, batch: bytes | bytearray, now: int) -> AppendInfo:
+        if self._closed:
+            raise LogClosedError(f"{self.directory}: the log is closed")
+        header = verify_batch(batch)
+        size = header.batch_length + 12
+        if size != len(batch):
+            raise CorruptRecordError(f"expected one batch of {size} bytes, got {len(batch)}")
+        if size > self.config.max_message_bytes:
+            raise RecordTooLargeError(
+                f"batch of {size} bytes exceeds max_message_bytes={self.config.max_message_bytes}"
+            )
+        self._maybe_roll(size, now)
+        base = self._log_end_offset
+        max_timestamp = header.max_timestamp
+        append_time = -1
+        if (
+            header.base_offset != base
+            or self.config.timestamp_type is TimestampType.LOG_APPEND_TIME
+        ):
+            if not isinstance(batch, bytearray):
+                batch = bytearray(batch)
+            set_base_offset(batch, 0, base)
+            if self.config.timestamp_type is TimestampType.LOG_APPEND_TIME:
+                stamp_log_append_time(batch, 0, now)
+                max_timestamp = append_time = now
+        next_offset = base + header.last_offset_delta + 1
+        active = self._segments[-1]
+        if active.size == 0:
+            active.created_ms = now
+        try:
+            active.append(batch, base, next_offset, max_timestamp)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise StorageFullError(
+                    f"{active.log_path}: cannot append {size} bytes ({os.strerror(exc.errno)});"
+                    " nothing acknowledged was lost, appends resume once space is freed"
+                ) from exc
+            raise StoreError(f"{active.log_path}: append failed: {exc}") from exc
+        if active not in self._unflushed:
+            self._unflushed.append(active)
+        self._log_end_offset = next_offset
+        return AppendInfo(base, next_offset - 1, append_time)
+
+    def _maybe_roll(self, size: int, now: int) -> None:
+        active = self._segments[-1]
+        if active.size == 0:
+            return
+        too_big = active.size + size > self.config.segment_bytes
+        too_old = now - active.created_ms >= self.config.segment_ms
+        if too_big or too_old:
+            self.roll(now)
+
+    def roll(self, now_ms: int | None = None) -> None:
+        """Close the active segment to appends and start a new one at ``log_end_offset``."""
+        if self._segments[-1].size == 0:
+            return
+        now = self._clock() if now_ms is None else now_ms
+        old = self._segments[-1]
+        old.seal_time_index()
+        new = Segment.create(
+            self.directory,
+            self._log_end_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            now_ms=now,
+        )
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+        self._rolled.append(old)
+        self._directory_dirty = True
+
+    # -- durability ------------------------------------------------------------------------
+
+    def prepare_flush(self) -> FlushPlan | None:
+        """Note what a flush must fsync to make everything appended so far durable.
+
+        Returns ``None`` when there is nothing to do. Pins the segments it names; pass
+        the plan to :meth:`complete_flush` after executing it.
+        """
+        if not self._unflushed and not self._rolled and not self._directory_dirty:
+            return None
+        active = self._segments[-1]
+        target = RecoveryPoint(self._log_end_offset, active.base_offset, active.size)
+        segments, self._unflushed = self._unflushed, []
+        rolled, self._rolled = self._rolled, []
+        for segment in segments:
+            segment.pin()
+        base, position = self._checkpoint_position
+        due = (
+            bool(rolled)
+            or base != active.base_offset
+            or active.size - position >= CHECKPOINT_INTERVAL_BYTES
+        )
+        plan = FlushPlan(self.directory, segments, rolled, self._directory_dirty, target, due)
+        self._directory_dirty = False
+        return plan
+
+    def complete_flush(self, plan: FlushPlan) -> None:
+        """Publish a flush's effect: everything below ``plan.target`` is durable."""
+        for segment in plan.segments:
+            segment.unpin()
+        if not plan.done:
+            # The fsync failed: nothing it named may be called durable, so try again later.
+            self._unflushed.extend(s for s in plan.segments if not s.deleted)
+            self._rolled.extend(plan.rolled)
+            self._directory_dirty = self._directory_dirty or plan.sync_directory
+            return
+        if plan.target.offset > self._recovery_point.offset:
+            self._recovery_point = plan.target
+        if plan.write_checkpoint:
+            self._checkpoint_position = (plan.target.segment, plan.target.position)
+
+    def flush(self) -> None:
+        """fsync everything appended so far, in the calling thread."""
+        plan = self.prepare_flush()
+        if plan is not None:
+            try:
+                plan.execute()
+            finally:
+                self.complete_flush(plan)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def locate(
+        self, start_offset: int, upper_offset: int | None = None
+    ) -> tuple[Segment, int] | None:
+        """Find the segment and position of the batch holding ``start_offset``.
+
+        Returns ``None`` when no batch below ``upper_offset`` (default: the log end) is
+        at or after ``start_offset``.
+
+        :raises OffsetOutOfRangeError: if ``start_offset`` is outside
+            ``[log_start_offset, log_end_offset]``.
+        """
+        self._check_range(start_offset)
+        upper = self._log_end_offset if upper_offset is None else upper_offset
+        i = max(bisect_right(self._bases, start_offset) - 1, 0)
+        while i < len(self._segments) and start_offset < upper:
+            segment = self._segments[i]
+            batch = segment.find_batch(start_offset)
+            if batch is not None:
+                return (segment, batch.position) if batch.base_offset < upper else None
+            i += 1
+        return None
+
+    def read(self, start_offset: int, max_bytes: int, *, upper_offset: int | None = None) -> bytes:
+        """Return whole batches from the one holding ``start_offset`` on.
+
+        The result holds batches below ``upper_offset`` (default: the log end) totalling at
+        most ``max_bytes``, except that the first batch is returned whole even when larger,
+        so that a reader always makes progress. The first batch may begin before
+        ``start_offset``; readers skip those records. Returns ``b""`` when caught up.
+
+        :raises OffsetOutOfRangeError: if ``start_offset`` is outside the log.
+        :raises CorruptRecordError: if a returned batch fails its CRC.
+        """
+        found = self.locate(start_offset, upper_offset)
+        if found is None:
+            return b""
+        segment, position = found
+        raw = segment.read(position, min(max(max_bytes, HOP_SIZE), segment.size - position))
+        return self.trim(segment, position, raw, upper_offset)
+
+    def trim(
+        self, segment: Segment, position: int, raw: bytes, upper_offset: int | None = None
+    ) -> bytes:
+        """Cut ``raw`` (read at ``position``) to whole, verified batches below ``upper_offset``."""
+        upper = self._log_end_offset if upper_offset is None else upper_offset
+        end = 0
+        while end < len(raw):
+            size = _batch_size(raw, end)
+            if end + size > len(raw):
+                if end:
+                    break
+                # The first batch is larger than max_bytes: return it whole.
+                raw = segment.read(position, min(size, segment.size - position))
+                if len(raw) < size:
+                    raise CorruptRecordError(
+                        "batch runs past the end of the segment",
+                        position=position,
+                        path=str(segment.log_path),
+                    )
+            try:
+                header = verify_batch(raw, end)
+            except CorruptRecordError as exc:
+                raise CorruptRecordError(
+                    exc.reason, position=position + end, path=str(segment.log_path)
+                ) from exc
+            if header.base_offset >= upper:
+                break
+            end += size
+        return raw if end == len(raw) else raw[:end]
+
+    def offset_for_time(self, timestamp_ms: int) -> int | None:
+        """Return the first offset whose record timestamp is at or after ``timestamp_ms``.
+
+        Returns ``None`` when every record is older.
+        """
+        for segment in self._segments:
+            if segment.max_timestamp < timestamp_ms:
+                continue
+            batch = segment.find_time(timestamp_ms)
+            if batch is None:
+                continue
+            data = segment.read(batch.position, batch.size)
+            for record in decode_records(data):
+                if record.timestamp >= timestamp_ms:
+                    return max(record.offset, self.log_start_offset)
+        return None
+
+    def _check_range(self, offset: int) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self.directory}: the log is closed")
+        if not self.log_start_offset <= offset <= self._log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside the log [{self.log_start_offset}, "
+                f"{self._log_end_offset}]"
+            )
+
+    # -- retention -------------------------------------------------------------------------
+
+    def enforce_retention(self, now_ms: int | None = None) -> list[int]:
+        """Delete whole segments past ``retention_ms`` or beyond ``retention_bytes``.
+
+        The active segment is never deleted. Returns the base offsets removed.
+        """
+        now = self._clock() if now_ms is None else now_ms
+        removed: list[int] = []
+        retention_ms = self.config.retention_ms
+        retention_bytes = self.config.retention_bytes
+        total = sum(s.size for s in self._segments)
+        while len(self._segments) > 1:
+            oldest = self._segments[0]
+            expired = retention_ms >= 0 and now - oldest.max_timestamp > retention_ms
+            oversized = retention_bytes >= 0 and total - oldest.size >= retention_bytes
+            if not (expired or oversized):
+                break
+            total -= oldest.size
+            self._delete_oldest()
+            removed.append(oldest.base_offset)
+        return removed
+
+    def delete_segments_before(self, offset: int) -> list[int]:
+        """Delete whole segments that end at or before ``offset`` (never the active one)."""
+        removed = []
+        while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
+            removed.append(self._segments[0].base_offset)
+            self._delete_oldest()
+        return removed
+
+    def _delete_oldest(self) -> None:
+        oldest = self._segments.pop(0)
+        self._bases.pop(0)
+        if oldest in self._unflushed:
+            self._unflushed.remove(oldest)
+        if oldest in self._rolled:
+            self._rolled.remove(oldest)
+        oldest.delete()
+        self._directory_dirty = True
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush, persist the indexes and a checkpoint at the end, and mark a clean shutdown."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            active = self._segments[-1]
+            active.write_indexes()
+            write_recovery_point(
+                self.directory,
+                RecoveryPoint(self._log_end_offset, active.base_offset, active.size),
+            )
+            atomic_write(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+        finally:
+            self._closed = True
+            for segment in self._segments:
+                segment.close()
+
+    def abandon(self) -> None:
+        """Close the files without flushing or marking a clean shutdown (as a crash would)."""
+        self._closed = True
+        for segment in self._segments:
+            segment.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` or :meth:`abandon` was called."""
+        return self._closed
+
+
+def _batch_size(raw: bytes, position: int) -> int:
+    """The size a batch at ``position`` claims, from its length field (at least a header)."""
+    if position + 12 > len(raw):
+        return HOP_SIZE
+    length = int.from_bytes(raw[position + 8 : position + 12], "big", signed=True)
+    return max(length + 12, HOP_SIZE)

@@ -1,0 +1,232 @@
+"""Partition: the awaitable face of a PartitionLog (durable appends, reads, waiting).
+
+Theory of operation. Appends are written by the event loop's thread at once (a write to
+the page cache is short); what an append awaits is durability, as the topic's policy says:
+
+* ``never``: nothing; the record is visible to readers at once.
+* ``always``: the append holds the partition's write lock through its own write and fsync,
+  so every acknowledgement follows an fsync made for it.
+* ``batch`` (group commit): an append that finds no fsync running starts one, in a worker
+  thread, covering everything written so far; appends arriving meanwhile wait for it to
+  finish and, if it did not cover them, the first of them starts the next. One fsync thus
+  acknowledges every append that arrived during the previous one.
+
+Readers see records up to the *high watermark*: the durable end for ``always``/``batch``
+topics, the log end for ``never``. So a reader never sees a record that a crash could take
+back. A caught-up reader waits on an event set whenever the high watermark moves; there
+is no polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import anyio.to_thread
+
+from ._config import Durability, TopicConfig
+from ._errors import LogClosedError, StoreError
+from ._log import AppendInfo, PartitionLog
+from ._records import Compression, NewRecord, Record, decode_records
+
+#: Reads larger than this leave the event loop for a worker thread.
+THREADED_READ_BYTES = 256 << 10
+
+
+class Partition:
+    """One partition of a topic: awaitable appends and reads over its :class:`PartitionLog`.
+
+    Concurrency: any number of tasks may append and read; appends are applied in the
+    order they are called, and each is acknowledged once durable under the topic's
+    durability policy.
+    """
+
+    def __init__(self, topic: str, index: int, log: PartitionLog) -> None:
+        self.topic = topic
+        self.index = index
+        self.log = log
+        never = log.config.durability is Durability.NEVER
+        self._high_watermark = log.log_end_offset if never else log.recovery_point
+        self._new_data: anyio.Event | None = None
+        self._flush_done: anyio.Event | None = None
+        self._write_lock: anyio.Lock | None = None
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Partition {self.topic}-{self.index} end={self.log.log_end_offset}>"
+
+    @property
+    def config(self) -> TopicConfig:
+        """The topic's configuration."""
+        return self.log.config
+
+    @property
+    def log_start_offset(self) -> int:
+        """The first offset still stored."""
+        return self.log.log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        """The offset the next record will get."""
+        return self.log.log_end_offset
+
+    @property
+    def high_watermark(self) -> int:
+        """The end of what readers may see: records below it are durable per the policy."""
+        return self._high_watermark
+
+    # -- appending -------------------------------------------------------------------------
+
+    async def append(
+        self, records: Sequence[NewRecord], *, compression: Compression = Compression.NONE
+    ) -> AppendInfo:
+        """Append ``records`` as one batch; return once durable under the topic's policy.
+
+        :raises RecordTooLargeError: if the batch exceeds ``max_message_bytes``.
+        :raises StorageFullError: if the disk refuses the write (nothing is acknowledged).
+        :raises LogClosedError: if the partition is closed.
+        """
+        if self.config.durability is Durability.ALWAYS:
+            async with self._lock():
+                info = self.log.append(records, compression=compression)
+                await self._flush()
+            return info
+        info = self.log.append(records, compression=compression)
+        await self._acknowledge(info)
+        return info
+
+    async def append_batch(self, batch: bytes | bytearray) -> AppendInfo:
+        """Append one encoded v2 record batch as received; return once durable.
+
+        :raises CorruptRecordError: if ``batch`` is not exactly one valid batch.
+        :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
+        :raises StorageFullError: if the disk refuses the write.
+        """
+        if self.config.durability is Durability.ALWAYS:
+            async with self._lock():
+                info = self.log.append_batch(batch)
+                await self._flush()
+            return info
+        info = self.log.append_batch(batch)
+        await self._acknowledge(info)
+        return info
+
+    def _lock(self) -> anyio.Lock:
+        if self._write_lock is None:
+            self._write_lock = anyio.Lock()
+        return self._write_lock
+
+    async def _acknowledge(self, info: AppendInfo) -> None:
+        if self.config.durability is Durability.NEVER:
+            self._publish(self.log.log_end_offset)
+            return
+        while self._high_watermark < info.next_offset:
+            if self._flush_done is not None:
+                await self._flush_done.wait()
+            else:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        if self._failure is not None:
+            raise StoreError(f"{self.log.directory}: an earlier fsync failed") from self._failure
+        plan = self.log.prepare_flush()
+        if plan is None:
+            self._publish(self.log.recovery_point)
+            return
+        done = self._flush_done = anyio.Event()
+        try:
+            # Not cancellable: an fsync under way finishes, whoever stopped waiting for it.
+            await anyio.to_thread.run_sync(plan.execute)
+        except OSError as exc:
+            # After a failed fsync the page cache may have dropped the data: never
+            # acknowledge anything from this log again.
+            self._failure = exc
+            raise StoreError(f"{self.log.directory}: fsync failed: {exc}") from exc
+        finally:
+            self.log.complete_flush(plan)
+            self._flush_done = None
+            done.set()
+        self._publish(plan.target.offset)
+
+    async def flush(self) -> None:
+        """Make everything appended so far durable (whatever the durability policy)."""
+        while self._flush_done is not None:
+            await self._flush_done.wait()
+        await self._flush()
+
+    def _publish(self, offset: int) -> None:
+        if offset > self._high_watermark:
+            self._high_watermark = offset
+            if self._new_data is not None:
+                self._new_data.set()
+                self._new_data = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read(self, start_offset: int, max_bytes: int) -> bytes:
+        """Return whole batches from the one holding ``start_offset``, below the high watermark.
+
+        See :meth:`PartitionLog.read`; large reads run in a worker thread.
+
+        :raises OffsetOutOfRangeError: if ``start_offset`` is outside the log.
+        """
+        upper = self._high_watermark
+        found = self.log.locate(start_offset, upper)
+        if found is None:
+            return b""
+        segment, position = found
+        size = min(max(max_bytes, 64), segment.size - position)
+        if size < THREADED_READ_BYTES:
+            raw = segment.read(position, size)
+        else:
+            segment.pin()
+            try:
+                raw = await anyio.to_thread.run_sync(segment.read, position, size)
+            finally:
+                segment.unpin()
+        return self.log.trim(segment, position, raw, upper)
+
+    async def read_records(self, start_offset: int, max_bytes: int) -> list[Record]:
+        """Return decoded records at or after ``start_offset`` (see :meth:`read`)."""
+        data = await self.read(start_offset, max_bytes)
+        return records_from(data, start_offset)
+
+    async def wait_for(self, offset: int) -> None:
+        """Wait until the high watermark passes ``offset`` (a record at ``offset`` is readable).
+
+        :raises LogClosedError: if the partition is closed while waiting.
+        """
+        while self._high_watermark <= offset:
+            if self.log.closed:
+                raise LogClosedError(f"partition {self.topic}-{self.index} is closed")
+            if self._new_data is None:
+                self._new_data = anyio.Event()
+            await self._new_data.wait()
+
+    def offset_for_time(self, timestamp_ms: int) -> int | None:
+        """Return the first offset with a timestamp at or after ``timestamp_ms``, or ``None``."""
+        found = self.log.offset_for_time(timestamp_ms)
+        if found is None or found >= self._high_watermark:
+            return None
+        return found
+
+    def close(self) -> None:
+        """Close the log cleanly and wake every waiting reader (they get LogClosedError)."""
+        self.log.close()
+        if self._new_data is not None:
+            self._new_data.set()
+            self._new_data = None
+
+
+def records_from(data: bytes, start_offset: int = 0) -> list[Record]:
+    """Decode every record in ``data`` (whole batches) at or after ``start_offset``."""
+    out: list[Record] = []
+    position = 0
+    end = len(data)
+    while position < end:
+        records = decode_records(data, position, verify=False)
+        if records and records[0].offset < start_offset:
+            records = [r for r in records if r.offset >= start_offset]
+        out.extend(records)
+        position += int.from_bytes(data[position + 8 : position + 12], "big") + 12
+    return out

@@ -1,0 +1,398 @@
+"""Store: a data directory of topics, each a set of partition logs.
+
+Theory of operation. The data directory holds one folder per topic; in it ``topic.json``
+(the topic's configuration, replaced atomically) and one folder per partition, named by
+its number, holding that partition's segments::
+
+    headwater-data/
+      clicks/
+        topic.json
+        0/00000000000000000000.log ...
+        1/...
+
+A topic exists once its ``topic.json`` does: creation builds the folder under a
+temporary name and renames it into place, and deletion renames it away before removing
+it, so a crash never leaves half a topic. Opening the store opens (and if need be
+recovers) every partition.
+
+A background task owned by the store applies retention every ``maintenance_interval_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
+
+from ._config import TopicConfig
+from ._errors import (
+    InvalidConfigError,
+    LogClosedError,
+    StoreError,
+    TopicExistsError,
+    TopicNotFoundError,
+)
+from ._files import atomic_write, fsync_dir
+from ._log import PartitionLog, wall_clock_ms
+from ._partition import Partition
+from ._partitioner import StickyPartitioner, partition_for_key
+from ._records import Compression, NewRecord
+
+logger = logging.getLogger("headwater.store")
+
+TOPIC_CONFIG_FILE = "topic.json"
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+#: Topics whose names start with this are the system's own (committed offsets, ...).
+INTERNAL_PREFIX = "__"
+
+
+def validate_topic_name(name: str) -> None:
+    """Check a topic name as Kafka does: 1-249 of ``[A-Za-z0-9._-]``, not ``.`` or ``..``.
+
+    :raises InvalidConfigError: if the name is not allowed.
+    """
+    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidConfigError(
+            f"invalid topic name {name!r}: use 1-249 letters, digits, '.', '_' or '-'"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDescription:
+    """Offsets and size of one partition."""
+
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+    size_bytes: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """A topic's configuration and its partitions' offsets."""
+
+    name: str
+    config: TopicConfig
+    partitions: tuple[PartitionDescription, ...]
+
+    @property
+    def internal(self) -> bool:
+        """Whether this is one of the system's own topics."""
+        return self.name.startswith(INTERNAL_PREFIX)
+
+
+class Store:
+    """A data directory of topics.
+
+    Use as an async context manager (``async with open_store(path) as store``): entering
+    opens every topic, leaving closes them cleanly. Concurrency: any number of tasks of the
+    owning event loop may use it; one process owns a data directory at a time.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        default_config: TopicConfig | None = None,
+        maintenance_interval_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.default_config = default_config or TopicConfig()
+        self._clock = clock
+        self._maintenance_interval_s = maintenance_interval_s
+        self._topics: dict[str, list[Partition]] = {}
+        self._configs: dict[str, TopicConfig] = {}
+        self._sticky = StickyPartitioner()
+        self._task_group: TaskGroup | None = None
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Store:
+        await anyio.to_thread.run_sync(self._open_all)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._maintain)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop background work and close every partition cleanly."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+        errors = []
+        for partitions in self._topics.values():
+            for partition in partitions:
+                try:
+                    partition.close()
+                except (StoreError, OSError) as exc:
+                    errors.append(exc)
+        if errors:
+            raise StoreError(f"{self.path}: closing failed: {errors[0]}") from errors[0]
+
+    def _open_all(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(os.listdir(self.path)):
+            folder = self.path / entry
+            if entry.startswith("."):
+                if entry.endswith(".deleted") or entry.endswith(".creating"):
+                    shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if not (folder / TOPIC_CONFIG_FILE).is_file():
+                continue
+            try:
+                config = TopicConfig.from_json((folder / TOPIC_CONFIG_FILE).read_bytes())
+            except InvalidConfigError as exc:
+                raise InvalidConfigError(f"{folder / TOPIC_CONFIG_FILE}: {exc}") from exc
+            self._open_topic(entry, config)
+
+    def _open_topic(self, name: str, config: TopicConfig) -> None:
+        folder = self.path / name
+        partitions = []
+        try:
+            for i in range(config.partitions):
+                log = PartitionLog.open(folder / str(i), config, clock=self._clock)
+                partitions.append(Partition(name, i, log))
+        except BaseException:
+            for partition in partitions:
+                partition.log.abandon()
+            raise
+        self._topics[name] = partitions
+        self._configs[name] = config
+
+    async def _maintain(self) -> None:
+        while True:
+            await anyio.sleep(self._maintenance_interval_s)
+            self.enforce_retention()
+
+    def enforce_retention(self) -> int:
+        """Apply every topic's retention now; return how many segments were deleted."""
+        removed = 0
+        now = self._clock()
+        for partitions in self._topics.values():
+            for partition in partitions:
+                if not partition.log.closed:
+                    removed += len(partition.log.enforce_retention(now))
+        return removed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the store is closed")
+
+    # -- topics ------------------------------------------------------------------------------
+
+    def list_topics(self) -> list[str]:
+        """Return the names of all topics, sorted."""
+        return sorted(self._topics)
+
+    def has_topic(self, name: str) -> bool:
+        """Whether topic ``name`` exists."""
+        return name in self._topics
+
+    def topic_config(self, name: str) -> TopicConfig:
+        """Return topic ``name``'s configuration.
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
+        try:
+            return self._configs[name]
+        except KeyError:
+            raise TopicNotFoundError(f"unknown topic {name!r}") from None
+
+    async def create_topic(self, name: str, config: TopicConfig | None = None) -> TopicConfig:
+        """Create topic ``name`` (with the store's default config when none is given).
+
+        :raises InvalidConfigError: if the name is not allowed.
+        :raises TopicExistsError: if the topic exists.
+        """
+        self._check_open()
+        validate_topic_name(name)
+        if name in self._topics:
+            raise TopicExistsError(f"topic {name!r} already exists")
+        config = config or self.default_config
+        await anyio.to_thread.run_sync(self._create_files, name, config)
+        self._open_topic(name, config)
+        return config
+
+    def _create_files(self, name: str, config: TopicConfig) -> None:
+        staging = self.path / f".{name}.{uuid.uuid4().hex}.creating"
+        staging.mkdir()
+        for i in range(config.partitions):
+            (staging / str(i)).mkdir()
+        atomic_write(staging / TOPIC_CONFIG_FILE, config.to_json())
+        fsync_dir(staging)
+        try:
+            os.rename(staging, self.path / name)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TopicExistsError(f"topic {name!r} already exists on disk") from exc
+        fsync_dir(self.path)
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete topic ``name`` and all its records. Waiting readers get LogClosedError.
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
+        self._check_open()
+        partitions = self.partitions(name)
+        del self._topics[name]
+        del self._configs[name]
+        for partition in partitions:
+            partition.close()
+        doomed = self.path / f".{name}.{uuid.uuid4().hex}.deleted"
+
+        def remove() -> None:
+            os.rename(self.path / name, doomed)
+            fsync_dir(self.path)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+        await anyio.to_thread.run_sync(remove)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        """Return topic ``name``'s configuration and per-partition offsets.
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
+        partitions = self.partitions(name)
+        described = []
+        for p in partitions:
+            stats = p.log.statistics()
+            described.append(
+                PartitionDescription(
+                    p.index,
+                    stats.log_start_offset,
+                    stats.log_end_offset,
+                    p.high_watermark,
+                    stats.size_bytes,
+                    stats.segments,
+                )
+            )
+        return TopicDescription(name, self._configs[name], tuple(described))
+
+    # -- partitions --------------------------------------------------------------------------
+
+    def partitions(self, topic: str) -> list[Partition]:
+        """Return the partitions of ``topic`` in order.
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
+        self._check_open()
+        try:
+            return self._topics[topic]
+        except KeyError:
+            raise TopicNotFoundError(f"unknown topic {topic!r}") from None
+
+    def partition(self, topic: str, index: int) -> Partition:
+        """Return partition ``index`` of ``topic``.
+
+        :raises TopicNotFoundError: if there is no such topic or partition.
+        """
+        partitions = self.partitions(topic)
+        if not 0 <= index < len(partitions):
+            raise TopicNotFoundError(
+                f"topic {topic!r} has no partition {index} (it has {len(partitions)})"
+            )
+        return partitions[index]
+
+    def partition_for(self, topic: str, key: bytes | None) -> int:
+        """Choose a partition as Kafka's default partitioner does.
+
+        Keyed records go by murmur2 of the key; unkeyed ones stick to one partition per
+        :meth:`append` call.
+        """
+        count = len(self.partitions(topic))
+        if key is not None:
+            return partition_for_key(key, count)
+        return self._sticky.partition(topic, count)
+
+    async def append(
+        self,
+        topic: str,
+        records: Sequence[NewRecord],
+        *,
+        partition: int | None = None,
+        compression: Compression = Compression.NONE,
+    ) -> list[tuple[int, int]]:
+        """Append ``records`` to ``topic``; return (partition, offset) for each, in order.
+
+        Without ``partition``, records are spread by the default partitioner. Returns once
+        every batch is durable under the topic's policy.
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
+        if not records:
+            return []
+        groups: dict[int, list[int]] = {}
+        if partition is not None:
+            self.partition(topic, partition)
+            groups[partition] = list(range(len(records)))
+        else:
+            count = len(self.partitions(topic))
+            sticky: int | None = None
+            for i, record in enumerate(records):
+                if record.key is None:
+                    sticky = self._sticky.partition(topic, count)
+                    p = sticky
+                else:
+                    p = partition_for_key(record.key, count)
+                groups.setdefault(p, []).append(i)
+            if sticky is not None:
+                self._sticky.batch_complete(topic, sticky, count)
+        result: list[tuple[int, int]] = [(0, 0)] * len(records)
+
+        async def append_one(p: int, indexes: list[int]) -> None:
+            batch = [records[i] for i in indexes] if len(groups) > 1 else records
+            info = await self.partition(topic, p).append(batch, compression=compression)
+            for delta, i in enumerate(indexes):
+                result[i] = (p, info.base_offset + delta)
+
+        if len(groups) == 1:
+            ((p, indexes),) = groups.items()
+            await append_one(p, indexes)
+        else:
+            async with anyio.create_task_group() as tg:
+                for p, indexes in groups.items():
+                    tg.start_soon(append_one, p, indexes)
+        return result
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    path: str | os.PathLike[str],
+    *,
+    clock: Callable[[], int] = wall_clock_ms,
+    default_config: TopicConfig | None = None,
+    maintenance_interval_s: float = 30.0,
+) -> AsyncIterator[Store]:
+    """Open the data directory at ``path`` (created if missing) for the duration of a block.
+
+    :raises CorruptRecordError: if a partition is damaged beyond a torn tail.
+    :raises InvalidConfigError: if a topic's configuration file is unreadable.
+    """
+    store = Store(
+        Path(path),
+        clock=clock,
+        default_config=default_config,
+        maintenance_interval_s=maintenance_interval_s,
+    )
+    async with store:
+        yield store

@@ -1,0 +1,150 @@
+"""Store: topics in a data directory, the async append/read API, group commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from headwater.store import (
+    Durability,
+    InvalidConfigError,
+    LogClosedError,
+    NewRecord,
+    TopicConfig,
+    TopicExistsError,
+    TopicNotFoundError,
+    open_store,
+    partition_for_key,
+)
+
+
+async def test_create_list_describe_delete(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("clicks", TopicConfig(partitions=3))
+        assert store.list_topics() == ["clicks"]
+        with pytest.raises(TopicExistsError):
+            await store.create_topic("clicks")
+        with pytest.raises(InvalidConfigError):
+            await store.create_topic("bad/name")
+        description = store.describe_topic("clicks")
+        assert [p.log_end_offset for p in description.partitions] == [0, 0, 0]
+        await store.delete_topic("clicks")
+        assert store.list_topics() == []
+        with pytest.raises(TopicNotFoundError):
+            store.describe_topic("clicks")
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+async def test_topics_survive_reopen(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("a", TopicConfig(partitions=2, durability=Durability.ALWAYS))
+        await store.append("a", [NewRecord(value=b"1", key=b"k")])
+    async with open_store(tmp_path) as store:
+        assert store.topic_config("a").durability is Durability.ALWAYS
+        p = partition_for_key(b"k", 2)
+        records = await store.partition("a", p).read_records(0, 1000)
+        assert [r.value for r in records] == [b"1"]
+
+
+async def test_keyed_records_follow_murmur2(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t", TopicConfig(partitions=4))
+        keys = [f"user-{i}".encode() for i in range(50)]
+        placed = await store.append("t", [NewRecord(value=k, key=k) for k in keys])
+        for key, (partition, _offset) in zip(keys, placed, strict=True):
+            assert partition == partition_for_key(key, 4)
+        # per-partition offsets are dense and in input order
+        for p in range(4):
+            offsets = [o for (q, o) in placed if q == p]
+            assert offsets == list(range(len(offsets)))
+
+
+async def test_unkeyed_append_sticks_to_one_partition(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t", TopicConfig(partitions=4))
+        placed = await store.append("t", [NewRecord(value=b"x")] * 10)
+        assert len({p for p, _ in placed}) == 1
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+async def test_concurrent_appends_are_acknowledged_and_readable(
+    tmp_path: Path, durability: Durability
+) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t", TopicConfig(durability=durability))
+        partition = store.partition("t", 0)
+        acknowledged: list[int] = []
+
+        async def writer(w: int) -> None:
+            for i in range(20):
+                info = await partition.append([NewRecord(value=f"{w}-{i}".encode())])
+                assert partition.high_watermark > info.last_offset
+                acknowledged.append(info.base_offset)
+
+        async with anyio.create_task_group() as tg:
+            for w in range(5):
+                tg.start_soon(writer, w)
+        assert sorted(acknowledged) == list(range(100))
+        if durability is not Durability.NEVER:
+            assert partition.log.recovery_point == 100
+        records = await partition.read_records(0, 1 << 20)
+        assert len(records) == 100
+
+
+async def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
+        partition = store.partition("t", 0)
+        flushes = 0
+        real_flush = partition.log.prepare_flush
+
+        def counting_prepare():  # type: ignore[no-untyped-def]
+            nonlocal flushes
+            plan = real_flush()
+            flushes += plan is not None
+            return plan
+
+        partition.log.prepare_flush = counting_prepare  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(partition.append, [NewRecord(value=b"x")])
+        assert partition.high_watermark == 50
+        assert flushes < 50
+
+
+async def test_caught_up_reader_wakes_on_new_data(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t")
+        partition = store.partition("t", 0)
+        seen: list[bytes | None] = []
+
+        async def reader() -> None:
+            offset = 0
+            while len(seen) < 3:
+                await partition.wait_for(offset)
+                records = await partition.read_records(offset, 1 << 16)
+                seen.extend(r.value for r in records)
+                offset = records[-1].offset + 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            for v in (b"a", b"b", b"c"):
+                await anyio.sleep(0.01)
+                await partition.append([NewRecord(value=v)])
+        assert seen == [b"a", b"b", b"c"]
+
+
+async def test_deleting_a_topic_wakes_its_readers(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t")
+        partition = store.partition("t", 0)
+
+        async def reader() -> None:
+            with pytest.raises(LogClosedError):
+                await partition.wait_for(0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await anyio.sleep(0.01)
+            await store.delete_topic("t")
