@@ -146,7 +146,6 @@ def _recover(
     rebuilt: list[Segment] = []
     for i, segment in enumerate(segments):
         upper = segments[i + 1].base_offset if i + 1 < len(segments) else None
-        is_last = upper is None
         assert point is not None
         if segment.base_offset < point.segment:
             if not _load_trusted(segment, upper):
@@ -160,11 +159,11 @@ def _recover(
                 )
             if clean and point.position == segment.size and _load_trusted(segment, upper):
                 continue
-            _rebuild(segment, point.position)
-            truncated += _verify_tail(segment, point.position, is_last=is_last)
+            _rebuild(segment, point.position, upper)
+            truncated += _verify_tail(segment, point.position, upper)
             rebuilt.append(segment)
         else:
-            truncated += _verify_tail(segment, 0, is_last=is_last)
+            truncated += _verify_tail(segment, 0, upper)
             rebuilt.append(segment)
     return truncated, rebuilt
 
@@ -192,12 +191,29 @@ def _load_trusted(segment: Segment, upper: int | None) -> bool:
     except (OSError, IndexFormatError, CorruptRecordError) as exc:
         if not isinstance(exc, FileNotFoundError):
             logger.warning("%s: rebuilding indexes (%s)", segment.log_path, exc)
-        _rebuild(segment, segment.size)
+        _rebuild(segment, segment.size, upper)
         return False
     return True
 
 
-def _rebuild(segment: Segment, end: int) -> None:
+def _offset_problem(segment: Segment, base_offset: int, next_offset: int, upper: int | None) -> str:
+    """Why a batch's offsets cannot follow what the segment holds so far, or ``""``.
+
+    Base offsets lie outside the CRC, so they are checked against their neighbours: the
+    last segment is never compacted and so is dense; an earlier one may have gaps, but
+    stays inside the range its name and the next segment's name give it.
+    """
+    if upper is None:
+        if base_offset != segment.next_offset:
+            return f"batch offset {base_offset} does not follow {segment.next_offset - 1}"
+    elif base_offset < segment.next_offset:
+        return f"batch offset {base_offset} goes backwards"
+    elif next_offset > upper:
+        return f"batch runs to offset {next_offset - 1}, into the next segment at {upper}"
+    return ""
+
+
+def _rebuild(segment: Segment, end: int, upper: int | None) -> None:
     """Rebuild a segment's indexes from its batch headers up to ``end`` (no CRC checks).
 
     :raises CorruptRecordError: if the headers do not frame ``[0, end)`` exactly.
@@ -207,11 +223,10 @@ def _rebuild(segment: Segment, end: int) -> None:
     segment.size = end
     try:
         for batch in segment.iter_batches(0):
-            if batch.base_offset < segment.next_offset:
+            problem = _offset_problem(segment, batch.base_offset, batch.next_offset, upper)
+            if problem:
                 raise CorruptRecordError(
-                    f"batch offset {batch.base_offset} goes backwards",
-                    position=batch.position,
-                    path=str(segment.log_path),
+                    problem, position=batch.position, path=str(segment.log_path)
                 )
             segment.note_batch(
                 batch.position,
@@ -224,7 +239,7 @@ def _rebuild(segment: Segment, end: int) -> None:
         segment.size = real_size
 
 
-def _verify_tail(segment: Segment, start: int, *, is_last: bool) -> int:
+def _verify_tail(segment: Segment, start: int, upper: int | None) -> int:
     """Verify every batch from ``start`` on; cut a torn tail of the last segment.
 
     Returns the number of bytes cut off.
@@ -245,10 +260,16 @@ def _verify_tail(segment: Segment, start: int, *, is_last: bool) -> int:
             buf_start, rel = position, 0
         try:
             header = verify_batch(buf, rel)
-            if header.base_offset < segment.next_offset:
-                raise CorruptRecordError(f"batch offset {header.base_offset} goes backwards")
+            problem = _offset_problem(
+                segment,
+                header.base_offset,
+                header.base_offset + header.last_offset_delta + 1,
+                upper,
+            )
+            if problem:
+                raise CorruptRecordError(problem)
         except CorruptRecordError as exc:
-            if not is_last:
+            if upper is not None:
                 raise CorruptRecordError(
                     exc.reason, position=position, path=str(segment.log_path)
                 ) from exc

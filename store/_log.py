@@ -26,6 +26,7 @@ Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from bisect import bisect_right
@@ -55,6 +56,8 @@ from ._records import (
     verify_batch,
 )
 from ._segment import HOP_SIZE, Segment
+
+logger = logging.getLogger("headwater.store")
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: Write the recovery checkpoint at most this often (bytes of log since the last one) so
@@ -104,17 +107,34 @@ class FlushPlan:
     target: RecoveryPoint
     write_checkpoint: bool
     done: bool = field(default=False)
+    #: Rolled segments whose index files could not be written (retried by the next flush).
+    unindexed: list[Segment] = field(default_factory=list)
 
     def execute(self) -> None:
-        """fsync what the plan names; write rolled segments' indexes and the checkpoint."""
+        """fsync what the plan names; write rolled segments' indexes and the checkpoint.
+
+        Index files and the checkpoint only speed recovery up, so failing to write them
+        (a full disk) is not an error here: the next flush tries again. A failed fsync
+        of data or of the directory is.
+
+        :raises OSError: if an fsync fails; ``done`` stays ``False``.
+        """
         for segment in self.rolled:
-            segment.write_indexes()
+            try:
+                segment.write_indexes()
+            except OSError as exc:
+                logger.warning("%s: cannot write index files yet: %s", segment.log_path, exc)
+                self.unindexed.append(segment)
         for segment in self.segments:
             segment.flush()
         if self.sync_directory:
             fsync_dir(self.directory)
         if self.write_checkpoint:
-            write_recovery_point(self.directory, self.target)
+            try:
+                write_recovery_point(self.directory, self.target)
+            except OSError as exc:
+                logger.warning("%s: cannot write the recovery checkpoint: %s", self.directory, exc)
+                self.write_checkpoint = False
         self.done = True
 
 
@@ -358,17 +378,23 @@ class PartitionLog:
             self._rolled.extend(plan.rolled)
             self._directory_dirty = self._directory_dirty or plan.sync_directory
             return
+        self._rolled.extend(s for s in plan.unindexed if not s.deleted)
         if plan.target.offset > self._recovery_point.offset:
             self._recovery_point = plan.target
         if plan.write_checkpoint:
             self._checkpoint_position = (plan.target.segment, plan.target.position)
 
     def flush(self) -> None:
-        """fsync everything appended so far, in the calling thread."""
+        """fsync everything appended so far, in the calling thread.
+
+        :raises StoreError: if an fsync fails.
+        """
         plan = self.prepare_flush()
         if plan is not None:
             try:
                 plan.execute()
+            except OSError as exc:
+                raise StoreError(f"{self.directory}: fsync failed: {exc}") from exc
             finally:
                 self.complete_flush(plan)
 
@@ -500,6 +526,53 @@ class PartitionLog:
             removed.append(self._segments[0].base_offset)
             self._delete_oldest()
         return removed
+
+    def replace_segments(self, replaced: Sequence[Segment], swap_file: Path) -> Segment:
+        """Swap a compacted segment in for the run of inactive segments it replaces.
+
+        ``swap_file`` is ``<base>.log.swap`` (``base`` the first replaced segment's base
+        offset), already fsynced with its directory: it is the commit point, so a crash
+        from here on is finished by the loader. Offsets do not change; records dropped by
+        compaction leave gaps that readers step over.
+
+        :raises StoreError: if ``replaced`` is no longer a run of this log's inactive
+            segments (retention removed some meanwhile); the swap file is then removed.
+        """
+        first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
+        run = self._segments[first : first + len(replaced)] if first >= 0 else []
+        if first < 0 or run != list(replaced) or first + len(replaced) >= len(self._segments):
+            swap_file.unlink(missing_ok=True)
+            raise StoreError(f"{self.directory}: segments changed while compacting; retry")
+        for segment in replaced:
+            if segment in self._unflushed:
+                self._unflushed.remove(segment)
+            if segment in self._rolled:
+                self._rolled.remove(segment)
+            segment.delete()
+        base = replaced[0].base_offset
+        os.replace(swap_file, replaced[0].log_path)
+        fsync_dir(self.directory)
+        segment = Segment.open_file(
+            self.directory,
+            base,
+            index_interval_bytes=self.config.index_interval_bytes,
+            now_ms=self._clock(),
+        )
+        segment.reset_indexes()
+        for batch in segment.iter_batches(0):
+            segment.note_batch(
+                batch.position,
+                batch.base_offset,
+                batch.next_offset,
+                batch.size,
+                batch.max_timestamp,
+            )
+        # The replaced run ended where the next segment begins, whatever compaction kept.
+        segment.next_offset = max(segment.next_offset, replaced[-1].next_offset)
+        self._segments[first : first + len(replaced)] = [segment]
+        self._bases[first : first + len(replaced)] = [base]
+        self._rolled.append(segment)
+        return segment
 
     def _delete_oldest(self) -> None:
         oldest = self._segments.pop(0)

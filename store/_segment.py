@@ -34,6 +34,7 @@ from ._files import (
     write_all,
 )
 from ._index import OffsetIndex, TimeIndex
+from ._records import verify_batch
 
 # The fields of a batch header a scan needs, from its first 43 bytes:
 # base_offset, batch_length, partition_leader_epoch, magic, crc, attributes,
@@ -308,12 +309,34 @@ class Segment:
             read_size = HOP_SIZE if size >= _SCAN_CHUNK // 4 else _SCAN_CHUNK
 
     def find_batch(self, offset: int) -> BatchPosition | None:
-        """Return the first batch whose offsets reach ``offset`` or beyond, or ``None``."""
+        """Return the first batch whose offsets reach ``offset`` or beyond, or ``None``.
+
+        :raises CorruptRecordError: if the walk steps over a batch whose offsets leave a
+            gap before the next one and that batch fails its CRC (a damaged
+            ``last_offset_delta`` would otherwise skip records silently).
+        """
         _, position = self.index.lookup(offset)
+        previous: BatchPosition | None = None
         for batch in self.iter_batches(position):
             if batch.next_offset > offset:
+                if (
+                    previous is not None
+                    and batch.base_offset > offset
+                    and previous.next_offset < batch.base_offset
+                ):
+                    self._check_batch(previous)
                 return batch
+            previous = batch
         return None
+
+    def _check_batch(self, batch: BatchPosition) -> None:
+        data = self.read(batch.position, batch.size)
+        try:
+            verify_batch(data)
+        except CorruptRecordError as exc:
+            raise CorruptRecordError(
+                exc.reason, position=batch.position, path=str(self.log_path)
+            ) from exc
 
     def find_time(self, timestamp: int) -> BatchPosition | None:
         """Return the first batch whose largest timestamp is at or after ``timestamp``."""

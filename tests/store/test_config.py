@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from headwater.store._config import (
     CleanupPolicy,
     Durability,
@@ -17,8 +20,6 @@ from headwater.store._config import (
 )
 from headwater.store._errors import InvalidConfigError
 from headwater.store._records import TimestampType
-from hypothesis import given
-from hypothesis import strategies as st
 
 INT32_MAX = (1 << 31) - 1
 INT64_MAX = (1 << 63) - 1

@@ -6,11 +6,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from headwater.store import NewRecord, OffsetOutOfRangeError, PartitionLog, TopicConfig
-from headwater.store._partition import records_from
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from headwater.store import NewRecord, OffsetOutOfRangeError, PartitionLog, TopicConfig
+from headwater.store._partition import records_from
 
 CONFIG = TopicConfig(segment_bytes=1500, index_interval_bytes=200, retention_bytes=4000)
 

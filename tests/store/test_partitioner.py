@@ -7,9 +7,10 @@ import warnings
 from collections import Counter
 
 import pytest
-from headwater.store._partitioner import StickyPartitioner, murmur2, partition_for_key
 from hypothesis import given
 from hypothesis import strategies as st
+
+from headwater.store._partitioner import StickyPartitioner, murmur2, partition_for_key
 
 with warnings.catch_warnings():
     # Importing kafka-python loads its protocol schemas with a deprecated importlib API.

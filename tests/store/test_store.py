@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from headwater.store import (
     Durability,
     InvalidConfigError,
