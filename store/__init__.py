@@ -14,6 +14,7 @@ from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
 from ._errors import CorruptRecordError as CorruptRecordError
+from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
 from ._errors import LogClosedError as LogClosedError
@@ -45,6 +46,7 @@ from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
 from ._store import open_store as open_store
+from ._store import validate_topic_name as validate_topic_name
 
 __all__ = (
     "AppendInfo",
@@ -52,6 +54,7 @@ __all__ = (
     "CleanupPolicy",
     "Compression",
     "CorruptRecordError",
+    "DataDirectoryLockedError",
     "Durability",
     "HeadwaterError",
     "InvalidConfigError",
@@ -81,5 +84,6 @@ __all__ = (
     "parse_batch_header",
     "partition_for_key",
     "records_from",
+    "validate_topic_name",
     "verify_batch",
 )

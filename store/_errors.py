@@ -13,6 +13,7 @@ lives here, the others define theirs beside their own code::
     │   ├── InvalidConfigError     a config key or value a user can correct
     │   ├── RecordTooLargeError    a batch over the topic's max_message_bytes
     │   ├── LogClosedError         the log or store was closed under the caller
+    │   ├── DataDirectoryLockedError  another process owns the data directory
     │   └── StorageFullError       the disk refused an append; nothing acknowledged was lost
     ├── GroupError                 (headwater.groups)
     ├── ProtocolError              (headwater.broker)
@@ -67,6 +68,10 @@ class InvalidConfigError(StoreError):
 
 class RecordTooLargeError(StoreError):
     """A batch larger than the topic's ``max_message_bytes``."""
+
+
+class DataDirectoryLockedError(StoreError):
+    """Another process has the data directory open; one process may own it at a time."""
 
 
 class LogClosedError(StoreError):

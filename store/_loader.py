@@ -105,7 +105,8 @@ def load_segments(directory: Path, *, index_interval_bytes: int, now_ms: int) ->
     """Open every segment in ``directory``, recovering after a crash as the module describes.
 
     Returns the segments in offset order (possibly none). The clean-shutdown marker is
-    removed before returning, so that a crash from here on is recognised as one.
+    left in place: the log removes it before its first change, so that a crash from
+    then on is recognised as one, while a session that only reads writes nothing.
 
     :raises CorruptRecordError: on damage that is not a torn tail.
     """
@@ -131,9 +132,6 @@ def load_segments(directory: Path, *, index_interval_bytes: int, now_ms: int) ->
         for segment in segments:
             segment.close()
         raise
-    if clean:
-        marker.unlink()
-        fsync_dir(directory)
     return LoadResult(segments, clean, truncated, rebuilt)
 
 

@@ -166,6 +166,7 @@ class PartitionLog:
         self._unflushed: list[Segment] = []
         self._directory_dirty = False
         self._closed = False
+        self._clean_marker = False
 
     @classmethod
     def open(
@@ -195,6 +196,7 @@ class PartitionLog:
             ]
             fsync_dir(directory)
         log = cls(directory, config, segments, clock=clock)
+        log._clean_marker = result.clean
         # Rebuilt indexes of inactive segments are rewritten by the next flush.
         log._rolled = [s for s in result.rebuilt if s is not segments[-1]]
         if not result.clean:
@@ -272,9 +274,17 @@ class PartitionLog:
         """
         return self._append_checked(batch, self._clock())
 
+    def _begin_change(self) -> None:
+        """Remove the clean-shutdown marker before the first change since a clean open."""
+        if self._clean_marker:
+            (self.directory / CLEAN_SHUTDOWN_FILE).unlink(missing_ok=True)
+            fsync_dir(self.directory)
+            self._clean_marker = False
+
     def _append_checked(self, batch: bytes | bytearray, now: int) -> AppendInfo:
         if self._closed:
             raise LogClosedError(f"{self.directory}: the log is closed")
+        self._begin_change()
         header = verify_batch(batch)
         size = header.batch_length + 12
         if size != len(batch):
@@ -329,6 +339,7 @@ class PartitionLog:
         if self._segments[-1].size == 0:
             return
         now = self._clock() if now_ms is None else now_ms
+        self._begin_change()
         old = self._segments[-1]
         old.seal_time_index()
         new = Segment.create(
@@ -543,6 +554,7 @@ class PartitionLog:
         if first < 0 or run != list(replaced) or first + len(replaced) >= len(self._segments):
             swap_file.unlink(missing_ok=True)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
+        self._begin_change()
         for segment in replaced:
             if segment in self._unflushed:
                 self._unflushed.remove(segment)
@@ -575,6 +587,7 @@ class PartitionLog:
         return segment
 
     def _delete_oldest(self) -> None:
+        self._begin_change()
         oldest = self._segments.pop(0)
         self._bases.pop(0)
         if oldest in self._unflushed:
@@ -589,6 +602,10 @@ class PartitionLog:
     def close(self) -> None:
         """Flush, persist the indexes and a checkpoint at the end, and mark a clean shutdown."""
         if self._closed:
+            return
+        if self._clean_marker:
+            # Nothing changed since a clean open: the files on disk still describe the log.
+            self.abandon()
             return
         try:
             self.flush()

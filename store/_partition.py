@@ -27,7 +27,7 @@ import anyio.to_thread
 from ._config import Durability, TopicConfig
 from ._errors import LogClosedError, StoreError
 from ._log import AppendInfo, PartitionLog
-from ._records import Compression, NewRecord, Record, decode_records
+from ._records import Compression, NewRecord, Record, decode_records, parse_batch_header
 
 #: Reads larger than this leave the event loop for a worker thread.
 THREADED_READ_BYTES = 256 << 10
@@ -187,9 +187,17 @@ class Partition:
         return self.log.trim(segment, position, raw, upper)
 
     async def read_records(self, start_offset: int, max_bytes: int) -> list[Record]:
-        """Return decoded records at or after ``start_offset`` (see :meth:`read`)."""
-        data = await self.read(start_offset, max_bytes)
-        return records_from(data, start_offset)
+        """Return decoded records at or after ``start_offset`` (see :meth:`read`).
+
+        Batches left empty by compaction are stepped over, so the result is empty only
+        when the reader has caught up with the high watermark.
+        """
+        while True:
+            data = await self.read(start_offset, max_bytes)
+            records = records_from(data, start_offset)
+            if records or not data:
+                return records
+            start_offset = next_offset_after(data)
 
     async def wait_for(self, offset: int) -> None:
         """Wait until the high watermark passes ``offset`` (a record at ``offset`` is readable).
@@ -230,3 +238,14 @@ def records_from(data: bytes, start_offset: int = 0) -> list[Record]:
         out.extend(records)
         position += int.from_bytes(data[position + 8 : position + 12], "big") + 12
     return out
+
+
+def next_offset_after(data: bytes) -> int:
+    """Return the offset after the last batch in ``data`` (whole batches)."""
+    position = 0
+    next_offset = 0
+    while position < len(data):
+        header = parse_batch_header(data, position)
+        next_offset = header.base_offset + header.last_offset_delta + 1
+        position += header.batch_length + 12
+    return next_offset

@@ -15,12 +15,19 @@ temporary name and renames it into place, and deletion renames it away before re
 it, so a crash never leaves half a topic. Opening the store opens (and if need be
 recovers) every partition.
 
-A background task owned by the store applies retention every ``maintenance_interval_s``.
+One process owns a data directory at a time: opening the store takes an exclusive
+``flock`` on ``.lock`` in it (released when the store closes, or by the kernel when the
+process dies). A store opened ``read_only`` opens that file read-only, so that watchers of
+the directory can tell a writer's close from a reader's, and refuses changes.
+
+A background task owned by the store applies retention and compaction every
+``maintenance_interval_s``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -34,8 +41,10 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from ._config import TopicConfig
+from ._cleaner import plan_cleaning, swap_in, write_swap_files
+from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
+    DataDirectoryLockedError,
     InvalidConfigError,
     LogClosedError,
     StoreError,
@@ -51,19 +60,23 @@ from ._records import Compression, NewRecord
 logger = logging.getLogger("headwater.store")
 
 TOPIC_CONFIG_FILE = "topic.json"
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+LOCK_FILE = ".lock"
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
 #: Topics whose names start with this are the system's own (committed offsets, ...).
 INTERNAL_PREFIX = "__"
 
 
 def validate_topic_name(name: str) -> None:
-    """Check a topic name as Kafka does: 1-249 of ``[A-Za-z0-9._-]``, not ``.`` or ``..``.
+    """Check a topic name: 1-249 of ``[A-Za-z0-9._-]``, as Kafka allows, not starting with '.'.
+
+    Names starting with '.' are kept for the store's own bookkeeping in the data directory.
 
     :raises InvalidConfigError: if the name is not allowed.
     """
-    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
         raise InvalidConfigError(
-            f"invalid topic name {name!r}: use 1-249 letters, digits, '.', '_' or '-'"
+            f"invalid topic name {name!r}: use 1-249 letters, digits, '.', '_' or '-',"
+            " not starting with '.'"
         )
 
 
@@ -108,8 +121,11 @@ class Store:
         clock: Callable[[], int] = wall_clock_ms,
         default_config: TopicConfig | None = None,
         maintenance_interval_s: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self._lock_fd: int | None = None
         self.default_config = default_config or TopicConfig()
         self._clock = clock
         self._maintenance_interval_s = maintenance_interval_s
@@ -122,7 +138,12 @@ class Store:
     # -- life cycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Store:
-        await anyio.to_thread.run_sync(self._open_all)
+        self._lock()
+        try:
+            await anyio.to_thread.run_sync(self._open_all)
+        except BaseException:
+            self._unlock()
+            raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._maintain)
@@ -146,8 +167,28 @@ class Store:
                     partition.close()
                 except (StoreError, OSError) as exc:
                     errors.append(exc)
+        self._unlock()
         if errors:
             raise StoreError(f"{self.path}: closing failed: {errors[0]}") from errors[0]
+
+    def _lock(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        mode = os.O_RDONLY if self.read_only else os.O_RDWR
+        fd = os.open(self.path / LOCK_FILE, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirectoryLockedError(
+                f"data directory {self.path} is in use by another process"
+                " (one process may open it at a time)"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _open_all(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -183,6 +224,32 @@ class Store:
         while True:
             await anyio.sleep(self._maintenance_interval_s)
             self.enforce_retention()
+            await self.compact()
+
+    async def compact(self) -> int:
+        """Compact every ``cleanup_policy=compact`` topic now; return records removed.
+
+        The reading and rewriting run in a worker thread; only the final swap of each
+        partition runs on the event loop.
+        """
+        removed = 0
+        now = self._clock()
+        for name, partitions in list(self._topics.items()):
+            if self._configs[name].cleanup_policy is not CleanupPolicy.COMPACT:
+                continue
+            for partition in partitions:
+                log = partition.log
+                plan = await anyio.to_thread.run_sync(plan_cleaning, log, now)
+                if plan is None or log.closed:
+                    continue
+                swaps = await anyio.to_thread.run_sync(write_swap_files, log, plan)
+                try:
+                    result = swap_in(log, plan, swaps)
+                except StoreError as exc:
+                    logger.info("%s: compaction postponed: %s", log.directory, exc)
+                    continue
+                removed += result.records_removed
+        return removed
 
     def enforce_retention(self) -> int:
         """Apply every topic's retention now; return how many segments were deleted."""
@@ -197,6 +264,11 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError(f"{self.path}: the store is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise StoreError(f"{self.path}: the store was opened read-only")
 
     # -- topics ------------------------------------------------------------------------------
 
@@ -224,7 +296,7 @@ class Store:
         :raises InvalidConfigError: if the name is not allowed.
         :raises TopicExistsError: if the topic exists.
         """
-        self._check_open()
+        self._check_writable()
         validate_topic_name(name)
         if name in self._topics:
             raise TopicExistsError(f"topic {name!r} already exists")
@@ -252,7 +324,7 @@ class Store:
 
         :raises TopicNotFoundError: if there is no such topic.
         """
-        self._check_open()
+        self._check_writable()
         partitions = self.partitions(name)
         del self._topics[name]
         del self._configs[name]
@@ -339,6 +411,7 @@ class Store:
 
         :raises TopicNotFoundError: if there is no such topic.
         """
+        self._check_writable()
         if not records:
             return []
         groups: dict[int, list[int]] = {}
@@ -382,9 +455,11 @@ async def open_store(
     clock: Callable[[], int] = wall_clock_ms,
     default_config: TopicConfig | None = None,
     maintenance_interval_s: float = 30.0,
+    read_only: bool = False,
 ) -> AsyncIterator[Store]:
     """Open the data directory at ``path`` (created if missing) for the duration of a block.
 
+    :raises DataDirectoryLockedError: if another process has the directory open.
     :raises CorruptRecordError: if a partition is damaged beyond a torn tail.
     :raises InvalidConfigError: if a topic's configuration file is unreadable.
     """
@@ -393,6 +468,7 @@ async def open_store(
         clock=clock,
         default_config=default_config,
         maintenance_interval_s=maintenance_interval_s,
+        read_only=read_only,
     )
     async with store:
         yield store

@@ -195,16 +195,24 @@ def test_corrupt_and_oversized_batches_are_refused_and_change_nothing(tmp_path: 
     log.close()
 
 
-def test_clean_close_writes_marker_and_reopen_removes_it(tmp_path: Path) -> None:
+def test_clean_close_writes_marker_and_the_first_change_removes_it(tmp_path: Path) -> None:
     log = PartitionLog.open(tmp_path, TopicConfig())
     log.append(values(3))
     log.close()
     assert (tmp_path / CLEAN_SHUTDOWN_FILE).exists()
     assert (tmp_path / RECOVERY_CHECKPOINT_FILE).exists()
     reopened = PartitionLog.open(tmp_path, TopicConfig())
-    assert not (tmp_path / CLEAN_SHUTDOWN_FILE).exists()
     assert reopened.log_end_offset == 3
+    # A session that only reads changes no file.
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    reopened.read(0, 1000)
     reopened.close()
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    writer = PartitionLog.open(tmp_path, TopicConfig())
+    writer.append(values(1, 3))
+    assert not (tmp_path / CLEAN_SHUTDOWN_FILE).exists()
+    writer.close()
+    assert (tmp_path / CLEAN_SHUTDOWN_FILE).exists()
 
 
 def test_reopen_after_abandon_recovers_everything_written(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ async def test_create_list_describe_delete(tmp_path: Path) -> None:
         assert store.list_topics() == []
         with pytest.raises(TopicNotFoundError):
             store.describe_topic("clicks")
-    assert [p.name for p in tmp_path.iterdir()] == []
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
 
 
 async def test_topics_survive_reopen(tmp_path: Path) -> None:
@@ -149,3 +149,66 @@ async def test_deleting_a_topic_wakes_its_readers(tmp_path: Path) -> None:
             tg.start_soon(reader)
             await anyio.sleep(0.01)
             await store.delete_topic("t")
+
+
+async def test_store_compacts_compacted_topics(tmp_path: Path) -> None:
+    from headwater.store import CleanupPolicy
+
+    config = TopicConfig(cleanup_policy=CleanupPolicy.COMPACT, segment_bytes=1024)
+    async with open_store(tmp_path) as store:
+        await store.create_topic("table", config)
+        for i in range(300):
+            await store.append(
+                "table", [NewRecord(value=f"{i}".encode(), key=f"k{i % 3}".encode())]
+            )
+        removed = await store.compact()
+        assert removed > 250
+        partition = store.partition("table", 0)
+        latest = {}
+        offset = partition.log_start_offset
+        while offset < partition.high_watermark:
+            records = await partition.read_records(offset, 1 << 20)
+            if not records:
+                break
+            for r in records:
+                latest[r.key] = r.value
+            offset = records[-1].offset + 1
+        assert latest == {b"k0": b"297", b"k1": b"298", b"k2": b"299"}
+
+
+async def test_one_process_owns_a_data_directory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from headwater.store import DataDirectoryLockedError, StoreError
+
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t")
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import anyio, sys\n"
+                "from headwater.store import open_store, DataDirectoryLockedError\n"
+                "async def main():\n"
+                "    try:\n"
+                f"        async with open_store({str(tmp_path)!r}):\n"
+                "            pass\n"
+                "    except DataDirectoryLockedError as exc:\n"
+                "        print(exc)\n"
+                "        sys.exit(3)\n"
+                "anyio.run(main)\n",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert other.returncode == 3, other.stderr
+        assert "in use by another process" in other.stdout
+        with pytest.raises(DataDirectoryLockedError):
+            async with open_store(tmp_path):
+                pass
+    async with open_store(tmp_path, read_only=True) as reader:
+        assert reader.list_topics() == ["t"]
+        with pytest.raises(StoreError):
+            await reader.append("t", [NewRecord(value=b"x")])

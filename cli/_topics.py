@@ -1,0 +1,156 @@
+"""``headwater topics``: create, list, describe and delete topics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+from rich.table import Table
+
+from headwater.store import TopicConfig, TopicDescription
+
+from ._datadir import data_dir, data_option, locked_store
+from ._output import info, stdout_console
+from ._run import run_async
+
+
+@click.group()
+@data_option
+def topics(data: object) -> None:
+    """Create, list, describe and delete topics."""
+
+
+def parse_settings(settings: Sequence[str]) -> dict[str, str]:
+    """Split ``KEY=VALUE`` arguments into a mapping.
+
+    :raises click.BadParameter: if one has no ``=``, names ``partitions``, or repeats a key.
+    """
+    pairs: dict[str, str] = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {setting!r}", param_hint="--config")
+        if key.lower() == "partitions":
+            raise click.BadParameter(
+                "give the partition count with --partitions", param_hint="--config"
+            )
+        if key in pairs:
+            raise click.BadParameter(f"{key} is given twice", param_hint="--config")
+        pairs[key] = value
+    return pairs
+
+
+@topics.command()
+@click.argument("name")
+@click.option(
+    "--partitions",
+    "-p",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Number of partitions.",
+)
+@click.option(
+    "--config",
+    "-c",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A topic setting, e.g. durability=always, retention.ms=86400000 (repeatable).",
+)
+@data_option
+@click.pass_context
+def create(
+    ctx: click.Context, name: str, partitions: int, settings: tuple[str, ...], data: object
+) -> None:
+    """Create topic NAME."""
+    config = TopicConfig.from_strings(parse_settings(settings), TopicConfig(partitions=partitions))
+    directory = data_dir(ctx)
+
+    async def body() -> None:
+        async with locked_store(directory, writer=True, create=True) as store:
+            await store.create_topic(name, config)
+
+    run_async(body)
+    info(f"created topic {name!r} with {partitions} partition(s) in {directory}")
+
+
+@topics.command("list")
+@data_option
+@click.pass_context
+def list_(ctx: click.Context, data: object) -> None:
+    """List the topics with their partition counts, records and sizes."""
+    directory = data_dir(ctx)
+    if not directory.is_dir():
+        info(f"no topics (no data directory at {directory})")
+        return
+
+    async def body() -> list[TopicDescription]:
+        async with locked_store(directory, writer=False) as store:
+            return [store.describe_topic(name) for name in store.list_topics()]
+
+    described = run_async(body)
+    if not described:
+        info(f"no topics in {directory}")
+        return
+    table = Table("topic", "partitions", "records", "bytes", "durability", "retention_ms")
+    for d in described:
+        table.add_row(
+            d.name,
+            str(len(d.partitions)),
+            str(sum(p.log_end_offset - p.log_start_offset for p in d.partitions)),
+            str(sum(p.size_bytes for p in d.partitions)),
+            str(d.config.durability),
+            str(d.config.retention_ms),
+        )
+    stdout_console().print(table)
+
+
+@topics.command()
+@click.argument("name")
+@data_option
+@click.pass_context
+def describe(ctx: click.Context, name: str, data: object) -> None:
+    """Show topic NAME's settings and each partition's offsets and size."""
+    directory = data_dir(ctx)
+
+    async def body() -> TopicDescription:
+        async with locked_store(directory, writer=False) as store:
+            return store.describe_topic(name)
+
+    d = run_async(body)
+    settings = Table("setting", "value", title=f"topic {d.name}", title_justify="left")
+    for key, value in d.config.to_strings().items():
+        settings.add_row(key, value)
+    offsets = Table(
+        "partition", "log_start_offset", "log_end_offset", "high_watermark", "bytes", "segments"
+    )
+    for p in d.partitions:
+        offsets.add_row(
+            str(p.partition),
+            str(p.log_start_offset),
+            str(p.log_end_offset),
+            str(p.high_watermark),
+            str(p.size_bytes),
+            str(p.segments),
+        )
+    console = stdout_console()
+    console.print(settings)
+    console.print(offsets)
+
+
+@topics.command()
+@click.argument("name")
+@data_option
+@click.pass_context
+def delete(ctx: click.Context, name: str, data: object) -> None:
+    """Delete topic NAME and all its records."""
+    directory = data_dir(ctx)
+
+    async def body() -> None:
+        async with locked_store(directory, writer=True) as store:
+            await store.delete_topic(name)
+
+    run_async(body)
+    info(f"deleted topic {name!r}")

@@ -1,0 +1,710 @@
+"""Kafka record batch v2 (magic 2): encode, parse, verify and decode batches. Pure, no I/O.
+
+Theory of operation
+-------------------
+A batch is a 61-byte big-endian header followed by the records section::
+
+    offset size field
+    0      8    base_offset             offset of the first record; outside the CRC
+    8      4    batch_length            bytes after this field (batch size = batch_length + 12)
+    12     4    partition_leader_epoch  outside the CRC
+    16     1    magic                   always 2
+    17     4    crc                     CRC-32C (Castagnoli) of bytes 21 to the end
+    21     2    attributes              bits 0-2 codec, 3 log-append time, 4 transactional,
+                                        5 control
+    23     4    last_offset_delta
+    27     8    base_timestamp          timestamp of the first record
+    35     8    max_timestamp
+    43     8    producer_id             -1, -1, -1 when the producer is not idempotent
+    51     2    producer_epoch
+    53     4    base_sequence
+    57     4    records_count
+    61     ...  records; with a codec, one compressed payload (see _compression.py)
+
+A record is ``length varint | attributes int8 | timestamp_delta varlong | offset_delta varint
+| key | value | header_count varint | headers``, where key, value and a header's value are a
+varint length and that many bytes (-1: null) and a header's key is a varint length and UTF-8.
+Every record integer is a zigzag varint (protobuf's encoding of signed values).
+
+Invariants:
+
+- The CRC covers attributes to the end, so the log may rewrite ``base_offset`` and
+  ``partition_leader_epoch`` in place (:func:`set_base_offset`) without touching it; any
+  other change (:func:`stamp_log_append_time`) recomputes it.
+- Under log-append time every record's timestamp is the batch's ``max_timestamp`` (the
+  broker's clock), as Kafka's readers do; the stored deltas are ignored.
+- Decoding trusts no length or count: a varint may not run past its bound, every record must
+  end exactly where its length says, the section must end after exactly ``records_count``
+  records, and a compressed section is bounded before it is produced. Anything else is a
+  :class:`CorruptRecordError` saying what was wrong and where: the absolute position of the
+  record, or for a compressed batch the batch's position and the byte within its records.
+- ``base_timestamp`` is the first record's timestamp (as Kafka's producers write it), so
+  deltas may be negative; record attributes are written as 0 and ignored when read.
+
+Encoding and decoding are the store's hot path, so both trade some elegance for speed: the
+encoder builds a common batch (no headers, short keys and values) column by column with
+``map`` over precomputed varint tables and joins the pieces once; the decoder inlines one-
+and two-byte varints and calls a helper only for longer ones or for headers.
+
+Everything here is a pure function of its arguments: safe to call from any thread; the
+in-place edits need the caller to own the buffer.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from itertools import repeat
+from operator import add
+from typing import Any, NamedTuple, cast
+
+from crc32c import crc32c
+
+from ._compression import Compression, compress, decompress
+from ._errors import CorruptRecordError, UnsupportedCompressionError
+
+__all__ = (
+    "BATCH_HEADER_SIZE",
+    "BATCH_OVERHEAD",
+    "BatchHeader",
+    "Compression",
+    "NewRecord",
+    "Record",
+    "TimestampType",
+    "decode_records",
+    "encode_batch",
+    "parse_batch_header",
+    "set_base_offset",
+    "stamp_log_append_time",
+    "verify_batch",
+)
+
+BATCH_HEADER_SIZE = 61
+BATCH_OVERHEAD = 12
+
+_MAGIC = 2
+_CRC_START = 21  # attributes: the first byte the CRC covers
+_MIN_BATCH_LENGTH = BATCH_HEADER_SIZE - BATCH_OVERHEAD
+_CODEC_MASK = 0x07
+_LOG_APPEND_TIME_BIT = 0x08
+_TRANSACTIONAL_BIT = 0x10
+_CONTROL_BIT = 0x20
+
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_PREFIX = struct.Struct(">qiibI")  # base_offset .. crc
+_TAIL = struct.Struct(">hiqqqhii")  # attributes .. records_count: the CRC starts here
+_CRC = struct.Struct(">I")
+_ATTRIBUTES = struct.Struct(">h")
+_INT64 = struct.Struct(">q")
+_MAX_TIMESTAMP_AT = 35
+
+Buffer = bytes | bytearray | memoryview
+
+
+class TimestampType(enum.IntEnum):
+    """Whose clock a batch's timestamps come from: attribute bit 3."""
+
+    CREATE_TIME = 0
+    LOG_APPEND_TIME = 1
+
+
+class NewRecord(NamedTuple):
+    """A record as a producer supplies it to :func:`encode_batch`."""
+
+    value: bytes | None
+    key: bytes | None = None
+    timestamp: int | None = None  # epoch ms; None: encode_batch's now_ms
+    headers: Sequence[tuple[str, bytes | None]] = ()
+
+
+class Record(NamedTuple):
+    """A record as :func:`decode_records` returns it: absolute offset and timestamp."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+
+
+class BatchHeader(NamedTuple):
+    """The 61-byte batch header, fields in wire order."""
+
+    base_offset: int
+    batch_length: int
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    records_count: int
+
+    @property
+    def size(self) -> int:
+        """Return the size of the whole batch in bytes."""
+        return self.batch_length + BATCH_OVERHEAD
+
+    @property
+    def last_offset(self) -> int:
+        """Return the offset of the batch's last record."""
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        """Return the offset that follows the batch."""
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def compression(self) -> Compression:
+        """Return the codec of the records section.
+
+        :raises UnsupportedCompressionError: if bits 0-2 name no known codec.
+        """
+        codec = self.attributes & _CODEC_MASK
+        if codec > Compression.ZSTD:
+            raise UnsupportedCompressionError(f"unknown compression codec {codec}")
+        return Compression(codec)
+
+    @property
+    def timestamp_type(self) -> TimestampType:
+        """Return whose clock the timestamps come from."""
+        return TimestampType(bool(self.attributes & _LOG_APPEND_TIME_BIT))
+
+    @property
+    def is_transactional(self) -> bool:
+        """Return whether the batch belongs to a transaction."""
+        return bool(self.attributes & _TRANSACTIONAL_BIT)
+
+    @property
+    def is_control(self) -> bool:
+        """Return whether the batch holds control records (transaction markers)."""
+        return bool(self.attributes & _CONTROL_BIT)
+
+
+# --------------------------------------------------------------------------------------
+# Varints
+
+
+def _zigzag_varint(value: int) -> bytes:
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append(zigzag & 0x7F | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+# Encoding tables. The extra last entry of the nullable ones makes index -1 (a null key or
+# value) map to the encoding of -1, so a column of lengths needs no special case for null.
+_TABLE_SIZE = 8192  # also the most records a batch may have for the fast layouts
+_FAST_FIELD_MAX = 1024  # keeps a whole record's length inside the tables
+_VARINT = tuple(  # zigzag(i) = 2i: one byte below 64, two below 8192
+    bytes((z,)) if z < 0x80 else bytes((z & 0x7F | 0x80, z >> 7))
+    for z in range(0, 2 * _TABLE_SIZE, 2)
+)
+_NULLABLE_VARINT = (*_VARINT, _zigzag_varint(-1))
+_VARINT_SIZE = tuple(map(len, _VARINT))
+_FIELD_SIZE = (*(len(v) + i for i, v in enumerate(_VARINT[:_FAST_FIELD_MAX])), 1)  # + bytes
+_ATTR_AND_DELTA = tuple(b"\x00" + v for v in _VARINT[:_FAST_FIELD_MAX])  # attributes, ts delta
+# The value-only layout: a record is HEAD[value length] MIDDLE[offset delta] VARINT[value
+# length] value, where HEAD holds the previous record's header count (0) and this record's
+# length, which depends on the value length and on the size of the offset delta varint.
+_VALUE_ONLY_MAX = 4096 - 16
+_RECORD_MIDDLE = tuple(b"\x00\x00" + v + b"\x01" for v in _VARINT)  # null key
+_RECORD_HEAD = {
+    delta_size: tuple(
+        b"\x00" + _VARINT[n + _VARINT_SIZE[n] + 4 + delta_size] for n in range(_VALUE_ONLY_MAX)
+    )
+    for delta_size in (1, 2)
+}
+_ONE_BYTE_DELTAS = 64  # offset deltas below this take one varint byte, below 8192 two
+# Decoding tables: the value of a one-byte varint b, and of a two-byte varint b c (b >= 0x80,
+# c < 0x80) at [b][c]. Two tuple lookups cost less than computing (c << 7 | b & 0x7F), which
+# allocates an int.
+_ZIGZAG_BYTE = tuple((b >> 1) ^ -(b & 1) for b in range(0x80))
+_two_bytes = [0] * (1 << 14)  # by u = c << 7 | b & 0x7F
+_two_bytes[0::2] = range(1 << 13)  # even u: u >> 1
+_two_bytes[1::2] = range(-1, -(1 << 13) - 1, -1)  # odd u: -(u >> 1) - 1
+_ZIGZAG_TWO_BYTES = ((),) * 0x80 + tuple(tuple(_two_bytes[low::0x80]) for low in range(0x80))
+del _two_bytes
+
+
+def _varint(value: int) -> bytes:
+    return _VARINT[value] if 0 <= value < _TABLE_SIZE else _zigzag_varint(value)
+
+
+class _MalformedError(Exception):
+    """A record section inconsistency, turned into CorruptRecordError with its position."""
+
+
+def _read_varint(data: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
+    """Read a zigzag varint of at most ``max_bytes``; return (value, next position)."""
+    result = 0
+    shift = 0
+    for i in range(pos, pos + max_bytes):
+        byte = data[i]
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (result >> 1) ^ -(result & 1), i + 1
+        shift += 7
+    raise _MalformedError(f"a varint is longer than {max_bytes} bytes")
+
+
+# --------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode_batch(
+    records: Sequence[NewRecord],
+    *,
+    base_offset: int = 0,
+    now_ms: int | None = None,
+    compression: Compression = Compression.NONE,
+    timestamp_type: TimestampType = TimestampType.CREATE_TIME,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    partition_leader_epoch: int = -1,
+) -> bytes:
+    """Encode records as one batch, offset deltas 0 to ``len(records) - 1``.
+
+    :param records: at least one record; a record without a timestamp gets ``now_ms``.
+    :param now_ms: the current time in epoch ms (default: the system clock); under
+        ``LOG_APPEND_TIME`` it is also the batch's ``max_timestamp``.
+    :param compression: the codec for the records section.
+    :returns: the batch bytes, CRC included.
+    :raises ValueError: if ``records`` is empty or a field does not fit its wire type.
+    :raises UnsupportedCompressionError: if the codec needs cramjam and it is missing.
+    """
+    count = len(records)
+    if not count:
+        raise ValueError("a record batch holds at least one record")
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    values, keys, stamps, headers = zip(*records, strict=True)
+    deltas: list[int] | None = None  # None: every delta is 0
+    if stamps.count(None) == count:
+        base_timestamp = max_timestamp = now_ms
+    else:
+        filled = [now_ms if t is None else t for t in stamps]
+        base_timestamp, max_timestamp = filled[0], max(filled)
+        if filled.count(base_timestamp) != count:
+            deltas = [t - base_timestamp for t in filled]
+            if min(deltas) < -(1 << 63) or max(deltas) >= 1 << 63:
+                raise ValueError("timestamps in one batch must lie within 2**63 ms")
+    if timestamp_type == TimestampType.LOG_APPEND_TIME:
+        max_timestamp = now_ms
+    parts = None
+    if deltas is None and keys.count(None) == count and not any(headers):
+        parts = _value_only_parts(values, count)
+    if parts is None:
+        parts = _column_parts(values, keys, deltas, headers, count)
+    if parts is None:
+        parts = _general_parts(values, keys, deltas, headers)
+    payload = b"".join(parts)
+    if compression:
+        payload = compress(compression, payload)
+    attributes = compression | (_LOG_APPEND_TIME_BIT if timestamp_type else 0)
+    try:
+        tail = _TAIL.pack(
+            attributes, count - 1, base_timestamp, max_timestamp,
+            producer_id, producer_epoch, base_sequence, count,
+        )  # fmt: skip
+        crc = crc32c(payload, crc32c(tail))
+        prefix = _PREFIX.pack(
+            base_offset, _MIN_BATCH_LENGTH + len(payload), partition_leader_epoch, _MAGIC, crc
+        )
+    except struct.error as exc:
+        raise ValueError(f"a batch header field is out of range: {exc}") from exc
+    return b"".join((prefix, tail, payload))
+
+
+def _value_only_parts(values: tuple[bytes | None, ...], count: int) -> list[Any] | None:
+    """Lay out records that have only a value (no key, headers or timestamp delta).
+
+    The commonest batch and the hot path: four pieces per record, three of them looked up in
+    tables by C-level ``map``, interleaved into one list by slice assignment. Returns None
+    (use another layout) for null or long values and for more than _TABLE_SIZE records.
+    """
+    if count > _TABLE_SIZE or None in values:
+        return None
+    lengths = list(map(len, cast("tuple[bytes, ...]", values)))
+    if max(lengths) >= _VALUE_ONLY_MAX:
+        return None
+    small = min(count, _ONE_BYTE_DELTAS)
+    if lengths.count(lengths[0]) == count:  # fixed-size values: no per-record lookups
+        size = lengths[0]
+        heads = [_RECORD_HEAD[1][size]] * small + [_RECORD_HEAD[2][size]] * (count - small)
+        value_sizes: Any = repeat(_VARINT[size], count)
+    else:
+        heads = list(map(_RECORD_HEAD[1].__getitem__, lengths[:small]))
+        heads += map(_RECORD_HEAD[2].__getitem__, lengths[small:])
+        value_sizes = map(_VARINT.__getitem__, lengths)
+    heads[0] = heads[0][1:]  # the first record has no previous header count
+    end = 4 * count
+    parts: list[Any] = [b"\x00"] * (end + 1)  # the last record's header count stays
+    parts[0:end:4] = heads
+    parts[1:end:4] = _RECORD_MIDDLE[:count]
+    parts[2:end:4] = value_sizes
+    parts[3:end:4] = values
+    return parts
+
+
+def _column_parts(
+    values: tuple[bytes | None, ...],
+    keys: tuple[bytes | None, ...],
+    deltas: list[int] | None,
+    headers: tuple[Sequence[tuple[str, bytes | None]], ...],
+    count: int,
+) -> list[Any] | None:
+    """Lay out the records section column by column, or return None if a record is too big.
+
+    Covers records without headers whose key, value and timestamp delta are below
+    _FAST_FIELD_MAX: every per-record step is a C-level ``map`` over a table, and the pieces
+    of all records are interleaved into one list by slice assignment.
+    """
+    if count > _TABLE_SIZE or any(headers):
+        return None
+    columns: list[Any] = []  # the pieces of a record, in wire order, after its length
+    sizes: list[Iterable[int]] = [_VARINT_SIZE[:count]]  # offset delta
+    fixed = 3  # record attributes, timestamp delta 0, header count
+    if deltas is None:
+        columns.append(b"\x00\x00")
+    else:
+        if min(deltas) < 0 or max(deltas) >= _FAST_FIELD_MAX:
+            return None
+        columns.append(list(map(_ATTR_AND_DELTA.__getitem__, deltas)))
+        sizes.append(map(_VARINT_SIZE.__getitem__, deltas))
+        fixed -= 1
+    columns.append(_VARINT[:count])
+    for field in (keys, values):
+        nulls = field.count(None)
+        if nulls == count:
+            columns.append(b"\x01")
+            fixed += 1
+            continue
+        if nulls:  # b"".join cannot take None: a null field is its length (-1) and b""
+            lengths = [-1 if f is None else len(f) for f in field]
+            field = tuple(b"" if f is None else f for f in field)
+        else:
+            lengths = list(map(len, cast("tuple[bytes, ...]", field)))
+        if max(lengths) >= _FAST_FIELD_MAX:
+            return None
+        columns.append(list(map(_NULLABLE_VARINT.__getitem__, lengths)))
+        columns.append(field)
+        sizes.append(map(_FIELD_SIZE.__getitem__, lengths))
+    columns.append(b"\x00")  # header count
+    body_sizes: Iterable[int] = map(add, sizes[0], repeat(fixed))
+    for column in sizes[1:]:
+        body_sizes = map(add, body_sizes, column)
+    columns.insert(0, list(map(_VARINT.__getitem__, body_sizes)))
+    stride = len(columns)
+    parts: list[Any] = [b""] * (stride * count)
+    for i, column in enumerate(columns):
+        parts[i::stride] = repeat(column, count) if isinstance(column, bytes) else column
+    return parts
+
+
+def _general_parts(
+    values: tuple[bytes | None, ...],
+    keys: tuple[bytes | None, ...],
+    deltas: list[int] | None,
+    headers: tuple[Sequence[tuple[str, bytes | None]], ...],
+) -> list[bytes]:
+    """Encode records one at a time: any sizes, headers, negative timestamp deltas."""
+    parts = []
+    for offset_delta, (value, key, header_list) in enumerate(
+        zip(values, keys, headers, strict=True)
+    ):
+        delta = 0 if deltas is None else deltas[offset_delta]
+        fields = [b"\x00", _varint(delta), _varint(offset_delta)]
+        for data in (key, value):
+            fields.extend((b"\x01",) if data is None else (_varint(len(data)), data))
+        fields.append(_varint(len(header_list)))
+        for header_key, header_value in header_list:
+            name = header_key.encode()
+            fields.extend((_varint(len(name)), name))
+            if header_value is None:
+                fields.append(b"\x01")
+            else:
+                fields.extend((_varint(len(header_value)), header_value))
+        body = b"".join(fields)
+        parts.append(_varint(len(body)))
+        parts.append(body)
+    return parts
+
+
+# --------------------------------------------------------------------------------------
+# Parsing and verifying
+
+
+def parse_batch_header(buf: Buffer, pos: int = 0) -> BatchHeader:
+    """Parse the header of the batch at ``pos``, checking that the batch fits in ``buf``.
+
+    The CRC is not checked (see :func:`verify_batch`).
+
+    :raises CorruptRecordError: if fewer than 61 bytes remain, the magic is not 2, or the
+        batch length is too small for a header or runs past the end of ``buf``.
+    """
+    if pos < 0:
+        raise ValueError(f"negative position {pos}")
+    remaining = len(buf) - pos
+    if remaining < BATCH_HEADER_SIZE:
+        raise CorruptRecordError(
+            f"batch header needs {BATCH_HEADER_SIZE} bytes, {max(remaining, 0)} remain",
+            position=pos,
+        )
+    fields = _HEADER.unpack_from(buf, pos)
+    magic, batch_length = fields[3], fields[1]
+    if magic != _MAGIC:
+        raise CorruptRecordError(f"magic is {magic}, expected {_MAGIC}", position=pos)
+    if batch_length < _MIN_BATCH_LENGTH:
+        raise CorruptRecordError(
+            f"batch length {batch_length} is smaller than a header ({_MIN_BATCH_LENGTH})",
+            position=pos,
+        )
+    if batch_length + BATCH_OVERHEAD > remaining:
+        raise CorruptRecordError(
+            f"batch of {batch_length + BATCH_OVERHEAD} bytes runs past the end of the "
+            f"buffer ({remaining} bytes remain)",
+            position=pos,
+        )
+    return tuple.__new__(BatchHeader, fields)
+
+
+def verify_batch(buf: Buffer, pos: int = 0) -> BatchHeader:
+    """Parse the header of the batch at ``pos`` and check its CRC and record count.
+
+    :raises CorruptRecordError: as :func:`parse_batch_header`, or if the CRC-32C differs or
+        ``records_count`` is outside ``0 .. last_offset_delta + 1``.
+    """
+    header = parse_batch_header(buf, pos)
+    crc = crc32c(memoryview(buf)[pos + _CRC_START : pos + header.batch_length + BATCH_OVERHEAD])
+    if crc != header.crc:
+        raise CorruptRecordError(
+            f"CRC-32C mismatch: stored {header.crc:#010x}, computed {crc:#010x}", position=pos
+        )
+    if not 0 <= header.records_count <= header.last_offset_delta + 1:
+        raise CorruptRecordError(
+            f"records count {header.records_count} does not fit last offset delta "
+            f"{header.last_offset_delta}",
+            position=pos,
+        )
+    return header
+
+
+# --------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_records(buf: Buffer, pos: int = 0, *, verify: bool = True) -> list[Record]:
+    """Decode every record of the batch at ``pos``, with absolute offsets and timestamps.
+
+    :param verify: check the CRC first (:func:`verify_batch`); the structure of every
+        record is checked either way.
+    :raises CorruptRecordError: if the header, CRC, compressed payload or any record is
+        inconsistent, or the batch does not hold exactly ``records_count`` records.
+    :raises UnsupportedCompressionError: if the codec is unknown or cramjam is missing.
+    """
+    header = verify_batch(buf, pos) if verify else parse_batch_header(buf, pos)
+    start, end = pos + BATCH_HEADER_SIZE, pos + header.batch_length + BATCH_OVERHEAD
+    codec = header.attributes & _CODEC_MASK
+    if codec:
+        data = decompress(codec, memoryview(buf)[start:end], position=pos)
+        origin = None
+    else:  # a copy: slices of it are bytes, and an IndexError means the section ended
+        data, origin = bytes(memoryview(buf)[start:end]), start
+    if header.attributes & _LOG_APPEND_TIME_BIT:
+        # timestamp = base + (delta & mask): mask 0 makes every record's timestamp the
+        # batch's max_timestamp without a branch per record.
+        timestamp_base, delta_mask = header.max_timestamp, 0
+    else:
+        timestamp_base, delta_mask = header.base_timestamp, -1
+    try:
+        return _decode_section(
+            data, header.records_count, header.base_offset, timestamp_base, delta_mask
+        )
+    except _SectionError as exc:
+        if origin is None:
+            raise CorruptRecordError(
+                f"{exc.reason} (at byte {exc.at} of the decompressed records)", position=pos
+            ) from None
+        raise CorruptRecordError(exc.reason, position=origin + exc.at) from None
+
+
+class _SectionError(Exception):
+    def __init__(self, reason: str, at: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.at = at
+
+
+def _decode_section(
+    data: bytes, count: int, base_offset: int, timestamp_base: int, delta_mask: int
+) -> list[Record]:
+    """Decode ``count`` records that fill ``data`` exactly."""
+    if count < 0:
+        raise _SectionError(f"negative records count {count}", 0)
+    records: list[Record] = []
+    key: bytes | None
+    value: bytes | None
+    append = records.append
+    new = tuple.__new__
+    zigzag, zigzag2 = _ZIGZAG_BYTE, _ZIGZAG_TWO_BYTES
+    read = _read_varint
+    pos = index = 0
+    # Varints of one byte (b < 0x80) and two bytes (zigzag2[b][c]) are decoded inline,
+    # longer ones by read(). A field that runs past the data raises IndexError; a length that
+    # lies shows up as a record whose fields do not end where its length says.
+    try:
+        for index in range(count):  # noqa: B007 - the handlers below name the record
+            b = data[pos]
+            if b < 0x80:
+                pos += 1
+                end = pos + zigzag[b]
+            elif (c := data[pos + 1]) < 0x80:
+                pos += 2
+                end = pos + zigzag2[b][c]
+            else:
+                length, pos = read(data, pos, 5)
+                end = pos + length
+            b = data[pos + 1]  # skip the record attributes: no bits are defined
+            if b < 0x80:
+                timestamp = timestamp_base + (zigzag[b] & delta_mask)
+                pos += 2
+            else:
+                delta, pos = read(data, pos + 1, 10)
+                timestamp = timestamp_base + (delta & delta_mask)
+            b = data[pos]
+            if b < 0x80:
+                offset = base_offset + zigzag[b]
+                pos += 1
+            elif (c := data[pos + 1]) < 0x80:
+                offset = base_offset + zigzag2[b][c]
+                pos += 2
+            else:
+                delta, pos = read(data, pos, 5)
+                offset = base_offset + delta
+            b = data[pos]
+            if b == 0x01:
+                key = None
+                pos += 1
+            elif b < 0x80 and not b & 1:
+                pos += 1
+                key = data[pos : pos + (b >> 1)]
+                pos += b >> 1
+            else:
+                key, pos = _read_nullable_bytes(data, pos, "key")
+            b = data[pos]
+            if b >= 0x80:
+                if (c := data[pos + 1]) < 0x80 and (size := zigzag2[b][c]) >= 0:
+                    pos += 2
+                    value = data[pos : pos + size]
+                    pos += size
+                else:
+                    value, pos = _read_nullable_bytes(data, pos, "value")
+            elif not b & 1:
+                pos += 1
+                value = data[pos : pos + (b >> 1)]
+                pos += b >> 1
+            else:
+                value, pos = _read_nullable_bytes(data, pos, "value")
+            if pos >= end:  # the header count is still to come
+                raise _MalformedError(f"key or value runs {pos - end + 1} bytes past the record")
+            if data[pos]:
+                headers, pos = _read_headers(data, pos, end)
+            else:
+                headers = ()
+                pos += 1
+            if pos != end:
+                raise _MalformedError(
+                    f"its fields end {pos - end:+} bytes from where its length says"
+                )
+            append(new(Record, (offset, timestamp, key, value, headers)))
+    except IndexError:
+        start = _record_start(data, index)
+        if start >= len(data):
+            raise _SectionError(f"batch claims {count} records but holds {index}", start) from None
+        raise _SectionError(f"record {index} is truncated", start) from None
+    except _MalformedError as exc:
+        raise _SectionError(f"record {index}: {exc}", _record_start(data, index)) from None
+    if pos != len(data):
+        raise _SectionError(f"{len(data) - pos} bytes follow the last of {count} records", pos)
+    return records
+
+
+def _record_start(data: bytes, index: int) -> int:
+    """Return where record ``index`` starts; records before it decoded successfully."""
+    pos = 0
+    for _ in range(index):
+        length, pos = _read_varint(data, pos, 5)
+        pos += length
+    return pos
+
+
+def _read_nullable_bytes(data: bytes, pos: int, what: str) -> tuple[bytes | None, int]:
+    size, pos = _read_varint(data, pos, 5)
+    if size < 0:
+        if size == -1:
+            return None, pos
+        raise _MalformedError(f"{what} length {size}")
+    return data[pos : pos + size], pos + size
+
+
+def _read_headers(
+    data: bytes, pos: int, end: int
+) -> tuple[tuple[tuple[str, bytes | None], ...], int]:
+    count, pos = _read_varint(data, pos, 5)
+    if count < 0 or count > (end - pos) // 2:  # a header takes at least two bytes
+        raise _MalformedError(f"header count {count}")
+    headers = []
+    for _ in range(count):
+        size, pos = _read_varint(data, pos, 5)
+        if size < 0 or size > end - pos:
+            raise _MalformedError(f"header key length {size}")
+        try:
+            name = str(data[pos : pos + size], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise _MalformedError(f"header key is not UTF-8: {exc}") from None
+        pos += size
+        size, pos = _read_varint(data, pos, 5)
+        if size < -1 or size > end - pos:
+            raise _MalformedError(f"header value length {size}")
+        headers.append((name, None if size == -1 else data[pos : pos + size]))
+        pos += max(size, 0)
+    return tuple(headers), pos
+
+
+# --------------------------------------------------------------------------------------
+# In-place edits
+
+
+def set_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:
+    """Write the base offset of the batch at ``pos``; the CRC does not cover it.
+
+    :raises CorruptRecordError: if no well-framed batch starts at ``pos``.
+    """
+    parse_batch_header(buf, pos)
+    _INT64.pack_into(buf, pos, base_offset)
+
+
+def stamp_log_append_time(buf: bytearray | memoryview, pos: int, timestamp_ms: int) -> None:
+    """Mark the batch at ``pos`` as log-append time ``timestamp_ms`` and recompute its CRC.
+
+    The CRC is verified first, so stamping never turns a corrupt batch into a valid one.
+
+    :raises CorruptRecordError: if the batch at ``pos`` fails :func:`verify_batch`.
+    """
+    header = verify_batch(buf, pos)
+    _ATTRIBUTES.pack_into(buf, pos + _CRC_START, header.attributes | _LOG_APPEND_TIME_BIT)
+    _INT64.pack_into(buf, pos + _MAX_TIMESTAMP_AT, timestamp_ms)
+    crc = crc32c(memoryview(buf)[pos + _CRC_START : pos + header.size])
+    _CRC.pack_into(buf, pos + _CRC_START - 4, crc)

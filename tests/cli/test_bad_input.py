@@ -1,0 +1,63 @@
+"""Bad input to the CLI: one clear line on stderr, a non-zero status, nothing stored changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .helpers import Headwater, assert_error
+
+
+def test_unknown_topic(hw: Headwater) -> None:
+    assert hw("topics", "create", "known").returncode == 0
+    assert_error(hw("produce", "unknown", input='{"a": 1}\n'), "unknown topic 'unknown'")
+    assert_error(hw("consume", "unknown"), "unknown topic 'unknown'")
+    assert_error(hw("consume", "known", "--partition", "1"), "has no partition 1")
+    assert_error(hw("consume", "known", "--from", "yesterday"), "--from", status=2)
+    assert_error(hw("consume"), "Missing argument 'TOPIC'", status=2)
+
+
+def test_invalid_json_line_keeps_what_was_acknowledged(hw: Headwater) -> None:
+    assert hw("topics", "create", "t", "-p", "2").returncode == 0
+    lines = ['{"n": 1}', '{"n": 2}', "", '{"n": 3}', '{"n": 4', '{"n": 5}']
+    result = hw("produce", "t", input="\n".join(lines) + "\n")
+    line = assert_error(result, "line 5", "invalid JSON", "the 3 records before it are stored")
+    assert "column" in line
+    assert len(result.stdout.splitlines()) == 3  # each stored record was acknowledged
+    assert sorted(json.loads(x)["n"] for x in hw("consume", "t").stdout.splitlines()) == [1, 2, 3]
+
+    # A bad first line stores nothing; a line without the key field is bad input too.
+    assert_error(hw("produce", "t", input="nope\n"), "line 1", "the 0 records")
+    result = hw("produce", "t", "--key", "user", input='{"user": "a"}\n{"who": "b"}\n')
+    assert_error(result, "line 2", "--key user", "the 1 records before it are stored")
+    assert len(hw("consume", "t").stdout.splitlines()) == 4
+
+
+def test_record_over_max_message_bytes(hw: Headwater) -> None:
+    assert hw("topics", "create", "small", "-c", "max.message.bytes=200").returncode == 0
+    big = json.dumps({"blob": "x" * 300})
+    result = hw("produce", "small", input=f'{{"n": 1}}\n{big}\n')
+    assert_error(result, "line 2", "max_message_bytes (200)", "the 1 records before it")
+    # Many small lines are split into batches that each fit.
+    many = "".join(json.dumps({"n": i}) + "\n" for i in range(100))
+    assert hw("produce", "small", "--quiet", input=many).returncode == 0
+    assert len(hw("consume", "small").stdout.splitlines()) == 101
+
+
+def test_corrupt_segment_is_reported_and_kept(hw: Headwater, data: Path) -> None:
+    assert hw("topics", "create", "c").returncode == 0
+    lines = "".join(json.dumps({"n": i, "pad": "p" * 40}) + "\n" for i in range(3000))
+    assert hw("produce", "c", "--quiet", input=lines).returncode == 0
+    segment = data / "c" / "0" / "00000000000000000000.log"
+    size = segment.stat().st_size
+    with segment.open("r+b") as f:  # after a clean shutdown, flip bytes mid-segment
+        f.seek(size // 2)
+        chunk = f.read(8)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    damaged = segment.read_bytes()
+
+    result = hw("consume", "c")
+    assert_error(result, str(segment), "position ")
+    assert segment.read_bytes() == damaged  # nothing was cut or rewritten
+    assert len(result.stdout.splitlines()) < 3000

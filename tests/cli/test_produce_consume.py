@@ -1,0 +1,135 @@
+"""``headwater produce`` and ``headwater consume``: round trips and the ways to start reading."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from headwater.store import NewRecord, open_store, partition_for_key
+
+from .helpers import HEADWATER, Headwater
+
+USERS = [f"user-{i}" for i in range(40)]
+
+
+def events(count: int, start: int = 0) -> list[dict[str, object]]:
+    return [
+        {"n": i, "user": USERS[i % len(USERS)], "page": "/p"} for i in range(start, start + count)
+    ]
+
+
+def jsonl(docs: list[dict[str, object]]) -> str:
+    # Spaced out (json.dumps' default) so that re-serialising compactly shows.
+    return "".join(json.dumps(doc) + "\n" for doc in docs)
+
+
+@pytest.fixture
+def clicks(hw: Headwater) -> None:
+    assert hw("topics", "create", "clicks", "--partitions", "3").returncode == 0
+
+
+@pytest.mark.usefixtures("clicks")
+def test_keyed_round_trip(hw: Headwater) -> None:
+    docs = events(2500)
+    produced = hw("produce", "clicks", "--key", "user", input=jsonl(docs))
+    assert produced.returncode == 0, produced.stderr
+    assert produced.stderr == ""
+    acks = [tuple(map(int, line.split(":"))) for line in produced.stdout.splitlines()]
+    assert len(acks) == len(docs)
+    # Each record went where Kafka's murmur2 partitioner puts its key; offsets are dense
+    # per partition, in input order.
+    for doc, (partition, _offset) in zip(docs, acks, strict=True):
+        assert partition == partition_for_key(str(doc["user"]).encode(), 3)
+    for p in range(3):
+        offsets = [o for q, o in acks if q == p]
+        assert offsets == list(range(len(offsets)))
+
+    consumed = hw("consume", "clicks", "--show-meta")
+    assert consumed.returncode == 0, consumed.stderr
+    lines = consumed.stdout.splitlines()
+    metas = [json.loads(line) for line in lines]
+    assert sorted(m["value"]["n"] for m in metas) == list(range(2500))
+    assert {(m["partition"], m["offset"]) for m in metas} == set(acks)
+    for m in metas:
+        assert set(m) == {"partition", "offset", "timestamp", "key", "value"}
+        assert m["key"] == m["value"]["user"]
+        assert abs(m["timestamp"] - time.time() * 1000) < 600_000
+    # The stored value is the line re-serialised compactly.
+    plain = hw("consume", "clicks", "--partition", "1", "--max", "1").stdout
+    assert plain.startswith('{"n":') and ", " not in plain
+
+
+@pytest.mark.usefixtures("clicks")
+def test_quiet_unkeyed_and_max(hw: Headwater) -> None:
+    produced = hw("produce", "clicks", "--quiet", input=jsonl(events(3000)) + "\n\n")
+    assert produced.returncode == 0
+    assert produced.stdout == ""
+    assert produced.stderr.startswith("stored 3000 records in 'clicks' (partition ")
+    assert len(hw("consume", "clicks").stdout.splitlines()) == 3000
+    assert len(hw("consume", "clicks", "--max", "7").stdout.splitlines()) == 7
+
+
+@pytest.mark.usefixtures("clicks")
+def test_from_offset_time_and_latest(hw: Headwater) -> None:
+    assert hw("produce", "clicks", "--key", "user", input=jsonl(events(600))).returncode == 0
+    time.sleep(0.05)
+    midpoint = datetime.now(UTC)
+    time.sleep(0.05)
+    assert hw("produce", "clicks", "--key", "user", input=jsonl(events(300, 600))).returncode == 0
+
+    def consume(*args: str) -> list[dict[str, int]]:
+        result = hw("consume", "clicks", "--show-meta", *args)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    # An offset applies to each partition.
+    from_offset = consume("--from", "100")
+    assert len(from_offset) == 900 - 3 * 100
+    assert min(m["offset"] for m in from_offset) == 100
+    # A time with a timezone, and one without (taken as UTC), give the same records.
+    later = list(range(600, 900))
+    assert sorted(m["value"]["n"] for m in consume("--from", midpoint.isoformat())) == later
+    naive = midpoint.replace(tzinfo=None).isoformat()
+    assert sorted(m["value"]["n"] for m in consume("--from", naive)) == later
+    assert consume("--from", "latest") == []
+    one = consume("--partition", "1", "--from", "5", "--max", "3")
+    assert [(m["partition"], m["offset"]) for m in one] == [(1, 5), (1, 6), (1, 7)]
+
+
+async def test_values_that_are_not_json_print_as_strings(hw: Headwater, data: Path) -> None:
+    async with open_store(data) as store:
+        await store.create_topic("raw")
+        await store.append(
+            "raw",
+            [
+                NewRecord(value=b"plain text"),
+                NewRecord(value=b'{"a":\n 1}'),
+                NewRecord(value=None),
+                NewRecord(value=b"\xff\xfe"),
+                NewRecord(value=b"[1,2]", key=b"k"),
+            ],
+        )
+    out = hw("consume", "raw").stdout.splitlines()
+    assert out == ['"plain text"', '{"a":1}', "null", '"\\\\xff\\\\xfe"', "[1,2]"]
+
+
+@pytest.mark.usefixtures("clicks")
+def test_consume_into_a_closed_pipe_is_quiet(hw: Headwater, data: Path) -> None:
+    hw("produce", "clicks", "--quiet", input=jsonl(events(5000)))
+    with subprocess.Popen(
+        [HEADWATER, "--data", str(data), "consume", "clicks"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # as `| head -1` does
+        status = proc.wait(timeout=30)
+        stderr = proc.stderr.read()
+    assert status == 0
+    assert stderr == b""
