@@ -220,7 +220,7 @@ def main() -> None:
             f"store bench: {args.records:,} records of 100 bytes, batches of {BATCH:,}, in {root}"
         )
         for durability in (Durability.NEVER, Durability.BATCH, Durability.ALWAYS):
-            for writers in (1, 4):
+            for writers in (1, 16):
                 rate = anyio.run(
                     bench_append, root, durability, args.records, writers, backend="trio"
                 )
