@@ -10,6 +10,11 @@ asynchronously by a :class:`Partition`::
         records = await store.partition("clicks", placed[0][0]).read_records(0, 1 << 20)
 """
 
+from ._batch import BatchHeader as BatchHeader
+from ._batch import TimestampType as TimestampType
+from ._batch import parse_batch_header as parse_batch_header
+from ._batch import verify_batch as verify_batch
+from ._compression import Compression as Compression
 from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
@@ -33,15 +38,10 @@ from ._partition import records_from as records_from
 from ._partitioner import StickyPartitioner as StickyPartitioner
 from ._partitioner import murmur2 as murmur2
 from ._partitioner import partition_for_key as partition_for_key
-from ._records import BatchHeader as BatchHeader
-from ._records import Compression as Compression
 from ._records import NewRecord as NewRecord
 from ._records import Record as Record
-from ._records import TimestampType as TimestampType
 from ._records import decode_records as decode_records
 from ._records import encode_batch as encode_batch
-from ._records import parse_batch_header as parse_batch_header
-from ._records import verify_batch as verify_batch
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription

@@ -32,23 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crc32c import crc32c
-
+from ._batch import encode_empty_batch, parse_batch_header
 from ._config import CleanupPolicy
 from ._files import CLEANED_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, fsync_dir, segment_file_name, write_all
 from ._log import PartitionLog
-from ._records import (
-    _MAGIC,
-    _MIN_BATCH_LENGTH,
-    _PREFIX,
-    _TAIL,
-    Compression,
-    NewRecord,
-    Record,
-    decode_records,
-    encode_batch,
-    parse_batch_header,
-)
+from ._records import Compression, NewRecord, Record, decode_records, encode_batch
 from ._segment import Segment
 
 logger = logging.getLogger("headwater.store")
@@ -63,13 +51,6 @@ class CleanResult:
     records_removed: int
     bytes_before: int
     bytes_after: int
-
-
-def encode_empty_batch(base_offset: int, timestamp: int) -> bytes:
-    """Return a batch with no records covering just ``base_offset`` (as Kafka's cleaner keeps)."""
-    tail = _TAIL.pack(0, 0, timestamp, timestamp, -1, -1, -1, 0)
-    crc = crc32c(tail)
-    return _PREFIX.pack(base_offset, _MIN_BATCH_LENGTH, -1, _MAGIC, crc) + tail
 
 
 def _segment_batches(segment: Segment) -> list[tuple[int, bytes]]:

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
+from ._batch import TimestampType
 from ._errors import InvalidConfigError
-from ._records import TimestampType
 
 __all__ = ["CleanupPolicy", "Durability", "TopicConfig", "kafka_config_entries"]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import orjson
 
+from ._batch import verify_batch
 from ._errors import CorruptRecordError
 from ._files import (
     CLEAN_SHUTDOWN_FILE,
@@ -48,7 +49,6 @@ from ._files import (
     segment_file_name,
 )
 from ._index import IndexFormatError, OffsetIndex, TimeIndex
-from ._records import verify_batch
 from ._segment import Segment
 
 logger = logging.getLogger("headwater.store")

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._batch import TimestampType, set_base_offset, stamp_log_append_time, verify_batch
 from ._config import TopicConfig
 from ._errors import (
     CorruptRecordError,
@@ -45,16 +46,7 @@ from ._errors import (
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
 from ._loader import RecoveryPoint, load_segments, write_recovery_point
-from ._records import (
-    Compression,
-    NewRecord,
-    TimestampType,
-    decode_records,
-    encode_batch,
-    set_base_offset,
-    stamp_log_append_time,
-    verify_batch,
-)
+from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
 
 logger = logging.getLogger("headwater.store")

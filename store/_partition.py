@@ -24,10 +24,11 @@ from collections.abc import Sequence
 import anyio
 import anyio.to_thread
 
+from ._batch import parse_batch_header
 from ._config import Durability, TopicConfig
 from ._errors import LogClosedError, StoreError
 from ._log import AppendInfo, PartitionLog
-from ._records import Compression, NewRecord, Record, decode_records, parse_batch_header
+from ._records import Compression, NewRecord, Record, decode_records
 
 #: Reads larger than this leave the event loop for a worker thread.
 THREADED_READ_BYTES = 256 << 10

@@ -1,36 +1,15 @@
-"""Kafka record batch v2 (magic 2): encode, parse, verify and decode batches. Pure, no I/O.
+"""Kafka record batch v2 records: encode and decode a batch's records. Pure, no I/O.
 
 Theory of operation
 -------------------
-A batch is a 61-byte big-endian header followed by the records section::
-
-    offset size field
-    0      8    base_offset             offset of the first record; outside the CRC
-    8      4    batch_length            bytes after this field (batch size = batch_length + 12)
-    12     4    partition_leader_epoch  outside the CRC
-    16     1    magic                   always 2
-    17     4    crc                     CRC-32C (Castagnoli) of bytes 21 to the end
-    21     2    attributes              bits 0-2 codec, 3 log-append time, 4 transactional,
-                                        5 control
-    23     4    last_offset_delta
-    27     8    base_timestamp          timestamp of the first record
-    35     8    max_timestamp
-    43     8    producer_id             -1, -1, -1 when the producer is not idempotent
-    51     2    producer_epoch
-    53     4    base_sequence
-    57     4    records_count
-    61     ...  records; with a codec, one compressed payload (see _compression.py)
-
-A record is ``length varint | attributes int8 | timestamp_delta varlong | offset_delta varint
-| key | value | header_count varint | headers``, where key, value and a header's value are a
-varint length and that many bytes (-1: null) and a header's key is a varint length and UTF-8.
+A batch is a 61-byte header (``_batch.py``) followed by the records section. A record is
+``length varint | attributes int8 | timestamp_delta varlong | offset_delta varint | key |
+value | header_count varint | headers``, where key, value and a header's value are a varint
+length and that many bytes (-1: null) and a header's key is a varint length and UTF-8.
 Every record integer is a zigzag varint (protobuf's encoding of signed values).
 
 Invariants:
 
-- The CRC covers attributes to the end, so the log may rewrite ``base_offset`` and
-  ``partition_leader_epoch`` in place (:func:`set_base_offset`) without touching it; any
-  other change (:func:`stamp_log_append_time`) recomputes it.
 - Under log-append time every record's timestamp is the batch's ``max_timestamp`` (the
   broker's clock), as Kafka's readers do; the stored deltas are ignored.
 - Decoding trusts no length or count: a varint may not run past its bound, every record must
@@ -46,13 +25,11 @@ encoder builds a common batch (no headers, short keys and values) column by colu
 ``map`` over precomputed varint tables and joins the pieces once; the decoder inlines one-
 and two-byte varints and calls a helper only for longer ones or for headers.
 
-Everything here is a pure function of its arguments: safe to call from any thread; the
-in-place edits need the caller to own the buffer.
+Everything here is a pure function of its arguments: safe to call from any thread.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -62,8 +39,25 @@ from typing import Any, NamedTuple, cast
 
 from crc32c import crc32c
 
+from ._batch import (
+    BATCH_HEADER_SIZE,
+    BATCH_OVERHEAD,
+    CODEC_MASK,
+    LOG_APPEND_TIME_BIT,
+    MAGIC,
+    MIN_BATCH_LENGTH,
+    PREFIX,
+    TAIL,
+    BatchHeader,
+    Buffer,
+    TimestampType,
+    parse_batch_header,
+    set_base_offset,
+    stamp_log_append_time,
+    verify_batch,
+)
 from ._compression import Compression, compress, decompress
-from ._errors import CorruptRecordError, UnsupportedCompressionError
+from ._errors import CorruptRecordError
 
 __all__ = (
     "BATCH_HEADER_SIZE",
@@ -80,34 +74,6 @@ __all__ = (
     "stamp_log_append_time",
     "verify_batch",
 )
-
-BATCH_HEADER_SIZE = 61
-BATCH_OVERHEAD = 12
-
-_MAGIC = 2
-_CRC_START = 21  # attributes: the first byte the CRC covers
-_MIN_BATCH_LENGTH = BATCH_HEADER_SIZE - BATCH_OVERHEAD
-_CODEC_MASK = 0x07
-_LOG_APPEND_TIME_BIT = 0x08
-_TRANSACTIONAL_BIT = 0x10
-_CONTROL_BIT = 0x20
-
-_HEADER = struct.Struct(">qiibIhiqqqhii")
-_PREFIX = struct.Struct(">qiibI")  # base_offset .. crc
-_TAIL = struct.Struct(">hiqqqhii")  # attributes .. records_count: the CRC starts here
-_CRC = struct.Struct(">I")
-_ATTRIBUTES = struct.Struct(">h")
-_INT64 = struct.Struct(">q")
-_MAX_TIMESTAMP_AT = 35
-
-Buffer = bytes | bytearray | memoryview
-
-
-class TimestampType(enum.IntEnum):
-    """Whose clock a batch's timestamps come from: attribute bit 3."""
-
-    CREATE_TIME = 0
-    LOG_APPEND_TIME = 1
 
 
 class NewRecord(NamedTuple):
@@ -127,69 +93,6 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]
-
-
-class BatchHeader(NamedTuple):
-    """The 61-byte batch header, fields in wire order."""
-
-    base_offset: int
-    batch_length: int
-    partition_leader_epoch: int
-    magic: int
-    crc: int
-    attributes: int
-    last_offset_delta: int
-    base_timestamp: int
-    max_timestamp: int
-    producer_id: int
-    producer_epoch: int
-    base_sequence: int
-    records_count: int
-
-    @property
-    def size(self) -> int:
-        """Return the size of the whole batch in bytes."""
-        return self.batch_length + BATCH_OVERHEAD
-
-    @property
-    def last_offset(self) -> int:
-        """Return the offset of the batch's last record."""
-        return self.base_offset + self.last_offset_delta
-
-    @property
-    def next_offset(self) -> int:
-        """Return the offset that follows the batch."""
-        return self.base_offset + self.last_offset_delta + 1
-
-    @property
-    def compression(self) -> Compression:
-        """Return the codec of the records section.
-
-        :raises UnsupportedCompressionError: if bits 0-2 name no known codec.
-        """
-        codec = self.attributes & _CODEC_MASK
-        if codec > Compression.ZSTD:
-            raise UnsupportedCompressionError(f"unknown compression codec {codec}")
-        return Compression(codec)
-
-    @property
-    def timestamp_type(self) -> TimestampType:
-        """Return whose clock the timestamps come from."""
-        return TimestampType(bool(self.attributes & _LOG_APPEND_TIME_BIT))
-
-    @property
-    def is_transactional(self) -> bool:
-        """Return whether the batch belongs to a transaction."""
-        return bool(self.attributes & _TRANSACTIONAL_BIT)
-
-    @property
-    def is_control(self) -> bool:
-        """Return whether the batch holds control records (transaction markers)."""
-        return bool(self.attributes & _CONTROL_BIT)
-
-
-# --------------------------------------------------------------------------------------
-# Varints
 
 
 def _zigzag_varint(value: int) -> bytes:
@@ -312,15 +215,15 @@ def encode_batch(
     payload = b"".join(parts)
     if compression:
         payload = compress(compression, payload)
-    attributes = compression | (_LOG_APPEND_TIME_BIT if timestamp_type else 0)
+    attributes = compression | (LOG_APPEND_TIME_BIT if timestamp_type else 0)
     try:
-        tail = _TAIL.pack(
+        tail = TAIL.pack(
             attributes, count - 1, base_timestamp, max_timestamp,
             producer_id, producer_epoch, base_sequence, count,
         )  # fmt: skip
         crc = crc32c(payload, crc32c(tail))
-        prefix = _PREFIX.pack(
-            base_offset, _MIN_BATCH_LENGTH + len(payload), partition_leader_epoch, _MAGIC, crc
+        prefix = PREFIX.pack(
+            base_offset, MIN_BATCH_LENGTH + len(payload), partition_leader_epoch, MAGIC, crc
         )
     except struct.error as exc:
         raise ValueError(f"a batch header field is out of range: {exc}") from exc
@@ -446,65 +349,6 @@ def _general_parts(
 # Parsing and verifying
 
 
-def parse_batch_header(buf: Buffer, pos: int = 0) -> BatchHeader:
-    """Parse the header of the batch at ``pos``, checking that the batch fits in ``buf``.
-
-    The CRC is not checked (see :func:`verify_batch`).
-
-    :raises CorruptRecordError: if fewer than 61 bytes remain, the magic is not 2, or the
-        batch length is too small for a header or runs past the end of ``buf``.
-    """
-    if pos < 0:
-        raise ValueError(f"negative position {pos}")
-    remaining = len(buf) - pos
-    if remaining < BATCH_HEADER_SIZE:
-        raise CorruptRecordError(
-            f"batch header needs {BATCH_HEADER_SIZE} bytes, {max(remaining, 0)} remain",
-            position=pos,
-        )
-    fields = _HEADER.unpack_from(buf, pos)
-    magic, batch_length = fields[3], fields[1]
-    if magic != _MAGIC:
-        raise CorruptRecordError(f"magic is {magic}, expected {_MAGIC}", position=pos)
-    if batch_length < _MIN_BATCH_LENGTH:
-        raise CorruptRecordError(
-            f"batch length {batch_length} is smaller than a header ({_MIN_BATCH_LENGTH})",
-            position=pos,
-        )
-    if batch_length + BATCH_OVERHEAD > remaining:
-        raise CorruptRecordError(
-            f"batch of {batch_length + BATCH_OVERHEAD} bytes runs past the end of the "
-            f"buffer ({remaining} bytes remain)",
-            position=pos,
-        )
-    return tuple.__new__(BatchHeader, fields)
-
-
-def verify_batch(buf: Buffer, pos: int = 0) -> BatchHeader:
-    """Parse the header of the batch at ``pos`` and check its CRC and record count.
-
-    :raises CorruptRecordError: as :func:`parse_batch_header`, or if the CRC-32C differs or
-        ``records_count`` is outside ``0 .. last_offset_delta + 1``.
-    """
-    header = parse_batch_header(buf, pos)
-    crc = crc32c(memoryview(buf)[pos + _CRC_START : pos + header.batch_length + BATCH_OVERHEAD])
-    if crc != header.crc:
-        raise CorruptRecordError(
-            f"CRC-32C mismatch: stored {header.crc:#010x}, computed {crc:#010x}", position=pos
-        )
-    if not 0 <= header.records_count <= header.last_offset_delta + 1:
-        raise CorruptRecordError(
-            f"records count {header.records_count} does not fit last offset delta "
-            f"{header.last_offset_delta}",
-            position=pos,
-        )
-    return header
-
-
-# --------------------------------------------------------------------------------------
-# Decoding
-
-
 def decode_records(buf: Buffer, pos: int = 0, *, verify: bool = True) -> list[Record]:
     """Decode every record of the batch at ``pos``, with absolute offsets and timestamps.
 
@@ -516,13 +360,13 @@ def decode_records(buf: Buffer, pos: int = 0, *, verify: bool = True) -> list[Re
     """
     header = verify_batch(buf, pos) if verify else parse_batch_header(buf, pos)
     start, end = pos + BATCH_HEADER_SIZE, pos + header.batch_length + BATCH_OVERHEAD
-    codec = header.attributes & _CODEC_MASK
+    codec = header.attributes & CODEC_MASK
     if codec:
         data = decompress(codec, memoryview(buf)[start:end], position=pos)
         origin = None
     else:  # a copy: slices of it are bytes, and an IndexError means the section ended
         data, origin = bytes(memoryview(buf)[start:end]), start
-    if header.attributes & _LOG_APPEND_TIME_BIT:
+    if header.attributes & LOG_APPEND_TIME_BIT:
         # timestamp = base + (delta & mask): mask 0 makes every record's timestamp the
         # batch's max_timestamp without a branch per record.
         timestamp_base, delta_mask = header.max_timestamp, 0
@@ -665,46 +509,36 @@ def _read_headers(
     count, pos = _read_varint(data, pos, 5)
     if count < 0 or count > (end - pos) // 2:  # a header takes at least two bytes
         raise _MalformedError(f"header count {count}")
-    headers = []
+    headers: list[tuple[str, bytes | None]] = []
     for _ in range(count):
-        size, pos = _read_varint(data, pos, 5)
-        if size < 0 or size > end - pos:
+        b = data[pos]  # short lengths (one even byte) inline, as in _decode_section
+        if b < 0x80 and not b & 1:
+            size = b >> 1
+            pos += 1
+        else:
+            size, pos = _read_varint(data, pos, 5)
+            if size < 0:
+                raise _MalformedError(f"header key length {size}")
+        if size > end - pos:
             raise _MalformedError(f"header key length {size}")
         try:
             name = str(data[pos : pos + size], "utf-8")
         except UnicodeDecodeError as exc:
             raise _MalformedError(f"header key is not UTF-8: {exc}") from None
         pos += size
-        size, pos = _read_varint(data, pos, 5)
-        if size < -1 or size > end - pos:
+        b = data[pos]
+        if b < 0x80 and not b & 1:
+            size = b >> 1
+            pos += 1
+        else:
+            size, pos = _read_varint(data, pos, 5)
+            if size == -1:
+                headers.append((name, None))
+                continue
+            if size < 0:
+                raise _MalformedError(f"header value length {size}")
+        if size > end - pos:
             raise _MalformedError(f"header value length {size}")
-        headers.append((name, None if size == -1 else data[pos : pos + size]))
-        pos += max(size, 0)
+        headers.append((name, data[pos : pos + size]))
+        pos += size
     return tuple(headers), pos
-
-
-# --------------------------------------------------------------------------------------
-# In-place edits
-
-
-def set_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:
-    """Write the base offset of the batch at ``pos``; the CRC does not cover it.
-
-    :raises CorruptRecordError: if no well-framed batch starts at ``pos``.
-    """
-    parse_batch_header(buf, pos)
-    _INT64.pack_into(buf, pos, base_offset)
-
-
-def stamp_log_append_time(buf: bytearray | memoryview, pos: int, timestamp_ms: int) -> None:
-    """Mark the batch at ``pos`` as log-append time ``timestamp_ms`` and recompute its CRC.
-
-    The CRC is verified first, so stamping never turns a corrupt batch into a valid one.
-
-    :raises CorruptRecordError: if the batch at ``pos`` fails :func:`verify_batch`.
-    """
-    header = verify_batch(buf, pos)
-    _ATTRIBUTES.pack_into(buf, pos + _CRC_START, header.attributes | _LOG_APPEND_TIME_BIT)
-    _INT64.pack_into(buf, pos + _MAX_TIMESTAMP_AT, timestamp_ms)
-    crc = crc32c(memoryview(buf)[pos + _CRC_START : pos + header.size])
-    _CRC.pack_into(buf, pos + _CRC_START - 4, crc)

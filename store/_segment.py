@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._batch import verify_batch
 from ._errors import CorruptRecordError
 from ._files import (
     INDEX_SUFFIX,
@@ -34,7 +35,6 @@ from ._files import (
     write_all,
 )
 from ._index import OffsetIndex, TimeIndex
-from ._records import verify_batch
 
 # The fields of a batch header a scan needs, from its first 43 bytes:
 # base_offset, batch_length, partition_leader_epoch, magic, crc, attributes,

@@ -563,3 +563,16 @@ def test_header_checks() -> None:
     header = parse_batch_header(batch)
     assert isinstance(header, BatchHeader)
     assert header.magic == 2 and header.batch_length == len(batch) - BATCH_OVERHEAD
+
+
+def overlong(value: int) -> bytes:
+    """Return a valid but needlessly long (three-byte) varint, as some encoders write."""
+    zigzag = (value << 1) ^ (value >> 63)
+    return bytes([zigzag & 0x7F | 0x80, (zigzag >> 7) & 0x7F | 0x80, zigzag >> 14])
+
+
+def test_overlong_varints_decode() -> None:
+    fields = [b"\x00", overlong(-3), overlong(0), overlong(-1), overlong(2), b"vv"]
+    fields += [overlong(2), overlong(1), b"h", overlong(-1), overlong(1), b"i", overlong(0)]
+    batch = with_section(encode_batch([NewRecord(b"x")], now_ms=NOW), record(*fields))
+    assert decode_records(batch) == [Record(0, NOW - 3, None, b"vv", (("h", None), ("i", b"")))]
