@@ -132,6 +132,8 @@ class Store:
         self._topics: dict[str, list[Partition]] = {}
         self._configs: dict[str, TopicConfig] = {}
         self._sticky = StickyPartitioner()
+        # Log end offsets at the last compaction: an unchanged partition is not re-read.
+        self._compacted_at: dict[tuple[str, int], int] = {}
         self._task_group: TaskGroup | None = None
         self._closed = False
 
@@ -239,6 +241,9 @@ class Store:
                 continue
             for partition in partitions:
                 log = partition.log
+                if self._compacted_at.get((name, partition.index)) == log.log_end_offset:
+                    continue
+                self._compacted_at[(name, partition.index)] = log.log_end_offset
                 plan = await anyio.to_thread.run_sync(plan_cleaning, log, now)
                 if plan is None or log.closed:
                     continue

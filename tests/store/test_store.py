@@ -212,3 +212,23 @@ async def test_one_process_owns_a_data_directory(tmp_path: Path) -> None:
         assert reader.list_topics() == ["t"]
         with pytest.raises(StoreError):
             await reader.append("t", [NewRecord(value=b"x")])
+
+
+def test_the_store_runs_on_asyncio_too(tmp_path: Path) -> None:
+    async def main() -> list[bytes | None]:
+        async with open_store(tmp_path) as store:
+            await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
+            partition = store.partition("t", 0)
+            seen: list[bytes | None] = []
+
+            async def reader() -> None:
+                await partition.wait_for(1)
+                seen.extend(r.value for r in await partition.read_records(0, 1 << 16))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                await partition.append([NewRecord(value=b"a")])
+                await partition.append([NewRecord(value=b"b")])
+            return seen
+
+    assert anyio.run(main, backend="asyncio") == [b"a", b"b"]
