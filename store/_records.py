@@ -424,6 +424,10 @@ def _decode_section(
             if b < 0x80:
                 timestamp = timestamp_base + (zigzag[b] & delta_mask)
                 pos += 2
+            elif (c := data[pos + 2]) < 0x80:
+                # Records a few ms apart: two-byte deltas are the common case.
+                timestamp = timestamp_base + (zigzag2[b][c] & delta_mask)
+                pos += 3
             else:
                 delta, pos = read(data, pos + 1, 10)
                 timestamp = timestamp_base + (delta & delta_mask)
