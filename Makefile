@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := store groups broker cli
+PACKAGES := store groups broker processing cli
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck kcat unit clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/log_tour.py
+	$(BIN)/python examples/clickstream.py
 
-test: lint typecheck unit
+test: lint typecheck kcat unit
+
+# The broker's client tests drive Debian's kcat; they fail with a clear message when it is
+# missing, so a failed install here is reported but does not stop the run.
+kcat:
+	@command -v kcat >/dev/null || (apt-get update && apt-get install -y kcat) \
+		|| echo "warning: could not install kcat (apt-get install kcat); the kcat tests will fail"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

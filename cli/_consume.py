@@ -9,6 +9,13 @@ directory, and a ``Partition.wait_for`` only wakes for appends made in this proc
 follower cannot hold the store open and wait there: other processes could not produce.
 Instead it lets go of the directory once caught up, waits (on inotify, see ``_watch.py``)
 until a writer has used it, then takes it again and reads on from where it stopped.
+
+With ``--group G`` the command is a member of consumer group G (the only live one: one
+process uses the data directory at a time), reads from the group's committed offsets
+(``--from`` applies to partitions without one), and commits each chunk once it is written
+to stdout; so another ``consume --group G`` resumes where this one stopped. It opens the
+store for writing, to commit. A group follower checks for news with a read-only open
+before it joins again, so that its own commits do not wake it in a loop.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 import click
 import orjson
 
+from headwater.groups import Consumer, GroupConfig, GroupCoordinator, TopicPartition
 from headwater.store import (
     Partition,
     Record,
@@ -223,6 +231,13 @@ class Reader:
 )
 @click.option("--max", "max_records", type=click.IntRange(min=0), help="Stop after N records.")
 @click.option(
+    "--group",
+    "-g",
+    metavar="GROUP",
+    help="Read as a member of consumer group GROUP: start from its committed offsets (--from "
+    "only where it has none) and commit what was printed, so the next run resumes there.",
+)
+@click.option(
     "--show-meta",
     is_flag=True,
     help='Print {"partition","offset","timestamp","key","value"} objects.',
@@ -237,6 +252,7 @@ def consume(
     partition: int | None,
     follow: bool,
     max_records: int | None,
+    group: str | None,
     show_meta: bool,
     data: object,
 ) -> None:
@@ -246,6 +262,10 @@ def consume(
     come partition by partition, each in offset order. Without --follow the command stops
     at the end of what was stored when it started.
     """
+    if group is not None and partition is not None:
+        raise click.UsageError("--partition cannot be used with --group (the group assigns them)")
+    if group is not None and not group:
+        raise click.BadParameter("the group name is empty", param_hint="--group")
     directory = data_dir(ctx)
     check_exists(directory)
     reader = Reader(topic, partition, show_meta, StdoutWriter(), max_records)
@@ -253,25 +273,97 @@ def consume(
     async def body() -> None:
         # When the reader of our output goes away (`| head`), that is the end.
         with contextlib.suppress(OutputClosedError):
-            await _consume(directory, reader, start, follow)
+            await _consume(directory, reader, start, follow, group)
 
     signum = run_until_signal(body)
     if signum is not None and not follow:
         ctx.exit(128 + signum)
 
 
-async def _consume(directory: Path, reader: Reader, start: Start, follow: bool) -> None:
+async def _consume(
+    directory: Path, reader: Reader, start: Start, follow: bool, group: str | None
+) -> None:
+    writer = group is not None  # a group member commits
     # The watcher exists before the first read, so no writer that comes after is missed.
     with LockWatcher(directory, LOCK_FILE) as watcher:
         # A follower waits as long as it takes; a one-off read gives up after a while.
         timeout_s = math.inf if follow else LOCK_WAIT_S
-        async with open_waiting(directory, watcher, writer=False, timeout_s=timeout_s) as store:
-            await reader.drain(store, start)
+        async with open_waiting(directory, watcher, writer=writer, timeout_s=timeout_s) as store:
+            await _drain(store, reader, start, group)
         while follow and not reader.done:
             if not await watcher.wait():
                 continue  # a reader let go: nothing new
+            if group is not None:
+                # Our own commits count as writes: look before joining again.
+                async with open_waiting(
+                    directory, watcher, writer=False, timeout_s=math.inf, notice=False
+                ) as store:
+                    news = await group_has_news(store, reader.topic, group, start)
+                if not news:
+                    continue
             # A writer is done; take the directory (waiting while others hold it) and read on.
             async with open_waiting(
-                directory, watcher, writer=False, timeout_s=math.inf, notice=False
+                directory, watcher, writer=writer, timeout_s=math.inf, notice=False
             ) as store:
-                await reader.drain(store, start)
+                await _drain(store, reader, start, group)
+
+
+async def _drain(store: Store, reader: Reader, start: Start, group: str | None) -> None:
+    if group is None:
+        await reader.drain(store, start)
+    else:
+        await drain_group(store, reader, start, group)
+
+
+async def drain_group(store: Store, reader: Reader, start: Start, group: str) -> None:
+    """Print, as a member of ``group``, what the group has not committed; commit as printed.
+
+    Each chunk is written and flushed to stdout before its offsets are committed; when
+    ``--max`` cuts a batch, the position goes back to the first record not printed.
+    """
+    # The only member: no initial rebalance delay is needed to wait for others.
+    solo = GroupConfig(initial_rebalance_delay_ms=0)
+    async with GroupCoordinator(store, config=solo) as coordinator:
+        members: list[Consumer] = []
+
+        def start_uncommitted(partitions: list[TopicPartition]) -> None:
+            committed = coordinator.committed(group)
+            for tp in partitions:
+                if tp not in committed:
+                    members[0].seek(tp, start.position(store.partition(tp.topic, tp.partition)))
+
+        consumer = coordinator.consumer(
+            group,
+            [reader.topic],
+            on_assigned=start_uncommitted,
+            client_id="headwater-consume",
+            max_bytes=READ_BYTES,
+        )
+        members.append(consumer)
+        async with consumer:
+            batches = aiter(consumer)
+            # This is the group's only live member: nothing arrives while it runs.
+            while not reader.done and any(consumer.lag().values()):
+                batch = await anext(batches)
+                records = batch.records
+                if reader.remaining is not None:
+                    records = records[: reader.remaining]
+                    reader.remaining -= len(records)
+                    if len(records) < len(batch.records):
+                        consumer.seek(batch.topic_partition, records[-1].offset + 1)
+                reader.out.write(format_records(batch.partition, records, reader.show_meta))
+                reader.out.flush()
+                await consumer.commit()
+            await consumer.commit()  # where nothing was printed: the start from --from
+
+
+async def group_has_news(store: Store, topic: str, group: str, start: Start) -> bool:
+    """Whether ``topic`` has records past ``group``'s committed offsets (or ``start``)."""
+    async with GroupCoordinator(store) as coordinator:
+        committed = coordinator.committed(group)
+    for partition in store.partitions(topic):
+        offset = committed.get(TopicPartition(topic, partition.index))
+        position = start.position(partition) if offset is None else offset.offset
+        if position < partition.high_watermark:
+            return True
+    return False

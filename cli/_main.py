@@ -17,8 +17,10 @@ import click
 
 from headwater.store import HeadwaterError
 
+from ._app_commands import describe_app, run_app, trace
 from ._consume import consume
 from ._datadir import data_option
+from ._groups import groups
 from ._produce import produce
 from ._topics import topics
 
@@ -36,6 +38,10 @@ def cli(data: object) -> None:
 cli.add_command(topics)
 cli.add_command(produce)
 cli.add_command(consume)
+cli.add_command(groups)
+cli.add_command(run_app)
+cli.add_command(describe_app)
+cli.add_command(trace)
 
 
 def main() -> None:

@@ -1,11 +1,68 @@
-"""Consumer groups: the group coordinator state machine, assignors and the consumer protocol.
+"""Consumer groups: the coordinator, the embedded consumer, and committed offsets.
 
-Everything here is sans-I/O: :class:`Group` is Kafka's classic group protocol driven by an
-injected clock (see its module's theory of operation for how to drive it); the assignors
-are plain functions; the consumer protocol codec turns subscriptions and assignments into
-Kafka's bytes and back. The embedded consumer and the broker drive these objects.
+Many readers share a topic's partitions through a consumer group, and a restarted reader
+resumes where it left off from the group's committed offsets. This is Kafka's classic
+group protocol, in three layers:
 
-A one-member group, driven by hand (a broker or consumer does the same in a loop)::
+- :class:`Group` is the coordinator state machine of one group, sans-I/O (an injected
+  clock, no sleeps, no sockets); the assignors are plain functions; the consumer protocol
+  codec turns subscriptions and assignments into Kafka's bytes and back.
+- :class:`GroupCoordinator` hosts the groups of one store in this process: it drives the
+  state machines on the event loop (one timer task, woken when deadlines move), keeps
+  committed offsets in the store's compacted ``__consumer_offsets`` topic (a commit is
+  acknowledged once durable), expires the offsets of groups that stay empty, and offers
+  the admin operations (list, describe, reset offsets, delete). Its async ``join``,
+  ``sync``, ``heartbeat``, ``leave`` and ``commit`` are what the broker's requests drive.
+- :class:`Consumer` is the embedded client: it joins through the coordinator, heartbeats
+  in the background, and yields :class:`ConsumerBatch` values (topic, partition, records)
+  from its assigned partitions.
+
+Delivery is at least once. A consumer's position in a partition is the offset after the
+last record it yielded; it commits positions (``await consumer.commit()``, or every
+``auto_commit_interval_ms`` with ``enable_auto_commit=True``), and whoever takes over a
+partition starts at the group's committed offset. A rebalance waits while the application
+holds a batch, so ``on_revoked`` (flush state, commit) never runs in the middle of one;
+with ``cooperative-sticky`` (the default) only the partitions that move are revoked.
+Batches rather than single records: a batch is one partition's records in offset order,
+so what to commit after it is one number (``batch.next_offset``), and the records stay
+the store's :class:`~headwater.store.Record` values.
+
+Dependencies point one way (``groups`` imports ``store``, never the reverse), so the
+consumer hangs off the coordinator, not off the store::
+
+    async with open_store("headwater-data") as store:
+        async with GroupCoordinator(store) as groups:
+            async with groups.consumer("clicks-app", ["clicks"],
+                                       auto_offset_reset="earliest") as consumer:
+                async for batch in consumer:
+                    handle(batch.topic, batch.partition, batch.records)
+                    await consumer.commit()   # what was delivered so far
+
+Run for real (the example the tests run):
+
+    >>> import tempfile, anyio
+    >>> from headwater.store import NewRecord, TopicConfig, open_store
+    >>> async def main(path):
+    ...     async with open_store(path) as store:
+    ...         await store.create_topic("clicks", TopicConfig(partitions=2))
+    ...         await store.append("clicks", [NewRecord(b"%d" % i, b"user-%d" % i)
+    ...                                       for i in range(10)])
+    ...         async with GroupCoordinator(store) as groups:
+    ...             async with groups.consumer("app", ["clicks"],
+    ...                                        auto_offset_reset="earliest") as consumer:
+    ...                 seen = 0
+    ...                 async for batch in consumer:
+    ...                     seen += len(batch.records)
+    ...                     await consumer.commit()
+    ...                     if seen == 10:
+    ...                         break
+    ...             return groups.committed("app")
+    >>> with tempfile.TemporaryDirectory() as path:
+    ...     committed = anyio.run(main, path, backend="trio")
+    >>> sum(offset.offset for offset in committed.values())
+    10
+
+The sans-I/O core, driven by hand (the coordinator and the broker do the same in a loop):
 
     >>> from headwater.groups import (
     ...     Group, GroupConfig, GroupProtocol, JoinRequest, Subscription, SyncRequest,
@@ -38,6 +95,9 @@ from ._assignors import cooperative_sticky_assign as cooperative_sticky_assign
 from ._assignors import range_assign as range_assign
 from ._assignors import round_robin_assign as round_robin_assign
 from ._config import GroupConfig as GroupConfig
+from ._consumer import Consumer as Consumer
+from ._consumer import ConsumerBatch as ConsumerBatch
+from ._consumer_config import ConsumerConfig as ConsumerConfig
 from ._consumer_protocol import Assignment as Assignment
 from ._consumer_protocol import Subscription as Subscription
 from ._consumer_protocol import TopicPartition as TopicPartition
@@ -62,8 +122,12 @@ from ._errors import InvalidProtocolMetadataError as InvalidProtocolMetadataErro
 from ._errors import InvalidSessionTimeoutError as InvalidSessionTimeoutError
 from ._errors import MemberIdRequiredError as MemberIdRequiredError
 from ._errors import NotCoordinatorError as NotCoordinatorError
+from ._errors import OffsetMetadataTooLargeError as OffsetMetadataTooLargeError
+from ._errors import PartitionNotAssignedError as PartitionNotAssignedError
 from ._errors import RebalanceInProgressError as RebalanceInProgressError
 from ._errors import UnknownMemberError as UnknownMemberError
+from ._host import GroupCoordinator as GroupCoordinator
+from ._membership import PartitionsCallback as PartitionsCallback
 from ._messages import Completion as Completion
 from ._messages import GroupDescription as GroupDescription
 from ._messages import GroupOverview as GroupOverview
@@ -75,6 +139,8 @@ from ._messages import MemberDescription as MemberDescription
 from ._messages import Pending as Pending
 from ._messages import SyncRequest as SyncRequest
 from ._messages import SyncResult as SyncResult
+from ._offsets import OFFSETS_TOPIC as OFFSETS_TOPIC
+from ._offsets import OffsetAndMetadata as OffsetAndMetadata
 from ._rebalance import GroupState as GroupState
 
 __all__ = (
@@ -82,12 +148,16 @@ __all__ = (
     "Assignment",
     "Assignor",
     "Completion",
+    "Consumer",
+    "ConsumerBatch",
+    "ConsumerConfig",
     "CoordinatorLoadInProgressError",
     "CoordinatorNotAvailableError",
     "FencedInstanceIdError",
     "FencedMemberError",
     "Group",
     "GroupConfig",
+    "GroupCoordinator",
     "GroupDescription",
     "GroupError",
     "GroupIdNotFoundError",
@@ -108,6 +178,11 @@ __all__ = (
     "MemberDescription",
     "MemberIdRequiredError",
     "NotCoordinatorError",
+    "OFFSETS_TOPIC",
+    "OffsetAndMetadata",
+    "OffsetMetadataTooLargeError",
+    "PartitionNotAssignedError",
+    "PartitionsCallback",
     "Pending",
     "RebalanceInProgressError",
     "Subscription",

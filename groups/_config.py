@@ -17,6 +17,11 @@ class GroupConfig:
     :param max_session_timeout_ms: the largest session timeout a member may ask for.
     :param new_member_join_timeout_ms: how long a new member may wait in JoinGroup.
     :param max_size: the most members the group takes, or None for no limit.
+    :param offsets_retention_ms: how long the committed offsets of a group that stays
+        Empty are kept (Kafka's offsets.retention.minutes: 7 days); counted from when the
+        group became Empty, or from the commit when that is later.
+    :param offset_metadata_max_bytes: the longest metadata string a commit may carry
+        (Kafka's offset.metadata.max.bytes).
     :raises InvalidGroupConfigError: if a value is negative, the session bounds are
         reversed, or ``max_size`` is below one.
     """
@@ -26,6 +31,8 @@ class GroupConfig:
     max_session_timeout_ms: int = 1_800_000
     new_member_join_timeout_ms: int = 300_000
     max_size: int | None = None
+    offsets_retention_ms: int = 7 * 24 * 3600 * 1000
+    offset_metadata_max_bytes: int = 4096
 
     def __post_init__(self) -> None:
         for name in (
@@ -33,6 +40,8 @@ class GroupConfig:
             "min_session_timeout_ms",
             "max_session_timeout_ms",
             "new_member_join_timeout_ms",
+            "offsets_retention_ms",
+            "offset_metadata_max_bytes",
         ):
             if getattr(self, name) < 0:
                 raise InvalidGroupConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

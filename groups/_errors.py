@@ -5,6 +5,7 @@ layer translates an exception into a response without a lookup table of its own:
 
     HeadwaterError                       (headwater.store)
     └── GroupError                       -1  UNKNOWN_SERVER_ERROR (never raised itself)
+        ├── OffsetMetadataTooLargeError     12  a commit's metadata string is too long
         ├── CoordinatorLoadInProgressError  14  committed offsets are still loading
         ├── CoordinatorNotAvailableError    15  the group is Dead (deleted or unloaded)
         ├── NotCoordinatorError             16  the group was unloaded from this coordinator
@@ -18,6 +19,7 @@ layer translates an exception into a response without a lookup table of its own:
         ├── GroupIdNotFoundError            69  deleting a group that does not exist
         ├── MemberIdRequiredError           79  first join: rejoin with ``member_id``
         ├── GroupMaxSizeReachedError        81
+        ├── PartitionNotAssignedError       -1  (client side) a partition the consumer does not own
         └── FencedMemberError                   the caller is not a member of this generation
             ├── IllegalGenerationError      22  a stale generation id
             ├── UnknownMemberError          25  a member id the group does not know (expired, left)
@@ -37,6 +39,12 @@ class GroupError(HeadwaterError):
     """An operating error of a consumer group; ``code`` is the Kafka error code to answer."""
 
     code: int = -1
+
+
+class OffsetMetadataTooLargeError(GroupError):
+    """A committed offset's metadata string is longer than the coordinator allows."""
+
+    code = 12
 
 
 class CoordinatorLoadInProgressError(GroupError):
@@ -127,6 +135,13 @@ class GroupMaxSizeReachedError(GroupError):
     """The group already has as many members as the coordinator allows."""
 
     code = 81
+
+
+class PartitionNotAssignedError(GroupError):
+    """A consumer was asked to seek, pause, resume or report a partition it is not assigned.
+
+    Client-side only (no wire code): the partition may have been revoked by a rebalance.
+    """
 
 
 class FencedMemberError(GroupError):

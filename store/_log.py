@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._batch import TimestampType, set_base_offset, stamp_log_append_time, verify_batch
-from ._config import TopicConfig
+from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
     CorruptRecordError,
     LogClosedError,
@@ -504,8 +504,11 @@ class PartitionLog:
     def enforce_retention(self, now_ms: int | None = None) -> list[int]:
         """Delete whole segments past ``retention_ms`` or beyond ``retention_bytes``.
 
-        The active segment is never deleted. Returns the base offsets removed.
+        The active segment is never deleted, nor anything of a compacted topic (its
+        records go only when superseded). Returns the base offsets removed.
         """
+        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
+            return []
         now = self._clock() if now_ms is None else now_ms
         removed: list[int] = []
         retention_ms = self.config.retention_ms

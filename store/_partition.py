@@ -42,10 +42,13 @@ class Partition:
     durability policy.
     """
 
-    def __init__(self, topic: str, index: int, log: PartitionLog) -> None:
+    def __init__(
+        self, topic: str, index: int, log: PartitionLog, *, read_only: bool = False
+    ) -> None:
         self.topic = topic
         self.index = index
         self.log = log
+        self.read_only = read_only
         never = log.config.durability is Durability.NEVER
         self._high_watermark = log.log_end_offset if never else log.recovery_point
         self._new_data: anyio.Event | None = None
@@ -86,7 +89,9 @@ class Partition:
         :raises RecordTooLargeError: if the batch exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write (nothing is acknowledged).
         :raises LogClosedError: if the partition is closed.
+        :raises StoreError: if the store was opened read-only.
         """
+        self._check_writable()
         if self.config.durability is Durability.ALWAYS:
             async with self._lock():
                 info = self.log.append(records, compression=compression)
@@ -102,7 +107,9 @@ class Partition:
         :raises CorruptRecordError: if ``batch`` is not exactly one valid batch.
         :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write.
+        :raises StoreError: if the store was opened read-only.
         """
+        self._check_writable()
         if self.config.durability is Durability.ALWAYS:
             async with self._lock():
                 info = self.log.append_batch(batch)
@@ -111,6 +118,10 @@ class Partition:
         info = self.log.append_batch(batch)
         await self._acknowledge(info)
         return info
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"partition {self.topic}-{self.index} was opened read-only")
 
     def _lock(self) -> anyio.Lock:
         if self._write_lock is None:

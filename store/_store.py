@@ -214,7 +214,7 @@ class Store:
         try:
             for i in range(config.partitions):
                 log = PartitionLog.open(folder / str(i), config, clock=self._clock)
-                partitions.append(Partition(name, i, log))
+                partitions.append(Partition(name, i, log, read_only=self.read_only))
         except BaseException:
             for partition in partitions:
                 partition.log.abandon()

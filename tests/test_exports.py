@@ -6,7 +6,13 @@ import importlib
 
 import pytest
 
-PACKAGES = ["headwater.store", "headwater.groups", "headwater.broker", "headwater.cli"]
+PACKAGES = [
+    "headwater.store",
+    "headwater.groups",
+    "headwater.broker",
+    "headwater.processing",
+    "headwater.cli",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -146,15 +146,13 @@ def test_a_crash_before_the_commit_discards_the_cleaned_file(tmp_path: Path) -> 
 
 
 def test_apply_cleaning_refuses_segments_removed_meanwhile(tmp_path: Path) -> None:
-    config = TopicConfig(
-        cleanup_policy=CleanupPolicy.COMPACT, segment_bytes=1024, retention_bytes=1500
-    )
+    config = TopicConfig(cleanup_policy=CleanupPolicy.COMPACT, segment_bytes=1024)
     log = PartitionLog.open(tmp_path, config, clock=lambda: NOW)
     for i in range(100):
         log.append([NewRecord(value=b"x" * 20, key=f"k{i % 5}".encode(), timestamp=NOW)])
     plan = plan_cleaning(log, NOW)
     assert plan is not None
-    log.enforce_retention(NOW)
+    log.delete_segments_before(log.segments[1].base_offset)
     try:
         apply_cleaning(log, plan)
     except Exception as exc:
@@ -162,4 +160,16 @@ def test_apply_cleaning_refuses_segments_removed_meanwhile(tmp_path: Path) -> No
 
         assert isinstance(exc, StoreError)
     assert not any(name.endswith(".swap") for name in os.listdir(tmp_path))
+    log.close()
+
+
+def test_retention_never_deletes_a_compacted_topic(tmp_path: Path) -> None:
+    config = TopicConfig(
+        cleanup_policy=CleanupPolicy.COMPACT, segment_bytes=1024, retention_bytes=1, retention_ms=1
+    )
+    log = PartitionLog.open(tmp_path, config, clock=lambda: NOW)
+    for i in range(100):
+        log.append([NewRecord(value=b"x" * 20, key=f"k{i}".encode(), timestamp=0)])
+    assert log.enforce_retention(NOW) == []
+    assert log.log_start_offset == 0
     log.close()

@@ -1,0 +1,200 @@
+"""``headwater run``, ``describe`` and ``trace``: the processing apps' commands.
+
+``run`` and ``describe`` load a Python file the way ``python app.py`` would, except that
+``__name__`` is not ``"__main__"`` (so an ``if __name__ == "__main__": app.run()`` block
+does not start the app too), and pick the :class:`~headwater.processing.App` it defines:
+the one named after the colon (``app.py:pipeline``), else the only App in the file.
+
+``trace`` follows the lineage headers (``headwater.source``) from one record back to
+the source event that produced it, printing each record on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import runpy
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from headwater.processing import App, source_of
+from headwater.store import OffsetOutOfRangeError, Record, Store
+
+from ._datadir import data_dir, data_option, locked_store
+from ._output import info
+from ._run import run_async
+
+#: Trace stops after this many steps (lineage cannot loop, but headers can lie).
+MAX_TRACE_STEPS = 100
+
+
+def load_app(target: str) -> App:
+    """Load ``FILE[:NAME]`` and return the App it defines.
+
+    :raises click.ClickException: if the file cannot be run or defines no such App.
+    """
+    path_text, _, name = target.partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise click.ClickException(f"no such file: {path}")
+    sys.path.insert(0, str(path.resolve().parent))  # its own imports, as `python app.py`
+    try:
+        namespace = runpy.run_path(str(path), run_name="__headwater__")
+    except SystemExit as exc:
+        raise click.ClickException(f"{path} exited while loading (status {exc.code})") from None
+    finally:
+        sys.path.pop(0)
+    if name:
+        app = namespace.get(name)
+        if not isinstance(app, App):
+            raise click.ClickException(f"{path} defines no App named {name!r}")
+        return app
+    apps = {key: value for key, value in namespace.items() if isinstance(value, App)}
+    unique = {id(a): a for a in apps.values()}
+    if len(unique) != 1:
+        found = ", ".join(sorted(apps)) or "none"
+        raise click.ClickException(
+            f"{path} must define exactly one App (found: {found}); name one as {path}:NAME"
+        )
+    return next(iter(unique.values()))
+
+
+def _explicit_data_dir(ctx: click.Context) -> Path | None:
+    """Return ``--data`` if given on the command line (else the app's own choice stands)."""
+    current: click.Context | None = ctx
+    while current is not None:
+        if current.params.get("data") is not None:
+            return data_dir(ctx)
+        current = current.parent
+    return None
+
+
+@click.command("run")
+@click.argument("target", metavar="APP.PY[:NAME]")
+@click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Stop once every input partition is processed up to where it ended at the start.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Log what the runtime does.")
+@data_option
+@click.pass_context
+def run_app(
+    ctx: click.Context, target: str, until_caught_up: bool, verbose: bool, data: Path | None
+) -> None:
+    """Run the app in APP.PY until SIGINT/SIGTERM (or until caught up).
+
+    The first signal stops it gracefully (finish the batches in hand, write, commit,
+    leave the group); a second one stops it at once. The data directory is --data, else
+    the app's own, else $HEADWATER_DATA, else ./headwater-data.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="headwater: %(message)s",
+        stream=sys.stderr,
+    )
+    app = load_app(target)
+    directory = _explicit_data_dir(ctx)
+    stats = app.run(until_caught_up=until_caught_up, data_dir=directory)
+    info(
+        f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
+        f" ({stats.skipped:,} skipped, {stats.dead_lettered:,} dead-lettered)"
+        f" in {stats.elapsed_s:.2f} s"
+    )
+
+
+@click.command("describe")
+@click.argument("target", metavar="APP.PY[:NAME]")
+def describe_app(target: str) -> None:
+    """Print the topology of the app in APP.PY: sources, operators, sinks, internal topics."""
+    click.echo(load_app(target).describe(), nl=False)
+
+
+@click.command("trace")
+@click.argument("topic")
+@click.argument("partition", type=click.IntRange(min=0))
+@click.argument("offset", type=click.IntRange(min=0))
+@data_option
+@click.pass_context
+def trace(ctx: click.Context, topic: str, partition: int, offset: int, data: Path | None) -> None:
+    """Print the record at TOPIC PARTITION OFFSET and, following its lineage headers, every
+    record it was derived from, back to the source event."""
+    directory = data_dir(ctx)
+
+    async def body() -> list[str]:
+        async with locked_store(directory, writer=False) as store:
+            return await trace_lines(store, topic, partition, offset)
+
+    for line in run_async(body):
+        click.echo(line)
+
+
+async def trace_lines(store: Store, topic: str, partition: int, offset: int) -> list[str]:
+    """Return the lines ``headwater trace`` prints for the record at ``topic/partition/offset``.
+
+    :raises click.ClickException: if the first record does not exist.
+    """
+    lines: list[str] = []
+    position = (topic, partition, offset)
+    for step in range(MAX_TRACE_STEPS):
+        record = await _read_one(store, *position)
+        where = f"{position[0]}/{position[1]}/{position[2]}"
+        if isinstance(record, str):
+            if step == 0:
+                raise click.ClickException(record)
+            lines.append(f"  <- {where}: {record}")
+            return lines
+        lines.append(("" if step == 0 else "  <- ") + _describe(where, record))
+        source = source_of(record.headers)
+        if source is None:
+            lines.append("     (a source event: it carries no lineage header)")
+            return lines
+        position = (source.topic, source.partition, source.offset)
+    lines.append(f"  ... stopped after {MAX_TRACE_STEPS} steps")
+    return lines
+
+
+async def _read_one(store: Store, topic: str, partition: int, offset: int) -> Record | str:
+    """Return the record at ``offset``, or a sentence saying why there is none."""
+    if not store.has_topic(topic):
+        return f"no topic {topic!r} (deleted?)"
+    partitions = store.partitions(topic)
+    if partition >= len(partitions):
+        return f"topic {topic!r} has no partition {partition} (it has {len(partitions)})"
+    log = partitions[partition]
+    try:
+        records = await log.read_records(offset, 1 << 16)
+    except OffsetOutOfRangeError:
+        return (
+            f"no record at {topic}/{partition}/{offset}: the partition holds offsets "
+            f"{log.log_start_offset} to {log.high_watermark - 1} (removed by retention?)"
+        )
+    if not records or records[0].offset != offset:
+        return (
+            f"no record at {topic}/{partition}/{offset} (removed by compaction, or never written)"
+        )
+    return records[0]
+
+
+def _describe(where: str, record: Record) -> str:
+    stamp = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(timespec="milliseconds")
+    parts = [f"{where}  {stamp.replace('+00:00', 'Z')}"]
+    if record.key is not None:
+        parts.append(f"key={_text(record.key)}")
+    lines = ["  ".join(parts), f"     value: {_text(record.value)}"]
+    for name, value in record.headers:
+        if name.startswith("headwater.error."):
+            lines.append(f"     {name}: {_text(value)}")
+    return "\n".join(lines)
+
+
+def _text(data: bytes | None) -> str:
+    if data is None:
+        return "(none)"
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return repr(data)
+    return text if text.isprintable() else repr(text)

@@ -1,0 +1,73 @@
+"""The processor DSL and its runtime: pipelines that read streams and write derived topics.
+
+An :class:`App` names a set of streams; a :class:`Stream` is an immutable, typed
+description built one operator at a time (``filter``, ``map``, ``flat_map``,
+``map_async``, ``filter_async``, ``key_by``, ``with_metadata``, ``branch``, ``split``,
+``merge``, ``peek``, ``repartition``, ``to``)::
+
+    from headwater.processing import App
+
+    app = App("clicks")
+    clicks = app.stream("clicks")                       # JSON values by default
+    (clicks.filter(lambda e: e["ms"] > 100)
+           .map(lambda e: {**e, "slow": e["ms"] > 500})
+           .to("clicks-enriched"))
+    app.run()                                           # or: headwater run app.py
+
+``App.run`` joins the app's consumer group and runs one task per assigned input
+partition, committing input offsets only after the outputs are durable (at-least-once).
+Every derived record carries a ``headwater.source`` lineage header. Test pipelines with
+:class:`headwater.processing.testing.TestDriver`.
+"""
+
+from ._app import App as App
+from ._backend import Backend as Backend
+from ._backend import InProcessBackend as InProcessBackend
+from ._backend import Membership as Membership
+from ._backend import open_in_process as open_in_process
+from ._config import AppConfig as AppConfig
+from ._encoding import OutRecords as OutRecords
+from ._errors import ErrorPolicy as ErrorPolicy
+from ._errors import OperatorError as OperatorError
+from ._errors import ProcessingError as ProcessingError
+from ._errors import SerdeError as SerdeError
+from ._errors import TopologyError as TopologyError
+from ._lineage import SOURCE_HEADER as SOURCE_HEADER
+from ._lineage import SourcePosition as SourcePosition
+from ._lineage import source_of as source_of
+from ._retry import Retry as Retry
+from ._runtime import RunStatistics as RunStatistics
+from ._serde import BytesSerde as BytesSerde
+from ._serde import JsonSerde as JsonSerde
+from ._serde import Serde as Serde
+from ._serde import StrSerde as StrSerde
+from ._serde import encode_key as encode_key
+from ._stream import Event as Event
+from ._stream import Stream as Stream
+
+__all__ = (
+    "SOURCE_HEADER",
+    "App",
+    "AppConfig",
+    "Backend",
+    "BytesSerde",
+    "ErrorPolicy",
+    "Event",
+    "InProcessBackend",
+    "JsonSerde",
+    "Membership",
+    "OperatorError",
+    "OutRecords",
+    "ProcessingError",
+    "Retry",
+    "RunStatistics",
+    "Serde",
+    "SerdeError",
+    "SourcePosition",
+    "Stream",
+    "StrSerde",
+    "TopologyError",
+    "encode_key",
+    "open_in_process",
+    "source_of",
+)

@@ -1,0 +1,243 @@
+"""App: a named set of streams, and running them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import anyio
+from anyio.abc import TaskStatus
+
+from headwater.store import HeadwaterError
+
+from ._backend import Backend, default_data_dir, open_in_process
+from ._config import AppConfig
+from ._errors import ErrorPolicy, TopologyError, parse_policy
+from ._graph import Graph
+from ._runtime import RunStatistics, Runtime
+from ._serde import JSON, Serde
+from ._stream import Stream, check_topic
+
+logger = logging.getLogger("headwater.processing")
+
+T = TypeVar("T")
+
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+class App:
+    """A stream-processing application: its streams, and the means to run them.
+
+    :param name: the app's name: its consumer group id, and the prefix of its internal
+        topics (letters, digits, ``.``, ``_``, ``-``; at most 200).
+    :param data_dir: the embedded log's data directory; by default ``$HEADWATER_DATA``,
+        else ``./headwater-data`` (read when the app runs).
+    :param config: runtime settings (:class:`AppConfig`).
+    :raises TopologyError: for a bad name.
+
+    Build streams with :meth:`stream`, then :meth:`run` the app (or ``headwater run``);
+    test it with :class:`~headwater.processing.testing.TestDriver`. Not thread-safe:
+    build the graph, then run it, from one thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        config: AppConfig | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
+            raise TopologyError(
+                f"invalid app name {name!r}: use 1-200 letters, digits, '.', '_' or '-',"
+                " starting with a letter or digit"
+            )
+        if config is not None and not isinstance(config, AppConfig):
+            raise TopologyError(f"config must be an AppConfig, got {config!r}")
+        self.name = name
+        self.config = config or AppConfig()
+        self._data_dir = None if data_dir is None else Path(data_dir)
+        self._graph = Graph()
+        self._runtime: Runtime | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r}: {len(self._graph.nodes)} nodes>"
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory the app runs on (see the constructor)."""
+        return self._data_dir if self._data_dir is not None else default_data_dir()
+
+    @property
+    def graph(self) -> Graph:
+        """The operator graph the app's streams describe."""
+        return self._graph
+
+    @overload
+    def stream(
+        self, topic: str, *, on_error: ErrorPolicy | str = ..., name: str | None = ...
+    ) -> Stream[Any]: ...
+
+    @overload
+    def stream(
+        self,
+        topic: str,
+        *,
+        serde: Serde[T],
+        on_error: ErrorPolicy | str = ...,
+        name: str | None = ...,
+    ) -> Stream[T]: ...
+
+    def stream(
+        self,
+        topic: str,
+        *,
+        serde: Serde[Any] | None = None,
+        on_error: ErrorPolicy | str = ErrorPolicy.RAISE,
+        name: str | None = None,
+    ) -> Stream[Any]:
+        """Return the stream of ``topic``'s values, decoded by ``serde`` (JSON by default).
+
+        ``on_error`` is the stream's error policy (see :class:`ErrorPolicy`), for its
+        decoding and every operator added to it; ``name`` names the stream where a name
+        is needed: its dead-letter topic is ``<name>-dlq`` (``<topic>-dlq`` by default).
+
+        :raises TopologyError: for a bad topic name or policy.
+        """
+        check_topic(topic, "stream")
+        stream_name = topic if name is None else name
+        dead_letter_topic = check_topic(f"{stream_name}-dlq", "stream name")
+        policy = parse_policy(on_error)
+        node = self._graph.add(
+            "source",
+            topic=topic,
+            policy=policy,  # decoding follows the stream's policy too
+            dead_letter_topic=dead_letter_topic,
+            params={"serde": serde or JSON},
+        )
+        return Stream(self, node, policy=policy, dead_letter_topic=dead_letter_topic)
+
+    def describe(self) -> str:
+        """Return the topology as text: sources, the operators below them, sinks, and the
+        internal and dead-letter topics."""
+        return self._graph.describe(self.name)
+
+    def statistics(self) -> RunStatistics | None:
+        """Return the counters of the current or last run (None before any)."""
+        return None if self._runtime is None else self._runtime.statistics()
+
+    async def run_async(
+        self,
+        *,
+        until_caught_up: bool = False,
+        stop: anyio.Event | None = None,
+        backend: Backend | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> RunStatistics:
+        """Run the app in the current event loop until ``stop`` is set (or caught up).
+
+        Without ``backend`` it opens the embedded log in ``data_dir`` (by default
+        :attr:`data_dir`). With
+        ``until_caught_up`` it returns once every input partition has been processed up
+        to the end offset it had at the start (and committed).
+
+        :raises OperatorError: if a user function failed under the ``raise`` policy.
+        :raises TopologyError: if the graph cannot run.
+        :raises HeadwaterError: for a store or group failure (a locked data directory, ...).
+        """
+        try:
+            if backend is not None:
+                return await self._run_on(backend, until_caught_up, stop)
+            async with open_in_process(data_dir or self.data_dir) as local:
+                return await self._run_on(local, until_caught_up, stop)
+        except BaseExceptionGroup as group:
+            error = _first_error(group)
+            if error is None:
+                raise
+            raise error from error.__cause__  # keeps its cause: the user's exception
+
+    async def _run_on(
+        self, backend: Backend, until_caught_up: bool, stop: anyio.Event | None
+    ) -> RunStatistics:
+        runtime = Runtime(
+            self.name, self._graph, self.config, backend, until_caught_up=until_caught_up
+        )
+        self._runtime = runtime
+        return await runtime.run(stop)
+
+    def run(
+        self, *, until_caught_up: bool = False, data_dir: str | os.PathLike[str] | None = None
+    ) -> RunStatistics:
+        """Run the app on trio until SIGINT or SIGTERM (or until caught up, if asked).
+
+        ``data_dir`` overrides the app's data directory for this run.
+
+        The first signal stops it gracefully: no more reading, the batches in hand are
+        finished and written, positions are committed, the worker leaves its group. A
+        second signal stops it at once (what was not committed is processed again by the
+        next run). Returns the run's statistics.
+
+        :raises OperatorError: if a user function failed under the ``raise`` policy.
+        :raises HeadwaterError: as :meth:`run_async`.
+        """
+
+        async def main() -> RunStatistics:
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def watch(*, task_status: TaskStatus[None]) -> None:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        task_status.started()
+                        async for signum in signals:
+                            if stop.is_set():
+                                logger.warning("app %r: second signal: stopping now", self.name)
+                                tg.cancel_scope.cancel()
+                                return
+                            logger.info(
+                                "app %r: %s: finishing the batches in hand, then stopping",
+                                self.name,
+                                signal.Signals(signum).name,
+                            )
+                            stop.set()
+
+                await tg.start(watch)
+                await self.run_async(until_caught_up=until_caught_up, stop=stop, data_dir=data_dir)
+                tg.cancel_scope.cancel()
+            statistics = self.statistics()
+            assert statistics is not None
+            return statistics
+
+        try:
+            return anyio.run(main, backend="trio")
+        except BaseExceptionGroup as group:
+            error = _first_error(group)
+            if error is None:
+                raise
+            raise error from error.__cause__
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """Return the first headwater error in a (nested) exception group, else its first
+    non-cancellation error."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for leaf in leaves:
+        if isinstance(leaf, HeadwaterError):
+            return leaf
+    cancelled = anyio.get_cancelled_exc_class()
+    for leaf in leaves:
+        if not isinstance(leaf, cancelled):
+            return leaf
+    return None

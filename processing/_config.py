@@ -1,0 +1,39 @@
+"""An app's runtime settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._errors import TopologyError
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AppConfig:
+    """How an app runs. Immutable; every field is checked on construction.
+
+    :param commit_interval_ms: how often the positions of processed (and durably
+        written) records are committed; a crash re-processes at most about this much.
+    :param max_batch_bytes: how much one partition task reads at a time: the unit of
+        work, of memory use per partition, and of backpressure.
+    :param default_partitions: the partition count of a source topic that does not exist
+        when the app starts (it is created, so that the app can wait for records).
+    :raises TopologyError: if a value is out of range.
+    """
+
+    commit_interval_ms: int = 1000
+    max_batch_bytes: int = 1 << 20
+    default_partitions: int = 1
+
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("commit_interval_ms", 1),
+            ("max_batch_bytes", 64),
+            ("default_partitions", 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise TopologyError(f"AppConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.default_partitions > 10_000:
+            raise TopologyError(
+                f"AppConfig.default_partitions must be at most 10000, got {self.default_partitions}"
+            )

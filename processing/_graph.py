@@ -1,0 +1,265 @@
+"""The operator graph: nodes that streams describe, and its printable topology.
+
+Theory of operation
+-------------------
+Every :class:`~headwater.processing.Stream` method adds one :class:`Node` to its app's
+:class:`Graph` and returns a stream over it; nothing is ever removed or changed, so a
+stream is an immutable description and the graph only grows. A node knows its parents
+(none for a source, two or more for a merge), its kind, the user function and the
+error policy that was in force when it was added.
+
+Kinds: sources read a topic (``source``; an ``internal`` source reads a repartition
+topic); one-in operators (``filter``, ``map``, ``flat_map``, ``peek``, ``key_by``,
+``metadata``, ``map_async``, ``filter_async``); ``split`` evaluates its routes once per
+record and has one ``route`` child per outcome; ``merge`` joins streams; sinks write a
+topic (``to``; ``through`` writes a repartition topic that an internal source reads
+back). Stateful steps will be further kinds that call :meth:`Stream._copartitioned`
+first, so that a re-keyed stream passes through a repartition topic before them.
+
+What runs: the runtime builds one pipeline per source topic from the nodes reachable
+from it, keeping only nodes that lead to an effect (a sink or a ``peek``); see
+:meth:`Graph.live_nodes`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ErrorPolicy, TopologyError
+
+SOURCE_KINDS = frozenset({"source", "internal"})
+SINK_KINDS = frozenset({"to", "through"})
+EFFECT_KINDS = SINK_KINDS | {"peek"}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Node:
+    """One step of the graph; see the module docstring for the kinds.
+
+    ``params`` holds what the kind needs (``serde``, ``routes``, ``concurrency``, ...).
+    """
+
+    id: int
+    kind: str
+    parents: tuple[Node, ...] = ()
+    fn: Callable[..., Any] | None = None
+    topic: str | None = None
+    policy: ErrorPolicy = ErrorPolicy.RAISE
+    dead_letter_topic: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Return ``#id kind detail`` as describe and errors show it."""
+        detail = ""
+        if self.fn is not None:
+            detail = f" {describe_function(self.fn)}"
+        elif self.topic is not None:
+            detail = f" {self.topic}"
+        elif self.kind == "route":
+            detail = f" {self.params['route']!r}"
+        return f"#{self.id} {self.kind}{detail}"
+
+
+def describe_function(fn: Callable[..., Any]) -> str:
+    """Return a function's name and where it is defined: ``parse (app.py:12)``."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return name
+    return f"{name} ({Path(code.co_filename).name}:{code.co_firstlineno})"
+
+
+def check_function(fn: object, operator: str, *, coroutine: bool = False) -> None:
+    """Check that ``fn`` can serve as ``operator``'s function.
+
+    :raises TopologyError: if it is not callable, or its kind (``async def`` or not) does
+        not match the operator.
+    """
+    if not callable(fn):
+        raise TopologyError(f"{operator} needs a function, got {fn!r}")
+    is_coroutine = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - a callable object's async __call__
+    )
+    if coroutine and not is_coroutine:
+        raise TopologyError(f"{operator} needs an async function, got {describe_function(fn)}")
+    if not coroutine and is_coroutine:
+        raise TopologyError(
+            f"{operator} got the async function {describe_function(fn)}; "
+            f"use {operator}_async for async functions"
+        )
+
+
+class Graph:
+    """The nodes of one app, in the order they were added."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self._children: dict[int, list[Node]] = {}
+
+    def add(self, kind: str, parents: tuple[Node, ...] = (), **fields: Any) -> Node:
+        """Add a node of ``kind`` below ``parents`` and return it."""
+        node = Node(id=len(self.nodes) + 1, kind=kind, parents=parents, **fields)
+        self.nodes.append(node)
+        for parent in parents:
+            self._children.setdefault(parent.id, []).append(node)
+        return node
+
+    def children(self, node: Node) -> list[Node]:
+        """Return the nodes below ``node``, in the order they were added."""
+        return self._children.get(node.id, [])
+
+    def sources(self) -> list[Node]:
+        """Return the source nodes (external and internal)."""
+        return [node for node in self.nodes if node.kind in SOURCE_KINDS]
+
+    def live_nodes(self) -> set[int]:
+        """Return the ids of nodes that lead to an effect (a sink or a peek)."""
+        live: set[int] = set()
+        for node in reversed(self.nodes):  # children are always added after parents
+            if node.kind in EFFECT_KINDS or any(c.id in live for c in self.children(node)):
+                live.add(node.id)
+        return live
+
+    def topics(self, kinds: frozenset[str] | set[str]) -> list[str]:
+        """Return the topics of nodes of ``kinds``, each once, in order."""
+        seen: dict[str, None] = {}
+        for node in self.nodes:
+            if node.kind in kinds and node.topic is not None:
+                seen.setdefault(node.topic)
+        return list(seen)
+
+    def dead_letter_topics(self) -> dict[str, Node]:
+        """Return each dead-letter topic with the first live node that may write to it."""
+        live = self.live_nodes()
+        found: dict[str, Node] = {}
+        for node in self.nodes:
+            if (
+                node.id in live
+                and node.policy is ErrorPolicy.DEAD_LETTER
+                and node.dead_letter_topic is not None
+                and node.kind not in ("merge", "route")  # the only kinds that cannot fail
+            ):
+                found.setdefault(node.dead_letter_topic, node)
+        return found
+
+    def validate(self) -> None:
+        """Check the graph can run.
+
+        :raises TopologyError: if nothing is written anywhere, or a topic is both read and
+            written by the app (a loop through the log).
+        """
+        if not any(node.kind in EFFECT_KINDS for node in self.nodes):
+            raise TopologyError("the app writes nothing: add a .to(topic) (or a .peek) to a stream")
+        read = set(self.topics({"source"}))
+        written = set(self.topics({"to"}))
+        looped = sorted(read & written)
+        if looped:
+            raise TopologyError(
+                f"topic {looped[0]!r} is both read and written by the app (a loop through "
+                "the log); write to another topic"
+            )
+
+    def describe(self, app_name: str, serdes: Callable[[Node], str] | None = None) -> str:
+        """Return the topology as text: each source with the tree of nodes below it."""
+        live = self.live_nodes()
+        lines = [f"app {app_name!r} (consumer group {app_name!r})"]
+        shown: set[int] = set()
+        for source in self.sources():
+            lines.append("")
+            lines.extend(self._describe_tree(source, live, shown))
+        internal = self.topics({"through"})
+        sinks = self.topics({"to"})
+        dead_letters = sorted(self.dead_letter_topics())
+        lines.append("")
+        lines.append("sources:        " + (", ".join(self.topics({"source"})) or "-"))
+        lines.append("sinks:          " + (", ".join(sinks) or "-"))
+        lines.append("internal topics: " + (", ".join(internal) or "-"))
+        lines.append("dead letters:   " + (", ".join(dead_letters) or "-"))
+        return "\n".join(lines) + "\n"
+
+    def _describe_tree(self, root: Node, live: set[int], shown: set[int]) -> Iterator[str]:
+        def line(node: Node) -> str:
+            text = node.label
+            if node.kind in SOURCE_KINDS | SINK_KINDS:
+                text += f" [{node.params.get('serde')!r}]"
+            if node.kind in {"map_async", "filter_async"}:
+                text += f" concurrency={node.params['concurrency']}"
+            if node.kind not in SINK_KINDS and node.policy is not ErrorPolicy.RAISE:
+                text += f" on_error={node.policy.value}"
+            if node.id not in live:
+                text += "  (unused: leads to no sink)"
+            return text
+
+        def walk(node: Node, prefix: str) -> Iterator[str]:
+            children = self.children(node)
+            for i, child in enumerate(children):
+                last = i == len(children) - 1
+                branch, indent = ("└── ", "    ") if last else ("├── ", "│   ")
+                if child.id in shown:
+                    yield f"{prefix}{branch}→ {child.label} (above)"
+                    continue
+                shown.add(child.id)
+                if child.kind == "through":
+                    reader = self.children(child)
+                    yield f"{prefix}{branch}{line(child)} → read back as #{reader[0].id}"
+                    continue
+                yield f"{prefix}{branch}{line(child)}"
+                yield from walk(child, prefix + indent)
+
+        shown.add(root.id)
+        yield line(root)
+        yield from walk(root, "")
+
+
+def source_ancestors(node: Node) -> list[Node]:
+    """Return the source nodes (external or internal) that ``node`` reads from."""
+    found: dict[int, Node] = {}
+    stack = [node]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current.id in seen:
+            continue
+        seen.add(current.id)
+        if current.kind in SOURCE_KINDS:
+            found[current.id] = current
+            continue
+        stack.extend(current.parents)
+    return list(found.values())
+
+
+def plan_topics(
+    graph: Graph, existing: Mapping[str, int | None], default_partitions: int
+) -> dict[str, int]:
+    """Return the partition count of every topic the app uses, in creation order.
+
+    Topics that exist keep their count (``existing`` maps a topic to its count, or None
+    when it is missing). A missing source topic gets ``default_partitions``; a missing
+    sink, repartition or dead-letter topic gets its explicit count, else as many as the
+    widest source it reads from.
+    """
+    counts: dict[str, int] = {}
+
+    def widest(node: Node) -> int:
+        return max((counts[s.topic] for s in source_ancestors(node) if s.topic), default=1)
+
+    for node in graph.nodes:
+        if node.topic is None or node.topic in counts:
+            continue
+        have = existing.get(node.topic)
+        if have is not None:
+            counts[node.topic] = have
+        elif node.kind == "source":
+            counts[node.topic] = default_partitions
+        elif node.kind in SINK_KINDS:
+            counts[node.topic] = node.params.get("partitions") or widest(node)
+    for topic, node in graph.dead_letter_topics().items():
+        if topic not in counts:
+            have = existing.get(topic)
+            counts[topic] = have if have is not None else widest(node)
+    return counts

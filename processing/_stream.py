@@ -1,0 +1,372 @@
+"""Stream[T]: an immutable description of records flowing through operators.
+
+Each method adds one node to the app's graph (see ``_graph.py``) and returns a new
+stream over it; the stream it was called on is unchanged and may be used again (a
+fan-out). Nothing runs until :meth:`App.run <headwater.processing.App.run>` or a
+:class:`~headwater.processing.testing.TestDriver` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from headwater.store import InvalidConfigError, validate_topic_name
+
+from ._errors import ErrorPolicy, TopologyError, parse_policy
+from ._graph import Node, check_function
+from ._lineage import Headers
+from ._retry import Retry
+from ._serde import JSON, KeySerde, Serde
+
+if TYPE_CHECKING:
+    from ._app import App
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+#: Concurrency of async operators when none is given.
+DEFAULT_CONCURRENCY = 16
+
+
+class Event(NamedTuple, Generic[T]):
+    """A value with the metadata of the record it came from (see :meth:`Stream.with_metadata`).
+
+    ``key`` is the record's key as bytes (after a ``key_by``, the new key, encoded);
+    ``timestamp`` is in epoch ms; ``topic``, ``partition`` and ``offset`` say where the
+    source record was read.
+    """
+
+    value: T
+    key: bytes | None
+    timestamp: int
+    headers: Headers
+    topic: str
+    partition: int
+    offset: int
+
+
+def check_topic(topic: object, what: str) -> str:
+    """Return ``topic`` if it is a valid topic name.
+
+    :raises TopologyError: if it is not.
+    """
+    try:
+        validate_topic_name(topic)  # type: ignore[arg-type]
+    except InvalidConfigError as exc:
+        raise TopologyError(f"{what}: {exc}") from None
+    return topic  # type: ignore[return-value]
+
+
+def check_partitions(partitions: object) -> int | None:
+    """Return ``partitions`` if it is None or a partition count from 1 to 10,000.
+
+    :raises TopologyError: otherwise.
+    """
+    if partitions is None:
+        return None
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise TopologyError(f"partitions must be an integer, got {partitions!r}")
+    if not 1 <= partitions <= 10_000:
+        raise TopologyError(f"partitions must be from 1 to 10000, got {partitions}")
+    return partitions
+
+
+class Stream(Generic[T]):
+    """An immutable, typed description of a stream of values of type ``T``.
+
+    Build streams with :meth:`App.stream <headwater.processing.App.stream>` and the
+    methods below; each returns a new stream. Functions given to operators run in the
+    app's event loop, one batch at a time per input partition: plain functions must not
+    block (use :meth:`map_async` for I/O).
+    """
+
+    __slots__ = ("_app", "_dead_letter_topic", "_node", "_policy", "_rekeyed")
+
+    def __init__(
+        self,
+        app: App,
+        node: Node,
+        *,
+        policy: ErrorPolicy,
+        dead_letter_topic: str,
+        rekeyed: bool = False,
+    ) -> None:
+        self._app = app
+        self._node = node
+        self._policy = policy
+        self._dead_letter_topic = dead_letter_topic
+        self._rekeyed = rekeyed
+
+    def __repr__(self) -> str:
+        return f"<Stream {self._node.label} of app {self._app.name!r}>"
+
+    @property
+    def app(self) -> App:
+        """The app this stream belongs to."""
+        return self._app
+
+    @property
+    def node(self) -> Node:
+        """The graph node this stream is the output of."""
+        return self._node
+
+    @property
+    def policy(self) -> ErrorPolicy:
+        """The error policy of the operators added to this stream."""
+        return self._policy
+
+    def _derive(self, kind: str, *, rekeyed: bool | None = None, **fields: Any) -> Stream[Any]:
+        node = self._app._graph.add(
+            kind,
+            (self._node,),
+            policy=self._policy,
+            dead_letter_topic=self._dead_letter_topic,
+            **fields,
+        )
+        return Stream(
+            self._app,
+            node,
+            policy=self._policy,
+            dead_letter_topic=self._dead_letter_topic,
+            rekeyed=self._rekeyed if rekeyed is None else rekeyed,
+        )
+
+    # -- one in, one (or no) out ---------------------------------------------------------
+
+    def filter(self, predicate: Callable[[T], object]) -> Stream[T]:
+        """Keep the values for which ``predicate`` is true."""
+        check_function(predicate, "filter")
+        return self._derive("filter", fn=predicate)
+
+    def map(self, fn: Callable[[T], U]) -> Stream[U]:
+        """Replace each value by ``fn(value)``; key, timestamp and headers stay."""
+        check_function(fn, "map")
+        return self._derive("map", fn=fn)
+
+    def flat_map(self, fn: Callable[[T], Iterable[U]]) -> Stream[U]:
+        """Replace each value by the values ``fn(value)`` yields (none, one or many)."""
+        check_function(fn, "flat_map")
+        return self._derive("flat_map", fn=fn)
+
+    def peek(self, fn: Callable[[T], object]) -> Stream[T]:
+        """Call ``fn(value)`` for its side effect and pass the value on unchanged.
+
+        A peek runs even when nothing is written after it.
+        """
+        check_function(fn, "peek")
+        return self._derive("peek", fn=fn)
+
+    def key_by(self, fn: Callable[[T], object], *, serde: Serde[Any] | None = None) -> Stream[T]:
+        """Give each record the key ``fn(value)``, encoded by ``serde``.
+
+        Without a serde the key is encoded by :func:`~headwater.processing.encode_key`
+        (bytes as they are, str as UTF-8, anything else as JSON; None: no key). Sinks
+        place records by this key; a stateful step after a ``key_by`` first passes the
+        stream through a repartition topic so that equal keys meet in one partition
+        (today: call :meth:`repartition` to do that explicitly).
+        """
+        check_function(fn, "key_by")
+        return self._derive("key_by", fn=fn, params={"serde": serde or KeySerde()}, rekeyed=True)
+
+    def with_metadata(self) -> Stream[Event[T]]:
+        """Wrap each value in an :class:`Event` with its record's key, timestamp, headers
+        and source position, for operators that need them; ``.map(lambda e: e.value)``
+        unwraps it again."""
+        return self._derive("metadata")
+
+    # -- async operators -------------------------------------------------------------------
+
+    def map_async(
+        self,
+        fn: Callable[[T], Awaitable[U]],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retry: Retry | None = None,
+    ) -> Stream[U]:
+        """Replace each value by ``await fn(value)``, with up to ``concurrency`` calls at once.
+
+        Results leave in input order (so in order per key); a batch's records are all
+        awaited before the batch's outputs are written, so a slow function slows reading
+        and memory stays bounded. A call that raises is retried as ``retry`` says, then
+        the stream's error policy applies.
+        """
+        check_function(fn, "map_async", coroutine=True)
+        return self._derive("map_async", fn=fn, params=_async_params(concurrency, retry))
+
+    def filter_async(
+        self,
+        predicate: Callable[[T], Awaitable[object]],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retry: Retry | None = None,
+    ) -> Stream[T]:
+        """Keep the values for which ``await predicate(value)`` is true (see :meth:`map_async`)."""
+        check_function(predicate, "filter_async", coroutine=True)
+        return self._derive("filter_async", fn=predicate, params=_async_params(concurrency, retry))
+
+    # -- splitting and joining -----------------------------------------------------------
+
+    def branch(self, predicate: Callable[[T], object]) -> tuple[Stream[T], Stream[T]]:
+        """Split in two: ``(matching, rest)``; ``predicate`` runs once per value."""
+        routes = self.split({"matching": predicate})
+        return routes["matching"], routes["rest"]
+
+    def split(
+        self, routes: Mapping[str, Callable[[T], object]], *, rest: str = "rest"
+    ) -> dict[str, Stream[T]]:
+        """Split by named predicates: each value goes to the first route whose predicate is
+        true, or to ``rest``. Returns a stream per route name, and one named ``rest``.
+
+        :raises TopologyError: if there are no routes or ``rest`` is also a route name.
+        """
+        if not isinstance(routes, Mapping) or not routes:
+            raise TopologyError("split needs a mapping of route names to predicates")
+        if rest in routes:
+            raise TopologyError(f"split: {rest!r} is the name of the default route")
+        for name, predicate in routes.items():
+            if not isinstance(name, str) or not name:
+                raise TopologyError(f"split: route names are non-empty strings, got {name!r}")
+            check_function(predicate, f"split route {name!r}")
+        names = (*routes, rest)
+        node = self._derive("split", params={"routes": dict(routes), "rest": rest}).node
+        out: dict[str, Stream[T]] = {}
+        for name in names:
+            route = self._app._graph.add(
+                "route",
+                (node,),
+                policy=self._policy,
+                dead_letter_topic=self._dead_letter_topic,
+                params={"route": name},
+            )
+            out[name] = Stream(
+                self._app,
+                route,
+                policy=self._policy,
+                dead_letter_topic=self._dead_letter_topic,
+                rekeyed=self._rekeyed,
+            )
+        return out
+
+    def merge(self, *others: Stream[T]) -> Stream[T]:
+        """Return one stream of this stream's values and ``others``'.
+
+        Values from one input partition keep their order; there is no order between
+        partitions or between the merged streams.
+
+        :raises TopologyError: if a stream belongs to another app.
+        """
+        if not others:
+            raise TopologyError("merge needs at least one other stream")
+        for other in others:
+            if not isinstance(other, Stream) or other._app is not self._app:
+                raise TopologyError("merge: every stream must come from the same App")
+        parents = (self._node, *(other._node for other in others))
+        node = self._app._graph.add(
+            "merge", parents, policy=self._policy, dead_letter_topic=self._dead_letter_topic
+        )
+        rekeyed = self._rekeyed or any(other._rekeyed for other in others)
+        return Stream(
+            self._app,
+            node,
+            policy=self._policy,
+            dead_letter_topic=self._dead_letter_topic,
+            rekeyed=rekeyed,
+        )
+
+    # -- error policy ------------------------------------------------------------------------
+
+    def on_error(
+        self, policy: ErrorPolicy | str, *, dead_letter_topic: str | None = None
+    ) -> Stream[T]:
+        """Return this stream with ``policy`` for the operators added to it from now on.
+
+        ``"raise"`` (default), ``"skip"`` or ``"dead_letter"`` (see :class:`ErrorPolicy`);
+        dead letters go to ``dead_letter_topic``, by default the source's ``<stream>-dlq``.
+
+        :raises TopologyError: for an unknown policy or a bad topic name.
+        """
+        chosen = parse_policy(policy)
+        topic = self._dead_letter_topic
+        if dead_letter_topic is not None:
+            topic = check_topic(dead_letter_topic, "dead_letter_topic")
+        return Stream(
+            self._app, self._node, policy=chosen, dead_letter_topic=topic, rekeyed=self._rekeyed
+        )
+
+    # -- sinks and repartitioning --------------------------------------------------------
+
+    def to(
+        self, topic: str, *, serde: Serde[T] | None = None, partitions: int | None = None
+    ) -> None:
+        """Write the values to ``topic`` (serialised by ``serde``, JSON by default).
+
+        Records keep their key (a ``key_by`` key, or the source record's), timestamp and
+        headers, plus a ``headwater.source`` lineage header; keyed records are placed by
+        the key's murmur2 hash, unkeyed ones in the partition numbered like their source
+        partition (modulo the count). A missing topic is created when the app starts,
+        with ``partitions`` partitions or else as many as the source topic has.
+
+        :raises TopologyError: for a bad topic name or partition count.
+        """
+        check_topic(topic, "to")
+        check_partitions(partitions)
+        self._derive("to", topic=topic, params={"serde": serde or JSON, "partitions": partitions})
+
+    def repartition(
+        self, name: str, *, serde: Serde[T] | None = None, partitions: int | None = None
+    ) -> Stream[T]:
+        """Pass the stream through the internal topic ``<app>-<name>-repartition``.
+
+        Records are placed there by their key, so afterwards every record with a given key
+        is read by the same partition task: what a stateful step needs after a
+        ``key_by``. ``name`` names the topic, so it must stay stable across versions of
+        the app (renaming it orphans the old topic). Values are written with ``serde``
+        (JSON by default); the topic gets ``partitions`` partitions, by default as many as
+        the app's widest source topic.
+
+        :raises TopologyError: for a bad name, a name used twice, or a bad partition count.
+        """
+        topic = check_topic(f"{self._app.name}-{name}-repartition", "repartition")
+        check_partitions(partitions)
+        if topic in self._app._graph.topics({"through"}):
+            raise TopologyError(f"repartition name {name!r} is used twice")
+        chosen = serde or JSON
+        sink = self._derive(
+            "through", topic=topic, params={"serde": chosen, "partitions": partitions}
+        ).node
+        source = self._app._graph.add(
+            "internal",
+            (sink,),
+            topic=topic,
+            policy=self._policy,
+            dead_letter_topic=self._dead_letter_topic,
+            params={"serde": chosen},
+        )
+        return Stream(
+            self._app,
+            source,
+            policy=self._policy,
+            dead_letter_topic=self._dead_letter_topic,
+            rekeyed=False,
+        )
+
+    def _copartitioned(self, name: str) -> Stream[T]:
+        """Return a stream whose records sit in the partition their key hashes to.
+
+        The hook for stateful steps (windows, aggregations, joins): each calls it with its
+        own stable name first. A stream re-keyed by ``key_by`` since its source (or last
+        repartition) goes through a repartition topic; any other stream is already placed
+        by its key and is returned as it is.
+        """
+        if self._rekeyed:
+            return self.repartition(name)
+        return self
+
+
+def _async_params(concurrency: object, retry: object) -> dict[str, Any]:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise TopologyError(f"concurrency must be a positive integer, got {concurrency!r}")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TopologyError(f"retry must be a Retry, got {retry!r}")
+    return {"concurrency": concurrency, "retry": retry}

@@ -1,0 +1,82 @@
+"""The batch encoder of derived records, checked against the store's decoder."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headwater.processing import OutRecords
+from headwater.processing._backend import _chunks
+from headwater.processing._encoding import encode_out_records
+from headwater.store import decode_records, verify_batch
+
+fields = st.one_of(st.none(), st.binary(max_size=40), st.sampled_from([b"y" * 8191, b"z" * 9000]))
+small_headers = st.lists(
+    st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=20))), max_size=3
+)
+
+
+@st.composite
+def out_records(draw: st.DrawFn) -> OutRecords:
+    count = draw(st.integers(min_value=1, max_value=30))
+    values = draw(st.lists(fields, min_size=count, max_size=count))
+    keys = draw(st.lists(fields, min_size=count, max_size=count))
+    base = draw(st.integers(min_value=0, max_value=2**41))
+    timestamps = draw(
+        st.lists(
+            st.integers(min_value=base - 20_000, max_value=base + 20_000),
+            min_size=count,
+            max_size=count,
+        )
+    )
+    offsets = draw(
+        st.lists(st.integers(min_value=0, max_value=2**40), min_size=count, max_size=count)
+    )
+    headers = None
+    if draw(st.booleans()):
+        headers = draw(st.lists(small_headers.map(tuple), min_size=count, max_size=count))
+    source = draw(st.sampled_from([b"t/0/", b"clicks-enriched/12/"]))
+    return OutRecords(values, keys, timestamps, source, offsets, headers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=out_records(), base_offset=st.integers(min_value=0, max_value=2**40))
+def test_encoded_batches_decode_to_the_records(records: OutRecords, base_offset: int) -> None:
+    batch = encode_out_records(records, base_offset=base_offset)
+    verify_batch(batch)
+    decoded = decode_records(batch)
+    assert [r.offset for r in decoded] == list(range(base_offset, base_offset + records.count()))
+    assert [r.value for r in decoded] == records.values
+    assert [r.key for r in decoded] == records.keys
+    assert [r.timestamp for r in decoded] == records.timestamps
+    assert [r.headers for r in decoded] == [tuple(h) for h in records.all_headers()]
+    for record, offset in zip(decoded, records.source_offsets, strict=True):
+        assert record.headers[0] == ("headwater.source", records.source + b"%d" % offset)
+
+
+def test_many_records_and_offsets_crossing_a_power_of_ten() -> None:
+    count = 9000  # past the fast tables: the slow layout takes over
+    records = OutRecords(
+        [b"v%d" % i for i in range(count)],
+        [None] * count,
+        [1000] * count,
+        b"in/3/",
+        list(range(995, 995 + count)),
+    )
+    decoded = decode_records(encode_out_records(records))
+    assert len(decoded) == count
+    assert decoded[4].headers == (("headwater.source", b"in/3/999"),)
+    assert decoded[5].headers == (("headwater.source", b"in/3/1000"),)
+    assert decoded[-1].value == b"v8999"
+
+
+def test_chunks_respect_the_size_limit_and_keep_order() -> None:
+    count = 20_000
+    records = OutRecords(
+        [b"x" * 100] * count, [None] * count, [0] * count, b"t/0/", list(range(count))
+    )
+    chunks = _chunks(records, 300_000)
+    assert len(chunks) > 1
+    assert [o for c in chunks for o in c.source_offsets] == list(range(count))
+    for chunk in chunks:
+        assert len(encode_out_records(chunk)) <= 300_000 + 61

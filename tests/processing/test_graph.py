@@ -1,0 +1,91 @@
+"""The graph: validation, the printed topology, and the topics an app will create."""
+
+from __future__ import annotations
+
+import pytest
+
+from headwater.processing import App, AppConfig, StrSerde, TopologyError
+from headwater.processing._graph import plan_topics
+
+
+def sample_app() -> App:
+    app = App("shop")
+    clicks = app.stream("clicks", on_error="dead_letter")
+    fast, slow = clicks.branch(lambda e: e["ms"] < 100)
+    slow.map(lambda e: e["user"]).to("slow-users", serde=StrSerde())
+    fast.key_by(lambda e: e["user"]).repartition("by-user", partitions=6).to("fast-by-user")
+    clicks.filter(lambda e: True)  # leads nowhere
+    return app
+
+
+def test_describe_shows_sources_operators_sinks_and_internal_topics() -> None:
+    text = sample_app().describe()
+    assert text.startswith("app 'shop' (consumer group 'shop')")
+    assert "#1 source clicks [json] on_error=dead_letter" in text
+    assert "#2 split" in text
+    assert "route 'matching'" in text and "route 'rest'" in text
+    assert "to slow-users [str]" in text
+    assert "through shop-by-user-repartition [json] → read back as #" in text
+    assert "internal shop-by-user-repartition" in text
+    assert "(unused: leads to no sink)" in text
+    assert "sinks:          slow-users, fast-by-user" in text
+    assert "internal topics: shop-by-user-repartition" in text
+    assert "dead letters:   clicks-dlq" in text
+
+
+def test_describe_marks_merges_seen_above() -> None:
+    app = App("m")
+    a = app.stream("a")
+    left, right = a.branch(lambda v: v)
+    left.merge(right).to("out")
+    assert "(above)" in app.describe()
+
+
+def test_plan_topics() -> None:
+    app = sample_app()
+    counts = plan_topics(app.graph, {"clicks": 3}, default_partitions=1)
+    assert counts == {
+        "clicks": 3,
+        "slow-users": 3,
+        "shop-by-user-repartition": 6,
+        "fast-by-user": 6,
+        "clicks-dlq": 3,
+    }
+    existing = plan_topics(app.graph, {"clicks": None, "slow-users": 9}, default_partitions=2)
+    assert existing["clicks"] == 2 and existing["slow-users"] == 9
+
+
+def test_validation() -> None:
+    app = App("v")
+    app.stream("in").map(lambda v: v)
+    with pytest.raises(TopologyError, match="writes nothing"):
+        app.graph.validate()
+    loop = App("v")
+    loop.stream("in").to("in")
+    with pytest.raises(TopologyError, match="both read and written"):
+        loop.graph.validate()
+
+
+@pytest.mark.parametrize("name", ["", "a b", "-x", "x" * 201, 3])
+def test_bad_app_names(name: object) -> None:
+    with pytest.raises(TopologyError, match="invalid app name"):
+        App(name)  # type: ignore[arg-type]
+
+
+def test_bad_topics_and_partitions() -> None:
+    stream = App("v").stream("in")
+    with pytest.raises(TopologyError, match="invalid topic name"):
+        stream.to("a/b")
+    with pytest.raises(TopologyError, match="partitions"):
+        stream.to("out", partitions=0)
+    with pytest.raises(TopologyError, match="invalid topic name"):
+        App("v").stream("")
+
+
+def test_config_validation() -> None:
+    with pytest.raises(TopologyError, match="commit_interval_ms"):
+        AppConfig(commit_interval_ms=0)
+    with pytest.raises(TopologyError, match="default_partitions"):
+        AppConfig(default_partitions=20_000)
+    with pytest.raises(TopologyError, match="AppConfig"):
+        App("v", config={"x": 1})  # type: ignore[arg-type]

@@ -1,0 +1,209 @@
+"""The runtime on the embedded log: outputs, commits, resumption, stopping, backpressure."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from headwater.groups import TopicPartition
+from headwater.processing import App, AppConfig, OperatorError, open_in_process
+from headwater.processing._backend import InProcessBackend
+from headwater.processing._encoding import OutRecords
+from headwater.store import Record, partition_for_key
+
+from .helpers import committed, load, read, run_until_caught_up, values
+
+
+def events(count: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"i": i, "user": f"u{i % 13}", "ms": (i * 37) % 1000} for i in range(start, start + count)
+    ]
+
+
+def w1(name: str = "w1") -> App:
+    app = App(name)
+    clicks = app.stream("clicks")
+    clicks.filter(lambda e: e["ms"] > 100).map(lambda e: {**e, "slow": e["ms"] > 500}).to("out")
+    return app
+
+
+async def test_runs_until_caught_up_and_commits(data: Path) -> None:
+    await load(data, "clicks", events(1000), partitions=3, batch=100)
+    stats = await run_until_caught_up(w1(), data)
+    assert stats.records_in == 1000
+    expected = [{**e, "slow": e["ms"] > 500} for e in events(1000) if e["ms"] > 100]
+    got = await values(data, "out")
+    assert sorted(got, key=lambda e: e["i"]) == expected
+    assert stats.records_out == len(expected)
+    parts = await read(data, "out")
+    assert len(parts) == 3  # as many partitions as the source
+    for p, records in enumerate(parts):  # unkeyed: partition p of the source went to p
+        for record in records:
+            assert dict(record.headers)["headwater.source"].startswith(f"clicks/{p}/".encode())
+    offsets = await committed(data, "w1")
+    ends = [len(part) for part in await read(data, "clicks")]
+    assert offsets == {TopicPartition("clicks", p): ends[p] for p in range(3)}
+
+
+async def test_a_second_run_resumes_where_the_first_committed(data: Path) -> None:
+    await load(data, "clicks", events(300), partitions=2)
+    await run_until_caught_up(w1(), data)
+    await load(data, "clicks", events(100, start=300), partitions=2)
+    stats = await run_until_caught_up(w1(), data)
+    assert stats.records_in == 100
+    got = [e["i"] for e in await values(data, "out")]
+    assert sorted(got) == [e["i"] for e in events(400) if e["ms"] > 100]  # each exactly once
+
+
+async def test_missing_source_topic_is_created(data: Path) -> None:
+    stats = await run_until_caught_up(w1(), data)
+    assert stats.records_in == 0
+    assert await read(data, "clicks") == [[]]
+    assert await read(data, "out") == [[]]
+
+
+async def test_repartition_through_the_log(data: Path) -> None:
+    await load(data, "clicks", events(500), partitions=3, batch=50)
+    app = App("rp")
+    (
+        app.stream("clicks")
+        .key_by(lambda e: e["user"])
+        .repartition("by-user", partitions=4)
+        .with_metadata()
+        .map(lambda e: {**e.value, "read_from": e.partition})
+        .to("located")
+    )
+    stats = await run_until_caught_up(app, data)
+    assert stats.records_in == 1000  # 500 from clicks, 500 read back from the internal topic
+    internal = await read(data, "rp-by-user-repartition")
+    assert len(internal) == 4
+    for p, records in enumerate(internal):
+        for record in records:
+            assert record.key is not None and partition_for_key(record.key, 4) == p
+    located = await values(data, "located")
+    assert sorted(e["i"] for e in located) == list(range(500))
+    partitions_of: dict[str, set[int]] = defaultdict(set)
+    for event in located:
+        partitions_of[event["user"]].add(event["read_from"])
+    assert all(len(found) == 1 for found in partitions_of.values())
+    offsets = await committed(data, "rp")
+    for p, records in enumerate(internal):
+        assert offsets.get(TopicPartition("rp-by-user-repartition", p), 0) == len(records)
+
+
+async def test_dead_letters_are_written_and_committed(data: Path) -> None:
+    await load(data, "clicks", [b'{"ms": 5}', b"not json", b'{"x": 1}'], raw=True)
+    app = App("dl")
+    app.stream("clicks", on_error="dead_letter").map(lambda e: e["ms"]).to("ms")
+    stats = await run_until_caught_up(app, data)
+    assert stats.dead_lettered == 2
+    assert await values(data, "ms") == [5]
+    (letters,) = await read(data, "clicks-dlq")
+    assert [r.value for r in letters] == [b"not json", b'{"x": 1}']
+    assert await committed(data, "dl") == {TopicPartition("clicks", 0): 3}
+
+
+async def test_operator_error_stops_the_run_after_committing_what_is_durable(data: Path) -> None:
+    good = [{"ms": 200}] * 30
+    await load(data, "clicks", good, batch=10)
+    await load(data, "clicks", [{"no-ms": 1}, *good], batch=10)  # offset 30 is bad
+    small_batches = AppConfig(max_batch_bytes=64)  # one stored batch (10 records) per read
+    app = App("fails", config=small_batches)
+    app.stream("clicks").map(lambda e: e["ms"]).to("ms")
+    with pytest.raises(OperatorError, match=r"clicks/0 offset 30: KeyError: 'ms'"):
+        await run_until_caught_up(app, data)
+    assert await committed(data, "fails") == {TopicPartition("clicks", 0): 30}
+    assert len(await values(data, "ms")) == 30
+    fixed = App("fails", config=small_batches)
+    fixed.stream("clicks", on_error="skip").map(lambda e: e["ms"]).to("ms")
+    stats = await run_until_caught_up(fixed, data)
+    assert stats.records_in == 31 and stats.skipped == 1
+    assert len(await values(data, "ms")) == 60
+
+
+async def test_graceful_stop_finishes_the_batch_in_hand(data: Path) -> None:
+    await load(data, "clicks", events(400), partitions=2, batch=20)
+    app = App("stop", config=AppConfig(max_batch_bytes=64))
+    stop = anyio.Event()
+    seen = 0
+
+    async def slow(event: dict[str, Any]) -> dict[str, Any]:
+        nonlocal seen
+        seen += 1
+        if seen == 50:
+            stop.set()  # as SIGINT would
+        await anyio.sleep(0.001)
+        return event
+
+    app.stream("clicks").map_async(slow, concurrency=4).to("out")
+    stats = await app.run_async(stop=stop, data_dir=data)
+    assert 50 <= stats.records_in < 400
+    assert stats.records_in % 20 == 0  # whole batches only
+    offsets = await committed(data, "stop")
+    assert sum(offsets.values()) == stats.records_in  # everything processed is committed
+    out = await read(data, "out")
+    for p in range(2):  # and every committed input has its output
+        sources = {int(dict(r.headers)["headwater.source"].split(b"/")[2]) for r in out[p]}
+        assert sources == set(range(offsets[TopicPartition("clicks", p)]))
+
+
+class CountingBackend(InProcessBackend):
+    """Counts what the runtime has fetched and written, to observe its read-ahead."""
+
+    def __init__(self, backend: InProcessBackend) -> None:
+        super().__init__(backend.store, backend.coordinator)
+        self.fetched = 0
+        self.written = 0
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> list[Record]:
+        records = await super().fetch(topic, partition, offset, max_bytes)
+        self.fetched += len(records)
+        return records
+
+    async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
+        await super().produce(topic, partition, records)
+        self.written += records.count()
+
+
+async def test_a_slow_operator_slows_reading(data: Path) -> None:
+    await load(data, "clicks", events(300), partitions=2, batch=10)
+    app = App("bp", config=AppConfig(max_batch_bytes=64))
+    ahead: list[int] = []
+    backend: CountingBackend | None = None
+
+    async def slow(event: dict[str, Any]) -> dict[str, Any]:
+        assert backend is not None
+        ahead.append(backend.fetched - backend.written)
+        await anyio.sleep(0.0005)
+        return event
+
+    app.stream("clicks").map_async(slow, concurrency=2).to("out")
+    async with open_in_process(data) as local:
+        backend = CountingBackend(local)
+        stats = await app.run_async(until_caught_up=True, backend=backend)
+    assert stats.records_in == 300
+    assert max(ahead) <= 2 * 10  # at most the batch in hand per partition, never more
+
+
+def test_runs_on_asyncio_too(data: Path) -> None:
+    async def main() -> None:
+        await load(data, "clicks", events(50))
+        stats = await run_until_caught_up(w1("aio"), data)
+        assert stats.records_in == 50
+        assert len(await values(data, "out")) == sum(e["ms"] > 100 for e in events(50))
+
+    anyio.run(main, backend="asyncio")
+
+
+def test_run_raises_the_operator_error_itself(data: Path) -> None:
+    anyio.run(load, data, "clicks", [{"no-ms": 1}])
+    app = App("sync-run")
+    app.stream("clicks").map(lambda e: e["ms"]).to("ms")
+    with pytest.raises(OperatorError, match="KeyError") as caught:
+        app.run(until_caught_up=True, data_dir=data)
+    assert isinstance(caught.value.__cause__, KeyError)
+    assert app.statistics() is not None
