@@ -1,5 +1,14 @@
 """The Kafka wire protocol: a sans-I/O codec and a broker serving the store over it.
 
+:class:`Broker` serves an open :class:`~headwater.store.Store` to any Kafka client::
+
+    async with open_store("headwater-data") as store:
+        broker = Broker(store, BrokerConfig(host="127.0.0.1", port=9092))
+        await broker.serve()        # until broker.shutdown()
+
+:class:`AdminClient` administers topics on a running broker (``headwater topics ...
+--bootstrap HOST:PORT``).
+
 The codec turns request frames into :class:`Request` objects whose bodies are plain dicts
 keyed by the snake_case names of Kafka's fields, and response dicts back into frames::
 
@@ -11,8 +20,20 @@ keyed by the snake_case names of Kafka's fields, and response dicts back into fr
     (7, 'demo')
 """
 
+from ._admin import AdminClient as AdminClient
+from ._admin import RemotePartition as RemotePartition
+from ._admin import RemoteTopic as RemoteTopic
+from ._admin import parse_address as parse_address
+from ._config import BrokerConfig as BrokerConfig
+from ._config import Node as Node
+from ._dispatch import ClientInfo as ClientInfo
+from ._dispatch import Handler as Handler
+from ._dispatch import HandlerTable as HandlerTable
+from ._errors import BrokerError as BrokerError
+from ._errors import BrokerResponseError as BrokerResponseError
 from ._errors import EncodeError as EncodeError
 from ._errors import FrameTooLargeError as FrameTooLargeError
+from ._errors import InvalidBrokerConfigError as InvalidBrokerConfigError
 from ._errors import MalformedMessageError as MalformedMessageError
 from ._errors import MalformedRequestError as MalformedRequestError
 from ._errors import MalformedResponseError as MalformedResponseError
@@ -31,21 +52,36 @@ from ._protocol import decode_request as decode_request
 from ._protocol import decode_response as decode_response
 from ._protocol import encode_request as encode_request
 from ._protocol import encode_response as encode_response
+from ._server import Broker as Broker
+from ._server import BrokerStatistics as BrokerStatistics
 
 __all__ = (
     "API_VERSIONS",
     "DEFAULT_MAX_FRAME_BYTES",
+    "AdminClient",
     "ApiKey",
     "ApiVersionRange",
+    "Broker",
+    "BrokerConfig",
+    "BrokerError",
+    "BrokerResponseError",
+    "BrokerStatistics",
+    "ClientInfo",
     "EncodeError",
     "FrameReader",
     "FrameTooLargeError",
+    "Handler",
+    "HandlerTable",
+    "InvalidBrokerConfigError",
     "KafkaErrorCode",
     "MalformedMessageError",
     "MalformedRequestError",
     "MalformedResponseError",
     "Message",
+    "Node",
     "ProtocolError",
+    "RemotePartition",
+    "RemoteTopic",
     "Request",
     "RequestHeader",
     "UnsupportedVersionError",
@@ -53,4 +89,5 @@ __all__ = (
     "decode_response",
     "encode_request",
     "encode_response",
+    "parse_address",
 )

@@ -4,13 +4,16 @@ Everything the Kafka wire codec raises on purpose derives from :class:`ProtocolE
 itself a :class:`~headwater.store.HeadwaterError`::
 
     HeadwaterError
-    └── ProtocolError                  bytes or values that do not fit the Kafka wire protocol
-        ├── MalformedMessageError      bytes that do not match the frame or message layout
-        │   ├── MalformedRequestError  ... in a request (the broker drops that connection)
-        │   └── MalformedResponseError ... in a response (the client side of the codec)
-        ├── FrameTooLargeError         a frame size above the limit, seen before allocating
-        ├── UnsupportedVersionError    an API key or version without a layout
-        └── EncodeError                a value that the layout cannot carry
+    ├── ProtocolError                  bytes or values that do not fit the Kafka wire protocol
+    │   ├── MalformedMessageError      bytes that do not match the frame or message layout
+    │   │   ├── MalformedRequestError  ... in a request (the broker drops that connection)
+    │   │   └── MalformedResponseError ... in a response (the client side of the codec)
+    │   ├── FrameTooLargeError         a frame size above the limit, seen before allocating
+    │   ├── UnsupportedVersionError    an API key or version without a layout
+    │   └── EncodeError                a value that the layout cannot carry
+    └── BrokerError                    the broker server or the admin client cannot do its job
+        ├── InvalidBrokerConfigError   a broker setting out of range
+        └── BrokerResponseError        a broker answered an admin request with an error code
 
 A decoder never lets a foreign exception (``IndexError``, ``struct.error``,
 ``UnicodeDecodeError``, ``MemoryError``) escape: every length and count read from the
@@ -84,3 +87,23 @@ class EncodeError(ProtocolError):
     type's range, a string longer than 32767 UTF-8 bytes in a classic encoding, a value
     of the wrong type.
     """
+
+
+class BrokerError(HeadwaterError):
+    """The broker server, or the admin client talking to a broker, cannot do its job."""
+
+
+class InvalidBrokerConfigError(BrokerError):
+    """A :class:`~headwater.broker.BrokerConfig` value is out of range."""
+
+
+class BrokerResponseError(BrokerError):
+    """A broker answered a request with an error code (the admin client's side).
+
+    :attr:`code` is the :class:`~headwater.broker.KafkaErrorCode` (or the raw number when
+    it has no name here); the message names it and repeats the broker's own message.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code

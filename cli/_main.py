@@ -18,6 +18,7 @@ import click
 from headwater.store import HeadwaterError
 
 from ._app_commands import describe_app, run_app, trace
+from ._broker import broker
 from ._consume import consume
 from ._datadir import data_option
 from ._groups import groups
@@ -39,6 +40,7 @@ cli.add_command(topics)
 cli.add_command(produce)
 cli.add_command(consume)
 cli.add_command(groups)
+cli.add_command(broker)
 cli.add_command(run_app)
 cli.add_command(describe_app)
 cli.add_command(trace)

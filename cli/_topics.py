@@ -9,15 +9,21 @@ from rich.table import Table
 
 from headwater.store import TopicConfig, TopicDescription
 
+from . import _remote
 from ._datadir import data_dir, data_option, locked_store
 from ._output import info, stdout_console
+from ._remote import bootstrap_option
 from ._run import run_async
 
 
 @click.group()
 @data_option
 def topics(data: object) -> None:
-    """Create, list, describe and delete topics."""
+    """Create, list, describe and delete topics.
+
+    Each command works on a data directory (--data), or on a running broker through the
+    Kafka protocol (--bootstrap HOST:PORT).
+    """
 
 
 def parse_settings(settings: Sequence[str]) -> dict[str, str]:
@@ -60,12 +66,23 @@ def parse_settings(settings: Sequence[str]) -> dict[str, str]:
     help="A topic setting, e.g. durability=always, retention.ms=86400000 (repeatable).",
 )
 @data_option
+@bootstrap_option
 @click.pass_context
 def create(
-    ctx: click.Context, name: str, partitions: int, settings: tuple[str, ...], data: object
+    ctx: click.Context,
+    *,
+    name: str,
+    partitions: int,
+    settings: tuple[str, ...],
+    data: object,
+    bootstrap: str | None,
 ) -> None:
     """Create topic NAME."""
-    config = TopicConfig.from_strings(parse_settings(settings), TopicConfig(partitions=partitions))
+    pairs = parse_settings(settings)
+    if bootstrap is not None:
+        _remote.create(bootstrap, name, partitions, pairs)
+        return
+    config = TopicConfig.from_strings(pairs, TopicConfig(partitions=partitions))
     directory = data_dir(ctx)
 
     async def body() -> None:
@@ -78,9 +95,13 @@ def create(
 
 @topics.command("list")
 @data_option
+@bootstrap_option
 @click.pass_context
-def list_(ctx: click.Context, data: object) -> None:
+def list_(ctx: click.Context, data: object, bootstrap: str | None) -> None:
     """List the topics with their partition counts, records and sizes."""
+    if bootstrap is not None:
+        _remote.list_topics(bootstrap)
+        return
     directory = data_dir(ctx)
     if not directory.is_dir():
         info(f"no topics (no data directory at {directory})")
@@ -110,9 +131,13 @@ def list_(ctx: click.Context, data: object) -> None:
 @topics.command()
 @click.argument("name")
 @data_option
+@bootstrap_option
 @click.pass_context
-def describe(ctx: click.Context, name: str, data: object) -> None:
+def describe(ctx: click.Context, name: str, data: object, bootstrap: str | None) -> None:
     """Show topic NAME's settings and each partition's offsets and size."""
+    if bootstrap is not None:
+        _remote.describe(bootstrap, name)
+        return
     directory = data_dir(ctx)
 
     async def body() -> TopicDescription:
@@ -143,9 +168,13 @@ def describe(ctx: click.Context, name: str, data: object) -> None:
 @topics.command()
 @click.argument("name")
 @data_option
+@bootstrap_option
 @click.pass_context
-def delete(ctx: click.Context, name: str, data: object) -> None:
+def delete(ctx: click.Context, name: str, data: object, bootstrap: str | None) -> None:
     """Delete topic NAME and all its records."""
+    if bootstrap is not None:
+        _remote.delete(bootstrap, name)
+        return
     directory = data_dir(ctx)
 
     async def body() -> None:

@@ -72,18 +72,20 @@ def decode_body(
     *,
     response: bool,
     error: type[MalformedMessageError],
+    allow_trailing_bytes: bool = False,
 ) -> Message:
     """Decode the body of a request or response that starts at ``pos`` and fills ``frame``.
 
+    :param allow_trailing_bytes: ignore bytes left over after the body, as Kafka does.
     :raises MalformedMessageError: as ``error``, if the bytes do not match the layout or
-        bytes are left over after it.
+        (unless allowed) bytes are left over after it.
     """
     read = struct_reader(
         api.response if response else api.request, version, api.is_flexible(version)
     )
     try:
         body, end = read(frame, pos)
-        if end != len(frame):
+        if end != len(frame) and not allow_trailing_bytes:
             raise DecodeError(f"{len(frame) - end} bytes left over after the body")
     except _DECODE_FAILURES as exc:
         kind = "response" if response else "request"

@@ -120,10 +120,15 @@ def _is_flexible(api_key: int, version: int) -> bool:
     return api is not None and api.is_flexible(version)
 
 
-def decode_request(frame: Buffer) -> Request:
+def decode_request(frame: Buffer, *, allow_trailing_bytes: bool = False) -> Request:
     """Decode one request frame (without its size prefix).
 
     ``records`` fields in the body are zero-copy views of ``frame``.
+
+    :param allow_trailing_bytes: ignore bytes after the body instead of calling the frame
+        malformed. A Kafka broker ignores them, and librdkafka (2.16) sends three with a
+        flexible Metadata request for every topic (a 4-byte array-count placeholder it
+        leaves unshrunk); the broker passes ``True``.
 
     :raises MalformedRequestError: if the header or the body do not match their layout.
     :raises UnsupportedVersionError: for an unknown API key or a version outside the
@@ -141,7 +146,15 @@ def decode_request(frame: Buffer) -> Request:
     api = _api(api_key, api_version, header)
     return Request(
         header,
-        decode_body(api, api_version, view, pos, response=False, error=MalformedRequestError),
+        decode_body(
+            api,
+            api_version,
+            view,
+            pos,
+            response=False,
+            error=MalformedRequestError,
+            allow_trailing_bytes=allow_trailing_bytes,
+        ),
     )
 
 

@@ -1,0 +1,360 @@
+"""Kafka-protocol figures for ``headwater broker`` (or any Kafka-protocol broker).
+
+Prints, with confluent-kafka (librdkafka) as the client:
+
+* produce throughput: ``--records`` values of ``--value-bytes`` bytes, acks=all,
+  linger.ms=5, to a fresh topic (``--partitions``, default 1);
+* consume throughput: the same records read back from the earliest offset, timed from
+  the first record (a consumer with ``assign()``: the broker's consumer groups come in a
+  later stage; ``fetch.queue.backoff.ms`` is lowered so that librdkafka does not idle a
+  second whenever the broker gets ahead of the Python loop);
+* end-to-end latency p50/p99/max: a producer paced at ``--rate`` records/s (acks=all,
+  linger.ms ``--latency-linger-ms``, default 1) and a consumer in another process; a
+  record's latency is the consumer's monotonic clock minus the time the producer wrote
+  into it; the first second is a warm-up and is not counted;
+* the broker's CPU profile top entries: py-spy samples the broker's event-loop thread
+  during the produce and consume runs (when the broker is started here and py-spy is
+  installed, ``pip install -e '.[bench]'``; else cProfile inside the broker through
+  ``HEADWATER_BROKER_PROFILE``).
+
+Usage::
+
+    .venv/bin/python bench/broker_bench.py                         # starts headwater broker
+    .venv/bin/python bench/broker_bench.py --bootstrap HOST:PORT   # any broker
+
+Without ``--bootstrap`` the broker runs in a temporary data directory, with topics at
+the default durability (``batch``: group commit, acknowledged after fsync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import pstats
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+HEADWATER = str(Path(sys.executable).with_name("headwater"))
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+TARGETS = {"produce": 400_000, "consume": 500_000, "p99_ms": 10.0}
+
+
+def start_broker(data: Path, profile_path: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``headwater broker`` on a free port; return the process and its address."""
+    env = dict(os.environ)
+    if profile_path is not None:
+        env["HEADWATER_BROKER_PROFILE"] = str(profile_path)
+    log = open(data.parent / "broker.log", "wb")  # noqa: SIM115 - lives as long as the broker
+    proc = subprocess.Popen(
+        [HEADWATER, "broker", "--data", str(data), "--listen", "127.0.0.1:0"],
+        stderr=log,
+        env=env,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = (data.parent / "broker.log").read_text(errors="replace")
+        found = re.search(r"listening on ([\d.]+):(\d+)", text)
+        if found:
+            return proc, f"{found[1]}:{found[2]}"
+        if proc.poll() is not None:
+            sys.exit(f"the broker exited early:\n{text}")
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("the broker did not start listening within 30 s")
+
+
+def create_topic(bootstrap: str, partitions: int) -> str:
+    """Create a fresh topic; return its name."""
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(timeout=30)
+    return name
+
+
+def produce(bootstrap: str, topic: str, count: int, value_bytes: int) -> float:
+    """Produce ``count`` values with acks=all and linger 5 ms; return records/s."""
+    failures: list[object] = []
+
+    def report(err: object, msg: object) -> None:
+        if err is not None:
+            failures.append(err)
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1 << 20,
+            "delivery.report.only.error": True,
+            "on_delivery": report,  # once, not per call: the loop below is the client's cost
+        }
+    )
+    value = b"v" * value_bytes
+    send, poll = producer.produce, producer.poll
+    start = time.perf_counter()
+    for i in range(count):
+        try:
+            send(topic, value)
+        except BufferError:
+            poll(0.001)
+            send(topic, value)
+        if not i % 50_000:
+            poll(0)
+    left = producer.flush(120)
+    elapsed = time.perf_counter() - start
+    if left or failures:
+        sys.exit(f"produce failed: {left} records unacknowledged, errors {failures[:3]}")
+    return count / elapsed
+
+
+def partitions_of(bootstrap: str, topic: str) -> int:
+    """Return the partition count of ``topic``."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return len(metadata.topics[topic].partitions)
+
+
+def consume(bootstrap: str, topic: str, count: int) -> float:
+    """Read ``count`` records from the earliest offset; return records/s."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+            # librdkafka pauses a partition's fetches for fetch.queue.backoff.ms (1 s) when
+            # its local queue is full, i.e. when the broker is ahead of this Python loop.
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions_of(bootstrap, topic))]
+    )
+    seen = 0
+    start = None
+    deadline = time.perf_counter() + 120
+    while seen < count and time.perf_counter() < deadline:
+        for message in consumer.consume(10_000, 0.5):
+            if message.error() is not None:
+                raise KafkaException(message.error())
+            if start is None:
+                # From the first record on: librdkafka spends its first ~0.5 s on an
+                # offset-query timer, whatever the broker.
+                start = time.perf_counter()
+            seen += 1
+    elapsed = time.perf_counter() - (start or 0.0)
+    consumer.close()
+    if seen < count:
+        sys.exit(f"consume read {seen} of {count} records in 120 s")
+    return seen / elapsed
+
+
+def _latency_consumer(bootstrap: str, topic: str, count: int, ready: object, out: object) -> None:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+            "fetch.min.bytes": 1,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    consumer.consume(1, 1.0)  # connected and fetching
+    ready.set()  # type: ignore[attr-defined]
+    latencies = []
+    deadline = time.monotonic() + 120
+    while len(latencies) < count and time.monotonic() < deadline:
+        # poll() returns as soon as one record is there (consume(n, t) would wait for n);
+        # then consume(n, 0) takes what else has arrived without waiting.
+        first = consumer.poll(0.2)
+        if first is None:
+            continue
+        for message in [first, *consumer.consume(1000, 0)]:
+            if message.error() is None:
+                sent = int(message.value()[:20])
+                latencies.append((sent, (time.monotonic_ns() - sent) / 1e6))
+    consumer.close()
+    out.put(latencies)  # type: ignore[attr-defined]
+
+
+def latency(
+    bootstrap: str,
+    topic: str,
+    rate: int,
+    seconds: float,
+    linger_ms: float,
+    *,
+    warmup_s: float = 1.0,
+) -> list[float]:
+    """Produce at ``rate`` records/s; return the latency in ms of each record.
+
+    Records sent in the first ``warmup_s`` seconds (connections, metadata, the first
+    fetches) are sent but not counted; ``seconds`` of records are measured after them.
+    """
+    count = int(rate * (seconds + warmup_s))
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_latency_consumer, args=(bootstrap, topic, count, ready, out))
+    reader.start()
+    ready.wait(30)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            "delivery.report.only.error": True,
+        }
+    )
+    burst = max(rate // 1000, 1)  # records per millisecond
+    start = time.monotonic()
+    measured_from = time.monotonic_ns() + int(warmup_s * 1e9)
+    for i in range(0, count, burst):
+        due = start + i / rate
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        for _ in range(burst):
+            producer.produce(topic, b"%020d" % time.monotonic_ns() + b"x" * 80, partition=0)
+        producer.poll(0)
+    producer.flush(60)
+    received: list[tuple[int, float]] = out.get(timeout=150)
+    reader.join(30)
+    return [ms for sent, ms in received if sent >= measured_from]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Return the value below which ``fraction`` of ``values`` lie."""
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)]
+
+
+# Frames where the event loop waits for I/O: idle, not CPU.
+_IDLE_FRAMES = ("EpollIOManager.get_events", "KqueueIOManager.get_events")
+
+
+def top_entries(raw_profile: Path, limit: int) -> tuple[float, list[tuple[float, str]]]:
+    """Read a py-spy raw profile (``--threads --idle``) of the broker's event-loop thread.
+
+    Returns the share of samples in which the loop was busy, and the functions with the
+    most own time as (share of busy samples, function). Worker threads (fsync) and the
+    loop's waits in epoll are left out: what is left is the CPU the broker's one thread
+    spends.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    total = busy = 0
+    for line in raw_profile.read_text(errors="replace").splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        if not samples.isdigit() or "MainThread" not in frames[0]:
+            continue
+        total += int(samples)
+        if frames[-1].startswith(_IDLE_FRAMES):
+            continue
+        busy += int(samples)
+        own[frames[-1]] += int(samples)
+    if not busy:
+        return 0.0, []
+    return busy / total, [(n / busy, frame) for frame, n in own.most_common(limit)]
+
+
+def start_profiler(pid: int, path: Path, seconds: int) -> subprocess.Popen[bytes] | None:
+    """Start py-spy sampling ``pid`` into ``path``; ``None`` when py-spy cannot."""
+    if not Path(PY_SPY).exists():
+        return None
+    return subprocess.Popen(
+        [PY_SPY, "record", "--pid", str(pid), "--format", "raw", "--output", str(path),
+         "--duration", str(seconds), "--rate", "500", "--nonblocking", "--threads", "--idle"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", help="HOST:PORT of a running broker")
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--rate", type=int, default=50_000, help="records/s for latency")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--latency-linger-ms", type=float, default=1.0)
+    parser.add_argument("--top", type=int, default=15, help="profile entries to print")
+    args = parser.parse_args()
+
+    temp = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    broker = None
+    profile_raw = temp / "profile.txt"
+    cprofile = temp / "broker.prof"
+    try:
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            use_cprofile = not Path(PY_SPY).exists()
+            broker, bootstrap = start_broker(temp / "data", cprofile if use_cprofile else None)
+            print(f"started headwater broker at {bootstrap} (data in {temp / 'data'})")
+        topic = create_topic(bootstrap, args.partitions)
+        profiler = None
+        if broker is not None:
+            profiler = start_profiler(broker.pid, profile_raw, 600)
+        produce_rate = produce(bootstrap, topic, args.records, args.value_bytes)
+        print(f"produce: {produce_rate:12,.0f} records/s  (target >= {TARGETS['produce']:,})")
+        consume_rate = consume(bootstrap, topic, args.records)
+        print(f"consume: {consume_rate:12,.0f} records/s  (target >= {TARGETS['consume']:,})")
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+        latency_topic = create_topic(bootstrap, 1)
+        latencies = latency(
+            bootstrap, latency_topic, args.rate, args.latency_seconds, args.latency_linger_ms
+        )
+        print(
+            f"latency at {args.rate:,} records/s ({len(latencies):,} records): "
+            f"p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms"
+            f", max {max(latencies):.2f} ms, mean {statistics.fmean(latencies):.2f} ms  "
+            f"(target p99 <= {TARGETS['p99_ms']:g} ms)"
+        )
+        if broker is not None:
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(30)
+            broker = None
+            print_profile(profile_raw, cprofile, args.top)
+    finally:
+        if broker is not None:
+            broker.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def print_profile(profile_raw: Path, cprofile: Path, limit: int) -> None:
+    """Print the broker's profile top entries (py-spy's, else cProfile's)."""
+    if profile_raw.exists():
+        busy, entries = top_entries(profile_raw, limit)
+        print(
+            f"broker CPU profile during produce + consume (py-spy): the event loop was busy "
+            f"{busy:.0%} of the time; top {limit} by own time:"
+        )
+        for share, frame in entries:
+            print(f"  {share:6.1%}  {frame}")
+    elif cprofile.exists():
+        print(f"broker CPU profile (cProfile, internal time), top {limit}:")
+        pstats.Stats(str(cprofile)).sort_stats("tottime").print_stats(limit)
+    else:
+        print("no broker profile (py-spy is not installed and cProfile left no file)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""A small blocking admin client over the codec: topics on a running Kafka-protocol broker.
+
+Theory of operation
+-------------------
+The ``headwater topics ... --bootstrap HOST:PORT`` commands administer a broker through
+the Kafka protocol, with the same codec the broker uses and a plain socket: a command
+sends a handful of requests and exits, so neither an event loop nor a client library is
+needed. On connecting, the client asks ApiVersions (v3, falling back to v0 as a broker
+that does not know v3 asks) and uses, per API, the highest version both sides speak.
+
+It follows the cluster's routing, so it works against a Kafka cluster as well as against
+``headwater broker``: CreateTopics and DeleteTopics go to the controller that Metadata
+names, ListOffsets to each partition's leader; connections are made on demand and kept
+by node id.
+
+One request at a time per connection; not thread-safe. Every call may raise ``OSError``
+when a broker cannot be reached (the CLI turns that into one line).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import BrokerError, BrokerResponseError, MalformedResponseError
+from ._protocol import (
+    API_VERSIONS,
+    ApiKey,
+    KafkaErrorCode,
+    Message,
+    RequestHeader,
+    decode_response,
+    encode_request,
+)
+
+DEFAULT_TIMEOUT_S = 10.0
+_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+_SIZE = struct.Struct(">i")
+_LATEST = -1
+_EARLIEST = -2
+_TOPIC_RESOURCE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePartition:
+    """Offsets of one partition as a broker reports them."""
+
+    partition: int
+    log_start_offset: int
+    high_watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTopic:
+    """A topic as a broker describes it: partitions' offsets and its config entries.
+
+    ``configs`` are Kafka's names and spellings (``retention.ms``, ``cleanup.policy``,
+    ``headwater.durability`` on a headwater broker).
+    """
+
+    name: str
+    internal: bool
+    partitions: tuple[RemotePartition, ...]
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_address(
+    text: str, default_port: int = 9092, *, allow_any_port: bool = False
+) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT``; the port may be left out) into host and port.
+
+    :param allow_any_port: accept port 0 ("any free port", for listening).
+    :raises ValueError: if the port is not a number from 1 (or 0) to 65535, or the host
+        is empty.
+    """
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise ValueError(f"{text!r}: expected HOST:PORT")
+    if not port_text:
+        return host, default_port
+    low = 0 if allow_any_port else 1
+    if not port_text.isdigit() or not low <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from {low} to 65535")
+    return host, int(port_text)
+
+
+class _Connection:
+    def __init__(self, host: str, port: int, client_id: str, timeout_s: float) -> None:
+        self.address = f"{host}:{port}"
+        self._sock = socket.create_connection((host, port), timeout=timeout_s)
+        self._client_id = client_id
+        self._correlation = 0
+        self.versions = self._negotiate()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _negotiate(self) -> dict[int, int]:
+        body = self.send(ApiKey.API_VERSIONS, 3, {"client_software_name": "headwater"})
+        if body["error_code"] == KafkaErrorCode.UNSUPPORTED_VERSION:
+            body = self.send(ApiKey.API_VERSIONS, 0, {})
+        _check(body["error_code"], "ApiVersions", None)
+        versions = {}
+        for entry in body["api_keys"]:
+            ours = API_VERSIONS.get(entry["api_key"])
+            if ours is None:
+                continue
+            low = max(ours.accepted[0], entry["min_version"])
+            high = min(ours.advertised[1], entry["max_version"])
+            if low <= high:
+                versions[entry["api_key"]] = high
+        return versions
+
+    def request(self, api_key: ApiKey, body: Mapping[str, Any]) -> Message:
+        version = self.versions.get(api_key)
+        if version is None:
+            raise BrokerError(f"the broker at {self.address} does not serve {api_key.name}")
+        return self.send(api_key, version, body)
+
+    def send(self, api_key: ApiKey, version: int, body: Mapping[str, Any]) -> Message:
+        self._correlation += 1
+        header = RequestHeader(api_key, version, self._correlation, self._client_id)
+        self._sock.sendall(b"".join(encode_request(header, body)))
+        (size,) = _SIZE.unpack(self._receive(4))
+        if not 4 <= size <= _MAX_RESPONSE_BYTES:
+            raise MalformedResponseError(f"response frame size {size} from {self.address}")
+        return decode_response(header, self._receive(size))
+
+    def _receive(self, size: int) -> bytes:
+        chunks = bytearray()
+        while len(chunks) < size:
+            chunk = self._sock.recv(min(size - len(chunks), 1 << 20))
+            if not chunk:
+                raise ConnectionResetError(f"the broker at {self.address} closed the connection")
+            chunks += chunk
+        return bytes(chunks)
+
+
+def _check(code: int, action: str, message: str | None) -> None:
+    if code == KafkaErrorCode.NONE:
+        return
+    try:
+        name = KafkaErrorCode(code).name
+    except ValueError:
+        name = f"error {code}"
+    detail = f": {message}" if message else ""
+    raise BrokerResponseError(f"{action} failed with {name}{detail}", code)
+
+
+class AdminClient:
+    """Create, list, describe and delete topics on a running broker (blocking).
+
+    :param bootstrap: ``HOST:PORT`` of any broker of the cluster.
+    :param client_id: the client id sent with every request.
+    :param timeout_s: the connect and per-read socket timeout.
+
+    Use as a context manager, or call :meth:`close`.
+
+    :raises OSError: if the bootstrap broker cannot be reached.
+    :raises BrokerError: if it does not speak the protocol well enough.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "headwater-admin",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        host, port = parse_address(bootstrap)
+        self._client_id = client_id
+        self._timeout_s = timeout_s
+        self._bootstrap = _Connection(host, port, client_id, timeout_s)
+        self._nodes: dict[int, _Connection] = {}
+        self._brokers: dict[int, tuple[str, int]] = {}
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection."""
+        self._bootstrap.close()
+        for connection in self._nodes.values():
+            connection.close()
+        self._nodes.clear()
+
+    def _node(self, node_id: int) -> _Connection:
+        connection = self._nodes.get(node_id)
+        if connection is None:
+            if node_id not in self._brokers:
+                return self._bootstrap
+            host, port = self._brokers[node_id]
+            connection = _Connection(host, port, self._client_id, self._timeout_s)
+            self._nodes[node_id] = connection
+        return connection
+
+    def _metadata(self, topics: Sequence[str] | None) -> Message:
+        body = self._bootstrap.request(
+            ApiKey.METADATA,
+            {
+                "topics": None if topics is None else [{"name": t} for t in topics],
+                "allow_auto_topic_creation": False,
+            },
+        )
+        self._brokers = {b["node_id"]: (b["host"], b["port"]) for b in body["brokers"]}
+        return body
+
+    def _controller(self) -> _Connection:
+        return self._node(self._metadata([])["controller_id"])
+
+    # -- topics ----------------------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, partitions: int, configs: Mapping[str, str] | None = None
+    ) -> None:
+        """Create topic ``name`` with ``partitions`` partitions and Kafka-named ``configs``.
+
+        :raises BrokerResponseError: with the broker's error code and message.
+        """
+        body = self._controller().request(
+            ApiKey.CREATE_TOPICS,
+            {
+                "topics": [
+                    {
+                        "name": name,
+                        "num_partitions": partitions,
+                        "replication_factor": -1,
+                        "assignments": [],
+                        "configs": [{"name": k, "value": v} for k, v in (configs or {}).items()],
+                    }
+                ],
+                "timeout_ms": int(self._timeout_s * 1000),
+                "validate_only": False,
+            },
+        )
+        for result in body["topics"]:
+            _check(result["error_code"], f"creating topic {name!r}", result["error_message"])
+
+    def delete_topic(self, name: str) -> None:
+        """Delete topic ``name``.
+
+        :raises BrokerResponseError: with the broker's error code and message.
+        """
+        body = self._controller().request(
+            ApiKey.DELETE_TOPICS,
+            {"topic_names": [name], "timeout_ms": int(self._timeout_s * 1000)},
+        )
+        for result in body["responses"]:
+            _check(result["error_code"], f"deleting topic {name!r}", result["error_message"])
+
+    def list_topic_names(self) -> list[str]:
+        """Return the names of every topic, sorted."""
+        body = self._metadata(None)
+        return sorted(t["name"] for t in body["topics"] if t["error_code"] == 0)
+
+    def describe_topics(self, names: Sequence[str] | None = None) -> list[RemoteTopic]:
+        """Describe topics (every topic when ``names`` is ``None``): offsets and configs.
+
+        :raises BrokerResponseError: if a named topic does not exist.
+        """
+        body = self._metadata(names)
+        leaders: dict[str, dict[int, int]] = {}
+        internal: dict[str, bool] = {}
+        for topic in body["topics"]:
+            missing = topic["error_code"] == KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            _check(
+                topic["error_code"],
+                f"describing topic {topic['name']!r}",
+                "the topic does not exist" if missing else None,
+            )
+            internal[topic["name"]] = topic["is_internal"]
+            leaders[topic["name"]] = {
+                p["partition_index"]: p["leader_id"] for p in topic["partitions"]
+            }
+        if not leaders:
+            return []
+        earliest = self._offsets(leaders, _EARLIEST)
+        latest = self._offsets(leaders, _LATEST)
+        configs = self._configs(sorted(leaders))
+        return [
+            RemoteTopic(
+                name=name,
+                internal=internal[name],
+                partitions=tuple(
+                    RemotePartition(i, earliest[name, i], latest[name, i])
+                    for i in sorted(leaders[name])
+                ),
+                configs=configs.get(name, {}),
+            )
+            for name in sorted(leaders)
+        ]
+
+    def _offsets(
+        self, leaders: Mapping[str, Mapping[int, int]], timestamp: int
+    ) -> dict[tuple[str, int], int]:
+        by_node: dict[int, dict[str, list[int]]] = {}
+        for name, partitions in leaders.items():
+            for index, leader in partitions.items():
+                by_node.setdefault(leader, {}).setdefault(name, []).append(index)
+        offsets: dict[tuple[str, int], int] = {}
+        for node_id, topics in by_node.items():
+            body = self._node(node_id).request(
+                ApiKey.LIST_OFFSETS,
+                {
+                    "replica_id": -1,
+                    "isolation_level": 0,
+                    "topics": [
+                        {
+                            "name": name,
+                            "partitions": [
+                                {"partition_index": i, "timestamp": timestamp} for i in indexes
+                            ],
+                        }
+                        for name, indexes in topics.items()
+                    ],
+                },
+            )
+            for topic in body["topics"]:
+                for p in topic["partitions"]:
+                    where = f"{topic['name']}-{p['partition_index']}"
+                    _check(p["error_code"], f"listing offsets of {where}", None)
+                    offsets[topic["name"], p["partition_index"]] = p["offset"]
+        return offsets
+
+    def _configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        if ApiKey.DESCRIBE_CONFIGS not in self._bootstrap.versions:
+            return {}
+        body = self._bootstrap.request(
+            ApiKey.DESCRIBE_CONFIGS,
+            {
+                "resources": [
+                    {
+                        "resource_type": _TOPIC_RESOURCE,
+                        "resource_name": name,
+                        "configuration_keys": None,
+                    }
+                    for name in names
+                ]
+            },
+        )
+        return {
+            r["resource_name"]: {
+                c["name"]: c["value"] for c in r["configs"] if c["value"] is not None
+            }
+            for r in body["results"]
+            if r["error_code"] == 0
+        }

@@ -1,0 +1,407 @@
+"""Handlers of the cluster and administration APIs.
+
+ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs and FindCoordinator,
+over the store and this broker's :class:`~headwater.broker._config.Node`.
+
+Theory of operation
+-------------------
+The broker is a one-node cluster: Metadata lists this node as the only broker, the
+controller (admin clients send CreateTopics and DeleteTopics to the controller) and the
+leader of every partition, with one stable leader epoch (:data:`LEADER_EPOCH`) and the
+node as the only replica. FindCoordinator names it for every group.
+
+Topics made through the Kafka protocol -- by CreateTopics, or by a Metadata request that
+names a missing topic when auto-creation is on and the client allows it -- take the
+store's default config; CreateTopics may change any setting Kafka names
+(``retention.ms``, ``max.message.bytes``, ..., and ``headwater.durability``) and the
+partition count. Topics whose names start with ``__`` are the system's own: reported as
+internal, and neither created nor deleted by clients. The replication factor must be 1
+(or -1, "the default").
+
+DescribeConfigs answers the same entries in Kafka's spelling
+(:func:`~headwater.store._config.kafka_config_entries`), an entry being a topic's own
+(``DYNAMIC_TOPIC_CONFIG``) when it differs from the store's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable
+
+from headwater.store import (
+    InvalidConfigError,
+    Store,
+    StoreError,
+    TopicConfig,
+    TopicExistsError,
+    TopicNotFoundError,
+    validate_topic_name,
+)
+from headwater.store._config import kafka_config_entries
+
+from ._config import Node
+from ._dispatch import ClientInfo, Handler, HandlerTable, advertised_versions
+from ._protocol import ApiKey, KafkaErrorCode, Message, Request
+from ._protocol._codes import NO_AUTHORIZED_OPERATIONS
+
+logger = logging.getLogger("headwater.broker")
+
+LEADER_EPOCH = 0
+"""The leader epoch of every partition: one broker, never a new leader."""
+
+INTERNAL_PREFIX = "__"
+_ZERO_UUID = uuid.UUID(int=0)
+
+# Kafka's ACL operation codes (AclOperation) that a topic or the cluster allows everybody.
+_TOPIC_OPERATIONS = sum(1 << op for op in (3, 4, 5, 6, 7, 8, 10, 11))
+_RESOURCE_TOPIC = 2
+_RESOURCE_BROKER = 4
+_CONFIG_SOURCE_TOPIC = 1  # DYNAMIC_TOPIC_CONFIG
+_CONFIG_SOURCE_DEFAULT = 5  # DEFAULT_CONFIG
+_CONFIG_TYPE_STRING, _CONFIG_TYPE_INT, _CONFIG_TYPE_LONG = 2, 3, 5
+_CONFIG_TYPES = {
+    "retention.ms": _CONFIG_TYPE_LONG,
+    "retention.bytes": _CONFIG_TYPE_LONG,
+    "segment.ms": _CONFIG_TYPE_LONG,
+    "delete.retention.ms": _CONFIG_TYPE_LONG,
+    "segment.bytes": _CONFIG_TYPE_INT,
+    "max.message.bytes": _CONFIG_TYPE_INT,
+    "index.interval.bytes": _CONFIG_TYPE_INT,
+}
+
+
+def is_internal(topic: str) -> bool:
+    """Return whether ``topic`` is one of the system's own topics."""
+    return topic.startswith(INTERNAL_PREFIX)
+
+
+class AdminHandlers:
+    """ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator.
+
+    :param store: the open store.
+    :param node: this broker as clients see it.
+    :param auto_create_topics: whether Metadata may create the topics it names.
+    :param advertised: returns the merged handler table (for ApiVersions).
+    :param on_topic_deleted: called with a topic's name after it is deleted.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        node: Node,
+        *,
+        auto_create_topics: bool,
+        advertised: Callable[[], HandlerTable],
+        on_topic_deleted: Callable[[str], None] = lambda topic: None,
+    ) -> None:
+        self._store = store
+        self._node = node
+        self._auto_create = auto_create_topics
+        self._advertised = advertised
+        self._on_topic_deleted = on_topic_deleted
+
+    def table(self) -> dict[ApiKey, Handler]:
+        """Return this module's handlers by API key."""
+        return {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.METADATA: self.metadata,
+            ApiKey.CREATE_TOPICS: self.create_topics,
+            ApiKey.DELETE_TOPICS: self.delete_topics,
+            ApiKey.DESCRIBE_CONFIGS: self.describe_configs,
+            ApiKey.FIND_COORDINATOR: self.find_coordinator,
+        }
+
+    # -- ApiVersions and FindCoordinator ---------------------------------------------------
+
+    async def api_versions(self, request: Request, client: ClientInfo) -> Message:
+        """List the APIs of the broker's handler table with their version ranges."""
+        return {"error_code": 0, "api_keys": advertised_versions(self._advertised())}
+
+    async def find_coordinator(self, request: Request, client: ClientInfo) -> Message:
+        """Name this node as the coordinator of every group."""
+        node = self._node
+        if request.body["key_type"] != 0:
+            return {
+                "error_code": KafkaErrorCode.COORDINATOR_NOT_AVAILABLE,
+                "error_message": "transactions are not supported by this broker",
+                "node_id": -1,
+                "host": "",
+                "port": -1,
+            }
+        return {
+            "error_code": 0,
+            "error_message": None,
+            "node_id": node.node_id,
+            "host": node.host,
+            "port": node.port,
+        }
+
+    # -- Metadata --------------------------------------------------------------------------
+
+    async def metadata(self, request: Request, client: ClientInfo) -> Message:
+        """Describe the cluster (this node) and the requested topics, or all of them."""
+        body = request.body
+        version = request.header.api_version
+        requested = body["topics"]
+        if requested is None or (version == 0 and not requested):
+            names: list[str | None] = list(self._store.list_topics())
+        else:
+            names = [t["name"] for t in requested]
+        allow_create = self._auto_create and body["allow_auto_topic_creation"]
+        authorized = body["include_topic_authorized_operations"]
+        topics = []
+        seen: set[str | None] = set()
+        for name in names:
+            if name in seen:
+                continue
+            seen.add(name)
+            topics.append(await self._describe(name, allow_create, authorized))
+        node = self._node
+        return {
+            "brokers": [{"node_id": node.node_id, "host": node.host, "port": node.port}],
+            "cluster_id": node.cluster_id,
+            "controller_id": node.node_id,
+            "topics": topics,
+        }
+
+    async def _describe(self, name: str | None, allow_create: bool, authorized: bool) -> Message:
+        def failed(code: KafkaErrorCode) -> Message:
+            return {"error_code": code, "name": name, "topic_id": _ZERO_UUID, "partitions": []}
+
+        if name is None:  # a lookup by topic id: headwater topics have none
+            return failed(KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        store = self._store
+        if not store.has_topic(name):
+            try:
+                validate_topic_name(name)
+            except InvalidConfigError:
+                return failed(KafkaErrorCode.INVALID_TOPIC_EXCEPTION)
+            if not allow_create or is_internal(name):
+                return failed(KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+            try:
+                await store.create_topic(name)
+                logger.info("created topic %r (auto-created by a Metadata request)", name)
+            except TopicExistsError:
+                pass  # another request created it meanwhile
+            except StoreError as exc:
+                logger.warning("cannot auto-create topic %r: %s", name, exc)
+                return failed(KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        try:
+            count = len(store.partitions(name))
+        except TopicNotFoundError:  # deleted meanwhile
+            return failed(KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        node_id = self._node.node_id
+        return {
+            "error_code": 0,
+            "name": name,
+            "topic_id": _ZERO_UUID,
+            "is_internal": is_internal(name),
+            "partitions": [
+                {
+                    "error_code": 0,
+                    "partition_index": i,
+                    "leader_id": node_id,
+                    "leader_epoch": LEADER_EPOCH,
+                    "replica_nodes": [node_id],
+                    "isr_nodes": [node_id],
+                    "offline_replicas": [],
+                }
+                for i in range(count)
+            ],
+            "topic_authorized_operations": (
+                _TOPIC_OPERATIONS if authorized else NO_AUTHORIZED_OPERATIONS
+            ),
+        }
+
+    # -- CreateTopics and DeleteTopics -----------------------------------------------------
+
+    async def create_topics(self, request: Request, client: ClientInfo) -> Message:
+        """Create topics with the store's default config changed by the request's configs."""
+        body = request.body
+        counts: dict[str, int] = {}
+        for topic in body["topics"]:
+            counts[topic["name"]] = counts.get(topic["name"], 0) + 1
+        results = []
+        for topic in body["topics"]:
+            name = topic["name"]
+            if counts[name] > 1:
+                result = _create_error(
+                    name, KafkaErrorCode.INVALID_REQUEST, "the topic is named more than once"
+                )
+            else:
+                result = await self._create_one(topic, validate_only=body["validate_only"])
+            results.append(result)
+        return {"topics": results}
+
+    async def _create_one(self, topic: Message, *, validate_only: bool) -> Message:
+        name = topic["name"]
+        store = self._store
+        try:
+            validate_topic_name(name)
+        except InvalidConfigError as exc:
+            return _create_error(name, KafkaErrorCode.INVALID_TOPIC_EXCEPTION, str(exc))
+        if is_internal(name):
+            return _create_error(
+                name,
+                KafkaErrorCode.INVALID_TOPIC_EXCEPTION,
+                f"topic names starting with {INTERNAL_PREFIX!r} are reserved for the system",
+            )
+        if store.has_topic(name):
+            return _create_error(
+                name, KafkaErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
+            )
+        if topic["replication_factor"] not in (-1, 1):
+            return _create_error(
+                name,
+                KafkaErrorCode.INVALID_REPLICATION_FACTOR,
+                f"replication factor {topic['replication_factor']}: this broker is a "
+                "one-node cluster, so it must be 1 (or -1 for the default)",
+            )
+        partitions, problem = self._partition_count(topic)
+        if problem is not None:
+            return _create_error(name, *problem)
+        settings = {c["name"]: c["value"] for c in topic["configs"] if c["value"] is not None}
+        if any(key.strip().lower() == "partitions" for key in settings):
+            return _create_error(
+                name,
+                KafkaErrorCode.INVALID_CONFIG,
+                "give the partition count as num_partitions, not as a config",
+            )
+        try:
+            base = dataclasses.replace(store.default_config, partitions=partitions)
+            config = TopicConfig.from_strings(settings, base)
+        except InvalidConfigError as exc:
+            code = KafkaErrorCode.INVALID_CONFIG
+            if "partitions" in str(exc) and not settings:
+                code = KafkaErrorCode.INVALID_PARTITIONS
+            return _create_error(name, code, str(exc))
+        if not validate_only:
+            try:
+                await store.create_topic(name, config)
+            except TopicExistsError as exc:
+                return _create_error(name, KafkaErrorCode.TOPIC_ALREADY_EXISTS, str(exc))
+            except (StoreError, OSError) as exc:
+                logger.warning("cannot create topic %r: %s", name, exc)
+                return _create_error(name, KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc))
+            logger.info("created topic %r with %d partition(s)", name, config.partitions)
+        return {
+            "name": name,
+            "error_code": 0,
+            "error_message": None,
+            "num_partitions": config.partitions,
+            "replication_factor": 1,
+            "configs": self._config_entries(config, None),
+        }
+
+    def _partition_count(self, topic: Message) -> tuple[int, tuple[KafkaErrorCode, str] | None]:
+        count = topic["num_partitions"]
+        assignments = topic["assignments"]
+        if assignments:
+            if count != -1:
+                return 0, (
+                    KafkaErrorCode.INVALID_REQUEST,
+                    "give either num_partitions or assignments, not both",
+                )
+            indexes = sorted(a["partition_index"] for a in assignments)
+            if indexes != list(range(len(indexes))):
+                return 0, (
+                    KafkaErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                    "assignments must number the partitions 0, 1, ... without gaps",
+                )
+            node_id = self._node.node_id
+            if any(a["broker_ids"] != [node_id] for a in assignments):
+                return 0, (
+                    KafkaErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                    f"every partition must be assigned to this broker alone ([{node_id}])",
+                )
+            return len(indexes), None
+        if count == -1:
+            return self._store.default_config.partitions, None
+        if count <= 0:
+            return 0, (
+                KafkaErrorCode.INVALID_PARTITIONS,
+                f"num_partitions must be at least 1 (or -1 for the default), got {count}",
+            )
+        return count, None
+
+    async def delete_topics(self, request: Request, client: ClientInfo) -> Message:
+        """Delete the named topics and their records."""
+        results = []
+        for name in request.body["topic_names"]:
+            code, message = await self._delete_one(name)
+            results.append({"name": name, "error_code": code, "error_message": message})
+        return {"responses": results}
+
+    async def _delete_one(self, name: str) -> tuple[KafkaErrorCode, str | None]:
+        if is_internal(name):
+            return (
+                KafkaErrorCode.INVALID_TOPIC_EXCEPTION,
+                f"topic {name!r} is internal and cannot be deleted by a client",
+            )
+        try:
+            await self._store.delete_topic(name)
+        except TopicNotFoundError as exc:
+            return KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+        except (StoreError, OSError) as exc:
+            logger.warning("cannot delete topic %r: %s", name, exc)
+            return KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc)
+        self._on_topic_deleted(name)
+        logger.info("deleted topic %r", name)
+        return KafkaErrorCode.NONE, None
+
+    # -- DescribeConfigs -------------------------------------------------------------------
+
+    async def describe_configs(self, request: Request, client: ClientInfo) -> Message:
+        """Answer topics' settings in Kafka's names; a broker resource has none to show."""
+        results = []
+        for resource in request.body["resources"]:
+            kind, name = resource["resource_type"], resource["resource_name"]
+            result: Message = {
+                "error_code": 0,
+                "error_message": None,
+                "resource_type": kind,
+                "resource_name": name,
+                "configs": [],
+            }
+            if kind == _RESOURCE_TOPIC:
+                try:
+                    config = self._store.topic_config(name)
+                except TopicNotFoundError as exc:
+                    result["error_code"] = KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    result["error_message"] = str(exc)
+                else:
+                    result["configs"] = self._config_entries(config, resource["configuration_keys"])
+            elif kind != _RESOURCE_BROKER or name not in ("", str(self._node.node_id)):
+                result["error_code"] = KafkaErrorCode.INVALID_REQUEST
+                result["error_message"] = f"no resource of type {kind} named {name!r}"
+            results.append(result)
+        return {"results": results}
+
+    def _config_entries(self, config: TopicConfig, keys: list[str] | None) -> list[Message]:
+        defaults = kafka_config_entries(self._store.default_config)
+        entries = []
+        for key, value in kafka_config_entries(config).items():
+            if keys is not None and key not in keys:
+                continue
+            is_default = defaults.get(key) == value
+            entries.append(
+                {
+                    "name": key,
+                    "value": value,
+                    "read_only": False,
+                    "is_default": is_default,
+                    "config_source": (
+                        _CONFIG_SOURCE_DEFAULT if is_default else _CONFIG_SOURCE_TOPIC
+                    ),
+                    "is_sensitive": False,
+                    "config_type": _CONFIG_TYPES.get(key, _CONFIG_TYPE_STRING),
+                    "documentation": None,
+                }
+            )
+        return entries
+
+
+def _create_error(name: str, code: KafkaErrorCode, message: str) -> Message:
+    return {"name": name, "error_code": code, "error_message": message, "configs": None}

@@ -1,0 +1,353 @@
+"""Handlers of Produce and InitProducerId: validated batches into the log, as received.
+
+Theory of operation
+-------------------
+A Produce request carries, per partition, exactly one record batch (magic 2) from the
+client. The broker checks it (:func:`check_batch`, NOTES.md's list) before anything is
+appended, then hands the client's bytes to the partition's log, which writes the base
+offset -- outside the CRC -- and stores everything else as received: a compressed batch
+is never decompressed, since its count, offsets and timestamps sit in the uncompressed
+header. A batch is acknowledged only once it is durable under the topic's policy.
+
+Checks, in order, with the error each failure answers:
+
+======================================================  =========================
+no batch, or bytes after the first batch                INVALID_RECORD (87)
+fewer bytes than a header, magic not 2, a length that   CORRUPT_MESSAGE (2)
+runs past the bytes sent, an unknown codec
+larger than the topic's ``max.message.bytes``           MESSAGE_TOO_LARGE (10)
+CRC-32C mismatch                                        CORRUPT_MESSAGE (2)
+base offset not 0, ``lastOffsetDelta + 1 !=             INVALID_RECORD (87)
+recordsCount`` or no records, a control or
+transactional batch, a producer id without a sequence
+======================================================  =========================
+
+Records inside a batch are not decoded: the CRC covers them, and decoding every record in
+Python would cost more than the rest of the produce path together.
+
+Idempotent producers (a batch with a producer id) go through
+:class:`~headwater.broker._producers.ProducerStates` first: a retried batch is answered
+``DUPLICATE_SEQUENCE_NUMBER`` with its original offset and not appended again.
+
+Writing and waiting are split: the handler writes every partition's batch at once, in
+request order, and leaves the wait for durability (the group-commit fsync of each
+partition written, concurrently) as :class:`~headwater.broker._dispatch.Deferred` work, so
+that the requests a client pipelines behind this one are written meanwhile and share the
+next fsync. Topics at durability ``always`` (an fsync per append, under the partition's
+lock) and ``never`` (nothing to wait for) are appended whole before the handler returns.
+Every ``acks`` value is answered once durable (the log has no weaker point at which to
+answer); ``acks=0`` gets no response at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+from typing import NamedTuple
+
+import anyio
+from crc32c import crc32c
+
+from headwater.store import (
+    CorruptRecordError,
+    Durability,
+    LogClosedError,
+    Partition,
+    RecordTooLargeError,
+    Store,
+    StoreError,
+    TopicNotFoundError,
+)
+
+from ._dispatch import ClientInfo, Deferred, Handler, is_accepted
+from ._group_commit import GroupCommit
+from ._producers import ProducerStates, last_sequence
+from ._protocol import ApiKey, KafkaErrorCode, Message, Request
+
+logger = logging.getLogger("headwater.broker")
+
+Buffer = bytes | bytearray | memoryview
+
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_HEADER_SIZE = 61
+_OVERHEAD = 12  # base offset and batch length precede what batch_length counts
+_CRC_START = 21
+_CODEC_MASK = 0x07
+_MAX_CODEC = 4
+_TRANSACTIONAL = 0x10
+_CONTROL = 0x20
+_ACKS = (0, 1, -1)
+
+
+class CheckedBatch(NamedTuple):
+    """The header fields of a batch that passed :func:`check_batch`."""
+
+    last_offset_delta: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    records_count: int
+
+
+class BatchRejection(NamedTuple):
+    """Why :func:`check_batch` refused a batch."""
+
+    code: KafkaErrorCode
+    message: str
+
+
+def check_batch(records: Buffer | None, max_message_bytes: int) -> CheckedBatch | BatchRejection:
+    """Check the bytes a Produce request carries for one partition (see the module docstring).
+
+    Pure: reads ``records`` only.
+    """
+    if not records:
+        return BatchRejection(KafkaErrorCode.INVALID_RECORD, "no record batch")
+    size = len(records)
+    if size < _HEADER_SIZE:
+        return BatchRejection(
+            KafkaErrorCode.CORRUPT_MESSAGE,
+            f"{size} bytes are too few for a record batch header ({_HEADER_SIZE})",
+        )
+    (
+        base_offset,
+        batch_length,
+        _leader_epoch,
+        magic,
+        crc,
+        attributes,
+        last_offset_delta,
+        _base_timestamp,
+        _max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        records_count,
+    ) = _HEADER.unpack_from(records, 0)
+    corrupt = KafkaErrorCode.CORRUPT_MESSAGE
+    invalid = KafkaErrorCode.INVALID_RECORD
+    if magic != 2:
+        return BatchRejection(corrupt, f"magic {magic}: only record batches v2 are accepted")
+    batch_size = batch_length + _OVERHEAD
+    if batch_size < _HEADER_SIZE or batch_size > size:
+        return BatchRejection(
+            corrupt, f"batch length {batch_length} does not fit the {size} bytes sent"
+        )
+    if batch_size < size:
+        return BatchRejection(invalid, "a produce request may carry one record batch per partition")
+    if batch_size > max_message_bytes:
+        return BatchRejection(
+            KafkaErrorCode.MESSAGE_TOO_LARGE,
+            f"batch of {batch_size} bytes exceeds the topic's max.message.bytes "
+            f"({max_message_bytes})",
+        )
+    if crc32c(memoryview(records)[_CRC_START:]) != crc:
+        return BatchRejection(corrupt, "CRC-32C mismatch")
+    if attributes & _CODEC_MASK > _MAX_CODEC:
+        return BatchRejection(corrupt, f"unknown compression codec {attributes & _CODEC_MASK}")
+    if attributes & _CONTROL:
+        return BatchRejection(invalid, "clients may not send control batches")
+    if attributes & _TRANSACTIONAL:
+        return BatchRejection(invalid, "transactions are not supported by this broker")
+    if base_offset != 0:
+        return BatchRejection(invalid, f"base offset {base_offset}: a client's batch starts at 0")
+    if records_count <= 0 or last_offset_delta + 1 != records_count:
+        return BatchRejection(
+            invalid,
+            f"records count {records_count} does not match last offset delta {last_offset_delta}",
+        )
+    if producer_id >= 0 and base_sequence < 0:
+        return BatchRejection(invalid, f"producer id {producer_id} without a base sequence")
+    return CheckedBatch(
+        last_offset_delta, producer_id, producer_epoch, base_sequence, records_count
+    )
+
+
+class ProduceHandlers:
+    """Produce and InitProducerId over the store and the producers' sequence state.
+
+    :param store: the open store.
+    :param producers: the idempotence state (shared with nothing else).
+    """
+
+    def __init__(self, store: Store, producers: ProducerStates) -> None:
+        self._store = store
+        self._producers = producers
+        self._group_commit = GroupCommit()
+
+    def table(self) -> dict[ApiKey, Handler]:
+        """Return this module's handlers by API key."""
+        return {ApiKey.PRODUCE: self.produce, ApiKey.INIT_PRODUCER_ID: self.init_producer_id}
+
+    async def init_producer_id(self, request: Request, client: ClientInfo) -> Message:
+        """Give an idempotent producer a new producer id (epoch 0); refuse transactions."""
+        if request.body["transactional_id"] is not None:
+            return {
+                "error_code": KafkaErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                "producer_id": -1,
+                "producer_epoch": -1,
+            }
+        producer_id, epoch = self._producers.new_producer()
+        return {"error_code": 0, "producer_id": producer_id, "producer_epoch": epoch}
+
+    async def produce(self, request: Request, client: ClientInfo) -> Message | Deferred | None:
+        """Append each partition's batch; answer per partition once durable (``acks=0``: never).
+
+        The batches are written at once, in the order requests arrive; the wait for
+        durability is deferred, so that the connection's next requests are written
+        meanwhile and share the same group-commit fsync.
+        """
+        body = request.body
+        acks = body["acks"]
+        refusal: KafkaErrorCode | None = None
+        if not is_accepted(request):
+            refusal = KafkaErrorCode.UNSUPPORTED_VERSION
+        elif acks not in _ACKS:
+            refusal = KafkaErrorCode.INVALID_REQUIRED_ACKS
+        elif body["transactional_id"] is not None:
+            refusal = KafkaErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        responses: list[Message] = []
+        unflushed: list[tuple[Partition, int, Message]] = []
+        for topic in body["topic_data"]:
+            results: list[Message] = []
+            responses.append({"name": topic["name"], "partition_responses": results})
+            for data in topic["partition_data"]:
+                result = _result(data["index"], KafkaErrorCode.NONE)
+                results.append(result)
+                if refusal is not None:
+                    result["error_code"] = refusal
+                    continue
+                index = data["index"]
+                code, message = await self._append(
+                    topic["name"], index, data["records"], result, unflushed
+                )
+                if code != KafkaErrorCode.NONE:
+                    _refuse(result, code, message)
+                    logger.debug("produce to %s-%d refused: %s", topic["name"], index, message)
+        response = None if acks == 0 else {"responses": responses}
+        if not unflushed:
+            return response
+        return Deferred(functools.partial(self._wait_durable, unflushed, response))
+
+    async def _append(
+        self,
+        topic: str,
+        index: int,
+        records: Buffer | None,
+        result: Message,
+        unflushed: list[tuple[Partition, int, Message]],
+    ) -> tuple[KafkaErrorCode, str]:
+        try:
+            partition = self._store.partition(topic, index)
+        except (TopicNotFoundError, LogClosedError) as exc:
+            return KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+        checked = check_batch(records, partition.config.max_message_bytes)
+        if isinstance(checked, BatchRejection):
+            return checked.code, checked.message
+        assert records is not None
+        producers = self._producers
+        producer_id = checked.producer_id
+        if producer_id >= 0:
+            first_seq = checked.base_sequence
+            verdict = producers.check(
+                topic,
+                index,
+                producer_id=producer_id,
+                epoch=checked.producer_epoch,
+                first_seq=first_seq,
+                last_seq=last_sequence(first_seq, checked.last_offset_delta),
+            )
+            if verdict.error != KafkaErrorCode.NONE:
+                result["base_offset"] = verdict.base_offset
+                result["log_start_offset"] = partition.log_start_offset
+                return verdict.error, f"sequence check: {verdict.error.name}"
+        try:
+            code, message = await self._write(partition, records, result, unflushed)
+        except BaseException:
+            if producer_id >= 0:
+                producers.abort(topic, index, producer_id, checked.base_sequence)
+            raise
+        if producer_id >= 0:
+            if code == KafkaErrorCode.NONE:
+                producers.complete(
+                    topic, index, producer_id, checked.base_sequence, result["base_offset"]
+                )
+            else:
+                producers.abort(topic, index, producer_id, checked.base_sequence)
+        return code, message
+
+    async def _write(
+        self,
+        partition: Partition,
+        records: Buffer,
+        result: Message,
+        unflushed: list[tuple[Partition, int, Message]],
+    ) -> tuple[KafkaErrorCode, str]:
+        # One copy, into a buffer the log may stamp the base offset into.
+        batch = bytearray(records)
+        try:
+            if partition.config.durability is Durability.BATCH:
+                # Written now; made durable (group commit) by the deferred flush.
+                info = partition.log.append_batch(batch)
+                unflushed.append((partition, info.next_offset, result))
+            else:
+                # `always` holds the partition's lock through its own fsync; `never` has
+                # nothing to wait for.
+                info = await partition.append_batch(batch)
+        except CorruptRecordError as exc:
+            return KafkaErrorCode.CORRUPT_MESSAGE, str(exc)
+        except RecordTooLargeError as exc:
+            return KafkaErrorCode.MESSAGE_TOO_LARGE, str(exc)
+        except LogClosedError as exc:
+            return KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+        except (StoreError, OSError) as exc:
+            logger.error("append to %s-%d failed: %s", partition.topic, partition.index, exc)
+            return KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc)
+        result["base_offset"] = info.base_offset
+        result["log_append_time_ms"] = info.log_append_time
+        result["log_start_offset"] = partition.log_start_offset
+        return KafkaErrorCode.NONE, ""
+
+    async def _wait_durable(
+        self, unflushed: list[tuple[Partition, int, Message]], response: Message | None
+    ) -> Message | None:
+        """Wait until every written batch is durable; answer ``response`` (``None``: nothing)."""
+        if len(unflushed) == 1:
+            await self._wait_one(*unflushed[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for partition, next_offset, result in unflushed:
+                    tg.start_soon(self._wait_one, partition, next_offset, result)
+        return response
+
+    async def _wait_one(self, partition: Partition, next_offset: int, result: Message) -> None:
+        try:
+            await self._group_commit.wait_durable(partition, next_offset)
+        except LogClosedError as exc:
+            _refuse(result, KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc))
+        except (StoreError, OSError) as exc:
+            logger.error("fsync of %s-%d failed: %s", partition.topic, partition.index, exc)
+            _refuse(result, KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc))
+
+
+def _refuse(result: Message, code: KafkaErrorCode, message: str) -> None:
+    result["error_code"] = code
+    if code == KafkaErrorCode.DUPLICATE_SEQUENCE_NUMBER:
+        return  # a success for the client, with the original base offset
+    result["base_offset"] = -1
+    result["error_message"] = message
+    if code in (KafkaErrorCode.INVALID_RECORD, KafkaErrorCode.CORRUPT_MESSAGE):
+        result["record_errors"] = [{"batch_index": 0, "batch_index_error_message": message}]
+
+
+def _result(index: int, code: KafkaErrorCode) -> Message:
+    return {
+        "index": index,
+        "error_code": code,
+        "base_offset": -1,
+        "log_append_time_ms": -1,
+        "log_start_offset": -1,
+        "record_errors": [],
+        "error_message": None,
+    }
