@@ -13,7 +13,11 @@ handler}`` over the objects they need:
 * ``_handlers_admin.py``   ApiVersions, Metadata, CreateTopics, DeleteTopics,
                            DescribeConfigs, FindCoordinator -- over the store and the node;
 * ``_handlers_produce.py`` Produce, InitProducerId -- over the store and producer states;
-* ``_handlers_fetch.py``   Fetch, ListOffsets -- over the store.
+* ``_handlers_fetch.py``   Fetch, ListOffsets -- over the store;
+* ``_handlers_groups.py``  JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+                           OffsetFetch, DescribeGroups, ListGroups -- over a
+                           :class:`~headwater.groups.GroupCoordinator` (``headwater broker``
+                           passes them as ``extra_handlers``).
 
 The server merges the tables (later ones win, so a module may take over an API) and
 advertises in ApiVersions exactly the APIs of the merged table, with the version ranges

@@ -23,6 +23,8 @@ import click
 from anyio.abc import TaskStatus
 
 from headwater.broker import DEFAULT_MAX_FRAME_BYTES, Broker, BrokerConfig, parse_address
+from headwater.broker._handlers_groups import GroupHandlers
+from headwater.groups import GroupConfig, GroupCoordinator
 
 from ._datadir import data_dir, data_option, locked_store
 from ._run import run_async
@@ -82,6 +84,14 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> o
     help="Create a topic that a client's metadata request names (with the default config).",
 )
 @click.option(
+    "--group-initial-rebalance-delay-ms",
+    type=click.IntRange(0, 300_000),
+    default=100,
+    show_default=True,
+    help="How long a new consumer group waits for more members before its first "
+    "rebalance completes (Kafka's default is 3000).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -98,6 +108,7 @@ def broker(
     node_id: int,
     max_frame_bytes: int,
     auto_create_topics: bool,
+    group_initial_rebalance_delay_ms: int,
     log_level: str,
 ) -> None:
     """Serve the data directory to Kafka clients (any language) over the Kafka protocol."""
@@ -117,6 +128,7 @@ def broker(
         auto_create_topics=auto_create_topics,
     )
     directory = data_dir(ctx)
+    group_config = GroupConfig(initial_rebalance_delay_ms=group_initial_rebalance_delay_ms)
 
     async def body() -> None:
         stopping = _Stopping()
@@ -124,8 +136,12 @@ def broker(
             # Signals are watched from before the store opens (recovery may take a while)
             # until it is closed, so that no signal kills the process halfway.
             await tg.start(_watch_signals, stopping)
-            async with locked_store(directory, writer=True, create=True) as store:
-                server = stopping.server = Broker(store, config)
+            async with (
+                locked_store(directory, writer=True, create=True) as store,
+                GroupCoordinator(store, config=group_config) as groups,
+            ):
+                extra = GroupHandlers(groups).table()
+                server = stopping.server = Broker(store, config, extra_handlers=extra)
                 if stopping.requested:
                     server.shutdown()
                 with anyio.CancelScope() as stopping.serving:

@@ -1,8 +1,8 @@
 """Real Kafka clients against ``headwater broker``: confluent-kafka, kafka-python, aiokafka, kcat.
 
 One broker subprocess on a free port serves the module. Consumers use manual assignment
-(``assign()``): consumer groups are served in a later stage. Each test works on topics
-of its own; the scenarios are the issue's list, for every client where it applies.
+(``assign()``); the consumer-group scenarios are in ``test_groups.py``. Each test works on
+topics of its own; the scenarios are the issue's list, for every client where it applies.
 """
 
 from __future__ import annotations

@@ -56,6 +56,18 @@ SERVED = {
     ApiKey.INIT_PRODUCER_ID,
     ApiKey.DESCRIBE_CONFIGS,
 }
+"""The broker's own APIs (a :class:`Broker` without ``extra_handlers``)."""
+GROUP_APIS = {
+    ApiKey.JOIN_GROUP,
+    ApiKey.SYNC_GROUP,
+    ApiKey.HEARTBEAT,
+    ApiKey.LEAVE_GROUP,
+    ApiKey.OFFSET_COMMIT,
+    ApiKey.OFFSET_FETCH,
+    ApiKey.DESCRIBE_GROUPS,
+    ApiKey.LIST_GROUPS,
+}
+"""What ``headwater broker`` adds over its group coordinator."""
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +128,7 @@ def test_api_versions_advertises_exactly_the_served_apis(conn: Connection, versi
     body = conn.request(ApiKey.API_VERSIONS, version, {"client_software_name": "t"})
     assert body["error_code"] == 0
     advertised = {e["api_key"]: (e["min_version"], e["max_version"]) for e in body["api_keys"]}
-    assert set(advertised) == SERVED  # no group API before the coordinator is wired
+    assert set(advertised) == SERVED | GROUP_APIS
     for key, (low, high) in advertised.items():
         assert (low, high) == API_VERSIONS[ApiKey(key)].advertised
     # librdkafka enables features from these exact old versions.
@@ -656,11 +668,10 @@ def test_bad_input_closes_only_that_connection(broker: BrokerProcess, raw: bytes
     assert broker.alive()
 
 
-def test_group_apis_are_not_served_yet(broker: BrokerProcess) -> None:
+def test_group_apis_are_served(broker: BrokerProcess) -> None:
     with Connection(broker.port) as conn:
-        conn.send(ApiKey.LIST_GROUPS, 4, {"states_filter": []})
-        assert conn.closed_by_broker()
-    assert "request for LIST_GROUPS, an API this broker does not serve" in broker.log()
+        answer = conn.request(ApiKey.LIST_GROUPS, 4, {"states_filter": ["Dead"]})
+        assert answer == {"throttle_time_ms": 0, "error_code": 0, "groups": []}
 
 
 def test_logs_a_summary_at_start_and_a_line_per_connection(broker: BrokerProcess) -> None:
