@@ -4,10 +4,10 @@ Prints, with confluent-kafka (librdkafka) as the client:
 
 * produce throughput: ``--records`` values of ``--value-bytes`` bytes, acks=all,
   linger.ms=5, to a fresh topic (``--partitions``, default 1);
-* consume throughput: the same records read back from the earliest offset, timed from
-  the first record (a consumer with ``assign()``: the broker's consumer groups come in a
-  later stage; ``fetch.queue.backoff.ms`` is lowered so that librdkafka does not idle a
-  second whenever the broker gets ahead of the Python loop);
+* consume throughput: the same records read back by a fresh consumer group from the
+  earliest offset, timed from the first record (after the group's join and sync;
+  ``fetch.queue.backoff.ms`` is lowered so that librdkafka does not idle a second
+  whenever the broker gets ahead of the Python loop);
 * end-to-end latency p50/p99/max: a producer paced at ``--rate`` records/s (acks=all,
   linger.ms ``--latency-linger-ms``, default 1) and a consumer in another process; a
   record's latency is the consumer's monotonic clock minus the time the producer wrote
@@ -134,6 +134,7 @@ def consume(bootstrap: str, topic: str, count: int) -> float:
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
             # librdkafka pauses a partition's fetches for fetch.queue.backoff.ms (1 s) when
@@ -141,9 +142,7 @@ def consume(bootstrap: str, topic: str, count: int) -> float:
             "fetch.queue.backoff.ms": 10,
         }
     )
-    consumer.assign(
-        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions_of(bootstrap, topic))]
-    )
+    consumer.subscribe([topic])
     seen = 0
     start = None
     deadline = time.perf_counter() + 120

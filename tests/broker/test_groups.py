@@ -9,6 +9,7 @@ groups (confluent-kafka's AdminClient).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -260,6 +261,45 @@ def test_kafka_python_commit_close_and_resume(broker: BrokerProcess) -> None:
     after = take(second, RECORDS - len(before))
     assert not any(second.poll(1000).values())
     second.close()
+    assert sorted(before + after, key=int) == [b"%d" % i for i in range(RECORDS)]
+
+
+def test_aiokafka_commit_close_and_resume(broker: BrokerProcess) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    topic = topic_with_records(broker, partitions=2)
+    group = unique("aio")
+
+    async def take(count: int, *, commit: bool) -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=300,
+        )
+        await consumer.start()
+        values: list[bytes] = []
+        try:
+            deadline = time.monotonic() + 20
+            while len(values) < count and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200, max_records=count - len(values))
+                for records in batches.values():
+                    values.extend(r.value for r in records)
+            if commit:
+                await consumer.commit()
+            else:
+                extra = await consumer.getmany(timeout_ms=1000)
+                assert not any(extra.values()), "records past the committed ones came back"
+        finally:
+            await consumer.stop()
+        return values
+
+    before = asyncio.run(take(RECORDS // 2, commit=True))
+    assert len(before) == RECORDS // 2
+    after = asyncio.run(take(RECORDS - len(before), commit=False))
     assert sorted(before + after, key=int) == [b"%d" % i for i in range(RECORDS)]
 
 
