@@ -61,7 +61,6 @@ from headwater.store import (
 )
 
 from ._dispatch import ClientInfo, Deferred, Handler, is_accepted
-from ._group_commit import GroupCommit
 from ._producers import ProducerStates, last_sequence
 from ._protocol import ApiKey, KafkaErrorCode, Message, Request
 
@@ -174,7 +173,6 @@ class ProduceHandlers:
     def __init__(self, store: Store, producers: ProducerStates) -> None:
         self._store = store
         self._producers = producers
-        self._group_commit = GroupCommit()
 
     def table(self) -> dict[ApiKey, Handler]:
         """Return this module's handlers by API key."""
@@ -289,7 +287,7 @@ class ProduceHandlers:
         try:
             if partition.config.durability is Durability.BATCH:
                 # Written now; made durable (group commit) by the deferred flush.
-                info = partition.log.append_batch(batch)
+                info = partition.append_batch_nowait(batch)
                 unflushed.append((partition, info.next_offset, result))
             else:
                 # `always` holds the partition's lock through its own fsync; `never` has
@@ -323,7 +321,7 @@ class ProduceHandlers:
 
     async def _wait_one(self, partition: Partition, next_offset: int, result: Message) -> None:
         try:
-            await self._group_commit.wait_durable(partition, next_offset)
+            await partition.wait_durable(next_offset)
         except LogClosedError as exc:
             _refuse(result, KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc))
         except (StoreError, OSError) as exc:

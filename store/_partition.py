@@ -128,15 +128,44 @@ class Partition:
             self._write_lock = anyio.Lock()
         return self._write_lock
 
-    async def _acknowledge(self, info: AppendInfo) -> None:
+    def append_batch_nowait(self, batch: bytes | bytearray) -> AppendInfo:
+        """Write one encoded v2 record batch now, without waiting for it to be durable.
+
+        For callers that pipeline appends (the broker writes every batch of a client's
+        pipelined requests before the first fsync ends): pair it with :meth:`wait_durable`,
+        whose waits share fsyncs as :meth:`append_batch`'s do under ``batch``. Readers see
+        the records once they are durable.
+
+        :raises CorruptRecordError: if ``batch`` is not exactly one valid batch.
+        :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
+        :raises StorageFullError: if the disk refuses the write.
+        :raises StoreError: if the store was opened read-only.
+        """
+        self._check_writable()
+        return self.log.append_batch(batch)
+
+    async def wait_durable(self, next_offset: int) -> None:
+        """Return once every record below ``next_offset`` is durable under the topic's policy.
+
+        Concurrent waiters share fsyncs (group commit); under ``never`` there is nothing
+        to wait for.
+
+        :raises LogClosedError: if the partition is closed while waiting.
+        :raises StoreError: if an fsync fails.
+        """
         if self.config.durability is Durability.NEVER:
             self._publish(self.log.log_end_offset)
             return
-        while self._high_watermark < info.next_offset:
+        while self._high_watermark < next_offset:
+            if self.log.closed:
+                raise LogClosedError(f"partition {self.topic}-{self.index} is closed")
             if self._flush_done is not None:
                 await self._flush_done.wait()
             else:
                 await self._flush()
+
+    async def _acknowledge(self, info: AppendInfo) -> None:
+        await self.wait_durable(info.next_offset)
 
     async def _flush(self) -> None:
         if self._failure is not None:

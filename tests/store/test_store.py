@@ -232,3 +232,25 @@ def test_the_store_runs_on_asyncio_too(tmp_path: Path) -> None:
             return seen
 
     assert anyio.run(main, backend="asyncio") == [b"a", b"b"]
+
+
+async def test_nowait_appends_become_visible_once_durable(tmp_path: Path) -> None:
+    from headwater.store import encode_batch
+
+    async with open_store(tmp_path) as store:
+        await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
+        partition = store.partition("t", 0)
+        infos = [
+            partition.append_batch_nowait(encode_batch([NewRecord(value=b"%d" % i)]))
+            for i in range(10)
+        ]
+        assert [i.base_offset for i in infos] == list(range(10))
+        assert partition.high_watermark == 0  # written, not yet durable: not readable
+        assert await partition.read(0, 1 << 16) == b""
+        async with anyio.create_task_group() as tg:
+            for info in infos:
+                tg.start_soon(partition.wait_durable, info.next_offset)
+        assert partition.high_watermark == partition.log.recovery_point == 10
+        assert [r.value for r in await partition.read_records(0, 1 << 16)] == [
+            b"%d" % i for i in range(10)
+        ]
