@@ -157,7 +157,7 @@ def _recover(
                 )
             if clean and point.position == segment.size and _load_trusted(segment, upper):
                 continue
-            _rebuild(segment, point.position, upper)
+            rebuild_indexes(segment, point.position, upper)
             truncated += _verify_tail(segment, point.position, upper)
             rebuilt.append(segment)
         else:
@@ -189,7 +189,7 @@ def _load_trusted(segment: Segment, upper: int | None) -> bool:
     except (OSError, IndexFormatError, CorruptRecordError) as exc:
         if not isinstance(exc, FileNotFoundError):
             logger.warning("%s: rebuilding indexes (%s)", segment.log_path, exc)
-        _rebuild(segment, segment.size, upper)
+        rebuild_indexes(segment, segment.size, upper)
         return False
     return True
 
@@ -211,7 +211,7 @@ def _offset_problem(segment: Segment, base_offset: int, next_offset: int, upper:
     return ""
 
 
-def _rebuild(segment: Segment, end: int, upper: int | None) -> None:
+def rebuild_indexes(segment: Segment, end: int, upper: int | None) -> None:
     """Rebuild a segment's indexes from its batch headers up to ``end`` (no CRC checks).
 
     :raises CorruptRecordError: if the headers do not frame ``[0, end)`` exactly.

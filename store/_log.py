@@ -45,7 +45,7 @@ from ._errors import (
     StoreError,
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
-from ._loader import RecoveryPoint, load_segments, write_recovery_point
+from ._loader import RecoveryPoint, load_segments, rebuild_indexes, write_recovery_point
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
 
@@ -565,15 +565,8 @@ class PartitionLog:
             index_interval_bytes=self.config.index_interval_bytes,
             now_ms=self._clock(),
         )
-        segment.reset_indexes()
-        for batch in segment.iter_batches(0):
-            segment.note_batch(
-                batch.position,
-                batch.base_offset,
-                batch.next_offset,
-                batch.size,
-                batch.max_timestamp,
-            )
+        # Also checks the new segment's framing and that its offsets stay in its range.
+        rebuild_indexes(segment, segment.size, self._segments[first + len(replaced)].base_offset)
         # The replaced run ended where the next segment begins, whatever compaction kept.
         segment.next_offset = max(segment.next_offset, replaced[-1].next_offset)
         self._segments[first : first + len(replaced)] = [segment]

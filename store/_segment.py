@@ -125,17 +125,13 @@ class Segment:
         """Create the empty files of a new segment (the caller fsyncs the directory)."""
         path = directory / segment_file_name(base_offset, LOG_SUFFIX)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        return cls(
+        return cls._empty(
             directory,
             base_offset,
             fd,
             size=0,
-            next_offset=base_offset,
-            index=OffsetIndex(base_offset),
-            time_index=TimeIndex(base_offset),
-            max_timestamp=-1,
             index_interval_bytes=index_interval_bytes,
-            created_ms=now_ms,
+            now_ms=now_ms,
         )
 
     @classmethod
@@ -149,6 +145,27 @@ class Segment:
         path = directory / segment_file_name(base_offset, LOG_SUFFIX)
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         size = os.fstat(fd).st_size
+        return cls._empty(
+            directory,
+            base_offset,
+            fd,
+            size=size,
+            index_interval_bytes=index_interval_bytes,
+            now_ms=now_ms,
+        )
+
+    @classmethod
+    def _empty(
+        cls,
+        directory: Path,
+        base_offset: int,
+        fd: int,
+        *,
+        size: int,
+        index_interval_bytes: int,
+        now_ms: int,
+    ) -> Segment:
+        """A segment over ``fd`` whose indexes and offsets are still to be filled in."""
         return cls(
             directory,
             base_offset,
