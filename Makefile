@@ -39,4 +39,4 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis store/*.so

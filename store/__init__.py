@@ -38,10 +38,12 @@ from ._partition import records_from as records_from
 from ._partitioner import StickyPartitioner as StickyPartitioner
 from ._partitioner import murmur2 as murmur2
 from ._partitioner import partition_for_key as partition_for_key
+from ._records import DecimalColumn as DecimalColumn
 from ._records import NewRecord as NewRecord
 from ._records import Record as Record
 from ._records import decode_records as decode_records
 from ._records import encode_batch as encode_batch
+from ._records import encode_columns as encode_columns
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
@@ -55,6 +57,7 @@ __all__ = (
     "Compression",
     "CorruptRecordError",
     "DataDirectoryLockedError",
+    "DecimalColumn",
     "Durability",
     "HeadwaterError",
     "InvalidConfigError",
@@ -79,6 +82,7 @@ __all__ = (
     "UnsupportedCompressionError",
     "decode_records",
     "encode_batch",
+    "encode_columns",
     "murmur2",
     "open_store",
     "parse_batch_header",

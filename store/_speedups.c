@@ -1,0 +1,604 @@
+/*
+ * The record codec's hot loop in C: decoding a v2 records section into Record tuples.
+ *
+ * headwater.store._records holds the reference decoder in Python; this module is an
+ * optional accelerator of exactly that function, built when a C compiler is present at
+ * install time. Its contract keeps the two interchangeable: when decode_section returns a
+ * list, the Python decoder would have returned an equal list; whenever the section is
+ * inconsistent in any way (or a value would not fit 64 bits), it returns None and the
+ * caller runs the Python decoder, which says what is wrong and where. So every error
+ * message comes from one place, and this file only has to be right about valid data.
+ *
+ * Every read is bounds-checked against the section's length before it happens.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* A varint of at most max_bytes bytes at *pos, zigzag-decoded into *out. Returns 0 when
+ * it runs past the data, is longer than max_bytes, or does not fit 64 bits. */
+static inline int
+read_varint(const unsigned char *data, Py_ssize_t size, Py_ssize_t *pos, int max_bytes,
+            int64_t *out)
+{
+    uint64_t result = 0;
+    Py_ssize_t p = *pos;
+    for (int i = 0; i < max_bytes; i++) {
+        if (p >= size) {
+            return 0;
+        }
+        unsigned char byte = data[p++];
+        uint64_t bits = byte & 0x7F;
+        if (i == 9 && bits > 1) {
+            return 0; /* the Python decoder's value would exceed 64 bits */
+        }
+        result |= bits << (7 * i);
+        if (byte < 0x80) {
+            *pos = p;
+            *out = (int64_t)((result >> 1) ^ (~(result & 1) + 1));
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A nullable byte string (varint length, -1: None) at *pos, as a new reference in *out.
+ * Returns 0 if it is malformed or runs past `end`, -1 on a Python error. */
+static inline int
+read_nullable(const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos, PyObject **out)
+{
+    int64_t length;
+    if (!read_varint(data, end, pos, 5, &length)) {
+        return 0;
+    }
+    if (length < 0) {
+        if (length != -1) {
+            return 0;
+        }
+        Py_INCREF(Py_None);
+        *out = Py_None;
+        return 1;
+    }
+    if (length > end - *pos) {
+        return 0;
+    }
+    *out = PyBytes_FromStringAndSize((const char *)data + *pos, (Py_ssize_t)length);
+    if (*out == NULL) {
+        return -1;
+    }
+    *pos += (Py_ssize_t)length;
+    return 1;
+}
+
+/* The headers of one record at *pos (count first), as a new tuple in *out.
+ * Returns 0 if malformed, -1 on a Python error. */
+static int
+read_headers(const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos, PyObject *empty,
+             PyObject **out)
+{
+    int64_t count;
+    if (!read_varint(data, end, pos, 5, &count)) {
+        return 0;
+    }
+    if (count == 0) {
+        Py_INCREF(empty);
+        *out = empty;
+        return 1;
+    }
+    if (count < 0 || count > (end - *pos) / 2) {
+        return 0;
+    }
+    PyObject *headers = PyTuple_New((Py_ssize_t)count);
+    if (headers == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)count; i++) {
+        int64_t size;
+        if (!read_varint(data, end, pos, 5, &size) || size < 0 || size > end - *pos) {
+            Py_DECREF(headers);
+            return 0;
+        }
+        PyObject *name =
+            PyUnicode_DecodeUTF8((const char *)data + *pos, (Py_ssize_t)size, "strict");
+        if (name == NULL) {
+            Py_DECREF(headers);
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();
+                return 0;
+            }
+            return -1;
+        }
+        *pos += (Py_ssize_t)size;
+        PyObject *value;
+        int ok = read_nullable(data, end, pos, &value);
+        if (ok != 1) {
+            Py_DECREF(name);
+            Py_DECREF(headers);
+            return ok;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            Py_DECREF(headers);
+            return -1;
+        }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        PyTuple_SET_ITEM(headers, i, pair);
+    }
+    *out = headers;
+    return 1;
+}
+
+/* Builds one record of `record_type` (a tuple subclass of five fields) from new references,
+ * which it steals. */
+static PyObject *
+new_record(PyTypeObject *record_type, PyObject *fields[5])
+{
+    PyObject *record = record_type->tp_alloc(record_type, 5);
+    if (record == NULL) {
+        for (int i = 0; i < 5; i++) {
+            Py_DECREF(fields[i]);
+        }
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyTuple_SET_ITEM(record, i, fields[i]);
+    }
+    return record;
+}
+
+PyDoc_STRVAR(decode_section_doc,
+"decode_section(buffer, start, end, count, base_offset, timestamp_base, delta_mask,\n"
+"               record_type, empty)\n"
+"--\n\n"
+"Decode the ``count`` records that fill ``buffer[start:end]`` into a list of\n"
+"``record_type`` tuples (offset, timestamp, key, value, headers), or return None if the\n"
+"section is inconsistent. A record's timestamp is ``timestamp_base + (delta &\n"
+"delta_mask)``; ``empty`` is the headers of a record that has none.");
+
+static PyObject *
+decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
+                  long long base_offset, long long timestamp_base, long long delta_mask,
+                  PyTypeObject *record_type, PyObject *empty);
+
+static PyObject *
+decode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "decode_section takes 9 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    int overflow_offset = 0, overflow_timestamp = 0, overflow_mask = 0;
+    long long base_offset = PyLong_AsLongLongAndOverflow(args[4], &overflow_offset);
+    long long timestamp_base = PyLong_AsLongLongAndOverflow(args[5], &overflow_timestamp);
+    long long delta_mask = PyLong_AsLongLongAndOverflow(args[6], &overflow_mask);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow_offset || overflow_timestamp || overflow_mask) {
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result;
+    if (start < 0 || end < start || end > view.len || count < 0) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    } else {
+        result = decode_records_in((const unsigned char *)view.buf + start, end - start, count,
+                                   base_offset, timestamp_base, delta_mask,
+                                   (PyTypeObject *)args[7], args[8]);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *
+decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
+                  long long base_offset, long long timestamp_base, long long delta_mask,
+                  PyTypeObject *record_type, PyObject *empty)
+{
+    if (count > size / 7) { /* a record takes at least seven bytes */
+        Py_RETURN_NONE;
+    }
+    PyObject *records = PyList_New(count);
+    if (records == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        int64_t length, timestamp_delta, offset_delta;
+        if (!read_varint(data, size, &pos, 5, &length) || length < 0 || length > size - pos) {
+            goto inconsistent;
+        }
+        Py_ssize_t end = pos + (Py_ssize_t)length;
+        pos += 1; /* record attributes: no bits are defined */
+        if (!read_varint(data, end, &pos, 10, &timestamp_delta) ||
+            !read_varint(data, end, &pos, 5, &offset_delta)) {
+            goto inconsistent;
+        }
+        long long timestamp, offset;
+        if (__builtin_add_overflow(timestamp_base, timestamp_delta & delta_mask, &timestamp) ||
+            __builtin_add_overflow(base_offset, offset_delta, &offset)) {
+            goto inconsistent;
+        }
+        PyObject *fields[5] = {NULL, NULL, NULL, NULL, NULL};
+        int ok = read_nullable(data, end, &pos, &fields[2]);
+        if (ok == 1) {
+            ok = read_nullable(data, end, &pos, &fields[3]);
+        }
+        if (ok == 1) {
+            ok = pos < end ? read_headers(data, end, &pos, empty, &fields[4]) : 0;
+        }
+        if (ok == 1 && pos != end) {
+            ok = 0;
+        }
+        if (ok == 1) {
+            fields[0] = PyLong_FromLongLong(offset);
+            fields[1] = PyLong_FromLongLong(timestamp);
+            if (fields[0] == NULL || fields[1] == NULL) {
+                ok = -1;
+            }
+        }
+        if (ok != 1) {
+            for (int i = 0; i < 5; i++) {
+                Py_XDECREF(fields[i]);
+            }
+            if (ok == 0) {
+                goto inconsistent;
+            }
+            Py_DECREF(records);
+            return NULL;
+        }
+        PyObject *record = new_record(record_type, fields);
+        if (record == NULL) {
+            Py_DECREF(records);
+            return NULL;
+        }
+        PyList_SET_ITEM(records, index, record);
+    }
+    if (pos != size) {
+        goto inconsistent;
+    }
+    return records;
+
+inconsistent:
+    Py_DECREF(records); /* unfilled slots are NULL, which list deallocation skips */
+    Py_RETURN_NONE;
+}
+
+/* -- encoding ------------------------------------------------------------------------- */
+
+static inline Py_ssize_t
+varint_size(int64_t value)
+{
+    uint64_t zigzag = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    Py_ssize_t size = 1;
+    while (zigzag > 0x7F) {
+        zigzag >>= 7;
+        size++;
+    }
+    return size;
+}
+
+static inline unsigned char *
+write_varint(unsigned char *out, int64_t value)
+{
+    uint64_t zigzag = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    while (zigzag > 0x7F) {
+        *out++ = (unsigned char)(zigzag & 0x7F) | 0x80;
+        zigzag >>= 7;
+    }
+    *out++ = (unsigned char)zigzag;
+    return out;
+}
+
+/* The encoded size of a nullable byte string, or -1 if `item` is neither bytes nor None. */
+static inline Py_ssize_t
+nullable_size(PyObject *item)
+{
+    if (item == Py_None) {
+        return 1;
+    }
+    if (!PyBytes_CheckExact(item)) {
+        return -1;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(item);
+    return varint_size(size) + size;
+}
+
+static inline unsigned char *
+write_nullable(unsigned char *out, PyObject *item)
+{
+    if (item == Py_None) {
+        *out++ = 0x01;
+        return out;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(item);
+    out = write_varint(out, size);
+    memcpy(out, PyBytes_AS_STRING(item), (size_t)size);
+    return out + size;
+}
+
+/* The number of decimal digits of `value` (with its sign). */
+static inline Py_ssize_t
+decimal_size(long long value)
+{
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    Py_ssize_t size = value < 0 ? 2 : 1;
+    while (magnitude >= 10) {
+        magnitude /= 10;
+        size++;
+    }
+    return size;
+}
+
+static inline unsigned char *
+write_decimal(unsigned char *out, long long value, Py_ssize_t size)
+{
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    unsigned char *end = out + size;
+    unsigned char *digit = end;
+    do {
+        *--digit = (unsigned char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (value < 0) {
+        *--digit = '-';
+    }
+    return end;
+}
+
+/* A column argument: None, or a list of exactly `count` items. */
+static inline int
+column_ok(PyObject *column, Py_ssize_t count)
+{
+    return column == Py_None || (PyList_CheckExact(column) && PyList_GET_SIZE(column) == count);
+}
+
+/* Walks one record's fields; with out == NULL it only measures. Returns the size of the
+ * record's body (after its length varint), or -1 if a field is not of an encodable type. */
+static Py_ssize_t
+record_body(unsigned char *out, Py_ssize_t index, PyObject *values, PyObject *keys,
+            int64_t timestamp_delta, PyObject *header_columns, PyObject *headers)
+{
+    unsigned char *start = out;
+    Py_ssize_t size = 1 + varint_size(timestamp_delta) + varint_size(index);
+    PyObject *key = keys == Py_None ? Py_None : PyList_GET_ITEM(keys, index);
+    PyObject *value = PyList_GET_ITEM(values, index);
+    Py_ssize_t key_size = nullable_size(key), value_size = nullable_size(value);
+    if (key_size < 0 || value_size < 0) {
+        return -1;
+    }
+    size += key_size + value_size;
+    Py_ssize_t columns = PyTuple_GET_SIZE(header_columns);
+    PyObject *extra = headers == Py_None ? NULL : PyList_GET_ITEM(headers, index);
+    if (extra != NULL && !PyTuple_CheckExact(extra) && !PyList_CheckExact(extra)) {
+        return -1;
+    }
+    Py_ssize_t extra_count = extra == NULL ? 0 : PySequence_Fast_GET_SIZE(extra);
+    size += varint_size(columns + extra_count);
+    if (out != NULL) {
+        *out++ = 0x00; /* attributes */
+        out = write_varint(out, timestamp_delta);
+        out = write_varint(out, index);
+        out = write_nullable(out, key);
+        out = write_nullable(out, value);
+        out = write_varint(out, columns + extra_count);
+    }
+    for (Py_ssize_t c = 0; c < columns; c++) {
+        PyObject *pair = PyTuple_GET_ITEM(header_columns, c);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        PyObject *column = PyTuple_GET_ITEM(pair, 1);
+        Py_ssize_t name_size = PyBytes_GET_SIZE(name);
+        size += varint_size(name_size) + name_size;
+        if (out != NULL) {
+            out = write_varint(out, name_size);
+            memcpy(out, PyBytes_AS_STRING(name), (size_t)name_size);
+            out += name_size;
+        }
+        if (PyList_CheckExact(column)) {
+            PyObject *header_value = PyList_GET_ITEM(column, index);
+            Py_ssize_t header_value_size = nullable_size(header_value);
+            if (header_value_size < 0) {
+                return -1;
+            }
+            size += header_value_size;
+            if (out != NULL) {
+                out = write_nullable(out, header_value);
+            }
+            continue;
+        }
+        /* (prefix, numbers): the value is prefix + the decimal digits of numbers[index] */
+        PyObject *prefix = PyTuple_GET_ITEM(column, 0);
+        PyObject *number = PyList_GET_ITEM(PyTuple_GET_ITEM(column, 1), index);
+        if (!PyLong_CheckExact(number)) {
+            return -1;
+        }
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
+        if (overflow) {
+            return -1;
+        }
+        Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
+        Py_ssize_t digits = decimal_size(value);
+        size += varint_size(prefix_size + digits) + prefix_size + digits;
+        if (out != NULL) {
+            out = write_varint(out, prefix_size + digits);
+            memcpy(out, PyBytes_AS_STRING(prefix), (size_t)prefix_size);
+            out = write_decimal(out + prefix_size, value, digits);
+        }
+    }
+    for (Py_ssize_t h = 0; h < extra_count; h++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(extra, h);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+            return -1;
+        }
+        Py_ssize_t name_size;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &name_size);
+        if (name == NULL) {
+            PyErr_Clear(); /* e.g. a lone surrogate: the Python encoder reports it */
+            return -1;
+        }
+        PyObject *header_value = PyTuple_GET_ITEM(pair, 1);
+        Py_ssize_t header_value_size = nullable_size(header_value);
+        if (header_value_size < 0) {
+            return -1;
+        }
+        size += varint_size(name_size) + name_size + header_value_size;
+        if (out != NULL) {
+            out = write_varint(out, name_size);
+            memcpy(out, name, (size_t)name_size);
+            out = write_nullable(out + name_size, header_value);
+        }
+    }
+    if (out != NULL && out - start != size) {
+        return -1; /* cannot happen: measuring and writing walk the same fields */
+    }
+    return size;
+}
+
+PyDoc_STRVAR(encode_section_doc,
+"encode_section(values, keys, timestamps, base_timestamp, header_columns, headers)\n"
+"--\n\n"
+"Return the records section of a batch of ``len(values)`` records (offset deltas from\n"
+"0), or None if an argument is not of the exact types below (the caller's Python\n"
+"encoder then handles it). ``values``: a list of bytes or None; ``keys``: such a list,\n"
+"or None for all-null keys; ``timestamps``: a list of ints (deltas from\n"
+"``base_timestamp``), or None for all equal to it; ``header_columns``: a tuple of\n"
+"(UTF-8 name, column) pairs, a header every record carries, its values a list of bytes\n"
+"or None, or a (prefix, list of ints) pair for prefix + each int's decimal digits;\n"
+"``headers``: None, or a list of each record's further (str, bytes or None) headers.");
+
+static PyObject *
+encode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "encode_section takes 6 arguments");
+        return NULL;
+    }
+    PyObject *values = args[0], *keys = args[1], *timestamps = args[2];
+    PyObject *header_columns = args[4], *headers = args[5];
+    if (!PyList_CheckExact(values)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values);
+    if (!column_ok(keys, count) || !column_ok(timestamps, count) ||
+        !column_ok(headers, count) || !PyTuple_CheckExact(header_columns)) {
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(header_columns); c++) {
+        PyObject *pair = PyTuple_GET_ITEM(header_columns, c);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+            Py_RETURN_NONE;
+        }
+        PyObject *column = PyTuple_GET_ITEM(pair, 1);
+        int numbered = PyTuple_CheckExact(column) && PyTuple_GET_SIZE(column) == 2 &&
+                       PyBytes_CheckExact(PyTuple_GET_ITEM(column, 0)) &&
+                       PyList_CheckExact(PyTuple_GET_ITEM(column, 1)) &&
+                       PyList_GET_SIZE(PyTuple_GET_ITEM(column, 1)) == count;
+        if (!numbered && !(PyList_CheckExact(column) && PyList_GET_SIZE(column) == count)) {
+            Py_RETURN_NONE;
+        }
+    }
+    int overflow = 0;
+    long long base_timestamp = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow || count == 0) {
+        Py_RETURN_NONE;
+    }
+    int64_t *deltas = PyMem_Malloc(sizeof(int64_t) * (size_t)count);
+    Py_ssize_t *sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)count);
+    PyObject *section = NULL;
+    if (deltas == NULL || sizes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        deltas[i] = 0;
+        if (timestamps != Py_None) {
+            PyObject *timestamp = PyList_GET_ITEM(timestamps, i);
+            if (!PyLong_CheckExact(timestamp)) {
+                goto unencodable;
+            }
+            long long value = PyLong_AsLongLongAndOverflow(timestamp, &overflow);
+            if (overflow || (value == -1 && PyErr_Occurred()) ||
+                __builtin_sub_overflow(value, base_timestamp, &deltas[i])) {
+                PyErr_Clear();
+                goto unencodable;
+            }
+        }
+        sizes[i] = record_body(NULL, i, values, keys, deltas[i], header_columns, headers);
+        if (sizes[i] < 0 || sizes[i] > INT32_MAX) {
+            goto unencodable;
+        }
+        total += varint_size(sizes[i]) + sizes[i];
+        if (total > PY_SSIZE_T_MAX / 2) {
+            goto unencodable;
+        }
+    }
+    section = PyBytes_FromStringAndSize(NULL, total);
+    if (section == NULL) {
+        goto done;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(section);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        out = write_varint(out, sizes[i]);
+        if (record_body(out, i, values, keys, deltas[i], header_columns, headers) != sizes[i]) {
+            Py_CLEAR(section);
+            goto unencodable;
+        }
+        out += sizes[i];
+    }
+    goto done;
+
+unencodable:
+    Py_INCREF(Py_None);
+    section = Py_None;
+done:
+    PyMem_Free(deltas);
+    PyMem_Free(sizes);
+    return section;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"decode_section", (PyCFunction)(void (*)(void))decode_section, METH_FASTCALL,
+     decode_section_doc},
+    {"encode_section", (PyCFunction)(void (*)(void))encode_section, METH_FASTCALL,
+     encode_section_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "headwater.store._speedups",
+    .m_doc = "The record codec's hot loop in C (optional; see headwater.store._records).",
+    .m_size = 0,
+    .m_methods = speedups_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
+}

@@ -1,0 +1,28 @@
+"""Types of the C accelerator of the record decoder (store/_speedups.c)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from ._batch import Buffer
+
+def decode_section(
+    buffer: Buffer,
+    start: int,
+    end: int,
+    count: int,
+    base_offset: int,
+    timestamp_base: int,
+    delta_mask: int,
+    record_type: type[tuple[Any, ...]],
+    empty: tuple[()],
+    /,
+) -> list[Any] | None: ...
+def encode_section(
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None,
+    timestamps: Sequence[int] | None,
+    base_timestamp: int,
+    header_columns: tuple[tuple[bytes, Sequence[bytes | None] | tuple[bytes, Sequence[int]]], ...],
+    headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
+    /,
+) -> bytes | None: ...
