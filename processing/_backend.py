@@ -10,15 +10,16 @@ this process (the embedded mode); a Kafka-protocol backend will implement them w
 Kafka client, against ``headwater broker`` or a Kafka cluster.
 
 Theory of operation of the in-process backend. Produce encodes each partition's records
-as one v2 batch (``_encoding.py``; several when they exceed the topic's
-``max_message_bytes``) and appends it with ``Partition.append_batch``, which returns once
-the batch is durable under the topic's policy. Fetch reads the partition straight from
-the store and, when caught up, waits on its high-watermark notification. Group
-membership is an embedded :class:`~headwater.groups.Consumer` that the runtime never
-iterates: it joins, heartbeats and rebalances in its own tasks, and tells the runtime
-through its callbacks; the runtime reads each assigned partition itself (one task each),
-so one slow partition never holds up another. The callbacks are awaited: a partition is
-given up only after its task has finished its batch and committed.
+as one v2 batch with the store's column encoder (``_encoding.py``; several when they
+exceed the topic's ``max_message_bytes``) and appends it with
+``Partition.append_batch``, which returns once the batch is durable under the topic's
+policy. Fetch reads the partition straight from the store and, when caught up, waits on
+its high-watermark notification. Group membership is an embedded
+:class:`~headwater.groups.Consumer` that the runtime never iterates: it joins,
+heartbeats and rebalances in its own tasks, and tells the runtime through its callbacks;
+the runtime reads each assigned partition itself (one task each), so one slow partition
+never holds up another. The callbacks are awaited: a partition is given up only after
+its task has finished its batch and committed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Protocol
 from headwater.groups import Consumer, GroupConfig, GroupCoordinator, TopicPartition
 from headwater.store import Record, Store, TopicExistsError, open_store
 
-from ._encoding import FAST_BATCH_RECORDS, OutRecords, encode_out_records
+from ._encoding import OutRecords, encode_out_records
 
 #: Called with the partitions concerned (sorted).
 PartitionsHandler = Callable[[list[TopicPartition]], Awaitable[None]]
@@ -189,13 +190,12 @@ class InProcessBackend:
 
 
 def _chunks(records: OutRecords, limit: int) -> list[OutRecords]:
-    """Split ``records`` into parts whose encoded size stays under ``limit`` bytes (and
-    whose count stays within the encoder's fast tables)."""
+    """Split ``records`` into parts whose encoded size stays under ``limit`` bytes."""
     count = records.count()
     estimate = records.size_estimate()
-    if estimate <= limit and count <= FAST_BATCH_RECORDS:
+    if estimate <= limit:
         return [records]
-    parts = max(-(-estimate // limit) + 1, -(-count // FAST_BATCH_RECORDS))
+    parts = -(-estimate // limit) + 1
     step = max(1, -(-count // parts))
     chunks = [records.slice(i, i + step) for i in range(0, count, step)]
     out = []
