@@ -52,12 +52,12 @@ class OutRecords(NamedTuple):
 
     def size_estimate(self) -> int:
         """Return an upper bound of the encoded size of the records section."""
-        count = len(self.values)
-        total = (40 + len(self.source)) * count
+        total = (40 + len(self.source)) * len(self.values)
         for field in (self.values, self.keys):
-            nulls = field.count(None)
-            if nulls != count:  # filter(None, ...) drops the nulls (and empty values)
-                total += sum(map(len, filter(None, field) if nulls else field))  # type: ignore[arg-type]
+            try:
+                total += sum(map(len, field))  # type: ignore[arg-type]
+            except TypeError:  # some are None: filter(None, ...) drops them (and b"")
+                total += sum(map(len, filter(None, field)))
         for headers in self.headers or ():
             for name, value in headers:
                 total += len(name) + (0 if value is None else len(value)) + 10
