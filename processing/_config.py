@@ -14,14 +14,17 @@ class AppConfig:
     :param commit_interval_ms: how often the positions of processed (and durably
         written) records are committed; a crash re-processes at most about this much.
     :param max_batch_bytes: how much one partition task reads at a time: the unit of
-        work, of memory use per partition, and of backpressure.
+        work, of memory use per partition, and of backpressure. The default keeps a
+        batch's outputs under a topic's default ``max_message_bytes`` (one append each)
+        and lets the allocator reuse one batch's memory for the next (larger batches
+        measured no faster).
     :param default_partitions: the partition count of a source topic that does not exist
         when the app starts (it is created, so that the app can wait for records).
     :raises TopologyError: if a value is out of range.
     """
 
     commit_interval_ms: int = 1000
-    max_batch_bytes: int = 1 << 20
+    max_batch_bytes: int = 512 << 10
     default_partitions: int = 1
 
     def __post_init__(self) -> None:
