@@ -39,8 +39,6 @@ from ._encoding import OutRecords, encode_out_records
 #: Called with the partitions concerned (sorted).
 PartitionsHandler = Callable[[list[TopicPartition]], Awaitable[None]]
 
-_BATCH_OVERHEAD = 61
-
 
 class Membership(Protocol):
     """This worker's place in its consumer group."""
@@ -145,9 +143,8 @@ class InProcessBackend:
     async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
         """Append ``records`` as one batch, or several if they exceed max_message_bytes."""
         target = self.store.partition(topic, partition)
-        limit = target.config.max_message_bytes - _BATCH_OVERHEAD
-        for chunk in _chunks(records, limit):
-            await target.append_batch(encode_out_records(chunk))
+        for batch in encode_within(records, target.config.max_message_bytes):
+            await target.append_batch(batch)
 
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> list[Record]:
         """Read records at or after ``offset``; wait for the first one if there is none."""
@@ -189,22 +186,19 @@ class InProcessBackend:
             yield _ConsumerMembership(consumer)
 
 
-def _chunks(records: OutRecords, limit: int) -> list[OutRecords]:
-    """Split ``records`` into parts whose encoded size stays under ``limit`` bytes."""
+def encode_within(records: OutRecords, limit: int) -> list[bytes]:
+    """Encode ``records`` as one batch, or as several (in order) if one would exceed
+    ``limit`` bytes; a single record larger than ``limit`` stays a batch of its own, for
+    the store to refuse. Encoding first and splitting only what turns out too big costs
+    nothing in the common case, where a batch's outputs fit one append."""
+    batch = encode_out_records(records)
     count = records.count()
-    estimate = records.size_estimate()
-    if estimate <= limit:
-        return [records]
-    parts = -(-estimate // limit) + 1
-    step = max(1, -(-count // parts))
-    chunks = [records.slice(i, i + step) for i in range(0, count, step)]
-    out = []
-    for chunk in chunks:
-        if chunk.size_estimate() > limit and chunk.count() > 1:
-            out.extend(_chunks(chunk, limit))
-        else:
-            out.append(chunk)
-    return out
+    if len(batch) <= limit or count == 1:
+        return [batch]
+    half = count // 2
+    return encode_within(records.slice(0, half), limit) + encode_within(
+        records.slice(half, count), limit
+    )
 
 
 def default_data_dir() -> Path:

@@ -50,19 +50,6 @@ class OutRecords(NamedTuple):
             None if self.headers is None else self.headers[start:stop],
         )
 
-    def size_estimate(self) -> int:
-        """Return an upper bound of the encoded size of the records section."""
-        total = (40 + len(self.source)) * len(self.values)
-        for field in (self.values, self.keys):
-            try:
-                total += sum(map(len, field))  # type: ignore[arg-type]
-            except TypeError:  # some are None: filter(None, ...) drops them (and b"")
-                total += sum(map(len, filter(None, field)))
-        for headers in self.headers or ():
-            for name, value in headers:
-                total += len(name) + (0 if value is None else len(value)) + 10
-        return total
-
     def lineage(self) -> list[bytes]:
         """Return each record's ``headwater.source`` header value."""
         return list(map(self.source.__add__, map(b"%d".__mod__, self.source_offsets)))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headwater.processing import OutRecords
-from headwater.processing._backend import _chunks
+from headwater.processing._backend import encode_within
 from headwater.processing._encoding import encode_out_records
 from headwater.store import decode_records, verify_batch
 
@@ -70,13 +70,18 @@ def test_many_records_and_offsets_crossing_a_power_of_ten() -> None:
     assert decoded[-1].value == b"v8999"
 
 
-def test_chunks_respect_the_size_limit_and_keep_order() -> None:
+def test_batches_stay_within_the_limit_and_keep_order() -> None:
     count = 20_000
     records = OutRecords(
         [b"x" * 100] * count, [None] * count, [0] * count, b"t/0/", list(range(count))
     )
-    chunks = _chunks(records, 300_000)
-    assert len(chunks) > 1
-    assert [o for c in chunks for o in c.source_offsets] == list(range(count))
-    for chunk in chunks:
-        assert len(encode_out_records(chunk)) <= 300_000 + 61
+    batches = encode_within(records, 300_000)
+    assert len(batches) > 1
+    assert all(len(batch) <= 300_000 for batch in batches)
+    decoded = [r for batch in batches for r in decode_records(batch)]
+    assert [r.headers[0][1] for r in decoded] == [b"t/0/%d" % i for i in range(count)]
+    assert encode_within(records.slice(0, 10), 300_000) == [
+        encode_out_records(records.slice(0, 10))
+    ]
+    big = OutRecords([b"y" * 1000], [None], [0], b"t/0/", [7])
+    assert encode_within(big, 100) == [encode_out_records(big)]  # for the store to refuse
