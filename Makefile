@@ -7,7 +7,7 @@ PACKAGES := store groups broker processing cli
 
 .PHONY: run test lint typecheck kcat unit clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py store/_speedups.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,compression]'
