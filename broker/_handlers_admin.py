@@ -19,7 +19,7 @@ internal, and neither created nor deleted by clients. The replication factor mus
 (or -1, "the default").
 
 DescribeConfigs answers the same entries in Kafka's spelling
-(:func:`~headwater.store._config.kafka_config_entries`), an entry being a topic's own
+(:func:`~headwater.store.kafka_config_entries`), an entry being a topic's own
 (``DYNAMIC_TOPIC_CONFIG``) when it differs from the store's default.
 """
 
@@ -37,9 +37,9 @@ from headwater.store import (
     TopicConfig,
     TopicExistsError,
     TopicNotFoundError,
+    kafka_config_entries,
     validate_topic_name,
 )
-from headwater.store._config import kafka_config_entries
 
 from ._config import Node
 from ._dispatch import ClientInfo, Handler, HandlerTable, advertised_versions

@@ -256,8 +256,7 @@ class FetchHandlers:
             if timestamp == _EARLIEST:
                 return KafkaErrorCode.NONE, partition.log_start_offset, -1
             if timestamp == _MAX_TIMESTAMP:
-                segments = partition.log.segments
-                timestamp = max((s.max_timestamp for s in segments), default=-1)
+                timestamp = partition.max_timestamp
                 if timestamp < 0:
                     return KafkaErrorCode.NONE, -1, -1
             elif timestamp < 0:

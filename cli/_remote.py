@@ -17,8 +17,7 @@ import click
 from rich.table import Table
 
 from headwater.broker import AdminClient, RemoteTopic
-from headwater.store import TopicConfig
-from headwater.store._config import kafka_config_entries
+from headwater.store import TopicConfig, kafka_config_entries
 
 from ._output import info, stdout_console
 

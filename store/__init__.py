@@ -18,6 +18,7 @@ from ._compression import Compression as Compression
 from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
+from ._config import kafka_config_entries as kafka_config_entries
 from ._errors import CorruptRecordError as CorruptRecordError
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
@@ -83,6 +84,7 @@ __all__ = (
     "decode_records",
     "encode_batch",
     "encode_columns",
+    "kafka_config_entries",
     "murmur2",
     "open_store",
     "parse_batch_header",

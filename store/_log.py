@@ -221,6 +221,11 @@ class PartitionLog:
         """The segments in offset order (the last one is active)."""
         return self._segments
 
+    @property
+    def max_timestamp(self) -> int:
+        """The largest record timestamp stored (-1 when there is none)."""
+        return max((s.max_timestamp for s in self._segments), default=-1)
+
     def statistics(self) -> LogStatistics:
         """Return a snapshot of offsets and sizes."""
         return LogStatistics(

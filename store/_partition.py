@@ -70,6 +70,12 @@ class Partition:
         return self.log.log_start_offset
 
     @property
+    def max_timestamp(self) -> int:
+        """The largest record timestamp stored (-1 when there is none); with
+        :meth:`offset_for_time` it finds the record that has it (Kafka's ListOffsets -3)."""
+        return self.log.max_timestamp
+
+    @property
     def log_end_offset(self) -> int:
         """The offset the next record will get."""
         return self.log.log_end_offset

@@ -145,8 +145,12 @@ def test_retention_by_age(tmp_path: Path) -> None:
 def test_offset_for_time(tmp_path: Path) -> None:
     config = TopicConfig(segment_bytes=2048, index_interval_bytes=64)
     log = PartitionLog.open(tmp_path, config)
+    assert log.max_timestamp == -1
     for i in range(100):
         log.append([NewRecord(value=b"v", timestamp=1000 + 10 * i)])
+    log.append([NewRecord(value=b"late", timestamp=1200)])  # not every record is newer
+    assert len(log.segments) > 1
+    assert log.max_timestamp == 1990
     assert log.offset_for_time(0) == 0
     assert log.offset_for_time(1000) == 0
     assert log.offset_for_time(1001) == 1
@@ -156,6 +160,7 @@ def test_offset_for_time(tmp_path: Path) -> None:
     log.close()
     reopened = PartitionLog.open(tmp_path, config)
     assert reopened.offset_for_time(1500) == 50
+    assert reopened.max_timestamp == 1990
     reopened.close()
 
 
