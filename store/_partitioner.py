@@ -18,10 +18,11 @@ then moves to another partition. :class:`StickyPartitioner` is that choice as a 
 object: the producer tells it when a batch is complete; randomness is injected so tests
 are deterministic.
 
-murmur2 runs once per keyed record, so it is written for CPython's speed: words are
-unpacked by one precompiled ``struct`` call, masks are applied only where a shift or the
-result needs the low 32 bits (a product's low bits do not depend on higher ones), and
-constants are literals.
+murmur2 runs once per keyed record. Its C build (``store/_speedups.c``) is used when it
+was compiled; the Python version here, the reference the tests hold it to, is written for
+CPython's speed: words are unpacked by one precompiled ``struct`` call, masks are applied
+only where a shift or the result needs the low 32 bits (a product's low bits do not
+depend on higher ones), and constants are literals.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _UNPACK_WORDS: tuple[Callable[[bytes], tuple[int, ...]], ...] = tuple(
 )
 
 
-def murmur2(data: bytes) -> int:
+def _murmur2(data: bytes) -> int:
     """Hash bytes exactly as Kafka's Java client ``Utils.murmur2`` does.
 
     :param data: the serialized key.
@@ -67,6 +68,13 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 15
     # Reinterpret as a signed 32-bit int, as Java holds it.
     return h - ((h & 0x80000000) << 1)
+
+
+murmur2: Callable[[bytes], int]
+try:  # the C build of the same function (store/_speedups.c), when it was compiled
+    from ._speedups import murmur2
+except ImportError:  # pragma: no cover - installed without a C compiler
+    murmur2 = _murmur2
 
 
 def partition_for_key(key: bytes, num_partitions: int) -> int:

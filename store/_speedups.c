@@ -1,15 +1,18 @@
 /*
- * The record codec's hot loop in C: decoding a v2 records section into Record tuples.
+ * The store's hot loops in C: decoding and encoding v2 records sections, and murmur2.
  *
- * headwater.store._records holds the reference decoder in Python; this module is an
- * optional accelerator of exactly that function, built when a C compiler is present at
- * install time. Its contract keeps the two interchangeable: when decode_section returns a
- * list, the Python decoder would have returned an equal list; whenever the section is
- * inconsistent in any way (or a value would not fit 64 bits), it returns None and the
- * caller runs the Python decoder, which says what is wrong and where. So every error
- * message comes from one place, and this file only has to be right about valid data.
+ * Each function has a reference implementation in Python (headwater.store._records and
+ * _partitioner); this module is an optional accelerator of exactly those, built when a C
+ * compiler is present at install time, and the tests hold the two to the same results.
  *
- * Every read is bounds-checked against the section's length before it happens.
+ * Decoding: when decode_section returns a list, the Python decoder would have returned an
+ * equal list; whenever the section is inconsistent in any way (or a value would not fit
+ * 64 bits), it returns None and the caller runs the Python decoder, which says what is
+ * wrong and where. So every error message comes from one place, and this file only has
+ * to be right about valid data. Every read is bounds-checked before it happens.
+ *
+ * Encoding: encode_section writes what the Python encoder writes, or returns None for
+ * input that is not of the exact types it takes, which then goes the Python way.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -581,18 +584,68 @@ done:
     return section;
 }
 
+/* -- partitioning ----------------------------------------------------------------------- */
+
+PyDoc_STRVAR(murmur2_doc,
+"murmur2(data, /)\n"
+"--\n\n"
+"Kafka's murmur2 of ``data`` (a bytes-like object) as a signed 32-bit int: the C build of\n"
+"headwater.store._partitioner.murmur2.");
+
+static PyObject *
+murmur2(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const unsigned char *bytes = view.buf;
+    Py_ssize_t length = view.len;
+    const uint32_t m = 0x5BD1E995;
+    uint32_t h = 0x9747B28CU ^ (uint32_t)length;
+    Py_ssize_t words = length / 4;
+    for (Py_ssize_t i = 0; i < words; i++) {
+        const unsigned char *w = bytes + 4 * i;
+        uint32_t k = (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 |
+                     (uint32_t)w[3] << 24;
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    const unsigned char *tail = bytes + 4 * words;
+    switch (length & 3) {
+    case 3:
+        h ^= (uint32_t)tail[2] << 16;
+        /* fall through */
+    case 2:
+        h ^= (uint32_t)tail[1] << 8;
+        /* fall through */
+    case 1:
+        h ^= tail[0];
+        h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    PyBuffer_Release(&view);
+    return PyLong_FromLong((long)(int32_t)h);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"decode_section", (PyCFunction)(void (*)(void))decode_section, METH_FASTCALL,
      decode_section_doc},
     {"encode_section", (PyCFunction)(void (*)(void))encode_section, METH_FASTCALL,
      encode_section_doc},
+    {"murmur2", (PyCFunction)murmur2, METH_O, murmur2_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "headwater.store._speedups",
-    .m_doc = "The record codec's hot loop in C (optional; see headwater.store._records).",
+    .m_doc = "The store's hot loops in C (optional; see headwater.store._records).",
     .m_size = 0,
     .m_methods = speedups_methods,
 };
