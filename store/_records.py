@@ -20,10 +20,13 @@ Invariants:
 - ``base_timestamp`` is the first record's timestamp (as Kafka's producers write it), so
   deltas may be negative; record attributes are written as 0 and ignored when read.
 
-Encoding and decoding are the store's hot path, so both trade some elegance for speed: the
-encoder builds a common batch (no headers, short keys and values) column by column with
-``map`` over precomputed varint tables and joins the pieces once; the decoder inlines one-
-and two-byte varints and calls a helper only for longer ones or for headers.
+Encoding and decoding are the store's hot path. Where the package was built with a C
+compiler, ``_speedups.c`` runs the decoder's loop and :func:`encode_columns`; the
+Python code here is then the reference they are tested against and the one that words
+every error. It trades some elegance for speed too: the encoder builds a common batch
+(no headers, short keys and values) column by column with ``map`` over precomputed varint
+tables and joins the pieces once; the decoder inlines one- and two-byte varints and calls
+a helper only for longer ones or for headers.
 
 Everything here is a pure function of its arguments: safe to call from any thread.
 """
