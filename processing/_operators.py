@@ -43,6 +43,14 @@ logger = logging.getLogger("headwater.processing")
 
 _FAILED = object()
 _value = itemgetter(3)
+# Indexes 0, 1, 2, ... as shared int objects: a batch's origins are a slice of this list,
+# so a batch of up to this many records allocates no int per record (beyond 256, every
+# int is an object of its own).
+_INDEXES = list(range(1 << 15))
+
+
+def _indexes(count: int) -> list[int]:
+    return _INDEXES[:count] if count <= len(_INDEXES) else list(range(count))
 
 
 class Batch:
@@ -194,7 +202,7 @@ class SourceStep(Step):
         """Push the records of ``ctx`` through the pipeline."""
         records = ctx.records
         raw = list(map(_value, records))
-        batch = Batch(raw, list(range(len(raw))))
+        batch = Batch(raw, _indexes(len(raw)))
         if type(self.serde) is not BytesSerde:
             decode = batch_deserializer(self.serde, raw)
             values, batch = apply_each(self.node, decode, batch, ctx)

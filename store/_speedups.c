@@ -224,6 +224,8 @@ decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
         return NULL;
     }
     Py_ssize_t pos = 0;
+    PyObject *last_timestamp = NULL; /* borrowed: a field of an earlier record of `records` */
+    long long last_timestamp_value = 0;
     for (Py_ssize_t index = 0; index < count; index++) {
         int64_t length, timestamp_delta, offset_delta;
         if (!read_varint(data, size, &pos, 5, &length) || length < 0 || length > size - pos) {
@@ -253,7 +255,16 @@ decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
         }
         if (ok == 1) {
             fields[0] = PyLong_FromLongLong(offset);
-            fields[1] = PyLong_FromLongLong(timestamp);
+            /* Records of a batch often share a timestamp (all of them under log-append
+             * time): they share its int object too. */
+            if (last_timestamp != NULL && timestamp == last_timestamp_value) {
+                Py_INCREF(last_timestamp);
+                fields[1] = last_timestamp;
+            } else {
+                fields[1] = PyLong_FromLongLong(timestamp);
+                last_timestamp = fields[1];
+                last_timestamp_value = timestamp;
+            }
             if (fields[0] == NULL || fields[1] == NULL) {
                 ok = -1;
             }
