@@ -8,7 +8,7 @@ end to end for one worker process: from ``App.run_async(until_caught_up=True)``
 starting (store opened, topics created, group joined) until every input record is
 processed, its output durable and its offset committed. Loading is not timed.
 
-Each of ``--runs`` runs (3 by default) is a new worker process and a new consumer group
+Each of ``--runs`` runs (5 by default) is a new worker process and a new consumer group
 reading the whole input; the median is the figure, since a shared machine's speed drifts
 from run to run.
 
@@ -119,7 +119,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3, help="timed runs (each a new group)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (each a new group)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the data dir")
     parser.add_argument("--profile", action="store_true", help="also profile one more run")
     args = parser.parse_args()
