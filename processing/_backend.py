@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from headwater.groups import Consumer, GroupConfig, GroupCoordinator, TopicPartition
-from headwater.store import Record, Store, TopicExistsError, open_store
+from headwater.store import RecordColumns, Store, TopicExistsError, open_store
 
 from ._encoding import OutRecords, encode_out_records
 
@@ -71,7 +71,7 @@ class Backend(Protocol):
         """Append ``records`` to one partition, in order; return once they are durable."""
         ...
 
-    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> list[Record]:
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
         """Return records from ``offset`` on (about ``max_bytes``), waiting until there is one.
 
         :raises OffsetOutOfRangeError: if ``offset`` is outside the log (retention).
@@ -146,12 +146,12 @@ class InProcessBackend:
         for batch in encode_within(records, target.config.max_message_bytes):
             await target.append_batch(batch)
 
-    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> list[Record]:
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
         """Read records at or after ``offset``; wait for the first one if there is none."""
         source = self.store.partition(topic, partition)
         while True:
-            records = await source.read_records(offset, max_bytes)
-            if records:
+            records = await source.read_columns(offset, max_bytes)
+            if len(records):
                 return records
             await source.wait_for(offset)
 

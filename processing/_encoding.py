@@ -23,9 +23,11 @@ class OutRecords(NamedTuple):
     """Records to write, as columns of equal length, all derived from one source partition.
 
     ``source`` is that partition as a ``headwater.source`` prefix (``b"clicks/0/"``, see
-    :func:`~headwater.processing._lineage.source_prefix`) and ``source_offsets`` the
-    offset each record came from: together they make the lineage header. ``headers``
-    holds each record's other headers (None: none has any).
+    :func:`~headwater.processing._lineage.source_prefix`) and ``source_base +
+    source_offsets[i]`` the offset record ``i`` came from (the runtime passes the
+    record's index in its input batch and the batch's first offset, which needs no new
+    int per record): together they make the lineage header. ``headers`` holds each
+    record's other headers (None: none has any).
     """
 
     values: list[bytes | None]
@@ -34,6 +36,7 @@ class OutRecords(NamedTuple):
     source: bytes
     source_offsets: list[int]
     headers: list[Headers] | None = None
+    source_base: int = 0
 
     def count(self) -> int:  # type: ignore[override]
         """Return how many records there are."""
@@ -48,11 +51,16 @@ class OutRecords(NamedTuple):
             self.source,
             self.source_offsets[start:stop],
             None if self.headers is None else self.headers[start:stop],
+            self.source_base,
         )
 
     def lineage(self) -> list[bytes]:
         """Return each record's ``headwater.source`` header value."""
-        return list(map(self.source.__add__, map(b"%d".__mod__, self.source_offsets)))
+        return self.lineage_column().expand()  # type: ignore[return-value]
+
+    def lineage_column(self) -> DecimalColumn:
+        """Return the ``headwater.source`` values as a column for the store's encoder."""
+        return DecimalColumn(self.source, self.source_offsets, self.source_base)
 
     def all_headers(self) -> list[Headers]:
         """Return each record's headers, the lineage header first (for other backends)."""
@@ -75,7 +83,7 @@ def encode_out_records(records: OutRecords, *, base_offset: int = 0) -> bytes:
         records.values,
         keys=None if keys.count(None) == len(keys) else keys,
         timestamps=records.timestamps,
-        header_columns=((SOURCE_HEADER, DecimalColumn(records.source, records.source_offsets)),),
+        header_columns=((SOURCE_HEADER, records.lineage_column()),),
         headers=records.headers,
         base_offset=base_offset,
     )

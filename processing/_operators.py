@@ -26,12 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import chain, compress, islice, repeat
-from operator import itemgetter, not_
+from operator import not_
 from typing import Any
 
 import anyio
 
-from headwater.store import Record
+from headwater.store import RecordColumns
 
 from ._errors import ErrorPolicy, OperatorError, describe_exception, user_frame
 from ._graph import Node
@@ -42,7 +42,6 @@ from ._stream import Event
 logger = logging.getLogger("headwater.processing")
 
 _FAILED = object()
-_value = itemgetter(3)
 # Indexes 0, 1, 2, ... as shared int objects: a batch's origins are a slice of this list,
 # so a batch of up to this many records allocates no int per record (beyond 256, every
 # int is an object of its own).
@@ -105,7 +104,7 @@ class Context:
 
     __slots__ = ("dead_letters", "outputs", "partition", "records", "skipped", "topic")
 
-    def __init__(self, topic: str, partition: int, records: list[Record]) -> None:
+    def __init__(self, topic: str, partition: int, records: RecordColumns) -> None:
         self.topic = topic
         self.partition = partition
         self.records = records
@@ -118,7 +117,7 @@ class Context:
 
         :raises OperatorError: under the ``raise`` policy.
         """
-        offset = self.records[origin].offset
+        offset = self.records.offsets[origin]
         if node.policy is ErrorPolicy.RAISE:
             raise OperatorError(node.label, self.topic, self.partition, offset, error) from error
         if node.policy is ErrorPolicy.SKIP:
@@ -200,8 +199,7 @@ class SourceStep(Step):
 
     async def start(self, ctx: Context) -> None:
         """Push the records of ``ctx`` through the pipeline."""
-        records = ctx.records
-        raw = list(map(_value, records))
+        raw = ctx.records.values
         batch = Batch(raw, _indexes(len(raw)))
         if type(self.serde) is not BytesSerde:
             decode = batch_deserializer(self.serde, raw)
@@ -288,18 +286,20 @@ class MetadataStep(Step):
 
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Wrap each value with its record's metadata."""
-        records = list(map(ctx.records.__getitem__, batch.origins))
-        keys = batch.keys if batch.keys is not None else [r.key for r in records]
+        records, origins = ctx.records, batch.origins
+        keys = (
+            batch.keys if batch.keys is not None else list(map(records.keys.__getitem__, origins))
+        )
         values = list(
             map(
                 Event,
                 batch.values,
                 keys,
-                [r.timestamp for r in records],
-                [r.headers for r in records],
+                map(records.timestamps.__getitem__, origins),
+                map(records.headers.__getitem__, origins),
                 repeat(ctx.topic),
                 repeat(ctx.partition),
-                [r.offset for r in records],
+                map(records.offsets.__getitem__, origins),
             )
         )
         await self.forward(batch.replace(values), ctx)

@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import itemgetter
 from typing import NamedTuple
 
-from headwater.store import Record, partition_for_key
+from headwater.store import Record, RecordColumns, partition_for_key
 
 from ._encoding import OutRecords
 from ._errors import describe_exception, user_frame
@@ -46,10 +45,6 @@ from ._operators import (
 )
 from ._serde import batch_serializer
 
-_key = itemgetter(2)
-_timestamp = itemgetter(1)
-_offset = itemgetter(0)
-_headers = itemgetter(4)
 _KEY_CACHE_LIMIT = 100_000
 
 
@@ -116,7 +111,7 @@ class Pipeline:
             step.children = [self._build(c) for c in children if c.id in self._live]
         return step
 
-    async def process(self, partition: int, records: list[Record]) -> Outcome:
+    async def process(self, partition: int, records: RecordColumns) -> Outcome:
         """Run ``records`` (read from ``partition`` of the source topic, at least one)
         through the pipeline and return the writes they produce.
 
@@ -145,18 +140,23 @@ class Pipeline:
         values, batch = apply_each(sink.node, batch_serializer(sink.serde), batch, ctx)
         if not values:
             return
-        records = ctx.records
-        chosen = list(map(records.__getitem__, batch.origins))
-        keys = batch.keys if batch.keys is not None else list(map(_key, chosen))
-        timestamps = list(map(_timestamp, chosen))
-        offsets = list(map(_offset, chosen))
+        records, origins = ctx.records, batch.origins
+        keys = (
+            batch.keys if batch.keys is not None else list(map(records.keys.__getitem__, origins))
+        )
+        timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None
-        if any(map(_headers, chosen)):
-            headers = [user_headers(h) for h in map(_headers, chosen)]
+        if any(records.headers):
+            headers = [user_headers(h) for h in map(records.headers.__getitem__, origins)]
             if not any(headers):
                 headers = None
         prefix = source_prefix(ctx.topic, ctx.partition)
-        out = OutRecords(values, keys, timestamps, prefix, offsets, headers)
+        offsets = records.offsets
+        if isinstance(offsets, range):  # lineage: the first offset plus each origin
+            out = OutRecords(values, keys, timestamps, prefix, origins, headers, offsets.start)
+        else:
+            sources = list(map(offsets.__getitem__, origins))
+            out = OutRecords(values, keys, timestamps, prefix, sources, headers)
         count = sink.partitions
         default = ctx.partition % count
         if count == 1 or keys.count(None) == len(keys):
@@ -218,6 +218,7 @@ def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
         out.source,
         list(compress(out.source_offsets, mask)),
         None if out.headers is None else list(compress(out.headers, mask)),
+        out.source_base,
     )
 
 
@@ -229,17 +230,24 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
         headers = []
         for p in parts:
             headers.extend(p.headers if p.headers is not None else repeat((), len(p.values)))
+    base = parts[0].source_base
+    if all(p.source_base == base for p in parts):
+        offsets = [o for p in parts for o in p.source_offsets]
+    else:  # dead letters (absolute offsets) and outputs (relative) for one partition
+        offsets = [p.source_base + o for p in parts for o in p.source_offsets]
+        base = 0
     return OutRecords(
         [v for p in parts for v in p.values],
         [k for p in parts for k in p.keys],
         [t for p in parts for t in p.timestamps],
         parts[0].source,
-        [o for p in parts for o in p.source_offsets],
+        offsets,
         headers,
+        base,
     )
 
 
-def _concat_batches(batches: list[Batch], records: list[Record]) -> Batch:
+def _concat_batches(batches: list[Batch], records: RecordColumns) -> Batch:
     values: list[object] = []
     origins: list[int] = []
     for b in batches:
@@ -249,7 +257,7 @@ def _concat_batches(batches: list[Batch], records: list[Record]) -> Batch:
         return Batch(values, origins)
     keys: list[bytes | None] = []
     for b in batches:
-        keys.extend(b.keys if b.keys is not None else [records[o].key for o in b.origins])
+        keys.extend(b.keys if b.keys is not None else map(records.keys.__getitem__, b.origins))
     return Batch(values, origins, keys)
 
 

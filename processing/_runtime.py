@@ -264,7 +264,7 @@ class Runtime:
                     break
                 outcome = await task.pipeline.process(partition, records)
                 await self._write(outcome.writes)
-                task.position = records[-1].offset + 1
+                task.position = records.offsets[-1] + 1
                 self._records_in += len(records)
                 self._records_out += sum(w.records.count() for w in outcome.writes)
                 self._skipped += outcome.skipped

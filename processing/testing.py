@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import anyio
 from trio.testing import MockClock
 
-from headwater.store import Record, partition_for_key
+from headwater.store import Record, RecordColumns, partition_for_key
 
 from ._app import App
 from ._errors import TopologyError
@@ -180,7 +180,7 @@ class TestDriver:
             pipeline: Pipeline | None = self._pipelines.get(topic)
             if pipeline is None:
                 continue
-            outcome = await pipeline.process(partition, records)
+            outcome = await pipeline.process(partition, RecordColumns.of(records))
             for write in outcome.writes:
                 self._apply(write)
 

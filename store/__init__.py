@@ -42,6 +42,8 @@ from ._partitioner import partition_for_key as partition_for_key
 from ._records import DecimalColumn as DecimalColumn
 from ._records import NewRecord as NewRecord
 from ._records import Record as Record
+from ._records import RecordColumns as RecordColumns
+from ._records import decode_columns as decode_columns
 from ._records import decode_records as decode_records
 from ._records import encode_batch as encode_batch
 from ._records import encode_columns as encode_columns
@@ -70,6 +72,7 @@ __all__ = (
     "PartitionDescription",
     "PartitionLog",
     "Record",
+    "RecordColumns",
     "RecordTooLargeError",
     "StickyPartitioner",
     "StorageFullError",
@@ -81,6 +84,7 @@ __all__ = (
     "TopicExistsError",
     "TopicNotFoundError",
     "UnsupportedCompressionError",
+    "decode_columns",
     "decode_records",
     "encode_batch",
     "encode_columns",

@@ -28,7 +28,14 @@ from ._batch import parse_batch_header
 from ._config import Durability, TopicConfig
 from ._errors import LogClosedError, StoreError
 from ._log import AppendInfo, PartitionLog
-from ._records import Compression, NewRecord, Record, decode_records
+from ._records import (
+    Compression,
+    NewRecord,
+    Record,
+    RecordColumns,
+    decode_columns,
+    decode_records,
+)
 
 #: Reads larger than this leave the event loop for a worker thread.
 THREADED_READ_BYTES = 256 << 10
@@ -244,6 +251,16 @@ class Partition:
             records = records_from(data, start_offset)
             if records or not data:
                 return records
+            start_offset = next_offset_after(data)
+
+    async def read_columns(self, start_offset: int, max_bytes: int) -> RecordColumns:
+        """Return records at or after ``start_offset`` as columns (see :meth:`read` and
+        :meth:`read_records`): the same records, without a tuple per record."""
+        while True:
+            data = await self.read(start_offset, max_bytes)
+            columns = decode_columns(data, start_offset)
+            if len(columns) or not data:
+                return columns
             start_offset = next_offset_after(data)
 
     async def wait_for(self, offset: int) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from operator import add
@@ -64,12 +65,14 @@ from ._errors import CorruptRecordError
 
 # The C builds of the hot loops (store/_speedups.c), when a compiler was there to build them.
 _compiled_decode_section: Callable[..., list[Record] | None] | None
+_compiled_decode_columns: Callable[..., bool | None] | None
 _compiled_encode_section: Callable[..., bytes | None] | None
 try:
+    from ._speedups import decode_columns as _compiled_decode_columns
     from ._speedups import decode_section as _compiled_decode_section
     from ._speedups import encode_section as _compiled_encode_section
 except ImportError:  # pragma: no cover - installed without a C compiler
-    _compiled_decode_section = _compiled_encode_section = None
+    _compiled_decode_section = _compiled_decode_columns = _compiled_encode_section = None
 
 __all__ = (
     "BATCH_HEADER_SIZE",
@@ -79,7 +82,9 @@ __all__ = (
     "DecimalColumn",
     "NewRecord",
     "Record",
+    "RecordColumns",
     "TimestampType",
+    "decode_columns",
     "decode_records",
     "encode_batch",
     "encode_columns",
@@ -101,15 +106,18 @@ class NewRecord(NamedTuple):
 
 class DecimalColumn(NamedTuple):
     """A header column for :func:`encode_columns` whose value for record ``i`` is ``prefix``
-    followed by the decimal digits of ``numbers[i]`` (``b"clicks/0/" + b"42"``): positions
-    or counters, written without building a bytes object per record."""
+    followed by the decimal digits of ``base + numbers[i]`` (``b"clicks/0/" + b"42"``):
+    positions or counters, written without building a bytes object (or, with ``base``,
+    an int) per record."""
 
     prefix: bytes
     numbers: Sequence[int]
+    base: int = 0
 
     def expand(self) -> list[bytes | None]:
         """Return the column's values as bytes."""
-        return [self.prefix + b"%d" % n for n in self.numbers]
+        base = self.base
+        return [self.prefix + b"%d" % (base + n) for n in self.numbers]
 
 
 class Record(NamedTuple):
@@ -120,6 +128,60 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]
+
+
+class RecordColumns:
+    """Records as columns of equal length, in offset order: what
+    :meth:`~headwater.store.Partition.read_columns` returns.
+
+    For a reader that works on whole columns (a stream processor), decoding into columns
+    saves a tuple and an offset object per record: ``offsets`` is a ``range`` when the
+    offsets are consecutive, as they are unless compaction removed records. Indexing
+    gives a :class:`Record`, built on demand.
+    """
+
+    __slots__ = ("headers", "keys", "offsets", "timestamps", "values")
+
+    def __init__(
+        self,
+        offsets: Sequence[int],
+        timestamps: list[int],
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        headers: list[tuple[tuple[str, bytes | None], ...]],
+    ) -> None:
+        self.offsets = offsets
+        self.timestamps = timestamps
+        self.keys = keys
+        self.values = values
+        self.headers = headers
+
+    @classmethod
+    def of(cls, records: Sequence[Record]) -> RecordColumns:
+        """Return ``records`` as columns."""
+        if not records:
+            return cls(range(0), [], [], [], [])
+        offsets, timestamps, keys, values, headers = map(list, zip(*records, strict=True))
+        consecutive = range(offsets[0], offsets[0] + len(offsets))
+        return cls(
+            consecutive if offsets == list(consecutive) else offsets,
+            timestamps, keys, values, headers,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> Record:
+        return Record(
+            self.offsets[index],
+            self.timestamps[index],
+            self.keys[index],
+            self.values[index],
+            self.headers[index],
+        )
+
+    def __repr__(self) -> str:
+        return f"RecordColumns({len(self)} records, offsets {self.offsets!r})"
 
 
 def _zigzag_varint(value: int) -> bytes:
@@ -503,6 +565,64 @@ def decode_records(buf: Buffer, pos: int = 0, *, verify: bool = True) -> list[Re
                 f"{exc.reason} (at byte {exc.at} of the decompressed records)", position=pos
             ) from None
         raise CorruptRecordError(exc.reason, position=origin + exc.at) from None
+
+
+def decode_columns(data: Buffer, start_offset: int = 0) -> RecordColumns:
+    """Decode the records of the whole batches in ``data`` (as read from a log, already
+    checked) at or after ``start_offset``, as columns.
+
+    :raises CorruptRecordError: if a batch is inconsistent (see :func:`decode_records`).
+    """
+    timestamps: list[int] = []
+    keys: list[bytes | None] = []
+    values: list[bytes | None] = []
+    headers: list[tuple[tuple[str, bytes | None], ...]] = []
+    offsets: list[int] | None = None  # None: consecutive from `first`
+    first = -1
+    position, end = 0, len(data)
+    while position < end:
+        header = parse_batch_header(data, position)
+        size = header.batch_length + BATCH_OVERHEAD
+        # Still consecutive if this batch carries on where the last one ended.
+        follows = offsets is None and (first < 0 or header.base_offset == first + len(values))
+        appended = False
+        if follows and _compiled_decode_columns is not None and not header.attributes & CODEC_MASK:
+            if header.attributes & LOG_APPEND_TIME_BIT:
+                timestamp_base, delta_mask = header.max_timestamp, 0
+            else:
+                timestamp_base, delta_mask = header.base_timestamp, -1
+            appended = _compiled_decode_columns(
+                data, position + BATCH_HEADER_SIZE, position + size, header.records_count,
+                header.base_offset, timestamp_base, delta_mask, (),
+                timestamps, keys, values, headers,
+            ) is True  # fmt: skip
+            if appended and first < 0 and values:
+                first = header.base_offset
+        if not appended:  # compressed, or not consecutive, or to say what is wrong
+            records = decode_records(data, position, verify=False)
+            if records:
+                if follows and records[-1].offset - records[0].offset == len(records) - 1:
+                    first = records[0].offset if first < 0 else first
+                else:
+                    if offsets is None:
+                        offsets = list(range(first, first + len(values))) if values else []
+                    offsets.extend(r.offset for r in records)
+                timestamps.extend(r.timestamp for r in records)
+                keys.extend(r.key for r in records)
+                values.extend(r.value for r in records)
+                headers.extend(r.headers for r in records)
+        position += size
+    all_offsets = range(first, first + len(values)) if offsets is None else offsets
+    skip = bisect_left(all_offsets, start_offset)  # the first batch may start before it
+    if skip:
+        all_offsets = all_offsets[skip:]
+        timestamps, keys, values = timestamps[skip:], keys[skip:], values[skip:]
+        headers = headers[skip:]
+    if all_offsets and isinstance(all_offsets, list):
+        low, high = all_offsets[0], all_offsets[-1]
+        if high - low == len(all_offsets) - 1:  # rising offsets without a gap
+            all_offsets = range(low, high + 1)
+    return RecordColumns(all_offsets, timestamps, keys, values, headers)
 
 
 class _SectionError(Exception):

@@ -165,7 +165,7 @@ PyDoc_STRVAR(decode_section_doc,
 static PyObject *
 decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
                   long long base_offset, long long timestamp_base, long long delta_mask,
-                  PyTypeObject *record_type, PyObject *empty);
+                  PyTypeObject *record_type, PyObject *empty, PyObject *columns[4]);
 
 static PyObject *
 decode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -205,26 +205,51 @@ decode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     } else {
         result = decode_records_in((const unsigned char *)view.buf + start, end - start, count,
                                    base_offset, timestamp_base, delta_mask,
-                                   (PyTypeObject *)args[7], args[8]);
+                                   (PyTypeObject *)args[7], args[8], NULL);
     }
     PyBuffer_Release(&view);
     return result;
 }
 
+/* Shortens each of the lists in `columns` back to its length in `lengths`. */
+static void
+truncate_columns(PyObject *columns[4], Py_ssize_t lengths[4])
+{
+    for (int i = 0; i < 4; i++) {
+        if (PyList_SetSlice(columns[i], lengths[i], PY_SSIZE_T_MAX, NULL) < 0) {
+            PyErr_Clear(); /* cannot fail for a list shortened to a valid length */
+        }
+    }
+}
+
+/* Decodes `count` records filling data[0:size]. With columns == NULL, returns a new list
+ * of `record_type` tuples, or None if the section is inconsistent. Otherwise appends each
+ * record's timestamp, key, value and headers to the four lists of `columns` and returns
+ * True; or, having appended nothing, False if the offsets are not base_offset, +1, +2...
+ * (the caller then decodes records), or None if the section is inconsistent. */
 static PyObject *
 decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
                   long long base_offset, long long timestamp_base, long long delta_mask,
-                  PyTypeObject *record_type, PyObject *empty)
+                  PyTypeObject *record_type, PyObject *empty, PyObject *columns[4])
 {
     if (count > size / 7) { /* a record takes at least seven bytes */
         Py_RETURN_NONE;
     }
-    PyObject *records = PyList_New(count);
-    if (records == NULL) {
-        return NULL;
+    PyObject *records = NULL;
+    Py_ssize_t lengths[4] = {0, 0, 0, 0};
+    if (columns == NULL) {
+        records = PyList_New(count);
+        if (records == NULL) {
+            return NULL;
+        }
+    } else {
+        for (int i = 0; i < 4; i++) {
+            lengths[i] = PyList_GET_SIZE(columns[i]);
+        }
     }
+    PyObject *result = Py_None; /* what an inconsistent section returns */
     Py_ssize_t pos = 0;
-    PyObject *last_timestamp = NULL; /* borrowed: a field of an earlier record of `records` */
+    PyObject *last_timestamp = NULL; /* borrowed: held by `records` or the timestamps */
     long long last_timestamp_value = 0;
     for (Py_ssize_t index = 0; index < count; index++) {
         int64_t length, timestamp_delta, offset_delta;
@@ -254,7 +279,14 @@ decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
             ok = 0;
         }
         if (ok == 1) {
-            fields[0] = PyLong_FromLongLong(offset);
+            /* Columns leave offsets implicit; they must then be dense. */
+            if (columns == NULL) {
+                fields[0] = PyLong_FromLongLong(offset);
+            } else if (offset_delta != index) {
+                ok = 2;
+            }
+        }
+        if (ok == 1) {
             /* Records of a batch often share a timestamp (all of them under log-append
              * time): they share its int object too. */
             if (last_timestamp != NULL && timestamp == last_timestamp_value) {
@@ -265,9 +297,23 @@ decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
                 last_timestamp = fields[1];
                 last_timestamp_value = timestamp;
             }
-            if (fields[0] == NULL || fields[1] == NULL) {
+            if ((columns == NULL && fields[0] == NULL) || fields[1] == NULL) {
                 ok = -1;
             }
+        }
+        if (ok == 1 && columns != NULL) {
+            for (int i = 0; i < 4 && ok == 1; i++) {
+                if (PyList_Append(columns[i], fields[i + 1]) < 0) {
+                    ok = -1;
+                }
+            }
+            for (int i = 1; i < 5; i++) {
+                Py_DECREF(fields[i]);
+            }
+            if (ok == 1) {
+                continue;
+            }
+            fields[1] = fields[2] = fields[3] = fields[4] = NULL;
         }
         if (ok != 1) {
             for (int i = 0; i < 5; i++) {
@@ -276,24 +322,96 @@ decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
             if (ok == 0) {
                 goto inconsistent;
             }
-            Py_DECREF(records);
-            return NULL;
+            if (ok == 2) {
+                result = Py_False;
+                goto inconsistent;
+            }
+            goto error;
         }
         PyObject *record = new_record(record_type, fields);
         if (record == NULL) {
-            Py_DECREF(records);
-            return NULL;
+            goto error;
         }
         PyList_SET_ITEM(records, index, record);
     }
     if (pos != size) {
         goto inconsistent;
     }
-    return records;
+    if (columns == NULL) {
+        return records;
+    }
+    Py_RETURN_TRUE;
 
 inconsistent:
-    Py_DECREF(records); /* unfilled slots are NULL, which list deallocation skips */
-    Py_RETURN_NONE;
+    /* unfilled slots of `records` are NULL, which list deallocation skips */
+    Py_XDECREF(records);
+    if (columns != NULL) {
+        truncate_columns(columns, lengths);
+    }
+    Py_INCREF(result);
+    return result;
+error:
+    Py_XDECREF(records);
+    if (columns != NULL) {
+        truncate_columns(columns, lengths);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(decode_columns_doc,
+"decode_columns(buffer, start, end, count, base_offset, timestamp_base, delta_mask,\n"
+"               empty, timestamps, keys, values, headers)\n"
+"--\n\n"
+"Decode the ``count`` records that fill ``buffer[start:end]`` onto the ends of four\n"
+"lists: each record's timestamp, key, value and headers. Returns True; or, appending\n"
+"nothing, False if the offsets are not ``base_offset`` and up one by one (then decode\n"
+"records instead), or None if the section is inconsistent (as decode_section).");
+
+static PyObject *
+decode_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "decode_columns takes 12 arguments");
+        return NULL;
+    }
+    PyObject *columns[4] = {args[8], args[9], args[10], args[11]};
+    for (int i = 0; i < 4; i++) {
+        if (!PyList_CheckExact(columns[i])) {
+            PyErr_SetString(PyExc_TypeError, "the columns must be lists");
+            return NULL;
+        }
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    int overflow_offset = 0, overflow_timestamp = 0, overflow_mask = 0;
+    long long base_offset = PyLong_AsLongLongAndOverflow(args[4], &overflow_offset);
+    long long timestamp_base = PyLong_AsLongLongAndOverflow(args[5], &overflow_timestamp);
+    long long delta_mask = PyLong_AsLongLongAndOverflow(args[6], &overflow_mask);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow_offset || overflow_timestamp || overflow_mask) {
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result;
+    if (start < 0 || end < start || end > view.len || count < 0) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    } else {
+        result = decode_records_in((const unsigned char *)view.buf + start, end - start, count,
+                                   base_offset, timestamp_base, delta_mask, NULL, args[7],
+                                   columns);
+    }
+    PyBuffer_Release(&view);
+    return result;
 }
 
 /* -- encoding ------------------------------------------------------------------------- */
@@ -438,15 +556,17 @@ record_body(unsigned char *out, Py_ssize_t index, PyObject *values, PyObject *ke
             }
             continue;
         }
-        /* (prefix, numbers): the value is prefix + the decimal digits of numbers[index] */
+        /* (prefix, numbers, base): the value is prefix + the decimal digits of
+         * base + numbers[index] */
         PyObject *prefix = PyTuple_GET_ITEM(column, 0);
         PyObject *number = PyList_GET_ITEM(PyTuple_GET_ITEM(column, 1), index);
         if (!PyLong_CheckExact(number)) {
             return -1;
         }
-        int overflow = 0;
+        int overflow = 0, base_overflow = 0;
         long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
-        if (overflow) {
+        long long base = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(column, 2), &base_overflow);
+        if (overflow || base_overflow || __builtin_add_overflow(value, base, &value)) {
             return -1;
         }
         Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
@@ -497,7 +617,7 @@ PyDoc_STRVAR(encode_section_doc,
 "or None for all-null keys; ``timestamps``: a list of ints (deltas from\n"
 "``base_timestamp``), or None for all equal to it; ``header_columns``: a tuple of\n"
 "(UTF-8 name, column) pairs, a header every record carries, its values a list of bytes\n"
-"or None, or a (prefix, list of ints) pair for prefix + each int's decimal digits;\n"
+"or None, or (prefix, list of ints, base) for prefix + the decimal digits of base + int;\n"
 "``headers``: None, or a list of each record's further (str, bytes or None) headers.");
 
 static PyObject *
@@ -524,10 +644,11 @@ encode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
         PyObject *column = PyTuple_GET_ITEM(pair, 1);
-        int numbered = PyTuple_CheckExact(column) && PyTuple_GET_SIZE(column) == 2 &&
+        int numbered = PyTuple_CheckExact(column) && PyTuple_GET_SIZE(column) == 3 &&
                        PyBytes_CheckExact(PyTuple_GET_ITEM(column, 0)) &&
                        PyList_CheckExact(PyTuple_GET_ITEM(column, 1)) &&
-                       PyList_GET_SIZE(PyTuple_GET_ITEM(column, 1)) == count;
+                       PyList_GET_SIZE(PyTuple_GET_ITEM(column, 1)) == count &&
+                       PyLong_CheckExact(PyTuple_GET_ITEM(column, 2));
         if (!numbered && !(PyList_CheckExact(column) && PyList_GET_SIZE(column) == count)) {
             Py_RETURN_NONE;
         }
@@ -647,6 +768,8 @@ murmur2(PyObject *module, PyObject *data)
 static PyMethodDef speedups_methods[] = {
     {"decode_section", (PyCFunction)(void (*)(void))decode_section, METH_FASTCALL,
      decode_section_doc},
+    {"decode_columns", (PyCFunction)(void (*)(void))decode_columns, METH_FASTCALL,
+     decode_columns_doc},
     {"encode_section", (PyCFunction)(void (*)(void))encode_section, METH_FASTCALL,
      encode_section_doc},
     {"murmur2", (PyCFunction)murmur2, METH_O, murmur2_doc},

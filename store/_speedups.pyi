@@ -17,13 +17,33 @@ def decode_section(
     empty: tuple[()],
     /,
 ) -> list[Any] | None: ...
+
+_Numbered = tuple[bytes, Sequence[int], int]  # a DecimalColumn: prefix, numbers, base
+
 def encode_section(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None,
     timestamps: Sequence[int] | None,
     base_timestamp: int,
-    header_columns: tuple[tuple[bytes, Sequence[bytes | None] | tuple[bytes, Sequence[int]]], ...],
+    header_columns: tuple[
+        tuple[bytes, Sequence[bytes | None] | tuple[bytes, Sequence[int], int]], ...
+    ],
     headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
     /,
 ) -> bytes | None: ...
 def murmur2(data: Buffer, /) -> int: ...
+def decode_columns(
+    buffer: Buffer,
+    start: int,
+    end: int,
+    count: int,
+    base_offset: int,
+    timestamp_base: int,
+    delta_mask: int,
+    empty: tuple[()],
+    timestamps: list[int],
+    keys: list[bytes | None],
+    values: list[bytes | None],
+    headers: list[tuple[tuple[str, bytes | None], ...]],
+    /,
+) -> bool | None: ...

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from headwater.processing import OutRecords
 from headwater.processing._backend import encode_within
 from headwater.processing._encoding import encode_out_records
+from headwater.processing._pipeline import _concat
 from headwater.store import decode_records, verify_batch
 
 fields = st.one_of(st.none(), st.binary(max_size=40), st.sampled_from([b"y" * 8191, b"z" * 9000]))
@@ -85,3 +86,15 @@ def test_batches_stay_within_the_limit_and_keep_order() -> None:
     ]
     big = OutRecords([b"y" * 1000], [None], [0], b"t/0/", [7])
     assert encode_within(big, 100) == [encode_out_records(big)]  # for the store to refuse
+
+
+def test_lineage_relative_to_a_base_and_concatenated_with_absolute_offsets() -> None:
+    relative = OutRecords([b"a", b"b"], [None, None], [1, 2], b"t/1/", [0, 7], None, 10**12)
+    absolute = OutRecords([b"c"], [None], [3], b"t/1/", [42])
+    assert relative.lineage() == [b"t/1/1000000000000", b"t/1/1000000000007"]
+    merged = _concat([relative, absolute])
+    assert merged.lineage() == [*relative.lineage(), b"t/1/42"]
+    assert [r.headers[0][1] for r in decode_records(encode_out_records(merged))] == (
+        merged.lineage()
+    )
+    assert _concat([relative, relative]).source_base == 10**12  # kept when shared

@@ -13,7 +13,7 @@ from headwater.groups import TopicPartition
 from headwater.processing import App, AppConfig, OperatorError, open_in_process
 from headwater.processing._backend import InProcessBackend
 from headwater.processing._encoding import OutRecords
-from headwater.store import Record, partition_for_key
+from headwater.store import RecordColumns, partition_for_key
 
 from .helpers import committed, load, read, run_until_caught_up, values
 
@@ -159,7 +159,7 @@ class CountingBackend(InProcessBackend):
         self.fetched = 0
         self.written = 0
 
-    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> list[Record]:
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
         records = await super().fetch(topic, partition, offset, max_bytes)
         self.fetched += len(records)
         return records

@@ -22,11 +22,15 @@ from headwater.store import _records
 from headwater.store._errors import CorruptRecordError
 from headwater.store._records import (
     BATCH_HEADER_SIZE,
+    Compression,
     DecimalColumn,
     NewRecord,
     Record,
+    RecordColumns,
+    TimestampType,
     _decode_section,
     _SectionError,
+    decode_columns,
     decode_records,
     encode_batch,
     encode_columns,
@@ -35,6 +39,7 @@ from headwater.store._records import (
 
 compiled = _records._compiled_decode_section
 compiled_encode = _records._compiled_encode_section
+compiled_columns = _records._compiled_decode_columns
 
 if compiled is None:  # pragma: no cover - only where the extension could not be built
     if shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc"):
@@ -186,6 +191,7 @@ column_records = st.integers(1, 40).flatmap(
                                 min_size=n,
                                 max_size=n,
                             ),
+                            st.one_of(st.just(0), st.integers(-(2**64), 2**64)),
                         ),
                     ),
                 ),
@@ -250,7 +256,7 @@ def test_unusual_column_items_take_the_record_by_record_encoder() -> None:
 def test_decimal_columns_write_prefix_and_digits() -> None:
     in_64_bits = [0, 7, 10, 99, 100, -1, -45, 2**63 - 1, -(2**63)]
     assert compiled_encode is not None
-    assert compiled_encode([b"v"] * 9, None, None, 0, ((b"s", (b"t/", in_64_bits)),), None)
+    assert compiled_encode([b"v"] * 9, None, None, 0, ((b"s", (b"t/", in_64_bits, 0)),), None)
     for numbers in (in_64_bits, [*in_64_bits, 2**63, 10**30]):  # C, then Python
         batch = encode_columns(
             [b"v"] * len(numbers), header_columns=[("src", DecimalColumn(b"t/3/", numbers))]
@@ -270,3 +276,85 @@ def test_columns_are_checked() -> None:
         encode_columns([b"a", b"b"], timestamps=[0, 1 << 63])
     with pytest.raises(ValueError, match="out of range"):
         encode_columns([b"a", b"b"], timestamps=[1 << 63, 1 << 63])
+
+
+# -- decoding into columns ------------------------------------------------------------------
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> tuple[bytes, list[Record]]:
+    """Whole batches as a log holds them (offsets rising, maybe with gaps, some compressed
+    or stamped with log-append time), and the records they hold."""
+    data, expected = [], []
+    offset = draw(st.integers(0, 1 << 40))
+    for _ in range(draw(st.integers(1, 4))):
+        records = draw(records_strategy)
+        offset += draw(st.sampled_from([0, 0, 0, 3]))  # a gap, as compaction leaves
+        log_append = draw(st.booleans())
+        batch = encode_batch(
+            records,
+            base_offset=offset,
+            now_ms=NOW,
+            compression=draw(
+                st.sampled_from([Compression.NONE, Compression.NONE, Compression.GZIP])
+            ),
+            timestamp_type=TimestampType.LOG_APPEND_TIME
+            if log_append
+            else TimestampType.CREATE_TIME,
+        )
+        data.append(batch)
+        expected.extend(decode_records(batch))
+        offset += len(records)
+    return b"".join(data), expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(log=logs(), data=st.data(), compiled_columns=st.booleans())
+def test_columns_hold_the_records_from_start_offset(
+    log: tuple[bytes, list[Record]], data: st.DataObject, compiled_columns: bool
+) -> None:
+    raw, records = log
+    start = data.draw(st.integers(records[0].offset - 2, records[-1].offset + 2))
+    expected = [r for r in records if r.offset >= start]
+    saved = _records._compiled_decode_columns
+    if not compiled_columns:
+        _records._compiled_decode_columns = None  # the Python path, as without a compiler
+    try:
+        columns = decode_columns(raw, start)
+    finally:
+        _records._compiled_decode_columns = saved
+    assert len(columns) == len(expected)
+    assert list(columns.offsets) == [r.offset for r in expected]
+    assert [columns[i] for i in range(len(columns))] == expected
+    assert columns.timestamps == [r.timestamp for r in expected]
+    assert columns.values == [r.value for r in expected]
+    assert columns.keys == [r.key for r in expected]
+    assert columns.headers == [r.headers for r in expected]
+    consecutive = [r.offset for r in expected] == list(range(start, start + len(expected)))
+    if consecutive and expected:
+        assert isinstance(columns.offsets, range)
+    assert RecordColumns.of(expected).values == columns.values
+
+
+def test_compiled_columns_need_consecutive_offsets_and_append_nothing_otherwise() -> None:
+    assert compiled_columns is not None
+    batch = bytearray(encode_batch([NewRecord(b"a"), NewRecord(b"b")], now_ms=NOW))
+    lists: tuple[list[Any], ...] = ([7], [], [], [])
+    section_end = len(batch)
+    args = (0, NOW, -1, (), *lists)
+    assert compiled_columns(bytes(batch), BATCH_HEADER_SIZE, section_end, 2, *args) is True
+    assert lists == ([7, NOW, NOW], [None, None], [b"a", b"b"], [(), ()])
+    gap = with_offset_delta(bytes(batch), record=1, delta=5)
+    assert compiled_columns(gap, BATCH_HEADER_SIZE, section_end, 2, *args) is False
+    assert compiled_columns(gap[:-1], BATCH_HEADER_SIZE, section_end - 1, 2, *args) is None
+    assert lists == ([7, NOW, NOW], [None, None], [b"a", b"b"], [(), ()])  # unchanged
+
+
+def with_offset_delta(batch: bytes, record: int, delta: int) -> bytes:
+    """Return ``batch`` with record ``record``'s one-byte offset delta set to ``delta``."""
+    section = bytearray(batch[BATCH_HEADER_SIZE:])
+    position = 0
+    for _ in range(record):
+        position += 1 + section[position] // 2
+    section[position + 3] = delta * 2  # length, attributes, timestamp delta, offset delta
+    return batch[:BATCH_HEADER_SIZE] + bytes(section)
