@@ -120,10 +120,11 @@ JSON = JsonSerde()
 def batch_deserializer(serde: Serde[Any], data: list[bytes | None]) -> Callable[[Any], Any]:
     """Return the function that deserialises each item of ``data`` with ``serde``.
 
-    The runtime's hot path: for a plain :class:`JsonSerde` and no missing values it is
-    ``orjson.loads`` itself, which saves a Python call per record.
+    The runtime's hot path: for a plain :class:`JsonSerde` and no missing or empty values
+    it is ``orjson.loads`` itself, which saves a Python call per record. (``all`` tests
+    each value's length, cheaper than comparing each with None.)
     """
-    if type(serde) is JsonSerde and not serde._option and None not in data:
+    if type(serde) is JsonSerde and not serde._option and all(data):
         return orjson.loads
     return serde.deserialize
 
