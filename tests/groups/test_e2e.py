@@ -71,7 +71,12 @@ async def test_three_consumers_one_hangs_every_record_once_past_commits(store: S
         async for batch in consumer:
             deliver("c", batch)
             batches += 1
-            if batches == 40:  # mid-way through its share: hang with this batch in hand
+            # Mid-way through its share, once the group has settled on three even shares
+            # and this member has committed in each of its own (a fast reader can get
+            # there while a rebalance still moves partitions): hang with this batch in hand.
+            mine = consumer.assignment()
+            settled = len(mine) == PARTITIONS // 3 and mine <= consumer.committed().keys()
+            if batches >= 40 and settled:
                 hung_commits.update(
                     {tp.partition: o.offset for tp, o in consumer.committed().items()}
                 )
