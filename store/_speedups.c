@@ -167,17 +167,12 @@ decode_records_in(const unsigned char *data, Py_ssize_t size, Py_ssize_t count,
                   long long base_offset, long long timestamp_base, long long delta_mask,
                   PyTypeObject *record_type, PyObject *empty, PyObject *columns[4]);
 
+/* The arguments both decoders share: buffer, start, end, count, base_offset,
+ * timestamp_base and delta_mask, in args[0..6]; then decode_records_in. */
 static PyObject *
-decode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+decode_arguments(PyObject *const *args, PyTypeObject *record_type, PyObject *empty,
+                 PyObject *columns[4])
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "decode_section takes 9 arguments");
-        return NULL;
-    }
-    if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass");
-        return NULL;
-    }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     Py_ssize_t end = PyLong_AsSsize_t(args[2]);
     Py_ssize_t count = PyLong_AsSsize_t(args[3]);
@@ -204,11 +199,25 @@ decode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = Py_None;
     } else {
         result = decode_records_in((const unsigned char *)view.buf + start, end - start, count,
-                                   base_offset, timestamp_base, delta_mask,
-                                   (PyTypeObject *)args[7], args[8], NULL);
+                                   base_offset, timestamp_base, delta_mask, record_type, empty,
+                                   columns);
     }
     PyBuffer_Release(&view);
     return result;
+}
+
+static PyObject *
+decode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "decode_section takes 9 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass");
+        return NULL;
+    }
+    return decode_arguments(args, (PyTypeObject *)args[7], args[8], NULL);
 }
 
 /* Shortens each of the lists in `columns` back to its length in `lengths`. */
@@ -381,37 +390,7 @@ decode_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    int overflow_offset = 0, overflow_timestamp = 0, overflow_mask = 0;
-    long long base_offset = PyLong_AsLongLongAndOverflow(args[4], &overflow_offset);
-    long long timestamp_base = PyLong_AsLongLongAndOverflow(args[5], &overflow_timestamp);
-    long long delta_mask = PyLong_AsLongLongAndOverflow(args[6], &overflow_mask);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (overflow_offset || overflow_timestamp || overflow_mask) {
-        Py_RETURN_NONE;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    PyObject *result;
-    if (start < 0 || end < start || end > view.len || count < 0) {
-        Py_INCREF(Py_None);
-        result = Py_None;
-    } else {
-        result = decode_records_in((const unsigned char *)view.buf + start, end - start, count,
-                                   base_offset, timestamp_base, delta_mask, NULL, args[7],
-                                   columns);
-    }
-    PyBuffer_Release(&view);
-    return result;
+    return decode_arguments(args, NULL, args[7], columns);
 }
 
 /* -- encoding ------------------------------------------------------------------------- */
