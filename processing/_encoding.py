@@ -56,7 +56,7 @@ class OutRecords(NamedTuple):
 
     def lineage(self) -> list[bytes]:
         """Return each record's ``headwater.source`` header value."""
-        return self.lineage_column().expand()  # type: ignore[return-value]
+        return self.lineage_column().expand()
 
     def lineage_column(self) -> DecimalColumn:
         """Return the ``headwater.source`` values as a column for the store's encoder."""

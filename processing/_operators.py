@@ -67,6 +67,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.values)
 
+    def key_column(self, records: RecordColumns) -> list[bytes | None]:
+        """Return each record's key: its new one after a ``key_by``, else its stored one."""
+        if self.keys is not None:
+            return self.keys
+        return list(map(records.keys.__getitem__, self.origins))
+
     def replace(self, values: list[Any]) -> Batch:
         """Return the batch with ``values`` (one per record) instead of its own."""
         return Batch(values, self.origins, self.keys)
@@ -287,14 +293,11 @@ class MetadataStep(Step):
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Wrap each value with its record's metadata."""
         records, origins = ctx.records, batch.origins
-        keys = (
-            batch.keys if batch.keys is not None else list(map(records.keys.__getitem__, origins))
-        )
         values = list(
             map(
                 Event,
                 batch.values,
-                keys,
+                batch.key_column(records),
                 map(records.timestamps.__getitem__, origins),
                 map(records.headers.__getitem__, origins),
                 repeat(ctx.topic),

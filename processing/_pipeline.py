@@ -141,9 +141,7 @@ class Pipeline:
         if not values:
             return
         records, origins = ctx.records, batch.origins
-        keys = (
-            batch.keys if batch.keys is not None else list(map(records.keys.__getitem__, origins))
-        )
+        keys = batch.key_column(records)
         timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None
         if any(records.headers):
@@ -257,7 +255,7 @@ def _concat_batches(batches: list[Batch], records: RecordColumns) -> Batch:
         return Batch(values, origins)
     keys: list[bytes | None] = []
     for b in batches:
-        keys.extend(b.keys if b.keys is not None else map(records.keys.__getitem__, b.origins))
+        keys.extend(b.key_column(records))
     return Batch(values, origins, keys)
 
 

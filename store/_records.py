@@ -114,7 +114,7 @@ class DecimalColumn(NamedTuple):
     numbers: Sequence[int]
     base: int = 0
 
-    def expand(self) -> list[bytes | None]:
+    def expand(self) -> list[bytes]:
         """Return the column's values as bytes."""
         base = self.base
         return [self.prefix + b"%d" % (base + n) for n in self.numbers]
@@ -162,11 +162,7 @@ class RecordColumns:
         if not records:
             return cls(range(0), [], [], [], [])
         offsets, timestamps, keys, values, headers = map(list, zip(*records, strict=True))
-        consecutive = range(offsets[0], offsets[0] + len(offsets))
-        return cls(
-            consecutive if offsets == list(consecutive) else offsets,
-            timestamps, keys, values, headers,
-        )  # fmt: skip
+        return cls(_compact(offsets), timestamps, keys, values, headers)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -601,28 +597,41 @@ def decode_columns(data: Buffer, start_offset: int = 0) -> RecordColumns:
         if not appended:  # compressed, or not consecutive, or to say what is wrong
             records = decode_records(data, position, verify=False)
             if records:
-                if follows and records[-1].offset - records[0].offset == len(records) - 1:
+                more_offsets, more_timestamps, more_keys, more_values, more_headers = zip(
+                    *records, strict=True
+                )
+                if follows and _consecutive(more_offsets):
                     first = records[0].offset if first < 0 else first
                 else:
                     if offsets is None:
                         offsets = list(range(first, first + len(values))) if values else []
-                    offsets.extend(r.offset for r in records)
-                timestamps.extend(r.timestamp for r in records)
-                keys.extend(r.key for r in records)
-                values.extend(r.value for r in records)
-                headers.extend(r.headers for r in records)
+                    offsets.extend(more_offsets)
+                timestamps.extend(more_timestamps)
+                keys.extend(more_keys)
+                values.extend(more_values)
+                headers.extend(more_headers)
         position += size
-    all_offsets = range(first, first + len(values)) if offsets is None else offsets
+    all_offsets: Sequence[int] = range(first, first + len(values)) if offsets is None else offsets
     skip = bisect_left(all_offsets, start_offset)  # the first batch may start before it
     if skip:
         all_offsets = all_offsets[skip:]
         timestamps, keys, values = timestamps[skip:], keys[skip:], values[skip:]
         headers = headers[skip:]
-    if all_offsets and isinstance(all_offsets, list):
-        low, high = all_offsets[0], all_offsets[-1]
-        if high - low == len(all_offsets) - 1:  # rising offsets without a gap
-            all_offsets = range(low, high + 1)
+    if isinstance(all_offsets, list):  # a gap, maybe only before start_offset
+        all_offsets = _compact(all_offsets)
     return RecordColumns(all_offsets, timestamps, keys, values, headers)
+
+
+def _consecutive(offsets: Sequence[int]) -> bool:
+    """Whether rising ``offsets`` (at least one) have no gap."""
+    return offsets[-1] - offsets[0] == len(offsets) - 1
+
+
+def _compact(offsets: list[int]) -> Sequence[int]:
+    """Return rising ``offsets`` as a ``range`` when they have no gap, else as they are."""
+    if offsets and _consecutive(offsets):
+        return range(offsets[0], offsets[-1] + 1)
+    return offsets
 
 
 class _SectionError(Exception):

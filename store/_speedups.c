@@ -446,11 +446,17 @@ write_nullable(unsigned char *out, PyObject *item)
     return out + size;
 }
 
+static inline unsigned long long
+magnitude_of(long long value)
+{
+    return value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+}
+
 /* The number of decimal digits of `value` (with its sign). */
 static inline Py_ssize_t
 decimal_size(long long value)
 {
-    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    unsigned long long magnitude = magnitude_of(value);
     Py_ssize_t size = value < 0 ? 2 : 1;
     while (magnitude >= 10) {
         magnitude /= 10;
@@ -462,7 +468,7 @@ decimal_size(long long value)
 static inline unsigned char *
 write_decimal(unsigned char *out, long long value, Py_ssize_t size)
 {
-    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    unsigned long long magnitude = magnitude_of(value);
     unsigned char *end = out + size;
     unsigned char *digit = end;
     do {
@@ -475,6 +481,9 @@ write_decimal(unsigned char *out, long long value, Py_ssize_t size)
     return end;
 }
 
+/* More header columns than this go the Python way (the runtime passes one). */
+#define MAX_HEADER_COLUMNS 16
+
 /* A column argument: None, or a list of exactly `count` items. */
 static inline int
 column_ok(PyObject *column, Py_ssize_t count)
@@ -482,11 +491,22 @@ column_ok(PyObject *column, Py_ssize_t count)
     return column == Py_None || (PyList_CheckExact(column) && PyList_GET_SIZE(column) == count);
 }
 
+/* A header every record carries, unpacked once per batch: its UTF-8 name, and either a
+ * list of values or (prefix, list of numbers, base) for prefix + decimal(base + number). */
+typedef struct {
+    PyObject *name;
+    PyObject *values; /* NULL for a numbered column */
+    PyObject *prefix;
+    PyObject *numbers;
+    long long base;
+} header_column;
+
 /* Walks one record's fields; with out == NULL it only measures. Returns the size of the
  * record's body (after its length varint), or -1 if a field is not of an encodable type. */
 static Py_ssize_t
 record_body(unsigned char *out, Py_ssize_t index, PyObject *values, PyObject *keys,
-            int64_t timestamp_delta, PyObject *header_columns, PyObject *headers)
+            int64_t timestamp_delta, const header_column *header_columns, Py_ssize_t columns,
+            PyObject *headers)
 {
     unsigned char *start = out;
     Py_ssize_t size = 1 + varint_size(timestamp_delta) + varint_size(index);
@@ -497,7 +517,6 @@ record_body(unsigned char *out, Py_ssize_t index, PyObject *values, PyObject *ke
         return -1;
     }
     size += key_size + value_size;
-    Py_ssize_t columns = PyTuple_GET_SIZE(header_columns);
     PyObject *extra = headers == Py_None ? NULL : PyList_GET_ITEM(headers, index);
     if (extra != NULL && !PyTuple_CheckExact(extra) && !PyList_CheckExact(extra)) {
         return -1;
@@ -513,18 +532,16 @@ record_body(unsigned char *out, Py_ssize_t index, PyObject *values, PyObject *ke
         out = write_varint(out, columns + extra_count);
     }
     for (Py_ssize_t c = 0; c < columns; c++) {
-        PyObject *pair = PyTuple_GET_ITEM(header_columns, c);
-        PyObject *name = PyTuple_GET_ITEM(pair, 0);
-        PyObject *column = PyTuple_GET_ITEM(pair, 1);
-        Py_ssize_t name_size = PyBytes_GET_SIZE(name);
+        const header_column *column = &header_columns[c];
+        Py_ssize_t name_size = PyBytes_GET_SIZE(column->name);
         size += varint_size(name_size) + name_size;
         if (out != NULL) {
             out = write_varint(out, name_size);
-            memcpy(out, PyBytes_AS_STRING(name), (size_t)name_size);
+            memcpy(out, PyBytes_AS_STRING(column->name), (size_t)name_size);
             out += name_size;
         }
-        if (PyList_CheckExact(column)) {
-            PyObject *header_value = PyList_GET_ITEM(column, index);
+        if (column->values != NULL) {
+            PyObject *header_value = PyList_GET_ITEM(column->values, index);
             Py_ssize_t header_value_size = nullable_size(header_value);
             if (header_value_size < 0) {
                 return -1;
@@ -535,25 +552,21 @@ record_body(unsigned char *out, Py_ssize_t index, PyObject *values, PyObject *ke
             }
             continue;
         }
-        /* (prefix, numbers, base): the value is prefix + the decimal digits of
-         * base + numbers[index] */
-        PyObject *prefix = PyTuple_GET_ITEM(column, 0);
-        PyObject *number = PyList_GET_ITEM(PyTuple_GET_ITEM(column, 1), index);
+        PyObject *number = PyList_GET_ITEM(column->numbers, index);
         if (!PyLong_CheckExact(number)) {
             return -1;
         }
-        int overflow = 0, base_overflow = 0;
+        int overflow = 0;
         long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
-        long long base = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(column, 2), &base_overflow);
-        if (overflow || base_overflow || __builtin_add_overflow(value, base, &value)) {
+        if (overflow || __builtin_add_overflow(value, column->base, &value)) {
             return -1;
         }
-        Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
+        Py_ssize_t prefix_size = PyBytes_GET_SIZE(column->prefix);
         Py_ssize_t digits = decimal_size(value);
         size += varint_size(prefix_size + digits) + prefix_size + digits;
         if (out != NULL) {
             out = write_varint(out, prefix_size + digits);
-            memcpy(out, PyBytes_AS_STRING(prefix), (size_t)prefix_size);
+            memcpy(out, PyBytes_AS_STRING(column->prefix), (size_t)prefix_size);
             out = write_decimal(out + prefix_size, value, digits);
         }
     }
@@ -616,19 +629,37 @@ encode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !column_ok(headers, count) || !PyTuple_CheckExact(header_columns)) {
         Py_RETURN_NONE;
     }
-    for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(header_columns); c++) {
+    Py_ssize_t columns = PyTuple_GET_SIZE(header_columns);
+    header_column unpacked[MAX_HEADER_COLUMNS];
+    if (columns > MAX_HEADER_COLUMNS) {
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t c = 0; c < columns; c++) {
         PyObject *pair = PyTuple_GET_ITEM(header_columns, c);
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
             !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
             Py_RETURN_NONE;
         }
-        PyObject *column = PyTuple_GET_ITEM(pair, 1);
-        int numbered = PyTuple_CheckExact(column) && PyTuple_GET_SIZE(column) == 3 &&
-                       PyBytes_CheckExact(PyTuple_GET_ITEM(column, 0)) &&
-                       PyList_CheckExact(PyTuple_GET_ITEM(column, 1)) &&
-                       PyList_GET_SIZE(PyTuple_GET_ITEM(column, 1)) == count &&
-                       PyLong_CheckExact(PyTuple_GET_ITEM(column, 2));
-        if (!numbered && !(PyList_CheckExact(column) && PyList_GET_SIZE(column) == count)) {
+        header_column *column = &unpacked[c];
+        column->name = PyTuple_GET_ITEM(pair, 0);
+        PyObject *given = PyTuple_GET_ITEM(pair, 1);
+        if (PyList_CheckExact(given) && PyList_GET_SIZE(given) == count) {
+            column->values = given;
+            continue;
+        }
+        int base_overflow = 0;
+        if (!PyTuple_CheckExact(given) || PyTuple_GET_SIZE(given) != 3 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(given, 0)) ||
+            !PyList_CheckExact(PyTuple_GET_ITEM(given, 1)) ||
+            PyList_GET_SIZE(PyTuple_GET_ITEM(given, 1)) != count ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(given, 2))) {
+            Py_RETURN_NONE;
+        }
+        column->values = NULL;
+        column->prefix = PyTuple_GET_ITEM(given, 0);
+        column->numbers = PyTuple_GET_ITEM(given, 1);
+        column->base = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(given, 2), &base_overflow);
+        if (base_overflow) {
             Py_RETURN_NONE;
         }
     }
@@ -662,7 +693,7 @@ encode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto unencodable;
             }
         }
-        sizes[i] = record_body(NULL, i, values, keys, deltas[i], header_columns, headers);
+        sizes[i] = record_body(NULL, i, values, keys, deltas[i], unpacked, columns, headers);
         if (sizes[i] < 0 || sizes[i] > INT32_MAX) {
             goto unencodable;
         }
@@ -678,7 +709,8 @@ encode_section(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(section);
     for (Py_ssize_t i = 0; i < count; i++) {
         out = write_varint(out, sizes[i]);
-        if (record_body(out, i, values, keys, deltas[i], header_columns, headers) != sizes[i]) {
+        if (record_body(out, i, values, keys, deltas[i], unpacked, columns, headers) !=
+            sizes[i]) {
             Py_CLEAR(section);
             goto unencodable;
         }

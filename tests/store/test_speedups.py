@@ -265,6 +265,16 @@ def test_decimal_columns_write_prefix_and_digits() -> None:
         assert headers == [(("src", b"t/3/%d" % n),) for n in numbers]
 
 
+def test_many_header_columns_take_the_record_by_record_encoder() -> None:
+    assert compiled_encode is not None
+    many = tuple((b"h%d" % i, [b"v"]) for i in range(17))
+    assert compiled_encode([b"v"], None, None, 0, many[:16], None) is not None
+    assert compiled_encode([b"v"], None, None, 0, many, None) is None
+    columns = [(f"h{i}", [b"%d" % i]) for i in range(17)]
+    [record] = decode_records(encode_columns([b"v"], header_columns=columns, now_ms=NOW))
+    assert record.headers == tuple((name, value[0]) for name, value in columns)
+
+
 def test_columns_are_checked() -> None:
     with pytest.raises(ValueError, match="at least one record"):
         encode_columns([])
