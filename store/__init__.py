@@ -24,6 +24,7 @@ from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
 from ._errors import LogClosedError as LogClosedError
+from ._errors import LogFailedError as LogFailedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import RecordTooLargeError as RecordTooLargeError
 from ._errors import StorageFullError as StorageFullError
@@ -65,6 +66,7 @@ __all__ = (
     "HeadwaterError",
     "InvalidConfigError",
     "LogClosedError",
+    "LogFailedError",
     "LogStatistics",
     "NewRecord",
     "OffsetOutOfRangeError",

@@ -14,7 +14,8 @@ lives here, the others define theirs beside their own code::
     │   ├── RecordTooLargeError    a batch over the topic's max_message_bytes
     │   ├── LogClosedError         the log or store was closed under the caller
     │   ├── DataDirectoryLockedError  another process owns the data directory
-    │   └── StorageFullError       the disk refused an append; nothing acknowledged was lost
+    │   ├── StorageFullError       the disk refused an append; nothing acknowledged was lost
+    │   └── LogFailedError         an fsync failed; the partition refuses writes until reopened
     ├── GroupError                 (headwater.groups)
     ├── ProtocolError              (headwater.broker)
     ├── ProcessingError            (headwater.processing)
@@ -83,6 +84,16 @@ class StorageFullError(StoreError):
 
     The failed append is not acknowledged and leaves no partial batch behind; appends
     succeed again once space is freed.
+    """
+
+
+class LogFailedError(StoreError):
+    """An fsync of the partition's files failed, so the log stopped accepting changes.
+
+    The kernel may have dropped the pages it could not write, and reports that only once:
+    no later fsync can vouch for them. Nothing written after the last successful fsync is
+    acknowledged; appends and flushes are refused until the store is reopened, when
+    recovery keeps what is really on disk.
     """
 
 

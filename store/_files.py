@@ -51,10 +51,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, sync_directory: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, never a mix.
 
-    :raises OSError: if the file system refuses; the old file is then untouched.
+    Without ``sync_directory`` the rename is durable only once the caller fsyncs the
+    directory itself.
+
+    :raises OSError: if the file system refuses; the old file is then untouched unless
+        only the final directory fsync failed.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -70,7 +74,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync_directory:
+        fsync_dir(path.parent)
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

@@ -85,9 +85,13 @@ class RecoveryPoint:
         return point
 
 
-def write_recovery_point(directory: Path, point: RecoveryPoint) -> None:
+def write_recovery_point(
+    directory: Path, point: RecoveryPoint, *, sync_directory: bool = True
+) -> None:
     """Persist ``point`` atomically (its data must already be fsynced)."""
-    atomic_write(directory / RECOVERY_CHECKPOINT_FILE, point.to_json())
+    atomic_write(
+        directory / RECOVERY_CHECKPOINT_FILE, point.to_json(), sync_directory=sync_directory
+    )
 
 
 @dataclass(slots=True)

@@ -13,6 +13,16 @@ thread: fsync the segments, write the indexes of rolled segments, fsync the dire
 and now and then the recovery checkpoint) and ``complete_flush`` (writer's side again:
 advance ``recovery_point``). Everything below ``recovery_point`` is durable.
 
+A failed fsync is final for the log. Linux reports a writeback error once and then marks
+the pages clean, whether or not they reached the disk (PostgreSQL's "fsyncgate"), so a
+later fsync that succeeds proves nothing about them. After one, the log *fails*: the
+recovery point stays where the last good fsync left it, so nothing written since is ever
+acknowledged; appends, flushes, rolls, retention and compaction raise
+:class:`LogFailedError`; ``close`` writes neither index files nor the checkpoint nor the
+clean-shutdown marker, exactly as a crash would leave the folder. Reopening runs recovery,
+which keeps what is really on disk. Index files and the checkpoint are derived data, so
+failing to write them is not such an error (the next flush writes them again).
+
 The active segment rolls when the next batch would take it past ``segment_bytes`` or its
 first batch is older than ``segment_ms``. Retention removes whole segments from the front
 (never the active one), by age (a segment whose newest record is older than
@@ -39,6 +49,7 @@ from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
     CorruptRecordError,
     LogClosedError,
+    LogFailedError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
     StorageFullError,
@@ -99,6 +110,8 @@ class FlushPlan:
     target: RecoveryPoint
     write_checkpoint: bool
     done: bool = field(default=False)
+    #: Why ``execute`` failed (an fsync of data or of the directory), else ``None``.
+    error: BaseException | None = field(default=None)
     #: Rolled segments whose index files could not be written (retried by the next flush).
     unindexed: list[Segment] = field(default_factory=list)
 
@@ -107,26 +120,40 @@ class FlushPlan:
 
         Index files and the checkpoint only speed recovery up, so failing to write them
         (a full disk) is not an error here: the next flush tries again. A failed fsync
-        of data or of the directory is.
+        of data or of the directory is, and fails the log (see the module docstring).
 
-        :raises OSError: if an fsync fails; ``done`` stays ``False``.
+        :raises OSError: if an fsync fails; ``done`` stays ``False`` and ``error`` says why.
         """
+        try:
+            self._execute()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _execute(self) -> None:
+        for segment in self.segments:
+            segment.flush()
+        # The derived files are renamed into place without a directory fsync of their
+        # own: one at the end covers them and the segments' names. A directory reports a
+        # failed fsync once too, so every fsync of it must be one whose failure fails the
+        # log; a derived file's own failure only leaves its old version in place.
+        renamed = False
         for segment in self.rolled:
             try:
-                segment.write_indexes()
+                segment.write_indexes(sync_directory=False)
+                renamed = True
             except OSError as exc:
                 logger.warning("%s: cannot write index files yet: %s", segment.log_path, exc)
                 self.unindexed.append(segment)
-        for segment in self.segments:
-            segment.flush()
-        if self.sync_directory:
-            fsync_dir(self.directory)
         if self.write_checkpoint:
             try:
-                write_recovery_point(self.directory, self.target)
+                write_recovery_point(self.directory, self.target, sync_directory=False)
+                renamed = True
             except OSError as exc:
                 logger.warning("%s: cannot write the recovery checkpoint: %s", self.directory, exc)
                 self.write_checkpoint = False
+        if self.sync_directory or renamed:
+            fsync_dir(self.directory)
         self.done = True
 
 
@@ -159,6 +186,8 @@ class PartitionLog:
         self._directory_dirty = False
         self._closed = False
         self._clean_marker = False
+        #: The failed fsync that froze the log (see the module docstring), else ``None``.
+        self._failure: BaseException | None = None
 
     @classmethod
     def open(
@@ -196,7 +225,11 @@ class PartitionLog:
             log._unflushed = [segments[-1]]
             log._directory_dirty = True
             log._checkpoint_position = (-1, 0)
-            log.flush()
+            try:
+                log.flush()
+            except BaseException:
+                log.abandon()
+                raise
         return log
 
     # -- offsets ---------------------------------------------------------------------------
@@ -271,16 +304,43 @@ class PartitionLog:
         """
         return self._append_checked(batch, self._clock())
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The fsync error that failed the log (it then refuses changes), else ``None``."""
+        return self._failure
+
+    def failed_error(self) -> LogFailedError:
+        """Return the error that changes to a failed log raise (see the module docstring)."""
+        return LogFailedError(
+            f"{self.directory}: an fsync failed ({self._failure}): records from offset "
+            f"{self._recovery_point.offset} on may not be on disk and were not acknowledged, "
+            "and the partition refuses writes; reopen the store, whose recovery keeps what "
+            "is really on disk"
+        )
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self.directory}: the log is closed")
+        if self._failure is not None:
+            raise self.failed_error()
+
     def _begin_change(self) -> None:
         """Remove the clean-shutdown marker before the first change since a clean open."""
         if self._clean_marker:
             (self.directory / CLEAN_SHUTDOWN_FILE).unlink(missing_ok=True)
-            fsync_dir(self.directory)
+            self._sync_directory()
             self._clean_marker = False
 
+    def _sync_directory(self) -> None:
+        """fsync the folder on the owner's side; a failure fails the log."""
+        try:
+            fsync_dir(self.directory)
+        except OSError as exc:
+            self._failure = exc
+            raise self.failed_error() from exc
+
     def _append_checked(self, batch: bytes | bytearray, now: int) -> AppendInfo:
-        if self._closed:
-            raise LogClosedError(f"{self.directory}: the log is closed")
+        self._check_writable()
         self._begin_change()
         header = verify_batch(batch)
         size = header.batch_length + 12
@@ -335,6 +395,7 @@ class PartitionLog:
         """Close the active segment to appends and start a new one at ``log_end_offset``."""
         if self._segments[-1].size == 0:
             return
+        self._check_writable()
         now = self._clock() if now_ms is None else now_ms
         self._begin_change()
         old = self._segments[-1]
@@ -357,7 +418,11 @@ class PartitionLog:
 
         Returns ``None`` when there is nothing to do. Pins the segments it names; pass
         the plan to :meth:`complete_flush` after executing it.
+
+        :raises LogFailedError: if an earlier fsync failed.
         """
+        if self._failure is not None:
+            raise self.failed_error()
         if not self._unflushed and not self._rolled and not self._directory_dirty:
             return None
         active = self._segments[-1]
@@ -377,14 +442,18 @@ class PartitionLog:
         return plan
 
     def complete_flush(self, plan: FlushPlan) -> None:
-        """Publish a flush's effect: everything below ``plan.target`` is durable."""
+        """Publish a flush's effect: everything below ``plan.target`` is durable.
+
+        After a failed ``execute`` this fails the log instead (see the module docstring).
+        """
         for segment in plan.segments:
             segment.unpin()
         if not plan.done:
-            # The fsync failed: nothing it named may be called durable, so try again later.
-            self._unflushed.extend(s for s in plan.segments if not s.deleted)
-            self._rolled.extend(plan.rolled)
-            self._directory_dirty = self._directory_dirty or plan.sync_directory
+            # Retrying could not help: the kernel may have dropped the pages and will not
+            # say so again. The recovery point stays; nothing after it is acknowledged.
+            if self._failure is None:
+                self._failure = plan.error or StoreError("a flush did not finish")
+                logger.error("%s: fsync failed, no more writes: %s", self.directory, plan.error)
             return
         self._rolled.extend(s for s in plan.unindexed if not s.deleted)
         if plan.target.offset > self._recovery_point.offset:
@@ -395,16 +464,16 @@ class PartitionLog:
     def flush(self) -> None:
         """fsync everything appended so far, in the calling thread.
 
-        :raises StoreError: if an fsync fails.
+        :raises LogFailedError: if an fsync fails, now or earlier.
         """
         plan = self.prepare_flush()
         if plan is not None:
             try:
                 plan.execute()
             except OSError as exc:
-                raise StoreError(f"{self.directory}: fsync failed: {exc}") from exc
-            finally:
                 self.complete_flush(plan)
+                raise self.failed_error() from exc
+            self.complete_flush(plan)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -512,7 +581,7 @@ class PartitionLog:
         The active segment is never deleted, nor anything of a compacted topic (its
         records go only when superseded). Returns the base offsets removed.
         """
-        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
+        if self.config.cleanup_policy is CleanupPolicy.COMPACT or self._failure is not None:
             return []
         now = self._clock() if now_ms is None else now_ms
         removed: list[int] = []
@@ -531,7 +600,11 @@ class PartitionLog:
         return removed
 
     def delete_segments_before(self, offset: int) -> list[int]:
-        """Delete whole segments that end at or before ``offset`` (never the active one)."""
+        """Delete whole segments that end at or before ``offset`` (never the active one).
+
+        :raises LogFailedError: if an earlier fsync failed.
+        """
+        self._check_writable()
         removed = []
         while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
             removed.append(self._segments[0].base_offset)
@@ -548,12 +621,16 @@ class PartitionLog:
 
         :raises StoreError: if ``replaced`` is no longer a run of this log's inactive
             segments (retention removed some meanwhile); the swap file is then removed.
+        :raises LogFailedError: if an fsync failed, now or earlier.
         """
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
         run = self._segments[first : first + len(replaced)] if first >= 0 else []
         if first < 0 or run != list(replaced) or first + len(replaced) >= len(self._segments):
             swap_file.unlink(missing_ok=True)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
+        if self._failure is not None:
+            swap_file.unlink(missing_ok=True)
+            raise self.failed_error()
         self._begin_change()
         for segment in replaced:
             if segment in self._unflushed:
@@ -563,7 +640,11 @@ class PartitionLog:
             segment.delete()
         base = replaced[0].base_offset
         os.replace(swap_file, replaced[0].log_path)
-        fsync_dir(self.directory)
+        try:
+            fsync_dir(self.directory)
+        except OSError as exc:
+            # Raised below, once the segments in memory match the files.
+            self._failure = exc
         segment = Segment.open_file(
             self.directory,
             base,
@@ -577,6 +658,8 @@ class PartitionLog:
         self._segments[first : first + len(replaced)] = [segment]
         self._bases[first : first + len(replaced)] = [base]
         self._rolled.append(segment)
+        if self._failure is not None:
+            raise self.failed_error()
         return segment
 
     def _delete_oldest(self) -> None:
@@ -593,11 +676,17 @@ class PartitionLog:
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush, persist the indexes and a checkpoint at the end, and mark a clean shutdown."""
+        """Flush, persist the indexes and a checkpoint at the end, and mark a clean shutdown.
+
+        A failed log (see the module docstring) is only closed, as a crash would leave it.
+
+        :raises LogFailedError: if the final fsync fails (the files are closed anyway).
+        """
         if self._closed:
             return
-        if self._clean_marker:
-            # Nothing changed since a clean open: the files on disk still describe the log.
+        if self._clean_marker or self._failure is not None:
+            # Nothing changed since a clean open (the files on disk still describe the
+            # log), or the log failed and must not claim anything more than it did.
             self.abandon()
             return
         try:

@@ -277,11 +277,15 @@ class Segment:
         """Record the segment's largest timestamp in the time index (at roll and close)."""
         self.time_index.maybe_append(*self._running_max)
 
-    def write_indexes(self) -> None:
-        """Persist both indexes atomically (their files are derived data)."""
+    def write_indexes(self, *, sync_directory: bool = True) -> None:
+        """Persist both indexes atomically (their files are derived data).
+
+        Without ``sync_directory`` the new names are durable once the caller fsyncs the
+        directory.
+        """
         self.seal_time_index()
-        atomic_write(self.index_path, self.index.to_bytes())
-        atomic_write(self.timeindex_path, self.time_index.to_bytes())
+        atomic_write(self.index_path, self.index.to_bytes(), sync_directory=False)
+        atomic_write(self.timeindex_path, self.time_index.to_bytes(), sync_directory=sync_directory)
 
     # -- reading -----------------------------------------------------------------------
 
