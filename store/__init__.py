@@ -20,6 +20,7 @@ from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
 from ._config import kafka_config_entries as kafka_config_entries
 from ._errors import CorruptRecordError as CorruptRecordError
+from ._errors import DamagedRange as DamagedRange
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
@@ -60,6 +61,7 @@ __all__ = (
     "CleanupPolicy",
     "Compression",
     "CorruptRecordError",
+    "DamagedRange",
     "DataDirectoryLockedError",
     "DecimalColumn",
     "Durability",

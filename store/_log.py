@@ -10,8 +10,9 @@ Writes reach the page cache at once; they become durable when ``flush`` fsyncs t
 A flush runs in three steps so that its slow part can leave the event loop:
 ``prepare_flush`` (on the writer's side: note what to fsync), ``FlushPlan.execute`` (any
 thread: fsync the segments, write the indexes of rolled segments, fsync the directory,
-and now and then the recovery checkpoint) and ``complete_flush`` (writer's side again:
-advance ``recovery_point``). Everything below ``recovery_point`` is durable.
+then record the recovery checkpoint, see ``_checkpoint.py``) and ``complete_flush``
+(writer's side again: advance ``recovery_point``). Everything below ``recovery_point`` is
+durable, and the checkpoint on disk is at or past it before anything is acknowledged.
 
 A failed fsync is final for the log. Linux reports a writeback error once and then marks
 the pages clean, whether or not they reached the disk (PostgreSQL's "fsyncgate"), so a
@@ -29,6 +30,15 @@ first batch is older than ``segment_ms``. Retention removes whole segments from 
 ``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
 ``log_start_offset`` is the base offset of the first remaining segment.
 
+Reading returns whole batches, each verified (CRC, and base offsets that fit). A read
+that meets damage returns the valid batches before it; the next read, which starts at the
+damage, raises :class:`CorruptRecordError` whose ``damage`` names the damaged byte range
+and the offset where reading can resume. The range is remembered in the segment (see
+``_damage.py``), so reads past it go straight to the batch after it.
+
+A log opened ``read_only`` (see ``_loader.py``) refuses changes and writes nothing, not at
+open and not at close.
+
 Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 ``Segment.read`` on a pinned segment, which may run in worker threads.
 """
@@ -45,7 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._batch import TimestampType, set_base_offset, stamp_log_append_time, verify_batch
+from ._checkpoint import CheckpointFile, RecoveryPoint
 from ._config import CleanupPolicy, TopicConfig
+from ._damage import damage_start, damaged_range, note_damage
 from ._errors import (
     CorruptRecordError,
     LogClosedError,
@@ -56,16 +68,16 @@ from ._errors import (
     StoreError,
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
-from ._loader import RecoveryPoint, load_segments, rebuild_indexes, write_recovery_point
+from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
 
 logger = logging.getLogger("headwater.store")
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: Write the recovery checkpoint at most this often (bytes of log since the last one) so
-#: that recovery after a crash has a bounded tail to check.
-CHECKPOINT_INTERVAL_BYTES = 64 << 20
+#: fdatasync the recovery checkpoint (recorded after every flush) at least this often, in
+#: bytes of log, so that after a power loss too recovery has a bounded tail to check.
+CHECKPOINT_SYNC_BYTES = 64 << 20
 
 
 def wall_clock_ms() -> int:
@@ -108,7 +120,9 @@ class FlushPlan:
     rolled: list[Segment]
     sync_directory: bool
     target: RecoveryPoint
-    write_checkpoint: bool
+    checkpoint: CheckpointFile
+    #: Whether to fdatasync the checkpoint too (see ``CHECKPOINT_SYNC_BYTES``).
+    sync_checkpoint: bool
     done: bool = field(default=False)
     #: Why ``execute`` failed (an fsync of data or of the directory), else ``None``.
     error: BaseException | None = field(default=None)
@@ -116,7 +130,7 @@ class FlushPlan:
     unindexed: list[Segment] = field(default_factory=list)
 
     def execute(self) -> None:
-        """fsync what the plan names; write rolled segments' indexes and the checkpoint.
+        """fsync what the plan names; write rolled segments' indexes; record the checkpoint.
 
         Index files and the checkpoint only speed recovery up, so failing to write them
         (a full disk) is not an error here: the next flush tries again. A failed fsync
@@ -145,15 +159,16 @@ class FlushPlan:
             except OSError as exc:
                 logger.warning("%s: cannot write index files yet: %s", segment.log_path, exc)
                 self.unindexed.append(segment)
-        if self.write_checkpoint:
-            try:
-                write_recovery_point(self.directory, self.target, sync_directory=False)
-                renamed = True
-            except OSError as exc:
-                logger.warning("%s: cannot write the recovery checkpoint: %s", self.directory, exc)
-                self.write_checkpoint = False
         if self.sync_directory or renamed:
             fsync_dir(self.directory)
+        # Last, so that it names only what is durable, segment names included.
+        try:
+            created = self.checkpoint.record(self.target, sync=self.sync_checkpoint)
+        except OSError as exc:
+            logger.warning("%s: cannot record the recovery checkpoint: %s", self.directory, exc)
+            self.sync_checkpoint = created = False
+        if created:
+            fsync_dir(self.directory)  # the checkpoint file's name
         self.done = True
 
 
@@ -171,15 +186,19 @@ class PartitionLog:
         segments: list[Segment],
         *,
         clock: Callable[[], int],
+        read_only: bool = False,
     ) -> None:
         self.directory = directory
         self.config = config
+        self.read_only = read_only
         self._clock = clock
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
         active = segments[-1]
         self._log_end_offset = active.next_offset
         self._recovery_point = RecoveryPoint(active.next_offset, active.base_offset, active.size)
+        self._checkpoint = CheckpointFile(directory)
+        #: Where the checkpoint was last fdatasync'ed (segment, position).
         self._checkpoint_position = (active.base_offset, active.size)
         self._rolled: list[Segment] = []
         self._unflushed: list[Segment] = []
@@ -196,11 +215,18 @@ class PartitionLog:
         config: TopicConfig,
         *,
         clock: Callable[[], int] = wall_clock_ms,
+        read_only: bool = False,
     ) -> PartitionLog:
         """Open (creating if needed) the log in ``directory``, recovering after a crash.
 
-        :raises CorruptRecordError: if the log is damaged other than in a torn tail.
+        ``read_only`` opens it without writing anything (see ``_loader.py``): damage is
+        then reported to the readers that meet it instead of refusing the open.
+
+        :raises CorruptRecordError: if the log is damaged other than in a torn tail (when
+            opening for writing).
         """
+        if read_only:
+            return cls._open_read_only(directory, config, clock)
         directory.mkdir(parents=True, exist_ok=True)
         result = load_segments(
             directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
@@ -231,6 +257,22 @@ class PartitionLog:
                 log.abandon()
                 raise
         return log
+
+    @classmethod
+    def _open_read_only(
+        cls, directory: Path, config: TopicConfig, clock: Callable[[], int]
+    ) -> PartitionLog:
+        interval = config.index_interval_bytes
+        if directory.is_dir():
+            result = load_segments(
+                directory, index_interval_bytes=interval, now_ms=clock(), mode=LoadMode.READ
+            )
+            segments = result.segments
+        else:
+            segments = []
+        if not segments:
+            segments = [Segment.placeholder(directory, 0, index_interval_bytes=interval)]
+        return cls(directory, config, segments, clock=clock, read_only=True)
 
     # -- offsets ---------------------------------------------------------------------------
 
@@ -321,6 +363,8 @@ class PartitionLog:
     def _check_writable(self) -> None:
         if self._closed:
             raise LogClosedError(f"{self.directory}: the log is closed")
+        if self.read_only:
+            raise StoreError(f"{self.directory}: the log was opened read-only")
         if self._failure is not None:
             raise self.failed_error()
 
@@ -432,12 +476,14 @@ class PartitionLog:
         for segment in segments:
             segment.pin()
         base, position = self._checkpoint_position
-        due = (
+        sync = (
             bool(rolled)
             or base != active.base_offset
-            or active.size - position >= CHECKPOINT_INTERVAL_BYTES
+            or active.size - position >= CHECKPOINT_SYNC_BYTES
         )
-        plan = FlushPlan(self.directory, segments, rolled, self._directory_dirty, target, due)
+        plan = FlushPlan(
+            self.directory, segments, rolled, self._directory_dirty, target, self._checkpoint, sync
+        )
         self._directory_dirty = False
         return plan
 
@@ -458,7 +504,7 @@ class PartitionLog:
         self._rolled.extend(s for s in plan.unindexed if not s.deleted)
         if plan.target.offset > self._recovery_point.offset:
             self._recovery_point = plan.target
-        if plan.write_checkpoint:
+        if plan.sync_checkpoint:
             self._checkpoint_position = (plan.target.segment, plan.target.position)
 
     def flush(self) -> None:
@@ -493,7 +539,11 @@ class PartitionLog:
         i = max(bisect_right(self._bases, start_offset) - 1, 0)
         while i < len(self._segments) and start_offset < upper:
             segment = self._segments[i]
-            batch = segment.find_batch(start_offset)
+            try:
+                batch = segment.find_batch(start_offset)
+            except CorruptRecordError as exc:
+                position = 0 if exc.position is None else exc.position
+                raise self.damage_error(segment, position, exc.reason) from exc
             if batch is not None:
                 return (segment, batch.position) if batch.base_offset < upper else None
             i += 1
@@ -508,7 +558,8 @@ class PartitionLog:
         ``start_offset``; readers skip those records. Returns ``b""`` when caught up.
 
         :raises OffsetOutOfRangeError: if ``start_offset`` is outside the log.
-        :raises CorruptRecordError: if a returned batch fails its CRC.
+        :raises CorruptRecordError: if the batch holding ``start_offset`` is damaged; its
+            ``damage`` says which offsets are lost and where reading can resume.
         """
         found = self.locate(start_offset, upper_offset)
         if found is None:
@@ -520,8 +571,17 @@ class PartitionLog:
     def trim(
         self, segment: Segment, position: int, raw: bytes, upper_offset: int | None = None
     ) -> bytes:
-        """Cut ``raw`` (read at ``position``) to whole, verified batches below ``upper_offset``."""
+        """Cut ``raw`` (read at ``position``) to whole, verified batches below ``upper_offset``.
+
+        Stops before the first batch that fails its checks (CRC, framing, base offsets that
+        go forward and stay inside the segment): the valid batches before it are returned,
+        and the read that starts at it raises.
+
+        :raises CorruptRecordError: if the first batch is damaged (see :meth:`read`).
+        """
         upper = self._log_end_offset if upper_offset is None else upper_offset
+        limit = segment.next_offset
+        expected = segment.base_offset
         end = 0
         while end < len(raw):
             size = _batch_size(raw, end)
@@ -531,21 +591,49 @@ class PartitionLog:
                 # The first batch is larger than max_bytes: return it whole.
                 raw = segment.read(position, min(size, segment.size - position))
                 if len(raw) < size:
-                    raise CorruptRecordError(
-                        "batch runs past the end of the segment",
-                        position=position,
-                        path=str(segment.log_path),
+                    raise self.damage_error(
+                        segment, position, "batch runs past the end of the segment"
                     )
             try:
                 header = verify_batch(raw, end)
             except CorruptRecordError as exc:
-                raise CorruptRecordError(
-                    exc.reason, position=position + end, path=str(segment.log_path)
-                ) from exc
+                if end:
+                    break
+                raise self.damage_error(segment, position, exc.reason) from exc
+            # Per batch, not per record: base offsets lie outside the CRC.
+            if not expected <= header.base_offset < limit:
+                if end:
+                    break
+                raise self.damage_error(
+                    segment, position, f"batch offset {header.base_offset} does not fit here"
+                )
             if header.base_offset >= upper:
                 break
+            expected = header.base_offset + header.last_offset_delta + 1
             end += size
         return raw if end == len(raw) else raw[:end]
+
+    def damage_error(self, segment: Segment, position: int, reason: str) -> CorruptRecordError:
+        """Return the error for damage met at byte ``position`` of ``segment``.
+
+        Works out (once; the segment remembers it) where the damage begins, the offsets
+        it hides and where reading can resume (see ``_damage.py``).
+        """
+        path = str(segment.log_path)
+        for known in segment.damaged:
+            if known.position <= position < max(known.end_position, known.position + 1):
+                return CorruptRecordError(reason, position=known.position, path=path, damage=known)
+        start, first = damage_start(segment, position)
+        for known in segment.damaged:
+            if known.position == start:
+                return CorruptRecordError(reason, position=start, path=path, damage=known)
+        i = bisect_right(self._bases, segment.base_offset)
+        upper = self._bases[i] if i < len(self._bases) else None
+        end_offset = upper if upper is not None else max(segment.next_offset, first)
+        damage = damaged_range(segment, start, first, upper, end_offset)
+        note_damage(segment, damage)
+        logger.error("%s", CorruptRecordError(reason, position=start, path=path, damage=damage))
+        return CorruptRecordError(reason, position=start, path=path, damage=damage)
 
     def offset_for_time(self, timestamp_ms: int) -> int | None:
         """Return the first offset whose record timestamp is at or after ``timestamp_ms``.
@@ -581,7 +669,11 @@ class PartitionLog:
         The active segment is never deleted, nor anything of a compacted topic (its
         records go only when superseded). Returns the base offsets removed.
         """
-        if self.config.cleanup_policy is CleanupPolicy.COMPACT or self._failure is not None:
+        if (
+            self.config.cleanup_policy is CleanupPolicy.COMPACT
+            or self._failure is not None
+            or self.read_only
+        ):
             return []
         now = self._clock() if now_ms is None else now_ms
         removed: list[int] = []
@@ -628,9 +720,9 @@ class PartitionLog:
         if first < 0 or run != list(replaced) or first + len(replaced) >= len(self._segments):
             swap_file.unlink(missing_ok=True)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
-        if self._failure is not None:
+        if self._failure is not None or self.read_only:
             swap_file.unlink(missing_ok=True)
-            raise self.failed_error()
+            self._check_writable()
         self._begin_change()
         for segment in replaced:
             if segment in self._unflushed:
@@ -684,28 +776,27 @@ class PartitionLog:
         """
         if self._closed:
             return
-        if self._clean_marker or self._failure is not None:
+        if self._clean_marker or self._failure is not None or self.read_only:
             # Nothing changed since a clean open (the files on disk still describe the
-            # log), or the log failed and must not claim anything more than it did.
+            # log), the log failed and must not claim anything more than it did, or it
+            # may not write at all.
             self.abandon()
             return
         try:
             self.flush()
             active = self._segments[-1]
-            active.write_indexes()
-            write_recovery_point(
-                self.directory,
-                RecoveryPoint(self._log_end_offset, active.base_offset, active.size),
-            )
+            # The marker's directory fsync makes the new names durable.
+            active.write_indexes(sync_directory=False)
+            end = RecoveryPoint(self._log_end_offset, active.base_offset, active.size)
+            self._checkpoint.record(end, sync=True)
             atomic_write(self.directory / CLEAN_SHUTDOWN_FILE, b"")
         finally:
-            self._closed = True
-            for segment in self._segments:
-                segment.close()
+            self.abandon()
 
     def abandon(self) -> None:
         """Close the files without flushing or marking a clean shutdown (as a crash would)."""
         self._closed = True
+        self._checkpoint.close()
         for segment in self._segments:
             segment.close()
 
