@@ -33,6 +33,8 @@ from ._errors import StoreError as StoreError
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
+from ._fs import FileSystem as FileSystem
+from ._fs import OsFileSystem as OsFileSystem
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -65,6 +67,7 @@ __all__ = (
     "DataDirectoryLockedError",
     "DecimalColumn",
     "Durability",
+    "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
     "LogClosedError",
@@ -72,6 +75,7 @@ __all__ = (
     "LogStatistics",
     "NewRecord",
     "OffsetOutOfRangeError",
+    "OsFileSystem",
     "Partition",
     "PartitionDescription",
     "PartitionLog",

@@ -11,8 +11,8 @@ Because that happens on every flush, writing a checkpoint must cost next to noth
 file holds two fixed-size slots, and a checkpoint is one ``pwrite`` into the slot the
 previous one did not use: no new file, no rename, no directory fsync. Each slot carries a
 sequence number and a CRC-32C, so a torn write spoils only the slot being written and
-recovery takes the valid slot with the higher sequence number. The slot is fdatasync'ed
-only now and then (the log asks for it every ``CHECKPOINT_SYNC_BYTES`` of log, at a roll
+recovery takes the valid slot with the higher sequence number. The file is fsynced only
+now and then (the log asks for it every ``CHECKPOINT_SYNC_BYTES`` of log, at a roll
 and at a clean close). It does not need to be durable to be true: it only ever names data
 that an fsync already made durable, whenever the kernel writes its page back. Losing
 power can only leave an older checkpoint, and an older checkpoint only makes recovery
@@ -39,6 +39,7 @@ import orjson
 from crc32c import crc32c
 
 from ._files import RECOVERY_CHECKPOINT_FILE, atomic_write
+from ._fs import FileSystem
 
 _MAGIC = b"HWCP"
 _SLOT = struct.Struct(">4sQqqq")
@@ -102,28 +103,29 @@ def decode_checkpoint(data: bytes) -> tuple[int, RecoveryPoint] | None:
     return max((s for s in slots if s is not None), default=None, key=lambda s: s[0])
 
 
-def read_recovery_point(directory: Path) -> RecoveryPoint | None:
+def read_recovery_point(fs: FileSystem, directory: Path) -> RecoveryPoint | None:
     """Return the checkpoint of the log in ``directory``; ``None`` if missing or unreadable."""
     try:
-        data = (directory / RECOVERY_CHECKPOINT_FILE).read_bytes()
+        data = fs.read_bytes(directory / RECOVERY_CHECKPOINT_FILE)
     except FileNotFoundError:
         return None
     decoded = decode_checkpoint(data)
     return None if decoded is None else decoded[1]
 
 
-def write_recovery_point(directory: Path, point: RecoveryPoint) -> None:
+def write_recovery_point(fs: FileSystem, directory: Path, point: RecoveryPoint) -> None:
     """Replace the checkpoint file with one naming ``point``, durably (tmp, fsync, rename).
 
     For tools that rewrite a log's files (repair); the log itself uses :class:`CheckpointFile`.
     """
-    atomic_write(directory / RECOVERY_CHECKPOINT_FILE, _image(point))
+    atomic_write(fs, directory / RECOVERY_CHECKPOINT_FILE, _image(point))
 
 
 class CheckpointFile:
     """The checkpoint file of one log, kept open for cheap in-place updates."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, fs: FileSystem, directory: Path) -> None:
+        self.fs = fs
         self.path = directory / RECOVERY_CHECKPOINT_FILE
         self._fd: int | None = None
         self._sequence = 0
@@ -133,7 +135,7 @@ class CheckpointFile:
     def record(self, point: RecoveryPoint, *, sync: bool) -> bool:
         """Make ``point`` the checkpoint (its data must already be fsynced).
 
-        With ``sync`` the slot is fdatasync'ed too. A point behind one already recorded
+        With ``sync`` the file is fsynced too. A point behind one already recorded
         is ignored. Returns whether the file had to be created (or converted from the
         earlier format), in which case its name is durable only after the caller fsyncs
         the directory.
@@ -147,29 +149,30 @@ class CheckpointFile:
                 self._fd = self._open_current()
             created = self._fd is None
             if self._fd is None:
-                atomic_write(self.path, _image(point), sync_directory=False)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+                atomic_write(self.fs, self.path, _image(point), sync_directory=False)
+                self._fd = self.fs.open(self.path, os.O_RDWR | os.O_CLOEXEC)
                 self._sequence = 1
             else:
                 self._sequence += 1
                 data = _encode_slot(self._sequence, point)
-                if os.pwrite(self._fd, data, (self._sequence % 2) * SLOT_SIZE) != SLOT_SIZE:
+                slot = (self._sequence % 2) * SLOT_SIZE
+                if self.fs.pwrite(self._fd, data, slot) != SLOT_SIZE:
                     raise OSError(f"{self.path}: short write of the checkpoint")
                 if sync:
-                    os.fdatasync(self._fd)
+                    self.fs.fsync(self._fd)
             self._last = (point.segment, point.position)
             return created
 
     def _open_current(self) -> int | None:
         """Open the file if it is in the current format (``None``: it must be made)."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            fd = self.fs.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        data = os.pread(fd, FILE_SIZE + 1, 0)
+        data = self.fs.pread(fd, FILE_SIZE + 1, 0)
         decoded = decode_checkpoint(data)
         if len(data) != FILE_SIZE or data[:1] == b"{" or decoded is None:
-            os.close(fd)
+            self.fs.close(fd)
             return None
         self._sequence = decoded[0]
         return fd
@@ -179,5 +182,5 @@ class CheckpointFile:
         with self._lock:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    os.close(self._fd)
+                    self.fs.close(self._fd)
             self._fd = None

@@ -61,6 +61,7 @@ from ._files import (
     DELETED_SUFFIX,
     INDEX_SUFFIX,
     LOG_SUFFIX,
+    RECOVERY_CHECKPOINT_FILE,
     SWAP_SUFFIX,
     TIMEINDEX_SUFFIX,
     TMP_SUFFIX,
@@ -69,6 +70,7 @@ from ._files import (
     parse_split_file_name,
     segment_file_name,
 )
+from ._fs import FileSystem
 from ._index import IndexFormatError, OffsetIndex, TimeIndex
 from ._segment import Segment
 
@@ -116,7 +118,12 @@ class _SegmentFile:
 
 
 def load_segments(
-    directory: Path, *, index_interval_bytes: int, now_ms: int, mode: LoadMode = LoadMode.WRITE
+    fs: FileSystem,
+    directory: Path,
+    *,
+    index_interval_bytes: int,
+    now_ms: int,
+    mode: LoadMode = LoadMode.WRITE,
 ) -> LoadResult:
     """Open every segment in ``directory``, recovering after a crash as the module describes.
 
@@ -127,16 +134,17 @@ def load_segments(
     :raises CorruptRecordError: (opening for writing) on damage that is not a torn tail.
     """
     if mode is LoadMode.WRITE:
-        _settle_leftovers(directory)
-        files = [_SegmentFile(base) for base in _log_bases(directory)]
+        _settle_leftovers(fs, directory)
+        files = [_SegmentFile(base) for base in _log_bases(fs, directory)]
     else:
-        files = _view(directory)
-    clean = (directory / CLEAN_SHUTDOWN_FILE).exists()
-    point = None if mode is LoadMode.VERIFY else _read_point(directory)
+        files = _view(fs, directory)
+    clean = fs.exists(directory / CLEAN_SHUTDOWN_FILE)
+    point = None if mode is LoadMode.VERIFY else _read_point(fs, directory)
     segments: list[Segment] = []
     try:
         for f in files:
             segment = Segment.open_file(
+                fs,
                 directory,
                 f.base,
                 index_interval_bytes=index_interval_bytes,
@@ -227,13 +235,13 @@ class _Recovery:
         try:
             index = OffsetIndex.from_bytes(
                 segment.base_offset,
-                segment.index_path.read_bytes(),
+                segment.fs.read_bytes(segment.index_path),
                 log_size=segment.size,
                 next_offset=upper,
             )
             time_index = TimeIndex.from_bytes(
                 segment.base_offset,
-                segment.timeindex_path.read_bytes(),
+                segment.fs.read_bytes(segment.timeindex_path),
                 next_offset=upper if upper is not None else 1 << 62,
             )
             if segment.size and not len(index):
@@ -417,25 +425,25 @@ def rebuild_indexes(
     return position
 
 
-def _read_point(directory: Path) -> RecoveryPoint | None:
-    point = read_recovery_point(directory)
-    if point is None and (directory / "recovery-checkpoint").exists():
+def _read_point(fs: FileSystem, directory: Path) -> RecoveryPoint | None:
+    point = read_recovery_point(fs, directory)
+    if point is None and fs.exists(directory / RECOVERY_CHECKPOINT_FILE):
         logger.warning("%s: unreadable recovery checkpoint; checking the whole log", directory)
     return point
 
 
-def _log_bases(directory: Path) -> list[int]:
+def _log_bases(fs: FileSystem, directory: Path) -> list[int]:
     return sorted(
         parsed[0]
-        for name in os.listdir(directory)
+        for name in fs.listdir(directory)
         if (parsed := parse_segment_file_name(name)) and parsed[1] == LOG_SUFFIX
     )
 
 
-def _view(directory: Path) -> list[_SegmentFile]:
+def _view(fs: FileSystem, directory: Path) -> list[_SegmentFile]:
     """The segments as a writer's open would leave them, without changing anything."""
-    names = sorted(os.listdir(directory))
-    paths: dict[int, Path | None] = dict.fromkeys(_log_bases(directory))
+    names = sorted(fs.listdir(directory))
+    paths: dict[int, Path | None] = dict.fromkeys(_log_bases(fs, directory))
     limits: dict[int, int] = {}
     for name in names:
         split = parse_split_file_name(name)
@@ -447,21 +455,21 @@ def _view(directory: Path) -> list[_SegmentFile]:
         parsed = parse_segment_file_name(name)
         if parsed and parsed[1] == LOG_SUFFIX + SWAP_SUFFIX:
             base = parsed[0]
-            next_offset = _swap_end(directory / name, base)
+            next_offset = _swap_end(fs, directory / name, base)
             for replaced in [b for b in paths if base <= b < next_offset]:
                 del paths[replaced]
             paths[base] = directory / name
     return [_SegmentFile(base, paths[base], limits.get(base)) for base in sorted(paths)]
 
 
-def _swap_end(swap: Path, base: int) -> int:
+def _swap_end(fs: FileSystem, swap: Path, base: int) -> int:
     """The offset after a swap file's last batch (at least ``base + 1``), checking every CRC."""
-    fd = os.open(swap, os.O_RDONLY)
+    fd = fs.open(swap, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, size, 0)
+        size = fs.fstat(fd).st_size
+        data = fs.pread(fd, size, 0)
     finally:
-        os.close(fd)
+        fs.close(fd)
     next_offset = base
     position = 0
     while position < len(data):
@@ -471,58 +479,60 @@ def _swap_end(swap: Path, base: int) -> int:
     return max(next_offset, base + 1)
 
 
-def _settle_leftovers(directory: Path) -> None:
+def _settle_leftovers(fs: FileSystem, directory: Path) -> None:
     changed = False
-    for name in sorted(os.listdir(directory)):
-        split = parse_split_file_name(name)
-        if split is not None:
-            finish_split(directory, name, *split)
+    for name in sorted(fs.listdir(directory)):
+        if parse_split_file_name(name) is not None:
+            finish_split(fs, directory, name)
             changed = True
-    for name in os.listdir(directory):
+    for name in fs.listdir(directory):
         if name.endswith((TMP_SUFFIX, DELETED_SUFFIX, CLEANED_SUFFIX)):
-            os.unlink(directory / name)
+            fs.unlink(directory / name)
             changed = True
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(fs.listdir(directory)):
         parsed = parse_segment_file_name(name)
         if parsed and parsed[1] == LOG_SUFFIX + SWAP_SUFFIX:
-            _finish_swap(directory, parsed[0])
+            _finish_swap(fs, directory, parsed[0])
             changed = True
-    logs = set(_log_bases(directory))
-    for name in os.listdir(directory):
+    logs = set(_log_bases(fs, directory))
+    for name in fs.listdir(directory):
         parsed = parse_segment_file_name(name)
         if parsed and parsed[1] in (INDEX_SUFFIX, TIMEINDEX_SUFFIX) and parsed[0] not in logs:
-            os.unlink(directory / name)
+            fs.unlink(directory / name)
             changed = True
     if changed:
-        fsync_dir(directory)
+        fsync_dir(fs, directory)
 
 
-def finish_split(directory: Path, name: str, resume: int, base: int, position: int) -> None:
+def finish_split(fs: FileSystem, directory: Path, name: str) -> None:
     """Finish a repair past its commit point: cut ``<base>.log`` at ``position``, rename
     the split file ``name`` to ``<resume>.log``. Idempotent; the caller fsyncs the folder.
     """
+    parsed = parse_split_file_name(name)
+    assert parsed is not None, name
+    resume, base, position = parsed
     try:
-        fd = os.open(directory / segment_file_name(base, LOG_SUFFIX), os.O_RDWR)
+        fd = fs.open(directory / segment_file_name(base, LOG_SUFFIX), os.O_RDWR)
     except FileNotFoundError:
         pass
     else:
         try:
-            if os.fstat(fd).st_size > position:
-                os.ftruncate(fd, position)
-                os.fsync(fd)
+            if fs.fstat(fd).st_size > position:
+                fs.ftruncate(fd, position)
+                fs.fsync(fd)
         finally:
-            os.close(fd)
+            fs.close(fd)
     for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(directory / segment_file_name(base, suffix))
-    os.replace(directory / name, directory / segment_file_name(resume, LOG_SUFFIX))
+            fs.unlink(directory / segment_file_name(base, suffix))
+    fs.replace(directory / name, directory / segment_file_name(resume, LOG_SUFFIX))
 
 
-def _finish_swap(directory: Path, base: int) -> None:
+def _finish_swap(fs: FileSystem, directory: Path, base: int) -> None:
     """Complete a compaction whose replacement segment reached its commit point."""
     swap = directory / segment_file_name(base, LOG_SUFFIX + SWAP_SUFFIX)
-    next_offset = _swap_end(swap, base)
-    for name in os.listdir(directory):
+    next_offset = _swap_end(fs, swap, base)
+    for name in fs.listdir(directory):
         parsed = parse_segment_file_name(name)
         if (
             parsed
@@ -530,6 +540,6 @@ def _finish_swap(directory: Path, base: int) -> None:
             and base <= parsed[0] < next_offset
         ):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(directory / name)
-    fsync_dir(directory)
-    os.replace(swap, directory / segment_file_name(base, LOG_SUFFIX))
+                fs.unlink(directory / name)
+    fsync_dir(fs, directory)
+    fs.replace(swap, directory / segment_file_name(base, LOG_SUFFIX))

@@ -45,6 +45,7 @@ Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -68,6 +69,7 @@ from ._errors import (
     StoreError,
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
+from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
@@ -115,6 +117,7 @@ class LogStatistics:
 class FlushPlan:
     """What one flush makes durable; ``execute`` may run in a worker thread."""
 
+    fs: FileSystem
     directory: Path
     segments: list[Segment]
     rolled: list[Segment]
@@ -160,7 +163,7 @@ class FlushPlan:
                 logger.warning("%s: cannot write index files yet: %s", segment.log_path, exc)
                 self.unindexed.append(segment)
         if self.sync_directory or renamed:
-            fsync_dir(self.directory)
+            fsync_dir(self.fs, self.directory)
         # Last, so that it names only what is durable, segment names included.
         try:
             created = self.checkpoint.record(self.target, sync=self.sync_checkpoint)
@@ -168,7 +171,7 @@ class FlushPlan:
             logger.warning("%s: cannot record the recovery checkpoint: %s", self.directory, exc)
             self.sync_checkpoint = created = False
         if created:
-            fsync_dir(self.directory)  # the checkpoint file's name
+            fsync_dir(self.fs, self.directory)  # the checkpoint file's name
         self.done = True
 
 
@@ -186,8 +189,10 @@ class PartitionLog:
         segments: list[Segment],
         *,
         clock: Callable[[], int],
+        fs: FileSystem = OS_FILE_SYSTEM,
         read_only: bool = False,
     ) -> None:
+        self.fs = fs
         self.directory = directory
         self.config = config
         self.read_only = read_only
@@ -197,7 +202,7 @@ class PartitionLog:
         active = segments[-1]
         self._log_end_offset = active.next_offset
         self._recovery_point = RecoveryPoint(active.next_offset, active.base_offset, active.size)
-        self._checkpoint = CheckpointFile(directory)
+        self._checkpoint = CheckpointFile(fs, directory)
         #: Where the checkpoint was last fdatasync'ed (segment, position).
         self._checkpoint_position = (active.base_offset, active.size)
         self._rolled: list[Segment] = []
@@ -215,34 +220,37 @@ class PartitionLog:
         config: TopicConfig,
         *,
         clock: Callable[[], int] = wall_clock_ms,
+        fs: FileSystem = OS_FILE_SYSTEM,
         read_only: bool = False,
     ) -> PartitionLog:
         """Open (creating if needed) the log in ``directory``, recovering after a crash.
 
-        ``read_only`` opens it without writing anything (see ``_loader.py``): damage is
-        then reported to the readers that meet it instead of refusing the open.
+        All file work goes through ``fs`` (the operating system by default). ``read_only``
+        opens it without writing anything (see ``_loader.py``): damage is then reported to
+        the readers that meet it instead of refusing the open.
 
         :raises CorruptRecordError: if the log is damaged other than in a torn tail (when
             opening for writing).
         """
         if read_only:
-            return cls._open_read_only(directory, config, clock)
-        directory.mkdir(parents=True, exist_ok=True)
+            return cls._open_read_only(directory, config, clock, fs)
+        fs.mkdir(directory, parents=True, exist_ok=True)
         result = load_segments(
-            directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
+            fs, directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
         )
         segments = result.segments
         if not segments:
             segments = [
                 Segment.create(
+                    fs,
                     directory,
                     0,
                     index_interval_bytes=config.index_interval_bytes,
                     now_ms=clock(),
                 )
             ]
-            fsync_dir(directory)
-        log = cls(directory, config, segments, clock=clock)
+            fsync_dir(fs, directory)
+        log = cls(directory, config, segments, clock=clock, fs=fs)
         log._clean_marker = result.clean
         # Rebuilt indexes of inactive segments are rewritten by the next flush.
         log._rolled = [s for s in result.rebuilt if s is not segments[-1]]
@@ -260,19 +268,17 @@ class PartitionLog:
 
     @classmethod
     def _open_read_only(
-        cls, directory: Path, config: TopicConfig, clock: Callable[[], int]
+        cls, directory: Path, config: TopicConfig, clock: Callable[[], int], fs: FileSystem
     ) -> PartitionLog:
         interval = config.index_interval_bytes
-        if directory.is_dir():
-            result = load_segments(
-                directory, index_interval_bytes=interval, now_ms=clock(), mode=LoadMode.READ
-            )
-            segments = result.segments
-        else:
-            segments = []
+        segments = []
+        if fs.exists(directory):
+            segments = load_segments(
+                fs, directory, index_interval_bytes=interval, now_ms=clock(), mode=LoadMode.READ
+            ).segments
         if not segments:
-            segments = [Segment.placeholder(directory, 0, index_interval_bytes=interval)]
-        return cls(directory, config, segments, clock=clock, read_only=True)
+            segments = [Segment.placeholder(fs, directory, 0, index_interval_bytes=interval)]
+        return cls(directory, config, segments, clock=clock, fs=fs, read_only=True)
 
     # -- offsets ---------------------------------------------------------------------------
 
@@ -371,14 +377,15 @@ class PartitionLog:
     def _begin_change(self) -> None:
         """Remove the clean-shutdown marker before the first change since a clean open."""
         if self._clean_marker:
-            (self.directory / CLEAN_SHUTDOWN_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(self.directory / CLEAN_SHUTDOWN_FILE)
             self._sync_directory()
             self._clean_marker = False
 
     def _sync_directory(self) -> None:
         """fsync the folder on the owner's side; a failure fails the log."""
         try:
-            fsync_dir(self.directory)
+            fsync_dir(self.fs, self.directory)
         except OSError as exc:
             self._failure = exc
             raise self.failed_error() from exc
@@ -445,6 +452,7 @@ class PartitionLog:
         old = self._segments[-1]
         old.seal_time_index()
         new = Segment.create(
+            self.fs,
             self.directory,
             self._log_end_offset,
             index_interval_bytes=self.config.index_interval_bytes,
@@ -482,7 +490,14 @@ class PartitionLog:
             or active.size - position >= CHECKPOINT_SYNC_BYTES
         )
         plan = FlushPlan(
-            self.directory, segments, rolled, self._directory_dirty, target, self._checkpoint, sync
+            self.fs,
+            self.directory,
+            segments,
+            rolled,
+            self._directory_dirty,
+            target,
+            self._checkpoint,
+            sync,
         )
         self._directory_dirty = False
         return plan
@@ -718,7 +733,8 @@ class PartitionLog:
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
         run = self._segments[first : first + len(replaced)] if first >= 0 else []
         if first < 0 or run != list(replaced) or first + len(replaced) >= len(self._segments):
-            swap_file.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(swap_file)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
         if self._failure is not None or self.read_only:
             swap_file.unlink(missing_ok=True)
@@ -731,13 +747,14 @@ class PartitionLog:
                 self._rolled.remove(segment)
             segment.delete()
         base = replaced[0].base_offset
-        os.replace(swap_file, replaced[0].log_path)
+        self.fs.replace(swap_file, replaced[0].log_path)
         try:
-            fsync_dir(self.directory)
+            fsync_dir(self.fs, self.directory)
         except OSError as exc:
             # Raised below, once the segments in memory match the files.
             self._failure = exc
         segment = Segment.open_file(
+            self.fs,
             self.directory,
             base,
             index_interval_bytes=self.config.index_interval_bytes,
@@ -789,7 +806,7 @@ class PartitionLog:
             active.write_indexes(sync_directory=False)
             end = RecoveryPoint(self._log_end_offset, active.base_offset, active.size)
             self._checkpoint.record(end, sync=True)
-            atomic_write(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+            atomic_write(self.fs, self.directory / CLEAN_SHUTDOWN_FILE, b"")
         finally:
             self.abandon()
 

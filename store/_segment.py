@@ -1,7 +1,8 @@
 """One segment of a partition: a ``.log`` file of record batches and its sparse indexes.
 
 Theory of operation. A segment owns one file descriptor opened for appending; batches are
-written at its end with ``os.write`` and read anywhere with ``os.pread``, so a reader
+written at its end with ``write`` and read anywhere with ``pread`` (through the store's
+:class:`FileSystem`), so a reader
 never moves a file position the writer depends on, and many readers may run beside the
 one writer. The indexes live in memory while the segment is open and are written to
 ``.index`` / ``.timeindex`` when the segment stops being the active one and when the log
@@ -41,6 +42,7 @@ from ._files import (
     segment_file_name,
     write_all,
 )
+from ._fs import FileSystem
 from ._index import OffsetIndex, TimeIndex
 
 # The fields of a batch header a scan needs, from its first 43 bytes:
@@ -87,6 +89,7 @@ class Segment:
         "created_ms",
         "damaged",
         "directory",
+        "fs",
         "index",
         "index_interval_bytes",
         "max_timestamp",
@@ -97,6 +100,7 @@ class Segment:
 
     def __init__(
         self,
+        fs: FileSystem,
         directory: Path,
         base_offset: int,
         fd: int,
@@ -109,6 +113,7 @@ class Segment:
         index_interval_bytes: int,
         created_ms: int,
     ) -> None:
+        self.fs = fs
         self.directory = directory
         self.base_offset = base_offset
         self._fd = fd
@@ -132,12 +137,19 @@ class Segment:
 
     @classmethod
     def create(
-        cls, directory: Path, base_offset: int, *, index_interval_bytes: int, now_ms: int
+        cls,
+        fs: FileSystem,
+        directory: Path,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        now_ms: int,
     ) -> Segment:
         """Create the empty files of a new segment (the caller fsyncs the directory)."""
         path = directory / segment_file_name(base_offset, LOG_SUFFIX)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         return cls._empty(
+            fs,
             directory,
             base_offset,
             fd,
@@ -149,6 +161,7 @@ class Segment:
     @classmethod
     def open_file(
         cls,
+        fs: FileSystem,
         directory: Path,
         base_offset: int,
         *,
@@ -164,9 +177,10 @@ class Segment:
         """
         assert path is None or read_only, "only a read-only segment reads another file"
         name = path or directory / segment_file_name(base_offset, LOG_SUFFIX)
-        fd = os.open(name, os.O_RDONLY if read_only else os.O_RDWR | os.O_APPEND)
-        size = os.fstat(fd).st_size
+        fd = fs.open(name, os.O_RDONLY if read_only else os.O_RDWR | os.O_APPEND)
+        size = fs.fstat(fd).st_size
         segment = cls._empty(
+            fs,
             directory,
             base_offset,
             fd,
@@ -179,16 +193,23 @@ class Segment:
 
     @classmethod
     def placeholder(
-        cls, directory: Path, base_offset: int, *, index_interval_bytes: int
+        cls, fs: FileSystem, directory: Path, base_offset: int, *, index_interval_bytes: int
     ) -> Segment:
         """An empty segment with no file, for a read-only log whose folder holds none."""
         return cls._empty(
-            directory, base_offset, -1, size=0, index_interval_bytes=index_interval_bytes, now_ms=0
+            fs,
+            directory,
+            base_offset,
+            -1,
+            size=0,
+            index_interval_bytes=index_interval_bytes,
+            now_ms=0,
         )
 
     @classmethod
     def _empty(
         cls,
+        fs: FileSystem,
         directory: Path,
         base_offset: int,
         fd: int,
@@ -199,6 +220,7 @@ class Segment:
     ) -> Segment:
         """A segment over ``fd`` whose indexes and offsets are still to be filled in."""
         return cls(
+            fs,
             directory,
             base_offset,
             fd,
@@ -248,10 +270,10 @@ class Segment:
         """
         position = self.size
         try:
-            write_all(self._fd, batch)
+            write_all(self.fs, self._fd, batch)
         except OSError:
             # A partial batch must never stay behind a failed write.
-            os.ftruncate(self._fd, position)
+            self.fs.ftruncate(self._fd, position)
             raise
         self.note_batch(position, base_offset, next_offset, len(batch), max_timestamp)
         return position
@@ -313,7 +335,7 @@ class Segment:
         With ``in_memory`` the file is left as it is and only this view of it ends there.
         """
         if not in_memory:
-            os.ftruncate(self._fd, position)
+            self.fs.ftruncate(self._fd, position)
         self.size = position
         self.index.truncate_to_position(position)
 
@@ -328,14 +350,19 @@ class Segment:
         directory.
         """
         self.seal_time_index()
-        atomic_write(self.index_path, self.index.to_bytes(), sync_directory=False)
-        atomic_write(self.timeindex_path, self.time_index.to_bytes(), sync_directory=sync_directory)
+        atomic_write(self.fs, self.index_path, self.index.to_bytes(), sync_directory=False)
+        atomic_write(
+            self.fs,
+            self.timeindex_path,
+            self.time_index.to_bytes(),
+            sync_directory=sync_directory,
+        )
 
     # -- reading -----------------------------------------------------------------------
 
     def read(self, position: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``position``."""
-        return os.pread(self._fd, size, position)
+        return self.fs.pread(self._fd, size, position)
 
     def iter_batches(
         self, start_position: int = 0, end: int | None = None
@@ -356,7 +383,7 @@ class Segment:
             rel = position - chunk_start
             if rel + HOP_SIZE > len(chunk):
                 chunk_start, rel = position, 0
-                chunk = os.pread(self._fd, min(read_size, end - position), position)
+                chunk = self.fs.pread(self._fd, min(read_size, end - position), position)
                 if len(chunk) < HOP_SIZE:
                     raise CorruptRecordError(
                         "truncated batch header", position=position, path=str(self.log_path)
@@ -440,13 +467,13 @@ class Segment:
 
     def flush(self) -> None:
         """fsync the ``.log``."""
-        os.fsync(self._fd)
+        self.fs.fsync(self._fd)
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
         if not self._closed and self._fd >= 0:
             self._closed = True
-            os.close(self._fd)
+            self.fs.close(self._fd)
 
     def delete(self) -> None:
         """Remove the segment's files, the ``.log`` first.
@@ -456,6 +483,6 @@ class Segment:
         self._deleted = True
         for path in (self.log_path, self.index_path, self.timeindex_path):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                self.fs.unlink(path)
         if self._pins == 0:
             self.close()

@@ -2,15 +2,15 @@
 
 Linux reports a writeback error to one fsync and then marks the pages clean whether or
 not they reached the disk, so a later fsync that succeeds says nothing about them. The
-fake below does the same at the ``os.fsync`` seam: it fails one fsync of the chosen file
-with EIO and lets every other call through to the real one.
+file system below does the same through the store's ``FileSystem`` seam: it is the
+operating system's, except that it fails one fsync of the chosen file with EIO.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,23 +26,23 @@ from headwater.store import (
     open_store,
 )
 from headwater.store._files import CLEAN_SHUTDOWN_FILE, RECOVERY_CHECKPOINT_FILE
+from headwater.store._fs import OsFileSystem
 from headwater.store._partition import records_from
 
 
-class FailingFsync:
-    """Fail the next fsync of any descriptor ``target`` accepts, once, with EIO."""
+class FailingFsync(OsFileSystem):
+    """The operating system, except that the next fsync of a chosen file fails with EIO."""
 
-    def __init__(self, real: Callable[[int], None]) -> None:
-        self._real = real
+    def __init__(self) -> None:
         self.target: Callable[[int], bool] | None = None
         self.failed = 0
 
-    def __call__(self, fd: int) -> None:
+    def fsync(self, fd: int) -> None:  # type: ignore[override]
         if self.target is not None and self.target(fd):
             self.target = None
             self.failed += 1
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        self._real(fd)
+        os.fsync(fd)
 
     def fail_next_of(self, path: Path) -> None:
         """Fail the next fsync of a descriptor open on ``path``."""
@@ -51,10 +51,8 @@ class FailingFsync:
 
 
 @pytest.fixture
-def fsync(monkeypatch: pytest.MonkeyPatch) -> Iterator[FailingFsync]:
-    fake = FailingFsync(os.fsync)
-    monkeypatch.setattr(os, "fsync", fake)
-    yield fake
+def fsync() -> FailingFsync:
+    return FailingFsync()
 
 
 def records(base: int, count: int) -> list[NewRecord]:
@@ -64,7 +62,7 @@ def records(base: int, count: int) -> list[NewRecord]:
 def test_a_failed_fsync_is_never_followed_by_an_acknowledgement(
     tmp_path: Path, fsync: FailingFsync
 ) -> None:
-    log = PartitionLog.open(tmp_path, TopicConfig())
+    log = PartitionLog.open(tmp_path, TopicConfig(), fs=fsync)
     log.append(records(0, 5))
     log.flush()
     assert log.recovery_point == 5
@@ -96,7 +94,7 @@ def test_a_failed_fsync_is_never_followed_by_an_acknowledgement(
     assert (tmp_path / RECOVERY_CHECKPOINT_FILE).read_bytes() == checkpoint
 
     # Reopening recovers what is on disk (here the page cache kept it) and appends again.
-    log = PartitionLog.open(tmp_path, TopicConfig())
+    log = PartitionLog.open(tmp_path, TopicConfig(), fs=fsync)
     assert log.log_end_offset == 10
     log.append(records(10, 1))
     log.flush()
@@ -105,7 +103,7 @@ def test_a_failed_fsync_is_never_followed_by_an_acknowledgement(
 
 
 def test_a_failed_directory_fsync_fails_the_log_too(tmp_path: Path, fsync: FailingFsync) -> None:
-    log = PartitionLog.open(tmp_path, TopicConfig(segment_bytes=1024))
+    log = PartitionLog.open(tmp_path, TopicConfig(segment_bytes=1024), fs=fsync)
     big = [NewRecord(value=b"x" * 400)]
     log.append(big * 3)
     log.flush()
@@ -125,13 +123,13 @@ def test_a_failed_directory_fsync_fails_the_log_too(tmp_path: Path, fsync: Faili
 def test_a_failed_fsync_while_recovering_fails_the_open(
     tmp_path: Path, fsync: FailingFsync
 ) -> None:
-    log = PartitionLog.open(tmp_path, TopicConfig())
+    log = PartitionLog.open(tmp_path, TopicConfig(), fs=fsync)
     log.append(records(0, 4))
     log.abandon()  # a crash: opening again fsyncs what recovery kept
     fsync.fail_next_of(tmp_path / "00000000000000000000.log")
     with pytest.raises(LogFailedError):
-        PartitionLog.open(tmp_path, TopicConfig())
-    log = PartitionLog.open(tmp_path, TopicConfig())
+        PartitionLog.open(tmp_path, TopicConfig(), fs=fsync)
+    log = PartitionLog.open(tmp_path, TopicConfig(), fs=fsync)
     assert log.log_end_offset == 4
     log.close()
 
@@ -141,7 +139,7 @@ async def test_appends_waiting_on_a_failed_fsync_fail_and_later_ones_are_refused
     tmp_path: Path, fsync: FailingFsync, durability: Durability
 ) -> None:
     config = TopicConfig(durability=durability)
-    async with open_store(tmp_path) as store:
+    async with open_store(tmp_path, fs=fsync) as store:
         await store.create_topic("t", config)
         partition = store.partition("t", 0)
         await partition.append(records(0, 2))
@@ -173,7 +171,7 @@ async def test_appends_waiting_on_a_failed_fsync_fail_and_later_ones_are_refused
         assert [r.offset for r in records_from(data)] == [0, 1]
     folder = tmp_path / "t" / "0"
     assert not (folder / CLEAN_SHUTDOWN_FILE).exists()
-    async with open_store(tmp_path) as store:
+    async with open_store(tmp_path, fs=fsync) as store:
         partition = store.partition("t", 0)
         # Recovery keeps what reached the disk (all of it here) and appends resume.
         assert partition.log_end_offset >= 2

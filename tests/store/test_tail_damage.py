@@ -47,6 +47,7 @@ from headwater.store import (
 )
 from headwater.store._checkpoint import RecoveryPoint, read_recovery_point
 from headwater.store._files import CLEAN_SHUTDOWN_FILE, RECOVERY_CHECKPOINT_FILE
+from headwater.store._fs import OS_FILE_SYSTEM
 
 SEED = int(os.environ.get("HEADWATER_DAMAGE_SEED", "1234"))
 CONFIG = TopicConfig(segment_bytes=1024, index_interval_bytes=128)
@@ -131,7 +132,7 @@ def build(directory: Path, checkpoint: str) -> None:
 
 
 def read_checkpoint(directory: Path) -> RecoveryPoint:
-    point = read_recovery_point(directory)
+    point = read_recovery_point(OS_FILE_SYSTEM, directory)
     assert point is not None
     return point
 
