@@ -51,6 +51,10 @@ from ._records import decode_columns as decode_columns
 from ._records import decode_records as decode_records
 from ._records import encode_batch as encode_batch
 from ._records import encode_columns as encode_columns
+from ._repair import RepairAction as RepairAction
+from ._repair import RepairReport as RepairReport
+from ._repair import repair_partition as repair_partition
+from ._repair import repair_topic as repair_topic
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
@@ -82,6 +86,8 @@ __all__ = (
     "Record",
     "RecordColumns",
     "RecordTooLargeError",
+    "RepairAction",
+    "RepairReport",
     "StickyPartitioner",
     "StorageFullError",
     "Store",
@@ -102,6 +108,8 @@ __all__ = (
     "parse_batch_header",
     "partition_for_key",
     "records_from",
+    "repair_partition",
+    "repair_topic",
     "validate_topic_name",
     "verify_batch",
 )

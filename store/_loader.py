@@ -53,7 +53,7 @@ from typing import Protocol
 
 from ._batch import verify_batch
 from ._checkpoint import RecoveryPoint, read_recovery_point
-from ._damage import damaged_range, note_damage
+from ._damage import damage_start, damaged_range, note_damage
 from ._errors import CorruptRecordError, DamagedRange
 from ._files import (
     CLEAN_SHUTDOWN_FILE,
@@ -134,7 +134,7 @@ def load_segments(
     :raises CorruptRecordError: (opening for writing) on damage that is not a torn tail.
     """
     if mode is LoadMode.WRITE:
-        _settle_leftovers(fs, directory)
+        settle_leftovers(fs, directory)
         files = [_SegmentFile(base) for base in _log_bases(fs, directory)]
     else:
         files = _view(fs, directory)
@@ -304,11 +304,18 @@ class _Recovery:
         :raises CorruptRecordError: when opening for writing, unless it is a torn tail.
         """
         segment.size = file_end
-        first = segment.next_offset
+        # A walk of headers alone may have followed a damaged length past the real start
+        # of the damage: find it by checking CRCs from the last index entry before it.
+        position, first = damage_start(segment, position)
+        segment.index.truncate_to_position(position)
+        segment.time_index.truncate_to_offset(first)
+        segment.next_offset = first
         damage = damaged_range(segment, position, first, upper, upper)
         torn = upper is None and damage.resume_offset is None and not trusted
         if torn and self.mode is not LoadMode.VERIFY:
-            logger.warning(
+            # Only a writer's open changes anything worth a warning.
+            logger.log(
+                logging.WARNING if self.mode is LoadMode.WRITE else logging.INFO,
                 "%s: cutting a torn tail of %d bytes at position %d (%s)%s",
                 segment.log_path,
                 file_end - position,
@@ -327,7 +334,7 @@ class _Recovery:
                 damage=damage,
                 hint=REPAIR_HINT,
             )
-        logger.warning("%s: %s", segment.log_path, CorruptRecordError(reason, damage=damage))
+        logger.info("%s: %s", segment.log_path, CorruptRecordError(reason, damage=damage))
         self.damaged.append(damage)
         note_damage(segment, damage, index=False)
         if damage.resume_offset is None or damage.end_position >= file_end:
@@ -479,7 +486,8 @@ def _swap_end(fs: FileSystem, swap: Path, base: int) -> int:
     return max(next_offset, base + 1)
 
 
-def _settle_leftovers(fs: FileSystem, directory: Path) -> None:
+def settle_leftovers(fs: FileSystem, directory: Path) -> None:
+    """Step 1 of the module docstring: finish or throw away interrupted work."""
     changed = False
     for name in sorted(fs.listdir(directory)):
         if parse_split_file_name(name) is not None:

@@ -647,7 +647,6 @@ class PartitionLog:
         end_offset = upper if upper is not None else max(segment.next_offset, first)
         damage = damaged_range(segment, start, first, upper, end_offset)
         note_damage(segment, damage)
-        logger.error("%s", CorruptRecordError(reason, position=start, path=path, damage=damage))
         return CorruptRecordError(reason, position=start, path=path, damage=damage)
 
     def offset_for_time(self, timestamp_ms: int) -> int | None:

@@ -43,6 +43,7 @@ from anyio.abc import TaskGroup
 from ._cleaner import plan_cleaning, swap_in, write_swap_files
 from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
+    CorruptRecordError,
     DataDirectoryLockedError,
     InvalidConfigError,
     LogClosedError,
@@ -214,13 +215,21 @@ class Store:
     def _open_topic(self, name: str, config: TopicConfig) -> None:
         folder = self.path / name
         partitions = []
+        i = 0
         try:
             for i in range(config.partitions):
-                log = PartitionLog.open(folder / str(i), config, clock=self._clock, fs=self.fs)
+                log = PartitionLog.open(
+                    folder / str(i), config, clock=self._clock, fs=self.fs, read_only=self.read_only
+                )
                 partitions.append(Partition(name, i, log, read_only=self.read_only))
-        except BaseException:
+        except BaseException as exc:
             for partition in partitions:
                 partition.log.abandon()
+            if isinstance(exc, CorruptRecordError) and exc.hint:
+                command = f"headwater repair {name} --partition {i} --data {self.path}"
+                raise exc.with_hint(
+                    f"{exc.hint}: `{command}` shows what it would move, and does it with --yes"
+                ) from exc
             raise
         self._topics[name] = partitions
         self._configs[name] = config
