@@ -21,7 +21,9 @@ FS = OS_FILE_SYSTEM
 
 
 def records(base: int, count: int) -> list[NewRecord]:
-    return [NewRecord(value=b"value-%d" % o, key=b"k%d" % (o % 3)) for o in range(base, base + count)]
+    return [
+        NewRecord(value=b"value-%d" % o, key=b"k%d" % (o % 3)) for o in range(base, base + count)
+    ]
 
 
 def test_every_flush_records_the_checkpoint_before_it_returns(tmp_path: Path) -> None:
