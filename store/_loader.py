@@ -173,6 +173,8 @@ class _Recovery:
         self.truncated = 0
         self.rebuilt: list[Segment] = []
         self.damaged: list[DamagedRange] = []
+        #: How far the checkpoint says acknowledgements went (its offset).
+        self.acknowledged = 0
 
     def run(
         self,
@@ -183,6 +185,7 @@ class _Recovery:
     ) -> None:
         if not segments:
             return
+        self.acknowledged = 0 if point is None else point.offset
         point = _usable_point(segments, point)
         for i, segment in enumerate(segments):
             upper = segments[i + 1].base_offset if i + 1 < len(segments) else None
@@ -275,7 +278,9 @@ class _Recovery:
                 if problem:
                     raise CorruptRecordError(problem)
             except CorruptRecordError as exc:
-                resumed = self.damage(segment, position, exc.reason, upper, end, trusted=False)
+                resumed = self.damage(
+                    segment, position, exc.reason, upper, end, trusted_before=start
+                )
                 if resumed is None:
                     return
                 position = resumed
@@ -294,12 +299,13 @@ class _Recovery:
         upper: int | None,
         file_end: int,
         *,
-        trusted: bool,
+        trusted_before: int,
     ) -> int | None:
         """Deal with damage at ``position`` as the mode says.
 
-        ``trusted``: the damage lies before the checkpoint, so it is never a torn tail.
-        Returns the position to go on from, or ``None`` when the segment ends here.
+        Damage that starts before ``trusted_before`` (the checkpoint, in its segment) is
+        never a torn tail. Returns the position to go on from, or ``None`` when the
+        segment ends here.
 
         :raises CorruptRecordError: when opening for writing, unless it is a torn tail.
         """
@@ -307,10 +313,16 @@ class _Recovery:
         # A walk of headers alone may have followed a damaged length past the real start
         # of the damage: find it by checking CRCs from the last index entry before it.
         position, first = damage_start(segment, position)
+        trusted = position < trusted_before
         segment.index.truncate_to_position(position)
         segment.time_index.truncate_to_offset(first)
         segment.next_offset = first
-        damage = damaged_range(segment, position, first, upper, upper)
+        # Damage before the checkpoint that runs to the end of the log hides what was
+        # acknowledged, up to the checkpoint's offset: reading resumes after that.
+        end_offset = upper
+        if upper is None and trusted and self.acknowledged > first:
+            end_offset = self.acknowledged
+        damage = damaged_range(segment, position, first, upper, end_offset)
         torn = upper is None and damage.resume_offset is None and not trusted
         if torn and self.mode is not LoadMode.VERIFY:
             # Only a writer's open changes anything worth a warning.
@@ -383,7 +395,7 @@ class _OnDamage(Protocol):
         upper: int | None,
         file_end: int,
         *,
-        trusted: bool,
+        trusted_before: int,
     ) -> int | None: ...
 
 
@@ -422,7 +434,7 @@ def rebuild_indexes(
                 if on_damage is None or exc.position is None:
                     raise
                 resumed = on_damage(
-                    segment, exc.position, exc.reason, upper, real_size, trusted=True
+                    segment, exc.position, exc.reason, upper, real_size, trusted_before=end
                 )
                 if resumed is None:
                     return real_size

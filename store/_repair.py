@@ -12,15 +12,20 @@ segment ``S`` with damaged bytes ``[p, q)``:
    by their first offset ``R``, written as ``<R>.log.cleaned`` (thrown away by recovery if
    a crash interrupts) and fsynced; renaming it to ``<R>.log.<S>-<p>.split`` is the commit
    point. Finishing (here, or by recovery after a crash) cuts ``S`` at ``p``, fsyncs it
-   and renames the split file to ``<R>.log``. When nothing valid follows in ``S`` (the
-   damage runs to its end), cutting ``S`` at ``p`` is the commit point.
+   and renames the split file to ``<R>.log``.
 
 The offsets the damage held are now a gap between ``S`` and ``R``, which readers step
-over as they do the gaps compaction leaves. Ranges in one segment are handled from the
-last to the first, so that each one's positions stay valid. Before any of it, the
-clean-shutdown marker and the index files of the segments to be cut are removed and the
-recovery checkpoint is moved back before the first damaged segment, so that the next
-open checks what changed.
+over as they do the gaps compaction leaves. When the damage runs to the end of ``S``, the
+new segment holds a single empty batch instead, at the last offset the damage held (as
+compaction ends a rewritten range), so that the log never ends in a gap: the next segment
+begins after it, or, at the end of the log, the next append gets an offset no
+acknowledged record had (the checkpoint says how far acknowledgements went). Only a torn
+tail past the checkpoint, which nothing acknowledged, is simply cut off.
+
+Ranges in one segment are handled from the last to the first, so that each one's
+positions stay valid. Before any of it, the clean-shutdown marker and the index files of
+the segments to be cut are removed and the recovery checkpoint is moved back before the
+first damaged segment, so that the next open checks what changed.
 
 Every step is idempotent and a crash at any point leaves either the damage in place (run
 repair again: it finds the same ranges and writes the same files) or a committed split
@@ -35,6 +40,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._batch import encode_empty_batch
 from ._checkpoint import RecoveryPoint, read_recovery_point, write_recovery_point
 from ._config import TopicConfig
 from ._errors import DamagedRange, TopicNotFoundError
@@ -45,6 +51,7 @@ from ._files import (
     LOG_SUFFIX,
     TIMEINDEX_SUFFIX,
     TMP_SUFFIX,
+    atomic_write,
     fsync_dir,
     parse_segment_file_name,
     quarantine_file_name,
@@ -65,9 +72,14 @@ class RepairAction:
     damage: DamagedRange
     #: The file that holds the damaged bytes once moved aside.
     quarantine: Path
-    #: The segment the valid batches after the damage move to (``None``: none follow in
-    #: the damaged segment, which is only cut).
+    #: The segment that continues the log after the damage (``None``: a torn tail that
+    #: nothing acknowledged, which is only cut off).
     new_segment: Path | None
+    #: Whether ``new_segment`` holds the valid batches that followed the damage, or a
+    #: single empty batch that keeps the offsets the damage held from being used again.
+    keeps_batches: bool
+    #: The timestamp of that empty batch (the damaged segment's largest before it).
+    timestamp_ms: int = -1
 
     @property
     def size(self) -> int:
@@ -90,10 +102,15 @@ class RepairAction:
             f"bytes {damage.position} to {damage.end_position} of {Path(damage.path).name} "
             f"({self.size} bytes; {offsets}) to {self.quarantine.name}"
         )
-        if self.new_segment is not None:
+        if self.new_segment is not None and self.keeps_batches:
             line += (
                 f"; the valid batches after them (from offset {damage.resume_offset}) "
                 f"to {self.new_segment.name}"
+            )
+        elif self.new_segment is not None:
+            line += (
+                f"; an empty batch in {self.new_segment.name} keeps those offsets from "
+                "being used again"
             )
         return line
 
@@ -133,25 +150,38 @@ def repair_partition(
         now_ms=0,
         mode=LoadMode.VERIFY,
     )
+    timestamps = {str(s.log_path): s.max_timestamp for s in result.segments}
     for segment in result.segments:
         segment.close()
-    actions = tuple(_plan(fs, directory, damage) for damage in result.damaged)
+    point = read_recovery_point(fs, directory)
+    acknowledged = 0 if point is None else point.offset
+    actions = tuple(
+        _plan(fs, directory, damage, acknowledged, timestamps[damage.path])
+        for damage in result.damaged
+    )
     if apply and actions:
         _apply(fs, directory, actions)
     return RepairReport(directory, actions, apply)
 
 
-def _plan(fs: FileSystem, directory: Path, damage: DamagedRange) -> RepairAction:
+def _plan(
+    fs: FileSystem, directory: Path, damage: DamagedRange, acknowledged: int, timestamp: int
+) -> RepairAction:
     path = Path(damage.path)
     parsed = parse_segment_file_name(path.name)
     assert parsed is not None and parsed[1] == LOG_SUFFIX, path
     base = parsed[0]
     quarantine = directory / quarantine_file_name(base, damage.position, damage.end_position)
-    size = _size(fs, path)
-    new_segment = None
-    if damage.resume_offset is not None and damage.end_position < size:
-        new_segment = directory / segment_file_name(damage.resume_offset, LOG_SUFFIX)
-    return RepairAction(damage, quarantine, new_segment)
+    if damage.resume_offset is not None and damage.end_position < _size(fs, path):
+        name = segment_file_name(damage.resume_offset, LOG_SUFFIX)
+        return RepairAction(damage, quarantine, directory / name, keeps_batches=True)
+    # Nothing valid follows in this segment: an empty batch holds the last offset the
+    # damage (or, at the end of the log, the acknowledgements) reached.
+    end = damage.resume_offset if damage.resume_offset is not None else acknowledged
+    if end <= damage.last_good_offset + 1:
+        return RepairAction(damage, quarantine, None, keeps_batches=False)
+    name = segment_file_name(end - 1, LOG_SUFFIX)
+    return RepairAction(damage, quarantine, directory / name, False, timestamp)
 
 
 def _apply(fs: FileSystem, directory: Path, actions: tuple[RepairAction, ...]) -> None:
@@ -164,7 +194,8 @@ def _apply(fs: FileSystem, directory: Path, actions: tuple[RepairAction, ...]) -
                 fs.unlink(directory / segment_file_name(base, suffix))
     point = read_recovery_point(fs, directory)
     if point is not None and (point.segment, point.position) > (bases[0], 0):
-        write_recovery_point(fs, directory, RecoveryPoint(bases[0], bases[0], 0))
+        # Its offset stays: how far acknowledgements went, should a rerun need it.
+        write_recovery_point(fs, directory, RecoveryPoint(point.offset, bases[0], 0))
     fsync_dir(fs, directory)
     for action in sorted(
         actions, key=lambda a: (_segment_base(a), a.damage.position), reverse=True
@@ -191,12 +222,20 @@ def _move_aside(fs: FileSystem, directory: Path, action: RepairAction) -> None:
         finally:
             fs.close(fd)
         return
-    assert damage.resume_offset is not None
-    size = _size(fs, source)
+    parsed = parse_segment_file_name(action.new_segment.name)
+    assert parsed is not None
     cleaned = action.new_segment.with_name(action.new_segment.name + CLEANED_SUFFIX)
-    _copy_range(fs, source, damage.end_position, size, cleaned, rename=False)
+    if action.keeps_batches:
+        _copy_range(fs, source, damage.end_position, _size(fs, source), cleaned, rename=False)
+    else:
+        atomic_write(
+            fs,
+            cleaned,
+            encode_empty_batch(parsed[0], action.timestamp_ms),
+            sync_directory=False,
+        )
     base = _segment_base(action)
-    split = directory / split_file_name(damage.resume_offset, base, damage.position)
+    split = directory / split_file_name(parsed[0], base, damage.position)
     fs.replace(cleaned, split)
     fsync_dir(fs, directory)  # the commit point
     finish_split(fs, directory, split.name)

@@ -408,17 +408,24 @@ class Segment:
             ``last_offset_delta`` would otherwise skip records silently).
         """
         expected, position = self.index.lookup(offset)
+        # An index entry names the base offset of the batch at its position exactly.
+        exact = position > 0
         previous: BatchPosition | None = None
         for batch in self.iter_batches(position):
             # Base offsets lie outside the CRC: one that goes backwards or past what the
             # segment holds is damage, which would otherwise misplace records.
-            if batch.base_offset < expected or batch.base_offset >= self.next_offset:
+            if (
+                batch.base_offset < expected
+                or batch.base_offset >= self.next_offset
+                or (exact and batch.base_offset != expected)
+            ):
                 raise CorruptRecordError(
                     f"batch offset {batch.base_offset} does not fit after offset {expected - 1}",
                     position=batch.position,
                     path=str(self.log_path),
                 )
             expected = batch.next_offset
+            exact = False
             if batch.next_offset > offset:
                 if (
                     previous is not None

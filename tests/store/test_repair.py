@@ -174,10 +174,34 @@ def test_damage_at_the_end_of_an_earlier_segment_is_cut_off_into_quarantine(
     assert raised.value.damage.resume_offset == int(log_files(tmp_path)[2].stem)
 
     (action,) = repair_partition(tmp_path, CONFIG, apply=True).actions
-    assert action.new_segment is None
     assert action.quarantine.read_bytes() == original[damaged.position :]
     assert segment.read_bytes() == original[: damaged.position]
+    # An empty batch at the damaged batch's last offset keeps the segment's range, as
+    # compaction does, so that the log never ends in a gap.
+    assert not action.keeps_batches
+    assert action.new_segment == tmp_path / f"{damaged.next_offset - 1:020d}.log"
+    (filler,) = batches_in(action.new_segment)
+    assert (filler.base_offset, filler.next_offset) == (
+        damaged.next_offset - 1,
+        damaged.next_offset,
+    )
     read_back(tmp_path, end, damaged.offsets)
+
+
+def test_damage_at_the_end_of_the_log_keeps_acknowledged_offsets_from_reuse(
+    tmp_path: Path,
+) -> None:
+    log = PartitionLog.open(tmp_path, CONFIG)
+    for offset in range(30):
+        log.append([NewRecord(value=expected(offset))])
+        log.flush()  # acknowledged, and the checkpoint says so
+    log.abandon()
+    last = batches_in(log_files(tmp_path)[-1])[-1]
+    flip(last)
+    (action,) = repair_partition(tmp_path, CONFIG, apply=True).actions
+    assert action.damage.resume_offset is None
+    assert action.new_segment == tmp_path / f"{29:020d}.log"
+    read_back(tmp_path, 30, {29})
 
 
 def test_several_damaged_ranges_in_one_segment_and_a_torn_tail(tmp_path: Path) -> None:
