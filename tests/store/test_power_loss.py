@@ -94,9 +94,24 @@ def topic_config(rng: random.Random) -> TopicConfig:
         cleanup_policy=CleanupPolicy.COMPACT if compacted else CleanupPolicy.DELETE,
         segment_bytes=rng.choice((1024, 2048, 4096)),
         index_interval_bytes=rng.choice((0, 256, 1024)),
+        retention_ms=-1,
         retention_bytes=rng.choice((-1, 6000, 20000)),
         delete_retention_ms=0,
     )
+
+
+def start_after_retention(log: PartitionLog) -> int:
+    """Where retention by size will make ``log`` start (a model of the rule)."""
+    segments = log.segments
+    limit = log.config.retention_bytes
+    if log.config.cleanup_policy is CleanupPolicy.COMPACT or limit < 0:
+        return log.log_start_offset
+    total = sum(s.size for s in segments)
+    i = 0
+    while i < len(segments) - 1 and total - segments[i].size >= limit:
+        total -= segments[i].size
+        i += 1
+    return segments[i].base_offset
 
 
 def check_log(log: PartitionLog, history: History, rng: random.Random) -> None:
@@ -199,8 +214,10 @@ class Life:
             if self.config.cleanup_policy is CleanupPolicy.COMPACT:
                 clean_partition(log, self.clock())
             else:
+                # A cut part-way may leave any of the deletions retention decided on.
+                history.start = start_after_retention(log)
                 log.enforce_retention()
-                history.start = log.log_start_offset
+                assert log.log_start_offset == history.start
         elif action < 0.81:
             log.close()
             history.clean_closes += 1
