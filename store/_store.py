@@ -50,7 +50,7 @@ from ._errors import (
     TopicExistsError,
     TopicNotFoundError,
 )
-from ._files import atomic_write, fsync_dir
+from ._files import atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._log import PartitionLog, wall_clock_ms
 from ._partition import Partition
@@ -177,7 +177,7 @@ class Store:
             raise StoreError(f"{self.path}: closing failed: {errors[0]}") from errors[0]
 
     def _lock(self) -> None:
-        self.fs.mkdir(self.path, parents=True, exist_ok=True)
+        make_dirs(self.fs, self.path)
         mode = os.O_RDONLY if self.read_only else os.O_RDWR
         fd = self.fs.open(self.path / LOCK_FILE, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -196,7 +196,7 @@ class Store:
             self._lock_fd = None
 
     def _open_all(self) -> None:
-        self.fs.mkdir(self.path, parents=True, exist_ok=True)
+        make_dirs(self.fs, self.path)
         for entry in sorted(self.fs.listdir(self.path)):
             folder = self.path / entry
             if entry.startswith("."):
