@@ -31,6 +31,8 @@ from ._errors import StoreError as StoreError
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
+from ._fs import FileSystem as FileSystem
+from ._fs import OsFileSystem as OsFileSystem
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -62,12 +64,14 @@ __all__ = (
     "DataDirectoryLockedError",
     "DecimalColumn",
     "Durability",
+    "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
     "LogClosedError",
     "LogStatistics",
     "NewRecord",
     "OffsetOutOfRangeError",
+    "OsFileSystem",
     "Partition",
     "PartitionDescription",
     "PartitionLog",
