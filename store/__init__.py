@@ -15,6 +15,7 @@ from ._batch import TimestampType as TimestampType
 from ._batch import parse_batch_header as parse_batch_header
 from ._batch import verify_batch as verify_batch
 from ._compression import Compression as Compression
+from ._compression import check_codec as check_codec
 from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
@@ -88,6 +89,7 @@ __all__ = (
     "TopicExistsError",
     "TopicNotFoundError",
     "UnsupportedCompressionError",
+    "check_codec",
     "decode_columns",
     "decode_records",
     "encode_batch",

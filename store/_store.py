@@ -41,6 +41,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from ._cleaner import plan_cleaning, swap_in, write_swap_files
+from ._compression import check_codec
 from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
     DataDirectoryLockedError,
@@ -419,8 +420,11 @@ class Store:
         every batch is durable under the topic's policy.
 
         :raises TopicNotFoundError: if there is no such topic.
+        :raises UnsupportedCompressionError: if ``compression`` needs a package that is not
+            installed (nothing is appended).
         """
         self._check_writable()
+        check_codec(compression)
         if not records:
             return []
         groups: dict[int, list[int]] = {}
