@@ -265,7 +265,7 @@ async def test_nowait_appends_become_visible_once_durable(tmp_path: Path) -> Non
 
 async def test_internal_topics_are_refused_unless_internal(tmp_path: Path) -> None:
     async with open_store(tmp_path) as store:
-        with pytest.raises(InvalidTopicError, match="cannot create topic '__mine'.*reserved"):
+        with pytest.raises(InvalidTopicError, match=r"cannot create topic '__mine'.*reserved"):
             await store.create_topic("__mine")
         assert not store.has_topic("__mine")
         await store.create_topic("__mine", TopicConfig(partitions=2), internal=True)
