@@ -8,7 +8,12 @@ active one is never touched) keeping only
 * records that are the latest for their key,
 * records without a key (they cannot be superseded), and
 * tombstones (a null value) that are the latest for their key and younger than
-  ``delete_retention_ms``, so that readers catching up still see the deletion.
+  ``delete_retention_ms``, so that readers catching up still see the deletion, and
+* records not yet durable (at or past the log's recovery point when planning starts).
+
+Only durable records count as the latest for their key: a later record that a power cut
+could still take away must not cost an earlier one that was acknowledged. (Under
+durability ``never`` a record counts as soon as it is written, as it is acknowledged.)
 
 Offsets never change: a kept record keeps its offset, and the gaps left by dropped ones
 are stepped over by readers. Consecutive kept records are written as one batch in the
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._batch import encode_empty_batch, parse_batch_header
-from ._config import CleanupPolicy
+from ._config import CleanupPolicy, Durability
 from ._files import CLEANED_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, fsync_dir, segment_file_name, write_all
 from ._log import PartitionLog
 from ._records import Compression, NewRecord, Record, decode_records, encode_batch
@@ -65,30 +70,36 @@ def _segment_batches(segment: Segment) -> list[tuple[int, bytes]]:
     return batches
 
 
-def latest_offsets(segments: Sequence[Segment]) -> dict[bytes, int]:
-    """Map every key in ``segments`` to the offset of its latest record."""
+def latest_offsets(segments: Sequence[Segment], below: int | None = None) -> dict[bytes, int]:
+    """Map every key in ``segments`` to the offset of its latest record (below ``below``)."""
     latest: dict[bytes, int] = {}
     for segment in segments:
         for _position, batch in _segment_batches(segment):
             for record in decode_records(batch):
-                if record.key is not None:
+                if record.key is not None and (below is None or record.offset < below):
                     latest[record.key] = record.offset
     return latest
 
 
-def _kept(records: list[Record], latest: dict[bytes, int], tombstone_horizon: int) -> list[Record]:
+def _kept(
+    records: list[Record], latest: dict[bytes, int], tombstone_horizon: int, durable: int
+) -> list[Record]:
     kept = []
     for record in records:
-        if record.key is None or (
-            latest.get(record.key) == record.offset
-            and (record.value is not None or record.timestamp >= tombstone_horizon)
+        if (
+            record.key is None
+            or record.offset >= durable
+            or (
+                latest.get(record.key) == record.offset
+                and (record.value is not None or record.timestamp >= tombstone_horizon)
+            )
         ):
             kept.append(record)
     return kept
 
 
 def _rewrite(
-    segment: Segment, latest: dict[bytes, int], tombstone_horizon: int
+    segment: Segment, latest: dict[bytes, int], tombstone_horizon: int, durable: int
 ) -> tuple[list[bytes], int]:
     """Return the kept batches of one segment and how many records were dropped."""
     out: list[bytes] = []
@@ -96,7 +107,7 @@ def _rewrite(
     for _position, batch in _segment_batches(segment):
         header = parse_batch_header(batch)
         records = decode_records(batch)
-        kept = _kept(records, latest, tombstone_horizon)
+        kept = _kept(records, latest, tombstone_horizon, durable)
         dropped += len(records) - len(kept)
         if len(kept) == len(records):
             out.append(batch)
@@ -161,15 +172,18 @@ def plan_cleaning(log: PartitionLog, now_ms: int) -> CleaningPlan | None:
     inactive = segments[:-1]
     if not inactive:
         return None
+    # Under `never` nothing waits for durability: every record counts as it is written.
+    never = log.config.durability is Durability.NEVER
+    durable = log.log_end_offset if never else log.recovery_point
     for segment in segments:
         segment.pin()
     try:
-        latest = latest_offsets(segments)
+        latest = latest_offsets(segments, durable)
         horizon = now_ms - log.config.delete_retention_ms
         rewritten = []
         removed = 0
         for segment in inactive:
-            batches, dropped = _rewrite(segment, latest, horizon)
+            batches, dropped = _rewrite(segment, latest, horizon, durable)
             rewritten.append((segment, batches, dropped))
             removed += dropped
     finally:

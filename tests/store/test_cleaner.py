@@ -83,6 +83,7 @@ def test_compaction_keeps_latest_per_key(
         chunk = entries[i : i + per_batch]
         info = log.append([NewRecord(value=v, key=k, timestamp=t) for k, v, t in chunk])
         written.extend((info.base_offset + j, k, v, t) for j, (k, v, t) in enumerate(chunk))
+    log.flush()  # only durable records supersede others
     active_base = log.segments[-1].base_offset
     end = log.log_end_offset
     clean_partition(log, NOW)
@@ -103,6 +104,7 @@ def test_cleaning_twice_changes_nothing_more(tmp_path: Path) -> None:
     log = PartitionLog.open(tmp_path, CONFIG, clock=lambda: NOW)
     for i in range(200):
         log.append([NewRecord(value=b"x" * 20, key=f"k{i % 5}".encode(), timestamp=NOW)])
+    log.flush()
     first = clean_partition(log, NOW)
     assert first is not None and first.records_removed > 0
     assert first.segments_after < first.segments_before
@@ -116,6 +118,7 @@ def test_a_crash_after_the_swap_commit_is_finished_on_open(tmp_path: Path) -> No
     log = PartitionLog.open(tmp_path, CONFIG, clock=lambda: NOW)
     for i in range(200):
         log.append([NewRecord(value=b"x" * 20, key=f"k{i % 5}".encode(), timestamp=NOW)])
+    log.flush()
     plan = plan_cleaning(log, NOW)
     assert plan is not None
     # Write the swap files (the commit point) but crash before swapping them in.
@@ -151,6 +154,7 @@ def test_apply_cleaning_refuses_segments_removed_meanwhile(tmp_path: Path) -> No
     log = PartitionLog.open(tmp_path, config, clock=lambda: NOW)
     for i in range(100):
         log.append([NewRecord(value=b"x" * 20, key=f"k{i % 5}".encode(), timestamp=NOW)])
+    log.flush()
     plan = plan_cleaning(log, NOW)
     assert plan is not None
     log.delete_segments_before(log.segments[1].base_offset)  # as retention would, meanwhile
@@ -174,4 +178,21 @@ def test_retention_never_deletes_a_compacted_topic(tmp_path: Path) -> None:
         log.append([NewRecord(value=b"x" * 20, key=f"k{i}".encode(), timestamp=0)])
     assert log.enforce_retention(NOW) == []
     assert log.log_start_offset == 0
+    log.close()
+
+
+def test_only_durable_records_supersede_others(tmp_path: Path) -> None:
+    log = PartitionLog.open(tmp_path, CONFIG, clock=lambda: NOW)
+    for i in range(100):
+        log.append([NewRecord(value=b"old-%d" % i, key=b"k%d" % (i % 5), timestamp=NOW)])
+    log.flush()  # acknowledged
+    durable = log.log_end_offset
+    log.roll()
+    # Newer values for every key, written but not yet flushed: a power cut could take them.
+    for i in range(5):
+        log.append([NewRecord(value=b"new-%d" % i, key=b"k%d" % i, timestamp=NOW)])
+    clean_partition(log, NOW)
+    survivors = {k: o for o, k, _v in read_all(log) if o < durable}
+    # The latest acknowledged record of each key is still there.
+    assert survivors == {b"k%d" % k: 95 + k for k in range(5)}
     log.close()
