@@ -458,7 +458,8 @@ class PartitionLog:
         try:
             old.flush()
         except OSError as exc:
-            raise StoreError(f"{old.log_path}: fsync failed: {exc}") from exc
+            self._failure = exc  # as for any failed fsync (see the module docstring)
+            raise self.failed_error() from exc
         new = Segment.create(
             self.fs,
             self.directory,
