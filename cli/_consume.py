@@ -4,6 +4,12 @@ Each partition is read from its start position up to the high watermark seen whe
 command opened the store, partition after partition, in reads of ``READ_BYTES``; every
 read becomes one write to stdout.
 
+Damaged records do not stop the command: a read that meets a damaged range gets every
+valid record before it, the range is reported once on stderr (which offsets, where
+reading resumes, how to repair), and reading goes on after it, in that partition and the
+next ones; the command then exits with status 1, so that scripts notice. (As a group
+member it stops at damage instead: skipping would commit past records it never printed.)
+
 With ``--follow`` the command then waits for more. The store allows one process per data
 directory, and a ``Partition.wait_for`` only wakes for appends made in this process, so a
 follower cannot hold the store open and wait there: other processes could not produce.
@@ -24,7 +30,7 @@ import contextlib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +39,7 @@ import orjson
 
 from headwater.groups import Consumer, GroupConfig, GroupCoordinator, TopicPartition
 from headwater.store import (
+    CorruptRecordError,
     Partition,
     Record,
     Store,
@@ -48,7 +55,7 @@ from ._datadir import (
     data_option,
     open_waiting,
 )
-from ._output import OutputClosedError, StdoutWriter
+from ._output import OutputClosedError, StdoutWriter, info
 from ._run import run_until_signal
 from ._watch import LockWatcher
 
@@ -167,6 +174,8 @@ class Reader:
     out: StdoutWriter
     remaining: int | None  # None: no --max
     positions: dict[int, int] | None = None
+    #: Damaged ranges stepped over, as (partition, file, position), each reported once.
+    skipped: set[tuple[int, str, int]] = field(default_factory=set)
 
     @property
     def done(self) -> bool:
@@ -197,7 +206,11 @@ class Reader:
         position = max(position, partition.log_start_offset)
         end = partition.high_watermark
         while position < end and not self.done:
-            data = await partition.read(position, READ_BYTES)
+            try:
+                data = await partition.read(position, READ_BYTES)
+            except CorruptRecordError as exc:
+                position = self._step_over(partition, exc, position)
+                continue
             if not data:
                 break
             records = [r for r in records_from(data, position) if r.offset < end]
@@ -207,6 +220,21 @@ class Reader:
             self.out.write(format_records(partition.index, records, self.show_meta))
             position = records[-1].offset + 1 if self.done else max(_next_offset(data), position)
         return position
+
+    def _step_over(self, partition: Partition, exc: CorruptRecordError, position: int) -> int:
+        """Report the damaged range ``exc`` names (once) and return where to read on.
+
+        :raises CorruptRecordError: if the error does not say where reading can resume.
+        """
+        damage = exc.damage
+        if damage is None or damage.resume_offset is None or damage.resume_offset <= position:
+            raise exc
+        key = (partition.index, damage.path, damage.position)
+        if key not in self.skipped:
+            self.skipped.add(key)
+            self.out.flush()  # what came before the damage is printed before the report
+            info(f"headwater: {self.topic}/{partition.index}: skipping damaged records: {exc}")
+        return damage.resume_offset
 
 
 @click.command()
@@ -276,6 +304,11 @@ def consume(
             await _consume(directory, reader, start, follow, group)
 
     signum = run_until_signal(body)
+    if reader.skipped:
+        raise click.ClickException(
+            f"{len(reader.skipped)} damaged range(s) of {topic} were skipped (see above); "
+            f"`headwater repair {topic}` shows how to move them aside"
+        )
     if signum is not None and not follow:
         ctx.exit(128 + signum)
 
