@@ -32,6 +32,8 @@ from ._errors import StoreError as StoreError
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
+from ._holder import LockHolder as LockHolder
+from ._holder import read_holder as read_holder
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -65,6 +67,7 @@ __all__ = (
     "Durability",
     "HeadwaterError",
     "InvalidConfigError",
+    "LockHolder",
     "LogClosedError",
     "LogStatistics",
     "NewRecord",
@@ -95,6 +98,7 @@ __all__ = (
     "open_store",
     "parse_batch_header",
     "partition_for_key",
+    "read_holder",
     "records_from",
     "validate_topic_name",
     "verify_batch",

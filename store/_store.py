@@ -18,7 +18,9 @@ recovers) every partition.
 One process owns a data directory at a time: opening the store takes an exclusive
 ``flock`` on ``.lock`` in it (released when the store closes, or by the kernel when the
 process dies). A store opened ``read_only`` opens that file read-only, so that watchers of
-the directory can tell a writer's close from a reader's, and refuses changes.
+the directory can tell a writer's close from a reader's, and refuses changes. The holder
+records who it is beside the lock when it can (``_holder.py``), so that a process refused
+the directory can say which one has it.
 
 A background task owned by the store applies retention and compaction every
 ``maintenance_interval_s``.
@@ -53,6 +55,7 @@ from ._errors import (
     TopicNotFoundError,
 )
 from ._files import atomic_write, fsync_dir
+from ._holder import LOCK_FILE, clear_holder, read_holder, record_holder
 from ._log import PartitionLog, wall_clock_ms
 from ._partition import Partition
 from ._partitioner import StickyPartitioner, partition_for_key
@@ -61,7 +64,6 @@ from ._records import Compression, NewRecord
 logger = logging.getLogger("headwater.store")
 
 TOPIC_CONFIG_FILE = "topic.json"
-LOCK_FILE = ".lock"
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
 #: Topics whose names start with this are the system's own (committed offsets, ...).
 INTERNAL_PREFIX = "__"
@@ -127,6 +129,7 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         self._lock_fd: int | None = None
+        self._holder_recorded = False
         self.default_config = default_config or TopicConfig()
         self._clock = clock
         self._maintenance_interval_s = maintenance_interval_s
@@ -182,14 +185,18 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            holder = read_holder(self.path)
+            by = "another process" if holder is None else holder.describe()
             raise DataDirectoryLockedError(
-                f"data directory {self.path} is in use by another process"
-                " (one process may open it at a time)"
+                f"data directory {self.path} is in use by {by} (one process may open it at a time)"
             ) from None
         self._lock_fd = fd
+        self._holder_recorded = record_holder(self.path, fd)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
+            if self._holder_recorded:
+                clear_holder(self.path)
             os.close(self._lock_fd)
             self._lock_fd = None
 
