@@ -13,7 +13,8 @@ it lacks is refused rather than stored.
 
 Checks, in order, with the error each failure answers:
 
-======================================================  =========================
+======================================================  ============================
+an internal topic (``__consumer_offsets``)              INVALID_TOPIC_EXCEPTION (17)
 no batch, or bytes after the first batch                INVALID_RECORD (87)
 fewer bytes than a header, magic not 2, a length that   CORRUPT_MESSAGE (2)
 runs past the bytes sent, an unknown codec
@@ -24,7 +25,7 @@ zstd without the ``compression`` extra's cramjam)
 base offset not 0, ``lastOffsetDelta + 1 !=             INVALID_RECORD (87)
 recordsCount`` or no records, a control or
 transactional batch, a producer id without a sequence
-======================================================  =========================
+======================================================  ============================
 
 Records inside a batch are not decoded: the CRC covers them, and decoding every record in
 Python would cost more than the rest of the produce path together.
@@ -56,6 +57,7 @@ from crc32c import crc32c
 from headwater.store import (
     CorruptRecordError,
     Durability,
+    InvalidTopicError,
     LogClosedError,
     Partition,
     RecordTooLargeError,
@@ -260,6 +262,9 @@ class ProduceHandlers:
             partition = self._store.partition(topic, index)
         except (TopicNotFoundError, LogClosedError) as exc:
             return KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+        if partition.internal:  # Kafka's answer and words; the store refuses it too
+            message = f"Cannot append to internal topic {topic}"
+            return KafkaErrorCode.INVALID_TOPIC_EXCEPTION, message
         checked = check_batch(records, partition.config.max_message_bytes)
         if isinstance(checked, BatchRejection):
             return checked.code, checked.message
@@ -313,6 +318,8 @@ class ProduceHandlers:
                 # `always` holds the partition's lock through its own fsync; `never` has
                 # nothing to wait for.
                 info = await partition.append_batch(batch)
+        except InvalidTopicError as exc:  # an internal topic: clients may not write it
+            return KafkaErrorCode.INVALID_TOPIC_EXCEPTION, str(exc)
         except CorruptRecordError as exc:
             return KafkaErrorCode.CORRUPT_MESSAGE, str(exc)
         except RecordTooLargeError as exc:

@@ -20,10 +20,12 @@ from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
 from ._config import kafka_config_entries as kafka_config_entries
+from ._config import setting_keys as setting_keys
 from ._errors import CorruptRecordError as CorruptRecordError
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
+from ._errors import InvalidTopicError as InvalidTopicError
 from ._errors import LogClosedError as LogClosedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import RecordTooLargeError as RecordTooLargeError
@@ -32,6 +34,8 @@ from ._errors import StoreError as StoreError
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
+from ._fs import FileSystem as FileSystem
+from ._fs import OsFileSystem as OsFileSystem
 from ._holder import LockHolder as LockHolder
 from ._holder import read_holder as read_holder
 from ._log import AppendInfo as AppendInfo
@@ -54,9 +58,12 @@ from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
 from ._store import open_store as open_store
-from ._store import validate_topic_name as validate_topic_name
+from ._topic_names import INTERNAL_PREFIX as INTERNAL_PREFIX
+from ._topic_names import is_internal_topic as is_internal_topic
+from ._topic_names import validate_topic_name as validate_topic_name
 
 __all__ = (
+    "INTERNAL_PREFIX",
     "AppendInfo",
     "BatchHeader",
     "CleanupPolicy",
@@ -65,13 +72,16 @@ __all__ = (
     "DataDirectoryLockedError",
     "DecimalColumn",
     "Durability",
+    "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
+    "InvalidTopicError",
     "LockHolder",
     "LogClosedError",
     "LogStatistics",
     "NewRecord",
     "OffsetOutOfRangeError",
+    "OsFileSystem",
     "Partition",
     "PartitionDescription",
     "PartitionLog",
@@ -93,6 +103,7 @@ __all__ = (
     "decode_records",
     "encode_batch",
     "encode_columns",
+    "is_internal_topic",
     "kafka_config_entries",
     "murmur2",
     "open_store",
@@ -100,6 +111,7 @@ __all__ = (
     "partition_for_key",
     "read_holder",
     "records_from",
+    "setting_keys",
     "validate_topic_name",
     "verify_batch",
 )

@@ -21,7 +21,8 @@ when it describes the lock that is there now (same device and inode: a copy or s
 of a directory carries its owner's record, but not its lock file's identity) and its
 process is alive. Otherwise the holder is unknown, and messages say so.
 
-Pure of the store's state: functions of a directory path and a lock descriptor.
+Pure of the store's state: functions of a directory path and a lock descriptor, doing
+their file work through the store's :class:`~headwater.store.FileSystem` like the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from ._fs import OS_FILE_SYSTEM, FileSystem
 
 LOCK_FILE = ".lock"  # the file whose flock is the directory's ownership
 HOLDER_FILE = LOCK_FILE + ".holder"
@@ -56,38 +59,40 @@ class LockHolder:
         return f"pid {self.pid} ({command})"
 
 
-def record_holder(directory: Path, lock_fd: int) -> bool:
+def record_holder(fs: FileSystem, directory: Path, lock_fd: int) -> bool:
     """Record this process as the holder of ``directory``'s lock, held on ``lock_fd``.
 
     Best effort: returns whether the record was written (``False`` when the file system
     refuses, e.g. read-only).
     """
-    st = os.fstat(lock_fd)
-    record = orjson.dumps(
-        {"pid": os.getpid(), "argv": list(sys.orig_argv), "lock": [st.st_dev, st.st_ino]}
-    )
     tmp = directory / _TMP
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        st = fs.fstat(lock_fd)
+        record = orjson.dumps(
+            {"pid": os.getpid(), "argv": list(sys.orig_argv), "lock": [st.st_dev, st.st_ino]}
+        )
+        fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, record)  # a few hundred bytes: one write
+            fs.write(fd, record)  # a few hundred bytes: one write
         finally:
-            os.close(fd)
-        os.replace(tmp, directory / HOLDER_FILE)
+            fs.close(fd)
+        fs.replace(tmp, directory / HOLDER_FILE)
     except OSError:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         return False
     return True
 
 
-def clear_holder(directory: Path) -> None:
+def clear_holder(fs: FileSystem, directory: Path) -> None:
     """Remove this process's record (call before letting go of the lock); best effort."""
     with contextlib.suppress(OSError):
-        os.unlink(directory / HOLDER_FILE)
+        fs.unlink(directory / HOLDER_FILE)
 
 
-def read_holder(directory: str | os.PathLike[str]) -> LockHolder | None:
+def read_holder(
+    directory: str | os.PathLike[str], *, fs: FileSystem = OS_FILE_SYSTEM
+) -> LockHolder | None:
     """Return who holds the data directory's lock, when its record is there and still true.
 
     ``None`` when nobody recorded themselves (the holder could not write, or there is no
@@ -95,7 +100,8 @@ def read_holder(directory: str | os.PathLike[str]) -> LockHolder | None:
     """
     directory = Path(directory)
     try:
-        data = orjson.loads((directory / HOLDER_FILE).read_bytes())
+        data = orjson.loads(fs.read_bytes(directory / HOLDER_FILE))
+        # Only the lock file's identity, not its bytes: a stat, which the layer leaves to os.
         lock = os.stat(directory / LOCK_FILE)
     except (OSError, orjson.JSONDecodeError):
         return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from headwater.store import DataDirectoryLockedError, Store, open_store, read_holder
+from headwater.store._fs import OS_FILE_SYSTEM
 from headwater.store._holder import HOLDER_FILE, LOCK_FILE, LockHolder, record_holder
 
 HOLD = """
@@ -130,7 +131,7 @@ def test_recording_on_a_read_only_file_system_is_skipped(tmp_path: Path) -> None
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         fd = os.open(mount / LOCK_FILE, os.O_RDONLY)
         try:
-            assert record_holder(mount, fd) is False
+            assert record_holder(OS_FILE_SYSTEM, mount, fd) is False
         finally:
             os.close(fd)
         assert read_holder(mount) is None
