@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from headwater.store import DataDirectoryLockedError, Store, read_holder
+from headwater.store import DataDirectoryLockedError, Store, is_data_directory, read_holder
 
 from ._output import info
 from ._watch import LockWatcher
@@ -138,6 +138,15 @@ def waiting_message(directory: Path, timeout_s: float) -> str:
     who, _ = _who(directory)
     until = "until it lets go" if math.isinf(timeout_s) else f"up to {timeout_s:g} s"
     return f"waiting for {directory}: in use by {who} (waiting {until})"
+
+
+def nested_data_directories(directory: Path) -> list[Path]:
+    """Return the data directories inside ``directory`` (never topics of it), sorted."""
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if not e.name.startswith(".") and is_data_directory(e)]
 
 
 def check_exists(directory: Path) -> None:

@@ -57,6 +57,7 @@ from ._records import encode_columns as encode_columns
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
+from ._store import is_data_directory as is_data_directory
 from ._store import open_store as open_store
 from ._topic_names import INTERNAL_PREFIX as INTERNAL_PREFIX
 from ._topic_names import is_internal_topic as is_internal_topic
@@ -103,6 +104,7 @@ __all__ = (
     "decode_records",
     "encode_batch",
     "encode_columns",
+    "is_data_directory",
     "is_internal_topic",
     "kafka_config_entries",
     "murmur2",

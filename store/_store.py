@@ -13,7 +13,9 @@ its number, holding that partition's segments::
 A topic exists once its ``topic.json`` does: creation builds the folder under a
 temporary name and renames it into place, and deletion renames it away before removing
 it, so a crash never leaves half a topic. Opening the store opens (and if need be
-recovers) every partition.
+recovers) every partition. Anything else in the directory (a folder without
+``topic.json``, another data directory nested in this one) is not a topic: it is left
+alone, and only a topic of the same name cannot be created over it.
 
 One process owns a data directory at a time: opening the store takes an exclusive
 ``flock`` on ``.lock`` in it (released when the store closes, or by the kernel when the
@@ -80,6 +82,27 @@ from ._topic_names import (
 logger = logging.getLogger("headwater.store")
 
 TOPIC_CONFIG_FILE = "topic.json"
+
+
+def is_data_directory(path: str | os.PathLike[str], *, fs: FileSystem = OS_FILE_SYSTEM) -> bool:
+    """Whether ``path`` is a data directory: a store has opened it (it holds the lock file).
+
+    A data directory inside another one is not a topic of the outer one; this tells the
+    two apart for messages.
+    """
+    return fs.is_file(Path(path) / LOCK_FILE)
+
+
+def _in_the_way(fs: FileSystem, target: Path, name: str) -> str:
+    """Say why topic ``name`` cannot take the folder ``target``, which is not a topic."""
+    if is_data_directory(target, fs=fs):
+        what = "a data directory of its own, not a topic"
+    else:
+        what = "not a topic (it has no topic.json)"
+    return (
+        f"cannot create topic {name!r}: {target} already exists and is {what}; "
+        "move it away or pick another name"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +385,7 @@ class Store:
             fs.rename(staging, self.path / name)
         except OSError as exc:
             fs.rmtree(staging)
-            raise TopicExistsError(f"topic {name!r} already exists on disk") from exc
+            raise TopicExistsError(_in_the_way(fs, self.path / name, name)) from exc
         fsync_dir(fs, self.path)
 
     async def delete_topic(self, name: str, *, internal: bool = False) -> None:
