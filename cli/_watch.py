@@ -84,6 +84,14 @@ class LockWatcher:
         it got it; so a refusal raises no close event to wake this watcher. A file that
         does not exist is not held.
         """
+        try:
+            current = os.stat(self._path)
+        except FileNotFoundError:
+            return False
+        if self._probe_fd is not None and not os.path.samestat(os.fstat(self._probe_fd), current):
+            # The file was replaced (the directory was made anew): look at the new one.
+            os.close(self._probe_fd)
+            self._probe_fd = None
         if self._probe_fd is None:
             try:
                 self._probe_fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
