@@ -38,6 +38,8 @@ from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
 from ._fs import FileSystem as FileSystem
 from ._fs import OsFileSystem as OsFileSystem
+from ._holder import LockHolder as LockHolder
+from ._holder import read_holder as read_holder
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -61,6 +63,7 @@ from ._repair import repair_topic as repair_topic
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
+from ._store import is_data_directory as is_data_directory
 from ._store import open_store as open_store
 from ._topic_names import INTERNAL_PREFIX as INTERNAL_PREFIX
 from ._topic_names import is_internal_topic as is_internal_topic
@@ -81,6 +84,7 @@ __all__ = (
     "HeadwaterError",
     "InvalidConfigError",
     "InvalidTopicError",
+    "LockHolder",
     "LogClosedError",
     "LogFailedError",
     "LogStatistics",
@@ -110,12 +114,14 @@ __all__ = (
     "decode_records",
     "encode_batch",
     "encode_columns",
+    "is_data_directory",
     "is_internal_topic",
     "kafka_config_entries",
     "murmur2",
     "open_store",
     "parse_batch_header",
     "partition_for_key",
+    "read_holder",
     "records_from",
     "repair_partition",
     "repair_topic",
