@@ -169,7 +169,7 @@ def _plan(
 ) -> RepairAction:
     path = Path(damage.path)
     parsed = parse_segment_file_name(path.name)
-    assert parsed is not None and parsed[1] == LOG_SUFFIX, path
+    assert parsed is not None, path  # a .log (or, before settling, a .swap or .split)
     base = parsed[0]
     quarantine = directory / quarantine_file_name(base, damage.position, damage.end_position)
     if damage.resume_offset is not None and damage.end_position < _size(fs, path):
