@@ -35,8 +35,9 @@ from pathlib import Path
 
 from ._batch import encode_empty_batch, parse_batch_header
 from ._config import CleanupPolicy
+from ._errors import StorageFullError, StoreError
 from ._files import CLEANED_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, fsync_dir, segment_file_name, write_all
-from ._log import PartitionLog
+from ._log import FULL_ERRNOS, PartitionLog
 from ._records import Compression, NewRecord, Record, decode_records, encode_batch
 from ._segment import Segment
 
@@ -212,35 +213,63 @@ def write_swap_file(log: PartitionLog, group: _Group) -> Path:
     cleaned = log.directory / segment_file_name(base, LOG_SUFFIX + CLEANED_SUFFIX)
     swap = log.directory / segment_file_name(base, LOG_SUFFIX + SWAP_SUFFIX)
     fs = log.fs
-    fd = fs.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
     try:
-        for batch in batches:
-            write_all(fs, fd, batch)
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
-    fs.replace(cleaned, swap)
-    fsync_dir(fs, log.directory)
+        fd = fs.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            for batch in batches:
+                write_all(fs, fd, batch)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.replace(cleaned, swap)
+        fsync_dir(fs, log.directory)
+    except OSError as exc:
+        # Nothing refers to either file yet; a swap file left behind would be finished
+        # by a later recovery, over whatever the log holds by then.
+        _remove(log, [cleaned, swap])
+        full = exc.errno in FULL_ERRNOS
+        raise (StorageFullError if full else StoreError)(
+            f"{cleaned}: cannot write a compacted segment: {exc}"
+        ) from exc
     return swap
 
 
 def write_swap_files(log: PartitionLog, plan: CleaningPlan) -> list[Path]:
-    """Write and commit every group of ``plan`` (may run in a worker thread)."""
-    return [write_swap_file(log, group) for group in plan.groups]
+    """Write and commit every group of ``plan`` (may run in a worker thread).
+
+    :raises StoreError: if the file system fails (``StorageFullError`` if it is full);
+        no swap file of ``plan`` is left behind.
+    """
+    swaps: list[Path] = []
+    try:
+        for group in plan.groups:
+            swaps.append(write_swap_file(log, group))
+    except StoreError:
+        _remove(log, swaps)
+        raise
+    return swaps
+
+
+def _remove(log: PartitionLog, paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            log.fs.unlink(path)
 
 
 def swap_in(log: PartitionLog, plan: CleaningPlan, swaps: Sequence[Path]) -> CleanResult:
     """Swap the committed files in for the segments they replace (on the owner's side).
 
-    :raises StoreError: if the log changed meanwhile (see ``replace_segments``).
+    :raises StoreError: if the log changed meanwhile (see ``replace_segments``), or if a
+        swap failed half-way: the log is then closed and its swap files stay for recovery.
     """
     try:
         for group, swap in zip(plan.groups, swaps, strict=True):
             log.replace_segments(group.segments, swap)
     finally:
-        for swap in swaps:
-            with contextlib.suppress(FileNotFoundError):
-                log.fs.unlink(swap)
+        if not log.closed:
+            for swap in swaps:
+                with contextlib.suppress(FileNotFoundError):
+                    log.fs.unlink(swap)
     stats = log.statistics()
     return CleanResult(
         plan.segments_before,

@@ -54,7 +54,8 @@ from ._segment import HOP_SIZE, Segment
 
 logger = logging.getLogger("headwater.store")
 
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: The errors of a file system that is full (or a file at its size limit).
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: Write the recovery checkpoint at most this often (bytes of log since the last one) so
 #: that recovery after a crash has a bounded tail to check.
 CHECKPOINT_INTERVAL_BYTES = 64 << 20
@@ -322,7 +323,7 @@ class PartitionLog:
         try:
             active.append(batch, base, next_offset, max_timestamp)
         except OSError as exc:
-            if exc.errno in _FULL_ERRNOS:
+            if exc.errno in FULL_ERRNOS:
                 raise StorageFullError(
                     f"{active.log_path}: cannot append {size} bytes ({os.strerror(exc.errno)});"
                     " nothing acknowledged was lost, appends resume once space is freed"
@@ -569,6 +570,8 @@ class PartitionLog:
 
         :raises StoreError: if ``replaced`` is no longer a run of this log's inactive
             segments (retention removed some meanwhile); the swap file is then removed.
+            Also if the file system fails the swap half-way: the log is then closed and
+            the swap file stays for the next open to finish.
         """
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
         run = self._segments[first : first + len(replaced)] if first >= 0 else []
@@ -584,8 +587,17 @@ class PartitionLog:
                 self._rolled.remove(segment)
             segment.delete()
         base = replaced[0].base_offset
-        self.fs.replace(swap_file, replaced[0].log_path)
-        fsync_dir(self.fs, self.directory)
+        try:
+            self.fs.replace(swap_file, replaced[0].log_path)
+            fsync_dir(self.fs, self.directory)
+        except OSError as exc:
+            # The replaced segments are gone and the swap file holds their records:
+            # leave it for recovery to finish, and take no more changes until then.
+            self.abandon()
+            raise StoreError(
+                f"{self.directory}: cannot swap in {swap_file.name} ({exc}); the partition"
+                " is closed, and reopening it finishes the swap"
+            ) from exc
         segment = Segment.open_file(
             self.fs,
             self.directory,
