@@ -22,6 +22,12 @@ understands: the new segment is written as ``<base>.log.cleaned`` (thrown away i
 interrupts), fsynced, renamed to ``<base>.log.swap`` (the commit point: the loader finishes
 an interrupted swap by removing the segments it replaces) and then swapped in by
 :meth:`PartitionLog.replace_segments`.
+
+A file-system error before the commit point removes the ``.cleaned`` and ``.swap`` files
+(a stray swap file would be finished by a later recovery, over whatever the log holds by
+then) and raises :class:`StorageFullError` or :class:`StoreError`; the log is untouched.
+One during the swap-in, once the replaced segments are unlinked, leaves the swap file as
+the only copy of their records: the partition is closed and the next open finishes it.
 """
 
 from __future__ import annotations

@@ -237,6 +237,22 @@ class FaultFS:
         self._m.faults.append(fault)
         return fault
 
+    def unsynced_bytes(self, path: Path) -> int:
+        """How many bytes written to file ``path`` no fsync has made durable yet."""
+        with self._lock:
+            node = self._node(path)
+            assert isinstance(node, _File), f"{path} is not a file"
+            return sum(len(data) for _, data in node.pending if data is not None)
+
+    def durable_entries(self, path: Path) -> set[str]:
+        """The names in directory ``path`` that a power cut cannot take away."""
+        with self._lock:
+            node = self._node(path)
+            assert isinstance(node, _Dir), f"{path} is not a directory"
+            return set(node.durable) & {
+                n for n, v in node.current.items() if node.durable.get(n) is v
+            }
+
     def power_loss(self) -> PowerLossReport:
         """Cut the power now (if not already) and rewrite the tree as the cut left it.
 

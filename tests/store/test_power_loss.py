@@ -43,6 +43,7 @@ from headwater.store import (
     PartitionLog,
     TopicConfig,
     decode_records,
+    open_store,
     parse_batch_header,
 )
 from headwater.store._cleaner import clean_partition
@@ -285,6 +286,28 @@ def summary(history: History) -> str:
         f" {history.clean_closes} clean closes, {history.entries_undone} directory changes"
         f" undone, {history.unsynced_bytes_kept} unsynced bytes kept"
     )
+
+
+def test_a_rolled_segment_is_durable_before_the_next_one_is_created(tmp_path: Path) -> None:
+    # Else a cut could keep the new segment's name and lose the old one's tail: a torn
+    # batch in a segment that is not the last, which recovery refuses as damage.
+    fs = FaultFS(tmp_path)
+    log = PartitionLog.open(tmp_path / "log", TopicConfig(), fs=fs)
+    log.append(records_for(0, 5))  # not flushed
+    old = log.segments[-1]
+    log.roll()
+    assert fs.unsynced_bytes(old.log_path) == 0
+    log.close()
+
+
+async def test_a_new_data_or_partition_directory_is_durable(tmp_path: Path) -> None:
+    fs = FaultFS(tmp_path)
+    PartitionLog.open(tmp_path / "a" / "b", TopicConfig(), fs=fs).close()
+    assert "a" in fs.durable_entries(tmp_path)
+    assert "b" in fs.durable_entries(tmp_path / "a")
+    async with open_store(tmp_path / "data", fs=fs):
+        pass
+    assert "data" in fs.durable_entries(tmp_path)
 
 
 @pytest.mark.parametrize("variant", range(4))
