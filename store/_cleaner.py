@@ -16,6 +16,10 @@ codec of the batch they came from; each rewritten group of segments ends with a 
 whose last offset is the group's, an empty one if need be, so the group's offset range
 survives even when its last records are dropped.
 
+A record counts as superseding an older one only once it is durable (in an inactive
+segment, all of which were fsynced when they rolled, or below the recovery point):
+otherwise a power cut could take the newer record away after the older one was dropped.
+
 Consecutive inactive segments are merged while the result stays under
 ``segment_bytes``. The rewrite is made crash-safe by the swap protocol the loader
 understands: the new segment is written as ``<base>.log.cleaned`` (thrown away if a crash
@@ -72,13 +76,13 @@ def _segment_batches(segment: Segment) -> list[tuple[int, bytes]]:
     return batches
 
 
-def latest_offsets(segments: Sequence[Segment]) -> dict[bytes, int]:
-    """Map every key in ``segments`` to the offset of its latest record."""
+def latest_offsets(segments: Sequence[Segment], upper: int) -> dict[bytes, int]:
+    """Map every key in ``segments`` to the offset of its latest record below ``upper``."""
     latest: dict[bytes, int] = {}
     for segment in segments:
         for _position, batch in _segment_batches(segment):
             for record in decode_records(batch):
-                if record.key is not None:
+                if record.key is not None and record.offset < upper:
                     latest[record.key] = record.offset
     return latest
 
@@ -168,10 +172,14 @@ def plan_cleaning(log: PartitionLog, now_ms: int) -> CleaningPlan | None:
     inactive = segments[:-1]
     if not inactive:
         return None
+    # Only a durable record may supersede another: one a power cut could still take away
+    # would take the record it replaced with it. Inactive segments were fsynced when they
+    # rolled; in the active one, only what lies below the recovery point is durable.
+    upper = max(log.recovery_point, segments[-1].base_offset)
     for segment in segments:
         segment.pin()
     try:
-        latest = latest_offsets(segments)
+        latest = latest_offsets(segments, upper)
         horizon = now_ms - log.config.delete_retention_ms
         rewritten = []
         removed = 0
