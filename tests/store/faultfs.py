@@ -136,6 +136,7 @@ class PowerLossReport:
 class _Open:
     node: _File | _Dir
     path: str
+    flags: int = 0
 
 
 class _Machine:
@@ -362,7 +363,7 @@ class FaultFS:
                 node = self._node(full)
                 if flags & os.O_TRUNC and isinstance(node, _File):
                     node.pending.append((0, None))
-            self._fds[fd] = _Open(node, full)
+            self._fds[fd] = _Open(node, full, flags)
             return fd
 
     def close(self, fd: int) -> None:
@@ -385,6 +386,21 @@ class FaultFS:
             written = os.write(fd, data)
             end = os.lseek(fd, 0, os.SEEK_CUR)
             opened.node.pending.append((end - written, bytes(memoryview(data)[:written])))
+            return written
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write at ``offset`` as ``os.pwrite`` does, and remember it as not yet durable."""
+        with self._lock:
+            opened = self._opened(fd)
+            try:
+                self._check("write", _path_of(opened))
+            except _PartialWriteError:
+                data = memoryview(data)[: max(1, len(data) // 2)]
+            assert opened is not None and isinstance(opened.node, _File)
+            written = os.pwrite(fd, data, offset)
+            if opened.flags & os.O_APPEND:  # Linux appends whatever the offset says
+                offset = os.fstat(fd).st_size - written
+            opened.node.pending.append((offset, bytes(memoryview(data)[:written])))
             return written
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
@@ -567,8 +583,9 @@ class FaultFS:
             offset, data = node.pending[keep]
             if data is not None and len(data) > 1:
                 torn = self.rng.randint(0, len(data) - 1)
-                _apply(content, (offset, data[:torn]))
-                kept += torn
+                if torn:  # nothing of a write torn at its first byte reached the file
+                    _apply(content, (offset, data[:torn]))
+                    kept += torn
         stats[3] += kept
         return bytes(content)
 
