@@ -46,11 +46,15 @@ def _next_offset(data: bytes) -> int:
 
 
 def expected_after_compaction(
-    written: list[tuple[int, bytes | None, bytes | None, int]], active_base: int, horizon: int
+    written: list[tuple[int, bytes | None, bytes | None, int]],
+    active_base: int,
+    horizon: int,
+    durable_end: int,
 ) -> list[tuple[int, bytes | None, bytes | None]]:
+    # Only a durable record (below durable_end) supersedes an older one of its key.
     latest: dict[bytes, int] = {}
     for offset, key, _value, _ts in written:
-        if key is not None:
+        if key is not None and offset < durable_end:
             latest[key] = offset
     out = []
     for offset, key, value, ts in written:
@@ -72,9 +76,13 @@ def expected_after_compaction(
         max_size=120,
     ),
     st.integers(min_value=1, max_value=6),
+    st.booleans(),
 )
 def test_compaction_keeps_latest_per_key(
-    tmp_path_factory: object, entries: list[tuple[bytes | None, bytes | None, int]], per_batch: int
+    tmp_path_factory: object,
+    entries: list[tuple[bytes | None, bytes | None, int]],
+    per_batch: int,
+    flushed: bool,
 ) -> None:
     directory = Path(tmp_path_factory.mktemp("clean"))  # type: ignore[attr-defined]
     log = PartitionLog.open(directory, CONFIG, clock=lambda: NOW)
@@ -85,9 +93,14 @@ def test_compaction_keeps_latest_per_key(
         written.extend((info.base_offset + j, k, v, t) for j, (k, v, t) in enumerate(chunk))
     active_base = log.segments[-1].base_offset
     end = log.log_end_offset
+    if flushed:
+        log.flush()
     clean_partition(log, NOW)
     assert log.log_end_offset == end
-    expected = expected_after_compaction(written, active_base, NOW - CONFIG.delete_retention_ms)
+    durable_end = end if flushed else active_base  # inactive segments were fsynced at roll
+    expected = expected_after_compaction(
+        written, active_base, NOW - CONFIG.delete_retention_ms, durable_end
+    )
     assert read_all(log) == expected
     log.close()
     reopened = PartitionLog.open(directory, CONFIG, clock=lambda: NOW)
