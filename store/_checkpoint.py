@@ -163,6 +163,24 @@ class CheckpointFile:
             self._last = (point.segment, point.position)
             return created
 
+    @property
+    def last_segment(self) -> int | None:
+        """The segment the last checkpoint this object recorded names (``None``: none yet,
+        so the file still holds whatever an earlier session left)."""
+        return self._last[0] if self._last[0] >= 0 else None
+
+    def reset(self, point: RecoveryPoint) -> bool:
+        """Make ``point`` the checkpoint even if it lies behind the last one, durably.
+
+        For compaction, which must move the checkpoint off segments it rewrites. Returns
+        whether the file was created (the caller then fsyncs the directory).
+
+        :raises OSError: if the file cannot be written or fsynced.
+        """
+        with self._lock:
+            self._last = (-1, -1)
+        return self.record(point, sync=True)
+
     def _open_current(self) -> int | None:
         """Open the file if it is in the current format (``None``: it must be made)."""
         try:

@@ -7,9 +7,10 @@ covered, and a *clean-shutdown marker* when it closes properly. Opening for writ
 1. Leftovers of interrupted work are settled: a repair that reached its commit point (a
    ``.split`` file) is finished by cutting the segment it came from and renaming the file
    into place; temporary files are removed; a compaction that reached its commit point (a
-   ``.log.swap`` file) is completed by removing the segments it replaces and renaming it
-   into place; a compaction that did not (a ``.cleaned`` file) is thrown away; index files
-   without a ``.log`` are removed.
+   ``.log.swap`` file) is completed by removing the segments it replaces (and the
+   checkpoint, if it points into one of them) and renaming it into place; a compaction
+   that did not (a ``.cleaned`` file) is thrown away; index files without a ``.log`` are
+   removed.
 2. Segments before the checkpoint are trusted: their indexes are read from disk, or
    rebuilt from batch headers when missing or inconsistent. So is the checkpoint's own
    segment up to the checkpoint's position, provided it is still the last segment (an
@@ -551,15 +552,20 @@ def finish_split(fs: FileSystem, directory: Path, name: str) -> None:
 def _finish_swap(fs: FileSystem, directory: Path, base: int) -> None:
     """Complete a compaction whose replacement segment reached its commit point."""
     swap = directory / segment_file_name(base, LOG_SUFFIX + SWAP_SUFFIX)
-    next_offset = _swap_end(fs, swap, base)
+    end = _swap_end(fs, swap, base)
     for name in fs.listdir(directory):
         parsed = parse_segment_file_name(name)
         if (
             parsed
             and parsed[1] in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX)
-            and base <= parsed[0] < next_offset
+            and base <= parsed[0] < end
         ):
             with contextlib.suppress(FileNotFoundError):
                 fs.unlink(directory / name)
+    point = read_recovery_point(fs, directory)
+    if point is not None and base <= point.segment < end:
+        # The checkpoint names a byte position in a segment this swap rewrites (the crash
+        # came before the log moved it): without it, recovery checks the whole log.
+        fs.unlink(directory / RECOVERY_CHECKPOINT_FILE)
     fsync_dir(fs, directory)
     fs.replace(swap, directory / segment_file_name(base, LOG_SUFFIX))

@@ -77,7 +77,8 @@ from ._segment import HOP_SIZE, Segment
 
 logger = logging.getLogger("headwater.store")
 
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: The errors of a file system that is full (or a file at its size limit).
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: fdatasync the recovery checkpoint (recorded after every flush) at least this often, in
 #: bytes of log, so that after a power loss too recovery has a bounded tail to check.
 CHECKPOINT_SYNC_BYTES = 64 << 20
@@ -206,6 +207,8 @@ class PartitionLog:
         self._checkpoint = CheckpointFile(fs, directory)
         #: Where the checkpoint was last fdatasync'ed (segment, position).
         self._checkpoint_position = (active.base_offset, active.size)
+        #: The flush between prepare_flush and complete_flush, if any.
+        self._flushing: FlushPlan | None = None
         self._rolled: list[Segment] = []
         self._unflushed: list[Segment] = []
         self._directory_dirty = False
@@ -423,7 +426,7 @@ class PartitionLog:
         try:
             active.append(batch, base, next_offset, max_timestamp)
         except OSError as exc:
-            if exc.errno in _FULL_ERRNOS:
+            if exc.errno in FULL_ERRNOS:
                 raise StorageFullError(
                     f"{active.log_path}: cannot append {size} bytes ({os.strerror(exc.errno)});"
                     " nothing acknowledged was lost, appends resume once space is freed"
@@ -509,6 +512,7 @@ class PartitionLog:
             sync,
         )
         self._directory_dirty = False
+        self._flushing = plan
         return plan
 
     def complete_flush(self, plan: FlushPlan) -> None:
@@ -516,6 +520,7 @@ class PartitionLog:
 
         After a failed ``execute`` this fails the log instead (see the module docstring).
         """
+        self._flushing = None
         for segment in plan.segments:
             segment.unpin()
         if not plan.done:
@@ -732,10 +737,14 @@ class PartitionLog:
         ``swap_file`` is ``<base>.log.swap`` (``base`` the first replaced segment's base
         offset), already fsynced with its directory: it is the commit point, so a crash
         from here on is finished by the loader. Offsets do not change; records dropped by
-        compaction leave gaps that readers step over.
+        compaction leave gaps that readers step over. A recovery checkpoint that points
+        into a replaced segment is first moved to the start of the next one.
 
         :raises StoreError: if ``replaced`` is no longer a run of this log's inactive
-            segments (retention removed some meanwhile); the swap file is then removed.
+            segments (retention removed some meanwhile), or a flush under way will write
+            a checkpoint into them, or the checkpoint cannot be moved; the swap file is
+            then removed. Also if the file system fails the swap half-way: the log is
+            then closed and the swap file stays for the next open to finish.
         :raises LogFailedError: if an fsync failed, now or earlier.
         """
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
@@ -745,8 +754,32 @@ class PartitionLog:
                 self.fs.unlink(swap_file)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
         if self._failure is not None or self.read_only:
-            swap_file.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(swap_file)
             self._check_writable()
+        # The recovery checkpoint names a byte position in one segment, which must not be
+        # one that this swap rewrites (recovery would take it for a segment that lost
+        # acknowledged data, or check the segment whole).
+        bases = {s.base_offset for s in replaced}
+        following = self._segments[first + len(replaced)]
+        try:
+            if self._flushing is not None and self._flushing.target.segment in bases:
+                raise OSError(errno.EBUSY, "a flush may write a checkpoint into them")
+            last = self._checkpoint.last_segment
+            if last is None or last in bases:
+                # Everything before the next segment is durable: segments are fsynced when
+                # they roll, and the swap file's commit made their names durable.
+                point = RecoveryPoint(following.base_offset, following.base_offset, 0)
+                if self._checkpoint.reset(point):
+                    fsync_dir(self.fs, self.directory)
+                self._checkpoint_position = (point.segment, point.position)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(swap_file)
+            raise StoreError(
+                f"{self.directory}: cannot move the recovery checkpoint off the segments"
+                f" being compacted ({exc}); retry"
+            ) from exc
         self._begin_change()
         for segment in replaced:
             if segment in self._unflushed:
@@ -755,12 +788,17 @@ class PartitionLog:
                 self._rolled.remove(segment)
             segment.delete()
         base = replaced[0].base_offset
-        self.fs.replace(swap_file, replaced[0].log_path)
         try:
+            self.fs.replace(swap_file, replaced[0].log_path)
             fsync_dir(self.fs, self.directory)
         except OSError as exc:
-            # Raised below, once the segments in memory match the files.
-            self._failure = exc
+            # The replaced segments are gone and the swap file holds their records:
+            # leave it for recovery to finish, and take no more changes until then.
+            self.abandon()
+            raise StoreError(
+                f"{self.directory}: cannot swap in {swap_file.name} ({exc}); the partition"
+                " is closed, and reopening it finishes the swap"
+            ) from exc
         segment = Segment.open_file(
             self.fs,
             self.directory,
@@ -775,8 +813,6 @@ class PartitionLog:
         self._segments[first : first + len(replaced)] = [segment]
         self._bases[first : first + len(replaced)] = [base]
         self._rolled.append(segment)
-        if self._failure is not None:
-            raise self.failed_error()
         return segment
 
     def _delete_oldest(self) -> None:
