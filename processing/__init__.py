@@ -24,10 +24,13 @@ Every derived record carries a ``headwater.source`` lineage header. Test pipelin
 """
 
 from ._app import App as App
-from ._backend import Backend as Backend
-from ._backend import InProcessBackend as InProcessBackend
-from ._backend import Membership as Membership
-from ._backend import open_in_process as open_in_process
+from ._backends import Backend as Backend
+from ._backends import Membership as Membership
+from ._backends.in_process import InProcessBackend as InProcessBackend
+from ._backends.in_process import open_in_process as open_in_process
+from ._batch import Event as Event
+from ._clock import Clock as Clock
+from ._clock import WallClock as WallClock
 from ._config import AppConfig as AppConfig
 from ._encoding import OutRecords as OutRecords
 from ._errors import ErrorPolicy as ErrorPolicy
@@ -46,7 +49,6 @@ from ._serde import JsonSerde as JsonSerde
 from ._serde import Serde as Serde
 from ._serde import StrSerde as StrSerde
 from ._serde import encode_key as encode_key
-from ._stream import Event as Event
 from ._stream import Stream as Stream
 
 __all__ = (
@@ -55,6 +57,7 @@ __all__ = (
     "AppConfig",
     "Backend",
     "BytesSerde",
+    "Clock",
     "ErrorPolicy",
     "Event",
     "InProcessBackend",
@@ -72,6 +75,7 @@ __all__ = (
     "Stream",
     "StrSerde",
     "TopologyError",
+    "WallClock",
     "encode_key",
     "open_in_process",
     "source_of",

@@ -13,11 +13,11 @@ from headwater.groups import TopicPartition
 from headwater.processing import (
     App,
     AppConfig,
+    InProcessBackend,
     MissingSourceTopicError,
     OperatorError,
     open_in_process,
 )
-from headwater.processing._backend import InProcessBackend
 from headwater.processing._encoding import OutRecords
 from headwater.store import RecordColumns, open_store, partition_for_key
 
