@@ -13,10 +13,15 @@ A step schedules work on either with the task's :class:`Timers`: a *wall* timer 
 once the wall clock reaches its deadline, even on a partition that receives nothing
 (the partition task races its fetch against the earliest wall deadline: a cancel scope
 with a deadline, no polling); a *stream* timer fires once the task's stream time reaches
-it, right after the batch that moved it. Timers are one-shot; a periodic one schedules
-its successor when it fires. They live in memory with the task: a step that needs them
-after a restart or a rebalance schedules them again when it is built (its state, which
-issue-12 stores restore, says which).
+it, right after the batch that moved it. A callback gets the current time (wall, or the
+task's stream time), which may be past its deadline; it keeps what it needs (which
+window) itself. Timers are one-shot; a periodic one schedules its successor when it
+fires, and one scheduled at or before the current time fires in the same pass. Timers
+live in memory with the task: a step that needs them after a restart or a rebalance
+schedules them again when it is built (from its restored state). Stream time is kept
+only by tasks with a step that reads it (``Step.uses_stream_time``): the maximum of
+each batch's timestamps is a pass over every record, which a stateless pipeline need
+not pay for.
 
 Pure logic, no I/O; timers are a heap, so the next deadline is read in O(1).
 """

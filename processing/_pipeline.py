@@ -117,8 +117,9 @@ class Pipeline:
         if task.observe(records.timestamps):
             now = task.stream_time_ms
             assert now is not None
-            for timer in task.timers.due_stream(now):
-                await timer.callback(ctx, now)
+            while due := task.timers.due_stream(now):  # a timer may schedule a due one
+                for timer in due:
+                    await timer.callback(ctx, now)
         return self._outcome(ctx)
 
     async def advance(self, task: Task, now_ms: int) -> Outcome:
@@ -130,8 +131,10 @@ class Pipeline:
         if not due:
             return _NOTHING
         ctx = Context(task, "", task.id.partition, RecordColumns([], [], [], [], []))
-        for timer in due:
-            await timer.callback(ctx, now_ms)
+        while due:  # a timer may schedule one that is due already
+            for timer in due:
+                await timer.callback(ctx, now_ms)
+            due = task.timers.due_wall(now_ms)
         return self._outcome(ctx)
 
     def _outcome(self, ctx: Context) -> Outcome:

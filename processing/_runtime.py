@@ -125,13 +125,19 @@ class RunStatistics:
 class _Loop:
     """One partition of a running task: its fetch loop's handles."""
 
-    __slots__ = ("done", "fetch_scope", "state", "stopping")
+    __slots__ = ("done", "fetch_scope", "scope", "state", "stopping")
 
     def __init__(self, state: PartitionState) -> None:
         self.state = state
         self.stopping = False
         self.fetch_scope: anyio.CancelScope | None = None
+        self.scope = anyio.CancelScope()
         self.done = anyio.Event()
+
+    def kill(self) -> None:
+        """Stop now, even in the middle of a batch (its outputs may be partly written)."""
+        self.stopping = True
+        self.scope.cancel()
 
     def stop(self) -> None:
         """Stop after the batch in hand (cancel only a wait for new records)."""
@@ -186,6 +192,7 @@ class Runtime:
         self._loops: dict[TopicPartition, tuple[_Running, _Loop]] = {}
         self._pending: list[TopicPartition] = []
         self._membership: Membership | None = None
+        self._commit_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
         self._progress = anyio.Event()
         self._records_in = self._records_out = self._skipped = self._dead_lettered = 0
@@ -350,7 +357,11 @@ class Runtime:
                 self._name,
                 ", ".join(f"{t}/{p}" for t, p in mine),
             )
-        await self._stop_loops(mine)
+        loops = [self._loops[tp][1] for tp in mine]
+        for loop in loops:  # closed dirty, as Kafka Streams does: nothing can be committed
+            loop.kill()
+        for loop in loops:
+            await loop.done.wait()
         self._forget(mine)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
@@ -371,47 +382,51 @@ class Runtime:
     # -- the partition loop ----------------------------------------------------------------
 
     async def _run_partition(self, running: _Running, loop: _Loop) -> None:
+        try:
+            with loop.scope:
+                await self._read_partition(running, loop)
+        finally:
+            loop.done.set()
+
+    async def _read_partition(self, running: _Running, loop: _Loop) -> None:
         backend, clock, task = self._backend, self._clock, running.task
         state = loop.state
         topic, partition = state.tp
         max_bytes = self._config.max_batch_bytes
-        try:
-            while not loop.stopping:
-                records = None
-                deadline = task.timers.next_wall_deadline()
-                with anyio.CancelScope() as scope:
-                    loop.fetch_scope = scope  # no checkpoint since `stopping` was read
-                    if deadline is not None:
-                        scope.deadline = anyio.current_time() + clock.seconds_until(deadline)
-                    try:
-                        records = await backend.fetch(topic, partition, state.position, max_bytes)
-                    except OffsetOutOfRangeError:
-                        start = await backend.start_offset(topic, partition)
-                        logger.warning(
-                            "app %r: %s/%d offset %d is gone (retention); resuming at %d",
-                            self._name, topic, partition, state.position, start,
-                        )  # fmt: skip
-                        state.position = start
-                        continue
-                loop.fetch_scope = None
-                if records is None:
-                    if loop.stopped():
-                        break
-                    async with running.lock:  # a wall-time timer is due
-                        outcome = await running.pipeline.advance(task, clock.now_ms())
-                        await self._write(outcome.writes)
-                        task.settle()
-                    self._count(outcome, 0)
+        while not loop.stopping:
+            records = None
+            deadline = task.timers.next_wall_deadline()
+            with anyio.CancelScope() as scope:
+                loop.fetch_scope = scope  # no checkpoint since `stopping` was read
+                if deadline is not None:
+                    scope.deadline = anyio.current_time() + clock.seconds_until(deadline)
+                try:
+                    records = await backend.fetch(topic, partition, state.position, max_bytes)
+                except OffsetOutOfRangeError:
+                    start = await backend.start_offset(topic, partition)
+                    logger.warning(
+                        "app %r: %s/%d offset %d is gone (retention); resuming at %d",
+                        self._name, topic, partition, state.position, start,
+                    )  # fmt: skip
+                    state.position = start
                     continue
-                async with running.lock:
-                    outcome = await running.pipeline.process(task, topic, partition, records)
+            loop.fetch_scope = None
+            if records is None:
+                if loop.stopped():
+                    break
+                async with running.lock:  # a wall-time timer is due
+                    outcome = await running.pipeline.advance(task, clock.now_ms())
                     await self._write(outcome.writes)
-                    state.position = records.offsets[-1] + 1
                     task.settle()
-                self._count(outcome, len(records))
-                self._notify_progress()
-        finally:
-            loop.done.set()
+                self._count(outcome, 0)
+                continue
+            async with running.lock:
+                outcome = await running.pipeline.process(task, topic, partition, records)
+                await self._write(outcome.writes)
+                state.position = records.offsets[-1] + 1
+                task.settle()
+            self._count(outcome, len(records))
+            self._notify_progress()
 
     def _count(self, outcome: Outcome, records_in: int) -> None:
         self._records_in += records_in
@@ -448,22 +463,25 @@ class Runtime:
         """
         if self._membership is None:
             return
-        offsets: dict[TopicPartition, int] = {}
-        metadata: dict[TopicPartition, str] = {}
-        for tp in partitions:
-            if tp not in self._loops:
-                continue
-            running, loop = self._loops[tp]
-            state = loop.state
-            if state.position != state.committed:
-                offsets[tp] = state.position
-                metadata[tp] = running.task.metadata()
-        if not offsets:
-            return
-        await self._membership.commit(offsets, metadata)
-        self._commits += 1
-        for tp, offset in offsets.items():
-            self._loops[tp][1].state.committed = offset
+        async with self._commit_lock:  # one at a time: a later commit never goes first
+            offsets: dict[TopicPartition, int] = {}
+            metadata: dict[TopicPartition, str] = {}
+            states: list[PartitionState] = []
+            for tp in partitions:
+                if tp not in self._loops:
+                    continue
+                running, loop = self._loops[tp]
+                state = loop.state
+                if state.position != state.committed:
+                    offsets[tp] = state.position
+                    metadata[tp] = running.task.metadata()
+                    states.append(state)
+            if not offsets:
+                return
+            await self._membership.commit(offsets, metadata)
+            self._commits += 1
+            for state in states:  # the partition may have been given up meanwhile
+                state.committed = offsets[state.tp]
 
     async def _commit_final(self, partitions: list[TopicPartition], why: str) -> None:
         """Commit ``partitions`` before ``why``: retry transient failures with backoff,

@@ -188,8 +188,10 @@ class CountingBackend(InProcessBackend):
         super().__init__(backend.store, backend.coordinator)
         self.fetched = 0
         self.written = 0
+        self.fetch_calls = 0
 
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
+        self.fetch_calls += 1
         records = await super().fetch(topic, partition, offset, max_bytes)
         self.fetched += len(records)
         return records
