@@ -28,11 +28,15 @@ needs anyway to hand its state over whole; and librdkafka offers it, so the
 Kafka-protocol backend can keep the same guarantee (cooperative-sticky, the consumer's
 default, moves partitions one by one and would split tasks). A task-aware assignor in
 our coordinator would do better for uneven groups, but a Kafka cluster's clients could
-not run it. :meth:`TaskPlan.tasks_of` turns an assignment into tasks, and says which
-tasks it got only part of (never, under range, unless the topics changed meanwhile).
+not run it. The price of eager: at every rebalance a member closes all its tasks and
+rebuilds those it gets back, so state stores must keep their local copy, with the
+changelog offset it reflects, to reopen a task that stayed by reading only the
+changelog's tail. :meth:`TaskPlan.tasks_of` turns an assignment into tasks, and says
+which tasks it got only part of (never, under range, unless the topics changed
+meanwhile).
 
 A :class:`Task` holds one task's runtime state, but no loop: its step instances
-(built by ``Pipeline.build``), the position and last committed offset of each of its
+(built by ``Pipeline.task``), the position and last committed offset of each of its
 partitions, its stream time and its timers. The runtime and the test driver both drive
 tasks through :class:`~headwater.processing._pipeline.Pipeline`; the commit metadata
 carries the stream time, so a task resumed elsewhere starts at the same stream time.
