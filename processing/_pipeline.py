@@ -109,6 +109,11 @@ class Pipeline:
         """Run ``records`` (read from ``topic``/``partition``, one of ``task``'s, at least
         one record) through the task's steps; fire the stream-time timers they make due.
 
+        Stream time moves once the steps have seen the batch: during it a step sees the
+        stream time before the batch (one that needs it record by record keeps the
+        running maximum of the timestamps itself, as Kafka Streams' per-record order
+        would give).
+
         :raises OperatorError: if a user function failed under the ``raise`` policy.
         """
         ctx = Context(task, topic, partition, records)
