@@ -296,8 +296,9 @@ class Runtime:
         """Commit the positions that moved (of ``partitions``, by default all)."""
         if self._membership is None:
             return
+        # A copy: a revocation may drop tasks from self._tasks while the commit waits.
         chosen = (
-            self._tasks
+            dict(self._tasks)
             if partitions is None
             else {tp: self._tasks[tp] for tp in partitions if tp in self._tasks}
         )
