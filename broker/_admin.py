@@ -10,7 +10,8 @@ that does not know v3 asks) and uses, per API, the highest version both sides sp
 
 It follows the cluster's routing, so it works against a Kafka cluster as well as against
 ``headwater broker``: CreateTopics and DeleteTopics go to the controller that Metadata
-names, ListOffsets to each partition's leader; connections are made on demand and kept
+names, ListOffsets to each partition's leader, config changes to the bootstrap broker (any
+broker forwards them); connections are made on demand and kept
 by node id.
 
 One request at a time per connection; not thread-safe. Every call may raise ``OSError``
@@ -42,6 +43,7 @@ _SIZE = struct.Struct(">i")
 _LATEST = -1
 _EARLIEST = -2
 _TOPIC_RESOURCE = 2
+_SET, _DELETE = 0, 1  # IncrementalAlterConfigs' operations
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def _check(code: int, action: str, message: str | None) -> None:
 
 
 class AdminClient:
-    """Create, list, describe and delete topics on a running broker (blocking).
+    """Create, list, describe, change and delete topics on a running broker (blocking).
 
     :param bootstrap: ``HOST:PORT`` of any broker of the cluster.
     :param client_id: the client id sent with every request.
@@ -258,6 +260,36 @@ class AdminClient:
         )
         for result in body["responses"]:
             _check(result["error_code"], f"deleting topic {name!r}", result["error_message"])
+
+    def alter_topic_config(self, name: str, configs: Mapping[str, str | None]) -> None:
+        """Change topic ``name``'s Kafka-named ``configs`` (IncrementalAlterConfigs): set
+        each to its value, or back to the broker's default where the value is ``None``.
+
+        :raises BrokerResponseError: with the broker's error code and message.
+        :raises BrokerError: if the broker does not serve IncrementalAlterConfigs.
+        """
+        body = self._bootstrap.request(
+            ApiKey.INCREMENTAL_ALTER_CONFIGS,
+            {
+                "resources": [
+                    {
+                        "resource_type": _TOPIC_RESOURCE,
+                        "resource_name": name,
+                        "configs": [
+                            {
+                                "name": k,
+                                "config_operation": _SET if v is not None else _DELETE,
+                                "value": v,
+                            }
+                            for k, v in configs.items()
+                        ],
+                    }
+                ],
+                "validate_only": False,
+            },
+        )
+        for result in body["responses"]:
+            _check(result["error_code"], f"changing topic {name!r}", result["error_message"])
 
     def list_topic_names(self) -> list[str]:
         """Return the names of every topic, sorted."""

@@ -11,7 +11,9 @@ Handlers are grouped by concern into modules that each build a table ``{ApiKey:
 handler}`` over the objects they need:
 
 * ``_handlers_admin.py``   ApiVersions, Metadata, CreateTopics, DeleteTopics,
-                           DescribeConfigs, FindCoordinator -- over the store and the node;
+                           FindCoordinator -- over the store and the node;
+* ``_handlers_configs.py`` DescribeConfigs, AlterConfigs, IncrementalAlterConfigs -- over
+                           the store;
 * ``_handlers_produce.py`` Produce, InitProducerId -- over the store and producer states;
 * ``_handlers_fetch.py``   Fetch, ListOffsets -- over the store;
 * ``_handlers_groups.py``  JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,

@@ -1,7 +1,8 @@
 """Handlers of the cluster and administration APIs.
 
-ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs and FindCoordinator,
-over the store and this broker's :class:`~headwater.broker._config.Node`.
+ApiVersions, Metadata, CreateTopics, DeleteTopics and FindCoordinator, over the store and
+this broker's :class:`~headwater.broker._config.Node` (the topic-config APIs are in
+``_handlers_configs.py``).
 
 Theory of operation
 -------------------
@@ -14,13 +15,12 @@ Topics made through the Kafka protocol -- by CreateTopics, or by a Metadata requ
 names a missing topic when auto-creation is on and the client allows it -- take the
 store's default config; CreateTopics may change any setting Kafka names
 (``retention.ms``, ``max.message.bytes``, ..., and ``headwater.durability``) and the
-partition count. Topics whose names start with ``__`` are the system's own: reported as
-internal, and neither created nor deleted by clients. The replication factor must be 1
-(or -1, "the default").
+partition count. The replication factor must be 1 (or -1, "the default").
 
-DescribeConfigs answers the same entries in Kafka's spelling
-(:func:`~headwater.store.kafka_config_entries`), an entry being a topic's own
-(``DYNAMIC_TOPIC_CONFIG``) when it differs from the store's default.
+Topic names are the store's to judge (:meth:`~headwater.store.Store.check_new_topic`):
+names starting with ``__`` are the system's own, reported as internal and neither created
+nor deleted by clients, and a name that collides with an existing one once ``.`` and
+``_`` are read alike is refused; both answer ``INVALID_TOPIC_EXCEPTION``, as Kafka does.
 """
 
 from __future__ import annotations
@@ -32,17 +32,19 @@ from collections.abc import Callable
 
 from headwater.store import (
     InvalidConfigError,
+    InvalidTopicError,
     Store,
     StoreError,
     TopicConfig,
     TopicExistsError,
     TopicNotFoundError,
-    kafka_config_entries,
+    is_internal_topic,
     validate_topic_name,
 )
 
 from ._config import Node
 from ._dispatch import ClientInfo, Handler, HandlerTable, advertised_versions
+from ._handlers_configs import config_entries
 from ._protocol import ApiKey, KafkaErrorCode, Message, Request
 from ._protocol._codes import NO_AUTHORIZED_OPERATIONS
 
@@ -51,34 +53,14 @@ logger = logging.getLogger("headwater.broker")
 LEADER_EPOCH = 0
 """The leader epoch of every partition: one broker, never a new leader."""
 
-INTERNAL_PREFIX = "__"
 _ZERO_UUID = uuid.UUID(int=0)
 
 # Kafka's ACL operation codes (AclOperation) that a topic or the cluster allows everybody.
 _TOPIC_OPERATIONS = sum(1 << op for op in (3, 4, 5, 6, 7, 8, 10, 11))
-_RESOURCE_TOPIC = 2
-_RESOURCE_BROKER = 4
-_CONFIG_SOURCE_TOPIC = 1  # DYNAMIC_TOPIC_CONFIG
-_CONFIG_SOURCE_DEFAULT = 5  # DEFAULT_CONFIG
-_CONFIG_TYPE_STRING, _CONFIG_TYPE_INT, _CONFIG_TYPE_LONG = 2, 3, 5
-_CONFIG_TYPES = {
-    "retention.ms": _CONFIG_TYPE_LONG,
-    "retention.bytes": _CONFIG_TYPE_LONG,
-    "segment.ms": _CONFIG_TYPE_LONG,
-    "delete.retention.ms": _CONFIG_TYPE_LONG,
-    "segment.bytes": _CONFIG_TYPE_INT,
-    "max.message.bytes": _CONFIG_TYPE_INT,
-    "index.interval.bytes": _CONFIG_TYPE_INT,
-}
-
-
-def is_internal(topic: str) -> bool:
-    """Return whether ``topic`` is one of the system's own topics."""
-    return topic.startswith(INTERNAL_PREFIX)
 
 
 class AdminHandlers:
-    """ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator.
+    """ApiVersions, Metadata, CreateTopics, DeleteTopics and FindCoordinator.
 
     :param store: the open store.
     :param node: this broker as clients see it.
@@ -109,7 +91,6 @@ class AdminHandlers:
             ApiKey.METADATA: self.metadata,
             ApiKey.CREATE_TOPICS: self.create_topics,
             ApiKey.DELETE_TOPICS: self.delete_topics,
-            ApiKey.DESCRIBE_CONFIGS: self.describe_configs,
             ApiKey.FIND_COORDINATOR: self.find_coordinator,
         }
 
@@ -178,13 +159,16 @@ class AdminHandlers:
                 validate_topic_name(name)
             except InvalidConfigError:
                 return failed(KafkaErrorCode.INVALID_TOPIC_EXCEPTION)
-            if not allow_create or is_internal(name):
+            if not allow_create or is_internal_topic(name):
                 return failed(KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
             try:
                 await store.create_topic(name)
                 logger.info("created topic %r (auto-created by a Metadata request)", name)
             except TopicExistsError:
                 pass  # another request created it meanwhile
+            except InvalidTopicError as exc:  # it collides with an existing topic
+                logger.info("not auto-creating topic %r: %s", name, exc)
+                return failed(KafkaErrorCode.INVALID_TOPIC_EXCEPTION)
             except StoreError as exc:
                 logger.warning("cannot auto-create topic %r: %s", name, exc)
                 return failed(KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
@@ -197,7 +181,7 @@ class AdminHandlers:
             "error_code": 0,
             "name": name,
             "topic_id": _ZERO_UUID,
-            "is_internal": is_internal(name),
+            "is_internal": is_internal_topic(name),
             "partitions": [
                 {
                     "error_code": 0,
@@ -239,19 +223,11 @@ class AdminHandlers:
         name = topic["name"]
         store = self._store
         try:
-            validate_topic_name(name)
-        except InvalidConfigError as exc:
+            store.check_new_topic(name)
+        except InvalidTopicError as exc:
             return _create_error(name, KafkaErrorCode.INVALID_TOPIC_EXCEPTION, str(exc))
-        if is_internal(name):
-            return _create_error(
-                name,
-                KafkaErrorCode.INVALID_TOPIC_EXCEPTION,
-                f"topic names starting with {INTERNAL_PREFIX!r} are reserved for the system",
-            )
-        if store.has_topic(name):
-            return _create_error(
-                name, KafkaErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
-            )
+        except TopicExistsError as exc:
+            return _create_error(name, KafkaErrorCode.TOPIC_ALREADY_EXISTS, str(exc))
         if topic["replication_factor"] not in (-1, 1):
             return _create_error(
                 name,
@@ -282,6 +258,8 @@ class AdminHandlers:
                 await store.create_topic(name, config)
             except TopicExistsError as exc:
                 return _create_error(name, KafkaErrorCode.TOPIC_ALREADY_EXISTS, str(exc))
+            except InvalidTopicError as exc:  # a colliding topic was created meanwhile
+                return _create_error(name, KafkaErrorCode.INVALID_TOPIC_EXCEPTION, str(exc))
             except (StoreError, OSError) as exc:
                 logger.warning("cannot create topic %r: %s", name, exc)
                 return _create_error(name, KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc))
@@ -292,7 +270,7 @@ class AdminHandlers:
             "error_message": None,
             "num_partitions": config.partitions,
             "replication_factor": 1,
-            "configs": self._config_entries(config, None),
+            "configs": config_entries(store, config, None),
         }
 
     def _partition_count(self, topic: Message) -> tuple[int, tuple[KafkaErrorCode, str] | None]:
@@ -335,13 +313,10 @@ class AdminHandlers:
         return {"responses": results}
 
     async def _delete_one(self, name: str) -> tuple[KafkaErrorCode, str | None]:
-        if is_internal(name):
-            return (
-                KafkaErrorCode.INVALID_TOPIC_EXCEPTION,
-                f"topic {name!r} is internal and cannot be deleted by a client",
-            )
         try:
             await self._store.delete_topic(name)
+        except InvalidTopicError as exc:
+            return KafkaErrorCode.INVALID_TOPIC_EXCEPTION, str(exc)
         except TopicNotFoundError as exc:
             return KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
         except (StoreError, OSError) as exc:
@@ -350,57 +325,6 @@ class AdminHandlers:
         self._on_topic_deleted(name)
         logger.info("deleted topic %r", name)
         return KafkaErrorCode.NONE, None
-
-    # -- DescribeConfigs -------------------------------------------------------------------
-
-    async def describe_configs(self, request: Request, client: ClientInfo) -> Message:
-        """Answer topics' settings in Kafka's names; a broker resource has none to show."""
-        results = []
-        for resource in request.body["resources"]:
-            kind, name = resource["resource_type"], resource["resource_name"]
-            result: Message = {
-                "error_code": 0,
-                "error_message": None,
-                "resource_type": kind,
-                "resource_name": name,
-                "configs": [],
-            }
-            if kind == _RESOURCE_TOPIC:
-                try:
-                    config = self._store.topic_config(name)
-                except TopicNotFoundError as exc:
-                    result["error_code"] = KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-                    result["error_message"] = str(exc)
-                else:
-                    result["configs"] = self._config_entries(config, resource["configuration_keys"])
-            elif kind != _RESOURCE_BROKER or name not in ("", str(self._node.node_id)):
-                result["error_code"] = KafkaErrorCode.INVALID_REQUEST
-                result["error_message"] = f"no resource of type {kind} named {name!r}"
-            results.append(result)
-        return {"results": results}
-
-    def _config_entries(self, config: TopicConfig, keys: list[str] | None) -> list[Message]:
-        defaults = kafka_config_entries(self._store.default_config)
-        entries = []
-        for key, value in kafka_config_entries(config).items():
-            if keys is not None and key not in keys:
-                continue
-            is_default = defaults.get(key) == value
-            entries.append(
-                {
-                    "name": key,
-                    "value": value,
-                    "read_only": False,
-                    "is_default": is_default,
-                    "config_source": (
-                        _CONFIG_SOURCE_DEFAULT if is_default else _CONFIG_SOURCE_TOPIC
-                    ),
-                    "is_sensitive": False,
-                    "config_type": _CONFIG_TYPES.get(key, _CONFIG_TYPE_STRING),
-                    "documentation": None,
-                }
-            )
-        return entries
 
 
 def _create_error(name: str, code: KafkaErrorCode, message: str) -> Message:

@@ -55,6 +55,7 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._handlers_admin import AdminHandlers
+from ._handlers_configs import ConfigHandlers
 from ._handlers_fetch import FetchHandlers
 from ._handlers_produce import ProduceHandlers
 from ._producers import ProducerStates
@@ -245,6 +246,7 @@ class Broker:
         )
         table: dict[ApiKey, Handler] = {}
         table.update(admin.table())
+        table.update(ConfigHandlers(self._store, node).table())
         table.update(ProduceHandlers(self._store, self._producers).table())
         assert self._shutdown is not None
         self._fetches = FetchHandlers(self._store, self._shutdown)

@@ -161,6 +161,7 @@ def produce(
     async def body() -> None:
         async with locked_store(directory, writer=True) as store:
             limit = store.topic_config(topic).max_message_bytes
+            await store.append(topic, [])  # refuses an internal topic before input is read
             parser = LineParser(key_field, limit)
             send, receive = anyio.create_memory_object_stream[Chunk](1)
             async with anyio.create_task_group() as tg:

@@ -89,6 +89,20 @@ def create(bootstrap: str, name: str, partitions: int, pairs: Mapping[str, str])
     info(f"created topic {name!r} with {partitions} partition(s) on the broker at {bootstrap}")
 
 
+def alter(bootstrap: str, name: str, pairs: Mapping[str, str]) -> None:
+    """Change settings of topic ``name`` on the broker; ``KEY=`` sets the default again."""
+    sets = {key: value for key, value in pairs.items() if value.strip()}
+    resets = {key: value for key, value in pairs.items() if not value.strip()}
+    # Checks every key and value here, as for a data directory.
+    config = TopicConfig().changed({**sets, **dict.fromkeys(resets)}, TopicConfig())
+    changes: dict[str, str | None] = dict(kafka_settings(sets, config))
+    changes.update(dict.fromkeys(kafka_settings(resets, config)))
+    with admin_client(bootstrap) as client:
+        client.alter_topic_config(name, changes)
+    shown = ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in changes.items())
+    info(f"changed topic {name!r} on the broker at {bootstrap}: {shown}")
+
+
 def delete(bootstrap: str, name: str) -> None:
     """Delete topic ``name`` on the broker."""
     with admin_client(bootstrap) as client:

@@ -1,13 +1,14 @@
-"""``headwater topics``: create, list, describe and delete topics."""
+"""``headwater topics``: create, list, describe, alter and delete topics."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 
-from headwater.store import TopicConfig, TopicDescription
+from headwater.store import TopicConfig, TopicDescription, setting_keys
 
 from . import _remote
 from ._datadir import data_dir, data_option, locked_store
@@ -15,11 +16,13 @@ from ._output import info, stdout_console
 from ._remote import bootstrap_option
 from ._run import run_async
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @click.group()
 @data_option
 def topics(data: object) -> None:
-    """Create, list, describe and delete topics.
+    """Create, list, describe, alter and delete topics.
 
     Each command works on a data directory (--data), or on a running broker through the
     Kafka protocol (--bootstrap HOST:PORT).
@@ -27,9 +30,9 @@ def topics(data: object) -> None:
 
 
 def parse_settings(settings: Sequence[str]) -> dict[str, str]:
-    """Split ``KEY=VALUE`` arguments into a mapping.
+    """Split ``KEY=VALUE`` arguments into a mapping (keys and values are checked later).
 
-    :raises click.BadParameter: if one has no ``=``, names ``partitions``, or repeats a key.
+    :raises click.BadParameter: if one has no ``=`` or repeats a key.
     """
     pairs: dict[str, str] = {}
     for setting in settings:
@@ -37,14 +40,23 @@ def parse_settings(settings: Sequence[str]) -> dict[str, str]:
         key = key.strip()
         if not equals or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {setting!r}", param_hint="--config")
-        if key.lower() == "partitions":
-            raise click.BadParameter(
-                "give the partition count with --partitions", param_hint="--config"
-            )
         if key in pairs:
             raise click.BadParameter(f"{key} is given twice", param_hint="--config")
         pairs[key] = value
     return pairs
+
+
+def config_option(help_text: str) -> Callable[[F], F]:
+    """Add ``--config/-c KEY=VALUE`` (repeatable) to a command, with the keys in its help."""
+    keys = ", ".join(setting_keys())
+    return click.option(
+        "--config",
+        "-c",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help=f"{help_text} (repeatable). Keys: {keys}.",
+    )
 
 
 @topics.command()
@@ -57,14 +69,7 @@ def parse_settings(settings: Sequence[str]) -> dict[str, str]:
     show_default=True,
     help="Number of partitions.",
 )
-@click.option(
-    "--config",
-    "-c",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A topic setting, e.g. durability=always, retention.ms=86400000 (repeatable).",
-)
+@config_option("A topic setting, e.g. durability=always, retention.ms=86400000")
 @data_option
 @bootstrap_option
 @click.pass_context
@@ -77,8 +82,12 @@ def create(
     data: object,
     bootstrap: str | None,
 ) -> None:
-    """Create topic NAME."""
+    """Create topic NAME. Names starting with '__' are reserved for internal topics."""
     pairs = parse_settings(settings)
+    if any(key.lower() in ("partitions", "num.partitions") for key in pairs):
+        raise click.BadParameter(
+            "give the partition count with --partitions", param_hint="--config"
+        )
     if bootstrap is not None:
         _remote.create(bootstrap, name, partitions, pairs)
         return
@@ -146,6 +155,7 @@ def describe(ctx: click.Context, name: str, data: object, bootstrap: str | None)
 
     d = run_async(body)
     settings = Table("setting", "value", title=f"topic {d.name}", title_justify="left")
+    settings.add_row("partitions", str(len(d.partitions)))
     for key, value in d.config.to_strings().items():
         settings.add_row(key, value)
     offsets = Table(
@@ -163,6 +173,44 @@ def describe(ctx: click.Context, name: str, data: object, bootstrap: str | None)
     console = stdout_console()
     console.print(settings)
     console.print(offsets)
+
+
+@topics.command()
+@click.argument("name")
+@config_option("A setting to change, e.g. retention.ms=3600000; KEY= sets the default again")
+@data_option
+@bootstrap_option
+@click.pass_context
+def alter(
+    ctx: click.Context,
+    *,
+    name: str,
+    settings: tuple[str, ...],
+    data: object,
+    bootstrap: str | None,
+) -> None:
+    """Change settings of topic NAME; records stay as they are. Later appends, segment
+    rolls and retention follow the new settings. The partition count cannot change."""
+    pairs = parse_settings(settings)
+    if not pairs:
+        raise click.UsageError("give at least one --config KEY=VALUE")
+    if bootstrap is not None:
+        _remote.alter(bootstrap, name, pairs)
+        return
+    changes = {key: (value if value.strip() else None) for key, value in pairs.items()}
+    directory = data_dir(ctx)
+
+    async def body() -> tuple[TopicConfig, TopicConfig]:
+        async with locked_store(directory, writer=True) as store:
+            # Checked first, so that the refusal of an internal name says why.
+            store.altered_topic_config(name, changes)
+            before = store.topic_config(name)
+            return before, await store.alter_topic_config(name, changes)
+
+    before, after = run_async(body)
+    old, new = before.to_strings(), after.to_strings()
+    changed = [f"{key} {old[key]} -> {new[key]}" for key in new if old[key] != new[key]]
+    info(f"changed topic {name!r}: {', '.join(changed) or 'nothing (it had those settings)'}")
 
 
 @topics.command()

@@ -244,7 +244,7 @@ class OffsetLog:
         if not store.has_topic(OFFSETS_TOPIC):
             if store.read_only:
                 return
-            await store.create_topic(OFFSETS_TOPIC, offsets_topic_config(store))
+            await store.create_topic(OFFSETS_TOPIC, offsets_topic_config(store), internal=True)
         self._partitions = store.partitions(OFFSETS_TOPIC)
         for partition in self._partitions:
             await self._load_partition(partition)
@@ -301,7 +301,7 @@ class OffsetLog:
         self.table.begin_write()
         try:
             with anyio.CancelScope(shield=True):
-                info = await partition.append(records)
+                info = await partition.append(records, internal=True)
             for delta, (tp, offset) in enumerate(changes):
                 self.table.apply(group_id, tp, offset, info.base_offset + delta)
         finally:

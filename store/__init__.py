@@ -15,14 +15,17 @@ from ._batch import TimestampType as TimestampType
 from ._batch import parse_batch_header as parse_batch_header
 from ._batch import verify_batch as verify_batch
 from ._compression import Compression as Compression
+from ._compression import check_codec as check_codec
 from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
 from ._config import kafka_config_entries as kafka_config_entries
+from ._config import setting_keys as setting_keys
 from ._errors import CorruptRecordError as CorruptRecordError
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
+from ._errors import InvalidTopicError as InvalidTopicError
 from ._errors import LogClosedError as LogClosedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import RecordTooLargeError as RecordTooLargeError
@@ -53,9 +56,12 @@ from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
 from ._store import open_store as open_store
-from ._store import validate_topic_name as validate_topic_name
+from ._topic_names import INTERNAL_PREFIX as INTERNAL_PREFIX
+from ._topic_names import is_internal_topic as is_internal_topic
+from ._topic_names import validate_topic_name as validate_topic_name
 
 __all__ = (
+    "INTERNAL_PREFIX",
     "AppendInfo",
     "BatchHeader",
     "CleanupPolicy",
@@ -67,6 +73,7 @@ __all__ = (
     "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
+    "InvalidTopicError",
     "LogClosedError",
     "LogStatistics",
     "NewRecord",
@@ -88,16 +95,19 @@ __all__ = (
     "TopicExistsError",
     "TopicNotFoundError",
     "UnsupportedCompressionError",
+    "check_codec",
     "decode_columns",
     "decode_records",
     "encode_batch",
     "encode_columns",
+    "is_internal_topic",
     "kafka_config_entries",
     "murmur2",
     "open_store",
     "parse_batch_header",
     "partition_for_key",
     "records_from",
+    "setting_keys",
     "validate_topic_name",
     "verify_batch",
 )

@@ -9,12 +9,18 @@ boundary where bad input must become an :class:`InvalidConfigError` a user can a
 
 * the CLI (``--config retention.ms=60000``): :meth:`TopicConfig.from_strings` accepts both
   our snake_case names and Kafka's dotted names, so a Kafka user's habits work;
+  :meth:`TopicConfig.changed` applies the changes of ``topics alter`` and of Kafka's
+  (Incremental)AlterConfigs, where a key may also go back to its default;
 * the topic's file in the data directory: :meth:`TopicConfig.to_json` writes every field
   with a format ``version``; :meth:`TopicConfig.from_json` requires all of them, because a
   silently defaulted field (``partitions`` above all) would misplace data;
 * the Kafka wire protocol: :func:`kafka_config_entries` gives Kafka's names and value
   spellings (``CreateTime``), which is what DescribeConfigs answers; ``from_strings``
   parses them back, so a CreateTopics request's entries can be read the same way.
+
+The partition count is a field (the store needs it to open the topic) but not a setting:
+as in Kafka, it is given when a topic is created and never by ``KEY=VALUE``, so
+``from_strings`` and ``changed`` refuse it and the keys they list leave it out.
 
 Integer limits follow Kafka's where it has them (``segment.ms`` at least 1,
 ``delete.retention.ms`` at least 0) and the on-disk format where it is tighter: a segment
@@ -35,7 +41,7 @@ import orjson
 from ._batch import TimestampType
 from ._errors import InvalidConfigError
 
-__all__ = ["CleanupPolicy", "Durability", "TopicConfig", "kafka_config_entries"]
+__all__ = ["CleanupPolicy", "Durability", "TopicConfig", "kafka_config_entries", "setting_keys"]
 
 _INT32_MAX = (1 << 31) - 1
 _INT64_MAX = (1 << 63) - 1
@@ -161,27 +167,35 @@ class TopicConfig:
         :param base: the config to change; the defaults when ``None``.
         :returns: a new config; fields not named keep the base's values.
         :raises InvalidConfigError: if a key is unknown (the message lists the known
-            keys), a key is given twice under two spellings, or a value does not parse
-            or is out of range.
+            keys) or is ``partitions``, a key is given twice under two spellings, or a
+            value does not parse or is out of range.
         """
         changes: dict[str, Any] = {}
-        spelled: dict[str, str] = {}
-        for key, text in pairs.items():
-            name = _field_for_key(key)
-            if name in spelled:
-                raise InvalidConfigError(
-                    f"{name} is given twice (as {spelled[name]!r} and {key!r}); give it once"
-                )
-            spelled[name] = key
+        for name, (key, text) in _fields_named(pairs).items():
             changes[name] = _parse_value(key, name, text)
         return dataclasses.replace(base if base is not None else cls(), **changes)
 
-    def to_strings(self) -> dict[str, str]:
-        """Return every field as ``{field_name: text}``, in the spelling ``from_strings`` reads.
+    def changed(self, changes: Mapping[str, str | None], defaults: TopicConfig) -> TopicConfig:
+        """Return this config with ``changes``: a string sets a key, ``None`` resets it.
 
-        ``TopicConfig.from_strings(config.to_strings()) == config`` always holds.
+        Keys and values are read as :meth:`from_strings` reads them; a key mapped to
+        ``None`` takes its value in ``defaults``. The partition count never changes.
+
+        :raises InvalidConfigError: as :meth:`from_strings` does.
         """
-        return {field.name: _format_value(getattr(self, field.name)) for field in _FIELDS}
+        named = _fields_named(changes)
+        resets = {name: getattr(defaults, name) for name, (_, v) in named.items() if v is None}
+        sets = {key: v for key, v in named.values() if v is not None}
+        return TopicConfig.from_strings(sets, dataclasses.replace(self, **resets))
+
+    def to_strings(self) -> dict[str, str]:
+        """Return the settings as ``{field_name: text}``, in the spelling ``from_strings`` reads.
+
+        ``partitions`` is not a setting and is left out:
+        ``TopicConfig.from_strings(config.to_strings(), TopicConfig(partitions=n))`` gives
+        back ``config`` when it has ``n`` partitions.
+        """
+        return {name: _format_value(getattr(self, name)) for name in SETTING_NAMES}
 
     def to_json(self) -> bytes:
         """Serialize to a UTF-8 JSON object that :meth:`from_json` reads back exactly.
@@ -246,10 +260,17 @@ class TopicConfig:
 
 
 _FIELDS = dataclasses.fields(TopicConfig)
+#: The fields that ``KEY=VALUE`` settings may name: all but the partition count.
+SETTING_NAMES = tuple(field.name for field in _FIELDS if field.name != "partitions")
 
-# Every accepted spelling of a key, normalized, to the field it names.
-_KEY_ALIASES: dict[str, str] = {field.name: field.name for field in _FIELDS}
+# Every accepted spelling of a setting, normalized, to the field it names.
+_KEY_ALIASES: dict[str, str] = {name: name for name in SETTING_NAMES}
 _KEY_ALIASES.update({kafka: name for name, kafka in _KAFKA_NAMES.items()})
+
+
+def setting_keys() -> list[str]:
+    """Return every key a ``KEY=VALUE`` setting may use (snake_case and Kafka's), sorted."""
+    return sorted(set(SETTING_NAMES) | set(_KAFKA_NAMES.values()))
 
 
 def kafka_config_entries(config: TopicConfig) -> dict[str, str]:
@@ -293,14 +314,37 @@ def _allowed_enum(name: str) -> str:
 
 
 def _field_for_key(key: str) -> str:
-    name = _KEY_ALIASES.get(key.strip().lower().replace("-", "_"))
+    normalized = key.strip().lower().replace("-", "_")
+    name = _KEY_ALIASES.get(normalized)
     if name is None:
-        known = sorted({field.name for field in _FIELDS} | set(_KAFKA_NAMES.values()))
-        raise InvalidConfigError(f"unknown config key {key!r}; known keys: {', '.join(known)}")
+        if normalized in ("partitions", "num_partitions", "num.partitions"):
+            raise InvalidConfigError(
+                f"{key} is not a topic setting: the partition count is given when the topic "
+                "is created"
+            )
+        raise InvalidConfigError(
+            f"unknown config key {key!r}; known keys: {', '.join(setting_keys())}"
+        )
     return name
 
 
-def _parse_value(key: str, name: str, text: str) -> int | enum.Enum:
+def _fields_named(pairs: Mapping[str, str | None]) -> dict[str, tuple[str, str | None]]:
+    """Map each key of ``pairs`` to its field: ``{field: (key as given, value)}``.
+
+    :raises InvalidConfigError: for an unknown key, or a field named twice.
+    """
+    named: dict[str, tuple[str, str | None]] = {}
+    for key, text in pairs.items():
+        name = _field_for_key(key)
+        if name in named:
+            raise InvalidConfigError(
+                f"{name} is given twice (as {named[name][0]!r} and {key!r}); give it once"
+            )
+        named[name] = (key, text)
+    return named
+
+
+def _parse_value(key: str, name: str, text: str | None) -> int | enum.Enum:
     """Parse one value and check it, naming the key as the user spelled it."""
     if not isinstance(text, str):  # a Kafka request may carry a null value
         raise InvalidConfigError(f"{key} must be given as a string, got {text!r}")

@@ -11,6 +11,8 @@ lives here, the others define theirs beside their own code::
     │   ├── TopicNotFoundError
     │   ├── TopicExistsError
     │   ├── InvalidConfigError     a config key or value a user can correct
+    │   │   └── InvalidTopicError  a topic name not allowed there: malformed, reserved for
+    │   │                          internal topics (``__``), or colliding with another
     │   ├── RecordTooLargeError    a batch over the topic's max_message_bytes
     │   ├── LogClosedError         the log or store was closed under the caller
     │   ├── DataDirectoryLockedError  another process owns the data directory
@@ -64,6 +66,14 @@ class TopicExistsError(StoreError):
 
 class InvalidConfigError(StoreError):
     """A configuration key or value that is not valid; the message says which and why."""
+
+
+class InvalidTopicError(InvalidConfigError):
+    """A topic name that cannot be used for the operation (Kafka's ``InvalidTopicException``).
+
+    The name is malformed, reserved for the system's internal topics (it starts with
+    ``__``), or collides with an existing topic once ``.`` and ``_`` are read alike.
+    """
 
 
 class RecordTooLargeError(StoreError):

@@ -53,6 +53,20 @@ def fsync_dir(fs: FileSystem, path: Path) -> None:
         fs.close(fd)
 
 
+def make_dirs(fs: FileSystem, path: Path) -> None:
+    """Create directory ``path`` and its missing parents, each new name made durable.
+
+    A new directory survives a power cut only once its parent has been fsynced, so each
+    one created here is followed by an fsync of its parent. An existing ``path`` costs
+    one lookup and writes nothing.
+    """
+    if fs.exists(path):
+        return
+    make_dirs(fs, path.parent)
+    fs.mkdir(path, exist_ok=True)
+    fsync_dir(fs, path.parent)
+
+
 def atomic_write(fs: FileSystem, path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, never a mix.
 

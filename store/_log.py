@@ -14,8 +14,9 @@ and now and then the recovery checkpoint) and ``complete_flush`` (writer's side 
 advance ``recovery_point``). Everything below ``recovery_point`` is durable.
 
 The active segment rolls when the next batch would take it past ``segment_bytes`` or its
-first batch is older than ``segment_ms``. Retention removes whole segments from the front
-(never the active one), by age (a segment whose newest record is older than
+first batch is older than ``segment_ms``; it is fsynced before the next one is created,
+so only the last segment can ever end in a torn batch. Retention removes whole segments
+from the front (never the active one), by age (a segment whose newest record is older than
 ``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
 ``log_start_offset`` is the base offset of the first remaining segment.
 
@@ -45,7 +46,7 @@ from ._errors import (
     StorageFullError,
     StoreError,
 )
-from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
+from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._loader import RecoveryPoint, load_segments, rebuild_indexes, write_recovery_point
 from ._records import Compression, NewRecord, decode_records, encode_batch
@@ -180,7 +181,7 @@ class PartitionLog:
 
         :raises CorruptRecordError: if the log is damaged other than in a torn tail.
         """
-        fs.mkdir(directory, parents=True, exist_ok=True)
+        make_dirs(fs, directory)
         result = load_segments(
             fs, directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
         )
@@ -349,6 +350,13 @@ class PartitionLog:
         self._begin_change()
         old = self._segments[-1]
         old.seal_time_index()
+        # The old segment's data must be durable before the new segment's name can be:
+        # else a power cut could leave a torn batch in a segment that is no longer the
+        # last one, which recovery cannot tell from damage.
+        try:
+            old.flush()
+        except OSError as exc:
+            raise StoreError(f"{old.log_path}: fsync failed: {exc}") from exc
         new = Segment.create(
             self.fs,
             self.directory,

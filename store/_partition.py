@@ -36,6 +36,7 @@ from ._records import (
     decode_columns,
     decode_records,
 )
+from ._topic_names import check_not_internal, is_internal_topic
 
 #: Reads larger than this leave the event loop for a worker thread.
 THREADED_READ_BYTES = 256 << 10
@@ -56,6 +57,8 @@ class Partition:
         self.index = index
         self.log = log
         self.read_only = read_only
+        #: Whether the topic is one of the system's own: appends take ``internal=True``.
+        self.internal = is_internal_topic(topic)
         never = log.config.durability is Durability.NEVER
         self._high_watermark = log.log_end_offset if never else log.recovery_point
         self._new_data: anyio.Event | None = None
@@ -95,16 +98,22 @@ class Partition:
     # -- appending -------------------------------------------------------------------------
 
     async def append(
-        self, records: Sequence[NewRecord], *, compression: Compression = Compression.NONE
+        self,
+        records: Sequence[NewRecord],
+        *,
+        compression: Compression = Compression.NONE,
+        internal: bool = False,
     ) -> AppendInfo:
         """Append ``records`` as one batch; return once durable under the topic's policy.
 
+        :param internal: allow appending to an internal topic; for headwater's own code.
         :raises RecordTooLargeError: if the batch exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write (nothing is acknowledged).
         :raises LogClosedError: if the partition is closed.
+        :raises InvalidTopicError: if the topic is internal.
         :raises StoreError: if the store was opened read-only.
         """
-        self._check_writable()
+        self._check_writable(internal)
         if self.config.durability is Durability.ALWAYS:
             async with self._lock():
                 info = self.log.append(records, compression=compression)
@@ -114,15 +123,17 @@ class Partition:
         await self._acknowledge(info)
         return info
 
-    async def append_batch(self, batch: bytes | bytearray) -> AppendInfo:
+    async def append_batch(self, batch: bytes | bytearray, *, internal: bool = False) -> AppendInfo:
         """Append one encoded v2 record batch as received; return once durable.
 
+        :param internal: allow appending to an internal topic; for headwater's own code.
         :raises CorruptRecordError: if ``batch`` is not exactly one valid batch.
         :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write.
+        :raises InvalidTopicError: if the topic is internal.
         :raises StoreError: if the store was opened read-only.
         """
-        self._check_writable()
+        self._check_writable(internal)
         if self.config.durability is Durability.ALWAYS:
             async with self._lock():
                 info = self.log.append_batch(batch)
@@ -132,16 +143,20 @@ class Partition:
         await self._acknowledge(info)
         return info
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, internal: bool) -> None:
         if self.read_only:
             raise StoreError(f"partition {self.topic}-{self.index} was opened read-only")
+        if self.internal and not internal:
+            check_not_internal(self.topic, "append to")
 
     def _lock(self) -> anyio.Lock:
         if self._write_lock is None:
             self._write_lock = anyio.Lock()
         return self._write_lock
 
-    def append_batch_nowait(self, batch: bytes | bytearray) -> AppendInfo:
+    def append_batch_nowait(
+        self, batch: bytes | bytearray, *, internal: bool = False
+    ) -> AppendInfo:
         """Write one encoded v2 record batch now, without waiting for it to be durable.
 
         For callers that pipeline appends (the broker writes every batch of a client's
@@ -152,9 +167,10 @@ class Partition:
         :raises CorruptRecordError: if ``batch`` is not exactly one valid batch.
         :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write.
+        :raises InvalidTopicError: if the topic is internal and ``internal`` is not given.
         :raises StoreError: if the store was opened read-only.
         """
-        self._check_writable()
+        self._check_writable(internal)
         return self.log.append_batch(batch)
 
     async def wait_durable(self, next_offset: int) -> None:

@@ -20,6 +20,16 @@ One process owns a data directory at a time: opening the store takes an exclusiv
 process dies). A store opened ``read_only`` opens that file read-only, so that watchers of
 the directory can tell a writer's close from a reader's, and refuses changes.
 
+Topics whose names start with ``__`` are the system's own (see ``_topic_names.py``):
+creating, appending to, deleting and reconfiguring one takes ``internal=True``, which
+only headwater's own code passes (the groups' offset log). Names that collide once ``.``
+and ``_`` are read alike are refused, as Kafka refuses them.
+
+A topic's settings can change while it is open (:meth:`Store.alter_topic_config`): the
+new ``topic.json`` replaces the old one atomically, then every partition's log takes the
+new config, which later appends, rolls and retention read. The partition count is fixed
+at creation.
+
 A background task owned by the store applies retention and compaction every
 ``maintenance_interval_s``.
 """
@@ -30,9 +40,8 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,43 +50,34 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from ._cleaner import plan_cleaning, swap_in, write_swap_files
+from ._compression import check_codec
 from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
     DataDirectoryLockedError,
     InvalidConfigError,
+    InvalidTopicError,
     LogClosedError,
     StoreError,
     TopicExistsError,
     TopicNotFoundError,
 )
-from ._files import atomic_write, fsync_dir
+from ._files import atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._log import PartitionLog, wall_clock_ms
 from ._partition import Partition
 from ._partitioner import StickyPartitioner, partition_for_key
 from ._records import Compression, NewRecord
+from ._topic_names import (
+    check_not_internal,
+    colliding_topic,
+    is_internal_topic,
+    validate_topic_name,
+)
 
 logger = logging.getLogger("headwater.store")
 
 TOPIC_CONFIG_FILE = "topic.json"
 LOCK_FILE = ".lock"
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}")
-#: Topics whose names start with this are the system's own (committed offsets, ...).
-INTERNAL_PREFIX = "__"
-
-
-def validate_topic_name(name: str) -> None:
-    """Check a topic name: 1-249 of ``[A-Za-z0-9._-]``, as Kafka allows, not starting with '.'.
-
-    Names starting with '.' are kept for the store's own bookkeeping in the data directory.
-
-    :raises InvalidConfigError: if the name is not allowed.
-    """
-    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
-        raise InvalidConfigError(
-            f"invalid topic name {name!r}: use 1-249 letters, digits, '.', '_' or '-',"
-            " not starting with '.'"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class TopicDescription:
     @property
     def internal(self) -> bool:
         """Whether this is one of the system's own topics."""
-        return self.name.startswith(INTERNAL_PREFIX)
+        return is_internal_topic(self.name)
 
 
 class Store:
@@ -138,6 +138,8 @@ class Store:
         # Log end offsets at the last compaction: an unchanged partition is not re-read.
         self._compacted_at: dict[tuple[str, int], int] = {}
         self._task_group: TaskGroup | None = None
+        self._config_lock: anyio.Lock | None = None
+        self._creating: set[str] = set()  # names whose files are being made
         self._closed = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -177,7 +179,7 @@ class Store:
             raise StoreError(f"{self.path}: closing failed: {errors[0]}") from errors[0]
 
     def _lock(self) -> None:
-        self.fs.mkdir(self.path, parents=True, exist_ok=True)
+        make_dirs(self.fs, self.path)
         mode = os.O_RDONLY if self.read_only else os.O_RDWR
         fd = self.fs.open(self.path / LOCK_FILE, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -196,7 +198,7 @@ class Store:
             self._lock_fd = None
 
     def _open_all(self) -> None:
-        self.fs.mkdir(self.path, parents=True, exist_ok=True)
+        make_dirs(self.fs, self.path)
         for entry in sorted(self.fs.listdir(self.path)):
             folder = self.path / entry
             if entry.startswith("."):
@@ -298,20 +300,48 @@ class Store:
         except KeyError:
             raise TopicNotFoundError(f"unknown topic {name!r}") from None
 
-    async def create_topic(self, name: str, config: TopicConfig | None = None) -> TopicConfig:
+    async def create_topic(
+        self, name: str, config: TopicConfig | None = None, *, internal: bool = False
+    ) -> TopicConfig:
         """Create topic ``name`` (with the store's default config when none is given).
 
-        :raises InvalidConfigError: if the name is not allowed.
+        :param internal: allow a name reserved for internal topics (``__...``); for
+            headwater's own code.
+        :raises InvalidTopicError: if the name is not allowed, is reserved, or collides
+            with an existing topic's once ``.`` and ``_`` are read alike.
         :raises TopicExistsError: if the topic exists.
         """
         self._check_writable()
-        validate_topic_name(name)
-        if name in self._topics:
-            raise TopicExistsError(f"topic {name!r} already exists")
+        self.check_new_topic(name, internal=internal)
         config = config or self.default_config
-        await anyio.to_thread.run_sync(self._create_files, name, config)
-        self._open_topic(name, config)
+        # Claimed while the files are made, so that a concurrent create of the same or a
+        # colliding name is refused too.
+        self._creating.add(name)
+        try:
+            await anyio.to_thread.run_sync(self._create_files, name, config)
+            self._open_topic(name, config)
+        finally:
+            self._creating.discard(name)
         return config
+
+    def check_new_topic(self, name: str, *, internal: bool = False) -> None:
+        """Raise what :meth:`create_topic` would raise for the name ``name``; change nothing.
+
+        :raises InvalidTopicError: if the name is not allowed, is reserved (without
+            ``internal``), or collides with an existing topic's.
+        :raises TopicExistsError: if the topic exists.
+        """
+        validate_topic_name(name)
+        if not internal:
+            check_not_internal(name, "create")
+        if name in self._topics or name in self._creating:
+            raise TopicExistsError(f"topic {name!r} already exists")
+        other = colliding_topic(name, [*self._topics, *self._creating])
+        if other is not None:
+            raise InvalidTopicError(
+                f"topic {name!r} collides with existing topic {other!r} (names that differ "
+                "only in '.' and '_' cannot both exist, as in Kafka)"
+            )
 
     def _create_files(self, name: str, config: TopicConfig) -> None:
         staging = self.path / f".{name}.{uuid.uuid4().hex}.creating"
@@ -328,12 +358,16 @@ class Store:
             raise TopicExistsError(f"topic {name!r} already exists on disk") from exc
         fsync_dir(fs, self.path)
 
-    async def delete_topic(self, name: str) -> None:
+    async def delete_topic(self, name: str, *, internal: bool = False) -> None:
         """Delete topic ``name`` and all its records. Waiting readers get LogClosedError.
 
+        :param internal: allow deleting an internal topic; for headwater's own code.
         :raises TopicNotFoundError: if there is no such topic.
+        :raises InvalidTopicError: if the topic is internal.
         """
         self._check_writable()
+        if not internal:
+            check_not_internal(name, "delete")
         partitions = self.partitions(name)
         del self._topics[name]
         del self._configs[name]
@@ -347,6 +381,55 @@ class Store:
             self.fs.rmtree(doomed)
 
         await anyio.to_thread.run_sync(remove)
+
+    def altered_topic_config(
+        self, name: str, changes: Mapping[str, str | None], *, internal: bool = False
+    ) -> TopicConfig:
+        """Return the config topic ``name`` would have after ``changes``, changing nothing.
+
+        ``changes`` are ``KEY=VALUE`` settings as :meth:`TopicConfig.from_strings` reads
+        them; a key mapped to ``None`` goes back to the store's default.
+
+        :param internal: allow an internal topic; for headwater's own code.
+        :raises InvalidTopicError: if the topic is internal.
+        :raises TopicNotFoundError: if there is no such topic.
+        :raises InvalidConfigError: if a key or value is not valid (``partitions`` is not
+            a setting: the partition count never changes).
+        """
+        self._check_open()
+        if not internal:
+            check_not_internal(name, "change the configuration of")
+        return self.topic_config(name).changed(changes, self.default_config)
+
+    async def alter_topic_config(
+        self, name: str, changes: Mapping[str, str | None], *, internal: bool = False
+    ) -> TopicConfig:
+        """Apply ``changes`` to topic ``name``'s settings (see :meth:`altered_topic_config`).
+
+        Durable before it returns (the topic's file is replaced atomically); appends,
+        rolls, retention and compaction that follow use the new settings. Returns the
+        new config.
+
+        :param internal: allow an internal topic; for headwater's own code.
+        :raises InvalidTopicError: if the topic is internal.
+        :raises TopicNotFoundError: if there is no such topic.
+        :raises InvalidConfigError: if a key or value is not valid.
+        """
+        self._check_writable()
+        if self._config_lock is None:
+            self._config_lock = anyio.Lock()
+        # One change at a time, so that the file and the open logs end with the same one.
+        async with self._config_lock:
+            config = self.altered_topic_config(name, changes, internal=internal)
+            partitions = self.partitions(name)
+            path = self.path / name / TOPIC_CONFIG_FILE
+            await anyio.to_thread.run_sync(atomic_write, path, config.to_json())
+            if self._topics.get(name) is not partitions:
+                raise TopicNotFoundError(f"topic {name!r} was deleted while it was changed")
+            self._configs[name] = config
+            for partition in partitions:
+                partition.log.config = config
+        return config
 
     def describe_topic(self, name: str) -> TopicDescription:
         """Return topic ``name``'s configuration and per-partition offsets.
@@ -412,15 +495,23 @@ class Store:
         *,
         partition: int | None = None,
         compression: Compression = Compression.NONE,
+        internal: bool = False,
     ) -> list[tuple[int, int]]:
         """Append ``records`` to ``topic``; return (partition, offset) for each, in order.
 
         Without ``partition``, records are spread by the default partitioner. Returns once
         every batch is durable under the topic's policy.
 
+        :param internal: allow appending to an internal topic; for headwater's own code.
         :raises TopicNotFoundError: if there is no such topic.
+        :raises InvalidTopicError: if the topic is internal.
+        :raises UnsupportedCompressionError: if ``compression`` needs a package that is not
+            installed (nothing is appended).
         """
         self._check_writable()
+        if not internal:
+            check_not_internal(topic, "append to")
+        check_codec(compression)
         if not records:
             return []
         groups: dict[int, list[int]] = {}
@@ -443,7 +534,9 @@ class Store:
 
         async def append_one(p: int, indexes: list[int]) -> None:
             batch = [records[i] for i in indexes] if len(groups) > 1 else records
-            info = await self.partition(topic, p).append(batch, compression=compression)
+            info = await self.partition(topic, p).append(
+                batch, compression=compression, internal=internal
+            )
             for delta, i in enumerate(indexes):
                 result[i] = (p, info.base_offset + delta)
 

@@ -1,6 +1,7 @@
 """Layouts of the cluster and administration APIs.
 
-ApiVersions, Metadata, CreateTopics, DeleteTopics and DescribeConfigs. An ApiVersions
+ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs and
+IncrementalAlterConfigs. An ApiVersions
 response is always sent with response header v0, and a request for a version the broker
 does not know is answered with a v0 body (see ``_frames.py``).
 """
@@ -184,6 +185,56 @@ DESCRIBE_CONFIGS = Api(
                 Field("config_type", INT8, since=3),
                 Field("documentation", STRING, since=3, nullable_since=0),
             ))),
+        ))),
+    ),
+)  # fmt: skip
+
+ALTER_CONFIGS = Api(
+    ApiKey.ALTER_CONFIGS, "AlterConfigs", advertised=(0, 2), accepted=(0, 2), flexible_since=2,
+    request=Struct(
+        Field("resources", Array(Struct(
+            Field("resource_type", INT8),
+            Field("resource_name", STRING),
+            Field("configs", Array(Struct(
+                Field("name", STRING),
+                Field("value", STRING, nullable_since=0),
+            ))),
+        ))),
+        Field("validate_only", BOOL),
+    ),
+    response=Struct(
+        Field("throttle_time_ms", INT32),
+        Field("responses", Array(Struct(
+            Field("error_code", INT16),
+            Field("error_message", STRING, nullable_since=0),
+            Field("resource_type", INT8),
+            Field("resource_name", STRING),
+        ))),
+    ),
+)  # fmt: skip
+
+INCREMENTAL_ALTER_CONFIGS = Api(
+    ApiKey.INCREMENTAL_ALTER_CONFIGS, "IncrementalAlterConfigs", advertised=(0, 1),
+    accepted=(0, 1), flexible_since=1,
+    request=Struct(
+        Field("resources", Array(Struct(
+            Field("resource_type", INT8),
+            Field("resource_name", STRING),
+            Field("configs", Array(Struct(
+                Field("name", STRING),
+                Field("config_operation", INT8),
+                Field("value", STRING, nullable_since=0),
+            ))),
+        ))),
+        Field("validate_only", BOOL),
+    ),
+    response=Struct(
+        Field("throttle_time_ms", INT32),
+        Field("responses", Array(Struct(
+            Field("error_code", INT16),
+            Field("error_message", STRING, nullable_since=0),
+            Field("resource_type", INT8),
+            Field("resource_name", STRING),
         ))),
     ),
 )  # fmt: skip

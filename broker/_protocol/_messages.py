@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._admin_apis import API_VERSIONS_API, CREATE_TOPICS, DELETE_TOPICS, DESCRIBE_CONFIGS, METADATA
+from ._admin_apis import (
+    ALTER_CONFIGS,
+    API_VERSIONS_API,
+    CREATE_TOPICS,
+    DELETE_TOPICS,
+    DESCRIBE_CONFIGS,
+    INCREMENTAL_ALTER_CONFIGS,
+    METADATA,
+)
 from ._codes import ApiKey
 from ._group_apis import (
     DESCRIBE_GROUPS,
@@ -41,6 +49,7 @@ APIS: dict[int, Api] = {
         PRODUCE, FETCH, LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR,
         JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS,
         API_VERSIONS_API, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, DESCRIBE_CONFIGS,
+        ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS,
     )
 }  # fmt: skip
 """Every declared API by key."""

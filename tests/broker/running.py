@@ -35,9 +35,10 @@ _SIZE = struct.Struct(">i")
 class BrokerProcess:
     """``headwater broker --data DATA --listen 127.0.0.1:0`` as a subprocess."""
 
-    def __init__(self, data: Path, *args: str) -> None:
+    def __init__(self, data: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
         self.data = data
         self.args = args
+        self.env = os.environ if env is None else env
         self.log_path = data.parent / f"{data.name}-broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -51,7 +52,7 @@ class BrokerProcess:
         """Start the broker and wait until it listens."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         start_at = log.tell()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+        env = {k: v for k, v in self.env.items() if not k.startswith("HEADWATER_")}
         self.proc = subprocess.Popen(
             [HEADWATER, "broker", "--data", str(self.data), "--listen", "127.0.0.1:0",
              "--log-level", "debug", *self.args],

@@ -42,6 +42,8 @@ NOTES_TABLE = {
     ApiKey.DELETE_TOPICS: ((0, 5), (0, 5), 4),
     ApiKey.INIT_PRODUCER_ID: ((0, 4), (0, 4), 2),
     ApiKey.DESCRIBE_CONFIGS: ((0, 4), (0, 4), 4),
+    ApiKey.ALTER_CONFIGS: ((0, 2), (0, 2), 2),
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: ((0, 1), (0, 1), 1),
 }
 
 # kafka-python patches a few schema entries; these are Kafka's own values.

@@ -56,6 +56,8 @@ SERVED = {
     ApiKey.DELETE_TOPICS,
     ApiKey.INIT_PRODUCER_ID,
     ApiKey.DESCRIBE_CONFIGS,
+    ApiKey.ALTER_CONFIGS,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS,
 }
 """The broker's own APIs (a :class:`Broker` without ``extra_handlers``)."""
 GROUP_APIS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from headwater.store import TopicConfig
+from headwater.store import TopicConfig, setting_keys
 
 from .helpers import Headwater, assert_error, env_without_data, run_headwater
 
@@ -62,3 +62,74 @@ def test_data_dir_from_environment_group_and_command(tmp_path: Path) -> None:
     assert_error(
         run_headwater(tmp_path / "elsewhere", "consume", "a", env=env), "no data directory"
     )
+
+
+def test_internal_topics_are_refused_with_the_reason(hw: Headwater, data: Path) -> None:
+    reserved = "names starting with '__' are reserved for headwater's internal topics"
+    for name in ("__consumer_offsets", "__mine"):
+        assert_error(hw("topics", "create", name), f"cannot create topic '{name}'", reserved)
+    # A group's commit makes the offsets topic; then nobody but headwater may touch it.
+    assert hw("topics", "create", "t").returncode == 0
+    assert hw("produce", "t", input='{"n": 1}\n').returncode == 0
+    assert hw("consume", "t", "--group", "g").returncode == 0
+    offsets = data / "__consumer_offsets" / "topic.json"
+    before = offsets.read_bytes()
+    produced = hw("produce", "__consumer_offsets", input='{"offset": 0}\n')
+    line = assert_error(produced, "cannot append to topic '__consumer_offsets'", reserved)
+    assert "records" not in line  # refused before any input was read
+    assert_error(hw("topics", "delete", "__consumer_offsets"), "cannot delete", reserved)
+    assert_error(
+        hw("topics", "alter", "__consumer_offsets", "-c", "cleanup.policy=delete"),
+        "cannot change the configuration of topic '__consumer_offsets'",
+        reserved,
+    )
+    assert offsets.read_bytes() == before
+    described = hw("groups", "describe", "g")
+    assert described.returncode == 0 and described.stderr == ""  # no undecodable records
+    consumed = hw("consume", "__consumer_offsets", "--show-meta")  # reading stays allowed
+    assert consumed.returncode == 0 and '\\"g\\"' in consumed.stdout
+
+
+def test_names_colliding_on_dot_and_underscore_are_refused(hw: Headwater, data: Path) -> None:
+    assert hw("topics", "create", "page.views").returncode == 0
+    assert_error(
+        hw("topics", "create", "page_views"),
+        "topic 'page_views' collides with existing topic 'page.views'",
+    )
+    assert not (data / "page_views").exists()
+
+
+def test_alter_changes_settings_and_keeps_records(hw: Headwater, data: Path) -> None:
+    assert hw("topics", "create", "t", "-p", "2", "-c", "retention.ms=60000").returncode == 0
+    assert hw("produce", "t", input='{"n": 1}\n').returncode == 0
+    altered = hw("topics", "alter", "t", "-c", "max.message.bytes=4096", "-c", "retention.ms=")
+    assert altered.returncode == 0, altered.stderr
+    assert "max_message_bytes 1048588 -> 4096" in altered.stderr
+    assert "retention_ms 60000 -> 604800000" in altered.stderr  # KEY= sets the default
+    config = TopicConfig.from_json((data / "t" / "topic.json").read_bytes())
+    assert (config.partitions, config.max_message_bytes, config.retention_ms) == (
+        2,
+        4096,
+        604800000,
+    )
+    assert hw("consume", "t").stdout == '{"n":1}\n'
+    assert_error(hw("topics", "alter", "t", "-c", "partitions=3"), "not a topic setting")
+    assert_error(hw("topics", "alter", "t"), "at least one --config", status=2)
+    assert_error(hw("topics", "alter", "nope", "-c", "retention.ms=1"), "unknown topic 'nope'")
+    assert TopicConfig.from_json((data / "t" / "topic.json").read_bytes()) == config
+
+
+def test_partitions_is_not_offered_as_a_config_key(hw: Headwater, data: Path) -> None:
+    line = assert_error(hw("topics", "create", "t", "-c", "colour=blue"), "unknown config key")
+    known = line.partition("known keys: ")[2].split(", ")
+    assert known == setting_keys()
+    assert "partitions" not in known and "retention.ms" in known
+    assert_error(hw("topics", "create", "t", "-c", "partitions=3"), "--partitions", status=2)
+    for command in ("create", "alter"):
+        helped = hw("topics", command, "--help")
+        keys = " ".join(helped.stdout.split()).partition("Keys: ")[2]
+        assert "retention.ms" in keys and "partitions" not in keys
+    described = hw("topics", "create", "u", "-p", "3")
+    assert described.returncode == 0
+    settings = hw("topics", "describe", "u").stdout
+    assert "│ partitions " in settings  # shown as a property of the topic

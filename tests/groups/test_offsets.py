@@ -216,7 +216,8 @@ async def test_records_that_do_not_decode_are_skipped_at_load(data: Path) -> Non
         async with GroupCoordinator(store) as coordinator:
             await coordinator.commit("g", {T0: 4})
         await store.partition(OFFSETS_TOPIC, 0).append(
-            [NewRecord(b"garbage", b'["offset","g","t",0]'), NewRecord(b"{}", b'["later"]')]
+            [NewRecord(b"garbage", b'["offset","g","t",0]'), NewRecord(b"{}", b'["later"]')],
+            internal=True,
         )
         async with GroupCoordinator(store) as coordinator:
             assert coordinator.committed("g")[T0].offset == 4

@@ -17,6 +17,7 @@ from headwater.store._config import (
     Durability,
     TopicConfig,
     kafka_config_entries,
+    setting_keys,
 )
 from headwater.store._errors import InvalidConfigError
 from headwater.store._records import TimestampType
@@ -164,7 +165,6 @@ def test_replace_revalidates() -> None:
 
 # (snake_case key, Kafka key or None, text, expected value)
 STRING_KEYS = [
-    ("partitions", None, "12", 12),
     ("retention_ms", "retention.ms", "-1", -1),
     ("retention_bytes", "retention.bytes", "1073741824", 1 << 30),
     ("segment_bytes", "segment.bytes", "1048576", 1 << 20),
@@ -230,8 +230,20 @@ def test_from_strings_unknown_key_lists_the_known_keys() -> None:
         TopicConfig.from_strings({"retention.hours": "5"})
     message = str(info.value)
     assert "'retention.hours'" in message
-    for known in ["retention.ms", "retention_ms", "partitions", "message.timestamp.type"]:
+    for known in ["retention.ms", "retention_ms", "message.timestamp.type"]:
         assert known in message
+    assert "partitions" not in message  # not a setting: given when a topic is created
+    assert message.endswith(", ".join(setting_keys()))
+
+
+@pytest.mark.parametrize("key", ["partitions", "Partitions", "num.partitions"])
+def test_the_partition_count_is_not_a_setting(key: str) -> None:
+    with pytest.raises(InvalidConfigError, match="not a topic setting"):
+        TopicConfig.from_strings({key: "3"})
+    with pytest.raises(InvalidConfigError, match="not a topic setting"):
+        TopicConfig(partitions=2).changed({key: "3"}, TopicConfig())
+    assert "partitions" not in setting_keys()
+    assert "partitions" not in TopicConfig().to_strings()
 
 
 @pytest.mark.parametrize("text", ["7d", "1.5", "", " ", "1e6", "0x10", "1_000", "٣", "--1"])
@@ -253,8 +265,19 @@ def test_from_strings_names_the_key_as_the_user_spelled_it() -> None:
 
 
 def test_from_strings_accepts_a_plus_sign_and_surrounding_spaces() -> None:
-    config = TopicConfig.from_strings({"partitions": " +3 "})
-    assert config.partitions == 3
+    config = TopicConfig.from_strings({"segment.ms": " +3 "})
+    assert config.segment_ms == 3
+
+
+def test_changed_sets_and_resets_keys_and_keeps_the_rest() -> None:
+    defaults = TopicConfig(retention_ms=1000)
+    current = TopicConfig(partitions=4, retention_ms=5, durability="always", segment_ms=9)
+    changed = current.changed({"retention.ms": None, "headwater.durability": "never"}, defaults)
+    assert changed == TopicConfig(partitions=4, retention_ms=1000, durability="never", segment_ms=9)
+    with pytest.raises(InvalidConfigError, match="given twice"):
+        current.changed({"retention.ms": None, "retention_ms": "3"}, defaults)
+    with pytest.raises(InvalidConfigError, match="unknown config key"):
+        current.changed({"retention.hours": None}, defaults)
 
 
 def test_from_strings_rejects_a_key_given_twice() -> None:
@@ -269,7 +292,6 @@ def test_from_strings_rejects_a_non_string_value() -> None:
 
 def test_to_strings_of_defaults() -> None:
     assert TopicConfig().to_strings() == {
-        "partitions": "1",
         "retention_ms": "604800000",
         "retention_bytes": "-1",
         "segment_bytes": "1073741824",
@@ -300,8 +322,8 @@ def test_kafka_config_entries_of_defaults() -> None:
 
 @given(valid_configs)
 def test_strings_round_trip(config: TopicConfig) -> None:
-    assert TopicConfig.from_strings(config.to_strings()) == config
     partitions_only = TopicConfig(partitions=config.partitions)
+    assert TopicConfig.from_strings(config.to_strings(), base=partitions_only) == config
     assert TopicConfig.from_strings(kafka_config_entries(config), base=partitions_only) == config
 
 

@@ -10,11 +10,15 @@ import pytest
 from headwater.store import (
     Durability,
     InvalidConfigError,
+    InvalidTopicError,
     LogClosedError,
     NewRecord,
+    RecordTooLargeError,
+    StoreError,
     TopicConfig,
     TopicExistsError,
     TopicNotFoundError,
+    encode_batch,
     open_store,
     partition_for_key,
 )
@@ -254,3 +258,111 @@ async def test_nowait_appends_become_visible_once_durable(tmp_path: Path) -> Non
         assert [r.value for r in await partition.read_records(0, 1 << 16)] == [
             b"%d" % i for i in range(10)
         ]
+
+
+# -- internal topics, colliding names, config changes ------------------------------------
+
+
+async def test_internal_topics_are_refused_unless_internal(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        with pytest.raises(InvalidTopicError, match=r"cannot create topic '__mine'.*reserved"):
+            await store.create_topic("__mine")
+        assert not store.has_topic("__mine")
+        await store.create_topic("__mine", TopicConfig(partitions=2), internal=True)
+        record = [NewRecord(value=b"x")]
+        with pytest.raises(InvalidTopicError, match="cannot append to topic '__mine'"):
+            await store.append("__mine", record)
+        with pytest.raises(InvalidTopicError):
+            await store.append("__mine", [])
+        partition = store.partition("__mine", 0)
+        with pytest.raises(InvalidTopicError):
+            await partition.append(record)
+        with pytest.raises(InvalidTopicError):
+            await partition.append_batch(encode_batch(record))
+        with pytest.raises(InvalidTopicError):
+            partition.append_batch_nowait(encode_batch(record))
+        assert partition.log_end_offset == 0  # nothing was written
+        with pytest.raises(InvalidTopicError, match="cannot change the configuration"):
+            await store.alter_topic_config("__mine", {"retention.ms": "1"})
+        with pytest.raises(InvalidTopicError, match="cannot delete topic '__mine'"):
+            await store.delete_topic("__mine")
+        assert store.topic_config("__mine").retention_ms == TopicConfig().retention_ms
+        # headwater's own code says so, and may.
+        assert await store.append("__mine", record, partition=1, internal=True) == [(1, 0)]
+        await partition.append(record, internal=True)
+        await partition.append_batch(encode_batch(record), internal=True)
+        config = await store.alter_topic_config("__mine", {"retention.ms": "1"}, internal=True)
+        assert config.retention_ms == 1
+        await store.delete_topic("__mine", internal=True)
+        assert not store.has_topic("__mine")
+        # Reading an internal topic stays allowed.
+        await store.create_topic("__mine", internal=True)
+        assert await store.partition("__mine", 0).read_records(0, 1 << 10) == []
+
+
+@pytest.mark.parametrize(("first", "second"), [("a.b", "a_b"), ("a_b", "a.b"), ("x.y_z", "x_y.z")])
+async def test_names_that_collide_once_dot_and_underscore_are_alike_are_refused(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    async with open_store(tmp_path) as store:
+        await store.create_topic(first)
+        with pytest.raises(InvalidTopicError) as info:
+            await store.create_topic(second)
+        assert f"topic {second!r} collides with existing topic {first!r}" in str(info.value)
+        with pytest.raises(TopicExistsError):
+            await store.create_topic(first)
+        await store.create_topic("a-b")  # '-' is not one of the two
+        assert store.list_topics() == sorted([first, "a-b"])
+        await store.delete_topic(first)
+        await store.create_topic(second)  # free again once the other is gone
+
+
+async def test_concurrent_creates_of_colliding_names_let_one_through(tmp_path: Path) -> None:
+    outcomes: list[str] = []
+    async with open_store(tmp_path) as store:
+
+        async def create(name: str) -> None:
+            try:
+                await store.create_topic(name)
+            except InvalidTopicError:
+                outcomes.append("refused")
+            else:
+                outcomes.append("created")
+
+        async with anyio.create_task_group() as tg:
+            for name in ("t.1", "t_1", "t.1"):
+                tg.start_soon(create, name)
+        assert len(store.list_topics()) == 1
+    assert outcomes.count("created") == 1
+
+
+async def test_alter_topic_config_applies_at_once_and_survives_reopen(tmp_path: Path) -> None:
+    defaults = TopicConfig(retention_ms=86_400_000)
+    async with open_store(tmp_path, default_config=defaults) as store:
+        await store.create_topic("t", TopicConfig(partitions=2, retention_ms=5_000))
+        planned = store.altered_topic_config("t", {"max.message.bytes": "100"})
+        assert planned.max_message_bytes == 100
+        assert store.topic_config("t").max_message_bytes == TopicConfig().max_message_bytes
+        config = await store.alter_topic_config(
+            "t", {"max.message.bytes": "100", "retention.ms": None}
+        )
+        assert (config.max_message_bytes, config.retention_ms, config.partitions) == (
+            100,
+            86_400_000,
+            2,
+        )
+        assert store.partition("t", 1).config == config
+        with pytest.raises(RecordTooLargeError):  # the new limit holds for the next append
+            await store.append("t", [NewRecord(value=b"x" * 200)], partition=1)
+        with pytest.raises(InvalidConfigError, match="not a topic setting"):
+            await store.alter_topic_config("t", {"partitions": "3"})
+        with pytest.raises(InvalidConfigError, match="known keys"):
+            await store.alter_topic_config("t", {"retention.hours": "3"})
+        with pytest.raises(TopicNotFoundError):
+            await store.alter_topic_config("nope", {"retention.ms": "3"})
+        assert store.topic_config("t") == config  # the refused changes changed nothing
+    async with open_store(tmp_path, default_config=defaults) as store:
+        assert store.topic_config("t") == config
+    async with open_store(tmp_path, read_only=True) as store:
+        with pytest.raises(StoreError, match="read-only"):
+            await store.alter_topic_config("t", {"retention.ms": "3"})
