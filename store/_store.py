@@ -234,7 +234,8 @@ class Store:
                 f"data directory {self.path} is in use by {by} (one process may open it at a time)"
             ) from None
         self._lock_fd = fd
-        self._holder_recorded = record_holder(self.fs, self.path, fd)
+        if not self.read_only:  # a reading store writes nothing; /proc/locks names it
+            self._holder_recorded = record_holder(self.fs, self.path, fd)
 
     def _open_lock_file_read_only(self) -> int | None:
         """Open the lock file without creating anything; ``None`` if there is none.

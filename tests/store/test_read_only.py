@@ -31,7 +31,7 @@ CONFIG = TopicConfig(partitions=2, segment_bytes=4096)
 
 def snapshot(data: Path) -> dict[str, tuple[int, int, str]]:
     out = {}
-    for path in sorted(data.rglob("*")):
+    for path in [data, *sorted(data.rglob("*"))]:  # the directory's own mtime too
         stat = path.stat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
         out[str(path.relative_to(data))] = (stat.st_size, stat.st_mtime_ns, digest)
