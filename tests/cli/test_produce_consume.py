@@ -56,7 +56,8 @@ def test_keyed_round_trip(hw: Headwater) -> None:
     assert sorted(m["value"]["n"] for m in metas) == list(range(2500))
     assert {(m["partition"], m["offset"]) for m in metas} == set(acks)
     for m in metas:
-        assert set(m) == {"partition", "offset", "timestamp", "key", "value"}
+        assert set(m) == {"topic", "partition", "offset", "timestamp", "key", "value", "headers"}
+        assert (m["topic"], m["headers"]) == ("clicks", [])
         assert m["key"] == m["value"]["user"]
         assert abs(m["timestamp"] - time.time() * 1000) < 600_000
     # The stored value is the line re-serialised compactly.
