@@ -135,6 +135,11 @@ class KafkaAccess:
     @contextlib.asynccontextmanager
     async def groups(self, *, writer: bool) -> AsyncIterator[GroupAdmin]:
         """The cluster's consumer groups, through its admin API."""
+        probe = self.cluster.reader_consumer()
+        try:  # an unreachable cluster fails here at once, not after each admin call's timeout
+            await blocking(self.cluster.metadata, probe)
+        finally:
+            await blocking(probe.close)
         yield KafkaGroups(self.cluster)
 
 
@@ -156,7 +161,15 @@ class _KafkaWriter:
         failures: list[KafkaError] = []
         await blocking(self._produce, records, partition, placed, failures)
         if failures:
-            raise kafka_failure(f"producing to topic {self._topic!r}", failures[0])
+            failure = kafka_failure(f"producing to topic {self._topic!r}", failures[0])
+            if failures[0].code() == KafkaError.TOPIC_EXCEPTION:
+                # librdkafka keeps the broker's words to itself; say what Kafka means.
+                raise BrokerResponseError(
+                    f"{failure} (the broker takes no records for this topic from clients: "
+                    "an internal one, such as __consumer_offsets?)",
+                    failure.code,
+                )
+            raise failure
         return placed
 
     def _produce(

@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast
 import anyio.to_thread
 import click
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import ClusterMetadata  # type: ignore[attr-defined]  # not in __all__
 
 from headwater.broker import BrokerResponseError, parse_address
 from headwater.store import Record, TopicNotFoundError
@@ -107,6 +108,8 @@ class Cluster:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
         self.bootstrap = bootstrap
+        # Set from librdkafka's error callback (in whichever thread polls).
+        self._unreachable: str | None = None
 
     @property
     def description(self) -> str:
@@ -115,7 +118,45 @@ class Cluster:
 
     def config(self, **settings: Any) -> dict[str, Any]:
         """Return a librdkafka configuration for this cluster with ``settings``."""
-        return {"bootstrap.servers": self.bootstrap, "logger": _logger, **settings}
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "logger": _logger,
+            "error_cb": self._on_error,
+            **settings,
+        }
+
+    def _on_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code in (KafkaError._TRANSPORT, KafkaError._RESOLVE) and self._unreachable is None:
+            self._unreachable = error.str()  # the first reason says the most
+        elif code == KafkaError._ALL_BROKERS_DOWN and self._unreachable is None:
+            self._unreachable = error.str()
+        _logger.debug("librdkafka error: %s", error)
+
+    def metadata(self, consumer: Consumer, topic: str | None = None) -> ClusterMetadata:
+        """Return the cluster's metadata (``topic``'s only, when given), blocking.
+
+        Fails within about ``POLL_S`` once librdkafka has found no broker reachable,
+        instead of waiting out ``TIMEOUT_S``.
+
+        :raises BrokerResponseError: if the cluster cannot be reached.
+        """
+        attempts = max(1, int(TIMEOUT_S / POLL_S))
+        for attempt in range(attempts):
+            try:
+                metadata: ClusterMetadata = consumer.list_topics(topic, timeout=POLL_S)
+                return metadata
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if code not in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
+                    raise kafka_failure(f"reaching {self.description}", exc) from None
+                consumer.poll(0)  # serves the error callback, which tells why
+                if self._unreachable is not None or attempt == attempts - 1:
+                    reason = self._unreachable or exc.args[0].str()
+                    raise BrokerResponseError(
+                        f"cannot reach {self.description}: {reason}", code
+                    ) from None
+        raise AssertionError("unreachable")
 
     def reader_consumer(self, **settings: Any) -> Consumer:
         """Return a consumer that assigns partitions itself and never commits."""
@@ -139,11 +180,7 @@ class Cluster:
 
         :raises TopicNotFoundError: if there is no such topic.
         """
-        try:
-            metadata = consumer.list_topics(topic, timeout=TIMEOUT_S)
-        except KafkaException as exc:
-            raise kafka_failure(f"reaching {self.description}", exc) from None
-        found = metadata.topics.get(topic)
+        found = self.metadata(consumer, topic).topics.get(topic)
         unknown = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
         if found is None or (found.error is not None and found.error.code() in unknown):
             raise TopicNotFoundError(f"unknown topic {topic!r}")
