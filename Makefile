@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := store groups broker processing cli
+# The packages: every top-level folder with an __init__.py but these (setup.py finds the same).
+PACKAGES := $(filter-out tests bench examples build,$(patsubst %/__init__.py,%,$(wildcard */__init__.py)))
+DIST := build/dist
+SMOKE_VENV := build/smoke-venv
 
-.PHONY: run test lint typecheck kcat unit clean
+.PHONY: run test lint typecheck package kcat unit clean
 
 $(STAMP): pyproject.toml setup.py store/_speedups.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml setup.py store/_speedups.c
 run: $(STAMP)
 	$(BIN)/python examples/clickstream.py
 
-test: lint typecheck kcat unit
+test: lint typecheck package kcat unit
 
 # The broker's client tests drive Debian's kcat; they fail with a clear message when it is
 # missing, so a failed install here is reported but does not stop the run.
@@ -34,6 +37,19 @@ typecheck: $(STAMP)
 	@rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/headwater
 	@for p in $(PACKAGES); do ln -s "$(CURDIR)/$$p" $(VENV)/typecheck/headwater/$$p; done
 	cd $(VENV)/typecheck && MYPYPATH=. $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml $(foreach p,$(PACKAGES),-p headwater.$(p))
+
+# What `pip install headwater` gives a user, checked as they get it: the sdist, the wheel
+# built from it (both in isolated build envs), the wheel installed with its dependencies
+# (pip's cache; the package registry only) into a clean venv, and tests/packaging/smoke.py
+# run there from outside the tree. The tests above all run on the editable install. The
+# editable install's egg-info is removed first: setuptools would take its stale file list
+# into the sdist, hiding a file that a fresh clone's build leaves out.
+package: $(STAMP)
+	@rm -rf $(DIST) $(SMOKE_VENV) *.egg-info
+	$(BIN)/python -m build --quiet --outdir $(DIST) .
+	$(PYTHON) -m venv --without-pip $(SMOKE_VENV)
+	$(BIN)/python -m pip --python $(SMOKE_VENV)/bin/python install --quiet $(DIST)/*.whl
+	cd $(SMOKE_VENV) && bin/python -I $(CURDIR)/tests/packaging/smoke.py $(CURDIR)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

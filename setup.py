@@ -1,12 +1,31 @@
-"""The build of the store codec's optional C loops; everything else is in pyproject.toml.
+"""What the distribution holds, found from the tree; everything else is in pyproject.toml.
 
-``optional=True``: without a C compiler the package still installs, and the store runs
-on the Python codec that ``store/_speedups.c`` mirrors.
+Packages: every top-level folder with an ``__init__.py`` is the package
+``headwater.<folder>`` (``store/`` is ``headwater.store``), and every package below one is
+shipped with it, found by ``find_packages`` rather than listed, so a new subpackage cannot
+be left out of the wheel. ``tests/``, ``bench/`` and ``examples/`` are not shipped.
+Package data (``py.typed``, the C module's ``.pyi``) is declared in pyproject.toml.
+
+The store codec's C loops are ``optional=True``: without a C compiler the package still
+installs, and the store runs on the Python codec that ``store/_speedups.c`` mirrors.
 """
 
-from setuptools import Extension, setup
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+
+NOT_SHIPPED = frozenset({"tests", "bench", "examples", "build"})
+
+# setup.py runs from the project's root (pip and build both run it there); setuptools
+# wants paths relative to it.
+top_level = sorted(
+    init.parent.name for init in Path().glob("*/__init__.py") if init.parent.name not in NOT_SHIPPED
+)
+found = find_packages(include=[*top_level, *(f"{name}.*" for name in top_level)])
 
 setup(
+    package_dir={f"headwater.{name}": name for name in top_level},
+    packages=[f"headwater.{name}" for name in found],
     ext_modules=[
         Extension(
             "headwater.store._speedups",
@@ -14,5 +33,5 @@ setup(
             extra_compile_args=["-O2"],
             optional=True,
         )
-    ]
+    ],
 )

@@ -13,7 +13,8 @@ large it is, so that a consumer always makes progress.
 Long polling: when fewer than ``min_bytes`` are available, the handler waits -- on the
 partitions' new-data notifications (:meth:`Partition.wait_for`), never by sleeping and
 polling -- until one of them has data, then reads again; it answers with what it has when
-``max_wait_ms`` runs out, or at once when the broker shuts down.
+``max_wait_ms`` runs out, or at once when the broker shuts down. :attr:`FetchHandlers.waiting`
+counts the fetches waiting so (the broker's statistics report it).
 
 There are no fetch sessions: every response says ``session_id`` 0 ("no session") and
 lists every requested partition, empty ones too, so clients keep sending full requests.
@@ -91,6 +92,8 @@ class FetchHandlers:
     def __init__(self, store: Store, shutdown: anyio.Event) -> None:
         self._store = store
         self._shutdown = shutdown
+        #: Fetches waiting now for data (or for their ``max_wait_ms`` to run out).
+        self.waiting = 0
 
     def table(self) -> dict[ApiKey, Handler]:
         """Return this module's handlers by API key."""
@@ -131,8 +134,12 @@ class FetchHandlers:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
-            with anyio.move_on_after(remaining) as scope:
-                await self._wait_any(waiting)
+            self.waiting += 1
+            try:
+                with anyio.move_on_after(remaining) as scope:
+                    await self._wait_any(waiting)
+            finally:
+                self.waiting -= 1
             if scope.cancelled_caught:
                 break
         return {"error_code": 0, "session_id": 0, "responses": responses}

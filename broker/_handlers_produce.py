@@ -7,7 +7,9 @@ client. The broker checks it (:func:`check_batch`, NOTES.md's list) before anyth
 appended, then hands the client's bytes to the partition's log, which writes the base
 offset -- outside the CRC -- and stores everything else as received: a compressed batch
 is never decompressed, since its count, offsets and timestamps sit in the uncompressed
-header. A batch is acknowledged only once it is durable under the topic's policy.
+header. A batch is acknowledged only once it is durable under the topic's policy. Still,
+the broker stores only what it could read itself (compaction, local readers), so a codec
+it lacks is refused rather than stored.
 
 Checks, in order, with the error each failure answers:
 
@@ -18,6 +20,8 @@ fewer bytes than a header, magic not 2, a length that   CORRUPT_MESSAGE (2)
 runs past the bytes sent, an unknown codec
 larger than the topic's ``max.message.bytes``           MESSAGE_TOO_LARGE (10)
 CRC-32C mismatch                                        CORRUPT_MESSAGE (2)
+a codec this installation cannot read (snappy, lz4 or   UNSUPPORTED_COMPRESSION_TYPE (76)
+zstd without the ``compression`` extra's cramjam)
 base offset not 0, ``lastOffsetDelta + 1 !=             INVALID_RECORD (87)
 recordsCount`` or no records, a control or
 transactional batch, a producer id without a sequence
@@ -60,6 +64,8 @@ from headwater.store import (
     Store,
     StoreError,
     TopicNotFoundError,
+    UnsupportedCompressionError,
+    check_codec,
 )
 
 from ._dispatch import ClientInfo, Deferred, Handler, is_accepted
@@ -101,7 +107,7 @@ class BatchRejection(NamedTuple):
 def check_batch(records: Buffer | None, max_message_bytes: int) -> CheckedBatch | BatchRejection:
     """Check the bytes a Produce request carries for one partition (see the module docstring).
 
-    Pure: reads ``records`` only.
+    Pure: reads ``records`` only (and which codecs this installation has).
     """
     if not records:
         return BatchRejection(KafkaErrorCode.INVALID_RECORD, "no record batch")
@@ -145,8 +151,13 @@ def check_batch(records: Buffer | None, max_message_bytes: int) -> CheckedBatch 
         )
     if crc32c(memoryview(records)[_CRC_START:]) != crc:
         return BatchRejection(corrupt, "CRC-32C mismatch")
-    if attributes & _CODEC_MASK > _MAX_CODEC:
-        return BatchRejection(corrupt, f"unknown compression codec {attributes & _CODEC_MASK}")
+    codec = attributes & _CODEC_MASK
+    if codec > _MAX_CODEC:
+        return BatchRejection(corrupt, f"unknown compression codec {codec}")
+    try:
+        check_codec(codec)
+    except UnsupportedCompressionError as exc:
+        return BatchRejection(KafkaErrorCode.UNSUPPORTED_COMPRESSION_TYPE, str(exc))
     if attributes & _CONTROL:
         return BatchRejection(invalid, "clients may not send control batches")
     if attributes & _TRANSACTIONAL:
@@ -175,6 +186,7 @@ class ProduceHandlers:
     def __init__(self, store: Store, producers: ProducerStates) -> None:
         self._store = store
         self._producers = producers
+        self._codec_warned = False
 
     def table(self) -> dict[ApiKey, Handler]:
         """Return this module's handlers by API key."""
@@ -224,11 +236,19 @@ class ProduceHandlers:
                 )
                 if code != KafkaErrorCode.NONE:
                     _refuse(result, code, message)
-                    logger.debug("produce to %s-%d refused: %s", topic["name"], index, message)
+                    self._log_refusal(topic["name"], index, code, message)
         response = None if acks == 0 else {"responses": responses}
         if not unflushed:
             return response
         return Deferred(functools.partial(self._wait_durable, unflushed, response))
+
+    def _log_refusal(self, topic: str, index: int, code: KafkaErrorCode, message: str) -> None:
+        if code == KafkaErrorCode.UNSUPPORTED_COMPRESSION_TYPE and not self._codec_warned:
+            # The fix is on this side (install the extra): say so once, where the operator looks.
+            self._codec_warned = True
+            logger.warning("produce to %s-%d refused: %s", topic, index, message)
+        else:
+            logger.debug("produce to %s-%d refused: %s", topic, index, message)
 
     async def _append(
         self,

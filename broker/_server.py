@@ -91,6 +91,8 @@ class BrokerStatistics:
     :param rejected_connections: connections closed for bad input: a frame size over the
         limit, a malformed request, an API or version the broker does not serve.
     :param handler_failures: connections closed because a handler raised (a bug).
+    :param fetches_waiting: Fetch requests waiting now for data to arrive (long polls
+        parked until ``min_bytes`` are there, ``max_wait_ms`` runs out or shutdown).
     """
 
     connections_open: int
@@ -98,6 +100,7 @@ class BrokerStatistics:
     requests: int
     rejected_connections: int
     handler_failures: int
+    fetches_waiting: int
 
 
 @dataclass(slots=True)
@@ -147,6 +150,7 @@ class Broker:
         self._config = config if config is not None else BrokerConfig()
         self._extra = dict(extra_handlers or {})
         self._handlers: dict[ApiKey, Handler] = {}
+        self._fetches: FetchHandlers | None = None  # made by serve(), in the event loop
         self._node: Node | None = None
         self._closing = False
         self._shutdown: anyio.Event | None = None  # made by serve(), in the event loop
@@ -178,6 +182,7 @@ class Broker:
             requests=self._requests,
             rejected_connections=self._rejected,
             handler_failures=self._failures,
+            fetches_waiting=0 if self._fetches is None else self._fetches.waiting,
         )
 
     def shutdown(self) -> None:
@@ -244,7 +249,8 @@ class Broker:
         table.update(ConfigHandlers(self._store, node).table())
         table.update(ProduceHandlers(self._store, self._producers).table())
         assert self._shutdown is not None
-        table.update(FetchHandlers(self._store, self._shutdown).table())
+        self._fetches = FetchHandlers(self._store, self._shutdown)
+        table.update(self._fetches.table())
         table.update(self._extra)
         return table
 

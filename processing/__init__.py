@@ -14,8 +14,11 @@ description built one operator at a time (``filter``, ``map``, ``flat_map``,
            .to("clicks-enriched"))
     app.run()                                           # or: headwater run app.py
 
-``App.run`` joins the app's consumer group and runs one task per assigned input
-partition, committing input offsets only after the outputs are durable (at-least-once).
+The topics an app reads must exist when it runs (:class:`MissingSourceTopicError`),
+unless a stream declares its partition count (``app.stream("clicks", partitions=3)``),
+which lets the app create it. ``App.run`` joins the app's consumer group and runs one
+task per assigned input partition, committing input offsets only after the outputs are
+durable (at-least-once).
 Every derived record carries a ``headwater.source`` lineage header. Test pipelines with
 :class:`headwater.processing.testing.TestDriver`.
 """
@@ -28,6 +31,7 @@ from ._backend import open_in_process as open_in_process
 from ._config import AppConfig as AppConfig
 from ._encoding import OutRecords as OutRecords
 from ._errors import ErrorPolicy as ErrorPolicy
+from ._errors import MissingSourceTopicError as MissingSourceTopicError
 from ._errors import OperatorError as OperatorError
 from ._errors import ProcessingError as ProcessingError
 from ._errors import SerdeError as SerdeError
@@ -56,6 +60,7 @@ __all__ = (
     "InProcessBackend",
     "JsonSerde",
     "Membership",
+    "MissingSourceTopicError",
     "OperatorError",
     "OutRecords",
     "ProcessingError",

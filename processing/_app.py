@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -19,11 +19,11 @@ from headwater.store import HeadwaterError
 
 from ._backend import Backend, default_data_dir, open_in_process
 from ._config import AppConfig
-from ._errors import ErrorPolicy, TopologyError, parse_policy
-from ._graph import Graph
+from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
+from ._graph import Graph, plan_topics
 from ._runtime import RunStatistics, Runtime
 from ._serde import JSON, Serde
-from ._stream import Stream, check_topic
+from ._stream import Stream, check_partitions, check_topic
 
 logger = logging.getLogger("headwater.processing")
 
@@ -82,7 +82,12 @@ class App:
 
     @overload
     def stream(
-        self, topic: str, *, on_error: ErrorPolicy | str = ..., name: str | None = ...
+        self,
+        topic: str,
+        *,
+        on_error: ErrorPolicy | str = ...,
+        name: str | None = ...,
+        partitions: int | None = ...,
     ) -> Stream[Any]: ...
 
     @overload
@@ -93,6 +98,7 @@ class App:
         serde: Serde[T],
         on_error: ErrorPolicy | str = ...,
         name: str | None = ...,
+        partitions: int | None = ...,
     ) -> Stream[T]: ...
 
     def stream(
@@ -102,6 +108,7 @@ class App:
         serde: Serde[Any] | None = None,
         on_error: ErrorPolicy | str = ErrorPolicy.RAISE,
         name: str | None = None,
+        partitions: int | None = None,
     ) -> Stream[Any]:
         """Return the stream of ``topic``'s values, decoded by ``serde`` (JSON by default).
 
@@ -109,9 +116,28 @@ class App:
         decoding and every operator added to it; ``name`` names the stream where a name
         is needed: its dead-letter topic is ``<name>-dlq`` (``<topic>-dlq`` by default).
 
-        :raises TopologyError: for a bad topic name or policy.
+        The topic must exist when the app starts, else the run fails with
+        :class:`MissingSourceTopicError` (a misspelt topic or data directory is an
+        error, not an app with nothing to do). With ``partitions`` the app creates it
+        with that many partitions when it is missing instead; an existing topic keeps
+        its own count.
+
+        :raises TopologyError: for a bad topic name, policy or partition count, or a
+            partition count that differs from another stream's of the same topic.
         """
         check_topic(topic, "stream")
+        check_partitions(partitions)
+        for other in self._graph.sources():
+            declared = other.params.get("partitions")
+            if (
+                other.topic == topic
+                and None not in (declared, partitions)
+                and declared != partitions
+            ):
+                raise TopologyError(
+                    f"stream {topic!r}: partitions={partitions} differs from the "
+                    f"partitions={declared} of another stream of that topic"
+                )
         stream_name = topic if name is None else name
         dead_letter_topic = check_topic(f"{stream_name}-dlq", "stream name")
         policy = parse_policy(on_error)
@@ -120,7 +146,7 @@ class App:
             topic=topic,
             policy=policy,  # decoding follows the stream's policy too
             dead_letter_topic=dead_letter_topic,
-            params={"serde": serde or JSON},
+            params={"serde": serde or JSON, "partitions": partitions},
         )
         return Stream(self, node, policy=policy, dead_letter_topic=dead_letter_topic)
 
@@ -156,13 +182,32 @@ class App:
             with _fewer_gc_passes():
                 if backend is not None:
                     return await self._run_on(backend, until_caught_up, stop)
-                async with open_in_process(data_dir or self.data_dir) as local:
-                    return await self._run_on(local, until_caught_up, stop)
+                return await self._run_embedded(
+                    Path(data_dir or self.data_dir), until_caught_up, stop
+                )
         except BaseExceptionGroup as group:
             error = _first_error(group)
             if error is None:
                 raise
             raise error from error.__cause__  # keeps its cause: the user's exception
+
+    async def _run_embedded(
+        self, directory: Path, until_caught_up: bool, stop: anyio.Event | None
+    ) -> RunStatistics:
+        if not directory.exists():
+            # Nothing is created for an app that cannot run: a misspelt directory
+            # stays a typo, not a new empty log.
+            self._graph.validate()
+            try:
+                plan_topics(self._graph, {})
+            except MissingSourceTopicError as exc:
+                where = f"{directory} (no such data directory)"
+                raise MissingSourceTopicError(exc.topics, where) from None
+        try:
+            async with _first_error_wins(open_in_process(directory)) as local:
+                return await self._run_on(local, until_caught_up, stop)
+        except MissingSourceTopicError as exc:
+            raise MissingSourceTopicError(exc.topics, f"data directory {directory}") from None
 
     async def _run_on(
         self, backend: Backend, until_caught_up: bool, stop: anyio.Event | None
@@ -191,42 +236,50 @@ class App:
 
         async def main() -> RunStatistics:
             stop = anyio.Event()
-            async with anyio.create_task_group() as tg:
+            try:
+                async with anyio.create_task_group() as tg:
 
-                async def watch(*, task_status: TaskStatus[None]) -> None:
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        task_status.started()
-                        async for signum in signals:
-                            if stop.is_set():
-                                logger.warning("app %r: second signal: stopping now", self.name)
-                                tg.cancel_scope.cancel()
-                                return
-                            logger.info(
-                                "app %r: %s: finishing the batches in hand, then stopping",
-                                self.name,
-                                signal.Signals(signum).name,
-                            )
-                            stop.set()
+                    async def watch(*, task_status: TaskStatus[None]) -> None:
+                        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                            task_status.started()
+                            async for signum in signals:
+                                if stop.is_set():
+                                    logger.warning("app %r: second signal: stopping now", self.name)
+                                    tg.cancel_scope.cancel()
+                                    return
+                                logger.info(
+                                    "app %r: %s: finishing the batches in hand, then stopping",
+                                    self.name,
+                                    signal.Signals(signum).name,
+                                )
+                                stop.set()
 
-                await tg.start(watch)
-                await self.run_async(until_caught_up=until_caught_up, stop=stop, data_dir=data_dir)
-                tg.cancel_scope.cancel()
+                    await tg.start(watch)
+                    await self.run_async(
+                        until_caught_up=until_caught_up, stop=stop, data_dir=data_dir
+                    )
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # Unwrapped here, in the event loop, where the backend's cancellation
+                # class is known (outside it anyio cannot say which one to ignore).
+                error = _first_error(group)
+                if error is None:
+                    raise
+                raise error from error.__cause__
             statistics = self.statistics()
             assert statistics is not None
             return statistics
 
-        try:
-            return anyio.run(main, backend="trio")
-        except BaseExceptionGroup as group:
-            error = _first_error(group)
-            if error is None:
-                raise
-            raise error from error.__cause__
+        return anyio.run(main, backend="trio")
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """Return the first headwater error in a (nested) exception group, else its first
-    non-cancellation error."""
+    non-cancellation error.
+
+    Call it in the event loop: it asks anyio which exception is the backend's
+    cancellation.
+    """
     leaves: list[BaseException] = []
 
     def collect(exc: BaseException) -> None:
@@ -245,6 +298,25 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | No
         if not isinstance(leaf, cancelled):
             return leaf
     return None
+
+
+@contextlib.asynccontextmanager
+async def _first_error_wins(manager: contextlib.AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter ``manager`` for a block; if the block fails and closing the manager then fails
+    too, raise the block's error (the cause) and log the other (its consequence: a full
+    disk that failed a write also fails the checkpoint written on close)."""
+    value = await manager.__aenter__()
+    try:
+        yield value
+    except BaseException as exc:
+        try:
+            await manager.__aexit__(type(exc), exc, exc.__traceback__)
+        except Exception as consequence:
+            if consequence is exc or not isinstance(exc, Exception):
+                raise  # a cancellation gives way to what closing met
+            logger.warning("closing after the error below failed too: %s", consequence)
+        raise
+    await manager.__aexit__(None, None, None)
 
 
 @contextlib.contextmanager

@@ -18,25 +18,17 @@ class AppConfig:
         batch's outputs under a topic's default ``max_message_bytes`` (one append each)
         and lets the allocator reuse one batch's memory for the next (larger batches
         measured no faster).
-    :param default_partitions: the partition count of a source topic that does not exist
-        when the app starts (it is created, so that the app can wait for records).
     :raises TopologyError: if a value is out of range.
     """
 
     commit_interval_ms: int = 1000
     max_batch_bytes: int = 512 << 10
-    default_partitions: int = 1
 
     def __post_init__(self) -> None:
         for name, low in (
             ("commit_interval_ms", 1),
             ("max_batch_bytes", 64),
-            ("default_partitions", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise TopologyError(f"AppConfig.{name} must be an integer >= {low}, got {value!r}")
-        if self.default_partitions > 10_000:
-            raise TopologyError(
-                f"AppConfig.default_partitions must be at most 10000, got {self.default_partitions}"
-            )

@@ -6,6 +6,8 @@
     └── ProcessingError
         ├── TopologyError             the graph cannot run: no sink, a topic both read and
         │                             written, a stream of another app, a bad name
+        ├── MissingSourceTopicError   a topic the app reads does not exist (and the app
+        │                             did not ask for it to be created)
         ├── SerdeError                a value could not be (de)serialised
         └── OperatorError             a user function raised under the ``raise`` policy:
                                       names the operator, the source record and the
@@ -32,6 +34,32 @@ class ProcessingError(HeadwaterError):
 
 class TopologyError(ProcessingError):
     """The operator graph is not valid: it cannot be built or run as described."""
+
+
+class MissingSourceTopicError(ProcessingError):
+    """Topics the app reads do not exist, and the app did not ask for them to be created.
+
+    Kafka Streams' ``MissingSourceTopicException``: an app never creates the topics it
+    reads unless told to (``app.stream(topic, partitions=N)``), since a misspelt topic
+    or data directory would otherwise look like an app with nothing to do.
+
+    :ivar topics: the missing topics, sorted. :ivar location: where they were looked
+        for (``data directory ./headwater-data``), if known.
+    """
+
+    def __init__(self, topics: list[str], location: str | None = None) -> None:
+        self.topics = sorted(topics)
+        self.location = location
+        names = ", ".join(repr(t) for t in self.topics)
+        where = f" in {location}" if location else ""
+        first = self.topics[0]
+        super().__init__(
+            f"missing source topic{'s' if len(self.topics) > 1 else ''} {names}{where}: "
+            f"create {'them' if len(self.topics) > 1 else 'it'} first "
+            f"(headwater topics create {first} --partitions N), or let the app create "
+            f"{'them' if len(self.topics) > 1 else 'it'} with "
+            f"app.stream({first!r}, partitions=N)"
+        )
 
 
 class SerdeError(ProcessingError):

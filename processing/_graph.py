@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ErrorPolicy, TopologyError
+from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError
 
 SOURCE_KINDS = frozenset({"source", "internal"})
 SINK_KINDS = frozenset({"to", "through"})
@@ -234,19 +234,28 @@ def source_ancestors(node: Node) -> list[Node]:
 
 
 def plan_topics(
-    graph: Graph, existing: Mapping[str, int | None], default_partitions: int
+    graph: Graph, existing: Mapping[str, int | None], default_partitions: int | None = None
 ) -> dict[str, int]:
     """Return the partition count of every topic the app uses, in creation order.
 
     Topics that exist keep their count (``existing`` maps a topic to its count, or None
-    when it is missing). A missing source topic gets ``default_partitions``; a missing
-    sink, repartition or dead-letter topic gets its explicit count, else as many as the
-    widest source it reads from.
+    when it is missing). A missing source topic gets the count its stream declares
+    (``app.stream(topic, partitions=N)``), else ``default_partitions`` (the test
+    driver's); a missing sink, repartition or dead-letter topic gets its explicit count,
+    else as many as the widest source it reads from.
+
+    :raises MissingSourceTopicError: if source topics are missing and neither gives a count.
     """
     counts: dict[str, int] = {}
+    missing: list[str] = []
+    declared = {
+        n.topic: n.params["partitions"]
+        for n in graph.nodes
+        if n.kind == "source" and n.topic is not None and n.params.get("partitions")
+    }
 
     def widest(node: Node) -> int:
-        return max((counts[s.topic] for s in source_ancestors(node) if s.topic), default=1)
+        return max((counts.get(s.topic, 1) for s in source_ancestors(node) if s.topic), default=1)
 
     for node in graph.nodes:
         if node.topic is None or node.topic in counts:
@@ -255,9 +264,16 @@ def plan_topics(
         if have is not None:
             counts[node.topic] = have
         elif node.kind == "source":
-            counts[node.topic] = default_partitions
+            count = declared.get(node.topic, default_partitions)
+            if count is None:
+                if node.topic not in missing:
+                    missing.append(node.topic)
+                continue
+            counts[node.topic] = count
         elif node.kind in SINK_KINDS:
             counts[node.topic] = node.params.get("partitions") or widest(node)
+    if missing:
+        raise MissingSourceTopicError(missing)
     for topic, node in graph.dead_letter_topics().items():
         if topic not in counts:
             have = existing.get(topic)

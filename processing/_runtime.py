@@ -132,13 +132,14 @@ class Runtime:
         """Create the topics the graph needs and build the pipelines; return partition counts.
 
         :raises TopologyError: if the graph cannot run.
+        :raises MissingSourceTopicError: if a source topic is missing (nothing is created).
         """
         graph = self._graph
         graph.validate()
         backend = self._backend
         topics = [n.topic for n in graph.nodes if n.topic] + list(graph.dead_letter_topics())
         existing = {topic: backend.partition_count(topic) for topic in topics}
-        counts = plan_topics(graph, existing, self._config.default_partitions)
+        counts = plan_topics(graph, existing)
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
                 logger.info(

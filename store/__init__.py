@@ -15,6 +15,7 @@ from ._batch import TimestampType as TimestampType
 from ._batch import parse_batch_header as parse_batch_header
 from ._batch import verify_batch as verify_batch
 from ._compression import Compression as Compression
+from ._compression import check_codec as check_codec
 from ._config import CleanupPolicy as CleanupPolicy
 from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
@@ -33,6 +34,8 @@ from ._errors import StoreError as StoreError
 from ._errors import TopicExistsError as TopicExistsError
 from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
+from ._fs import FileSystem as FileSystem
+from ._fs import OsFileSystem as OsFileSystem
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -67,6 +70,7 @@ __all__ = (
     "DataDirectoryLockedError",
     "DecimalColumn",
     "Durability",
+    "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
     "InvalidTopicError",
@@ -74,6 +78,7 @@ __all__ = (
     "LogStatistics",
     "NewRecord",
     "OffsetOutOfRangeError",
+    "OsFileSystem",
     "Partition",
     "PartitionDescription",
     "PartitionLog",
@@ -90,6 +95,7 @@ __all__ = (
     "TopicExistsError",
     "TopicNotFoundError",
     "UnsupportedCompressionError",
+    "check_codec",
     "decode_columns",
     "decode_records",
     "encode_batch",

@@ -26,6 +26,7 @@ an interrupted swap by removing the segments it replaces) and then swapped in by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -210,15 +211,16 @@ def write_swap_file(log: PartitionLog, group: _Group) -> Path:
         batches.append(encode_empty_batch(last, group.segments[-1].max_timestamp))
     cleaned = log.directory / segment_file_name(base, LOG_SUFFIX + CLEANED_SUFFIX)
     swap = log.directory / segment_file_name(base, LOG_SUFFIX + SWAP_SUFFIX)
-    fd = os.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    fs = log.fs
+    fd = fs.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
     try:
         for batch in batches:
-            write_all(fd, batch)
-        os.fsync(fd)
+            write_all(fs, fd, batch)
+        fs.fsync(fd)
     finally:
-        os.close(fd)
-    os.replace(cleaned, swap)
-    fsync_dir(log.directory)
+        fs.close(fd)
+    fs.replace(cleaned, swap)
+    fsync_dir(fs, log.directory)
     return swap
 
 
@@ -237,7 +239,8 @@ def swap_in(log: PartitionLog, plan: CleaningPlan, swaps: Sequence[Path]) -> Cle
             log.replace_segments(group.segments, swap)
     finally:
         for swap in swaps:
-            swap.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                log.fs.unlink(swap)
     stats = log.statistics()
     return CleanResult(
         plan.segments_before,

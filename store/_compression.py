@@ -44,7 +44,7 @@ from typing import Any
 
 from ._errors import CorruptRecordError, UnsupportedCompressionError
 
-__all__ = ("MAX_DECOMPRESSED_BYTES", "Compression", "compress", "decompress")
+__all__ = ("MAX_DECOMPRESSED_BYTES", "Compression", "check_codec", "compress", "decompress")
 
 
 class Compression(enum.IntEnum):
@@ -96,6 +96,22 @@ def _cramjam() -> Any:
         ) from exc
 
 
+def check_codec(codec: int) -> None:
+    """Check that this installation can compress and decompress with ``codec``.
+
+    Lets a caller refuse a codec where its input enters, before any work: snappy, lz4 and
+    zstd need the optional cramjam package (``pip install 'headwater[compression]'``).
+
+    :param codec: a :class:`Compression` value.
+    :raises UnsupportedCompressionError: if the codec is unknown or cramjam is not installed;
+        the message says what to install.
+    """
+    if codec not in _DECODERS and codec != Compression.NONE:
+        raise UnsupportedCompressionError(f"unknown compression codec {codec}")
+    if codec not in (Compression.NONE, Compression.GZIP):
+        _cramjam()
+
+
 def compress(codec: int, data: Buffer) -> bytes:
     """Compress a records section with ``codec``, framed as Kafka's Java producer does.
 
@@ -133,11 +149,8 @@ def decompress(
     """
     if codec == Compression.NONE:
         return bytes(data)
-    decoder = _DECODERS.get(codec)
-    if decoder is None:
-        raise UnsupportedCompressionError(f"unknown compression codec {codec}")
-    if codec != Compression.GZIP:
-        _cramjam()  # a missing codec is reported as such, before the payload is looked at
+    check_codec(codec)  # a missing codec is reported as such, before the payload is looked at
+    decoder = _DECODERS[codec]
     name = Compression(codec).name.lower()
     try:
         return decoder(data, limit)

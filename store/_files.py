@@ -1,4 +1,4 @@
-"""File names and the few file-system operations the log depends on.
+"""File names and the few file-system routines the log builds from its :class:`FileSystem`.
 
 A partition is a folder of segments, each named by its base offset as 20 zero-padded
 digits so that a plain directory listing sorts them in offset order:
@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+
+from ._fs import FileSystem
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -42,39 +44,53 @@ def parse_segment_file_name(name: str) -> tuple[int, str] | None:
     return int(stem), "." + rest
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(fs: FileSystem, path: Path) -> None:
     """Make the creations, renames and deletions inside directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = fs.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fs.fsync(fd)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def make_dirs(fs: FileSystem, path: Path) -> None:
+    """Create directory ``path`` and its missing parents, each new name made durable.
+
+    A new directory survives a power cut only once its parent has been fsynced, so each
+    one created here is followed by an fsync of its parent. An existing ``path`` costs
+    one lookup and writes nothing.
+    """
+    if fs.exists(path):
+        return
+    make_dirs(fs, path.parent)
+    fs.mkdir(path, exist_ok=True)
+    fsync_dir(fs, path.parent)
+
+
+def atomic_write(fs: FileSystem, path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, never a mix.
 
     :raises OSError: if the file system refuses; the old file is then untouched.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+            view = view[fs.write(fd, view) :]
+        fs.fsync(fd)
     except BaseException:
-        os.close(fd)
+        fs.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fs.close(fd)
+    fs.replace(tmp, path)
+    fsync_dir(fs, path.parent)
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def write_all(fs: FileSystem, fd: int, data: bytes | bytearray | memoryview) -> None:
     """Write every byte of ``data`` at the end of ``fd`` (opened with ``O_APPEND``)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[fs.write(fd, view) :]

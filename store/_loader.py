@@ -48,6 +48,7 @@ from ._files import (
     parse_segment_file_name,
     segment_file_name,
 )
+from ._fs import FileSystem
 from ._index import IndexFormatError, OffsetIndex, TimeIndex
 from ._segment import Segment
 
@@ -85,9 +86,9 @@ class RecoveryPoint:
         return point
 
 
-def write_recovery_point(directory: Path, point: RecoveryPoint) -> None:
+def write_recovery_point(fs: FileSystem, directory: Path, point: RecoveryPoint) -> None:
     """Persist ``point`` atomically (its data must already be fsynced)."""
-    atomic_write(directory / RECOVERY_CHECKPOINT_FILE, point.to_json())
+    atomic_write(fs, directory / RECOVERY_CHECKPOINT_FILE, point.to_json())
 
 
 @dataclass(slots=True)
@@ -101,7 +102,9 @@ class LoadResult:
     rebuilt: list[Segment]
 
 
-def load_segments(directory: Path, *, index_interval_bytes: int, now_ms: int) -> LoadResult:
+def load_segments(
+    fs: FileSystem, directory: Path, *, index_interval_bytes: int, now_ms: int
+) -> LoadResult:
     """Open every segment in ``directory``, recovering after a crash as the module describes.
 
     Returns the segments in offset order (possibly none). The clean-shutdown marker is
@@ -110,13 +113,13 @@ def load_segments(directory: Path, *, index_interval_bytes: int, now_ms: int) ->
 
     :raises CorruptRecordError: on damage that is not a torn tail.
     """
-    _settle_leftovers(directory)
+    _settle_leftovers(fs, directory)
     marker = directory / CLEAN_SHUTDOWN_FILE
-    clean = marker.exists()
-    point = _read_recovery_point(directory)
+    clean = fs.exists(marker)
+    point = _read_recovery_point(fs, directory)
     bases = sorted(
         parsed[0]
-        for name in os.listdir(directory)
+        for name in fs.listdir(directory)
         if (parsed := parse_segment_file_name(name)) and parsed[1] == LOG_SUFFIX
     )
     segments: list[Segment] = []
@@ -124,7 +127,7 @@ def load_segments(directory: Path, *, index_interval_bytes: int, now_ms: int) ->
         for base in bases:
             segments.append(
                 Segment.open_file(
-                    directory, base, index_interval_bytes=index_interval_bytes, now_ms=now_ms
+                    fs, directory, base, index_interval_bytes=index_interval_bytes, now_ms=now_ms
                 )
             )
         truncated, rebuilt = _recover(segments, point, clean)
@@ -174,13 +177,13 @@ def _load_trusted(segment: Segment, upper: int | None) -> bool:
     try:
         index = OffsetIndex.from_bytes(
             segment.base_offset,
-            segment.index_path.read_bytes(),
+            segment.fs.read_bytes(segment.index_path),
             log_size=segment.size,
             next_offset=upper,
         )
         time_index = TimeIndex.from_bytes(
             segment.base_offset,
-            segment.timeindex_path.read_bytes(),
+            segment.fs.read_bytes(segment.timeindex_path),
             next_offset=upper if upper is not None else 1 << 62,
         )
         if segment.size and not len(index):
@@ -292,9 +295,9 @@ def _verify_tail(segment: Segment, start: int, upper: int | None) -> int:
     return 0
 
 
-def _read_recovery_point(directory: Path) -> RecoveryPoint | None:
+def _read_recovery_point(fs: FileSystem, directory: Path) -> RecoveryPoint | None:
     try:
-        data = (directory / RECOVERY_CHECKPOINT_FILE).read_bytes()
+        data = fs.read_bytes(directory / RECOVERY_CHECKPOINT_FILE)
     except FileNotFoundError:
         return None
     point = RecoveryPoint.from_json(data)
@@ -303,48 +306,48 @@ def _read_recovery_point(directory: Path) -> RecoveryPoint | None:
     return point
 
 
-def _settle_leftovers(directory: Path) -> None:
-    names = os.listdir(directory)
+def _settle_leftovers(fs: FileSystem, directory: Path) -> None:
+    names = fs.listdir(directory)
     changed = False
     for name in names:
         if name.endswith((TMP_SUFFIX, DELETED_SUFFIX, CLEANED_SUFFIX)):
-            os.unlink(directory / name)
+            fs.unlink(directory / name)
             changed = True
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(fs.listdir(directory)):
         parsed = parse_segment_file_name(name)
         if parsed and parsed[1] == LOG_SUFFIX + SWAP_SUFFIX:
-            _finish_swap(directory, parsed[0])
+            _finish_swap(fs, directory, parsed[0])
             changed = True
     logs = {
         p[0]
-        for n in os.listdir(directory)
+        for n in fs.listdir(directory)
         if (p := parse_segment_file_name(n)) and p[1] == LOG_SUFFIX
     }
-    for name in os.listdir(directory):
+    for name in fs.listdir(directory):
         parsed = parse_segment_file_name(name)
         if parsed and parsed[1] in (INDEX_SUFFIX, TIMEINDEX_SUFFIX) and parsed[0] not in logs:
-            os.unlink(directory / name)
+            fs.unlink(directory / name)
             changed = True
     if changed:
-        fsync_dir(directory)
+        fsync_dir(fs, directory)
 
 
-def _finish_swap(directory: Path, base: int) -> None:
+def _finish_swap(fs: FileSystem, directory: Path, base: int) -> None:
     """Complete a compaction whose replacement segment reached its commit point."""
     swap = directory / segment_file_name(base, LOG_SUFFIX + SWAP_SUFFIX)
-    fd = os.open(swap, os.O_RDONLY)
+    fd = fs.open(swap, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, size, 0)
+        size = fs.fstat(fd).st_size
+        data = fs.pread(fd, size, 0)
     finally:
-        os.close(fd)
+        fs.close(fd)
     next_offset = base
     position = 0
     while position < len(data):
         header = verify_batch(data, position)
         next_offset = header.base_offset + header.last_offset_delta + 1
         position += header.batch_length + 12
-    for name in os.listdir(directory):
+    for name in fs.listdir(directory):
         parsed = parse_segment_file_name(name)
         if (
             parsed
@@ -352,6 +355,6 @@ def _finish_swap(directory: Path, base: int) -> None:
             and base <= parsed[0] < max(next_offset, base + 1)
         ):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(directory / name)
-    fsync_dir(directory)
-    os.replace(swap, directory / segment_file_name(base, LOG_SUFFIX))
+                fs.unlink(directory / name)
+    fsync_dir(fs, directory)
+    fs.replace(swap, directory / segment_file_name(base, LOG_SUFFIX))

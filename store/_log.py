@@ -14,8 +14,9 @@ and now and then the recovery checkpoint) and ``complete_flush`` (writer's side 
 advance ``recovery_point``). Everything below ``recovery_point`` is durable.
 
 The active segment rolls when the next batch would take it past ``segment_bytes`` or its
-first batch is older than ``segment_ms``. Retention removes whole segments from the front
-(never the active one), by age (a segment whose newest record is older than
+first batch is older than ``segment_ms``; it is fsynced before the next one is created,
+so only the last segment can ever end in a torn batch. Retention removes whole segments
+from the front (never the active one), by age (a segment whose newest record is older than
 ``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
 ``log_start_offset`` is the base offset of the first remaining segment.
 
@@ -25,6 +26,7 @@ Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -44,7 +46,8 @@ from ._errors import (
     StorageFullError,
     StoreError,
 )
-from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir
+from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
+from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._loader import RecoveryPoint, load_segments, rebuild_indexes, write_recovery_point
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
@@ -92,6 +95,7 @@ class LogStatistics:
 class FlushPlan:
     """What one flush makes durable; ``execute`` may run in a worker thread."""
 
+    fs: FileSystem
     directory: Path
     segments: list[Segment]
     rolled: list[Segment]
@@ -120,10 +124,10 @@ class FlushPlan:
         for segment in self.segments:
             segment.flush()
         if self.sync_directory:
-            fsync_dir(self.directory)
+            fsync_dir(self.fs, self.directory)
         if self.write_checkpoint:
             try:
-                write_recovery_point(self.directory, self.target)
+                write_recovery_point(self.fs, self.directory, self.target)
             except OSError as exc:
                 logger.warning("%s: cannot write the recovery checkpoint: %s", self.directory, exc)
                 self.write_checkpoint = False
@@ -144,7 +148,9 @@ class PartitionLog:
         segments: list[Segment],
         *,
         clock: Callable[[], int],
+        fs: FileSystem = OS_FILE_SYSTEM,
     ) -> None:
+        self.fs = fs
         self.directory = directory
         self.config = config
         self._clock = clock
@@ -167,27 +173,31 @@ class PartitionLog:
         config: TopicConfig,
         *,
         clock: Callable[[], int] = wall_clock_ms,
+        fs: FileSystem = OS_FILE_SYSTEM,
     ) -> PartitionLog:
         """Open (creating if needed) the log in ``directory``, recovering after a crash.
 
+        All file work goes through ``fs`` (the operating system by default).
+
         :raises CorruptRecordError: if the log is damaged other than in a torn tail.
         """
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(fs, directory)
         result = load_segments(
-            directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
+            fs, directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
         )
         segments = result.segments
         if not segments:
             segments = [
                 Segment.create(
+                    fs,
                     directory,
                     0,
                     index_interval_bytes=config.index_interval_bytes,
                     now_ms=clock(),
                 )
             ]
-            fsync_dir(directory)
-        log = cls(directory, config, segments, clock=clock)
+            fsync_dir(fs, directory)
+        log = cls(directory, config, segments, clock=clock, fs=fs)
         log._clean_marker = result.clean
         # Rebuilt indexes of inactive segments are rewritten by the next flush.
         log._rolled = [s for s in result.rebuilt if s is not segments[-1]]
@@ -274,8 +284,9 @@ class PartitionLog:
     def _begin_change(self) -> None:
         """Remove the clean-shutdown marker before the first change since a clean open."""
         if self._clean_marker:
-            (self.directory / CLEAN_SHUTDOWN_FILE).unlink(missing_ok=True)
-            fsync_dir(self.directory)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(self.directory / CLEAN_SHUTDOWN_FILE)
+            fsync_dir(self.fs, self.directory)
             self._clean_marker = False
 
     def _append_checked(self, batch: bytes | bytearray, now: int) -> AppendInfo:
@@ -339,7 +350,15 @@ class PartitionLog:
         self._begin_change()
         old = self._segments[-1]
         old.seal_time_index()
+        # The old segment's data must be durable before the new segment's name can be:
+        # else a power cut could leave a torn batch in a segment that is no longer the
+        # last one, which recovery cannot tell from damage.
+        try:
+            old.flush()
+        except OSError as exc:
+            raise StoreError(f"{old.log_path}: fsync failed: {exc}") from exc
         new = Segment.create(
+            self.fs,
             self.directory,
             self._log_end_offset,
             index_interval_bytes=self.config.index_interval_bytes,
@@ -372,7 +391,9 @@ class PartitionLog:
             or base != active.base_offset
             or active.size - position >= CHECKPOINT_INTERVAL_BYTES
         )
-        plan = FlushPlan(self.directory, segments, rolled, self._directory_dirty, target, due)
+        plan = FlushPlan(
+            self.fs, self.directory, segments, rolled, self._directory_dirty, target, due
+        )
         self._directory_dirty = False
         return plan
 
@@ -552,7 +573,8 @@ class PartitionLog:
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
         run = self._segments[first : first + len(replaced)] if first >= 0 else []
         if first < 0 or run != list(replaced) or first + len(replaced) >= len(self._segments):
-            swap_file.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(swap_file)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
         self._begin_change()
         for segment in replaced:
@@ -562,9 +584,10 @@ class PartitionLog:
                 self._rolled.remove(segment)
             segment.delete()
         base = replaced[0].base_offset
-        os.replace(swap_file, replaced[0].log_path)
-        fsync_dir(self.directory)
+        self.fs.replace(swap_file, replaced[0].log_path)
+        fsync_dir(self.fs, self.directory)
         segment = Segment.open_file(
+            self.fs,
             self.directory,
             base,
             index_interval_bytes=self.config.index_interval_bytes,
@@ -605,10 +628,11 @@ class PartitionLog:
             active = self._segments[-1]
             active.write_indexes()
             write_recovery_point(
+                self.fs,
                 self.directory,
                 RecoveryPoint(self._log_end_offset, active.base_offset, active.size),
             )
-            atomic_write(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+            atomic_write(self.fs, self.directory / CLEAN_SHUTDOWN_FILE, b"")
         finally:
             self._closed = True
             for segment in self._segments:

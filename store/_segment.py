@@ -1,7 +1,8 @@
 """One segment of a partition: a ``.log`` file of record batches and its sparse indexes.
 
 Theory of operation. A segment owns one file descriptor opened for appending; batches are
-written at its end with ``os.write`` and read anywhere with ``os.pread``, so a reader
+written at its end with ``write`` and read anywhere with ``pread`` (through the store's
+:class:`FileSystem`), so a reader
 never moves a file position the writer depends on, and many readers may run beside the
 one writer. The indexes live in memory while the segment is open and are written to
 ``.index`` / ``.timeindex`` when the segment stops being the active one and when the log
@@ -34,6 +35,7 @@ from ._files import (
     segment_file_name,
     write_all,
 )
+from ._fs import FileSystem
 from ._index import OffsetIndex, TimeIndex
 
 # The fields of a batch header a scan needs, from its first 43 bytes:
@@ -78,6 +80,7 @@ class Segment:
         "base_offset",
         "created_ms",
         "directory",
+        "fs",
         "index",
         "index_interval_bytes",
         "max_timestamp",
@@ -88,6 +91,7 @@ class Segment:
 
     def __init__(
         self,
+        fs: FileSystem,
         directory: Path,
         base_offset: int,
         fd: int,
@@ -100,6 +104,7 @@ class Segment:
         index_interval_bytes: int,
         created_ms: int,
     ) -> None:
+        self.fs = fs
         self.directory = directory
         self.base_offset = base_offset
         self._fd = fd
@@ -120,12 +125,19 @@ class Segment:
 
     @classmethod
     def create(
-        cls, directory: Path, base_offset: int, *, index_interval_bytes: int, now_ms: int
+        cls,
+        fs: FileSystem,
+        directory: Path,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        now_ms: int,
     ) -> Segment:
         """Create the empty files of a new segment (the caller fsyncs the directory)."""
         path = directory / segment_file_name(base_offset, LOG_SUFFIX)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         return cls._empty(
+            fs,
             directory,
             base_offset,
             fd,
@@ -136,16 +148,23 @@ class Segment:
 
     @classmethod
     def open_file(
-        cls, directory: Path, base_offset: int, *, index_interval_bytes: int, now_ms: int = 0
+        cls,
+        fs: FileSystem,
+        directory: Path,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        now_ms: int = 0,
     ) -> Segment:
         """Open an existing ``.log`` with empty indexes; the loader fills in the rest.
 
         A reopened segment's age for ``segment_ms`` counts from ``now_ms``.
         """
         path = directory / segment_file_name(base_offset, LOG_SUFFIX)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        size = os.fstat(fd).st_size
+        fd = fs.open(path, os.O_RDWR | os.O_APPEND)
+        size = fs.fstat(fd).st_size
         return cls._empty(
+            fs,
             directory,
             base_offset,
             fd,
@@ -157,6 +176,7 @@ class Segment:
     @classmethod
     def _empty(
         cls,
+        fs: FileSystem,
         directory: Path,
         base_offset: int,
         fd: int,
@@ -167,6 +187,7 @@ class Segment:
     ) -> Segment:
         """A segment over ``fd`` whose indexes and offsets are still to be filled in."""
         return cls(
+            fs,
             directory,
             base_offset,
             fd,
@@ -214,10 +235,10 @@ class Segment:
         """
         position = self.size
         try:
-            write_all(self._fd, batch)
+            write_all(self.fs, self._fd, batch)
         except OSError:
             # A partial batch must never stay behind a failed write.
-            os.ftruncate(self._fd, position)
+            self.fs.ftruncate(self._fd, position)
             raise
         self.note_batch(position, base_offset, next_offset, len(batch), max_timestamp)
         return position
@@ -269,7 +290,7 @@ class Segment:
 
     def truncate_to_position(self, position: int) -> None:
         """Cut the log at ``position`` (a batch boundary) and forget later index entries."""
-        os.ftruncate(self._fd, position)
+        self.fs.ftruncate(self._fd, position)
         self.size = position
         self.index.truncate_to_position(position)
 
@@ -280,14 +301,14 @@ class Segment:
     def write_indexes(self) -> None:
         """Persist both indexes atomically (their files are derived data)."""
         self.seal_time_index()
-        atomic_write(self.index_path, self.index.to_bytes())
-        atomic_write(self.timeindex_path, self.time_index.to_bytes())
+        atomic_write(self.fs, self.index_path, self.index.to_bytes())
+        atomic_write(self.fs, self.timeindex_path, self.time_index.to_bytes())
 
     # -- reading -----------------------------------------------------------------------
 
     def read(self, position: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``position``."""
-        return os.pread(self._fd, size, position)
+        return self.fs.pread(self._fd, size, position)
 
     def iter_batches(
         self, start_position: int = 0, end: int | None = None
@@ -308,7 +329,7 @@ class Segment:
             rel = position - chunk_start
             if rel + HOP_SIZE > len(chunk):
                 chunk_start, rel = position, 0
-                chunk = os.pread(self._fd, min(read_size, end - position), position)
+                chunk = self.fs.pread(self._fd, min(read_size, end - position), position)
                 if len(chunk) < HOP_SIZE:
                     raise CorruptRecordError(
                         "truncated batch header", position=position, path=str(self.log_path)
@@ -383,13 +404,13 @@ class Segment:
 
     def flush(self) -> None:
         """fsync the ``.log``."""
-        os.fsync(self._fd)
+        self.fs.fsync(self._fd)
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
         if not self._closed:
             self._closed = True
-            os.close(self._fd)
+            self.fs.close(self._fd)
 
     def delete(self) -> None:
         """Remove the segment's files, the ``.log`` first.
@@ -399,6 +420,6 @@ class Segment:
         self._deleted = True
         for path in (self.log_path, self.index_path, self.timeindex_path):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                self.fs.unlink(path)
         if self._pins == 0:
             self.close()

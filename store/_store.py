@@ -40,7 +40,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from ._cleaner import plan_cleaning, swap_in, write_swap_files
+from ._compression import check_codec
 from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
     DataDirectoryLockedError,
@@ -61,7 +61,8 @@ from ._errors import (
     TopicExistsError,
     TopicNotFoundError,
 )
-from ._files import atomic_write, fsync_dir
+from ._files import atomic_write, fsync_dir, make_dirs
+from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._log import PartitionLog, wall_clock_ms
 from ._partition import Partition
 from ._partitioner import StickyPartitioner, partition_for_key
@@ -110,7 +111,8 @@ class Store:
 
     Use as an async context manager (``async with open_store(path) as store``): entering
     opens every topic, leaving closes them cleanly. Concurrency: any number of tasks of the
-    owning event loop may use it; one process owns a data directory at a time.
+    owning event loop may use it; one process owns a data directory at a time. Every
+    file operation goes through ``fs`` (the operating system by default).
     """
 
     def __init__(
@@ -121,8 +123,10 @@ class Store:
         default_config: TopicConfig | None = None,
         maintenance_interval_s: float = 30.0,
         read_only: bool = False,
+        fs: FileSystem = OS_FILE_SYSTEM,
     ) -> None:
         self.path = Path(path)
+        self.fs = fs
         self.read_only = read_only
         self._lock_fd: int | None = None
         self.default_config = default_config or TopicConfig()
@@ -175,13 +179,13 @@ class Store:
             raise StoreError(f"{self.path}: closing failed: {errors[0]}") from errors[0]
 
     def _lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.fs, self.path)
         mode = os.O_RDONLY if self.read_only else os.O_RDWR
-        fd = os.open(self.path / LOCK_FILE, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self.fs.open(self.path / LOCK_FILE, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fs.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            self.fs.close(fd)
             raise DataDirectoryLockedError(
                 f"data directory {self.path} is in use by another process"
                 " (one process may open it at a time)"
@@ -190,21 +194,21 @@ class Store:
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            self.fs.close(self._lock_fd)
             self._lock_fd = None
 
     def _open_all(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(os.listdir(self.path)):
+        make_dirs(self.fs, self.path)
+        for entry in sorted(self.fs.listdir(self.path)):
             folder = self.path / entry
             if entry.startswith("."):
                 if entry.endswith(".deleted") or entry.endswith(".creating"):
-                    shutil.rmtree(folder, ignore_errors=True)
+                    self.fs.rmtree(folder)
                 continue
-            if not (folder / TOPIC_CONFIG_FILE).is_file():
+            if not self.fs.is_file(folder / TOPIC_CONFIG_FILE):
                 continue
             try:
-                config = TopicConfig.from_json((folder / TOPIC_CONFIG_FILE).read_bytes())
+                config = TopicConfig.from_json(self.fs.read_bytes(folder / TOPIC_CONFIG_FILE))
             except InvalidConfigError as exc:
                 raise InvalidConfigError(f"{folder / TOPIC_CONFIG_FILE}: {exc}") from exc
             self._open_topic(entry, config)
@@ -214,7 +218,7 @@ class Store:
         partitions = []
         try:
             for i in range(config.partitions):
-                log = PartitionLog.open(folder / str(i), config, clock=self._clock)
+                log = PartitionLog.open(folder / str(i), config, clock=self._clock, fs=self.fs)
                 partitions.append(Partition(name, i, log, read_only=self.read_only))
         except BaseException:
             for partition in partitions:
@@ -341,17 +345,18 @@ class Store:
 
     def _create_files(self, name: str, config: TopicConfig) -> None:
         staging = self.path / f".{name}.{uuid.uuid4().hex}.creating"
-        staging.mkdir()
+        fs = self.fs
+        fs.mkdir(staging)
         for i in range(config.partitions):
-            (staging / str(i)).mkdir()
-        atomic_write(staging / TOPIC_CONFIG_FILE, config.to_json())
-        fsync_dir(staging)
+            fs.mkdir(staging / str(i))
+        atomic_write(fs, staging / TOPIC_CONFIG_FILE, config.to_json())
+        fsync_dir(fs, staging)
         try:
-            os.rename(staging, self.path / name)
+            fs.rename(staging, self.path / name)
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
+            fs.rmtree(staging)
             raise TopicExistsError(f"topic {name!r} already exists on disk") from exc
-        fsync_dir(self.path)
+        fsync_dir(fs, self.path)
 
     async def delete_topic(self, name: str, *, internal: bool = False) -> None:
         """Delete topic ``name`` and all its records. Waiting readers get LogClosedError.
@@ -371,9 +376,9 @@ class Store:
         doomed = self.path / f".{name}.{uuid.uuid4().hex}.deleted"
 
         def remove() -> None:
-            os.rename(self.path / name, doomed)
-            fsync_dir(self.path)
-            shutil.rmtree(doomed, ignore_errors=True)
+            self.fs.rename(self.path / name, doomed)
+            fsync_dir(self.fs, self.path)
+            self.fs.rmtree(doomed)
 
         await anyio.to_thread.run_sync(remove)
 
@@ -500,10 +505,13 @@ class Store:
         :param internal: allow appending to an internal topic; for headwater's own code.
         :raises TopicNotFoundError: if there is no such topic.
         :raises InvalidTopicError: if the topic is internal.
+        :raises UnsupportedCompressionError: if ``compression`` needs a package that is not
+            installed (nothing is appended).
         """
         self._check_writable()
         if not internal:
             check_not_internal(topic, "append to")
+        check_codec(compression)
         if not records:
             return []
         groups: dict[int, list[int]] = {}
@@ -550,8 +558,11 @@ async def open_store(
     default_config: TopicConfig | None = None,
     maintenance_interval_s: float = 30.0,
     read_only: bool = False,
+    fs: FileSystem = OS_FILE_SYSTEM,
 ) -> AsyncIterator[Store]:
     """Open the data directory at ``path`` (created if missing) for the duration of a block.
+
+    All file work goes through ``fs`` (the operating system by default).
 
     :raises DataDirectoryLockedError: if another process has the directory open.
     :raises CorruptRecordError: if a partition is damaged beyond a torn tail.
@@ -563,6 +574,7 @@ async def open_store(
         default_config=default_config,
         maintenance_interval_s=maintenance_interval_s,
         read_only=read_only,
+        fs=fs,
     )
     async with store:
         yield store

@@ -1,9 +1,11 @@
-"""A real ``headwater broker`` in a subprocess, and a tiny blocking client over our codec.
+"""A real ``headwater broker`` in a subprocess, and tiny clients over our codec.
 
 :class:`BrokerProcess` starts the command on ``127.0.0.1:0`` (any free port: no race for
 a port) and reads the port from its start-up line; :class:`Connection` speaks the Kafka
 protocol with :mod:`headwater.broker`'s codec over a plain socket, so tests can send
 exactly the bytes they want -- pipelined requests, malformed frames, old versions.
+:class:`AsyncConnection` is the same client for a :class:`~headwater.broker.Broker` served
+in the test's own event loop, where the broker's statistics can be watched.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
+from anyio.abc import SocketStream
+
 from headwater.broker import ApiKey, RequestHeader, decode_response, encode_request
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
@@ -30,9 +35,10 @@ _SIZE = struct.Struct(">i")
 class BrokerProcess:
     """``headwater broker --data DATA --listen 127.0.0.1:0`` as a subprocess."""
 
-    def __init__(self, data: Path, *args: str) -> None:
+    def __init__(self, data: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
         self.data = data
         self.args = args
+        self.env = os.environ if env is None else env
         self.log_path = data.parent / f"{data.name}-broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -46,7 +52,7 @@ class BrokerProcess:
         """Start the broker and wait until it listens."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         start_at = log.tell()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+        env = {k: v for k, v in self.env.items() if not k.startswith("HEADWATER_")}
         self.proc = subprocess.Popen(
             [HEADWATER, "broker", "--data", str(self.data), "--listen", "127.0.0.1:0",
              "--log-level", "debug", *self.args],
@@ -158,6 +164,56 @@ class Connection:
         except ConnectionResetError:
             return True
         return True
+
+
+class AsyncConnection:
+    """One connection speaking the Kafka protocol with headwater's codec, for async tests."""
+
+    def __init__(self, stream: SocketStream, client_id: str = "test") -> None:
+        self.stream = stream
+        self.client_id = client_id
+        self._correlation = 0
+        self._buffer = bytearray()
+
+    @classmethod
+    async def open(cls, port: int, *, client_id: str = "test") -> AsyncConnection:
+        """Connect to ``127.0.0.1:port``."""
+        return cls(await anyio.connect_tcp("127.0.0.1", port), client_id)
+
+    async def __aenter__(self) -> AsyncConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stream.aclose()
+
+    async def send(self, api_key: ApiKey, version: int, body: Mapping[str, Any]) -> RequestHeader:
+        """Send one request; return its header (to read the response with)."""
+        self._correlation += 1
+        header = RequestHeader(api_key, version, self._correlation, self.client_id)
+        await self.stream.send(b"".join(encode_request(header, body)))
+        return header
+
+    async def receive(self, header: RequestHeader) -> dict[str, Any]:
+        """Read the response to the request with ``header``."""
+        while len(self._buffer) < 4 or len(self._buffer) < 4 + _SIZE.unpack_from(self._buffer)[0]:
+            self._buffer += await self.stream.receive()
+        size = 4 + _SIZE.unpack_from(self._buffer)[0]
+        frame, self._buffer = bytes(self._buffer[4:size]), self._buffer[size:]
+        return decode_response(header, frame)
+
+    async def request(
+        self, api_key: ApiKey, version: int, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Send one request and return its decoded response."""
+        return await self.receive(await self.send(api_key, version, body))
+
+    async def closed_by_broker(self) -> bool:
+        """Whether the broker closes the connection with nothing more to say."""
+        try:
+            data = await self.stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return True
+        raise AssertionError(f"the broker sent more: {data!r}")
 
 
 def produce_body(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
-from .helpers import Headwater, assert_error
+import pytest
+
+from .helpers import HEADWATER, Headwater, assert_error
 
 APP = """
 from headwater.processing import App
@@ -79,3 +83,89 @@ def test_trace_of_a_missing_record(hw: Headwater) -> None:
     assert hw("produce", "clicks", input='{"ms": 1}\n').returncode == 0
     assert_error(hw("trace", "clicks", "0", "5"), "no record at clicks/0/5")
     assert_error(hw("trace", "nope", "0", "0"), "no topic 'nope'")
+
+
+MISSPELT = """
+from headwater.processing import App
+
+app = App("typo")
+app.stream("clickz").to("out")
+"""
+
+
+def test_a_misspelt_data_directory_is_an_error(hw: Headwater, tmp_path: Path, data: Path) -> None:
+    result = hw("run", str(write_app(tmp_path)), "--until-caught-up")
+    assert_error(result, "missing source topic 'clicks'", f"{data} (no such data directory)")
+    assert not data.exists()
+
+
+def test_a_misspelt_source_topic_is_an_error(hw: Headwater, tmp_path: Path) -> None:
+    assert hw("topics", "create", "clicks").returncode == 0
+    result = hw("run", str(write_app(tmp_path, MISSPELT)), "--until-caught-up")
+    assert_error(result, "missing source topic 'clickz'", "app.stream('clickz', partitions=N)")
+    listed = hw("topics", "list")
+    assert "clickz" not in listed.stdout and "out" not in listed.stdout.split()
+
+
+# A real read-only mount and a real full disk, without root: a user namespace maps this
+# user to root inside it, and a mount namespace keeps the mounts to that one command.
+NAMESPACE = ["unshare", "--user", "--map-root-user", "--mount"]
+
+
+def in_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*NAMESPACE, "sh", "-ec", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def namespaces(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    probe = in_namespace("true", tmp_path)
+    if probe.returncode != 0:
+        pytest.skip(f"user namespaces are not available here: {probe.stderr.strip()}")
+
+
+@pytest.mark.usefixtures("namespaces")
+def test_run_on_a_read_only_directory_names_the_cause(
+    hw: Headwater, tmp_path: Path, data: Path
+) -> None:
+    assert hw("topics", "create", "clicks").returncode == 0
+    assert hw("produce", "clicks", input=EVENTS).returncode == 0
+    app = write_app(tmp_path)
+    result = in_namespace(
+        f"mount --bind {data} {data}; mount -o remount,bind,ro {data}; "
+        f"exec {HEADWATER} --data {data} run {app} --until-caught-up",
+        tmp_path,
+    )
+    assert_error(result, "Read-only file system", str(data))  # was: internal error
+
+
+@pytest.mark.usefixtures("namespaces")
+def test_run_on_a_full_disk_names_the_cause(tmp_path: Path) -> None:
+    app = write_app(tmp_path)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "".join(f'{{"user": "u{i}", "ms": 900, "pad": "{"x" * 300}"}}\n' for i in range(2000))
+    )
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    hw = f"{HEADWATER} --data {disk}/data"
+    result = in_namespace(
+        f"mount -t tmpfs -o size=2m tmpfs {disk}; "
+        f"{hw} topics create clicks; {hw} produce clicks -q < {events}; "
+        f"head -c $(( $(df --output=avail -B1 {disk} | tail -1) - 4096 )) /dev/zero"
+        f" > {disk}/filler || true; "
+        f"exec {hw} run {app} --until-caught-up",
+        tmp_path,
+    )
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("headwater: error: ") and "No space left on device" in last, last

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from headwater.groups import GroupConfig
 from headwater.store import NewRecord, Store, TopicConfig
 
-#: Fast rebalances and short sessions, so membership tests take milliseconds.
+#: Fast rebalances and short sessions, so membership tests take few (virtual) seconds.
 FAST = GroupConfig(initial_rebalance_delay_ms=10, min_session_timeout_ms=50)
 #: Consumer settings that fit FAST: a member is gone 600 ms after its last heartbeat.
 QUICK: dict[str, Any] = {
@@ -17,6 +19,20 @@ QUICK: dict[str, Any] = {
     "auto_offset_reset": "earliest",
 }
 NEVER = TopicConfig(durability="never")
+
+
+#: Where :func:`loop_clock_ms` starts counting (the event loop's clock starts near 0).
+EPOCH_MS = 1_700_000_000_000
+
+
+def loop_clock_ms() -> int:
+    """Epoch milliseconds on the event loop's clock, the one that consumers sleep on.
+
+    A coordinator on this clock shares the consumers' time: under pytest-trio's
+    ``autojump_clock`` both are virtual, and time moves only when every task waits, so
+    a busy machine cannot make a heartbeat late and a session expire.
+    """
+    return EPOCH_MS + int(anyio.current_time() * 1000)
 
 
 class FakeClock:

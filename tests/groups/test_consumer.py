@@ -1,7 +1,9 @@
 """The embedded consumer: reading, positions, callbacks, commits and sharing a group.
 
-Membership runs in real time with short sessions (see ``helpers.QUICK``): a test that
-waits for a rebalance waits tens of milliseconds, and for an expired session 600 ms.
+Membership runs on virtual time (pytest-trio's ``autojump_clock``; the coordinator reads
+the same clock, see ``helpers.loop_clock_ms``) with short sessions (``helpers.QUICK``).
+Time moves only when every task waits, so heartbeats are never late on a busy machine and
+the callback histories below are exact; a wait for an expired session costs no real time.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+from trio.testing import MockClock
 
 from headwater.groups import (
     Consumer,
@@ -28,7 +31,7 @@ from headwater.store import (
     TopicNotFoundError,
 )
 
-from .helpers import FAST, QUICK, fill
+from .helpers import FAST, QUICK, fill, loop_clock_ms
 
 
 def tp(partition: int, topic: str = "t") -> TopicPartition:
@@ -56,10 +59,12 @@ async def take(consumer: Consumer, records: int) -> list[ConsumerBatch]:
 # -- reading -------------------------------------------------------------------------
 
 
-async def test_every_record_comes_in_per_partition_batches(store: Store) -> None:
+async def test_every_record_comes_in_per_partition_batches(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 3, 50)
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK) as consumer,
     ):
         assert consumer.assignment() == {tp(0), tp(1), tp(2)}
@@ -77,10 +82,12 @@ async def test_every_record_comes_in_per_partition_batches(store: Store) -> None
         assert {o.offset for o in consumer.committed().values()} == {50}
 
 
-async def test_latest_starts_at_the_end_and_new_records_wake_the_consumer(store: Store) -> None:
+async def test_latest_starts_at_the_end_and_new_records_wake_the_consumer(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 2, 10)
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **(QUICK | {"auto_offset_reset": "latest"})) as consumer,
     ):
         assert consumer.position(tp(0)) == consumer.position(tp(1)) == 10
@@ -102,7 +109,9 @@ async def test_latest_starts_at_the_end_and_new_records_wake_the_consumer(store:
         ]
 
 
-async def test_start_at_the_committed_offset_or_reset_below_the_log_start(store: Store) -> None:
+async def test_start_at_the_committed_offset_or_reset_below_the_log_start(
+    store: Store, autojump_clock: MockClock
+) -> None:
     small = TopicConfig(partitions=2, durability="never", segment_bytes=1024)
     await store.create_topic("t", small)
     for p in range(2):
@@ -112,7 +121,7 @@ async def test_start_at_the_committed_offset_or_reset_below_the_log_start(store:
     log.delete_segments_before(50)  # as retention would
     start = log.log_start_offset
     assert 0 < start <= 50
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         await coordinator.commit("g", {tp(0): 30, tp(1): 5})  # 5 is gone now
         async with coordinator.consumer("g", ["t"], **QUICK) as consumer:
             assert consumer.position(tp(0)) == 30
@@ -128,10 +137,10 @@ async def test_start_at_the_committed_offset_or_reset_below_the_log_start(store:
             assert consumer.position(tp(1)) == 100  # latest
 
 
-async def test_seek_pause_resume_position_and_lag(store: Store) -> None:
+async def test_seek_pause_resume_position_and_lag(store: Store, autojump_clock: MockClock) -> None:
     await fill(store, "t", 2, 20)
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK) as consumer,
     ):
         consumer.pause([tp(0)])
@@ -158,10 +167,12 @@ async def test_seek_pause_resume_position_and_lag(store: Store) -> None:
             consumer.seek(tp(0), -1)
 
 
-async def test_a_paused_consumer_waits_until_resumed(store: Store) -> None:
+async def test_a_paused_consumer_waits_until_resumed(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 1, 5)
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK) as consumer,
     ):
         consumer.pause([tp(0)])
@@ -178,10 +189,12 @@ async def test_a_paused_consumer_waits_until_resumed(store: Store) -> None:
         assert [r.offset for r in got[0].records] == [0, 1, 2, 3, 4]
 
 
-async def test_explicit_offsets_are_committed_as_given(store: Store) -> None:
+async def test_explicit_offsets_are_committed_as_given(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 2, 10)
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK) as consumer,
     ):
         await consumer.commit({tp(0): 3, ("t", 1): OffsetAndMetadata(4, "note")})
@@ -192,8 +205,8 @@ async def test_explicit_offsets_are_committed_as_given(store: Store) -> None:
         assert {o.offset for o in consumer.committed().values()} == {0}
 
 
-async def test_a_missing_topic_is_refused(store: Store) -> None:
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+async def test_a_missing_topic_is_refused(store: Store, autojump_clock: MockClock) -> None:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         with pytest.raises(TopicNotFoundError):
             async with coordinator.consumer("g", ["nope"], **QUICK):
                 pass
@@ -223,10 +236,12 @@ class Log:
         return [(event, parts) for who, event, parts in self.events if who == name]
 
 
-async def test_cooperative_rebalances_revoke_only_what_moves(store: Store) -> None:
+async def test_cooperative_rebalances_revoke_only_what_moves(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 4, 5)
     log = Log()
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         async with coordinator.consumer("g", ["t"], **QUICK, **log.callbacks("a")) as a:
             assert log.of("a") == [("assigned", [0, 1, 2, 3])]
             async with coordinator.consumer("g", ["t"], **QUICK, **log.callbacks("b")) as b:
@@ -241,12 +256,14 @@ async def test_cooperative_rebalances_revoke_only_what_moves(store: Store) -> No
         assert log.of("a")[3:] == [("revoked", [0, 1, 2, 3])]  # closing revokes
 
 
-async def test_eager_rebalances_revoke_everything_first(store: Store) -> None:
+async def test_eager_rebalances_revoke_everything_first(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 4, 5)
     log = Log()
     eager = QUICK | {"partition_assignment_strategy": "range"}
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **eager, **log.callbacks("a")) as a,
         coordinator.consumer("g", ["t"], **eager, **log.callbacks("b")) as b,
     ):
@@ -258,12 +275,14 @@ async def test_eager_rebalances_revoke_everything_first(store: Store) -> None:
         ]
 
 
-async def test_a_rebalance_waits_until_the_batch_in_hand_is_done(store: Store) -> None:
+async def test_a_rebalance_waits_until_the_batch_in_hand_is_done(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 4, 5)
     log = Log()
     joined: list[Consumer] = []
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK, **log.callbacks("a")) as a,
     ):
         iterator = aiter(a)
@@ -276,7 +295,9 @@ async def test_a_rebalance_waits_until_the_batch_in_hand_is_done(store: Store) -
                     await eventually(lambda: len(b.assignment()) == 2)
 
             tg.start_soon(run_b)
-            await anyio.sleep(0.3)  # heartbeats ask a to rejoin; it holds on
+            # Virtual time: a few heartbeats (every 40 ms) ask a to rejoin; it holds on.
+            await anyio.sleep(0.3)
+            assert coordinator.describe_group("g").state == "PreparingRebalance"
             assert log.of("a") == [("assigned", [0, 1, 2, 3])]
             assert joined == []  # b's join waits for a
             await anext(iterator)  # done with it: the rebalance goes on
@@ -284,12 +305,14 @@ async def test_a_rebalance_waits_until_the_batch_in_hand_is_done(store: Store) -
         assert len(log.of("a")[1][1]) == 2
 
 
-async def test_auto_commit_commits_processed_batches_and_on_close(store: Store) -> None:
+async def test_auto_commit_commits_processed_batches_and_on_close(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 1, 0)
     for i in range(30):  # one record per record batch, so that reads return few
         await store.partition("t", 0).append([NewRecord(b"%d" % i)])
     auto = QUICK | {"enable_auto_commit": True, "auto_commit_interval_ms": 1, "max_bytes": 64}
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         async with coordinator.consumer("g", ["t"], **auto) as consumer:
             iterator = aiter(consumer)
             first = await anext(iterator)
@@ -308,9 +331,11 @@ async def test_auto_commit_commits_processed_batches_and_on_close(store: Store) 
         assert coordinator.committed("g")[tp(0)].offset == second.next_offset < batch.next_offset
 
 
-async def test_without_auto_commit_nothing_is_committed(store: Store) -> None:
+async def test_without_auto_commit_nothing_is_committed(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 1, 10)
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         async with coordinator.consumer("g", ["t"], **QUICK) as consumer:
             await take(consumer, 10)
         assert coordinator.committed("g") == {}
@@ -319,10 +344,12 @@ async def test_without_auto_commit_nothing_is_committed(store: Store) -> None:
 # -- sharing a group -------------------------------------------------------------------
 
 
-async def test_consumers_split_partitions_and_take_over_when_one_leaves(store: Store) -> None:
+async def test_consumers_split_partitions_and_take_over_when_one_leaves(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 6, 5)
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK) as a,
         coordinator.consumer("g", ["t"], **QUICK) as b,
     ):
@@ -336,10 +363,12 @@ async def test_consumers_split_partitions_and_take_over_when_one_leaves(store: S
         assert owned[0] <= a.assignment() and owned[1] <= b.assignment()  # sticky
 
 
-async def test_others_take_over_when_a_member_stops_heartbeating(store: Store) -> None:
+async def test_others_take_over_when_a_member_stops_heartbeating(
+    store: Store, autojump_clock: MockClock
+) -> None:
     """c hangs after committing part of what it read; a and b resume at c's commits."""
     await fill(store, "t", 4, 40)
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         deliveries: list[tuple[str, int, int]] = []  # (member, partition, first offset)
 
         async def consume(name: str, consumer: Consumer) -> None:
@@ -386,12 +415,12 @@ async def test_others_take_over_when_a_member_stops_heartbeating(store: Store) -
 
 
 async def test_a_static_member_comes_back_to_its_partitions_without_a_rebalance(
-    store: Store,
+    store: Store, autojump_clock: MockClock
 ) -> None:
     await fill(store, "t", 4, 5)
     static = QUICK | {"group_instance_id": "worker-1", "session_timeout_ms": 5_000}
     async with (
-        GroupCoordinator(store, config=FAST) as coordinator,
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
         coordinator.consumer("g", ["t"], **QUICK) as other,
     ):
         async with coordinator.consumer("g", ["t"], **static) as first:
@@ -404,13 +433,15 @@ async def test_a_static_member_comes_back_to_its_partitions_without_a_rebalance(
             assert second.generation_id == generation == other.generation_id
 
 
-async def test_a_failing_callback_stops_the_member_and_is_raised(store: Store) -> None:
+async def test_a_failing_callback_stops_the_member_and_is_raised(
+    store: Store, autojump_clock: MockClock
+) -> None:
     await fill(store, "t", 2, 5)
 
     def fail(partitions: list[TopicPartition]) -> None:
         raise ValueError("could not flush")
 
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         async with coordinator.consumer("g", ["t"], on_revoked=fail, **QUICK) as a:
             # b's arrival makes a revoke a partition in the background: that fails, so a
             # stops and leaves, and b gets everything at once.

@@ -30,7 +30,7 @@ from headwater.groups import (
 )
 from headwater.store import NewRecord, Store, TopicNotFoundError
 
-from .helpers import FAST, NEVER, fill
+from .helpers import FAST, NEVER, fill, loop_clock_ms
 
 SUBSCRIPTION = encode_subscription(Subscription(topics=("t",)))
 
@@ -134,10 +134,11 @@ async def test_a_waiting_join_completes_when_the_rebalance_times_out(
         assert result.is_leader and [m.member_id for m in result.members] == [b]
 
 
-async def test_a_cancelled_join_leaves_nothing_behind(store: Store) -> None:
+async def test_a_cancelled_join_leaves_nothing_behind(store: Store, autojump_clock: object) -> None:
     await fill(store, "t", 1, 1)
-    async with GroupCoordinator(store, config=FAST) as coordinator:
+    async with GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator:
         a = await new_member(coordinator)
+        # Virtual time: cancelled after 1 ms, within the initial rebalance delay (10 ms).
         with anyio.move_on_after(0.001):
             await coordinator.join("g", join_request(a))
         assert not coordinator._waiters

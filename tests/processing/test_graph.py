@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.processing import App, AppConfig, StrSerde, TopologyError
+from headwater.processing import App, AppConfig, MissingSourceTopicError, StrSerde, TopologyError
 from headwater.processing._graph import plan_topics
 
 
@@ -43,7 +43,7 @@ def test_describe_marks_merges_seen_above() -> None:
 
 def test_plan_topics() -> None:
     app = sample_app()
-    counts = plan_topics(app.graph, {"clicks": 3}, default_partitions=1)
+    counts = plan_topics(app.graph, {"clicks": 3})
     assert counts == {
         "clicks": 3,
         "slow-users": 3,
@@ -53,6 +53,23 @@ def test_plan_topics() -> None:
     }
     existing = plan_topics(app.graph, {"clicks": None, "slow-users": 9}, default_partitions=2)
     assert existing["clicks"] == 2 and existing["slow-users"] == 9
+    with pytest.raises(MissingSourceTopicError, match="'clicks'") as caught:
+        plan_topics(app.graph, {"slow-users": 9})
+    assert caught.value.topics == ["clicks"]
+
+
+def test_a_source_may_declare_its_partition_count() -> None:
+    app = App("declared")
+    app.stream("a", partitions=4).to("out")
+    app.stream("b").map(lambda v: v).to("out-b")
+    app.stream("b", partitions=2).to("out-b2")  # one declaration covers the topic
+    counts = plan_topics(app.graph, {})
+    assert counts == {"a": 4, "out": 4, "b": 2, "out-b": 2, "out-b2": 2}
+    assert plan_topics(app.graph, {"a": 7, "b": 1})["out"] == 7
+    with pytest.raises(TopologyError, match="differs"):
+        app.stream("a", partitions=5)
+    with pytest.raises(TopologyError, match="partitions"):
+        app.stream("c", partitions=0)
 
 
 def test_validation() -> None:
@@ -85,7 +102,7 @@ def test_bad_topics_and_partitions() -> None:
 def test_config_validation() -> None:
     with pytest.raises(TopologyError, match="commit_interval_ms"):
         AppConfig(commit_interval_ms=0)
-    with pytest.raises(TopologyError, match="default_partitions"):
-        AppConfig(default_partitions=20_000)
+    with pytest.raises(TopologyError, match="max_batch_bytes"):
+        AppConfig(max_batch_bytes=10)
     with pytest.raises(TopologyError, match="AppConfig"):
         App("v", config={"x": 1})  # type: ignore[arg-type]

@@ -10,10 +10,16 @@ import anyio
 import pytest
 
 from headwater.groups import TopicPartition
-from headwater.processing import App, AppConfig, OperatorError, open_in_process
+from headwater.processing import (
+    App,
+    AppConfig,
+    MissingSourceTopicError,
+    OperatorError,
+    open_in_process,
+)
 from headwater.processing._backend import InProcessBackend
 from headwater.processing._encoding import OutRecords
-from headwater.store import RecordColumns, partition_for_key
+from headwater.store import RecordColumns, open_store, partition_for_key
 
 from .helpers import committed, load, read, run_until_caught_up, values
 
@@ -59,11 +65,35 @@ async def test_a_second_run_resumes_where_the_first_committed(data: Path) -> Non
     assert sorted(got) == [e["i"] for e in events(400) if e["ms"] > 100]  # each exactly once
 
 
-async def test_missing_source_topic_is_created(data: Path) -> None:
-    stats = await run_until_caught_up(w1(), data)
+async def test_a_missing_source_topic_is_an_error_and_nothing_is_created(data: Path) -> None:
+    await load(data, "clicks", events(10))
+    app = App("typo")
+    app.stream("clickz").to("out")
+    app.stream("clicks").to("out2")
+    with pytest.raises(MissingSourceTopicError, match=r"'clickz' in data directory") as caught:
+        await run_until_caught_up(app, data)
+    assert caught.value.topics == ["clickz"]
+    async with open_store(data, read_only=True) as store:
+        assert sorted(store.list_topics()) == ["__consumer_offsets", "clicks"]  # no output created
+
+
+async def test_a_missing_data_directory_is_not_created(data: Path) -> None:
+    with pytest.raises(MissingSourceTopicError, match="no such data directory"):
+        await run_until_caught_up(w1(), data)
+    assert not data.exists()
+
+
+async def test_a_declared_source_topic_is_created(data: Path) -> None:
+    app = App("declared")
+    app.stream("clicks", partitions=3).to("out")
+    stats = await run_until_caught_up(app, data)
     assert stats.records_in == 0
-    assert await read(data, "clicks") == [[]]
-    assert await read(data, "out") == [[]]
+    assert await read(data, "clicks") == [[], [], []]
+    assert await read(data, "out") == [[], [], []]
+    await load(data, "clicks", events(30))  # an existing topic keeps its count
+    again = App("declared")
+    again.stream("clicks", partitions=5).to("out")
+    assert (await run_until_caught_up(again, data)).records_in == 30
 
 
 async def test_repartition_through_the_log(data: Path) -> None:
@@ -207,3 +237,13 @@ def test_run_raises_the_operator_error_itself(data: Path) -> None:
         app.run(until_caught_up=True, data_dir=data)
     assert isinstance(caught.value.__cause__, KeyError)
     assert app.statistics() is not None
+
+
+def test_run_raises_an_os_error_itself(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    app = App("os-error")
+    app.stream("clicks", partitions=1).to("out")
+    with pytest.raises(OSError) as caught:  # was NoEventLoopError, hiding it
+        app.run(until_caught_up=True, data_dir=blocker / "data")
+    assert isinstance(caught.value, NotADirectoryError | FileExistsError)

@@ -6,9 +6,11 @@ import contextlib
 import gzip
 import random
 import struct
+import subprocess
 import sys
 import warnings
 import zlib
+from pathlib import Path
 
 import cramjam
 import lz4.frame
@@ -239,3 +241,70 @@ def test_missing_cramjam_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.undo()
         _cramjam.cache_clear()
     assert decompress(Compression.LZ4, compress(Compression.LZ4, b"data"), position=0) == b"data"
+
+
+WITHOUT_CRAMJAM_SCRIPT = """
+import sys
+
+import anyio
+
+from headwater.store import Compression, NewRecord, TopicConfig, UnsupportedCompressionError
+from headwater.store import check_codec, open_store
+
+
+async def main(path):
+    async with open_store(path) as store:
+        await store.create_topic("t", TopicConfig(partitions=3))
+        records = [NewRecord(value=b"v", key=b"k%d" % i) for i in range(30)]
+        for codec in (Compression.SNAPPY, Compression.LZ4, Compression.ZSTD):
+            try:
+                check_codec(codec)
+            except UnsupportedCompressionError as exc:
+                print("check", codec.name, exc)
+            try:
+                await store.append("t", records, compression=codec)
+            except UnsupportedCompressionError as exc:  # one error, not a group of them
+                print("append", codec.name, exc)
+        ends = [p.log_end_offset for p in store.partitions("t")]
+        print("stored before", sum(ends))
+        await store.append("t", records, compression=Compression.GZIP)
+        await store.append("t", records)
+        print("stored after", sum(p.log_end_offset for p in store.partitions("t")))
+
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_store_without_cramjam_refuses_its_codecs_and_keeps_working(
+    tmp_path: Path, env_without_cramjam: dict[str, str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_CRAMJAM_SCRIPT, str(tmp_path / "data")],
+        env=env_without_cramjam,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    hint = "pip install 'headwater[compression]'"
+    for codec in ("SNAPPY", "LZ4", "ZSTD"):
+        for step in ("check", "append"):
+            [line] = [x for x in lines if x.startswith(f"{step} {codec} ")]
+            assert hint in line, line
+    assert "stored before 0" in lines  # a refused append stores nothing, in no partition
+    assert "stored after 60" in lines
+
+
+def test_the_subprocess_really_lacks_cramjam(env_without_cramjam: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import cramjam"],
+        env=env_without_cramjam,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1 and "import of cramjam halted" in result.stderr

@@ -135,7 +135,7 @@ async def test_caught_up_reader_wakes_on_new_data(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
             for v in (b"a", b"b", b"c"):
-                await anyio.sleep(0.01)
+                await anyio.wait_all_tasks_blocked()  # the reader is caught up and waits
                 await partition.append([NewRecord(value=v)])
         assert seen == [b"a", b"b", b"c"]
 
@@ -151,7 +151,7 @@ async def test_deleting_a_topic_wakes_its_readers(tmp_path: Path) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()  # the reader waits for offset 0
             await store.delete_topic("t")
 
 

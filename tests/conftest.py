@@ -1,0 +1,42 @@
+"""Settings and fixtures of the whole suite.
+
+The hypothesis profiles are registered once, here. Property tests check behaviour, never
+speed: an example that takes long because the machine is busy (CI has two shared cores)
+must not fail the test, so no profile has a deadline, and the health check that times
+data generation is off. ``ci`` also replays the same examples on every run (a failure
+there is reproducible, not a flake) and prints the blob that reproduces a failing
+example. Choose with ``HYPOTHESIS_PROFILE``; by default ``ci`` when the ``CI`` variable
+is set, ``default`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", settings.get_profile("default"), derandomize=True, database=None, print_blob=True
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
+)
+
+
+@pytest.fixture
+def env_without_cramjam(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment whose Python processes cannot import cramjam.
+
+    As for a user who installed headwater without the ``compression`` extra, without
+    uninstalling anything: a ``sitecustomize`` on ``PYTHONPATH`` sets
+    ``sys.modules["cramjam"] = None`` at start-up, which makes ``import cramjam`` fail.
+    """
+    folder = tmp_path_factory.mktemp("without-cramjam")
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n\nsys.modules['cramjam'] = None  # `import cramjam` raises ImportError\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    env["PYTHONPATH"] = str(folder)
+    return env
