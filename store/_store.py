@@ -423,7 +423,7 @@ class Store:
             config = self.altered_topic_config(name, changes, internal=internal)
             partitions = self.partitions(name)
             path = self.path / name / TOPIC_CONFIG_FILE
-            await anyio.to_thread.run_sync(atomic_write, path, config.to_json())
+            await anyio.to_thread.run_sync(atomic_write, self.fs, path, config.to_json())
             if self._topics.get(name) is not partitions:
                 raise TopicNotFoundError(f"topic {name!r} was deleted while it was changed")
             self._configs[name] = config
