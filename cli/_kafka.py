@@ -7,8 +7,9 @@ blocking calls meet the event loop). The results match the data-directory
 implementation's (``_local.py``):
 
 * a writer places keyed records with ``murmur2_random``, the Java client's partitioner
-  (and the store's), and acknowledges a record once the broker has (``acks=all``,
-  idempotent, so a retry never duplicates);
+  (and the store's), and unkeyed ones on one partition per append (the store's
+  :class:`~headwater.store.StickyPartitioner`); it acknowledges a record once the broker
+  has (``acks=all``, idempotent, so a retry never duplicates);
 * a reader takes one partition after another, each from its start up to the end it had
   when the read began (its high watermark then), then -- to follow -- all at once;
 * a group member (``_kafka_groups.py``) subscribes, starts uncommitted partitions where
@@ -25,7 +26,7 @@ from typing import cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from headwater.broker import BrokerResponseError
-from headwater.store import NewRecord, Record, TopicNotFoundError
+from headwater.store import NewRecord, Record, StickyPartitioner, TopicNotFoundError
 
 from ._access import GroupAdmin, RecordLookup, RecordSink, TopicWriter
 from ._kafka_client import (
@@ -146,6 +147,9 @@ class KafkaAccess:
 class _KafkaWriter:
     def __init__(self, producer: Producer, topic: str, partitions: int) -> None:
         self._producer = producer
+        # Unkeyed records stick to one partition per append, as the store places them
+        # (librdkafka's own stickiness lasts a time, not a batch).
+        self._sticky = StickyPartitioner()
         self._topic = topic
         self.partitions = partitions
         self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
@@ -186,8 +190,10 @@ class _KafkaWriter:
                 placed[index] = (cast(int, message.partition()), cast(int, message.offset()))
 
         producer, topic = self._producer, self._topic
-        target = -1 if partition is None else partition  # -1: the partitioner decides
+        unkeyed = self._sticky.partition(topic, self.partitions) if partition is None else partition
         for index, record in enumerate(records):
+            # -1: the murmur2 partitioner places the keyed records.
+            target = unkeyed if partition is not None or record.key is None else -1
             while True:
                 try:
                     producer.produce(
@@ -203,6 +209,8 @@ class _KafkaWriter:
                 except BufferError:  # the local queue is full: let deliveries drain it
                     producer.poll(POLL_S)
         producer.flush()
+        if partition is None:
+            self._sticky.batch_complete(topic, unkeyed, self.partitions)
 
 
 async def deliver(

@@ -93,7 +93,8 @@ class LineParser:
         return self._batches(lines)
 
     def _batches(self, lines: list[bytes]) -> Iterator[Chunk]:
-        # The per-line loop is the command's hot path: keep it to locals and C calls.
+        # The per-line loop is the command's hot path: keep it to locals and C calls, and
+        # plain JSON lines (the common case) inline; raw and KEY:VALUE lines take a call.
         line_format = self.format
         loads, dumps, key_field, limit = (
             orjson.loads,
@@ -101,7 +102,8 @@ class LineParser:
             line_format.key_field,
             self.max_batch_bytes,
         )
-        raw, delimiter = line_format.raw, line_format.key_delimiter
+        plain = not line_format.raw and line_format.key_delimiter is None
+        split = self._split
         headers: Sequence[tuple[str, bytes | None]] = line_format.headers
         header_bytes = sum(len(n) + len(v or b"") + 4 for n, v in headers)
         records: list[NewRecord] = []
@@ -111,40 +113,36 @@ class LineParser:
         for line in lines:
             number += 1
             try:
-                key: bytes | None = None
-                if delimiter is not None:
-                    if not line.rstrip(b"\r"):
-                        continue  # blank lines are allowed, and skipped
-                    key, found, line = line.partition(delimiter)
-                    if not found:
-                        raise BadLineError(f"no key delimiter {delimiter.decode()!r} in the line")
-                if raw:
-                    value = line.removesuffix(b"\r")
-                    if not value and delimiter is None:
-                        continue
-                else:
+                if plain:
                     try:
                         document = loads(line)
                     except orjson.JSONDecodeError as exc:
-                        if not line.strip() and delimiter is None:
-                            continue
-                        what = "the value is not JSON" if delimiter is not None else "invalid JSON"
-                        raise BadLineError(f"{what} ({exc.msg}) at column {exc.colno}") from None
+                        if not line.strip():
+                            continue  # blank lines are allowed, and skipped
+                        raise BadLineError(
+                            f"invalid JSON ({exc.msg}) at column {exc.colno}"
+                        ) from None
                     value = dumps(document)
                     if key_field is None:
-                        pass
-                    elif (
-                        type(document) is dict and type(found_key := document.get(key_field)) is str
-                    ):
-                        key = found_key.encode()  # the common case, inline
+                        key = None
+                    elif type(document) is dict and type(named := document.get(key_field)) is str:
+                        key = named.encode()  # the common case, inline
                     else:
                         key = _key(document, key_field)
+                else:
+                    pair = split(line)
+                    if pair is None:
+                        continue
+                    key, value = pair
                 cost = len(value) + RECORD_OVERHEAD_BYTES + header_bytes + (len(key) if key else 0)
-                if cost + BATCH_OVERHEAD_BYTES > limit:
-                    raise BadLineError(
-                        f"the record is {cost + BATCH_OVERHEAD_BYTES} bytes as a batch, "
-                        f"more than the topic's max_message_bytes ({limit})"
-                    )
+                if size + cost > limit or len(records) == BATCH_RECORDS:
+                    if cost + BATCH_OVERHEAD_BYTES > limit:
+                        raise BadLineError(
+                            f"the record is {cost + BATCH_OVERHEAD_BYTES} bytes as a batch, "
+                            f"more than the topic's max_message_bytes ({limit})"
+                        )
+                    yield Chunk(records, None, skipped)
+                    records, skipped, size = [], [], BATCH_OVERHEAD_BYTES
             except BadLineError as exc:
                 message = f"line {number}: {exc}"
                 if not self.skip_invalid:
@@ -155,14 +153,28 @@ class LineParser:
                 skipped.append(message)
                 self.skipped += 1
                 continue
-            if size + cost > limit or len(records) == BATCH_RECORDS:
-                yield Chunk(records, None, skipped)
-                records, skipped, size = [], [], BATCH_OVERHEAD_BYTES
             records.append(NewRecord(value, key, None, headers))
             size += cost
         self.line_number = number
         if records or skipped:
             yield Chunk(records, None, skipped)
+
+    def _split(self, line: bytes) -> tuple[bytes | None, bytes] | None:
+        """Return a raw or ``KEY:VALUE`` line's key and value (``None``: a blank line)."""
+        delimiter = self.format.key_delimiter
+        key: bytes | None = None
+        if not line.rstrip(b"\r"):
+            return None  # blank lines are allowed, and skipped
+        if delimiter is not None:
+            key, found, line = line.partition(delimiter)
+            if not found:
+                raise BadLineError(f"no key delimiter {delimiter.decode()!r} in the line")
+        if self.format.raw:
+            return key, line.removesuffix(b"\r")
+        try:
+            return key, orjson.dumps(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise BadLineError(f"the value is not JSON ({exc.msg}) at column {exc.colno}") from None
 
 
 def _key(document: object, field: str) -> bytes | None:
