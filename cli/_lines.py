@@ -90,7 +90,7 @@ class LineParser:
     def end(self) -> Iterator[Chunk]:
         """Parse a last line that had no newline."""
         lines, self._carry = [self._carry], b""
-        return self._batches(lines)
+        return self._batches(lines) if lines[0] else iter(())
 
     def _batches(self, lines: list[bytes]) -> Iterator[Chunk]:
         # The per-line loop is the command's hot path: keep it to locals and C calls, and
