@@ -34,6 +34,7 @@ from ._kafka_client import (
     TIMEOUT_S,
     Cluster,
     blocking,
+    finish,
     kafka_failure,
     poll_batch,
     runs,
@@ -69,7 +70,7 @@ class KafkaAccess:
         try:
             partitions = await blocking(cluster.partition_count, probe, topic)
         finally:
-            await blocking(probe.close)
+            await finish(probe.close)
         producer = Producer(
             cluster.config(
                 **{
@@ -84,7 +85,7 @@ class KafkaAccess:
         try:
             yield _KafkaWriter(producer, topic, partitions)
         finally:
-            await blocking(producer.flush, TIMEOUT_S)
+            await finish(producer.flush, TIMEOUT_S)
 
     async def read(
         self,
@@ -116,7 +117,7 @@ class KafkaAccess:
             if follow and not sink.done():
                 await deliver(consumer, topic, positions, None, sink)
         finally:
-            await blocking(consumer.close)
+            await finish(consumer.close)
 
     async def read_group(
         self, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
@@ -131,7 +132,7 @@ class KafkaAccess:
         try:
             yield _KafkaLookup(self.cluster, consumer)
         finally:
-            await blocking(consumer.close)
+            await finish(consumer.close)
 
     @contextlib.asynccontextmanager
     async def groups(self, *, writer: bool) -> AsyncIterator[GroupAdmin]:
@@ -140,7 +141,7 @@ class KafkaAccess:
         try:  # an unreachable cluster fails here at once, not after each admin call's timeout
             await blocking(self.cluster.metadata, probe)
         finally:
-            await blocking(probe.close)
+            await finish(probe.close)
         yield KafkaGroups(self.cluster)
 
 

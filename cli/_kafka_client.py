@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import anyio
 import anyio.to_thread
 import click
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -51,6 +52,15 @@ else:
 async def blocking(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking librdkafka call in a worker thread."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+async def finish(fn: Callable[..., T], *args: Any) -> T:
+    """Run a closing call (``close``, ``flush``) in a worker thread to its end, even when the
+    task is being cancelled: a consumer that is not closed does not leave its group, and a
+    producer not flushed loses what it holds."""
+    with anyio.CancelScope(shield=True):
+        result = await blocking(fn, *args)
+    return result
 
 
 def kafka_failure(action: str, error: KafkaError | KafkaException) -> BrokerResponseError:

@@ -38,7 +38,7 @@ from headwater.groups import TopicPartition as HeadwaterTopicPartition
 from headwater.store import TopicNotFoundError
 
 from ._access import GroupRow, GroupView, PartitionRow, RecordSink, ResetRow, ResetTarget
-from ._kafka_client import TIMEOUT_S, Cluster, blocking, kafka_failure, poll_batch, runs
+from ._kafka_client import TIMEOUT_S, Cluster, blocking, finish, kafka_failure, poll_batch, runs
 from ._start import Start
 
 _ACTIVE = (
@@ -114,7 +114,7 @@ async def read_group(
         if member.uncommitted:
             await _commit(consumer, topic, member.uncommitted)
     finally:
-        await blocking(consumer.close)
+        await finish(consumer.close)
 
 
 async def _commit(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
@@ -217,7 +217,7 @@ class KafkaGroups:
             start = _start_of(to)
             return await blocking(cluster.bounds, consumer, topic, list(range(count)), start)
         finally:
-            await blocking(consumer.close)
+            await finish(consumer.close)
 
     async def reset_offsets(
         self, group: str, topic: str, to: ResetTarget, *, execute: bool

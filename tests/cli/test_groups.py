@@ -154,4 +154,6 @@ def test_a_group_follower_commits_what_it_printed(log: Log, clicks: str) -> None
     finally:
         status, stderr = follower.stop(signal.SIGTERM)
     assert (status, stderr) == (0, "")
+    # The stopped member left the group (a broker would otherwise wait out its session).
+    assert f"group {g}: Empty, 0 member(s)" in log("groups", "describe", g).stdout
     assert log("consume", clicks, "--group", g).stdout == ""  # all committed
