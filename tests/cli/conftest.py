@@ -3,6 +3,7 @@ runner against a real ``headwater broker`` subprocess (``--bootstrap``)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -40,11 +41,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     assert process.stop() == 0, process.log()
 
 
-@pytest.fixture(params=["data", "broker"])
+#: The address of a running Apache Kafka broker, to run the ``log`` tests against it too.
+KAFKA_ENV_VAR = "HEADWATER_TEST_KAFKA"
+
+
+@pytest.fixture(params=["data", "broker", "kafka"])
 def log(request: pytest.FixtureRequest, data: Path) -> Log:
-    """The test's commands against a data directory, then against a broker."""
+    """The test's commands on a data directory, then against ``headwater broker``, then --
+    when $HEADWATER_TEST_KAFKA names one -- against an Apache Kafka broker."""
     if request.param == "data":
         return Log(data)
+    if request.param == "kafka":
+        bootstrap = os.environ.get(KAFKA_ENV_VAR)
+        if not bootstrap:
+            pytest.skip(f"no Apache Kafka broker named in ${KAFKA_ENV_VAR} (HOST:PORT)")
+        return Log(data, bootstrap)
     broker: BrokerProcess = request.getfixturevalue("broker")
     return Log(data, broker.bootstrap)
 
