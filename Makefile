@@ -40,15 +40,17 @@ typecheck: $(STAMP)
 
 # What `pip install headwater` gives a user, checked as they get it: the sdist, the wheel
 # built from it (both in isolated build envs), the wheel installed with its dependencies
-# (pip's cache; the package registry only) into a clean venv, and tests/packaging/smoke.py
-# run there from outside the tree. The tests above all run on the editable install. The
-# editable install's egg-info is removed first: setuptools would take its stale file list
-# into the sdist, hiding a file that a fresh clone's build leaves out.
+# into a clean venv (from pip's cache and the package registry; no bytecode compiled
+# ahead, which would double the install's time), and tests/packaging/smoke.py run there
+# from outside the tree. Every other test runs on the editable install. Its egg-info is
+# removed first: setuptools would take the stale file list into the sdist, hiding a file
+# that a fresh clone's build leaves out.
 package: $(STAMP)
 	@rm -rf $(DIST) $(SMOKE_VENV) *.egg-info
 	$(BIN)/python -m build --quiet --outdir $(DIST) .
 	$(PYTHON) -m venv --without-pip $(SMOKE_VENV)
-	$(BIN)/python -m pip --python $(SMOKE_VENV)/bin/python install --quiet $(DIST)/*.whl
+	$(BIN)/python -m pip --python $(SMOKE_VENV)/bin/python install --quiet --no-compile \
+		--disable-pip-version-check $(DIST)/*.whl
 	cd $(SMOKE_VENV) && bin/python -I $(CURDIR)/tests/packaging/smoke.py $(CURDIR)
 
 unit: $(STAMP)

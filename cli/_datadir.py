@@ -3,8 +3,10 @@
 One process owns a data directory at a time: the store takes an exclusive ``flock`` on
 ``DATA/.lock`` while it is open and refuses a second owner. Two ``headwater`` commands
 running at once (a ``consume`` piped into a ``produce``, a follower and a producer) take
-turns: a command that finds the directory taken waits up to ``LOCK_WAIT_S`` for it (woken
-by :class:`LockWatcher` when the owner lets go), then stops with a clear error.
+turns: a command that finds the directory taken waits up to ``LOCK_WAIT_S`` for it, asleep
+until :class:`LockWatcher` sees the owner let go; after ``LOCK_NOTICE_S`` it says whom it
+waits for, and at the end it stops with an error that names the owner (its pid and
+command line, as the store records them) and what to do.
 
 Commands that may change records (create, delete, produce) open the store for writing,
 the others read-only, which opens the lock file read-only: that is how a follower tells
@@ -14,6 +16,7 @@ the others read-only, which opens the lock file read-only: that is how a followe
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from headwater.store import DataDirectoryLockedError, Store
+from headwater.store import DataDirectoryLockedError, Store, is_data_directory, read_holder
 
 from ._output import info
 from ._watch import LockWatcher
@@ -70,34 +73,80 @@ async def open_waiting(
     """Open the store in ``directory``, waiting up to ``timeout_s`` while another process has it.
 
     The store itself refuses a second owner (:class:`DataDirectoryLockedError`); this
-    waits for the owner to let go, woken by ``watcher``. With ``notice``, says on stderr
-    that it is waiting when that lasts ``LOCK_NOTICE_S``.
+    waits for the owner to let go, asleep until ``watcher`` reports a close of the lock
+    file, and opens the store only when the lock is free (see ``_watch.py``: trying to
+    open it would wake this very wait). With ``notice``, says on stderr who it waits for
+    once the wait has lasted ``LOCK_NOTICE_S``.
 
-    :raises click.ClickException: if the directory stays taken.
+    :raises click.ClickException: if the directory stays taken, naming the process that
+        has it and what to do.
     """
-    deadline = anyio.current_time() + timeout_s
-    noticed = not notice
+    store = await _acquire(directory, watcher, writer=writer, timeout_s=timeout_s, notice=notice)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def _acquire(
+    directory: Path, watcher: LockWatcher, *, writer: bool, timeout_s: float, notice: bool
+) -> Store:
+    started = anyio.current_time()
+    deadline = started + timeout_s
+    notice_at = started + LOCK_NOTICE_S if notice else math.inf
     while True:
-        try:
+        if not watcher.held_elsewhere():
+            # No await between the look and the store's own lock: nothing of ours runs
+            # in between, though another process may still come first.
             store = Store(directory, read_only=not writer)
-            await store.__aenter__()
-        except DataDirectoryLockedError:
-            if anyio.current_time() >= deadline:
-                raise click.ClickException(
-                    f"data directory {directory} is in use by another headwater process "
-                    f"(one process may use it at a time; waited {timeout_s:g} s)"
-                ) from None
-            with anyio.move_on_after(min(LOCK_NOTICE_S, deadline - anyio.current_time())):
-                await watcher.wait()
-            if not noticed and anyio.current_time() < deadline:
-                info(f"waiting for {directory}: another headwater process is using it")
-                noticed = True
-            continue
-        try:
-            yield store
-        finally:
-            await store.aclose()
-        return
+            try:
+                await store.__aenter__()
+            except DataDirectoryLockedError:
+                pass  # it did: wait for that one
+            else:
+                return store
+        now = anyio.current_time()
+        if now >= deadline:
+            raise click.ClickException(busy_message(directory, timeout_s))
+        if now >= notice_at:
+            info(waiting_message(directory, timeout_s))
+            notice_at = math.inf
+        with anyio.move_on_after(min(deadline, notice_at) - now):
+            await watcher.wait()
+
+
+def _who(directory: Path) -> tuple[str, str]:
+    """Return who holds ``directory`` and how to stop it, for messages."""
+    holder = read_holder(directory)
+    if holder is None:
+        return "another process (it did not record which)", "stop it"
+    return holder.describe(), f"stop it (kill {holder.pid})"
+
+
+def busy_message(directory: Path, waited_s: float) -> str:
+    """Say that ``directory`` stayed taken: by whom, and what to do."""
+    who, stop = _who(directory)
+    return (
+        f"data directory {directory} is in use by {who}, and one process may use it at a "
+        f"time; it did not let go within {waited_s:g} s: {stop} or let it finish, then run "
+        "this again"
+    )
+
+
+def waiting_message(directory: Path, timeout_s: float) -> str:
+    """Say that this command waits for ``directory``: for whom, and for how long."""
+    who, _ = _who(directory)
+    until = "until it lets go" if math.isinf(timeout_s) else f"up to {timeout_s:g} s"
+    return f"waiting for {directory}: in use by {who} (waiting {until})"
+
+
+def nested_data_directories(directory: Path) -> list[Path]:
+    """Return the data directories inside ``directory`` (never topics of it), sorted."""
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if not e.name.startswith(".") and is_data_directory(e)]
 
 
 def check_exists(directory: Path) -> None:

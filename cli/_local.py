@@ -121,9 +121,11 @@ class LocalAccess:
         check_exists(directory)
         # The watcher exists before the first read, so no writer that comes after is missed.
         with LockWatcher(directory, LOCK_FILE) as watcher:
-            # A follower waits as long as it takes; a one-off read gives up after a while.
-            timeout_s = math.inf if follow else LOCK_WAIT_S
-            async with open_waiting(directory, watcher, writer=writer, timeout_s=timeout_s) as s:
+            # Every command gives up on a directory that stays taken, a follower too: one
+            # that started while another process held the directory would print nothing
+            # until that process ended, maybe never. Once following, it waits as long as
+            # it takes.
+            async with open_waiting(directory, watcher, writer=writer, timeout_s=LOCK_WAIT_S) as s:
                 await drain(s)
             while follow and not sink.done():
                 if not await watcher.wait():

@@ -11,7 +11,7 @@ from rich.table import Table
 from headwater.store import TopicConfig, TopicDescription, setting_keys
 
 from . import _remote
-from ._datadir import data_dir, data_option, locked_store
+from ._datadir import data_dir, data_option, locked_store, nested_data_directories
 from ._output import info, stdout_console
 from ._remote import bootstrap_option
 from ._run import run_async
@@ -121,6 +121,13 @@ def list_(ctx: click.Context, data: object, bootstrap: str | None) -> None:
             return [store.describe_topic(name) for name in store.list_topics()]
 
     described = run_async(body)
+    for nested in nested_data_directories(directory):
+        # Its topics are not this directory's: say where to look, since a name is all
+        # the user would otherwise see of it.
+        info(
+            f"{nested} is a data directory of its own, not a topic; its topics: "
+            f"headwater --data {nested} topics list"
+        )
     if not described:
         info(f"no topics in {directory}")
         return

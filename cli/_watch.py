@@ -10,6 +10,12 @@ kernel closes the file for a process that dies, so a crashed writer wakes follow
 The inotify calls go through ctypes (the standard library has no binding) and the event
 loop waits on the inotify descriptor, so nothing polls. Where inotify is missing (not
 Linux), :class:`LockWatcher` falls back to checking every ``FALLBACK_INTERVAL_S``.
+
+A process waiting for the directory must not wake itself. Trying to open the store while
+another process has it opens and closes the lock file, and that close is an event like any
+other: a waiter that tried on every event would spin on its own closes. So a waiter first
+looks with :meth:`LockWatcher.held_elsewhere`, which tries the lock on a descriptor it
+keeps open (a refusal closes nothing), and opens the store only once the lock is free.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import struct
 from pathlib import Path
@@ -56,14 +63,46 @@ class LockWatcher:
     """
 
     def __init__(self, directory: Path, file_name: str) -> None:
+        self._path = directory / file_name
         self._name = os.fsencode(file_name)
         self._fd = _inotify_fd(directory)
+        self._probe_fd: int | None = None
 
     def close(self) -> None:
         """Stop watching."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._probe_fd is not None:
+            os.close(self._probe_fd)
+            self._probe_fd = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether another open file holds the ``flock`` on the watched file right now.
+
+        Tries the lock on a read-only descriptor that stays open, and lets go at once if
+        it got it; so a refusal raises no close event to wake this watcher. A file that
+        does not exist is not held.
+        """
+        try:
+            current = os.stat(self._path)
+        except FileNotFoundError:
+            return False
+        if self._probe_fd is not None and not os.path.samestat(os.fstat(self._probe_fd), current):
+            # The file was replaced (the directory was made anew): look at the new one.
+            os.close(self._probe_fd)
+            self._probe_fd = None
+        if self._probe_fd is None:
+            try:
+                self._probe_fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+        try:
+            fcntl.flock(self._probe_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._probe_fd, fcntl.LOCK_UN)
+        return False
 
     def __enter__(self) -> LockWatcher:
         return self

@@ -10,7 +10,11 @@ Run as a script, it starts a fresh data directory, stores the sample events of
 ``examples/data/clicks.jsonl`` in a 2-partition topic, runs the app until it has
 consumed them, and prints what each derived topic holds and one record's lineage::
 
-    python examples/clickstream.py [DATA_DIR]        # default: headwater-data/clickstream
+    python examples/clickstream.py [DATA_DIR]        # default: ./clickstream-data
+
+The data directory is the example's own, beside the CLI's default ``./headwater-data``
+rather than in it (a data directory inside another is not one of its topics), and stays
+there afterwards: ``headwater --data clickstream-data topics list`` shows what it wrote.
 
 The same app runs under the CLI: ``headwater run examples/clickstream.py``.
 """
@@ -27,9 +31,10 @@ import anyio
 import orjson
 
 from headwater.processing import App, Retry
-from headwater.store import NewRecord, TopicConfig, open_store
+from headwater.store import NewRecord, TopicConfig, is_data_directory, open_store
 
 SAMPLE = Path(__file__).parent / "data" / "clicks.jsonl"
+DATA_DIR = Path("clickstream-data")
 SECTIONS = {"/": "home", "/search": "search", "/cart": "checkout", "/checkout": "checkout"}
 COUNTRIES = ("FR", "DE", "JP", "BR", "US", "IN", "NG")
 
@@ -98,10 +103,18 @@ async def summary(data: Path) -> None:
                     )
 
 
+def start_afresh(data: Path) -> None:
+    """Remove what an earlier run left in ``data``; refuse anything but a data directory."""
+    if data.exists() and any(data.iterdir()):
+        if not is_data_directory(data):
+            sys.exit(f"clickstream: {data} is not a headwater data directory; not clearing it")
+        shutil.rmtree(data)
+
+
 def main() -> None:
     """Load the sample events, run the app until caught up, print a summary."""
-    data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("headwater-data/clickstream")
-    shutil.rmtree(data, ignore_errors=True)
+    data = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA_DIR
+    start_afresh(data)
     stored = anyio.run(load, data)
     print(f"stored {stored} sample events in 'clicks' (2 partitions)")
     print(app.describe())
@@ -111,6 +124,7 @@ def main() -> None:
         f"{stats.records_out} records, {stats.dead_lettered} dead letters"
     )
     anyio.run(summary, data)
+    print(f"the log stays in {data}: headwater --data {data} topics list")
 
 
 if __name__ == "__main__":

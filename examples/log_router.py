@@ -9,7 +9,7 @@ parse goes to ``logs-dlq`` with the parser's error and its source position in he
 Run as a script, it writes a few hundred sample lines to a fresh data directory, runs
 the app until caught up and prints where the lines went::
 
-    python examples/log_router.py [DATA_DIR]         # default: headwater-data/log-router
+    python examples/log_router.py [DATA_DIR]         # default: ./log-router-data
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ async def summary(data: Path) -> None:
 
 def main() -> None:
     """Load sample lines, route them, print where they went."""
-    data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("headwater-data/log-router")
+    data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("log-router-data")
     shutil.rmtree(data, ignore_errors=True)
     anyio.run(load, data, 300)
     stats = app.run(until_caught_up=True, data_dir=data)

@@ -5,7 +5,8 @@ clickstream events keyed by user, reads them back from an offset and from a poin
 time, and describes the topic. Every step prints the command it runs and what came back.
 
 Run it from the repository root: ``python examples/log_tour.py [DATA_DIR]``; the data
-directory (``headwater-data/tour`` by default) is removed first, so it can be run again.
+directory (``./log-tour-data`` by default, its own rather than inside the CLI's default one)
+is removed first, so it can be run again.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def show(label: str, output: str, first: int = 3) -> list[str]:
 
 
 def main() -> None:
-    data = Path(sys.argv[1] if len(sys.argv) > 1 else "headwater-data/tour")
+    data = Path(sys.argv[1] if len(sys.argv) > 1 else "log-tour-data")
     shutil.rmtree(data, ignore_errors=True)
     rng = random.Random(2024)
     began = time.perf_counter()

@@ -36,6 +36,8 @@ from ._errors import TopicNotFoundError as TopicNotFoundError
 from ._errors import UnsupportedCompressionError as UnsupportedCompressionError
 from ._fs import FileSystem as FileSystem
 from ._fs import OsFileSystem as OsFileSystem
+from ._holder import LockHolder as LockHolder
+from ._holder import read_holder as read_holder
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -55,6 +57,7 @@ from ._records import encode_columns as encode_columns
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
+from ._store import is_data_directory as is_data_directory
 from ._store import open_store as open_store
 from ._topic_names import INTERNAL_PREFIX as INTERNAL_PREFIX
 from ._topic_names import is_internal_topic as is_internal_topic
@@ -74,6 +77,7 @@ __all__ = (
     "HeadwaterError",
     "InvalidConfigError",
     "InvalidTopicError",
+    "LockHolder",
     "LogClosedError",
     "LogStatistics",
     "NewRecord",
@@ -100,12 +104,14 @@ __all__ = (
     "decode_records",
     "encode_batch",
     "encode_columns",
+    "is_data_directory",
     "is_internal_topic",
     "kafka_config_entries",
     "murmur2",
     "open_store",
     "parse_batch_header",
     "partition_for_key",
+    "read_holder",
     "records_from",
     "setting_keys",
     "validate_topic_name",

@@ -13,12 +13,16 @@ its number, holding that partition's segments::
 A topic exists once its ``topic.json`` does: creation builds the folder under a
 temporary name and renames it into place, and deletion renames it away before removing
 it, so a crash never leaves half a topic. Opening the store opens (and if need be
-recovers) every partition.
+recovers) every partition. Anything else in the directory (a folder without
+``topic.json``, another data directory nested in this one) is not a topic: it is left
+alone, and only a topic of the same name cannot be created over it.
 
 One process owns a data directory at a time: opening the store takes an exclusive
 ``flock`` on ``.lock`` in it (released when the store closes, or by the kernel when the
 process dies). A store opened ``read_only`` opens that file read-only, so that watchers of
-the directory can tell a writer's close from a reader's, and refuses changes.
+the directory can tell a writer's close from a reader's, and refuses changes. The holder
+records who it is beside the lock when it can (``_holder.py``), so that a process refused
+the directory can say which one has it.
 
 Topics whose names start with ``__`` are the system's own (see ``_topic_names.py``):
 creating, appending to, deleting and reconfiguring one takes ``internal=True``, which
@@ -37,6 +41,7 @@ A background task owned by the store applies retention and compaction every
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -63,6 +68,7 @@ from ._errors import (
 )
 from ._files import atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
+from ._holder import LOCK_FILE, clear_holder, read_holder, record_holder
 from ._log import PartitionLog, wall_clock_ms
 from ._partition import Partition
 from ._partitioner import StickyPartitioner, partition_for_key
@@ -77,7 +83,27 @@ from ._topic_names import (
 logger = logging.getLogger("headwater.store")
 
 TOPIC_CONFIG_FILE = "topic.json"
-LOCK_FILE = ".lock"
+
+
+def is_data_directory(path: str | os.PathLike[str], *, fs: FileSystem = OS_FILE_SYSTEM) -> bool:
+    """Whether ``path`` is a data directory: a store has opened it (it holds the lock file).
+
+    A data directory inside another one is not a topic of the outer one; this tells the
+    two apart for messages.
+    """
+    return fs.is_file(Path(path) / LOCK_FILE)
+
+
+def _in_the_way(fs: FileSystem, target: Path, name: str) -> str:
+    """Say why topic ``name`` cannot take the folder ``target``, which is not a topic."""
+    if is_data_directory(target, fs=fs):
+        what = "a data directory of its own, not a topic"
+    else:
+        what = "not a topic (it has no topic.json)"
+    return (
+        f"cannot create topic {name!r}: {target} already exists and is {what}; "
+        "move it away or pick another name"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +155,7 @@ class Store:
         self.fs = fs
         self.read_only = read_only
         self._lock_fd: int | None = None
+        self._holder_recorded = False
         self.default_config = default_config or TopicConfig()
         self._clock = clock
         self._maintenance_interval_s = maintenance_interval_s
@@ -186,14 +213,18 @@ class Store:
             self.fs.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.fs.close(fd)
+            holder = read_holder(self.path, fs=self.fs)
+            by = "another process" if holder is None else holder.describe()
             raise DataDirectoryLockedError(
-                f"data directory {self.path} is in use by another process"
-                " (one process may open it at a time)"
+                f"data directory {self.path} is in use by {by} (one process may open it at a time)"
             ) from None
         self._lock_fd = fd
+        self._holder_recorded = record_holder(self.fs, self.path, fd)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
+            if self._holder_recorded:
+                clear_holder(self.fs, self.path)
             self.fs.close(self._lock_fd)
             self._lock_fd = None
 
@@ -238,6 +269,10 @@ class Store:
 
         The reading and rewriting run in a worker thread; only the final swap of each
         partition runs on the event loop.
+
+        :raises StorageFullError: if the disk has no room for a compacted segment.
+        :raises StoreError: if the file system fails otherwise; a partition whose swap
+            failed half-way is closed, and reopening the store finishes the swap.
         """
         removed = 0
         now = self._clock()
@@ -256,6 +291,8 @@ class Store:
                 try:
                     result = swap_in(log, plan, swaps)
                 except StoreError as exc:
+                    if log.closed:  # the swap failed half-way: recovery finishes it
+                        raise
                     logger.info("%s: compaction postponed: %s", log.directory, exc)
                     continue
                 removed += result.records_removed
@@ -346,17 +383,22 @@ class Store:
     def _create_files(self, name: str, config: TopicConfig) -> None:
         staging = self.path / f".{name}.{uuid.uuid4().hex}.creating"
         fs = self.fs
-        fs.mkdir(staging)
-        for i in range(config.partitions):
-            fs.mkdir(staging / str(i))
-        atomic_write(fs, staging / TOPIC_CONFIG_FILE, config.to_json())
-        fsync_dir(fs, staging)
         try:
+            fs.mkdir(staging)
+            for i in range(config.partitions):
+                fs.mkdir(staging / str(i))
+            atomic_write(fs, staging / TOPIC_CONFIG_FILE, config.to_json())
+            fsync_dir(fs, staging)
             fs.rename(staging, self.path / name)
         except OSError as exc:
             fs.rmtree(staging)
-            raise TopicExistsError(f"topic {name!r} already exists on disk") from exc
-        fsync_dir(fs, self.path)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise TopicExistsError(_in_the_way(fs, self.path / name, name)) from exc
+            raise StoreError(f"{self.path}: cannot create topic {name!r}: {exc}") from exc
+        try:
+            fsync_dir(fs, self.path)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create topic {name!r}: {exc}") from exc
 
     async def delete_topic(self, name: str, *, internal: bool = False) -> None:
         """Delete topic ``name`` and all its records. Waiting readers get LogClosedError.

@@ -151,3 +151,35 @@ def test_create_alter_describe_delete_on_every_log(log: Log, name: str) -> None:
     assert name in log("topics", "list").stdout
     assert log("topics", "delete", name).returncode == 0
     assert name not in log("topics", "list").stdout
+
+
+def test_what_is_not_a_topic_stays_out_of_the_way(hw: Headwater, data: Path) -> None:
+    # A data directory inside this one (as `make run` once left in ./headwater-data), and a
+    # folder of someone's notes: neither is a topic, and neither stops topics being made.
+    inner = data / "inner"
+    assert run_headwater(inner, "topics", "create", "x").returncode == 0
+    (data / "notes").mkdir()
+    (data / "notes" / "todo.txt").write_text("keep me")
+
+    listed = hw("topics", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == ""
+    assert listed.stderr.splitlines() == [
+        f"{inner} is a data directory of its own, not a topic; its topics: "
+        f"headwater --data {inner} topics list",
+        f"no topics in {data}",
+    ]
+    assert_error(
+        hw("topics", "create", "inner"),
+        f"cannot create topic 'inner': {inner} already exists and is a data directory of its "
+        "own, not a topic; move it away or pick another name",
+    )
+    assert_error(hw("topics", "create", "notes"), "is not a topic (it has no topic.json)")
+    assert (data / "notes" / "todo.txt").read_text() == "keep me"
+
+    assert hw("topics", "create", "t").returncode == 0
+    assert hw("produce", "t", input='{"n":1}\n').returncode == 0
+    assert hw("consume", "t").stdout == '{"n":1}\n'
+    listed = hw("topics", "list")
+    assert [line.split()[1] for line in listed.stdout.splitlines() if "│ t " in line] == ["t"]
+    assert "x" in run_headwater(inner, "topics", "list").stdout  # the inner one is untouched

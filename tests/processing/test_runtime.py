@@ -13,11 +13,11 @@ from headwater.groups import TopicPartition
 from headwater.processing import (
     App,
     AppConfig,
+    InProcessBackend,
     MissingSourceTopicError,
     OperatorError,
     open_in_process,
 )
-from headwater.processing._backend import InProcessBackend
 from headwater.processing._encoding import OutRecords
 from headwater.store import RecordColumns, open_store, partition_for_key
 
@@ -188,8 +188,10 @@ class CountingBackend(InProcessBackend):
         super().__init__(backend.store, backend.coordinator)
         self.fetched = 0
         self.written = 0
+        self.fetch_calls = 0
 
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
+        self.fetch_calls += 1
         records = await super().fetch(topic, partition, offset, max_bytes)
         self.fetched += len(records)
         return records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
@@ -208,7 +209,7 @@ async def test_one_process_owns_a_data_directory(tmp_path: Path) -> None:
             check=False,
         )
         assert other.returncode == 3, other.stderr
-        assert "in use by another process" in other.stdout
+        assert f"in use by pid {os.getpid()} (" in other.stdout  # the holder: this process
         with pytest.raises(DataDirectoryLockedError):
             async with open_store(tmp_path):
                 pass
