@@ -133,8 +133,8 @@ def trace(
     """Print the record at TOPIC PARTITION OFFSET and, following its lineage headers, every
     record it was derived from, back to the source event.
 
-    Arguments that start with '-' are arguments, not options (a topic named '-in', an
-    offset of -1 is refused as one); '--' before them works too.
+    An argument may start with '-', with or without '--' before it: a topic named '-in'
+    is traced, an offset of -1 is refused as out of range.
     """
     access = log_access(ctx)
 

@@ -39,18 +39,33 @@ def log_option(f: F) -> F:
 
 
 def log_access(ctx: click.Context) -> LogAccess:
-    """Return the log the command works on: the innermost ``--bootstrap``, else ``--data``.
+    """Return the log the command works on: a broker when :func:`bootstrap_of` names one,
+    else the data directory.
 
     :raises click.UsageError: if both ``--bootstrap`` and ``--data`` are given.
     """
-    bootstrap = _innermost(ctx, "bootstrap")
+    bootstrap = bootstrap_of(ctx)
     if bootstrap is None:
         return LocalAccess(data_dir(ctx))
-    if _given(ctx, "data"):
-        raise click.UsageError("give --data or --bootstrap, not both")
     from ._kafka import KafkaAccess  # noqa: PLC0415 - keeps librdkafka out of local runs
 
     return KafkaAccess(bootstrap)
+
+
+def bootstrap_of(ctx: click.Context) -> str | None:
+    """Return the broker the command works on: the innermost ``--bootstrap``, if any.
+
+    What the command line says wins over the environment: ``--data DIR`` over
+    ``$HEADWATER_BOOTSTRAP``, and ``--bootstrap`` over ``$HEADWATER_DATA``.
+
+    :raises click.UsageError: if both ``--bootstrap`` and ``--data`` are given.
+    """
+    bootstrap: str | None = _innermost(ctx, "bootstrap")
+    if bootstrap is not None and _given(ctx, "data"):
+        if _given(ctx, "bootstrap"):
+            raise click.UsageError("give --data or --bootstrap, not both")
+        return None
+    return bootstrap
 
 
 def _innermost(ctx: click.Context, name: str) -> Any:

@@ -42,6 +42,11 @@ def test_the_environment_names_the_broker(broker: BrokerProcess, name: str, data
     # Both named on the command line: which one was meant?
     both = run_headwater(data, "consume", name, "--bootstrap", broker.bootstrap)
     assert_error(both, "give --data or --bootstrap, not both", status=2)
+    # --data on the command line wins over $HEADWATER_BOOTSTRAP.
+    local = run_headwater(data, "topics", "create", name, env=env)
+    assert local.returncode == 0, local.stderr
+    assert run_headwater(data, "consume", name, env=env).stdout == ""  # the local, empty one
+    assert (data / name).is_dir()
 
 
 def test_a_broker_that_cannot_be_reached_is_one_line(refusing: str) -> None:
