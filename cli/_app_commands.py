@@ -26,7 +26,7 @@ from ._access import RecordLookup
 from ._datadir import data_dir, data_option
 from ._output import info
 from ._run import run_async
-from ._target import log_access, log_option
+from ._target import bootstrap_of, log_access, log_option
 
 #: Trace stops after this many steps (lineage cannot loop, but headers can lie).
 MAX_TRACE_STEPS = 100
@@ -82,24 +82,41 @@ def _explicit_data_dir(ctx: click.Context) -> Path | None:
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log what the runtime does.")
 @data_option
+@click.option(
+    "--bootstrap",
+    default=None,
+    metavar="HOST:PORT",
+    help="Run the app on the Kafka-protocol cluster at HOST:PORT (headwater broker or "
+    "Apache Kafka) instead of a data directory.",
+)
 @click.pass_context
 def run_app(
-    ctx: click.Context, target: str, until_caught_up: bool, verbose: bool, data: Path | None
+    ctx: click.Context,
+    *,
+    target: str,
+    until_caught_up: bool,
+    verbose: bool,
+    data: Path | None,
+    bootstrap: str | None,
 ) -> None:
     """Run the app in APP.PY until SIGINT/SIGTERM (or until caught up).
 
     The first signal stops it gracefully (finish the batches in hand, write, commit,
-    leave the group); a second one stops it at once. The data directory is --data, else
-    the app's own, else $HEADWATER_DATA, else ./headwater-data.
+    leave the group); a second one stops it at once. It runs on the cluster at
+    --bootstrap if given, else on the data directory --data if given, else where the
+    app says, else on the cluster at $HEADWATER_BOOTSTRAP, else on the data directory
+    $HEADWATER_DATA, else on ./headwater-data. Every process running an app on a
+    cluster joins the app's consumer group and takes a share of its partitions.
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="headwater: %(message)s",
         stream=sys.stderr,
     )
+    cluster = bootstrap_of(ctx)  # refuses --data with --bootstrap
     app = load_app(target)
-    directory = _explicit_data_dir(ctx)
-    stats = app.run(until_caught_up=until_caught_up, data_dir=directory)
+    directory = None if cluster is not None else _explicit_data_dir(ctx)
+    stats = app.run(until_caught_up=until_caught_up, data_dir=directory, bootstrap=cluster)
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
         f" ({stats.skipped:,} skipped, {stats.dead_lettered:,} dead-lettered)"

@@ -36,6 +36,7 @@ from ._clock import Clock as Clock
 from ._clock import WallClock as WallClock
 from ._config import AppConfig as AppConfig
 from ._encoding import OutRecords as OutRecords
+from ._errors import ClusterError as ClusterError
 from ._errors import ErrorPolicy as ErrorPolicy
 from ._errors import MissingSourceTopicError as MissingSourceTopicError
 from ._errors import OperatorError as OperatorError
@@ -62,6 +63,7 @@ __all__ = (
     "Backend",
     "BytesSerde",
     "Clock",
+    "ClusterError",
     "ErrorPolicy",
     "Event",
     "InProcessBackend",

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 from headwater.store import HeadwaterError
 
 from ._backends import Backend
+from ._backends._bootstrap import BOOTSTRAP_ENV_VAR, check_bootstrap
 from ._backends.in_process import default_data_dir, open_in_process
 from ._clock import Clock
 from ._config import AppConfig
@@ -41,8 +42,15 @@ class App:
         topics (letters, digits, ``.``, ``_``, ``-``; at most 200).
     :param data_dir: the embedded log's data directory; by default ``$HEADWATER_DATA``,
         else ``./headwater-data`` (read when the app runs).
+    :param bootstrap: ``HOST:PORT[,HOST:PORT...]`` of a Kafka-protocol cluster
+        (``headwater broker``, Apache Kafka) to run on instead of a data directory; by
+        default ``$HEADWATER_BOOTSTRAP`` if set (read when the app runs).
     :param config: runtime settings (:class:`AppConfig`).
-    :raises TopologyError: for a bad name.
+    :raises TopologyError: for a bad name, or both ``data_dir`` and ``bootstrap``.
+    :raises ClusterError: for a malformed ``bootstrap``.
+
+    The app is the same wherever it runs: the embedded log, or a cluster, where several
+    processes running it share its partitions through its consumer group.
 
     Build streams with :meth:`stream`, then :meth:`run` the app (or ``headwater run``);
     test it with :class:`~headwater.processing.testing.TestDriver`. Not thread-safe:
@@ -54,6 +62,7 @@ class App:
         name: str,
         *,
         data_dir: str | os.PathLike[str] | None = None,
+        bootstrap: str | None = None,
         config: AppConfig | None = None,
     ) -> None:
         if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
@@ -63,9 +72,12 @@ class App:
             )
         if config is not None and not isinstance(config, AppConfig):
             raise TopologyError(f"config must be an AppConfig, got {config!r}")
+        if data_dir is not None and bootstrap is not None:
+            raise TopologyError("give an App data_dir or bootstrap, not both")
         self.name = name
         self.config = config or AppConfig()
         self._data_dir = None if data_dir is None else Path(data_dir)
+        self._bootstrap = None if bootstrap is None else check_bootstrap(bootstrap)
         self._graph = Graph()
         self._runtime: Runtime | None = None
 
@@ -76,6 +88,16 @@ class App:
     def data_dir(self) -> Path:
         """The data directory the app runs on (see the constructor)."""
         return self._data_dir if self._data_dir is not None else default_data_dir()
+
+    @property
+    def bootstrap(self) -> str | None:
+        """The cluster the app runs on (see the constructor), or None for a data directory.
+
+        ``$HEADWATER_BOOTSTRAP`` counts unless the app was given a data directory.
+        """
+        if self._bootstrap is not None or self._data_dir is not None:
+            return self._bootstrap
+        return os.environ.get(BOOTSTRAP_ENV_VAR) or None
 
     @property
     def graph(self) -> Graph:
@@ -168,23 +190,34 @@ class App:
         stop: anyio.Event | None = None,
         backend: Backend | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        bootstrap: str | None = None,
         clock: Clock | None = None,
     ) -> RunStatistics:
         """Run the app in the current event loop until ``stop`` is set (or caught up).
 
-        Without ``backend`` it opens the embedded log in ``data_dir`` (by default
-        :attr:`data_dir`). With ``until_caught_up`` it returns once every input
-        partition has been processed up to the end offset it had at the start (and
-        committed). ``clock`` is the wall clock timers run on (the machine's by default).
+        It runs on ``backend`` if given, else on the cluster at ``bootstrap``, else on
+        the embedded log in ``data_dir``; given none of them, where the app says (see
+        the constructor). With ``until_caught_up`` it returns once every input partition
+        it was assigned has been processed up to the end offset it had at the start
+        (and committed). ``clock`` is the wall clock timers run on (the machine's by
+        default).
 
         :raises OperatorError: if a user function failed under the ``raise`` policy.
-        :raises TopologyError: if the graph cannot run.
+        :raises TopologyError: if the graph cannot run, or for both ``data_dir`` and
+            ``bootstrap``.
+        :raises ClusterError: if the cluster cannot be reached or fails a request.
         :raises HeadwaterError: for a store or group failure (a locked data directory, ...).
         """
+        if data_dir is not None and bootstrap is not None:
+            raise TopologyError("give data_dir or bootstrap, not both")
+        if data_dir is None and bootstrap is None:
+            bootstrap = self.bootstrap
         try:
             with _fewer_gc_passes():
                 if backend is not None:
                     return await self._run_on(backend, until_caught_up, stop, clock)
+                if bootstrap is not None:
+                    return await self._run_on_cluster(bootstrap, until_caught_up, stop, clock)
                 return await self._run_embedded(
                     Path(data_dir or self.data_dir), until_caught_up, stop, clock
                 )
@@ -216,6 +249,22 @@ class App:
         except MissingSourceTopicError as exc:
             raise MissingSourceTopicError(exc.topics, f"data directory {directory}") from None
 
+    async def _run_on_cluster(
+        self,
+        bootstrap: str,
+        until_caught_up: bool,
+        stop: anyio.Event | None,
+        clock: Clock | None,
+    ) -> RunStatistics:
+        from ._backends.kafka import open_kafka  # noqa: PLC0415 - librdkafka only when used
+
+        try:
+            async with open_kafka(bootstrap) as cluster:
+                return await self._run_on(cluster, until_caught_up, stop, clock)
+        except MissingSourceTopicError as exc:
+            where = f"the cluster at {bootstrap}"
+            raise MissingSourceTopicError(exc.topics, where, bootstrap=bootstrap) from None
+
     async def _run_on(
         self,
         backend: Backend,
@@ -235,11 +284,15 @@ class App:
         return await runtime.run(stop)
 
     def run(
-        self, *, until_caught_up: bool = False, data_dir: str | os.PathLike[str] | None = None
+        self,
+        *,
+        until_caught_up: bool = False,
+        data_dir: str | os.PathLike[str] | None = None,
+        bootstrap: str | None = None,
     ) -> RunStatistics:
         """Run the app on trio until SIGINT or SIGTERM (or until caught up, if asked).
 
-        ``data_dir`` overrides the app's data directory for this run.
+        ``data_dir`` or ``bootstrap`` overrides where the app runs, for this run.
 
         The first signal stops it gracefully: no more reading, the batches in hand are
         finished and written, positions are committed, the worker leaves its group. A
@@ -272,7 +325,10 @@ class App:
 
                     await tg.start(watch)
                     await self.run_async(
-                        until_caught_up=until_caught_up, stop=stop, data_dir=data_dir
+                        until_caught_up=until_caught_up,
+                        stop=stop,
+                        data_dir=data_dir,
+                        bootstrap=bootstrap,
                     )
                     tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:

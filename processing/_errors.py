@@ -9,6 +9,8 @@
         ├── MissingSourceTopicError   a topic the app reads does not exist (and the app
         │                             did not ask for it to be created)
         ├── SerdeError                a value could not be (de)serialised
+        ├── ClusterError              a Kafka-protocol cluster could not be reached, or
+        │                             failed a request the run cannot go on without
         └── OperatorError             a user function raised under the ``raise`` policy:
                                       names the operator, the source record and the
                                       user's own line
@@ -44,19 +46,23 @@ class MissingSourceTopicError(ProcessingError):
     or data directory would otherwise look like an app with nothing to do.
 
     :ivar topics: the missing topics, sorted. :ivar location: where they were looked
-        for (``data directory ./headwater-data``), if known.
+        for (``data directory ./headwater-data``), if known. ``bootstrap`` names the
+        cluster they were looked for on, for the command that creates them.
     """
 
-    def __init__(self, topics: list[str], location: str | None = None) -> None:
+    def __init__(
+        self, topics: list[str], location: str | None = None, *, bootstrap: str | None = None
+    ) -> None:
         self.topics = sorted(topics)
         self.location = location
         names = ", ".join(repr(t) for t in self.topics)
         where = f" in {location}" if location else ""
         first = self.topics[0]
+        on = "" if bootstrap is None else f" --bootstrap {bootstrap}"
         super().__init__(
             f"missing source topic{'s' if len(self.topics) > 1 else ''} {names}{where}: "
             f"create {'them' if len(self.topics) > 1 else 'it'} first "
-            f"(headwater topics create {first} --partitions N), or let the app create "
+            f"(headwater topics create {first} --partitions N{on}), or let the app create "
             f"{'them' if len(self.topics) > 1 else 'it'} with "
             f"app.stream({first!r}, partitions=N)"
         )
@@ -64,6 +70,11 @@ class MissingSourceTopicError(ProcessingError):
 
 class SerdeError(ProcessingError):
     """A value could not be serialised or deserialised by its :class:`Serde`."""
+
+
+class ClusterError(ProcessingError):
+    """A Kafka-protocol cluster could not be reached, or failed a request the run cannot
+    go on without; the message names the bootstrap address and Kafka's reason."""
 
 
 class OperatorError(ProcessingError):

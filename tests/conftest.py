@@ -7,13 +7,23 @@ data generation is off. ``ci`` also replays the same examples on every run (a fa
 there is reproducible, not a flake) and prints the blob that reproduces a failing
 example. Choose with ``HYPOTHESIS_PROFILE``; by default ``ci`` when the ``CI`` variable
 is set, ``default`` otherwise.
+
+``apache_kafka`` is a real Apache Kafka broker for the tests that run against one:
+started once per session, on first use (``tests/apache_kafka/running.py`` fetches it
+with Maven into a cache outside the checkout), or the one named in
+``$HEADWATER_TEST_KAFKA``. Where Java is missing or Maven Central cannot be reached
+(and the jars are not cached), those tests are skipped, and the summary says why.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+# pytest puts tests/ on sys.path (it holds no __init__.py), so its packages import by name.
+from apache_kafka.running import ApacheKafka, KafkaProcess, KafkaUnavailableError
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -40,3 +50,25 @@ def env_without_cramjam(tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
     env["PYTHONPATH"] = str(folder)
     return env
+
+
+#: The address of a running Apache Kafka broker to use instead of starting one.
+KAFKA_ENV_VAR = "HEADWATER_TEST_KAFKA"
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    """A single-node Apache Kafka broker for the session; skips where it cannot run."""
+    named = os.environ.get(KAFKA_ENV_VAR)
+    if named:
+        yield ApacheKafka(named)
+        return
+    process = KafkaProcess(tmp_path_factory.mktemp("apache-kafka"))
+    try:
+        process.start()
+    except KafkaUnavailableError as exc:
+        pytest.skip(f"Apache Kafka cannot run here: {exc}")
+    try:
+        yield ApacheKafka(process.bootstrap, process)
+    finally:
+        process.stop()

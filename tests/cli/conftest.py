@@ -3,7 +3,6 @@ runner against a real ``headwater broker`` subprocess (``--bootstrap``)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 # pytest puts tests/ on sys.path (it holds no __init__.py), so its packages import by name.
+from apache_kafka.running import ApacheKafka
 from broker.running import BrokerProcess
 
 from .helpers import Headwater, Log, run_headwater
@@ -41,21 +41,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     assert process.stop() == 0, process.log()
 
 
-#: The address of a running Apache Kafka broker, to run the ``log`` tests against it too.
-KAFKA_ENV_VAR = "HEADWATER_TEST_KAFKA"
-
-
 @pytest.fixture(params=["data", "broker", "kafka"])
 def log(request: pytest.FixtureRequest, data: Path) -> Log:
-    """The test's commands on a data directory, then against ``headwater broker``, then --
-    when $HEADWATER_TEST_KAFKA names one -- against an Apache Kafka broker."""
+    """The test's commands on a data directory, then against ``headwater broker``, then
+    against Apache Kafka (skipped where it cannot run: see ``tests/conftest.py``)."""
     if request.param == "data":
         return Log(data)
     if request.param == "kafka":
-        bootstrap = os.environ.get(KAFKA_ENV_VAR)
-        if not bootstrap:
-            pytest.skip(f"no Apache Kafka broker named in ${KAFKA_ENV_VAR} (HOST:PORT)")
-        return Log(data, bootstrap)
+        kafka: ApacheKafka = request.getfixturevalue("apache_kafka")
+        return Log(data, kafka.bootstrap)
     broker: BrokerProcess = request.getfixturevalue("broker")
     return Log(data, broker.bootstrap)
 

@@ -1,0 +1,360 @@
+"""A Kafka-protocol cluster as a backend: ``headwater broker`` or Apache Kafka, through librdkafka.
+
+Theory of operation
+-------------------
+The same :class:`~headwater.processing.Backend` as the embedded log, over confluent-kafka
+(librdkafka), so an app runs unchanged against any Kafka-protocol cluster:
+
+- topics: an admin client (metadata for partition counts, CreateTopics with the configs
+  as given, ListOffsets for a partition's first and end offsets, under
+  ``read_committed`` as the consumers read);
+- produce: one idempotent producer for the backend (``_kafka_produce.py``): a call
+  returns once the cluster acknowledged its records (``acks=all``), so the runtime
+  commits only what is durable downstream;
+- a consumer group (:meth:`KafkaBackend.join`): one consumer per member, read by a
+  thread of its own into a buffer per assigned partition (``_kafka_fetch.py``), from
+  which the runtime's partition loops fetch; rebalance callbacks await the runtime's
+  handlers on the event loop, so a partition is given up only after its task committed;
+- fetch of a partition this backend holds no group assignment for (a test reading an
+  output, a restore): a second consumer that assigns partitions as they are asked for.
+
+Assignment uses Kafka's ``range`` assignor, eagerly: librdkafka offers it, and it keeps a
+task's partitions on one member (see ``_tasks.py``; its ``cooperative-sticky`` would
+split tasks). Offsets are committed with their metadata through the group member, never
+automatically. Nothing blocks the event loop: librdkafka's blocking calls run in worker
+threads, its callbacks report to the loop through ``anyio.from_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import confluent_kafka as ck
+from anyio.abc import TaskGroup
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in __all__
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+)
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from headwater.groups import CoordinatorNotAvailableError, OffsetAndMetadata, TopicPartition
+from headwater.store import RecordColumns
+
+from .._encoding import OutRecords
+from . import Membership, PartitionsHandler
+from ._bootstrap import check_bootstrap
+from ._kafka_errors import RETRIABLE_CODES, cluster_error, group_error, log_error
+from ._kafka_fetch import Fetcher, GroupHandlers
+from ._kafka_produce import Writer
+
+T = TypeVar("T")
+
+#: How long a request to the cluster may take before the run fails.
+REQUEST_TIMEOUT_S = 30.0
+#: How long the first contact may take before the cluster is reported unreachable.
+CONNECT_TIMEOUT_S = 10.0
+
+librdkafka_logger = logging.getLogger("headwater.processing.librdkafka")
+# librdkafka's own lines (connection attempts, retries) are for debugging: what matters
+# reaches the app as an exception.
+librdkafka_logger.propagate = bool(os.environ.get("HEADWATER_DEBUG"))
+if not librdkafka_logger.propagate:
+    librdkafka_logger.addHandler(logging.NullHandler())
+
+
+class _Membership:
+    """A :class:`Membership` through a group member's consumer (its pump runs the calls)."""
+
+    def __init__(self, fetcher: Fetcher, bootstrap: str, group_id: str) -> None:
+        self._fetcher = fetcher
+        self._bootstrap = bootstrap
+        self._group_id = group_id
+
+    async def committed(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Return the group's committed offsets of ``partitions`` that have one.
+
+        Those of partitions this member holds were read when they were assigned (see
+        ``_kafka_fetch.py``); others are asked for.
+        """
+        fetcher = self._fetcher
+        found = {tp: fetcher.committed[tp] for tp in partitions if tp in fetcher.committed}
+        asked = [
+            ck.TopicPartition(tp.topic, tp.partition)
+            for tp in partitions
+            if not fetcher.holds(tp) and tp not in found
+        ]
+        if not asked:
+            return found
+        try:
+            answer = await fetcher.call(lambda c: c.committed(asked, timeout=REQUEST_TIMEOUT_S))
+        except KafkaException as exc:
+            what = self._what("reading the committed offsets of")
+            raise group_error(exc.args[0], what, self._bootstrap) from None
+        for c in answer:
+            if c.offset >= 0:
+                found[TopicPartition(c.topic, c.partition)] = OffsetAndMetadata(
+                    c.offset, c.metadata or ""
+                )
+        return found
+
+    async def commit(
+        self, offsets: Mapping[TopicPartition, int], metadata: Mapping[TopicPartition, str]
+    ) -> None:
+        """Commit ``offsets`` with their metadata; return once the coordinator stored them.
+
+        :raises GroupError: if the group is rebalancing, this member was fenced, or the
+            coordinator could not be reached.
+        """
+        if not offsets:
+            return
+        asked = [
+            ck.TopicPartition(tp.topic, tp.partition, offset, metadata.get(tp, ""))
+            for tp, offset in offsets.items()
+        ]
+        fetcher = self._fetcher
+        try:
+            answer = await fetcher.call(lambda c: c.commit(offsets=asked, asynchronous=False))
+        except KafkaException as exc:
+            raise group_error(exc.args[0], self._what("committing"), self._bootstrap) from None
+        except anyio.ClosedResourceError:
+            raise CoordinatorNotAvailableError(
+                f"{self._what('committing')}: the group's consumer is closed"
+            ) from None
+        for c in answer or ():
+            if c.error is not None:
+                raise group_error(c.error, self._what("committing"), self._bootstrap)
+        for tp, offset in offsets.items():
+            if fetcher.holds(tp):
+                fetcher.committed[tp] = OffsetAndMetadata(offset, metadata.get(tp, ""))
+
+    def _what(self, doing: str) -> str:
+        return f"group {self._group_id!r}: {doing} offsets"
+
+
+class KafkaBackend:
+    """A Kafka-protocol cluster as the runtime's log (see the module docstring).
+
+    Build it with :func:`open_kafka`. Concurrency: one event loop.
+    """
+
+    def __init__(
+        self, bootstrap: str, task_group: TaskGroup, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        self.bootstrap = bootstrap
+        self._task_group = task_group
+        self._settings = dict(settings or {})
+        self._admin = AdminClient(self.client_config())
+        self._writer = Writer(self.client_config(**{"linger.ms": 2}), bootstrap)
+        self._members: list[Fetcher] = []
+        self._reader: Fetcher | None = None
+        self._reader_started: anyio.Event | None = None
+
+    def client_config(self, **settings: Any) -> dict[str, Any]:
+        """Return a librdkafka configuration for this cluster: ours, then the backend's
+        ``settings``, then ``settings``."""
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": "headwater",
+            "logger": librdkafka_logger,
+            "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT_S * 1000),
+            **self._settings,
+            **settings,
+        }
+
+    async def _start(self) -> None:
+        await self._call(lambda: self._admin.list_topics(timeout=CONNECT_TIMEOUT_S), "connecting")
+        await self._task_group.start(self._writer.run)
+
+    def _stop(self) -> None:
+        self._writer.stop()
+        if self._reader is not None:
+            self._reader.stop()
+
+    async def _call(self, call: Callable[[], T], what: str) -> T:
+        try:
+            return await anyio.to_thread.run_sync(call)
+        except KafkaException as exc:
+            raise cluster_error(exc.args[0], what, self.bootstrap) from None
+
+    # -- topics ------------------------------------------------------------------------
+
+    async def partition_count(self, topic: str) -> int | None:
+        """Return how many partitions ``topic`` has, or None if it does not exist."""
+        # All topics' metadata: asking for one topic by name may create it where the
+        # cluster creates topics on first use.
+        metadata = await self._call(
+            lambda: self._admin.list_topics(timeout=REQUEST_TIMEOUT_S), f"looking up {topic!r}"
+        )
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return None
+        return len(found.partitions)
+
+    async def create_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
+        """Create ``topic`` with ``partitions`` partitions and ``config`` (Kafka's names
+        and values, passed on as they are); nothing if it exists.
+
+        :raises InvalidConfigError: for a config the cluster refuses.
+        """
+        new = NewTopic(
+            topic, num_partitions=partitions, replication_factor=-1, config=dict(config or {})
+        )
+        what = f"creating topic {topic!r}"
+        futures = await self._call(
+            lambda: self._admin.create_topics([new], operation_timeout=REQUEST_TIMEOUT_S), what
+        )
+        try:
+            await anyio.to_thread.run_sync(futures[topic].result)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise log_error(error, what, self.bootstrap) from None
+
+    async def start_offset(self, topic: str, partition: int) -> int:
+        """Return the first offset still stored in a partition."""
+        return await self._list_offset(topic, partition, earliest=True)
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """Return the end of what can be read from a partition (its last stable offset,
+        which is the high watermark unless a transaction is open)."""
+        return await self._list_offset(topic, partition, earliest=False)
+
+    async def _list_offset(self, topic: str, partition: int, *, earliest: bool) -> int:
+        tp = ck.TopicPartition(topic, partition)
+        spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        what = f"listing offsets of {topic}/{partition}"
+
+        def ask() -> int:
+            futures = self._admin.list_offsets(
+                {tp: spec},
+                isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                request_timeout=REQUEST_TIMEOUT_S,
+            )
+            return int(next(iter(futures.values())).result().offset)
+
+        retrying = AsyncRetrying(  # a topic just created may not be known everywhere yet
+            sleep=anyio.sleep,
+            stop=stop_after_delay(REQUEST_TIMEOUT_S),
+            wait=wait_exponential(multiplier=0.02, max=0.5),
+            retry=retry_if_exception(_retriable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await anyio.to_thread.run_sync(ask)
+        except KafkaException as exc:
+            raise log_error(exc.args[0], what, self.bootstrap) from None
+        raise AssertionError("unreachable")  # pragma: no cover - tenacity reraises
+
+    # -- records -----------------------------------------------------------------------
+
+    async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
+        """Write ``records`` to one partition, in order; return once acknowledged."""
+        await self._writer.produce(topic, partition, records)
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
+        """Return records from ``offset`` on (about ``max_bytes``), waiting for one.
+
+        Cancelling it loses nothing.
+
+        :raises OffsetOutOfRangeError: if ``offset`` is outside the log.
+        """
+        tp = TopicPartition(topic, partition)
+        for member in self._members:
+            if member.holds(tp):
+                return await member.fetch(tp, offset, max_bytes)
+        return await (await self._direct_reader()).fetch(tp, offset, max_bytes)
+
+    async def _direct_reader(self) -> Fetcher:
+        if self._reader_started is None:
+            self._reader_started = anyio.Event()
+            config = self.client_config(**{
+                "group.id": "headwater-reader",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "error",
+            })  # fmt: skip
+            reader = Fetcher(config, self.bootstrap)
+            await self._task_group.start(reader.run)
+            self._reader = reader
+            self._reader_started.set()
+        await self._reader_started.wait()
+        assert self._reader is not None
+        return self._reader
+
+    # -- groups ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def join(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        on_assigned: PartitionsHandler,
+        on_revoked: PartitionsHandler,
+        on_lost: PartitionsHandler,
+    ) -> AsyncIterator[Membership]:
+        """Join consumer group ``group_id`` through a consumer of its own, for a block."""
+        config = self.client_config(**{
+            "group.id": group_id,
+            "client.id": self._settings.get("client.id", f"headwater-{group_id}"),
+            "partition.assignment.strategy": "range",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "error",
+        })  # fmt: skip
+        handlers = GroupHandlers(on_assigned, on_revoked, on_lost, list(topics))
+        fetcher = Fetcher(config, self.bootstrap, handlers)
+        async with anyio.create_task_group() as tg:
+            await tg.start(fetcher.run)
+            self._members.append(fetcher)
+            await fetcher.joined.wait()
+            try:
+                yield _Membership(fetcher, self.bootstrap, group_id)
+            finally:
+                self._members.remove(fetcher)
+                fetcher.stop()
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and exc.args[0].code() in RETRIABLE_CODES
+
+
+@contextlib.asynccontextmanager
+async def open_kafka(
+    bootstrap: str, settings: Mapping[str, Any] | None = None
+) -> AsyncIterator[KafkaBackend]:
+    """Connect to the Kafka-protocol cluster at ``bootstrap`` for a block.
+
+    ``settings`` are librdkafka configuration properties for every client (e.g.
+    ``{"session.timeout.ms": 10000}``). Leaving the block flushes what is being written
+    and closes every client.
+
+    :raises ClusterError: if ``bootstrap`` is malformed or the cluster cannot be reached.
+    """
+    check_bootstrap(bootstrap)
+    async with anyio.create_task_group() as tg:
+        backend = KafkaBackend(bootstrap, tg, settings)
+        try:
+            await backend._start()
+            yield backend
+        finally:
+            backend._stop()
