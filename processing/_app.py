@@ -259,11 +259,20 @@ class App:
         from ._backends.kafka import open_kafka  # noqa: PLC0415 - librdkafka only when used
 
         try:
-            async with open_kafka(bootstrap) as cluster:
+            session_ms = self.config.session_timeout_ms
+            member = {
+                "session.timeout.ms": session_ms,
+                # Kafka's advice: heartbeats at most a third of the session apart.
+                "heartbeat.interval.ms": max(1, min(3000, session_ms // 3)),
+            }
+            async with open_kafka(bootstrap, member_settings=member) as cluster:
                 return await self._run_on(cluster, until_caught_up, stop, clock)
-        except MissingSourceTopicError as exc:
+        except BaseExceptionGroup as group:  # from the backend's task group
+            error = _first_error(group)
+            if not isinstance(error, MissingSourceTopicError):
+                raise
             where = f"the cluster at {bootstrap}"
-            raise MissingSourceTopicError(exc.topics, where, bootstrap=bootstrap) from None
+            raise MissingSourceTopicError(error.topics, where, bootstrap=bootstrap) from None
 
     async def _run_on(
         self,

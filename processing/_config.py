@@ -18,16 +18,22 @@ class AppConfig:
         batch's outputs under a topic's default ``max_message_bytes`` (one append each)
         and lets the allocator reuse one batch's memory for the next (larger batches
         measured no faster).
+    :param session_timeout_ms: on a cluster, how long the app's consumer group waits for
+        a member that stopped answering (a crashed worker) before its partitions move to
+        the others: Kafka's ``session.timeout.ms``, whose default this is. The cluster
+        bounds it (Kafka's ``group.min.session.timeout.ms``, 6 s by default).
     :raises TopologyError: if a value is out of range.
     """
 
     commit_interval_ms: int = 1000
     max_batch_bytes: int = 512 << 10
+    session_timeout_ms: int = 45_000
 
     def __post_init__(self) -> None:
         for name, low in (
             ("commit_interval_ms", 1),
             ("max_batch_bytes", 64),
+            ("session_timeout_ms", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

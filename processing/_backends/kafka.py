@@ -153,11 +153,16 @@ class KafkaBackend:
     """
 
     def __init__(
-        self, bootstrap: str, task_group: TaskGroup, settings: Mapping[str, Any] | None = None
+        self,
+        bootstrap: str,
+        task_group: TaskGroup,
+        settings: Mapping[str, Any] | None = None,
+        member_settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self._task_group = task_group
         self._settings = dict(settings or {})
+        self._member_settings = dict(member_settings or {})
         self._admin = AdminClient(self.client_config())
         self._writer = Writer(self.client_config(**{"linger.ms": 2}), bootstrap)
         self._members: list[Fetcher] = []
@@ -320,6 +325,7 @@ class KafkaBackend:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "error",
+            **self._member_settings,
         })  # fmt: skip
         handlers = GroupHandlers(on_assigned, on_revoked, on_lost, list(topics))
         fetcher = Fetcher(config, self.bootstrap, handlers)
@@ -340,19 +346,23 @@ def _retriable(exc: BaseException) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_kafka(
-    bootstrap: str, settings: Mapping[str, Any] | None = None
+    bootstrap: str,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    member_settings: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[KafkaBackend]:
     """Connect to the Kafka-protocol cluster at ``bootstrap`` for a block.
 
     ``settings`` are librdkafka configuration properties for every client (e.g.
-    ``{"session.timeout.ms": 10000}``). Leaving the block flushes what is being written
-    and closes every client.
+    ``{"client.id": "clicks-7"}``), ``member_settings`` more for the consumers that join
+    a group (``{"session.timeout.ms": 10000}``). Leaving the block flushes what is being
+    written and closes every client.
 
     :raises ClusterError: if ``bootstrap`` is malformed or the cluster cannot be reached.
     """
     check_bootstrap(bootstrap)
     async with anyio.create_task_group() as tg:
-        backend = KafkaBackend(bootstrap, tg, settings)
+        backend = KafkaBackend(bootstrap, tg, settings, member_settings)
         try:
             await backend._start()
             yield backend
