@@ -10,7 +10,7 @@ import pytest
 
 from headwater.store import partition_for_key
 
-from .helpers import HEADWATER, Headwater, assert_error
+from .helpers import HEADWATER, Headwater, Log, assert_error, run_headwater
 
 APP = """
 from headwater.processing import App
@@ -64,6 +64,35 @@ def test_run_until_caught_up_then_trace(hw: Headwater, tmp_path: Path) -> None:
     assert any(line.startswith(f"  <- cli-app-by-user-repartition/{p}/0") for line in lines)
     assert any(line.startswith("  <- clicks/") for line in lines)
     assert lines[-1].strip() == "(a source event: it carries no lineage header)"
+
+
+def test_run_then_trace_on_every_log(log: Log, name: str, tmp_path: Path) -> None:
+    # The same app, unchanged but for its names, on a data directory and on a cluster.
+    text = APP.replace("cli-app", name)
+    for topic in ('stream("clicks")', 'to("enriched")', 'to("by-user")'):
+        text = text.replace(topic, topic.replace('("', f'("{name}-'))
+    app = write_app(tmp_path, text)
+    assert log("topics", "create", f"{name}-clicks", "--partitions", "2").returncode == 0
+    assert log("produce", f"{name}-clicks", "--key", "user", input=EVENTS).returncode == 0
+    result = log("run", str(app), "--until-caught-up")
+    assert result.returncode == 0, result.stderr
+    assert f"app '{name}': processed 20 records, wrote 28" in result.stderr
+    again = log("run", str(app), "--until-caught-up")
+    assert "processed 0 records" in again.stderr, again.stderr
+    p = partition_for_key(b'"u0"', 2)
+    trace = log("trace", f"{name}-by-user", str(p), "0")
+    assert trace.returncode == 0, trace.stderr
+    lines = trace.stdout.splitlines()
+    assert any(line.startswith(f"  <- {name}-by-user-repartition/{p}/0") for line in lines)
+    assert any(line.startswith(f"  <- {name}-clicks/") for line in lines)
+
+
+def test_run_takes_a_data_directory_or_a_cluster(hw: Headwater, tmp_path: Path) -> None:
+    app = str(write_app(tmp_path))
+    both = hw("run", app, "--bootstrap", "127.0.0.1:9092")  # hw gives --data
+    assert_error(both, "give --data or --bootstrap, not both", status=2)
+    malformed = run_headwater(None, "run", app, "--bootstrap", "localhost:http")
+    assert_error(malformed, "invalid bootstrap address 'localhost:http'")
 
 
 def test_run_reports_operator_errors_in_one_line(hw: Headwater, tmp_path: Path) -> None:

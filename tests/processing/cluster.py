@@ -114,6 +114,26 @@ def read_topic(bootstrap: str, topic: str) -> list[list[ck.Message]]:
         consumer.close()
 
 
+def wait_for_records(bootstrap: str, topic: str, count: int) -> None:
+    """Block until ``topic`` (which exists) holds at least ``count`` records: a consumer
+    reads it from the start, waiting on the cluster for each record."""
+    consumer = ck.Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": unique("waiter"),
+        "enable.auto.commit": False,
+    })  # fmt: skip
+    try:
+        partitions = consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions
+        consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
+        seen = 0
+        while seen < count:
+            message = consumer.poll(TIMEOUT_S)
+            assert message is not None, f"{topic}: {seen} records, still waiting for {count}"
+            seen += message.error() is None
+    finally:
+        consumer.close()
+
+
 def count_records(bootstrap: str, topic: str) -> int:
     """Return how many records ``topic`` holds (its high watermarks, summed)."""
     consumer = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": unique("counter")})

@@ -38,6 +38,7 @@ from .cluster import (
     topic_config,
     topic_exists,
     unique,
+    wait_for_records,
 )
 
 PARTITIONS = 4
@@ -103,8 +104,8 @@ async def test_w1_runs_unchanged_on_a_cluster_and_resumes_at_its_commit(cluster:
 
 
 async def test_small_batches_keep_every_record_in_order(cluster: str) -> None:
-    # Batches far smaller than what librdkafka fetches: each partition's buffer fills,
-    # is paused and resumed many times over.
+    # Batches far smaller than what librdkafka fetches: each partition's buffer fills, and
+    # is paused and resumed several times over.
     name = unique("small")
     create_topic(cluster, f"{name}-in", 2)
     values = [orjson.dumps({"i": i, "pad": "x" * 900}) for i in range(6000)]
@@ -181,33 +182,11 @@ async def read_until(bootstrap: str, topic: str, done: Callable[[list[Any]], boo
         ]
 
     with anyio.fail_after(PATIENCE_S):
-        while True:  # each read waits on the cluster; a record written meanwhile ends a wait
+        while True:  # each wait ends when a record is written
             found = await anyio.to_thread.run_sync(values)
             if done(found):
                 return found
-            await anyio.to_thread.run_sync(
-                functools.partial(wait_for_more, bootstrap, topic, len(found))
-            )
-
-
-def wait_for_more(bootstrap: str, topic: str, seen: int) -> None:
-    """Block until ``topic`` holds more than ``seen`` records (a consumer's poll waits)."""
-    import confluent_kafka as ck
-
-    consumer = ck.Consumer({
-        "bootstrap.servers": bootstrap, "group.id": unique("waiter"),
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })  # fmt: skip
-    try:
-        count = len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(count)])
-        read = 0
-        while read <= seen:
-            message = consumer.poll(30)
-            assert message is not None, f"{topic}: no record after {seen}"
-            read += message.error() is None
-    finally:
-        consumer.close()
+            await anyio.to_thread.run_sync(wait_for_records, bootstrap, topic, len(found) + 1)
 
 
 async def test_two_members_share_the_tasks_and_one_takes_over_when_the_other_leaves(
