@@ -22,8 +22,10 @@ own instance of every operator), committing input offsets only after the outputs
 durable (at-least-once). A ``key_by`` key stays the user's object until a sink writes
 it (canonical JSON by default, see :class:`JsonKeySerde`). Every derived record
 carries a ``headwater.source`` lineage header. The runtime reads the log through a
-:class:`Backend` (the embedded one: :class:`InProcessBackend`) and wall time through a
-:class:`Clock`. Test pipelines with :class:`headwater.processing.testing.TestDriver`.
+:class:`Backend` -- the embedded one (:class:`InProcessBackend`), or a Kafka-protocol
+cluster's (``App("clicks", bootstrap="host:9092")``, ``headwater run --bootstrap``, or
+``$HEADWATER_BOOTSTRAP``) -- and wall time through a :class:`Clock`. Test pipelines
+with :class:`headwater.processing.testing.TestDriver`.
 """
 
 from ._app import App as App

@@ -10,8 +10,8 @@ that, so a pipeline never knows where it runs. Every call that may cross a netwo
 
 Implementations: :class:`InProcessBackend` (``in_process.py``), a store and a group
 coordinator in this process; :class:`MemoryBackend` (``memory.py``), the test driver's
-topics and group in memory. A Kafka-protocol backend over confluent-kafka will be a
-third, against ``headwater broker`` or a Kafka cluster.
+topics and group in memory; :class:`KafkaBackend` (``kafka.py``), a Kafka-protocol
+cluster (``headwater broker`` or Apache Kafka) through confluent-kafka.
 
 Choices made for the backends to come. Offsets are committed per partition with a
 metadata string (Kafka's OffsetCommit carries one; the runtime stores the task's stream

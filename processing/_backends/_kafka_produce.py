@@ -4,20 +4,20 @@ Theory of operation
 -------------------
 :meth:`Writer.produce` hands one partition's records to librdkafka's queue (a non-blocking
 call per record: librdkafka batches, sends and retries in threads of its own) and waits
-until the cluster has acknowledged them. Only the *last* record of a call asks for a
-delivery report. That is enough because the producer is idempotent with the gapless
-guarantee (``enable.idempotence``, ``enable.gapless.guarantee``): records of one
-partition are written in the order given, and if any of them fails for good the producer
-fails fatally, failing every record after it too. So the last record's success is the
-success of all before it, and the per-record cost stays librdkafka's. With ``acks=all``
-an acknowledged record is as durable as the cluster makes it (for ``headwater broker``,
-the topic's durability policy), which is what lets the runtime commit after it.
+until the cluster has acknowledged every one of them. The producer is idempotent
+(``enable.idempotence``): retries neither reorder nor duplicate records, so a
+partition's records are written once, in the order given. With ``acks=all`` an
+acknowledged record is as durable as the cluster makes it (for ``headwater broker``, the
+topic's durability policy), which is what lets the runtime commit after it.
 
-Delivery reports are served by a thread of ours that waits on librdkafka's queue
-(``poll``, at most ``WAKE_S`` at a time so that it notices a stop); a report sets the
-waiting call's event on the event loop. When librdkafka's queue is full
-(``BufferError``), the call waits, in a worker thread, for what is queued to drain
-(``flush``) and goes on.
+Every record asks for a delivery report, and a call's reports are counted down in the
+delivery thread; the last one wakes the call on the event loop, with the first error if
+any record failed. (Watching only the last record would not do: a record that timed out
+may leave a gap that later records do not show.) The delivery thread is the only one
+that serves librdkafka's queue (``poll``, at most ``WAKE_S`` at a time so that it notices
+a stop), so the count needs no lock. When librdkafka's queue is full (``BufferError``),
+the call waits until the delivery thread has served reports (records left the queue)
+and goes on.
 """
 
 from __future__ import annotations
@@ -41,26 +41,26 @@ logger = logging.getLogger("headwater.processing")
 
 #: Longest single wait of the delivery thread on librdkafka's queue.
 WAKE_S = 0.1
-#: How long a full queue is given to drain before trying again.
-_DRAIN_S = 1.0
 
 
 class _Delivery:
-    """The outcome of one produce call, set from the delivery thread."""
+    """The outcome of one produce call: its records' reports, counted down in the delivery
+    thread."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "left")
 
-    def __init__(self) -> None:
+    def __init__(self, count: int) -> None:
         self.done = anyio.Event()
         self.error: KafkaError | None = None
+        self.left = count
 
     def report(self, error: KafkaError | None, _message: ck.Message) -> None:
-        """librdkafka's delivery report (in the delivery thread)."""
-        anyio.from_thread.run_sync(self._set, error)
-
-    def _set(self, error: KafkaError | None) -> None:
-        self.error = error
-        self.done.set()
+        """librdkafka's delivery report of one record (in the delivery thread)."""
+        if error is not None and self.error is None:
+            self.error = error
+        self.left -= 1
+        if self.left == 0:
+            anyio.from_thread.run_sync(self.done.set)
 
 
 class Writer:
@@ -74,11 +74,12 @@ class Writer:
             **config,
             "acks": "all",
             "enable.idempotence": True,
-            "enable.gapless.guarantee": True,
         }
         self._bootstrap = bootstrap
         self._producer: ck.Producer | None = None
         self._stopping = False
+        self._room = anyio.Event()  # set when librdkafka's queue has room again
+        self._room_wanted = False  # a call waits for room (read by the delivery thread)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -96,7 +97,10 @@ class Writer:
         producer = self._producer
         assert producer is not None
         while not self._stopping:
-            producer.poll(WAKE_S)
+            served = producer.poll(WAKE_S)
+            if served and self._room_wanted:  # reports served: records left the queue
+                self._room_wanted = False
+                anyio.from_thread.run_sync(self._make_room)
         left = producer.flush(30)
         if left:
             logger.warning("%d records were not acknowledged by %s at exit", left, self._bootstrap)
@@ -111,11 +115,11 @@ class Writer:
         count = records.count()
         if not count:
             return
-        delivery = _Delivery()
+        delivery = _Delivery(count)
+        report = delivery.report
         values, keys, timestamps = records.values, records.keys, records.timestamps
         lineage = records.lineage()
         extra = records.headers
-        last = count - 1
         produce = producer.produce
         index = 0
         while index < count:
@@ -131,19 +135,25 @@ class Writer:
                         values[index],
                         keys[index],
                         partition,
-                        delivery.report if index == last else None,  # callback
+                        report,  # callback
                         None,  # on_delivery (the same, under its other name)
                         timestamps[index],
                         headers,
                     )
                 index = count
-            except BufferError:
-                await anyio.to_thread.run_sync(producer.flush, _DRAIN_S)
+            except BufferError:  # librdkafka's queue is full: wait for room
+                if not self._room_wanted:
+                    self._room = anyio.Event()
+                    self._room_wanted = True
+                await self._room.wait()
             except ck.KafkaException as exc:
                 raise self._error(exc.args[0], topic, partition) from None
         await delivery.done.wait()
         if delivery.error is not None:
             raise self._error(delivery.error, topic, partition)
+
+    def _make_room(self) -> None:
+        self._room.set()
 
     def _error(self, error: KafkaError, topic: str, partition: int) -> HeadwaterError:
         what = f"writing to {topic}/{partition}"

@@ -22,6 +22,8 @@ from headwater.processing import (
     AppConfig,
     ClusterError,
     MissingSourceTopicError,
+    OutRecords,
+    SourcePosition,
     TopologyError,
     source_of,
 )
@@ -320,6 +322,24 @@ async def test_fetch_reads_any_partition_from_any_offset(cluster: str) -> None:
         produce(cluster, topic, [b"3000"], partitions=1)
         after = await backend.fetch(topic, 0, 3000, 1000)
         assert list(after.values) == [b"3000"]
+
+
+async def test_a_write_larger_than_the_producer_queue_waits_for_room(cluster: str) -> None:
+    topic = unique("room")
+    create_topic(cluster, topic, 1)
+    count = 3000
+    records = OutRecords(
+        [b"%d" % i for i in range(count)], [None] * count, [1_700_000_000_000] * count,
+        b"src/0/", list(range(count)),
+    )  # fmt: skip
+    # librdkafka's queue holds 100 records: the write waits for room 29 times over.
+    async with open_kafka(cluster, {"queue.buffering.max.messages": 100}) as backend:
+        await backend.produce(topic, 0, records)
+    (written,) = read_topic(cluster, topic)
+    assert [m.value() for m in written] == records.values
+    assert [source_of(m.headers() or []) for m in written][-1] == SourcePosition(
+        "src", 0, count - 1
+    )  # type: ignore[arg-type]
 
 
 async def test_a_missing_source_topic_names_the_cluster(cluster: str) -> None:
