@@ -14,24 +14,43 @@ from run to run.
 
 Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile]``;
 with ``--profile`` one more run is profiled and its top entries printed.
+
+On a Kafka-protocol cluster too: ``--bootstrap HOST:PORT`` (a running cluster),
+``--broker`` (a ``headwater broker`` started here on a temporary data directory) and
+``--apache-kafka`` (Apache Kafka started here, as the tests start it, with the JIT's
+full optimisation) each add W1 through the Kafka backend, with ``--workers`` worker
+processes (``1,2`` by default) sharing the app's consumer group: the input is produced
+into a fresh 4-partition topic (not timed), the workers are started, import W1 and
+wait; then all are told to go at once and each runs ``App.run_async(until_caught_up=True)``.
+The figure is all the workers' input records over the time from the first one's start
+to the last one's end (their group joins and rebalances included); the ratio of each
+worker count's figure to one worker's is printed. The embedded figure is printed in the
+same run, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import os
 import pstats
 import random
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import orjson
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from headwater.processing import App, RunStatistics
 from headwater.store import NewRecord, TopicConfig, open_store
@@ -72,10 +91,10 @@ async def load(data: Path, count: int) -> None:
                 await store.append("clicks", chunk, partition=p)
 
 
-def w1(data: Path, name: str) -> App:
-    """Return the W1 app on ``data``."""
-    app = App(name, data_dir=data)
-    clicks = app.stream("clicks")
+def w1(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str = "clicks") -> App:
+    """Return the W1 app on ``data`` (or the cluster at ``bootstrap``), reading ``topic``."""
+    app = App(name, data_dir=data, bootstrap=bootstrap)
+    clicks = app.stream(topic)
     (
         clicks.filter(lambda e: e["ms"] > 100)
         .map(lambda e: {**e, "slow": e["ms"] > 500})
@@ -113,19 +132,181 @@ def run_in_worker(data: Path, name: str) -> tuple[float, int, int]:
     return elapsed, records_in, records_out
 
 
+# -- on a cluster --------------------------------------------------------------------
+
+
+def load_cluster(bootstrap: str, count: int) -> str:
+    """Create a fresh 4-partition topic on the cluster and produce ``count`` W1 events into
+    it, spread evenly; return its name."""
+    topic = f"clicks-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        future.result(timeout=60)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    failures: list[object] = []
+
+    def report(error: object, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
+    for index, (_, value) in enumerate(events(count)):
+        while True:
+            try:
+                producer.produce(topic, value, partition=index % PARTITIONS, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) or failures:
+        sys.exit(f"could not load the events into {bootstrap}: {failures[:3]}")
+    return topic
+
+
+def cluster_worker(bootstrap: str, topic: str, name: str) -> None:
+    """A worker on a cluster (a child of :func:`run_workers`): build W1, say ready, wait for
+    "go" on stdin, run until caught up, print (start, end, records in, records out)."""
+    app = w1(None, name, bootstrap=bootstrap, topic=topic)
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    async def timed() -> list[float]:
+        started = time.monotonic()  # the system-wide clock: the parent compares the workers'
+        stats = await app.run_async(until_caught_up=True)
+        return [started, time.monotonic(), stats.records_in, stats.records_out]
+
+    print(orjson.dumps(anyio.run(timed, backend="trio")).decode(), flush=True)
+
+
+def run_workers(bootstrap: str, topic: str, name: str, workers: int) -> tuple[float, int, int]:
+    """Run W1 as app ``name`` in ``workers`` processes on the cluster; return (seconds from
+    the first start to the last end, records in, records out) over all of them."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--cluster-worker", bootstrap, topic, name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                sys.exit(f"a worker failed ({proc.returncode})")
+            results.append(orjson.loads(out.splitlines()[-1]))
+    finally:
+        for proc in procs:
+            proc.kill()
+    elapsed = max(r[1] for r in results) - min(r[0] for r in results)
+    return elapsed, sum(int(r[2]) for r in results), sum(int(r[3]) for r in results)
+
+
+@contextlib.contextmanager
+def headwater_broker(root: Path) -> Iterator[str]:
+    """Run ``headwater broker`` on a temporary data directory; yield its address."""
+    log_path = root / "broker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("headwater")), "broker", "--data",
+             str(root / "broker-data"), "--listen", "127.0.0.1:0"],
+            stderr=log,
+            env={k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the broker says where it listens once it does
+            found = re.search(r"listening on ([\d.]+):(\d+)", log_path.read_text())
+            if found:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"headwater broker did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield f"{found[1]}:{found[2]}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def apache_kafka(root: Path) -> Iterator[str]:
+    """Run Apache Kafka as the tests do (``tests/apache_kafka``); yield its address."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from apache_kafka.running import KafkaProcess  # noqa: PLC0415 - found on the path above
+
+    kafka = KafkaProcess(root / "apache-kafka", heap="1g", quick_start=False).start()
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
+
+
+def bench_cluster(label: str, bootstrap: str, args: argparse.Namespace) -> None:
+    """Print W1's figures on the cluster at ``bootstrap`` for each worker count."""
+    started = time.perf_counter()
+    topic = load_cluster(bootstrap, args.events)
+    loaded_s = time.perf_counter() - started
+    print(f"{label}: loaded {args.events:,} events into {topic} in {loaded_s:.1f} s")
+    medians: dict[int, float] = {}
+    for workers in args.workers:
+        rates = []
+        for run in range(1, args.runs + 1):
+            name = f"w1-{uuid.uuid4().hex[:6]}"
+            elapsed, records_in, records_out = run_workers(bootstrap, topic, name, workers)
+            if records_in < args.events:
+                sys.exit(f"{label}: the workers read {records_in:,} of {args.events:,} events")
+            rates.append(args.events / elapsed)
+            print(
+                f"{label}, {workers} worker(s), run {run}: {records_in:,} events read "
+                f"({records_out:,} written) in {elapsed:.2f} s = {rates[-1]:,.0f} events/s"
+            )
+        medians[workers] = statistics.median(rates)
+        print(f"{label}, {workers} worker(s): median {medians[workers]:,.0f} events/s")
+    if 1 in medians:
+        for workers, rate in medians.items():
+            if workers != 1:
+                print(f"{label}: {workers} workers / 1 worker = {rate / medians[1]:.2f}x")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
         print(orjson.dumps(run_once(Path(sys.argv[2]), sys.argv[3])).decode())
+        return
+    if sys.argv[1:2] == ["--cluster-worker"]:  # run_workers' child
+        cluster_worker(*sys.argv[2:5])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5, help="timed runs (each a new group)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the data dir")
     parser.add_argument("--profile", action="store_true", help="also profile one more run")
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="also W1 on this cluster")
+    parser.add_argument("--broker", action="store_true", help="also W1 on headwater broker")
+    parser.add_argument("--apache-kafka", action="store_true", help="also W1 on Apache Kafka")
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2],
+        help="worker processes on a cluster, e.g. 1,2 (default)",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
     data = root / "data"
     try:
+        if args.bootstrap:
+            bench_cluster(f"cluster at {args.bootstrap}", args.bootstrap, args)
+        if args.broker:
+            with headwater_broker(root) as bootstrap:
+                bench_cluster("headwater broker", bootstrap, args)
+        if args.apache_kafka:
+            with apache_kafka(root) as bootstrap:
+                bench_cluster("Apache Kafka", bootstrap, args)
         started = time.perf_counter()
         anyio.run(load, data, args.events, backend="trio")
         loaded_s = time.perf_counter() - started

@@ -147,10 +147,17 @@ class Fetcher:
         self._closed = False
         self._failure: HeadwaterError | None = None
         self._handlers: TaskGroup | None = None
-        #: Set once the group's first assignment (possibly empty) has been handled.
-        self.joined = anyio.Event()
+        self._joined = anyio.Event()  # also set when the consumer fails for good
         #: The committed offsets of the partitions this member holds (those that have one).
         self.committed: dict[TopicPartition, OffsetAndMetadata] = {}
+
+    async def wait_joined(self) -> None:
+        """Wait until the group's first assignment (possibly empty) has been handled.
+
+        :raises ClusterError: if the consumer failed for good meanwhile.
+        """
+        await self._joined.wait()
+        self._check_failure()
 
     def holds(self, tp: TopicPartition) -> bool:
         """Return whether this fetcher reads ``tp`` now."""
@@ -308,7 +315,7 @@ class Fetcher:
         assert self._group is not None
         if tps:
             self._run_handler(self._group.on_assigned, tps)
-        anyio.from_thread.run_sync(self.joined.set)
+        anyio.from_thread.run_sync(self._joined.set)
 
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         assert self._group is not None
@@ -382,6 +389,7 @@ class Fetcher:
         topic, partition = message.topic(), message.partition()
         if error.fatal():
             self._failure = cluster_error(error, "reading", self._bootstrap)
+            self._joined.set()
             for held in self._buffers.values():
                 held.wake()
             return

@@ -41,6 +41,8 @@ logger = logging.getLogger("headwater.processing")
 
 #: Longest single wait of the delivery thread on librdkafka's queue.
 WAKE_S = 0.1
+#: How long closing waits for records still queued (no call waits for them any more).
+_CLOSE_FLUSH_S = 5.0
 
 
 class _Delivery:
@@ -101,7 +103,9 @@ class Writer:
             if served and self._room_wanted:  # reports served: records left the queue
                 self._room_wanted = False
                 anyio.from_thread.run_sync(self._make_room)
-        left = producer.flush(30)
+        # Every call that returned waited for its records: what is left belongs to calls
+        # that were cancelled or failed, whose inputs are not committed. A short wait only.
+        left = producer.flush(_CLOSE_FLUSH_S)
         if left:
             logger.warning("%d records were not acknowledged by %s at exit", left, self._bootstrap)
 

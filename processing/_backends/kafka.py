@@ -332,7 +332,7 @@ class KafkaBackend:
         async with anyio.create_task_group() as tg:
             await tg.start(fetcher.run)
             self._members.append(fetcher)
-            await fetcher.joined.wait()
+            await fetcher.wait_joined()
             try:
                 yield _Membership(fetcher, self.bootstrap, group_id)
             finally:

@@ -180,3 +180,42 @@ def test_a_killed_worker_loses_nothing(cluster: str, tmp_path: Path) -> None:
     for p, part in enumerate(values(cluster, f"{name}-out")):
         numbers = [int(v or b"") for v in part]
         assert sorted(set(numbers)) == list(range(p, 4000, 4))
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_loses_its_partitions_then_rejoins(cluster: str, tmp_path: Path) -> None:
+    name = unique("frozen")
+    frozen = start_slow_app(cluster, tmp_path, name, 6000)
+    other: subprocess.Popen[str] | None = None
+    try:
+        wait_for_records(cluster, f"{name}-out", 500)
+        frozen.send_signal(signal.SIGSTOP)  # its session expires: the group drops it
+        written = sum(len(part) for part in read_topic(cluster, f"{name}-out"))
+        other = subprocess.Popen(
+            [HEADWATER, "run", str(tmp_path / "slow.py"), "--bootstrap", cluster],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=environment(),
+        )
+        wait_for_records(cluster, f"{name}-out", written + 500)  # the other took over
+        frozen.send_signal(signal.SIGCONT)  # it learns that its partitions were lost
+        wait_for_records(cluster, f"{name}-out", 6000)
+        for worker in (frozen, other):
+            worker.send_signal(signal.SIGTERM)
+        _, frozen_log = frozen.communicate(timeout=60)
+        _, other_log = other.communicate(timeout=60)
+    finally:
+        for worker in (frozen, other):
+            if worker is not None:
+                worker.kill()
+    assert frozen.returncode == 0 and other.returncode == 0, frozen_log + other_log
+    assert "this member's session expired): not committing them" in frozen_log
+
+    finish = run("run", str(tmp_path / "slow.py"), "--bootstrap", cluster, "--until-caught-up")
+
+    assert finish.returncode == 0, finish.stderr
+    out = [int(v or b"") for part in values(cluster, f"{name}-out") for v in part]
+    assert set(out) == set(range(6000))
+    commits = committed(cluster, name, f"{name}-in", 4)
+    assert {p: offset for p, (offset, _) in commits.items()} == dict.fromkeys(range(4), 1500)
