@@ -10,14 +10,15 @@ partition's records are written once, in the order given. With ``acks=all`` an
 acknowledged record is as durable as the cluster makes it (for ``headwater broker``, the
 topic's durability policy), which is what lets the runtime commit after it.
 
-Every record asks for a delivery report, and a call's reports are counted down in the
-delivery thread; the last one wakes the call on the event loop, with the first error if
-any record failed. (Watching only the last record would not do: a record that timed out
-may leave a gap that later records do not show.) The delivery thread is the only one
-that serves librdkafka's queue (``poll``, at most ``WAKE_S`` at a time so that it notices
-a stop), so the count needs no lock. When librdkafka's queue is full (``BufferError``),
-the call waits until the delivery thread has served reports (records left the queue)
-and goes on.
+Every record asks for a delivery report (watching only the last one would not do: a
+record that timed out may leave a gap that later records do not show). A call's reports
+are counted down in the delivery thread; once they are all in, the call is woken on the
+event loop, with the first error if any record failed, together with the other calls
+that finished in the same ``poll``: one trip to the event loop per ``poll``, not per
+call. The delivery thread is the only one that serves librdkafka's queue (``poll``, at
+most ``WAKE_S`` at a time so that it notices a stop), so the counts need no lock. When
+librdkafka's queue is full (``BufferError``), the call waits until the delivery thread
+has served reports (records left the queue) and goes on.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ class _Delivery:
     """The outcome of one produce call: its records' reports, counted down in the delivery
     thread."""
 
-    __slots__ = ("done", "error", "left")
+    __slots__ = ("done", "error", "left", "writer")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, writer: Writer) -> None:
         self.done = anyio.Event()
         self.error: KafkaError | None = None
         self.left = count
+        self.writer = writer
 
     def report(self, error: KafkaError | None, _message: ck.Message) -> None:
         """librdkafka's delivery report of one record (in the delivery thread)."""
@@ -62,7 +64,7 @@ class _Delivery:
             self.error = error
         self.left -= 1
         if self.left == 0:
-            anyio.from_thread.run_sync(self.done.set)
+            self.writer.finished.append(self)
 
 
 class Writer:
@@ -82,6 +84,8 @@ class Writer:
         self._stopping = False
         self._room = anyio.Event()  # set when librdkafka's queue has room again
         self._room_wanted = False  # a call waits for room (read by the delivery thread)
+        #: Calls whose records are all reported, to wake (only the delivery thread uses it).
+        self.finished: list[_Delivery] = []
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -99,15 +103,31 @@ class Writer:
         producer = self._producer
         assert producer is not None
         while not self._stopping:
-            served = producer.poll(WAKE_S)
-            if served and self._room_wanted:  # reports served: records left the queue
-                self._room_wanted = False
-                anyio.from_thread.run_sync(self._make_room)
+            if producer.poll(WAKE_S):
+                self._wake()
         # Every call that returned waited for its records: what is left belongs to calls
         # that were cancelled or failed, whose inputs are not committed. A short wait only.
         left = producer.flush(_CLOSE_FLUSH_S)
+        self._wake()
         if left:
             logger.warning("%d records were not acknowledged by %s at exit", left, self._bootstrap)
+
+    def _wake(self) -> None:
+        """Wake, in one trip to the event loop, the calls whose records are all reported,
+        and those waiting for room (reports were served: records left the queue)."""
+        finished, room = self.finished, self._room_wanted
+        if room:
+            self._room_wanted = False
+        if finished or room:
+            self.finished = []
+            anyio.from_thread.run_sync(self._woken, finished, room)
+
+    def _woken(self, finished: list[_Delivery], room: bool) -> None:
+        for delivery in finished:
+            delivery.done.set()
+        if room:  # wake every call waiting for room; later ones wait on a new event
+            self._room.set()
+            self._room = anyio.Event()
 
     async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
         """Write ``records`` to one partition, in order; return once acknowledged.
@@ -119,7 +139,7 @@ class Writer:
         count = records.count()
         if not count:
             return
-        delivery = _Delivery(count)
+        delivery = _Delivery(count, self)
         report = delivery.report
         values, keys, timestamps = records.values, records.keys, records.timestamps
         lineage = records.lineage()
@@ -146,18 +166,13 @@ class Writer:
                     )
                 index = count
             except BufferError:  # librdkafka's queue is full: wait for room
-                if not self._room_wanted:
-                    self._room = anyio.Event()
-                    self._room_wanted = True
+                self._room_wanted = True
                 await self._room.wait()
             except ck.KafkaException as exc:
                 raise self._error(exc.args[0], topic, partition) from None
         await delivery.done.wait()
         if delivery.error is not None:
             raise self._error(delivery.error, topic, partition)
-
-    def _make_room(self) -> None:
-        self._room.set()
 
     def _error(self, error: KafkaError, topic: str, partition: int) -> HeadwaterError:
         what = f"writing to {topic}/{partition}"

@@ -163,7 +163,10 @@ class KafkaBackend:
         self._task_group = task_group
         self._settings = dict(settings or {})
         self._member_settings = dict(member_settings or {})
-        self._admin = AdminClient(self.client_config())
+        try:
+            self._admin = AdminClient(self.client_config())
+        except KafkaException as exc:  # a setting librdkafka refuses
+            raise cluster_error(exc.args[0], "configuring a client", bootstrap) from None
         self._writer = Writer(self.client_config(**{"linger.ms": 2}), bootstrap)
         self._members: list[Fetcher] = []
         self._reader: Fetcher | None = None
@@ -332,8 +335,8 @@ class KafkaBackend:
         async with anyio.create_task_group() as tg:
             await tg.start(fetcher.run)
             self._members.append(fetcher)
-            await fetcher.wait_joined()
             try:
+                await fetcher.wait_joined()
                 yield _Membership(fetcher, self.bootstrap, group_id)
             finally:
                 self._members.remove(fetcher)
