@@ -24,7 +24,9 @@ into a fresh 4-partition topic (not timed), the workers are started, import W1 a
 wait; then all are told to go at once and each runs ``App.run_async(until_caught_up=True)``.
 The figure is all the workers' input records over the time from the first one's start
 to the last one's end (their group joins and rebalances included); the ratio of each
-worker count's figure to one worker's is printed. The embedded figure is printed in the
+worker count's figure to one worker's is printed. Each run also prints the CPU time its
+processes used per event (all their threads): on a shared machine it varies less than
+the wall-clock figure. The embedded figure is printed in the
 same run, for comparison.
 """
 
@@ -103,24 +105,25 @@ def w1(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str
     return app
 
 
-def run_once(data: Path, name: str) -> tuple[float, int, int]:
-    """Run W1 as app ``name`` until caught up; return (seconds, records in, records out).
+def run_once(data: Path, name: str) -> tuple[float, int, int, float]:
+    """Run W1 as app ``name`` until caught up; return (seconds, records in, records out,
+    CPU seconds of the process, all its threads).
 
     The clock starts when ``App.run_async`` is called, inside the event loop (whose own
     start-up is not the pipeline's work), and stops when it returns.
     """
     app = w1(data, name)
 
-    async def timed() -> tuple[float, RunStatistics]:
-        started = time.perf_counter()
+    async def timed() -> tuple[float, RunStatistics, float]:
+        started, cpu = time.perf_counter(), time.process_time()
         stats = await app.run_async(until_caught_up=True)
-        return time.perf_counter() - started, stats
+        return time.perf_counter() - started, stats, time.process_time() - cpu
 
-    elapsed, stats = anyio.run(timed, backend="trio")
-    return elapsed, stats.records_in, stats.records_out
+    elapsed, stats, cpu = anyio.run(timed, backend="trio")
+    return elapsed, stats.records_in, stats.records_out, cpu
 
 
-def run_in_worker(data: Path, name: str) -> tuple[float, int, int]:
+def run_in_worker(data: Path, name: str) -> tuple[float, int, int, float]:
     """Run W1 in a new worker process, as ``headwater run`` would; return its figures."""
     worker = subprocess.run(
         [sys.executable, __file__, "--worker", str(data), name],
@@ -128,8 +131,8 @@ def run_in_worker(data: Path, name: str) -> tuple[float, int, int]:
         capture_output=True,
         text=True,
     )
-    elapsed, records_in, records_out = orjson.loads(worker.stdout)
-    return elapsed, records_in, records_out
+    elapsed, records_in, records_out, cpu = orjson.loads(worker.stdout)
+    return elapsed, records_in, records_out, cpu
 
 
 # -- on a cluster --------------------------------------------------------------------
@@ -170,15 +173,20 @@ def cluster_worker(bootstrap: str, topic: str, name: str) -> None:
 
     async def timed() -> list[float]:
         started = time.monotonic()  # the system-wide clock: the parent compares the workers'
+        cpu = time.process_time()
         stats = await app.run_async(until_caught_up=True)
-        return [started, time.monotonic(), stats.records_in, stats.records_out]
+        cpu = time.process_time() - cpu
+        return [started, time.monotonic(), stats.records_in, stats.records_out, cpu]
 
     print(orjson.dumps(anyio.run(timed, backend="trio")).decode(), flush=True)
 
 
-def run_workers(bootstrap: str, topic: str, name: str, workers: int) -> tuple[float, int, int]:
+def run_workers(
+    bootstrap: str, topic: str, name: str, workers: int
+) -> tuple[float, int, int, float]:
     """Run W1 as app ``name`` in ``workers`` processes on the cluster; return (seconds from
-    the first start to the last end, records in, records out) over all of them."""
+    the first start to the last end, records in, records out, CPU seconds) over all of
+    them."""
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--cluster-worker", bootstrap, topic, name],
@@ -205,7 +213,8 @@ def run_workers(bootstrap: str, topic: str, name: str, workers: int) -> tuple[fl
         for proc in procs:
             proc.kill()
     elapsed = max(r[1] for r in results) - min(r[0] for r in results)
-    return elapsed, sum(int(r[2]) for r in results), sum(int(r[3]) for r in results)
+    records_in, records_out = sum(int(r[2]) for r in results), sum(int(r[3]) for r in results)
+    return elapsed, records_in, records_out, sum(r[4] for r in results)
 
 
 @contextlib.contextmanager
@@ -258,13 +267,14 @@ def bench_cluster(label: str, bootstrap: str, args: argparse.Namespace) -> None:
         rates = []
         for run in range(1, args.runs + 1):
             name = f"w1-{uuid.uuid4().hex[:6]}"
-            elapsed, records_in, records_out = run_workers(bootstrap, topic, name, workers)
+            elapsed, records_in, records_out, cpu = run_workers(bootstrap, topic, name, workers)
             if records_in < args.events:
                 sys.exit(f"{label}: the workers read {records_in:,} of {args.events:,} events")
             rates.append(args.events / elapsed)
             print(
                 f"{label}, {workers} worker(s), run {run}: {records_in:,} events read "
-                f"({records_out:,} written) in {elapsed:.2f} s = {rates[-1]:,.0f} events/s"
+                f"({records_out:,} written) in {elapsed:.2f} s = {rates[-1]:,.0f} events/s; "
+                f"workers' CPU {cpu / records_in * 1e6:.1f} us per event"
             )
         medians[workers] = statistics.median(rates)
         print(f"{label}, {workers} worker(s): median {medians[workers]:,.0f} events/s")
@@ -313,13 +323,13 @@ def main() -> None:
         print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
         rates = []
         for run in range(1, args.runs + 1):
-            elapsed, records_in, records_out = run_in_worker(data, f"w1-{run}")
+            elapsed, records_in, records_out, cpu = run_in_worker(data, f"w1-{run}")
             assert records_in == args.events, (records_in, args.events)
             rates.append(records_in / elapsed)
             print(
                 f"W1 run {run} (filter ms > 100, map slow, to): {records_in:,} events in "
                 f"{elapsed:.2f} s = {rates[-1]:,.0f} events/s end to end "
-                f"({records_out:,} written)"
+                f"({records_out:,} written); CPU {cpu / records_in * 1e6:.1f} us per event"
             )
         print(
             f"W1 median of {len(rates)} runs: {statistics.median(rates):,.0f} events/s "
@@ -328,7 +338,7 @@ def main() -> None:
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            elapsed, records_in, _ = run_once(data, "w1-profiled")
+            elapsed, records_in, _, _ = run_once(data, "w1-profiled")
             profiler.disable()
             print(
                 f"\nprofiled run (slower under the profiler): {records_in / elapsed:,.0f} events/s"
