@@ -69,6 +69,19 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
     except KafkaUnavailableError as exc:
         pytest.skip(f"Apache Kafka cannot run here: {exc}")
     try:
+        _load_group_coordinator(process.bootstrap)
         yield ApacheKafka(process.bootstrap, process)
     finally:
         process.stop()
+
+
+def _load_group_coordinator(bootstrap: str) -> None:
+    """Return once a fresh Kafka serves consumer groups: the first group request has it
+    create and load ``__consumer_offsets``, which a cluster in service has long done."""
+    import confluent_kafka as ck
+
+    consumer = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "headwater-tests"})
+    try:
+        consumer.committed([ck.TopicPartition("headwater-tests", 0)], timeout=60)
+    finally:
+        consumer.close()

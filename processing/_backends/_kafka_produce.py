@@ -141,31 +141,30 @@ class Writer:
             return
         delivery = _Delivery(count, self)
         report = delivery.report
-        values, keys, timestamps = records.values, records.keys, records.timestamps
         lineage = records.lineage()
-        extra = records.headers
+        headers: list[list[tuple[str, str | bytes | None]]]
+        if records.headers is None:
+            headers = [[(SOURCE_HEADER, source)] for source in lineage]
+        else:
+            headers = [
+                [(SOURCE_HEADER, source), *more]
+                for source, more in zip(lineage, records.headers, strict=True)
+            ]
+        rows = zip(records.values, records.keys, records.timestamps, headers, strict=True)
         produce = producer.produce
-        index = 0
-        while index < count:
+        pending: tuple[bytes | None, bytes | None, int, list[Any]] | None = None
+        while True:
             try:
-                for index in range(index, count):  # noqa: B020 - resumes where it stopped
-                    headers: list[tuple[str, str | bytes | None]] = [
-                        (SOURCE_HEADER, lineage[index])
-                    ]
-                    if extra is not None and extra[index]:
-                        headers += extra[index]
-                    produce(  # positional: keywords cost twice as much per record
-                        topic,
-                        values[index],
-                        keys[index],
-                        partition,
-                        report,  # callback
-                        None,  # on_delivery (the same, under its other name)
-                        timestamps[index],
-                        headers,
-                    )
-                index = count
+                if pending is not None:  # the record that found the queue full
+                    produce(topic, pending[0], pending[1], partition, report, None, *pending[2:])
+                    pending = None
+                for value, key, timestamp, header in rows:
+                    # Positional: keywords cost twice as much per record. The 5th is the
+                    # callback, the 6th its other name (on_delivery).
+                    produce(topic, value, key, partition, report, None, timestamp, header)
+                break
             except BufferError:  # librdkafka's queue is full: wait for room
+                pending = (value, key, timestamp, header)
                 self._room_wanted = True
                 await self._room.wait()
             except ck.KafkaException as exc:

@@ -57,7 +57,9 @@ def produce(
 ) -> None:
     """Write ``values`` to ``topic``: round-robin over its partitions, or by ``keys``
     (librdkafka's partitioner) if given; return once all are acknowledged."""
-    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    producer = ck.Producer({
+        "bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+    })  # fmt: skip  # idempotent: a retried request neither repeats nor reorders records
     failures: list[Any] = []
 
     def report(error: Any, _message: Any) -> None:
