@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,9 @@ import uuid
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.0"
+#: Named in full: by its prefix alone (``dependency:``) Maven looks the plugin up first,
+#: and without a network says only that no such plugin exists.
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:2.8"
 POM = Path(__file__).with_name("pom.xml")
 CACHE_ENV_VAR = "HEADWATER_KAFKA_CACHE"
 # What mvn says when it cannot download (as opposed to a mistake in the pom).
@@ -37,6 +41,9 @@ _NETWORK_SIGNS = (
     "Could not resolve",
     "No route to host",
 )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class KafkaUnavailableError(Exception):
@@ -73,21 +80,18 @@ def kafka_jars(timeout_s: float = 600.0) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     command = [
         mvn, "-B", "-q", "-f", str(POM), f"-Dmaven.repo.local={root / 'm2'}",
-        "dependency:copy-dependencies", "-DincludeScope=runtime",
+        f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
         f"-DoutputDirectory={partial}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     if result.returncode != 0:
         output = result.stdout + result.stderr
         shutil.rmtree(partial, ignore_errors=True)
-        if any(sign in output for sign in _NETWORK_SIGNS):
-            reason = next(
-                line.strip()
-                for line in output.splitlines()
-                if any(s in line for s in _NETWORK_SIGNS)
-            )
+        found = [line for line in output.splitlines() if any(s in line for s in _NETWORK_SIGNS)]
+        if found:
+            reason = _ANSI.sub("", found[0]).removeprefix("[ERROR] ").strip()
             raise KafkaUnavailableError(
-                f"Maven Central cannot be reached to fetch Apache Kafka: {reason}"
+                f"Maven Central cannot be reached to fetch Apache Kafka: {reason[-300:]}"
             )
         raise RuntimeError(f"mvn failed ({result.returncode}):\n{output}")
     (partial / ".complete").touch()
