@@ -89,9 +89,10 @@ def kafka_jars(timeout_s: float = 600.0) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         found = [line for line in output.splitlines() if any(s in line for s in _NETWORK_SIGNS)]
         if found:
-            reason = _ANSI.sub("", found[0]).removeprefix("[ERROR] ").strip()
+            line = _ANSI.sub("", found[0]).removesuffix(" -> [Help 1]").strip()
+            cause = ": ".join(line.rsplit(": ", 2)[-2:])  # what the connection met
             raise KafkaUnavailableError(
-                f"Maven Central cannot be reached to fetch Apache Kafka: {reason[-300:]}"
+                f"Maven Central cannot be reached to fetch Apache Kafka ({cause})"
             )
         raise RuntimeError(f"mvn failed ({result.returncode}):\n{output}")
     (partial / ".complete").touch()
