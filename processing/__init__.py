@@ -26,6 +26,7 @@ carries a ``headwater.source`` lineage header. The runtime reads the log through
 :class:`Clock`. Test pipelines with :class:`headwater.processing.testing.TestDriver`.
 """
 
+from . import windows as windows
 from ._app import App as App
 from ._backends import Backend as Backend
 from ._backends import Membership as Membership
@@ -54,6 +55,7 @@ from ._serde import Serde as Serde
 from ._serde import StrSerde as StrSerde
 from ._serde import encode_key as encode_key
 from ._stream import Stream as Stream
+from .windows import Windowed as Windowed
 
 __all__ = (
     "SOURCE_HEADER",
@@ -81,7 +83,9 @@ __all__ = (
     "StrSerde",
     "TopologyError",
     "WallClock",
+    "Windowed",
     "encode_key",
     "open_in_process",
     "source_of",
+    "windows",
 )
