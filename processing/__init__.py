@@ -54,7 +54,13 @@ from ._serde import JsonSerde as JsonSerde
 from ._serde import Serde as Serde
 from ._serde import StrSerde as StrSerde
 from ._serde import encode_key as encode_key
+from ._stateful import ProcessorContext as ProcessorContext
+from ._stores import MemoryStore as KeyValueStore
 from ._stream import Stream as Stream
+from ._table import Change as Change
+from ._table import Table as Table
+from ._windowed import WindowedAggregation as WindowedAggregation
+from ._windowed import WindowedStream as WindowedStream
 from .windows import Windowed as Windowed
 
 __all__ = (
@@ -63,16 +69,19 @@ __all__ = (
     "AppConfig",
     "Backend",
     "BytesSerde",
+    "Change",
     "Clock",
     "ErrorPolicy",
     "Event",
     "InProcessBackend",
     "JsonKeySerde",
     "JsonSerde",
+    "KeyValueStore",
     "Membership",
     "MissingSourceTopicError",
     "OperatorError",
     "OutRecords",
+    "ProcessorContext",
     "ProcessingError",
     "Retry",
     "RunStatistics",
@@ -81,9 +90,12 @@ __all__ = (
     "SourcePosition",
     "Stream",
     "StrSerde",
+    "Table",
     "TopologyError",
     "WallClock",
     "Windowed",
+    "WindowedAggregation",
+    "WindowedStream",
     "encode_key",
     "open_in_process",
     "source_of",

@@ -28,6 +28,7 @@ task, the steps of the nodes that lead to an effect; see :meth:`Graph.live_nodes
 from __future__ import annotations
 
 import enum
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,45 @@ class NodeKind:
 
 _OPERATOR = Role.OPERATOR
 
+
+def _lazy(module: str, name: str) -> Callable[[Node, Task], Step]:
+    """Return a step builder that imports ``name`` from ``module`` when first used (the
+    stateful steps' modules import this one)."""
+
+    def build(node: Node, task: Task) -> Step:
+        built: Step = getattr(importlib.import_module(f"{__package__}.{module}"), name)(node, task)
+        return built
+
+    build.__qualname__ = name
+    return build
+
+
+def _stores_detail(node: Node) -> str:
+    stores = node.params.get("stores") or []
+    text = ""
+    windows = node.params.get("windows")
+    if windows is not None:
+        text += f" {windows.describe()} grace={node.params['grace_ms']}ms"
+        idle = node.params.get("idle_ms")
+        text += f" idle={idle}ms" if idle is not None else " idle=off"
+    if "how" in node.params:
+        text += f" {node.params['how']}"
+        if "within_ms" in node.params:
+            text += f" within={node.params['within_ms']}ms grace={node.params['grace_ms']}ms"
+    for spec in stores:
+        text += f" [store {spec.name!r} {spec.kind.value} -> {spec.changelog}]"
+    return text
+
+
+def _name_label(node: Node) -> str:
+    name = node.params.get("name")
+    return f" {name!r}" if name else ""
+
+
+def _output_label(node: Node) -> str:
+    return ""
+
+
 #: The one table of node kinds, by name.
 KINDS: dict[str, NodeKind] = {
     kind.name: kind
@@ -116,6 +156,66 @@ KINDS: dict[str, NodeKind] = {
         NodeKind("split", _OPERATOR, SplitStep),
         NodeKind("route", _OPERATOR, Step, can_fail=False, label=_route_label),
         NodeKind("merge", _OPERATOR, Step, can_fail=False),
+        NodeKind("process", _OPERATOR, _lazy("_stateful", "ProcessStep"), detail=_stores_detail),
+        NodeKind(
+            "window_aggregate",
+            _OPERATOR,
+            _lazy("_aggregate", "windowed_step"),
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind("final", _OPERATOR, Step, can_fail=False, label=_output_label),
+        NodeKind("updates", _OPERATOR, Step, can_fail=False, label=_output_label),
+        NodeKind("late", _OPERATOR, Step, can_fail=False, label=_output_label),
+        NodeKind(
+            "aggregate",
+            _OPERATOR,
+            _lazy("_aggregate", "TableAggregateStep"),
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "table",
+            _OPERATOR,
+            _lazy("_table", "MaterializedTableStep"),
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind("table_filter", _OPERATOR, _lazy("_table", "TableFilterStep")),
+        NodeKind("table_map", _OPERATOR, _lazy("_table", "TableMapStep")),
+        NodeKind("to_stream", _OPERATOR, _lazy("_table", "ToStreamStep"), can_fail=False),
+        NodeKind("table_side", _OPERATOR, _lazy("_joins", "TableSideStep"), can_fail=False),
+        NodeKind(
+            "join_side",
+            _OPERATOR,
+            _lazy("_joins", "JoinSideStep"),
+            can_fail=False,
+            label=lambda node: f" {('left', 'right')[node.params['side']]}",
+        ),
+        NodeKind(
+            "stream_table_join",
+            _OPERATOR,
+            _lazy("_joins", "StreamTableJoinStep"),
+            copartitioned=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "stream_stream_join",
+            _OPERATOR,
+            _lazy("_joins", "StreamStreamJoinStep"),
+            copartitioned=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "table_join",
+            _OPERATOR,
+            _lazy("_joins", "TableTableJoinStep"),
+            copartitioned=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
         NodeKind("to", Role.SINK, SinkStep, effect=True, detail=_serde_detail),
         NodeKind("through", Role.SINK, SinkStep, internal=True, effect=True, detail=_serde_detail),
     )
@@ -203,6 +303,8 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self._children: dict[int, list[Node]] = {}
+        #: The names of the app's state stores (each names a changelog: unique).
+        self.store_names: set[str] = set()
 
     def add(self, kind: str, parents: tuple[Node, ...] = (), **fields: Any) -> Node:
         """Add a node of ``kind`` (a name in :data:`KINDS`) below ``parents``; return it."""
@@ -313,7 +415,29 @@ class Graph:
         lines.append("sinks:          " + (", ".join(sinks) or "-"))
         lines.append("internal topics: " + (", ".join(internal) or "-"))
         lines.append("dead letters:   " + (", ".join(dead_letters) or "-"))
+        stores = [
+            f"{spec.name} ({spec.kind.value}, changelog {spec.changelog})"
+            for node in self.nodes
+            if node.id in live
+            for spec in node.params.get("stores") or ()
+        ]
+        if stores:
+            lines.append("state stores:   " + ", ".join(stores))
         return "\n".join(lines) + "\n"
+
+    def changelogs(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Return the changelog topic of every live store, with its partition count (that
+        of the topics its task reads)."""
+        live = self.live_nodes()
+        found: dict[str, int] = {}
+        for node in self.nodes:
+            specs = node.params.get("stores")
+            if node.id not in live or not specs:
+                continue
+            width = max((counts[s.topic] for s in source_ancestors(node) if s.topic), default=1)
+            for spec in specs:
+                found[spec.changelog] = width
+        return found
 
     def _describe_tree(self, root: Node, live: set[int], shown: set[int]) -> Iterator[str]:
         def line(node: Node) -> str:
@@ -399,8 +523,18 @@ def plan_topics(
                     missing.append(node.topic)
                 continue
             counts[node.topic] = count
-        elif node.is_sink:
+        elif node.is_sink and not node.params.get("partitions_of"):
             counts[node.topic] = node.params.get("partitions") or widest(node)
+    for node in graph.nodes:  # repartitions sized by the topics they join
+        like = node.params.get("partitions_of")
+        if node.is_sink and like and node.topic is not None and node.topic not in counts:
+            have = existing.get(node.topic)
+            if have is not None:
+                counts[node.topic] = have
+            elif all(t in counts for t in like):
+                counts[node.topic] = max(counts[t] for t in like)
+            else:
+                counts[node.topic] = widest(node)
     if missing:
         raise MissingSourceTopicError(missing)
     for topic, node in graph.dead_letter_topics().items():

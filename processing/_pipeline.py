@@ -40,7 +40,8 @@ from ._lineage import (
 )
 from ._operators import SinkStep, SourceStep, Step
 from ._serde import batch_serializer
-from ._tasks import Task, TaskId, TopicGroup
+from ._stores._changelog import StoreRegistry
+from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
 
 _KEY_CACHE_LIMIT = 100_000
 
@@ -79,10 +80,11 @@ class Pipeline:
         self._live = graph.live_nodes()
         self._key_partitions: dict[tuple[int, bytes], int] = {}
 
-    def task(self, task_id: TaskId, clock: Clock) -> Task:
-        """Return a new task of this group with its own instance of every step."""
+    def task(self, task_id: TaskId, clock: Clock, registry: StoreRegistry | None = None) -> Task:
+        """Return a new task of this group with its own instance of every step (and of
+        every step's store, opened through ``registry``)."""
         assert task_id.group == self.group.id
-        task = Task(task_id, self.group, clock, self._partitions)
+        task = Task(task_id, self.group, clock, self._partitions, registry)
         steps: dict[int, Step] = {}
 
         def build(node: Node) -> Step:
@@ -100,6 +102,7 @@ class Pipeline:
             assert isinstance(root, SourceStep)
             task.roots.setdefault(source.topic, []).append(root)
         task.steps = list(steps.values())
+        task.step_by_node = steps
         task.tracks_stream_time = any(type(step).uses_stream_time for step in task.steps)
         return task
 
@@ -117,8 +120,14 @@ class Pipeline:
         :raises OperatorError: if a user function failed under the ``raise`` policy.
         """
         ctx = Context(task, topic, partition, records)
-        for root in task.roots[topic]:
-            await root.start(ctx)
+        if task.stores:
+            task.last_input_ms = task.clock.now_ms()
+        token = CURRENT_TASK.set(task)
+        try:
+            for root in task.roots[topic]:
+                await root.start(ctx)
+        finally:
+            CURRENT_TASK.reset(token)
         if task.observe(records.timestamps):
             now = task.stream_time_ms
             assert now is not None
@@ -136,10 +145,14 @@ class Pipeline:
         if not due:
             return _NOTHING
         ctx = Context(task, "", task.id.partition, RecordColumns([], [], [], [], []))
-        while due:  # a timer may schedule one that is due already
-            for timer in due:
-                await timer.callback(ctx, now_ms)
-            due = task.timers.due_wall(now_ms)
+        token = CURRENT_TASK.set(task)
+        try:
+            while due:  # a timer may schedule one that is due already
+                for timer in due:
+                    await timer.callback(ctx, now_ms)
+                due = task.timers.due_wall(now_ms)
+        finally:
+            CURRENT_TASK.reset(token)
         return self._outcome(ctx)
 
     def _outcome(self, ctx: Context) -> Outcome:

@@ -48,6 +48,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
@@ -73,8 +74,10 @@ from headwater.store import OffsetOutOfRangeError, StoreError
 from ._backends import Backend, Membership
 from ._clock import Clock, WallClock
 from ._config import AppConfig
+from ._errors import TopologyError
 from ._graph import Graph, Role, plan_topics
 from ._pipeline import Outcome, Pipeline, Write
+from ._stores._changelog import StoreRegistry, checkpointed, flush_writes, restore
 from ._tasks import (
     PartitionState,
     Task,
@@ -151,15 +154,17 @@ class _Loop:
 
 
 class _Running:
-    """A task and what runs it: its pipeline, its lock, its partition loops."""
+    """A task and what runs it: its pipeline, its lock, its partition loops, and the
+    positions its stores' changelogs last covered (what a commit may take)."""
 
-    __slots__ = ("lock", "loops", "pipeline", "task")
+    __slots__ = ("flushed", "lock", "loops", "pipeline", "task")
 
     def __init__(self, task: Task, pipeline: Pipeline) -> None:
         self.task = task
         self.pipeline = pipeline
         self.lock = anyio.Lock()
         self.loops: dict[TopicPartition, _Loop] = {}
+        self.flushed: dict[TopicPartition, int] = {}
 
 
 class Runtime:
@@ -178,6 +183,7 @@ class Runtime:
         *,
         clock: Clock | None = None,
         until_caught_up: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
         self._name = name
         self._graph = graph
@@ -199,6 +205,7 @@ class Runtime:
         self._batches = self._commits = self._commit_failures = 0
         self._started = time.perf_counter()
         self._finished: float | None = None
+        self._registry = StoreRegistry(state_dir, name)
 
     def statistics(self) -> RunStatistics:
         """Return the counters so far."""
@@ -236,6 +243,18 @@ class Runtime:
                     "app %r: creating topic %r (%d partitions)", self._name, topic, partitions
                 )
                 await backend.create_topic(topic, partitions)
+        for topic, partitions in graph.changelogs(counts).items():
+            have = await backend.partition_count(topic)
+            if have is None:
+                logger.info("app %r: creating changelog %r (%d partitions, compacted)",
+                            self._name, topic, partitions)  # fmt: skip
+                await backend.create_topic(topic, partitions, {"cleanup.policy": "compact"})
+            elif have != partitions:
+                raise TopologyError(
+                    f"changelog {topic!r} has {have} partitions, but its store's tasks read "
+                    f"{partitions}: the input topics changed; delete the changelog (its state "
+                    "is lost) or restore the partition count"
+                )
         groups = plan_topic_groups(graph, counts)
         self._plan = TaskPlan(groups)
         self._pipelines = {group.id: Pipeline(graph, group, counts) for group in groups}
@@ -296,6 +315,9 @@ class Runtime:
                     with anyio.CancelScope(shield=True):
                         await self._commit_final(list(self._loops), "the run ends")
             tg.cancel_scope.cancel()
+        for running in self._running.values():
+            self._registry.drop(running.task)
+        self._registry.close()
 
     # -- assignment ------------------------------------------------------------------------
 
@@ -312,9 +334,15 @@ class Runtime:
             running = self._running.get(task_id)
             if running is None:
                 pipeline = self._pipelines[task_id.group]
-                running = _Running(pipeline.task(task_id, self._clock), pipeline)
+                task = pipeline.task(task_id, self._clock, self._registry)
+                running = _Running(task, pipeline)
                 self._running[task_id] = running
-            await resume(running.task, tps, self._membership, self._backend)
+                await resume(task, tps, self._membership, self._backend)
+                if task.stores:  # nothing runs before the stores are restored
+                    await restore(task, self._backend)
+                    running.flushed = task.positions()
+            else:
+                await resume(running.task, tps, self._membership, self._backend)
             missing = self._plan.missing(task_id, running.task.partitions)
             if missing:
                 logger.warning(
@@ -345,7 +373,7 @@ class Runtime:
         mine = [tp for tp in partitions if tp in self._loops]
         await self._stop_loops(mine)
         await self._commit_final(mine, "they are given up")
-        self._forget(mine)
+        self._forget(mine, clean=True)
 
     async def _lost(self, partitions: list[TopicPartition]) -> None:
         self._pending = [tp for tp in self._pending if tp not in partitions]
@@ -362,15 +390,19 @@ class Runtime:
             loop.kill()
         for loop in loops:
             await loop.done.wait()
-        self._forget(mine)
+        self._forget(mine, clean=False)
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
+    def _forget(self, partitions: list[TopicPartition], *, clean: bool) -> None:
         for tp in partitions:
             running, _ = self._loops.pop(tp)
             running.loops.pop(tp, None)
             running.task.partitions.pop(tp, None)
             if not running.task.partitions:
                 self._running.pop(running.task.id, None)
+                if clean:  # flushed: kept, so that the task comes back with its state
+                    self._registry.keep(running.task)
+                else:
+                    self._registry.drop(running.task)
 
     async def _stop_loops(self, partitions: list[TopicPartition]) -> None:
         loops = [self._loops[tp][1] for tp in partitions]
@@ -457,7 +489,9 @@ class Runtime:
                 logger.warning("app %r: commit failed (retried next time): %s", self._name, exc)
 
     async def _commit(self, partitions: list[TopicPartition]) -> None:
-        """Commit the positions that moved, of ``partitions``, with their metadata.
+        """Commit the positions that moved, of ``partitions``, with their metadata; a task
+        with state stores first writes its changelogs (under the task's lock, so that the
+        state and the positions agree) and waits for them to be durable.
 
         :raises GroupError: as the membership's commit. :raises StoreError: likewise.
         """
@@ -467,13 +501,21 @@ class Runtime:
             offsets: dict[TopicPartition, int] = {}
             metadata: dict[TopicPartition, str] = {}
             states: list[PartitionState] = []
+            flushed: set[TaskId] = set()
             for tp in partitions:
                 if tp not in self._loops:
                     continue
                 running, loop = self._loops[tp]
+                task = running.task
+                if task.stores and task.id not in flushed:
+                    flushed.add(task.id)
+                    await self._flush_stores(running)
                 state = loop.state
-                if state.position != state.committed:
-                    offsets[tp] = state.position
+                position = (
+                    running.flushed.get(tp, state.position) if task.stores else state.position
+                )
+                if position != state.committed:
+                    offsets[tp] = position
                     metadata[tp] = running.task.metadata()
                     states.append(state)
             if not offsets:
@@ -482,6 +524,18 @@ class Runtime:
             self._commits += 1
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
+
+    async def _flush_stores(self, running: _Running) -> None:
+        """Write ``running``'s store changes and a checkpoint of its positions to their
+        changelogs, durably; note the positions they cover (what may be committed)."""
+        async with running.lock:
+            task = running.task
+            positions = task.positions()
+            writes = flush_writes(task, positions)
+            if writes:
+                await self._write(writes)
+                await checkpointed(task, self._backend)
+            running.flushed = positions
 
     async def _commit_final(self, partitions: list[TopicPartition], why: str) -> None:
         """Commit ``partitions`` before ``why``: retry transient failures with backoff,
