@@ -220,7 +220,9 @@ class WindowedAggregateStep(StatefulStep):
         if self.timestamp is None:
             times = list(map(ctx.records.timestamps.__getitem__, batch.origins))
         else:
-            times, batch = apply_each(self.node, _checked(self.timestamp), batch, ctx)
+            times, batch = apply_each(self.node, self.timestamp, batch, ctx)
+            if not set(map(type, times)) <= {int}:  # check (or convert whole floats) each
+                times, batch = apply_each(self.node, _as_ms, batch, ctx, times)
         if times and min(times) < 0:
             bad = [i for i, t in enumerate(times) if t < 0]
             for i in bad:
@@ -257,6 +259,7 @@ class WindowedAggregateStep(StatefulStep):
         now = running[-1]
         self.stream_time_ms = self.base_stream_time = self.store.stream_time_ms = now
         if late:
+            ctx.late += len(late)
             mask = [False] * len(batch.values)
             for i in late:
                 mask[i] = True
@@ -375,16 +378,16 @@ class WindowedAggregateStep(StatefulStep):
         self.arm_idle_timer()
 
 
-def _checked(fn: Callable[[Any], Any]) -> Callable[[Any], int]:
-    def event_time(value: Any) -> int:
-        ts = fn(value)
-        if isinstance(ts, bool) or not isinstance(ts, int):
-            if isinstance(ts, float) and ts.is_integer():
-                return int(ts)
-            raise TypeError(f"the timestamp function gave {ts!r}, not epoch ms as an int")
-        return ts
+def _as_ms(ts: Any) -> int:
+    """Return a timestamp function's result as int epoch ms.
 
-    return event_time
+    :raises TypeError: for anything but an int or a whole float.
+    """
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        if isinstance(ts, float) and ts.is_integer():
+            return int(ts)
+        raise TypeError(f"the timestamp function gave {ts!r}, not epoch ms as an int")
+    return ts
 
 
 class TumblingAggregateStep(WindowedAggregateStep):
@@ -786,4 +789,4 @@ class TableAggregateStep(StatefulStep):
             origins.append(origin)
         self.store.touched(touched, created)
         if changes:
-            await self.forward(Batch(changes, origins), ctx)
+            await self.forward(Batch(changes, origins, None, self.node), ctx)

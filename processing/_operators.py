@@ -92,10 +92,8 @@ class SourceStep(Step):
             decode = batch_deserializer(self.serde, raw)
             values, batch = apply_each(self.node, decode, batch, ctx)
             batch = batch.replace(values)
-        if self.key_serde is not None and batch.values:
-            stored = list(map(ctx.records.keys.__getitem__, batch.origins))
-            keys, batch = apply_each(self.node, self.key_serde.deserialize, batch, ctx, stored)
-            batch = Batch(batch.values, batch.origins, keys, self.node)
+        if self.key_serde is not None:  # keys stay bytes until a step asks (Batch.key_objects)
+            batch = Batch(batch.values, batch.origins, None, self.node)
         await self.forward(batch, ctx)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any, NamedTuple
 
+import orjson
 from headwater.store import Record, RecordColumns, partition_for_key
 
 from ._batch import Batch, Context, apply_each
@@ -39,7 +40,7 @@ from ._lineage import (
     user_headers,
 )
 from ._operators import SinkStep, SourceStep, Step
-from ._serde import batch_serializer
+from ._serde import JsonKeySerde, batch_serializer
 from ._stores._changelog import StoreRegistry
 from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
 
@@ -61,6 +62,7 @@ class Outcome:
     writes: list[Write]
     skipped: int
     dead_lettered: int
+    late: int = 0
 
 
 _NOTHING = Outcome([], 0, 0)
@@ -163,7 +165,7 @@ class Pipeline:
         if ctx.dead_letters:
             self._place_dead_letters(ctx, writes)
         merged = [Write(topic, p, _concat(parts)) for (topic, p), parts in writes.items()]
-        return Outcome(merged, ctx.skipped, len(ctx.dead_letters))
+        return Outcome(merged, ctx.skipped, len(ctx.dead_letters), ctx.late)
 
     def _place(
         self,
@@ -290,8 +292,15 @@ def _serialise(
 
 def _serialise_keys(key_node: Node, batch: Batch, ctx: Context) -> tuple[list[Any], Batch]:
     key_serde = key_node.params["key_serde"]
-    assert batch.keys is not None
-    return apply_each(key_node, key_serde.serialize, batch, ctx, batch.keys)
+    keys = batch.keys
+    assert keys is not None
+    # Canonical JSON of text and integer keys is orjson's own output: one C call each.
+    if type(key_serde) is JsonKeySerde and set(map(type, keys)) <= _PLAIN_KEYS:
+        return list(map(orjson.dumps, keys)), batch
+    return apply_each(key_node, key_serde.serialize, batch, ctx, keys)
+
+
+_PLAIN_KEYS = {str, int}
 
 
 def _with_sources(

@@ -108,6 +108,8 @@ class RunStatistics:
     ``commit_failures`` counts commits that failed: a periodic one is retried at the
     next interval, a final one (partitions given up, the run ending) after retries; the
     records after the last successful commit are processed again by whoever resumes.
+    ``late`` counts records that windowed steps dropped because their window had closed
+    (those a ``late()`` stream took are counted too).
     """
 
     records_in: int
@@ -118,6 +120,7 @@ class RunStatistics:
     commits: int
     elapsed_s: float
     commit_failures: int = 0
+    late: int = 0
 
     @property
     def records_per_s(self) -> float:
@@ -202,7 +205,7 @@ class Runtime:
         self._task_group: TaskGroup | None = None
         self._progress = anyio.Event()
         self._records_in = self._records_out = self._skipped = self._dead_lettered = 0
-        self._batches = self._commits = self._commit_failures = 0
+        self._batches = self._commits = self._commit_failures = self._late = 0
         self._started = time.perf_counter()
         self._finished: float | None = None
         self._registry = StoreRegistry(state_dir, name)
@@ -218,6 +221,7 @@ class Runtime:
             self._commits,
             (self._finished or time.perf_counter()) - self._started,
             self._commit_failures,
+            self._late,
         )
 
     def tasks(self) -> dict[TaskId, Task]:
@@ -464,6 +468,7 @@ class Runtime:
         self._records_in += records_in
         self._records_out += sum(w.records.count() for w in outcome.writes)
         self._skipped += outcome.skipped
+        self._late += outcome.late
         self._dead_lettered += outcome.dead_lettered
         self._batches += records_in > 0
 

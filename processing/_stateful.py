@@ -113,7 +113,7 @@ class StatefulStep(Step):
         origins = ctx.add_rows(timestamps, lineage)
         if origins:
             ctx.records.keys[origins[0] :] = keys
-        return Batch(values, origins)
+        return Batch(values, origins, None, self.node)
 
 
 def source_position(ctx: Context, origin: int) -> SourcePosition:

@@ -229,7 +229,7 @@ class MaterializedTableStep(StatefulStep, TableStep):
             origins.append(origin)
         self.store.touched(touched, created)
         if changes:
-            await self.forward(Batch(changes, origins), ctx)
+            await self.forward(Batch(changes, origins, None, self.node), ctx)
 
 
 class TableFilterStep(TableStep):
