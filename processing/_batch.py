@@ -156,9 +156,11 @@ class Context:
 
     __slots__ = (
         "dead_letters",
+        "dedupe",
         "late",
         "outputs",
         "partition",
+        "read",
         "records",
         "skipped",
         "sources",
@@ -171,12 +173,17 @@ class Context:
         self.topic = topic
         self.partition = partition
         self.records = records
+        #: How many of the rows were read (the rest were emitted by steps).
+        self.read = len(records)
         self.sources: list[tuple[str, int]] | None = None
         self.outputs: dict[Any, list[Batch]] = {}
         self.dead_letters: list[DeadLetter] = []
         self.skipped = 0
         #: Records a windowed step dropped as late (their window had closed).
         self.late = 0
+        #: Whether the input rows were read from a repartition topic whose records name
+        #: their source in offset order (stateful steps drop those applied already).
+        self.dedupe = False
 
     def source(self, origin: int) -> SourcePosition:
         """Return where row ``origin`` was read (or, for an emitted row, what it covers)."""

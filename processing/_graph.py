@@ -92,6 +92,10 @@ class NodeKind:
     effect: bool = False
     can_fail: bool = True
     copartitioned: bool = False
+    #: Whether its step may emit rows of its own (results of many inputs, timers): what
+    #: it emits then names, as its lineage, an input that may not follow the order of
+    #: the input's offsets.
+    adds_rows: bool = False
     #: Text after ``#id kind`` in a label; by default the function or the topic.
     label: Callable[[Node], str] | None = None
     #: Text ``describe`` adds after the label.
@@ -156,11 +160,18 @@ KINDS: dict[str, NodeKind] = {
         NodeKind("split", _OPERATOR, SplitStep),
         NodeKind("route", _OPERATOR, Step, can_fail=False, label=_route_label),
         NodeKind("merge", _OPERATOR, Step, can_fail=False),
-        NodeKind("process", _OPERATOR, _lazy("_stateful", "ProcessStep"), detail=_stores_detail),
+        NodeKind(
+            "process",
+            _OPERATOR,
+            _lazy("_stateful", "ProcessStep"),
+            adds_rows=True,
+            detail=_stores_detail,
+        ),
         NodeKind(
             "window_aggregate",
             _OPERATOR,
             _lazy("_aggregate", "windowed_step"),
+            adds_rows=True,
             label=_name_label,
             detail=_stores_detail,
         ),
@@ -205,6 +216,7 @@ KINDS: dict[str, NodeKind] = {
             _OPERATOR,
             _lazy("_joins", "StreamStreamJoinStep"),
             copartitioned=True,
+            adds_rows=True,
             label=_name_label,
             detail=_stores_detail,
         ),
@@ -484,6 +496,23 @@ def source_ancestors(node: Node) -> list[Node]:
             continue
         stack.extend(current.parents)
     return list(found.values())
+
+
+def follows_offsets(node: Node) -> bool:
+    """Return whether every record leaving ``node`` comes from a row its task read, in
+    the order of the offsets read: neither it nor a step above it (up to the sources)
+    adds rows."""
+    stack = [node]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current.id in seen or current.is_source:
+            continue
+        seen.add(current.id)
+        if current.spec.adds_rows:
+            return False
+        stack.extend(current.parents)
+    return True
 
 
 def plan_topics(

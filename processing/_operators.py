@@ -94,6 +94,8 @@ class SourceStep(Step):
             batch = batch.replace(values)
         if self.key_serde is not None:  # keys stay bytes until a step asks (Batch.key_objects)
             batch = Batch(batch.values, batch.origins, None, self.node)
+        if self.node.params.get("dedupe"):
+            ctx.dedupe = True
         await self.forward(batch, ctx)
 
 

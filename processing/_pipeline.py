@@ -23,6 +23,7 @@ from itertools import compress, repeat
 from typing import Any, NamedTuple
 
 import orjson
+
 from headwater.store import Record, RecordColumns, partition_for_key
 
 from ._batch import Batch, Context, apply_each
@@ -177,6 +178,14 @@ class Pipeline:
         values, keys, origins = _serialise(sink, batches, ctx)
         if not values:
             return
+        dedupe = sink.node.params.get("dedupe")
+        if dedupe and len(batches) > 1:
+            # In the order of their rows (stable), so that a repartition topic's records
+            # of one source partition follow its offsets (see ``_stateful.py``).
+            order = sorted(range(len(origins)), key=origins.__getitem__)
+            values = [values[i] for i in order]
+            keys = [keys[i] for i in order]
+            origins = [origins[i] for i in order]
         records = ctx.records
         timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None
@@ -201,6 +210,8 @@ class Pipeline:
             prefix = source_prefix(ctx.topic, ctx.partition)
             sources = list(map(offsets.__getitem__, origins))
             out = OutRecords(values, keys, timestamps, prefix, sources, headers)
+        if dedupe and len(set(origins)) < len(origins):
+            out = out._replace(sequence=_sequence(origins))
         count = sink.partitions
         default = ctx.partition % count
         if count == 1 or keys.count(None) == len(keys):
@@ -336,6 +347,17 @@ def _with_sources(
     )
 
 
+def _sequence(origins: list[int]) -> list[int]:
+    """Return each record's number among the records of its row (0, 1, ...)."""
+    seen: dict[int, int] = {}
+    numbers = []
+    for origin in origins:
+        n = seen.get(origin, 0)
+        numbers.append(n)
+        seen[origin] = n + 1
+    return numbers
+
+
 def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
     return OutRecords(
         list(compress(out.values, mask)),
@@ -346,6 +368,7 @@ def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
         None if out.headers is None else list(compress(out.headers, mask)),
         out.source_base,
         None if out.prefixes is None else list(compress(out.prefixes, mask)),
+        None if out.sequence is None else list(compress(out.sequence, mask)),
     )
 
 
@@ -371,6 +394,11 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
             prefixes.extend(
                 p.prefixes if p.prefixes is not None else repeat(p.source, len(p.values))
             )
+    sequence: list[int] | None = None
+    if any(p.sequence is not None for p in parts):
+        sequence = []
+        for p in parts:
+            sequence.extend(p.sequence if p.sequence is not None else repeat(0, len(p.values)))
     return OutRecords(
         [v for p in parts for v in p.values],
         [k for p in parts for k in p.keys],
@@ -380,4 +408,5 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
         headers,
         base,
         prefixes,
+        sequence,
     )

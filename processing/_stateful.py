@@ -16,7 +16,22 @@ on carries no key objects, so sinks write the key bytes as they are, and a later
 ``repartition`` reads them back with the key serde of the stream's ``key_by``.
 
 Exactly once for state: :meth:`StatefulStep.uncovered` drops, before a batch changes
-the state, the records whose input the restored state already covers (see ``_stores``).
+the state, the records whose input the restored state already covers (see ``_stores``),
+and, for records read from a repartition topic, those the state has applied already
+though the topic holds them twice. An upstream task that crashed re-processes its
+uncommitted tail, so it writes the records derived from that tail to the repartition
+topic again. Each such record names its source (``headwater.source``: the upstream's
+input partition and offset) and its number among the records that source made
+(``headwater.seq``), and, as long as no step above the repartition emits rows of its
+own (``follows_offsets`` in ``_graph.py``: the topic's ``dedupe`` flag), the records of
+one source partition follow its offsets in every partition of the topic. So the step
+keeps, per source partition, the last ``(offset, number)`` it applied (checkpointed with
+its state) and drops a record that is not after it: a copy. The price is reading one
+header per record of a repartition topic. A reset of the app's input offsets to
+earlier ones must reset its state too (delete its changelogs), as in Kafka Streams: the
+inputs read again would count as copies. Records of repartition topics written below
+steps that emit rows (a windowed aggregation's results re-keyed, say) are not checked:
+for those, state is at-least-once.
 
 ``process()``: :class:`ProcessStep` calls the user's processor once per record with a
 :class:`ProcessorContext`: the task's stores by name, the record's key, timestamp and
@@ -28,6 +43,7 @@ from its stores.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,7 +51,7 @@ from headwater.groups import TopicPartition
 
 from ._batch import Batch, Context
 from ._clock import Timer
-from ._lineage import SourcePosition
+from ._lineage import SEQUENCE_HEADER, SOURCE_HEADER, SourcePosition
 from ._operators import Step
 from ._stores import MemoryStore, StoreSpec
 
@@ -43,6 +59,8 @@ if TYPE_CHECKING:
     from ._graph import Node
     from ._serde import Serde
     from ._tasks import Task
+
+logger = logging.getLogger("headwater.processing")
 
 
 def stored_keys(node: Node | None) -> bool:
@@ -84,8 +102,11 @@ class StatefulStep(Step):
         return self.key_serde.deserialize(key)
 
     def uncovered(self, batch: Batch, ctx: Context) -> Batch:
-        """Return ``batch`` without the records whose input the state already covers."""
+        """Return ``batch`` without the records whose input the state already covers
+        (see the module docstring)."""
         store = self.stores[0]
+        if ctx.dedupe:
+            batch = self.unapplied(batch, ctx)
         if not store.covers or not ctx.topic:
             return batch
         tp = TopicPartition(ctx.topic, ctx.partition)
@@ -98,6 +119,52 @@ class StatefulStep(Step):
             for s in self.stores:
                 s.covers.pop(tp, None)
             return batch
+        return batch.select(keep)
+
+    def unapplied(self, batch: Batch, ctx: Context) -> Batch:
+        """Return ``batch`` without the repartition topic's records that are copies of
+        records applied already (see the module docstring)."""
+        applied = self.stores[0].applied
+        for s in self.stores[1:]:
+            s.applied = applied
+        headers = ctx.records.headers
+        read = ctx.read
+        keep: list[bool] = []
+        dropped = 0
+        last_prefix: bytes | None = None
+        last = -1
+        for origin in batch.origins:
+            if origin >= read:  # emitted by a step of this task: not a read record
+                keep.append(True)
+                continue
+            found = headers[origin]
+            if not found or found[0][0] != SOURCE_HEADER or found[0][1] is None:
+                keep.append(True)  # not written by a runtime: nothing to compare
+                continue
+            prefix, _, digits = found[0][1].rpartition(b"/")
+            mark = int(digits) << 32
+            if len(found) > 1 and found[1][0] == SEQUENCE_HEADER:
+                mark |= int(found[1][1] or 0)
+            if prefix != last_prefix:
+                if last_prefix is not None:
+                    applied[last_prefix] = last
+                last_prefix = prefix
+                last = applied.get(prefix, -1)
+            if mark > last:
+                last = mark
+                keep.append(True)
+            else:
+                keep.append(False)
+                dropped += 1
+        if last_prefix is not None:
+            applied[last_prefix] = last
+        if not dropped:
+            return batch
+        logger.info(
+            "task %s: %s dropped %d records of %s/%d applied already (written again by an "
+            "upstream task that re-processed its uncommitted input)",
+            self.task.id, self.node.label, dropped, ctx.topic, ctx.partition,
+        )  # fmt: skip
         return batch.select(keep)
 
     def emit(

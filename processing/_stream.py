@@ -22,7 +22,7 @@ from ._aggregate import (
 )
 from ._batch import Event
 from ._errors import ErrorPolicy, TopologyError, parse_policy
-from ._graph import Node, Role, check_function
+from ._graph import Node, Role, check_function, follows_offsets
 from ._retry import Retry
 from ._serde import JSON, JSON_KEY, Serde
 
@@ -327,15 +327,23 @@ class Stream(Generic[T]):
         if topic in graph.topics(Role.SINK, internal=True):
             raise TopologyError(f"repartition name {name!r} is used twice")
         chosen = serde or JSON
+        # Records that follow their source's offsets can be told from the same ones
+        # written again after an upstream crash (see ``_stateful.py``).
+        dedupe = follows_offsets(self._node)
         sink = self._derive(
             "through",
             topic=topic,
-            params={"serde": chosen, "partitions": partitions, "partitions_of": partitions_of},
+            params={
+                "serde": chosen,
+                "partitions": partitions,
+                "partitions_of": partitions_of,
+                "dedupe": dedupe,
+            },
         )
         return sink._derive(
             "internal",
             topic=topic,
-            params={"serde": chosen, "key_serde": graph.key_serde(sink.node)},
+            params={"serde": chosen, "key_serde": graph.key_serde(sink.node), "dedupe": dedupe},
             rekeyed=False,
         )
 

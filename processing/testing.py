@@ -142,6 +142,13 @@ class _Member:
                 else:
                     self.registry.drop(task)
 
+    def close(self) -> None:
+        """Release the stores of a member that is gone, as its process's end would."""
+        for task in self.tasks.values():
+            self.registry.drop(task)
+        self.tasks = {}
+        self.registry.close()
+
     async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         assert self.membership is not None
         wanted = None if partitions is None else set(partitions)
@@ -384,8 +391,9 @@ class TestDriver:
         self._run(self._pump)
 
     def _leave(self, member_id: str, *, clean: bool) -> None:
-        self._members.pop(member_id)
+        member = self._members.pop(member_id)
         self._run(lambda: self._group.remove(member_id, clean=clean))
+        member.close()
 
     def expire_member(self, member_id: str) -> None:
         """End ``member_id``'s session, as a member that stopped heartbeating: it loses its
@@ -393,8 +401,9 @@ class TestDriver:
 
         :raises KeyError: if there is no such member.
         """
-        self._members.pop(member_id)
+        member = self._members.pop(member_id)
         self._run(lambda: self._group.expire(member_id))
+        member.close()
         self._run(self._pump)
 
     def restart(self, *, clean: bool = True) -> None:
@@ -463,7 +472,7 @@ class TestDriver:
             found = True
             owner = next(s for s in task.steps if isinstance(s, StatefulStep) and held in s.stores)
             windowed = held.spec.keys in (WINDOW_KEYS, SESSION_KEYS)
-            for key, value in held.data.items():
+            for key, value in held.items():
                 if windowed:
                     contents[(owner.key_object(key[0]), *key[1:])] = value[0]
                 elif isinstance(key, bytes):
@@ -473,6 +482,18 @@ class TestDriver:
         if not found:
             raise KeyError(f"no task has a store named {store!r}")
         return contents
+
+    def restored(self, store: str) -> tuple[int, int]:
+        """Return how many changelog records the tasks' last restore of ``store`` read,
+        and how many it had to read (both 0 for a store restored from a current local
+        copy, or not restored at all), summed over the tasks that hold it.
+
+        :raises KeyError: if no task has a store of that name.
+        """
+        held = [task.stores[store] for task in self._tasks() if store in task.stores]
+        if not held:
+            raise KeyError(f"no task has a store named {store!r}")
+        return sum(s.restored for s in held), sum(s.restore_total for s in held)
 
     def changelog(self, store: str) -> list[TestRecord]:
         """Return the records of state store ``store``'s changelog topic (raw bytes).

@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -138,26 +138,42 @@ class StoreSpec:
     decode_value: Callable[[bytes], Any] = field(default=orjson.loads)
 
 
-def encode_checkpoint(positions: dict[TopicPartition, int], stream_time_ms: int | None) -> bytes:
+class Checkpoint(NamedTuple):
+    """What a checkpoint record says: the input positions the state covers, the step's
+    stream time, and the last record applied from each source of a repartition topic
+    (``applied``: source prefix → ``offset << 32 | sequence``, see ``_stateful.py``)."""
+
+    positions: dict[TopicPartition, int]
+    stream_time_ms: int | None
+    applied: dict[bytes, int]
+
+
+def encode_checkpoint(
+    positions: dict[TopicPartition, int],
+    stream_time_ms: int | None,
+    applied: dict[bytes, int] | None = None,
+) -> bytes:
     """Return the value of a checkpoint record."""
-    return orjson.dumps(
-        {
-            "v": CHECKPOINT_VERSION,
-            "positions": [[tp.topic, tp.partition, offset] for tp, offset in positions.items()],
-            "stream_time_ms": stream_time_ms,
-        }
-    )
+    fields: dict[str, Any] = {
+        "v": CHECKPOINT_VERSION,
+        "positions": [[tp.topic, tp.partition, offset] for tp, offset in positions.items()],
+        "stream_time_ms": stream_time_ms,
+    }
+    if applied:
+        fields["applied"] = {prefix.decode(): mark for prefix, mark in applied.items()}
+    return orjson.dumps(fields)
 
 
-def decode_checkpoint(data: bytes) -> tuple[dict[TopicPartition, int], int | None]:
-    """Return the positions and stream time of a checkpoint record (none if unreadable)."""
+def decode_checkpoint(data: bytes) -> Checkpoint:
+    """Return what a checkpoint record says (nothing if it is unreadable)."""
     try:
         fields = orjson.loads(data)
         positions = {TopicPartition(t, p): o for t, p, o in fields["positions"]}
         stream_time = fields.get("stream_time_ms")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return {}, None
-    return positions, stream_time if isinstance(stream_time, int) else None
+        applied = {k.encode(): int(v) for k, v in (fields.get("applied") or {}).items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return Checkpoint({}, None, {})
+    return Checkpoint(positions, stream_time if isinstance(stream_time, int) else None, applied)
 
 
 class MemoryStore:
@@ -179,6 +195,9 @@ class MemoryStore:
         self.created: set[Any] = set()
         #: The input position each input partition's state covers (from a restore).
         self.covers: dict[TopicPartition, int] = {}
+        #: The last record applied from each source of a repartition topic (see
+        #: ``_stateful.py``); the steps of a task share one dict.
+        self.applied: dict[bytes, int] = {}
         #: The step's stream time when the state was last flushed (or restored).
         self.stream_time_ms: int | None = None
         #: The changelog offset the state reflects (its end after a restore or flush).
@@ -274,7 +293,7 @@ class MemoryStore:
         self.created = set()
         self.checkpoint_positions = dict(positions)
         keys.append(CHECKPOINT_KEY)
-        values.append(encode_checkpoint(positions, self.stream_time_ms))
+        values.append(encode_checkpoint(positions, self.stream_time_ms, self.applied))
         self.flushed(keys, values)
         return keys, values
 
@@ -291,9 +310,7 @@ class MemoryStore:
         latest = dict(zip(keys, values, strict=True))
         checkpoint = latest.pop(CHECKPOINT_KEY, None)
         if checkpoint is not None:
-            self.covers, stream_time = decode_checkpoint(checkpoint)
-            if stream_time is not None:
-                self.stream_time_ms = stream_time
+            self.take_checkpoint(decode_checkpoint(checkpoint))
         latest.pop(None, None)
         self.restored += len(keys)
         decode_key, decode_value = self.spec.keys.decode, self.spec.decode_value
@@ -309,6 +326,13 @@ class MemoryStore:
                 zip(map(decode_key, latest), map(decode_value, latest.values()), strict=True)  # type: ignore[arg-type]
             )
 
+    def take_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Take what a restored checkpoint says the state covers."""
+        self.covers = checkpoint.positions
+        self.applied = checkpoint.applied
+        if checkpoint.stream_time_ms is not None:
+            self.stream_time_ms = checkpoint.stream_time_ms
+
     def local_offset(self) -> int | None:
         """Return the changelog offset a local copy reflects (None: no local copy)."""
         return self.changelog_offset
@@ -322,6 +346,7 @@ class MemoryStore:
         self.dirty = set()
         self.created = set()
         self.covers = {}
+        self.applied = {}
         self.changelog_offset = None
 
 

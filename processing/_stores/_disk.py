@@ -66,7 +66,7 @@ class DiskStore(MemoryStore):
             checkpoint = txn.get(_CHECKPOINT)
         self.changelog_offset = None if offset is None else int(offset)
         if checkpoint is not None:
-            self.covers, self.stream_time_ms = decode_checkpoint(bytes(checkpoint))
+            self.take_checkpoint(decode_checkpoint(bytes(checkpoint)))
 
     def __len__(self) -> int:
         with self.env.begin(db=self.db) as txn:
@@ -177,9 +177,7 @@ class DiskStore(MemoryStore):
             if checkpoint is not None:
                 txn.put(_CHECKPOINT, checkpoint, db=self.meta)
         if checkpoint is not None:
-            self.covers, stream_time = decode_checkpoint(checkpoint)
-            if stream_time is not None:
-                self.stream_time_ms = stream_time
+            self.take_checkpoint(decode_checkpoint(checkpoint))
         self.data.clear()
 
     def local_offset(self) -> int | None:
