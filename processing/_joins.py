@@ -70,6 +70,13 @@ def stream_table_join(
     if how == "outer":
         raise TopologyError("a stream-table join is inner or left (outer_join is for two streams)")
     graph = stream.app.graph
+    mine, theirs = graph.key_serde(stream.node), table.node.params.get("key_serde")
+    if mine is not None and theirs is not None and type(mine) is not type(theirs):
+        raise TopologyError(
+            f"join: the stream's keys are written as {mine!r} and the table's as {theirs!r}, "
+            "so equal keys would not meet: give key_by (serde=...) or the table (key_serde=...) "
+            "the other's"
+        )
     name = name or f"join-{len(graph.nodes) + 1}"
     left = stream._copartitioned(name, partitions_of=_source_topics(table.node))
     side = graph.add("table_side", (table.node,))

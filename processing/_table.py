@@ -70,9 +70,9 @@ class Table(Generic[T]):
         """The table's name (its store's, for a materialised one)."""
         return self._name
 
-    def _derive(self, kind: str, name: str, **params: Any) -> Table[Any]:
+    def _derive(self, kind: str, name: str, fn: Callable[..., Any]) -> Table[Any]:
         node = self._app.graph.add(
-            kind, (self._node,), params={"key_serde": self._node.params.get("key_serde"), **params}
+            kind, (self._node,), fn=fn, params={"key_serde": self._node.params.get("key_serde")}
         )
         return Table(self._app, node, name)
 
