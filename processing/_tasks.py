@@ -149,9 +149,16 @@ def check_copartitioning(graph: Graph, counts: Mapping[str, int]) -> None:
         topics = {s.topic: counts[s.topic] for s in source_ancestors(node) if s.topic}
         if len(set(topics.values())) > 1:
             listed = ", ".join(f"{t!r} ({n} partitions)" for t, n in sorted(topics.items()))
+            fix = (
+                "re-key a stream side with .key_by(...) (a re-keyed side is repartitioned "
+                "to the other's partition count) or give the topics equal partition counts"
+                if node.kind != "table_join"
+                else "make the tables' topics the same partition count (or build one "
+                "table from a re-keyed stream's aggregation)"
+            )
             raise TopologyError(
                 f"{node.label} reads {listed}: its inputs must be co-partitioned (equal "
-                "partition counts, placed by the same key); repartition one of them"
+                f"partition counts, placed by the same key); {fix}"
             )
 
 
