@@ -255,6 +255,9 @@ class ProcessStep(StatefulStep):
 
     __slots__ = ("ctx", "init", "last", "processor", "stream_time_ms", "stream_timers")
 
+    #: Stream-time timers fire on the task's stream time, which the task then tracks.
+    uses_stream_time = True
+
     def __init__(self, node: Node, task: Task) -> None:
         super().__init__(node, task)
         factory: Callable[[], Processor] = node.params["factory"]
@@ -263,13 +266,18 @@ class ProcessStep(StatefulStep):
         self.ctx = ProcessorContext(self)
         self.stream_time_ms: int | None = None
         self.last: SourcePosition | None = None
-        self.stream_timers: list[tuple[int, int, Callable[[ProcessorContext, int], None]]] = []
+        #: The timers the processor scheduled (cancelled when a restore runs init again).
+        self.stream_timers: list[Timer] = []
         if self.init is not None:
             self.init(self.ctx)
 
     def restored(self) -> None:
-        """Take the restored stream time, and let the processor schedule its timers."""
+        """Take the restored stream time, and let the processor schedule its timers again
+        (from its restored stores: those it scheduled before are cancelled)."""
         self.stream_time_ms = self.store.stream_time_ms if self.stores else None
+        for timer in self.stream_timers:
+            timer.cancel()
+        self.stream_timers = []
         if self.init is not None:
             self.init(self.ctx)
 
@@ -279,13 +287,17 @@ class ProcessStep(StatefulStep):
         """Schedule ``callback`` on wall time or on the step's stream time."""
 
         async def fire(ctx: Context, now: int) -> None:
+            timer.cancel()  # fired: nothing for a restore to cancel
             self.ctx.timestamp = now
             self.ctx.key = None
             self._call(callback, now)
             await self._flush_forwarded(ctx, None, now)
 
         timers = self.task.timers
-        return timers.at_wall_time(at_ms, fire) if wall else timers.at_stream_time(at_ms, fire)
+        timer = timers.at_wall_time(at_ms, fire) if wall else timers.at_stream_time(at_ms, fire)
+        self.stream_timers = [t for t in self.stream_timers if not t.cancelled]
+        self.stream_timers.append(timer)
+        return timer
 
     def _call(self, callback: Callable[[ProcessorContext, int], None], now: int) -> None:
         callback(self.ctx, now)
