@@ -81,7 +81,8 @@ class Pipeline:
         self._graph = graph
         self._partitions = partitions
         self._live = graph.live_nodes()
-        self._key_partitions: dict[tuple[int, bytes], int] = {}
+        #: Each key's partition, per partition count (a cache: murmur2 per key is dear).
+        self._key_partitions: dict[int, dict[bytes, int]] = {}
 
     def task(self, task_id: TaskId, clock: Clock, registry: StoreRegistry | None = None) -> Task:
         """Return a new task of this group with its own instance of every step (and of
@@ -217,21 +218,28 @@ class Pipeline:
         if count == 1 or keys.count(None) == len(keys):
             writes.setdefault((sink.topic, default), []).append(out)
             return
-        cache = self._key_partitions
-        if len(cache) > _KEY_CACHE_LIMIT:
-            cache.clear()
-        placed = []
-        for key in keys:
+        cache = self._key_partitions.get(count)
+        if cache is None or len(cache) > _KEY_CACHE_LIMIT:
+            cache = self._key_partitions[count] = {}
+        placed: list[int | None] = list(map(cache.get, keys))  # type: ignore[arg-type]
+        missing = -1
+        while True:  # each search goes on from the last one found
+            try:
+                missing = placed.index(None, missing + 1)
+            except ValueError:
+                break
+            key = keys[missing]
             if key is None:
-                placed.append(default)
-                continue
-            p = cache.get((count, key))
-            if p is None:
-                p = cache[(count, key)] = partition_for_key(key, count)
-            placed.append(p)
-        for p in sorted(set(placed)):
+                placed[missing] = default
+            else:
+                placed[missing] = cache[key] = partition_for_key(key, count)
+        targets = set(placed)
+        if len(targets) == 1:
+            writes.setdefault((sink.topic, placed[0]), []).append(out)  # type: ignore[arg-type]
+            return
+        for p in sorted(targets):  # type: ignore[type-var]
             mask = [q == p for q in placed]
-            writes.setdefault((sink.topic, p), []).append(_select(out, mask))
+            writes.setdefault((sink.topic, p), []).append(_select(out, mask))  # type: ignore[arg-type]
 
     def _place_dead_letters(
         self, ctx: Context, writes: dict[tuple[str, int], list[OutRecords]]
