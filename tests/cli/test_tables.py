@@ -61,7 +61,9 @@ def test_a_table_produced_with_key_joins_a_key_by_stream(hw: Headwater, tmp_path
         {"user": 7, "country": "nl"},
     ]
     assert sorted(m["key"] for m in geo) == ['"ada"', '"bob"', "7"]
-    known = {json.dumps(m["value"]["user"]): m["value"]["known"] for m in consumed(hw, "clicks-all")}
+    known = {
+        json.dumps(m["value"]["user"]): m["value"]["known"] for m in consumed(hw, "clicks-all")
+    }
     assert known == {'"ada"': True, '"bob"': True, '"eve"': False, "7": True}
     countries = {m["key"]: m["value"] for m in consumed(hw, "countries")}
     assert countries == {'"ada"': "fr", '"bob"': "de", "7": "nl"}
