@@ -45,6 +45,7 @@ loop, which stops the run; positions that are durable are still committed first.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ from headwater.groups import (
     RebalanceInProgressError,
     TopicPartition,
 )
-from headwater.store import OffsetOutOfRangeError, StoreError
+from headwater.store import OffsetOutOfRangeError, RecordColumns, StoreError
 
 from ._backends import Backend, Membership
 from ._clock import Clock, WallClock
@@ -128,6 +129,17 @@ class RunStatistics:
         return self.records_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+def _slice(records: RecordColumns, start: int, stop: int) -> RecordColumns:
+    """Return records ``start`` to ``stop`` (exclusive) of ``records``."""
+    return RecordColumns(
+        records.offsets[start:stop],
+        records.timestamps[start:stop],
+        records.keys[start:stop],
+        records.values[start:stop],
+        records.headers[start:stop],
+    )
+
+
 class _Loop:
     """One partition of a running task: its fetch loop's handles."""
 
@@ -157,10 +169,11 @@ class _Loop:
 
 
 class _Running:
-    """A task and what runs it: its pipeline, its lock, its partition loops, and the
-    positions its stores' changelogs last covered (what a commit may take)."""
+    """A task and what runs it: its pipeline, its lock, its partition loops, the
+    positions its stores' changelogs last covered (what a commit may take) and, for a
+    task of several partitions, what orders their batches (see :meth:`Runtime._wait_turn`)."""
 
-    __slots__ = ("flushed", "lock", "loops", "pipeline", "task")
+    __slots__ = ("changed", "flushed", "heads", "idle_since", "lock", "loops", "pipeline", "task")
 
     def __init__(self, task: Task, pipeline: Pipeline) -> None:
         self.task = task
@@ -168,6 +181,21 @@ class _Running:
         self.lock = anyio.Lock()
         self.loops: dict[TopicPartition, _Loop] = {}
         self.flushed: dict[TopicPartition, int] = {}
+        #: The first timestamp of the batch each partition loop holds.
+        self.heads: dict[TopicPartition, int] = {}
+        #: Since when (event loop time) each partition loop has found nothing to read.
+        self.idle_since: dict[TopicPartition, float] = {}
+        self.changed = anyio.Event()
+
+    @property
+    def synchronized(self) -> bool:
+        """Whether the task reads several partitions, whose batches go in timestamp order."""
+        return len(self.task.group.topics) > 1
+
+    def notify(self) -> None:
+        """Wake the loops waiting for their turn."""
+        self.changed.set()
+        self.changed = anyio.Event()
 
 
 class Runtime:
@@ -425,11 +453,27 @@ class Runtime:
             loop.done.set()
 
     async def _read_partition(self, running: _Running, loop: _Loop) -> None:
+        try:
+            await self._read_partition_loop(running, loop)
+        finally:
+            if running.synchronized:  # gone: nobody waits for it
+                running.heads.pop(loop.state.tp, None)
+                running.idle_since[loop.state.tp] = -math.inf
+                running.notify()
+
+    async def _read_partition_loop(self, running: _Running, loop: _Loop) -> None:
         backend, clock, task = self._backend, self._clock, running.task
         state = loop.state
         topic, partition = state.tp
         max_bytes = self._config.max_batch_bytes
+        synchronized = running.synchronized
         while not loop.stopping:
+            if synchronized:
+                if state.position >= await backend.end_offset(topic, partition):
+                    running.idle_since.setdefault(state.tp, anyio.current_time())
+                else:
+                    running.idle_since.pop(state.tp, None)
+                running.notify()
             records = None
             deadline = task.timers.next_wall_deadline()
             with anyio.CancelScope() as scope:
@@ -456,6 +500,9 @@ class Runtime:
                     task.settle()
                 self._count(outcome, 0)
                 continue
+            if synchronized:
+                await self._process_in_turn(running, loop, records)
+                continue
             async with running.lock:
                 outcome = await running.pipeline.process(task, topic, partition, records)
                 await self._write(outcome.writes)
@@ -463,6 +510,73 @@ class Runtime:
                 task.settle()
             self._count(outcome, len(records))
             self._notify_progress()
+
+    async def _process_in_turn(
+        self, running: _Running, loop: _Loop, records: RecordColumns
+    ) -> None:
+        """Process ``records`` of a task of several partitions in timestamp order with the
+        other partitions' batches: each turn, the records up to the next batch of another
+        partition (see :meth:`_wait_turn`)."""
+        state, task = loop.state, running.task
+        topic, partition = state.tp
+        timestamps = records.timestamps
+        start, count = 0, len(records)
+        while start < count:
+            limit = await self._wait_turn(running, loop, timestamps[start])
+            stop = count
+            if limit is not None and not loop.stopping:
+                stop = next((j for j in range(start + 1, count) if timestamps[j] > limit), count)
+            part = records if stop - start == count else _slice(records, start, stop)
+            async with running.lock:
+                outcome = await running.pipeline.process(task, topic, partition, part)
+                await self._write(outcome.writes)
+                state.position = part.offsets[-1] + 1
+                task.settle()
+            running.heads.pop(state.tp, None)
+            running.notify()
+            self._count(outcome, len(part))
+            self._notify_progress()
+            start = stop
+
+    async def _wait_turn(self, running: _Running, loop: _Loop, head: int) -> int | None:
+        """Wait until ``loop``'s next record, whose timestamp is ``head``, is the earliest
+        of its task's: every other partition of the task holds a batch whose first record
+        is later (or as late, and the partition comes after this one), or has found
+        nothing to read for ``max_task_idle_ms`` (or stopped). A partition fetching a
+        batch is waited for. Return the earliest first timestamp of the others' batches
+        (None: they hold none), up to which this one may go on: Kafka Streams' order of a
+        task's records (by their partitions' heads). The earliest always goes, so two
+        loops never wait for each other."""
+        tp = loop.state.tp
+        running.idle_since.pop(tp, None)
+        running.heads[tp] = head
+        running.notify()
+        idle_s = self._config.max_task_idle_ms / 1000
+        while True:
+            wake_at = math.inf
+            blocked = False
+            limit: int | None = None
+            now = anyio.current_time()
+            for other in running.loops:
+                if other == tp:
+                    continue
+                theirs = running.heads.get(other)
+                if theirs is not None:
+                    blocked |= theirs < head or (theirs == head and other < tp)
+                    limit = theirs if limit is None else min(limit, theirs)
+                    continue
+                since = running.idle_since.get(other)
+                if since is None:
+                    blocked = True  # fetching: it holds a batch soon, or is idle
+                elif since + idle_s > now:
+                    blocked = True
+                    wake_at = min(wake_at, since + idle_s)
+            if not blocked or loop.stopping:
+                return limit
+            with anyio.CancelScope(deadline=anyio.current_time() + wake_at - now) as scope:
+                loop.fetch_scope = scope  # a graceful stop ends the wait: the batch goes
+                await running.changed.wait()
+            loop.fetch_scope = None
 
     def _count(self, outcome: Outcome, records_in: int) -> None:
         self._records_in += records_in
