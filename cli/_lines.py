@@ -3,7 +3,7 @@
 A :class:`LineFormat` says how a line becomes a record: its value is the line's JSON
 re-serialised compactly (``json``) or the line's bytes as they are (``raw``); its key,
 if any, is a field of the JSON object (``--key FIELD``), encoded as the processing DSL's
-``key_by`` encodes keys (:func:`headwater.processing.encode_key`, canonical JSON: the
+``key_by`` encodes keys (:func:`headwater.store.canonical_key`, canonical JSON: the
 string ``ada`` is the key ``"ada"``, so a table of a topic produced here matches a
 stream keyed by ``key_by``), or the text before a delimiter (``--key-delimiter``, kcat's
 ``-K``: text as it is, as a Java StringSerializer writes it); every record carries the
@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from headwater.processing import encode_key
-from headwater.store import NewRecord
+from headwater.store import NewRecord, canonical_key
 
 BATCH_RECORDS = 1000
 #: Bytes a v2 batch adds to its records, and the most one record adds to its key and value.
@@ -131,7 +130,7 @@ class LineParser:
                     if key_field is None:
                         key = None
                     elif type(document) is dict and (named := document.get(key_field)) is not None:
-                        key = encode_key(named)  # the common case, inline
+                        key = canonical_key(named)  # the common case, inline
                     else:
                         key = _key(document, key_field)
                 else:
@@ -190,4 +189,4 @@ def _key(document: object, field: str) -> bytes | None:
         value = document[field]
     except KeyError:
         raise BadLineError(f"--key {field}: the line has no such field") from None
-    return encode_key(value)
+    return canonical_key(value)

@@ -7,7 +7,8 @@ to ``user-sessions`` when it closes: once the stream time is 3 seconds past its 
 click. Events that are not JSON or lack a field are skipped (and counted).
 
 Run as a script, it stores the sample events of ``examples/data/clicks.jsonl`` in a
-fresh data directory (one partition), runs the app until it has consumed them, and prints a summary::
+fresh data directory (one partition), runs the app until it has consumed them, and
+prints a summary::
 
     python examples/sessions.py [DATA_DIR]        # default: ./sessions-data
 
