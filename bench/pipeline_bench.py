@@ -138,6 +138,18 @@ def run_once(data: Path, name: str, workload: str = "W1") -> tuple[float, int, i
     return elapsed, stats.records_in, stats.records_out
 
 
+def peak_rss() -> int:
+    """Return this process's peak resident set size in bytes (``VmHWM``: its own, where
+    ``ru_maxrss`` would report the larger parent's, carried over the fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run_in_worker(data: Path, name: str, workload: str) -> tuple[float, int, int, int]:
     """Run ``workload`` in a new worker process, as ``headwater run`` would; return its
     figures and its peak RSS in bytes."""
@@ -203,8 +215,7 @@ class WallClockLike:
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
         figures = run_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(orjson.dumps([*figures, rss]).decode())
+        print(orjson.dumps([*figures, peak_rss()]).decode())
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
