@@ -17,6 +17,14 @@ durable outputs: after a crash, at any instant, the app resumes at the last comm
 re-derives at most the records after it (at-least-once; duplicates only in that
 uncommitted tail).
 
+Order within a task: a task that reads several partitions (the sides of a join, merged
+co-partitioned topics) takes their records in timestamp order, as Kafka Streams does: a
+loop holding a batch processes it only up to the first timestamp of another partition's
+batch, waiting for a partition that is fetching, and for one that has found nothing to
+read for up to ``max_task_idle_ms`` (see :meth:`Runtime._wait_turn`). Without it, one
+side's backlog would run the join's stream time ahead and leave the other side late.
+Tasks of one partition (most) skip all of it.
+
 Time: a partition loop races its fetch against its task's earliest wall-time timer
 (the fetch's cancel scope gets the deadline, converted by the injected clock); when it
 fires first, the loop runs the task's due timers (``Pipeline.advance``) and writes what

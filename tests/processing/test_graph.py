@@ -157,3 +157,24 @@ def test_each_task_gets_its_own_instance_of_every_step() -> None:
     assert len(first.steps) == len(second.steps) == 8
     assert not {id(s) for s in first.steps} & {id(s) for s in second.steps}
     assert [type(s) for s in first.steps] == [type(s) for s in second.steps]
+
+
+def test_describe_names_the_stateful_steps_and_their_stores() -> None:
+    from headwater.processing import windows
+
+    app = App("stats")
+    keyed = app.stream("clicks").key_by(lambda e: e["user"])
+    keyed.window(windows.tumbling(seconds=10), grace_ms=5, idle_ms=None).count(
+        name="per-user", store="disk"
+    ).final().to("out")
+    keyed.count().to_stream().to("totals")  # named from its place in the graph
+    text = app.describe()
+    assert "window_aggregate 'per-user' tumbling" in text
+    assert "grace=5ms idle=off [store 'per-user' disk -> stats-per-user-changelog]" in text
+    assert "internal topics: stats-per-user-repartition, stats-aggregate-" in text
+    assert "state stores:   per-user (disk, changelog stats-per-user-changelog), aggregate-" in text
+    assert {n for n, k in KINDS.items() if k.adds_rows} == {
+        "process",
+        "window_aggregate",
+        "stream_stream_join",
+    }
