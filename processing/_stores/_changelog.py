@@ -107,9 +107,17 @@ async def checkpointed(task: Task, backend: Backend) -> None:
         store.checkpointed(await backend.end_offset(store.spec.changelog, task.id.partition))
 
 
-async def restore(task: Task, backend: Backend) -> None:
+async def restore(
+    task: Task,
+    backend: Backend,
+    *,
+    progress_every: int = 500_000,
+    fetch_bytes: int = _RESTORE_FETCH_BYTES,
+) -> None:
     """Bring ``task``'s stores up to date with their changelogs (see the package
-    docstring); logs what it read and how long it took."""
+    docstring), reading ``fetch_bytes`` at a time; logs its progress every
+    ``progress_every`` records (records restored of the total to read, so a long restore
+    is seen to move), and what it read and how long it took at the end."""
     for store in task.stores.values():
         topic, partition = store.spec.changelog, task.id.partition
         started = time.perf_counter()
@@ -121,10 +129,18 @@ async def restore(task: Task, backend: Backend) -> None:
             offset = first
         store.restored = 0
         store.restore_total = end - offset
+        reported = 0
         while offset < end:
-            records = await backend.fetch(topic, partition, offset, _RESTORE_FETCH_BYTES)
+            records = await backend.fetch(topic, partition, offset, fetch_bytes)
             store.apply_changelog(records.keys, records.values)
             offset = records.offsets[-1] + 1
+            if store.restored - reported >= progress_every and offset < end:
+                reported = store.restored
+                logger.info(
+                    "task %s: restoring store %r from %s/%d: %d of %d records",
+                    task.id, store.spec.name, topic, partition, store.restored,
+                    store.restore_total,
+                )  # fmt: skip
         store.checkpointed(end)
         store.dirty = set()
         if store.restore_total:
