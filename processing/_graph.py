@@ -552,18 +552,37 @@ def plan_topics(
                     missing.append(node.topic)
                 continue
             counts[node.topic] = count
-        elif node.is_sink and not node.params.get("partitions_of"):
-            counts[node.topic] = node.params.get("partitions") or widest(node)
-    for node in graph.nodes:  # repartitions sized by the topics they join
+    # Sinks next, each once the topics it is sized by are (a sink below a repartition
+    # topic is as wide as that topic, which may be sized by the topics it joins).
+    sinks = [n for n in graph.nodes if n.is_sink and n.topic is not None and n.topic not in counts]
+
+    def size(node: Node, *, force: bool) -> int | None:
+        assert node.topic is not None
+        have = existing.get(node.topic)
+        if have is not None:
+            return have
         like = node.params.get("partitions_of")
-        if node.is_sink and like and node.topic is not None and node.topic not in counts:
-            have = existing.get(node.topic)
-            if have is not None:
-                counts[node.topic] = have
-            elif all(t in counts for t in like):
-                counts[node.topic] = max(counts[t] for t in like)
-            else:
-                counts[node.topic] = widest(node)
+        if node.params.get("partitions") and not like:
+            return int(node.params["partitions"])
+        sized_by = like or [s.topic for s in source_ancestors(node) if s.topic]
+        if not force and any(t not in counts and t not in missing for t in sized_by):
+            return None
+        if like and all(t in counts for t in like):
+            return max(counts[t] for t in like)
+        return widest(node)
+
+    while sinks:
+        done = [n for n in sinks if n.topic in counts]
+        for node in sinks:
+            if node.topic not in counts and (count := size(node, force=False)) is not None:
+                counts[node.topic] = count  # type: ignore[index]
+                done.append(node)
+        if not done:  # nothing more to learn: as wide as what is known
+            for node in sinks:
+                if node.topic not in counts:
+                    counts[node.topic] = size(node, force=True) or 1  # type: ignore[index]
+            break
+        sinks = [n for n in sinks if n not in done]
     if missing:
         raise MissingSourceTopicError(missing)
     for topic, node in graph.dead_letter_topics().items():

@@ -178,3 +178,17 @@ def test_describe_names_the_stateful_steps_and_their_stores() -> None:
         "window_aggregate",
         "stream_stream_join",
     }
+
+
+def test_a_sink_below_a_repartition_is_as_wide_as_it() -> None:
+    from headwater.processing.testing import TestDriver
+
+    app = App("wide")
+    counted = app.stream("in").key_by(lambda e: e["k"]).count(name="n")
+    counted.to_stream().to("out")
+    left, right = (app.stream(t).key_by(lambda e: e["k"]) for t in ("a", "b"))
+    left.join(right, lambda x, y: x, within_ms=5, name="j").to("joined")
+    driver = TestDriver(app, partitions={"in": 3, "a": 4, "b": 2})
+    assert driver.partitions("wide-n-repartition") == 3 and driver.partitions("out") == 3
+    assert driver.partitions("wide-j-left-repartition") == 4
+    assert driver.partitions("joined") == 4  # was 1: sized before the repartition topics
