@@ -135,3 +135,37 @@ def test_windowed_examples_in_memory() -> None:
          "name": "Ada", "tier": "gold"},
         {"order": "o2", "customer": "c9", "total": 7, "paid": False, "name": None, "tier": None},
     ]  # fmt: skip
+
+
+def test_the_stateful_dsl_as_documented() -> None:
+    """The public contract's own example, as a user writes it."""
+    from headwater.processing import App, windows
+    from headwater.processing.testing import TestDriver
+
+    app = App("clicks-stats")
+    clicks = app.stream("clicks")
+    per_user = (
+        clicks.filter(lambda e: e["ms"] > 100)
+        .key_by(lambda e: e["user"])
+        .window(windows.tumbling(seconds=10), timestamp=lambda e: e["ts"], grace_ms=0)
+        .aggregate(
+            initial=lambda: {"count": 0, "sum": 0},
+            add=lambda acc, e: {"count": acc["count"] + 1, "sum": acc["sum"] + e["ms"]},
+            name="per-user-10s",
+        )
+        .final()
+    )
+    per_user.to("clicks-per-user-10s")
+    users = app.table("users")
+    clicks.key_by(lambda e: e["user"]).join(
+        users, lambda click, user: {**click, "country": user["country"]}
+    ).to("clicks-geo")
+    driver = TestDriver(app)
+    driver.send("users", {"country": "fr"}, key="ada")
+    for ts, ms in [(1_000, 200), (2_000, 50), (10_500, 300)]:
+        driver.send("clicks", {"user": "ada", "ms": ms, "ts": ts})
+    assert driver.values("clicks-per-user-10s") == [
+        {"key": "ada", "start": 0, "end": 10_000, "value": {"count": 1, "sum": 200}}
+    ]
+    assert [c["country"] for c in driver.values("clicks-geo")] == ["fr", "fr", "fr"]
+    assert "state stores:   per-user-10s (memory" in app.describe()
