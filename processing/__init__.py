@@ -14,6 +14,15 @@ description built one operator at a time (``filter``, ``map``, ``flat_map``,
            .to("clicks-enriched"))
     app.run()                                           # or: headwater run app.py
 
+Stateful steps keep per-task state in stores backed by compacted changelog topics
+(``<app>-<name>-changelog``), restored when a task starts, and exactly once for state
+(a restarted task never applies an input twice): windowed aggregations
+(``key_by(...).window(windows.tumbling(seconds=10), timestamp=...).count()``, then
+``.final()``, ``.updates()`` or ``.late()``), aggregations over all time and topics read
+as tables (:class:`Table`), joins (stream-table, windowed stream-stream, table-table, with
+Kafka Streams' semantics) and ``process()``, the processor API with timers on wall and
+stream time. A quiet task closes its windows by the wall clock (``idle_ms``).
+
 The topics an app reads must exist when it runs (:class:`MissingSourceTopicError`),
 unless a stream declares its partition count (``app.stream("clicks", partitions=3)``),
 which lets the app create it. ``App.run`` joins the app's consumer group and runs its
