@@ -7,6 +7,9 @@ with headers that say why, never nowhere.
 
 - :class:`FileSource` tails a file or a glob of files (JSON lines, CSV, text), following
   rotation and truncation.
+- :class:`FileSink` writes a topic into files rolled by size and time, each visible under
+  its final name only once complete; :class:`SinkRunner` runs it (or any
+  :class:`SinkWriter`) as a consumer group member.
 """
 
 from ._dead_letters import DeadLetters as DeadLetters
@@ -15,6 +18,11 @@ from ._errors import ConnectorConfigError as ConnectorConfigError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import DeliveryError as DeliveryError
 from ._errors import SourceFileError as SourceFileError
+from ._file_sink import FileFormat as FileFormat
+from ._file_sink import FileSink as FileSink
+from ._file_sink import FileSinkConfig as FileSinkConfig
+from ._file_sink import final_name as final_name
+from ._file_sink import parse_final_name as parse_final_name
 from ._file_source import BackfillProgress as BackfillProgress
 from ._file_source import FileSource as FileSource
 from ._file_source import FileSourceConfig as FileSourceConfig
@@ -26,23 +34,36 @@ from ._log import StoreLog as StoreLog
 from ._position import POSITIONS_TOPIC as POSITIONS_TOPIC
 from ._position import LogPositionStore as LogPositionStore
 from ._position import PositionStore as PositionStore
+from ._sink_runner import Checkpoint as Checkpoint
+from ._sink_runner import SinkRunner as SinkRunner
+from ._sink_runner import SinkStatistics as SinkStatistics
+from ._sink_runner import SinkWriter as SinkWriter
 
 __all__ = (
     "POSITIONS_TOPIC",
     "Appended",
     "BackfillProgress",
+    "Checkpoint",
     "ConnectorConfigError",
     "ConnectorError",
     "ConnectorLog",
     "DeadLetters",
     "DeliveryError",
+    "FileFormat",
+    "FileSink",
+    "FileSinkConfig",
     "FileSource",
     "FileSourceConfig",
     "FileSourceStatistics",
     "LineFormat",
     "LogPositionStore",
     "PositionStore",
+    "SinkRunner",
+    "SinkStatistics",
+    "SinkWriter",
     "SourceFileError",
     "StoreLog",
     "dead_letter_topic",
+    "final_name",
+    "parse_final_name",
 )

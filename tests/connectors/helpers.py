@@ -68,7 +68,9 @@ def wait_for_line(process: subprocess.Popen[bytes], text: bytes) -> bytes:
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
-            raise AssertionError(f"the process ended (status {process.wait()}) before {text!r}")
+            status = process.wait()
+            errors = process.stderr.read().decode() if process.stderr is not None else ""
+            raise AssertionError(f"the process ended (status {status}) before {text!r}: {errors}")
         if text in line:
             return line
     raise AssertionError(f"no line with {text!r}")

@@ -1,0 +1,257 @@
+"""Running a sink: a consumer group member that commits only what its destination took.
+
+A sink is a :class:`SinkWriter`: it is handed the records of one partition at a time and
+says what may be committed (a :class:`Checkpoint`: the next input offset, and a note for
+the commit's metadata, see :mod:`._position`). :class:`SinkRunner` does the rest, the
+same for every sink:
+
+- it joins the consumer group (``auto_offset_reset="earliest"``, no auto-commit: a
+  commit is only ever what the writer returned);
+- when a partition is assigned, the writer may recover (a file sink finds the files it
+  finished but did not commit) and name where to start; the runner seeks there and
+  commits it;
+- it hands each batch to the writer and commits the checkpoint the writer returns;
+- it wakes at the writer's next deadline (a file to roll by time) even when no records
+  come, and commits what that finished;
+- before a partition is given up in a rebalance, and on a clean stop, the writer
+  finishes what it can and the runner commits that; a partition lost to a fenced member
+  is dropped without a commit (its new owner redelivers from the group's offset).
+
+A commit that fails (the group rebalancing, the member fenced) is logged; the checkpoint
+stays pending and goes with the next commit while the partition is still this member's.
+Records past a failed commit may be delivered again by the partition's next owner
+(at least once), never lost. The writer's methods are called one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from headwater.groups import (
+    Consumer,
+    ConsumerBatch,
+    GroupCoordinator,
+    GroupError,
+    OffsetAndMetadata,
+    TopicPartition,
+)
+
+from ._position import encode_checkpoint
+
+logger = logging.getLogger("headwater.connectors")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What a sink may commit for a partition: the next offset to read, and a note."""
+
+    offset: int
+    note: Mapping[str, object] | None = None
+
+    def committed(self) -> OffsetAndMetadata:
+        """Return the checkpoint as the group's committed offset."""
+        return OffsetAndMetadata(self.offset, encode_checkpoint(dict(self.note or {})))
+
+
+class SinkWriter(Protocol):
+    """A destination's side of a sink (see the module). Called one method at a time."""
+
+    async def assigned(
+        self, partition: TopicPartition, committed: OffsetAndMetadata | None
+    ) -> Checkpoint | None:
+        """``partition`` is now this sink's; return where to start if not at ``committed``."""
+        ...
+
+    async def write(self, batch: ConsumerBatch) -> Checkpoint | None:
+        """Deliver ``batch`` (or dead-letter it); return what may now be committed."""
+        ...
+
+    def next_deadline(self) -> float | None:
+        """Return when :meth:`tick` has work (``anyio.current_time()`` scale), or None."""
+        ...
+
+    async def tick(self) -> dict[TopicPartition, Checkpoint]:
+        """Do the work that was due by now; return what may now be committed."""
+        ...
+
+    async def revoked(self, partition: TopicPartition, *, lost: bool) -> Checkpoint | None:
+        """Finish (``lost``: abandon) ``partition``, which is no longer this sink's."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatistics:
+    """Counters of a :class:`SinkRunner` since it started."""
+
+    batches: int
+    records: int
+    commits: int
+    failed_commits: int
+
+
+class SinkRunner:
+    """Runs a :class:`SinkWriter` as a member of consumer group ``group_id`` on ``topic``.
+
+    :param groups: the group coordinator of the store the topic is in.
+    :param topic: the input topic (it must exist).
+    :param group_id: the consumer group; members of one group share the partitions.
+    :param writer: the sink.
+    """
+
+    def __init__(
+        self, groups: GroupCoordinator, topic: str, group_id: str, writer: SinkWriter
+    ) -> None:
+        self.groups = groups
+        self.topic = topic
+        self.group_id = group_id
+        self.writer = writer
+        self._lock = anyio.Lock()
+        self._pending: dict[TopicPartition, Checkpoint] = {}
+        self._consumer: Consumer | None = None
+        self._deadline_moved = anyio.Event()
+        self._stop_scope = anyio.CancelScope()
+        self._committed_event = anyio.Event()
+        self._batches = self._records = self._commits = self._failed_commits = 0
+
+    def statistics(self) -> SinkStatistics:
+        """Return the counters so far."""
+        return SinkStatistics(self._batches, self._records, self._commits, self._failed_commits)
+
+    async def run(
+        self, *, once: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver the topic until cancelled (with ``once``: until caught up, then stop).
+
+        ``task_status.started()`` is called once the member has its first assignment.
+        Returning (``once``, or :meth:`stop`) finishes every partition and commits;
+        cancellation does neither (the uncommitted tail is delivered again later).
+
+        :raises TopicNotFoundError: if the topic does not exist.
+        """
+        consumer = self.groups.consumer(
+            self.group_id,
+            [self.topic],
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+            on_lost=self._on_lost,
+        )
+        self._consumer = consumer
+        async with consumer:
+            task_status.started()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._run_timers)
+                with self._stop_scope:
+                    while not (once and _caught_up(consumer)):
+                        try:
+                            batch = await consumer.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        await self._deliver(batch)
+                tg.cancel_scope.cancel()
+            # Leaving the block cleanly gives every partition up: the writer finishes
+            # each (on_revoked) and the runner commits that.
+
+    async def wait_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Wait until the group has committed at least ``offsets`` (woken by each commit)."""
+        while True:
+            committed = self.groups.committed(self.group_id)
+            if all(
+                tp in committed and committed[tp].offset >= offset for tp, offset in offsets.items()
+            ):
+                return
+            await self._committed_event.wait()
+
+    def stop(self) -> None:
+        """Make :meth:`run` finish every partition, commit, and return (a clean stop)."""
+        self._stop_scope.cancel()
+
+    async def _deliver(self, batch: ConsumerBatch) -> None:
+        async with self._lock:
+            checkpoint = await self.writer.write(batch)
+            self._batches += 1
+            self._records += len(batch.records)
+            if checkpoint is not None:
+                self._pending[batch.topic_partition] = checkpoint
+            await self._commit()
+        self._deadline_moved.set()
+
+    async def _run_timers(self) -> None:
+        while True:
+            self._deadline_moved = anyio.Event()
+            deadline = self.writer.next_deadline()
+            with anyio.move_on_after(
+                math.inf if deadline is None else deadline - anyio.current_time()
+            ):
+                await self._deadline_moved.wait()
+                continue
+            async with self._lock:
+                self._pending.update(await self.writer.tick())
+                await self._commit()
+
+    async def _commit(self) -> None:
+        consumer = self._consumer
+        if not self._pending or consumer is None:
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: cp.committed() for tp, cp in self._pending.items() if tp in assigned}
+        self._pending = {tp: cp for tp, cp in self._pending.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except GroupError as exc:
+            self._failed_commits += 1
+            logger.warning(
+                "sink %s on %s: commit failed (%s); it is retried with the next one",
+                self.group_id,
+                self.topic,
+                exc,
+            )
+            return
+        self._commits += 1
+        self._committed_event.set()
+        self._committed_event = anyio.Event()
+        for tp, committed in offsets.items():
+            if self._pending.get(tp) is not None and self._pending[tp].offset == committed.offset:
+                del self._pending[tp]
+
+    async def _on_assigned(self, partitions: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        committed = consumer.committed()
+        async with self._lock:
+            for tp in partitions:
+                start = await self.writer.assigned(tp, committed.get(tp))
+                if start is not None:
+                    consumer.seek(tp, start.offset)
+                    self._pending[tp] = start
+            await self._commit()
+
+    async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                checkpoint = await self.writer.revoked(tp, lost=False)
+                if checkpoint is not None:
+                    self._pending[tp] = checkpoint
+            await self._commit()
+            for tp in partitions:
+                self._pending.pop(tp, None)
+
+    async def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                await self.writer.revoked(tp, lost=True)
+                self._pending.pop(tp, None)
+
+
+def _caught_up(consumer: Consumer) -> bool:
+    return all(lag == 0 for lag in consumer.lag().values())
