@@ -10,6 +10,9 @@ with headers that say why, never nowhere.
 - :class:`FileSink` writes a topic into files rolled by size and time, each visible under
   its final name only once complete; :class:`SinkRunner` runs it (or any
   :class:`SinkWriter`) as a consumer group member.
+- :class:`HttpIngest` is an HTTP endpoint (starlette on hypercorn) that appends JSON and
+  NDJSON bodies and answers once they are durable; :class:`IngestPolicy` holds its
+  rules (limits, tokens, bodies) apart from any I/O.
 """
 
 from ._dead_letters import DeadLetters as DeadLetters
@@ -27,6 +30,14 @@ from ._file_source import BackfillProgress as BackfillProgress
 from ._file_source import FileSource as FileSource
 from ._file_source import FileSourceConfig as FileSourceConfig
 from ._file_source import FileSourceStatistics as FileSourceStatistics
+from ._http_ingest import HttpIngest as HttpIngest
+from ._http_ingest import IngestConfig as IngestConfig
+from ._http_ingest import IngestStatistics as IngestStatistics
+from ._http_policy import IngestLimits as IngestLimits
+from ._http_policy import IngestPolicy as IngestPolicy
+from ._http_policy import ParsedBody as ParsedBody
+from ._http_policy import Refusal as Refusal
+from ._idempotency import IdempotencyWindow as IdempotencyWindow
 from ._line_formats import LineFormat as LineFormat
 from ._log import Appended as Appended
 from ._log import ConnectorLog as ConnectorLog
@@ -55,9 +66,17 @@ __all__ = (
     "FileSource",
     "FileSourceConfig",
     "FileSourceStatistics",
+    "HttpIngest",
+    "IdempotencyWindow",
+    "IngestConfig",
+    "IngestLimits",
+    "IngestPolicy",
+    "IngestStatistics",
     "LineFormat",
     "LogPositionStore",
+    "ParsedBody",
     "PositionStore",
+    "Refusal",
     "SinkRunner",
     "SinkStatistics",
     "SinkWriter",
