@@ -13,6 +13,8 @@ with headers that say why, never nowhere.
 - :class:`HttpIngest` is an HTTP endpoint (starlette on hypercorn) that appends JSON and
   NDJSON bodies and answers once they are durable; :class:`IngestPolicy` holds its
   rules (limits, tokens, bodies) apart from any I/O.
+- :class:`WebhookSink` POSTs a topic's records in batches to a URL, retrying with
+  backoff and jitter, with a stable idempotency key per batch and an HMAC signature.
 """
 
 from ._dead_letters import DeadLetters as DeadLetters
@@ -46,15 +48,22 @@ from ._position import POSITIONS_TOPIC as POSITIONS_TOPIC
 from ._position import LogPositionStore as LogPositionStore
 from ._position import PositionStore as PositionStore
 from ._sink_runner import Checkpoint as Checkpoint
+from ._sink_runner import Committer as Committer
 from ._sink_runner import SinkRunner as SinkRunner
 from ._sink_runner import SinkStatistics as SinkStatistics
 from ._sink_runner import SinkWriter as SinkWriter
+from ._webhook import SIGNATURE_HEADER as SIGNATURE_HEADER
+from ._webhook import WebhookConfig as WebhookConfig
+from ._webhook import WebhookSink as WebhookSink
+from ._webhook import WebhookStatistics as WebhookStatistics
 
 __all__ = (
     "POSITIONS_TOPIC",
+    "SIGNATURE_HEADER",
     "Appended",
     "BackfillProgress",
     "Checkpoint",
+    "Committer",
     "ConnectorConfigError",
     "ConnectorError",
     "ConnectorLog",
@@ -82,6 +91,9 @@ __all__ = (
     "SinkWriter",
     "SourceFileError",
     "StoreLog",
+    "WebhookConfig",
+    "WebhookSink",
+    "WebhookStatistics",
     "dead_letter_topic",
     "final_name",
     "parse_final_name",

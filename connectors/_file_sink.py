@@ -53,7 +53,7 @@ from headwater.store import FileSystem, OsFileSystem, Record
 from ._dead_letters import DeadLetters, dead_letter_topic
 from ._errors import ConnectorConfigError
 from ._log import ConnectorLog
-from ._sink_runner import Checkpoint
+from ._sink_runner import Checkpoint, Committer
 
 _FINAL = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.")
 
@@ -180,7 +180,7 @@ class FileSink:
             return None
         return Checkpoint(offset + 1, {"file": name})
 
-    async def write(self, batch: ConsumerBatch) -> Checkpoint | None:
+    async def write(self, batch: ConsumerBatch, commit: Committer) -> Checkpoint | None:
         """Append the batch's records to the partition's file, rolling it whenever it
         reaches ``roll_bytes`` (a file exceeds it only by a record larger than that)."""
         tp = batch.topic_partition

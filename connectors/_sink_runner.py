@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,8 +69,12 @@ class SinkWriter(Protocol):
         """``partition`` is now this sink's; return where to start if not at ``committed``."""
         ...
 
-    async def write(self, batch: ConsumerBatch) -> Checkpoint | None:
-        """Deliver ``batch`` (or dead-letter it); return what may now be committed."""
+    async def write(self, batch: ConsumerBatch, commit: Committer) -> Checkpoint | None:
+        """Deliver ``batch`` (or dead-letter it); return what may now be committed.
+
+        ``commit`` commits a checkpoint at once, for a sink that must record something
+        before it goes on (the extent of a batch it is about to send).
+        """
         ...
 
     def next_deadline(self) -> float | None:
@@ -84,6 +88,10 @@ class SinkWriter(Protocol):
     async def revoked(self, partition: TopicPartition, *, lost: bool) -> Checkpoint | None:
         """Finish (``lost``: abandon) ``partition``, which is no longer this sink's."""
         ...
+
+
+#: Commits a checkpoint of a partition now; returns whether the commit succeeded.
+Committer = Callable[[TopicPartition, Checkpoint], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +184,7 @@ class SinkRunner:
 
     async def _deliver(self, batch: ConsumerBatch) -> None:
         async with self._lock:
-            checkpoint = await self.writer.write(batch)
+            checkpoint = await self.writer.write(batch, self._commit_now)
             self._batches += 1
             self._records += len(batch.records)
             if checkpoint is not None:
@@ -197,15 +205,21 @@ class SinkRunner:
                 self._pending.update(await self.writer.tick())
                 await self._commit()
 
-    async def _commit(self) -> None:
+    async def _commit_now(self, partition: TopicPartition, checkpoint: Checkpoint) -> bool:
+        """Commit ``checkpoint`` (and whatever is pending) now; return whether it stuck."""
+        self._pending[partition] = checkpoint
+        return await self._commit() and partition not in self._pending
+
+    async def _commit(self) -> bool:
+        """Commit what is pending for assigned partitions; return False if that failed."""
         consumer = self._consumer
         if not self._pending or consumer is None:
-            return
+            return True
         assigned = consumer.assignment()
         offsets = {tp: cp.committed() for tp, cp in self._pending.items() if tp in assigned}
         self._pending = {tp: cp for tp, cp in self._pending.items() if tp in assigned}
         if not offsets:
-            return
+            return True
         try:
             await consumer.commit(offsets)
         except GroupError as exc:
@@ -216,13 +230,14 @@ class SinkRunner:
                 self.topic,
                 exc,
             )
-            return
+            return False
         self._commits += 1
         self._committed_event.set()
         self._committed_event = anyio.Event()
         for tp, committed in offsets.items():
             if self._pending.get(tp) is not None and self._pending[tp].offset == committed.offset:
                 del self._pending[tp]
+        return True
 
     async def _on_assigned(self, partitions: list[TopicPartition]) -> None:
         consumer = self._consumer
