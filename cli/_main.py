@@ -19,6 +19,7 @@ from headwater.store import HeadwaterError
 
 from ._app_commands import describe_app, run_app, trace
 from ._broker import broker
+from ._connect import connect
 from ._consume import consume
 from ._datadir import data_option
 from ._groups import groups
@@ -41,6 +42,7 @@ cli.add_command(produce)
 cli.add_command(consume)
 cli.add_command(groups)
 cli.add_command(broker)
+cli.add_command(connect)
 cli.add_command(run_app)
 cli.add_command(describe_app)
 cli.add_command(trace)

@@ -48,7 +48,7 @@ import anyio.to_thread
 import orjson
 
 from headwater.groups import ConsumerBatch, OffsetAndMetadata, TopicPartition
-from headwater.store import FileSystem, OsFileSystem, Record
+from headwater.store import FileSystem, OsFileSystem, Record, validate_topic_name
 
 from ._dead_letters import DeadLetters, dead_letter_topic
 from ._errors import ConnectorConfigError
@@ -89,6 +89,9 @@ class FileSinkConfig:
     def __post_init__(self) -> None:
         if not self.topic:
             raise ConnectorConfigError("a file sink needs a topic")
+        validate_topic_name(self.topic)
+        if self.dead_letter_topic is not None:
+            validate_topic_name(self.dead_letter_topic)
         if not self.directory:
             raise ConnectorConfigError("a file sink needs a directory")
         try:

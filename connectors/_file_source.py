@@ -60,7 +60,7 @@ import orjson
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from headwater.store import DecimalColumn, StorageFullError
+from headwater.store import DecimalColumn, StorageFullError, validate_topic_name
 
 from ._dead_letters import FILE_HEADER, LINE_HEADER, DeadLetters, dead_letter_topic
 from ._errors import ConnectorConfigError
@@ -109,6 +109,9 @@ class FileSourceConfig:
             raise ConnectorConfigError("a file source needs a path or glob pattern")
         if not self.topic:
             raise ConnectorConfigError("a file source needs a topic")
+        validate_topic_name(self.topic)
+        if self.dead_letter_topic is not None:
+            validate_topic_name(self.dead_letter_topic)
         try:
             object.__setattr__(self, "format", LineFormat(self.format))
         except ValueError:
@@ -235,6 +238,8 @@ class FileSource:
         self._progress = progress or BackfillProgress()
         self._files: dict[tuple[int, int], _File] = {}
         self._resumed = False
+        self._stop_scope = anyio.CancelScope()
+        self._stopping = self._storing = False
         self._lines = self._bytes = self._malformed = self._chunks = self._retries = 0
 
     def statistics(self) -> FileSourceStatistics:
@@ -245,9 +250,13 @@ class FileSource:
         )  # fmt: skip
 
     async def run(
-        self, *, once: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        *,
+        until_caught_up: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Tail the files until cancelled (with ``once``: until caught up, then return).
+        """Tail the files until cancelled or stopped; with ``until_caught_up``, return
+        once every file has been read to its end.
 
         ``task_status.started()`` is called once the position is restored, the topic
         exists and the files are found: lines written after it are read. Failures to read
@@ -262,14 +271,24 @@ class FileSource:
         # The first scan decides where files that exist now start: before started(), so
         # that "now" is when the caller was told the source runs.
         total = await self._retrying(self._scan, True)
+        if not self._resumed:
+            # What the first start decided (where each file starts) holds from now on.
+            await self._retrying(self._save)
         task_status.started()
         self._progress.start(total)
-        await self._retrying(self._read_all, once)
-        self._progress.finish()
-        while not once:
-            await anyio.sleep(self.config.poll_interval_s)
-            await self._retrying(self._scan, False)
-            await self._retrying(self._read_all, once)
+        with self._stop_scope:
+            await self._retrying(self._read_all, until_caught_up)
+            self._progress.finish()
+            while not until_caught_up:
+                await anyio.sleep(self.config.poll_interval_s)
+                await self._retrying(self._scan, False)
+                await self._retrying(self._read_all, until_caught_up)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the chunk it is storing (its position saved)."""
+        self._stopping = True
+        if not self._storing:
+            self._stop_scope.cancel()
 
     async def _retrying(self, fn: Callable[..., Any], *args: Any) -> Any:
         def report(state: RetryCallState) -> None:
@@ -324,31 +343,41 @@ class FileSource:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def _read_all(self, once: bool) -> None:
+    async def _read_all(self, until_caught_up: bool) -> None:
         """Read every file to its end, a chunk at a time, overlapping reads and appends.
 
         A gone file is finished (its last line taken, then forgotten) once it has not
-        grown for ``close_inactive_s``, or at once with ``once``.
+        grown for ``close_inactive_s``, or at once with ``until_caught_up``.
         """
         order = sorted(self._files.values(), key=lambda f: (not f.gone, str(f.path)))
         send, receive = anyio.create_memory_object_stream[_Chunk | None](1)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._produce_chunks, order, send, once)
+            tg.start_soon(self._produce_chunks, order, send, until_caught_up)
             async with receive:
                 async for chunk in receive:
                     if chunk is None:
                         break
-                    await self._store(chunk)
+                    # A stop waits for the chunk in hand: its position is saved first.
+                    self._storing = True
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await self._store(chunk)
+                    finally:
+                        self._storing = False
+                    if self._stopping:
+                        self._stop_scope.cancel()
         for f in [f for f in self._files.values() if f.gone and f.fd is None]:
             del self._files[f.identity]
 
-    async def _produce_chunks(self, files: list[_File], send: Any, once: bool) -> None:
+    async def _produce_chunks(self, files: list[_File], send: Any, until_caught_up: bool) -> None:
         limit = self.log.max_record_bytes(self.config.topic)
         close_after = self.config.close_inactive_s
         async with send:
             for f in files:
                 offset, line, header = f.offset, f.line, f.header
-                closing = f.gone and (once or time.monotonic() - f.last_growth >= close_after)
+                closing = f.gone and (
+                    until_caught_up or time.monotonic() - f.last_growth >= close_after
+                )
                 while True:
                     read = functools.partial(
                         _read_chunk,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,8 +90,11 @@ class SinkWriter(Protocol):
         ...
 
 
-#: Commits a checkpoint of a partition now; returns whether the commit succeeded.
-Committer = Callable[[TopicPartition, Checkpoint], Awaitable[bool]]
+class Committer(Protocol):
+    """Commits a checkpoint of a partition now, for a :class:`SinkWriter` in the middle of
+    a batch; returns whether the commit succeeded (a failed one goes with the next)."""
+
+    def __call__(self, partition: TopicPartition, checkpoint: Checkpoint, /) -> Awaitable[bool]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +136,16 @@ class SinkRunner:
         return SinkStatistics(self._batches, self._records, self._commits, self._failed_commits)
 
     async def run(
-        self, *, once: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        *,
+        until_caught_up: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Deliver the topic until cancelled (with ``once``: until caught up, then stop).
+        """Deliver the topic until cancelled or stopped; with ``until_caught_up``, stop
+        once every assigned partition is delivered up to its end.
 
         ``task_status.started()`` is called once the member has its first assignment.
-        Returning (``once``, or :meth:`stop`) finishes every partition and commits;
+        Returning (``until_caught_up``, or :meth:`stop`) finishes every partition and commits;
         cancellation does neither (the uncommitted tail is delivered again later).
 
         :raises TopicNotFoundError: if the topic does not exist.
@@ -158,7 +165,7 @@ class SinkRunner:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._run_timers)
                 with self._stop_scope:
-                    while not (once and _caught_up(consumer)):
+                    while not (until_caught_up and _caught_up(consumer)):
                         try:
                             batch = await consumer.__anext__()
                         except StopAsyncIteration:

@@ -45,7 +45,7 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from headwater.groups import ConsumerBatch, OffsetAndMetadata, TopicPartition
-from headwater.store import Record
+from headwater.store import Record, validate_topic_name
 
 from ._dead_letters import STATUS_HEADER, DeadLetters, dead_letter_topic
 from ._errors import ConnectorConfigError
@@ -92,6 +92,9 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         if not self.topic:
             raise ConnectorConfigError("a webhook sink needs a topic")
+        validate_topic_name(self.topic)
+        if self.dead_letter_topic is not None:
+            validate_topic_name(self.dead_letter_topic)
         try:
             url = httpx.URL(self.url)
         except httpx.InvalidURL as exc:

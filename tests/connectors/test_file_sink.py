@@ -61,7 +61,7 @@ async def test_rolls_by_size_into_complete_final_files(store: Store, tmp_path: P
     out = tmp_path / "out"
     await produce(store, "t", objects(0, 200))
     async with sink_runner(store, out, roll_bytes=1000) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
         committed = runner.groups.committed(GROUP)
     files = final_files(out)
     assert len(files) > 3
@@ -100,11 +100,11 @@ async def test_a_clean_stop_finishes_open_files_and_a_restart_continues(
     await produce(store, "t", objects(0, 10), partition=0)
     await produce(store, "t", objects(10, 20), partition=1)
     async with sink_runner(store, out) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
     assert sorted(read_lines(out)) == list(range(20))
     await produce(store, "t", objects(20, 30), partition=1)
     async with sink_runner(store, out) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
     assert sorted(read_lines(out)) == list(range(30))
     assert len(final_files(out)) == 3
 
@@ -115,7 +115,7 @@ async def test_values_a_file_cannot_hold_go_to_the_dead_letter_topic(
     out = tmp_path / "out"
     await produce(store, "t", [b'{"i":0}', b"not json", b'{"i":\n1}', b"", b'{"i":2}'])
     async with sink_runner(store, out) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
     assert [orjson.loads(x) for p in final_files(out) for x in p.read_bytes().splitlines()] == [
         {"i": 0},
         {"i": 1},
@@ -133,7 +133,7 @@ async def test_csv_files_have_a_header_and_one_row_per_object(store: Store, tmp_
         store, "t", [b'{"user":"ann","ms":12}', b"[1]", b'{"ms":3,"user":"b,c","x":{"y":1}}']
     )
     async with sink_runner(store, out, format="csv") as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
     [path] = final_files(out)
     assert path.suffix == ".csv"
     assert path.read_text() == 'user,ms\nann,12\n"b,c",3\n'
@@ -154,7 +154,7 @@ async def test_a_final_file_not_yet_committed_is_resumed_after(
     )
     (out / ".t-0-00000000000000000006.jsonl.tmp").write_bytes(objects(6, 7)[0])
     async with sink_runner(store, out) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
     assert read_lines(out) == list(range(10))
     assert sorted(p.name for p in out.iterdir())[-1].endswith("00000000000000000009.jsonl")
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -63,7 +63,7 @@ async def main(data, out):
     async with open_store(data) as store, GroupCoordinator(store) as groups:
         config = FileSinkConfig(topic="t", directory=out, roll_bytes=ROLL_BYTES)
         sink = FileSink(StoreLog(store), config, fs=StopAt())
-        await SinkRunner(groups, "t", "files", sink).run(once=True)
+        await SinkRunner(groups, "t", "files", sink).run(until_caught_up=True)
     print("done", flush=True)
 
 anyio.run(main, sys.argv[1], sys.argv[2], backend="trio")

@@ -52,7 +52,7 @@ async def run_once(store: Store, **options: Any) -> FileSource:
     """Run a file source on ``store`` until it has caught up with the files."""
     config = FileSourceConfig(topic="t", **options)
     source = FileSource(StoreLog(store), LogPositionStore(store), config)
-    await source.run(once=True)
+    await source.run(until_caught_up=True)
     return source
 
 

@@ -33,7 +33,7 @@ async def main(data, path):
             path=path, topic="t", from_beginning=True, chunk_bytes=CHUNK_BYTES, poll_interval_s=0.01
         )
         source = FileSource(StoreLog(store), LogPositionStore(store), config, progress=Report())
-        await source.run(once=sys.argv[3] == "once")
+        await source.run(until_caught_up=sys.argv[3] == "once")
         print("done", flush=True)
 
 anyio.run(main, sys.argv[1], sys.argv[2], backend="trio")

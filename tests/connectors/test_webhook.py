@@ -56,7 +56,7 @@ async def run_once(
     """Serve ``script``; run a webhook sink to it until caught up; return what it got and
     the group's committed offsets."""
     async with scripted_server(script) as (server, url), webhook(store, url, **options) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
         return server, runner.groups.committed(GROUP)
 
 
@@ -105,7 +105,7 @@ async def test_retry_after_is_honoured(store: Store) -> None:
         return Answer(429, {"Retry-After": "1"}) if n == 0 else Answer(200)
 
     async with scripted_server(script) as (_, url), webhook(store, url) as runner:
-        await runner.run(once=True)
+        await runner.run(until_caught_up=True)
     # Backoff alone would wait at most 0.05 s; Retry-After asked for 1 s.
     assert seen[1] - seen[0] >= 1.0
 

@@ -7,6 +7,7 @@ be longer than the one in flight: the committed extent keeps it the same."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -16,29 +17,22 @@ import orjson
 
 from headwater.store import NewRecord, TopicConfig, open_store
 
-from .helpers import python
+from .helpers import HEADWATER
 from .scripted_server import Answer, Received, scripted_server
 
 RECORDS = 60
 FIRST_RUN = 25  # records there when the first run starts: its third batch is 20-24
 HELD = 2  # the request the first run dies in
 
-SINK = """
-import sys
-import anyio
-from headwater.connectors import SinkRunner, StoreLog, WebhookConfig, WebhookSink
-from headwater.groups import GroupCoordinator
-from headwater.store import open_store
 
-
-async def main(data, url):
-    async with open_store(data) as store, GroupCoordinator(store) as groups:
-        config = WebhookConfig(topic="t", url=url, max_batch_records=10)
-        async with WebhookSink(StoreLog(store), config) as sink:
-            await SinkRunner(groups, "t", "hook", sink).run(once=True)
-
-anyio.run(main, sys.argv[1], sys.argv[2], backend="trio")
-"""
+def sink(data: Path, url: str) -> subprocess.Popen[bytes]:
+    """Run ``headwater connect webhook`` until it has delivered everything."""
+    return subprocess.Popen(
+        [HEADWATER, "--data", str(data), "connect", "webhook", "t", "--url", url,
+         "--batch-records", "10", "--until-caught-up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
 
 
 async def test_kill_9_mid_batch_redelivers_that_batch_and_nothing_else(tmp_path: Path) -> None:
@@ -49,14 +43,14 @@ async def test_kill_9_mid_batch_redelivers_that_batch_and_nothing_else(tmp_path:
         return Answer(hang=True) if n == HELD else Answer(200)
 
     async with scripted_server(script) as (server, url):
-        first = python(SINK, str(data), url)
+        first = sink(data, url)
         await server.wait_for(HELD + 1)  # it is sending the batch that will hang
         first.send_signal(signal.SIGKILL)
         await anyio.to_thread.run_sync(first.communicate)
         held = server.received[HELD]
         await append(data, FIRST_RUN, RECORDS)
 
-        second = python(SINK, str(data), url)
+        second = sink(data, url)
         # Waited for in a thread: the server answers it on this event loop meanwhile.
         _, err = await anyio.to_thread.run_sync(second.communicate)
         assert second.returncode == 0, err.decode()
