@@ -16,18 +16,24 @@ description built one operator at a time (``filter``, ``map``, ``flat_map``,
 
 The topics an app reads must exist when it runs (:class:`MissingSourceTopicError`),
 unless a stream declares its partition count (``app.stream("clicks", partitions=3)``),
-which lets the app create it. ``App.run`` joins the app's consumer group and runs one
-task per assigned input partition, committing input offsets only after the outputs are
-durable (at-least-once).
-Every derived record carries a ``headwater.source`` lineage header. Test pipelines with
-:class:`headwater.processing.testing.TestDriver`.
+which lets the app create it. ``App.run`` joins the app's consumer group and runs its
+tasks (task N of a group of co-partitioned topics reads partition N of each, with its
+own instance of every operator), committing input offsets only after the outputs are
+durable (at-least-once). A ``key_by`` key stays the user's object until a sink writes
+it (canonical JSON by default, see :class:`JsonKeySerde`). Every derived record
+carries a ``headwater.source`` lineage header. The runtime reads the log through a
+:class:`Backend` (the embedded one: :class:`InProcessBackend`) and wall time through a
+:class:`Clock`. Test pipelines with :class:`headwater.processing.testing.TestDriver`.
 """
 
 from ._app import App as App
-from ._backend import Backend as Backend
-from ._backend import InProcessBackend as InProcessBackend
-from ._backend import Membership as Membership
-from ._backend import open_in_process as open_in_process
+from ._backends import Backend as Backend
+from ._backends import Membership as Membership
+from ._backends.in_process import InProcessBackend as InProcessBackend
+from ._backends.in_process import open_in_process as open_in_process
+from ._batch import Event as Event
+from ._clock import Clock as Clock
+from ._clock import WallClock as WallClock
 from ._config import AppConfig as AppConfig
 from ._encoding import OutRecords as OutRecords
 from ._errors import ErrorPolicy as ErrorPolicy
@@ -42,11 +48,11 @@ from ._lineage import source_of as source_of
 from ._retry import Retry as Retry
 from ._runtime import RunStatistics as RunStatistics
 from ._serde import BytesSerde as BytesSerde
+from ._serde import JsonKeySerde as JsonKeySerde
 from ._serde import JsonSerde as JsonSerde
 from ._serde import Serde as Serde
 from ._serde import StrSerde as StrSerde
 from ._serde import encode_key as encode_key
-from ._stream import Event as Event
 from ._stream import Stream as Stream
 
 __all__ = (
@@ -55,9 +61,11 @@ __all__ = (
     "AppConfig",
     "Backend",
     "BytesSerde",
+    "Clock",
     "ErrorPolicy",
     "Event",
     "InProcessBackend",
+    "JsonKeySerde",
     "JsonSerde",
     "Membership",
     "MissingSourceTopicError",
@@ -72,6 +80,7 @@ __all__ = (
     "Stream",
     "StrSerde",
     "TopologyError",
+    "WallClock",
     "encode_key",
     "open_in_process",
     "source_of",

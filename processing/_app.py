@@ -17,7 +17,9 @@ from anyio.abc import TaskStatus
 
 from headwater.store import HeadwaterError
 
-from ._backend import Backend, default_data_dir, open_in_process
+from ._backends import Backend
+from ._backends.in_process import default_data_dir, open_in_process
+from ._clock import Clock
 from ._config import AppConfig
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
@@ -166,13 +168,14 @@ class App:
         stop: anyio.Event | None = None,
         backend: Backend | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
     ) -> RunStatistics:
         """Run the app in the current event loop until ``stop`` is set (or caught up).
 
         Without ``backend`` it opens the embedded log in ``data_dir`` (by default
-        :attr:`data_dir`). With
-        ``until_caught_up`` it returns once every input partition has been processed up
-        to the end offset it had at the start (and committed).
+        :attr:`data_dir`). With ``until_caught_up`` it returns once every input
+        partition has been processed up to the end offset it had at the start (and
+        committed). ``clock`` is the wall clock timers run on (the machine's by default).
 
         :raises OperatorError: if a user function failed under the ``raise`` policy.
         :raises TopologyError: if the graph cannot run.
@@ -181,9 +184,9 @@ class App:
         try:
             with _fewer_gc_passes():
                 if backend is not None:
-                    return await self._run_on(backend, until_caught_up, stop)
+                    return await self._run_on(backend, until_caught_up, stop, clock)
                 return await self._run_embedded(
-                    Path(data_dir or self.data_dir), until_caught_up, stop
+                    Path(data_dir or self.data_dir), until_caught_up, stop, clock
                 )
         except BaseExceptionGroup as group:
             error = _first_error(group)
@@ -192,7 +195,11 @@ class App:
             raise error from error.__cause__  # keeps its cause: the user's exception
 
     async def _run_embedded(
-        self, directory: Path, until_caught_up: bool, stop: anyio.Event | None
+        self,
+        directory: Path,
+        until_caught_up: bool,
+        stop: anyio.Event | None,
+        clock: Clock | None,
     ) -> RunStatistics:
         if not directory.exists():
             # Nothing is created for an app that cannot run: a misspelt directory
@@ -205,15 +212,24 @@ class App:
                 raise MissingSourceTopicError(exc.topics, where) from None
         try:
             async with _first_error_wins(open_in_process(directory)) as local:
-                return await self._run_on(local, until_caught_up, stop)
+                return await self._run_on(local, until_caught_up, stop, clock)
         except MissingSourceTopicError as exc:
             raise MissingSourceTopicError(exc.topics, f"data directory {directory}") from None
 
     async def _run_on(
-        self, backend: Backend, until_caught_up: bool, stop: anyio.Event | None
+        self,
+        backend: Backend,
+        until_caught_up: bool,
+        stop: anyio.Event | None,
+        clock: Clock | None,
     ) -> RunStatistics:
         runtime = Runtime(
-            self.name, self._graph, self.config, backend, until_caught_up=until_caught_up
+            self.name,
+            self._graph,
+            self.config,
+            backend,
+            clock=clock,
+            until_caught_up=until_caught_up,
         )
         self._runtime = runtime
         return await runtime.run(stop)

@@ -27,7 +27,11 @@ class OutRecords(NamedTuple):
     source_offsets[i]`` the offset record ``i`` came from (the runtime passes the
     record's index in its input batch and the batch's first offset, which needs no new
     int per record): together they make the lineage header. ``headers`` holds each
-    record's other headers (None: none has any).
+    record's other headers (None: none has any). Records that came from different
+    partitions (results a task emitted on its own, covering inputs of several of its
+    partitions) give each record's prefix in ``prefixes`` instead (``source`` is then
+    unused); their lineage column is then built record by record, which costs more, so
+    the common case keeps one prefix.
     """
 
     values: list[bytes | None]
@@ -37,6 +41,7 @@ class OutRecords(NamedTuple):
     source_offsets: list[int]
     headers: list[Headers] | None = None
     source_base: int = 0
+    prefixes: list[bytes] | None = None
 
     def count(self) -> int:  # type: ignore[override]
         """Return how many records there are."""
@@ -52,10 +57,17 @@ class OutRecords(NamedTuple):
             self.source_offsets[start:stop],
             None if self.headers is None else self.headers[start:stop],
             self.source_base,
+            None if self.prefixes is None else self.prefixes[start:stop],
         )
 
     def lineage(self) -> list[bytes]:
         """Return each record's ``headwater.source`` header value."""
+        if self.prefixes is not None:
+            base = self.source_base
+            return [
+                b"%s%d" % (prefix, base + offset)
+                for prefix, offset in zip(self.prefixes, self.source_offsets, strict=True)
+            ]
         return self.lineage_column().expand()
 
     def lineage_column(self) -> DecimalColumn:
@@ -79,11 +91,29 @@ def encode_out_records(records: OutRecords, *, base_offset: int = 0) -> bytes:
     :raises ValueError: if there are no records.
     """
     keys = records.keys
+    lineage: list[bytes] | DecimalColumn = (
+        records.lineage() if records.prefixes is not None else records.lineage_column()
+    )
     return encode_columns(
         records.values,
         keys=None if keys.count(None) == len(keys) else keys,
         timestamps=records.timestamps,
-        header_columns=((SOURCE_HEADER, records.lineage_column()),),
+        header_columns=((SOURCE_HEADER, lineage),),
         headers=records.headers,
         base_offset=base_offset,
+    )
+
+
+def encode_within(records: OutRecords, limit: int) -> list[bytes]:
+    """Encode ``records`` as one batch, or as several (in order) if one would exceed
+    ``limit`` bytes; a single record larger than ``limit`` stays a batch of its own, for
+    the store to refuse. Encoding first and splitting only what turns out too big costs
+    nothing in the common case, where a batch's outputs fit one append."""
+    batch = encode_out_records(records)
+    count = records.count()
+    if len(batch) <= limit or count == 1:
+        return [batch]
+    half = count // 2
+    return encode_within(records.slice(0, half), limit) + encode_within(
+        records.slice(half, count), limit
     )

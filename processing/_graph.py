@@ -1,4 +1,4 @@
-"""The operator graph: nodes that streams describe, and its printable topology.
+"""The operator graph: nodes that streams describe, the table of node kinds, the topology.
 
 Theory of operation
 -------------------
@@ -8,37 +8,123 @@ stream is an immutable description and the graph only grows. A node knows its pa
 (none for a source, two or more for a merge), its kind, the user function and the
 error policy that was in force when it was added.
 
-Kinds: sources read a topic (``source``; an ``internal`` source reads a repartition
-topic); one-in operators (``filter``, ``map``, ``flat_map``, ``peek``, ``key_by``,
-``metadata``, ``map_async``, ``filter_async``); ``split`` evaluates its routes once per
-record and has one ``route`` child per outcome; ``merge`` joins streams; sinks write a
-topic (``to``; ``through`` writes a repartition topic that an internal source reads
-back). Stateful steps will be further kinds that call :meth:`Stream._copartitioned`
-first, so that a re-keyed stream passes through a repartition topic before them.
+What a kind means is said once, in :data:`KINDS`: its step class (what runs, one
+instance per task), its role (a source reads a topic, a sink writes one, an operator
+neither), whether its topic is a repartition topic the app owns, whether it is an
+effect (runs even when nothing is written after it), whether it can fail (and so
+dead-letter), whether its inputs must be co-partitioned, and what ``describe`` shows
+about it. Every module asks the table; a new operator kind is one new entry (and its
+step class). Kinds today: sources ``source`` and ``internal`` (reads a repartition
+topic back); operators ``filter``, ``map``, ``flat_map``, ``peek``, ``key_by``,
+``metadata``, ``map_async``, ``filter_async``, ``split`` (one ``route`` child per
+outcome) and ``merge``; sinks ``to`` and ``through`` (writes a repartition topic).
+Stateful steps will be further kinds that call :meth:`Stream._copartitioned` first, so
+that a re-keyed stream passes through a repartition topic before them.
 
-What runs: the runtime builds one pipeline per source topic from the nodes reachable
-from it, keeping only nodes that lead to an effect (a sink or a ``peek``); see
-:meth:`Graph.live_nodes`.
+What runs: the runtime groups the nodes into tasks (``_tasks.py``) and builds, for each
+task, the steps of the nodes that lead to an effect; see :meth:`Graph.live_nodes`.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError
+from ._operators import (
+    FilterAsyncStep,
+    FilterStep,
+    FlatMapStep,
+    KeyByStep,
+    MapAsyncStep,
+    MapStep,
+    MetadataStep,
+    PeekStep,
+    SinkStep,
+    SourceStep,
+    SplitStep,
+    Step,
+)
 
-SOURCE_KINDS = frozenset({"source", "internal"})
-SINK_KINDS = frozenset({"to", "through"})
-EFFECT_KINDS = SINK_KINDS | {"peek"}
+if TYPE_CHECKING:
+    from ._serde import Serde
+    from ._tasks import Task
+
+
+class Role(enum.Enum):
+    """What a kind of node does with topics."""
+
+    SOURCE = "source"  #: reads a topic: where a task's batches enter
+    OPERATOR = "operator"  #: transforms what reaches it
+    SINK = "sink"  #: writes a topic
+
+
+def _no_detail(node: Node) -> str:
+    return ""
+
+
+def _serde_detail(node: Node) -> str:
+    return f" [{node.params.get('serde')!r}]"
+
+
+def _concurrency_detail(node: Node) -> str:
+    return f" concurrency={node.params['concurrency']}"
+
+
+def _route_label(node: Node) -> str:
+    return f" {node.params['route']!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKind:
+    """What one kind of node is; see the module docstring and :data:`KINDS`."""
+
+    name: str
+    role: Role
+    #: Builds the kind's step for one task: ``step(node, task)``.
+    step: Callable[[Node, Task], Step]
+    internal: bool = False
+    effect: bool = False
+    can_fail: bool = True
+    copartitioned: bool = False
+    #: Text after ``#id kind`` in a label; by default the function or the topic.
+    label: Callable[[Node], str] | None = None
+    #: Text ``describe`` adds after the label.
+    detail: Callable[[Node], str] = _no_detail
+
+
+_OPERATOR = Role.OPERATOR
+
+#: The one table of node kinds, by name.
+KINDS: dict[str, NodeKind] = {
+    kind.name: kind
+    for kind in (
+        NodeKind("source", Role.SOURCE, SourceStep, detail=_serde_detail),
+        NodeKind("internal", Role.SOURCE, SourceStep, internal=True, detail=_serde_detail),
+        NodeKind("filter", _OPERATOR, FilterStep),
+        NodeKind("map", _OPERATOR, MapStep),
+        NodeKind("flat_map", _OPERATOR, FlatMapStep),
+        NodeKind("peek", _OPERATOR, PeekStep, effect=True),
+        NodeKind("key_by", _OPERATOR, KeyByStep),
+        NodeKind("metadata", _OPERATOR, MetadataStep),
+        NodeKind("map_async", _OPERATOR, MapAsyncStep, detail=_concurrency_detail),
+        NodeKind("filter_async", _OPERATOR, FilterAsyncStep, detail=_concurrency_detail),
+        NodeKind("split", _OPERATOR, SplitStep),
+        NodeKind("route", _OPERATOR, Step, can_fail=False, label=_route_label),
+        NodeKind("merge", _OPERATOR, Step, can_fail=False),
+        NodeKind("to", Role.SINK, SinkStep, effect=True, detail=_serde_detail),
+        NodeKind("through", Role.SINK, SinkStep, internal=True, effect=True, detail=_serde_detail),
+    )
+}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Node:
-    """One step of the graph; see the module docstring for the kinds.
+    """One step of the graph; its ``kind`` names an entry of :data:`KINDS`.
 
     ``params`` holds what the kind needs (``serde``, ``routes``, ``concurrency``, ...).
     """
@@ -53,15 +139,32 @@ class Node:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def spec(self) -> NodeKind:
+        """The node's entry in the table of kinds."""
+        return KINDS[self.kind]
+
+    @property
+    def is_source(self) -> bool:
+        """Whether the node reads a topic."""
+        return self.spec.role is Role.SOURCE
+
+    @property
+    def is_sink(self) -> bool:
+        """Whether the node writes a topic."""
+        return self.spec.role is Role.SINK
+
+    @property
     def label(self) -> str:
         """Return ``#id kind detail`` as describe and errors show it."""
-        detail = ""
-        if self.fn is not None:
+        spec = self.spec
+        if spec.label is not None:
+            detail = spec.label(self)
+        elif self.fn is not None:
             detail = f" {describe_function(self.fn)}"
         elif self.topic is not None:
             detail = f" {self.topic}"
-        elif self.kind == "route":
-            detail = f" {self.params['route']!r}"
+        else:
+            detail = ""
         return f"#{self.id} {self.kind}{detail}"
 
 
@@ -102,7 +205,8 @@ class Graph:
         self._children: dict[int, list[Node]] = {}
 
     def add(self, kind: str, parents: tuple[Node, ...] = (), **fields: Any) -> Node:
-        """Add a node of ``kind`` below ``parents`` and return it."""
+        """Add a node of ``kind`` (a name in :data:`KINDS`) below ``parents``; return it."""
+        assert kind in KINDS, kind
         node = Node(id=len(self.nodes) + 1, kind=kind, parents=parents, **fields)
         self.nodes.append(node)
         for parent in parents:
@@ -115,21 +219,27 @@ class Graph:
 
     def sources(self) -> list[Node]:
         """Return the source nodes (external and internal)."""
-        return [node for node in self.nodes if node.kind in SOURCE_KINDS]
+        return [node for node in self.nodes if node.is_source]
 
     def live_nodes(self) -> set[int]:
         """Return the ids of nodes that lead to an effect (a sink or a peek)."""
         live: set[int] = set()
         for node in reversed(self.nodes):  # children are always added after parents
-            if node.kind in EFFECT_KINDS or any(c.id in live for c in self.children(node)):
+            if node.spec.effect or any(c.id in live for c in self.children(node)):
                 live.add(node.id)
         return live
 
-    def topics(self, kinds: frozenset[str] | set[str]) -> list[str]:
-        """Return the topics of nodes of ``kinds``, each once, in order."""
+    def topics(self, role: Role, *, internal: bool | None = None) -> list[str]:
+        """Return the topics of nodes of ``role`` (only internal ones, or only external
+        ones, if ``internal`` says so), each once, in order."""
         seen: dict[str, None] = {}
         for node in self.nodes:
-            if node.kind in kinds and node.topic is not None:
+            spec = node.spec
+            if (
+                spec.role is role
+                and node.topic is not None
+                and (internal is None or spec.internal is internal)
+            ):
                 seen.setdefault(node.topic)
         return list(seen)
 
@@ -142,10 +252,31 @@ class Graph:
                 node.id in live
                 and node.policy is ErrorPolicy.DEAD_LETTER
                 and node.dead_letter_topic is not None
-                and node.kind not in ("merge", "route")  # the only kinds that cannot fail
+                and node.spec.can_fail
             ):
                 found.setdefault(node.dead_letter_topic, node)
         return found
+
+    def key_serde(self, node: Node) -> Serde[Any] | None:
+        """Return the key serde of the keys that reach ``node``: the nearest ``key_by``'s
+        (or a repartition's, which read its keys back), None for stored keys (or keys of
+        merged streams that disagree)."""
+        found: set[int] = set()
+        serdes: list[Serde[Any] | None] = []
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if current.id in found:
+                continue
+            found.add(current.id)
+            if "key_serde" in current.params:
+                serdes.append(current.params["key_serde"])
+            elif current.is_source or not current.parents:
+                serdes.append(None)
+            else:
+                stack.extend(current.parents)
+        first = serdes[0] if serdes else None
+        return first if all(s is first for s in serdes) else None
 
     def validate(self) -> None:
         """Check the graph can run.
@@ -153,10 +284,10 @@ class Graph:
         :raises TopologyError: if nothing is written anywhere, or a topic is both read and
             written by the app (a loop through the log).
         """
-        if not any(node.kind in EFFECT_KINDS for node in self.nodes):
+        if not any(node.spec.effect for node in self.nodes):
             raise TopologyError("the app writes nothing: add a .to(topic) (or a .peek) to a stream")
-        read = set(self.topics({"source"}))
-        written = set(self.topics({"to"}))
+        read = set(self.topics(Role.SOURCE, internal=False))
+        written = set(self.topics(Role.SINK, internal=False))
         looped = sorted(read & written)
         if looped:
             raise TopologyError(
@@ -164,7 +295,7 @@ class Graph:
                 "the log); write to another topic"
             )
 
-    def describe(self, app_name: str, serdes: Callable[[Node], str] | None = None) -> str:
+    def describe(self, app_name: str) -> str:
         """Return the topology as text: each source with the tree of nodes below it."""
         live = self.live_nodes()
         lines = [f"app {app_name!r} (consumer group {app_name!r})"]
@@ -172,11 +303,13 @@ class Graph:
         for source in self.sources():
             lines.append("")
             lines.extend(self._describe_tree(source, live, shown))
-        internal = self.topics({"through"})
-        sinks = self.topics({"to"})
+        internal = self.topics(Role.SINK, internal=True)
+        sinks = self.topics(Role.SINK, internal=False)
         dead_letters = sorted(self.dead_letter_topics())
         lines.append("")
-        lines.append("sources:        " + (", ".join(self.topics({"source"})) or "-"))
+        lines.append(
+            "sources:        " + (", ".join(self.topics(Role.SOURCE, internal=False)) or "-")
+        )
         lines.append("sinks:          " + (", ".join(sinks) or "-"))
         lines.append("internal topics: " + (", ".join(internal) or "-"))
         lines.append("dead letters:   " + (", ".join(dead_letters) or "-"))
@@ -184,12 +317,8 @@ class Graph:
 
     def _describe_tree(self, root: Node, live: set[int], shown: set[int]) -> Iterator[str]:
         def line(node: Node) -> str:
-            text = node.label
-            if node.kind in SOURCE_KINDS | SINK_KINDS:
-                text += f" [{node.params.get('serde')!r}]"
-            if node.kind in {"map_async", "filter_async"}:
-                text += f" concurrency={node.params['concurrency']}"
-            if node.kind not in SINK_KINDS and node.policy is not ErrorPolicy.RAISE:
+            text = node.label + node.spec.detail(node)
+            if not node.is_sink and node.policy is not ErrorPolicy.RAISE:
                 text += f" on_error={node.policy.value}"
             if node.id not in live:
                 text += "  (unused: leads to no sink)"
@@ -204,7 +333,7 @@ class Graph:
                     yield f"{prefix}{branch}→ {child.label} (above)"
                     continue
                 shown.add(child.id)
-                if child.kind == "through":
+                if child.is_sink and child.spec.internal:
                     reader = self.children(child)
                     yield f"{prefix}{branch}{line(child)} → read back as #{reader[0].id}"
                     continue
@@ -226,7 +355,7 @@ def source_ancestors(node: Node) -> list[Node]:
         if current.id in seen:
             continue
         seen.add(current.id)
-        if current.kind in SOURCE_KINDS:
+        if current.is_source:
             found[current.id] = current
             continue
         stack.extend(current.parents)
@@ -251,7 +380,7 @@ def plan_topics(
     declared = {
         n.topic: n.params["partitions"]
         for n in graph.nodes
-        if n.kind == "source" and n.topic is not None and n.params.get("partitions")
+        if n.is_source and not n.spec.internal and n.topic and n.params.get("partitions")
     }
 
     def widest(node: Node) -> int:
@@ -263,14 +392,14 @@ def plan_topics(
         have = existing.get(node.topic)
         if have is not None:
             counts[node.topic] = have
-        elif node.kind == "source":
+        elif node.is_source and not node.spec.internal:
             count = declared.get(node.topic, default_partitions)
             if count is None:
                 if node.topic not in missing:
                     missing.append(node.topic)
                 continue
             counts[node.topic] = count
-        elif node.kind in SINK_KINDS:
+        elif node.is_sink:
             counts[node.topic] = node.params.get("partitions") or widest(node)
     if missing:
         raise MissingSourceTopicError(missing)

@@ -1,187 +1,61 @@
-"""Operators at run time: steps that transform a batch of records as columns.
+"""Operators at run time: the stateless steps a batch goes through.
 
 Theory of operation
 -------------------
-A partition task hands each batch it reads to its source's :class:`Pipeline` (see
-``_pipeline.py``), which pushes a :class:`Batch` through a tree of steps, one per live
-graph node. A batch is columns, never a list of record objects: ``values``, the
-``origins`` (each value's index in the input batch, which gives its source record: key,
-timestamp, headers, offset) and, after a ``key_by``, ``keys``. Steps call the user's
-function on the whole column with ``map`` (so the per-record cost is one C-level call,
-not an ``await``) and build new columns; a batch is never changed in place, so fanning
-one out to several children needs no copies.
+Each live graph node becomes one step per task (``_pipeline.py`` builds them from the
+table of node kinds in ``_graph.py``), so a step may keep per-task state. A step gets a
+:class:`~headwater.processing._batch.Batch` (columns: values, origins, keys), calls the
+user's function on the whole value column with ``map`` (so the per-record cost is one
+C-level call, not an ``await``) and pushes what it makes to its children. Async steps
+await up to ``concurrency`` calls at once and keep input order. A failing function is
+handled by ``apply_each`` under the node's error policy (see ``_batch.py``).
 
-A user function that raises stops the ``map`` after the values before it; ``extend``
-keeps those, so the step knows which value failed, applies the stream's error policy to
-its source record (raise: :class:`OperatorError`; skip: count and log; dead letter:
-remembered in the :class:`Context` and written with the outputs), and carries on after
-it. Async steps await up to ``concurrency`` calls at once and keep input order.
+``key_by`` keeps the user's key objects in the batch; the sink serialises them, once,
+with the key_by's key serde. Sinks collect what reaches them in the context;
+``_pipeline.py`` serialises and places it once the whole batch has been through.
 
-Sinks collect what reaches them in the context; ``_pipeline.py`` serialises and places
-it once the whole batch has been through.
+A step that works on time asks its task for timers when it is built (``task.timers``,
+see ``_clock.py``) and emits with ``Context.add_rows``; a step class that needs the
+task's stream time says so with ``uses_stream_time``, so that tasks of pipelines
+without one skip the cost of tracking it.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Sequence
-from itertools import chain, compress, islice, repeat
+from collections.abc import Awaitable, Callable
+from itertools import chain, compress, repeat
 from operator import not_
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
-from headwater.store import RecordColumns
-
-from ._errors import ErrorPolicy, OperatorError, describe_exception, user_frame
-from ._graph import Node
+from ._batch import Batch, Context, Event, apply_each, indexes, mask_without
 from ._retry import Retry
 from ._serde import BytesSerde, Serde, batch_deserializer
-from ._stream import Event
 
-logger = logging.getLogger("headwater.processing")
-
-_FAILED = object()
-# Indexes 0, 1, 2, ... as shared int objects: a batch's origins are a slice of this list,
-# so a batch of up to this many records allocates no int per record (beyond 256, every
-# int is an object of its own).
-_INDEXES = list(range(1 << 15))
-
-
-def _indexes(count: int) -> list[int]:
-    return _INDEXES[:count] if count <= len(_INDEXES) else list(range(count))
-
-
-class Batch:
-    """Values in flight, as columns: see the module docstring."""
-
-    __slots__ = ("keys", "origins", "values")
-
-    def __init__(
-        self, values: list[Any], origins: list[int], keys: list[bytes | None] | None = None
-    ):
-        self.values = values
-        self.origins = origins
-        self.keys = keys
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def key_column(self, records: RecordColumns) -> list[bytes | None]:
-        """Return each record's key: its new one after a ``key_by``, else its stored one."""
-        if self.keys is not None:
-            return self.keys
-        return list(map(records.keys.__getitem__, self.origins))
-
-    def replace(self, values: list[Any]) -> Batch:
-        """Return the batch with ``values`` (one per record) instead of its own."""
-        return Batch(values, self.origins, self.keys)
-
-    def select(self, mask: Sequence[object]) -> Batch:
-        """Return the records whose ``mask`` entry is true."""
-        keys = None if self.keys is None else list(compress(self.keys, mask))
-        return Batch(list(compress(self.values, mask)), list(compress(self.origins, mask)), keys)
-
-    def without(self, failed: Sequence[int]) -> Batch:
-        """Return the batch without the records at indexes ``failed``."""
-        return self.select(_mask_without(len(self.values), failed))
-
-
-def _mask_without(count: int, failed: Sequence[int]) -> list[bool]:
-    mask = [True] * count
-    for i in failed:
-        mask[i] = False
-    return mask
-
-
-class DeadLetter:
-    """A source record that failed an operator under the ``dead_letter`` policy."""
-
-    __slots__ = ("error", "node", "origin")
-
-    def __init__(self, node: Node, origin: int, error: BaseException) -> None:
-        self.node = node
-        self.origin = origin
-        self.error = error
-
-
-class Context:
-    """One input batch being processed: where it was read and what it produced so far."""
-
-    __slots__ = ("dead_letters", "outputs", "partition", "records", "skipped", "topic")
-
-    def __init__(self, topic: str, partition: int, records: RecordColumns) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.records = records
-        self.outputs: dict[Step, list[Batch]] = {}
-        self.dead_letters: list[DeadLetter] = []
-        self.skipped = 0
-
-    def fail(self, node: Node, origin: int, error: BaseException) -> None:
-        """Apply ``node``'s error policy to the source record at index ``origin``.
-
-        :raises OperatorError: under the ``raise`` policy.
-        """
-        offset = self.records.offsets[origin]
-        if node.policy is ErrorPolicy.RAISE:
-            raise OperatorError(node.label, self.topic, self.partition, offset, error) from error
-        if node.policy is ErrorPolicy.SKIP:
-            self.skipped += 1
-            where = user_frame(error)
-            logger.warning(
-                "skipped %s/%d offset %d: operator %s failed: %s%s",
-                self.topic,
-                self.partition,
-                offset,
-                node.label,
-                describe_exception(error),
-                f" at {where}" if where else "",
-            )
-            return
-        self.dead_letters.append(DeadLetter(node, origin, error))
-
-
-def apply_each(
-    node: Node,
-    fn: Callable[[Any], Any],
-    batch: Batch,
-    ctx: Context,
-    values: list[Any] | None = None,
-) -> tuple[list[Any], Batch]:
-    """Return ``fn`` of each value (of ``values``, by default the batch's) and the batch,
-    both without the records for which ``fn`` raised (handled by ``node``'s policy)."""
-    if values is None:
-        values = batch.values
-    out: list[Any] = []
-    try:
-        out.extend(map(fn, values))
-        return out, batch
-    except Exception as error:
-        failure: Exception | None = error
-    failed: list[int] = []
-    while failure is not None:
-        i = len(out)
-        ctx.fail(node, batch.origins[i], failure)
-        failed.append(i)
-        out.append(_FAILED)
-        failure = None
-        try:
-            out.extend(map(fn, islice(values, i + 1, None)))
-        except Exception as error:
-            failure = error
-    mask = _mask_without(len(out), failed)
-    return list(compress(out, mask)), batch.select(mask)
+if TYPE_CHECKING:
+    from ._graph import Node
+    from ._tasks import Task
 
 
 class Step:
-    """A live graph node at run time; pushes what it makes to its children."""
+    """A live graph node at run time, in one task; pushes what it makes to its children.
+
+    Built by the kind's entry in the table of node kinds as ``step(node, task)``.
+    """
 
     __slots__ = ("children", "node")
 
-    def __init__(self, node: Node) -> None:
+    #: Whether the step reads its task's stream time (the task tracks it only if so).
+    uses_stream_time: ClassVar[bool] = False
+
+    def __init__(self, node: Node, task: Task) -> None:
         self.node = node
         self.children: list[Step] = []
+
+    def link(self, children: list[Step | None]) -> None:
+        """Take the steps of the node's children (None: a child that leads nowhere)."""
+        self.children = [c for c in children if c is not None]
 
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Process ``batch`` and pass the result on."""
@@ -195,22 +69,28 @@ class Step:
 
 
 class SourceStep(Step):
-    """Deserialises the values of an input batch."""
+    """Deserialises the values (and, read back from a repartition topic, the keys) of an
+    input batch."""
 
-    __slots__ = ("serde",)
+    __slots__ = ("key_serde", "serde")
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
+    def __init__(self, node: Node, task: Task) -> None:
+        super().__init__(node, task)
         self.serde: Serde[Any] = node.params["serde"]
+        self.key_serde: Serde[Any] | None = node.params.get("key_serde")
 
     async def start(self, ctx: Context) -> None:
         """Push the records of ``ctx`` through the pipeline."""
         raw = ctx.records.values
-        batch = Batch(raw, _indexes(len(raw)))
+        batch = Batch(raw, indexes(len(raw)))
         if type(self.serde) is not BytesSerde:
             decode = batch_deserializer(self.serde, raw)
             values, batch = apply_each(self.node, decode, batch, ctx)
             batch = batch.replace(values)
+        if self.key_serde is not None and batch.values:
+            stored = list(map(ctx.records.keys.__getitem__, batch.origins))
+            keys, batch = apply_each(self.node, self.key_serde.deserialize, batch, ctx, stored)
+            batch = Batch(batch.values, batch.origins, keys, self.node)
         await self.forward(batch, ctx)
 
 
@@ -253,7 +133,9 @@ class FlatMapStep(Step):
         keys = None
         if batch.keys is not None:
             keys = list(chain.from_iterable(map(repeat, batch.keys, sizes)))
-        await self.forward(Batch(list(chain.from_iterable(groups)), origins, keys), ctx)
+        await self.forward(
+            Batch(list(chain.from_iterable(groups)), origins, keys, batch.key_node), ctx
+        )
 
 
 class PeekStep(Step):
@@ -269,20 +151,15 @@ class PeekStep(Step):
 
 
 class KeyByStep(Step):
-    """Gives each record a new key."""
+    """Gives each record a new key: the user's object, serialised at the sink."""
 
-    __slots__ = ("serde",)
-
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
-        self.serde: Serde[Any] = node.params["serde"]
+    __slots__ = ()
 
     async def push(self, batch: Batch, ctx: Context) -> None:
-        """Compute and encode each record's key."""
+        """Compute each record's key."""
         assert self.node.fn is not None
         keys, batch = apply_each(self.node, self.node.fn, batch, ctx)
-        encoded, batch = apply_each(self.node, self.serde.serialize, batch, ctx, keys)
-        await self.forward(Batch(batch.values, batch.origins, encoded), ctx)
+        await self.forward(Batch(batch.values, batch.origins, keys, self.node), ctx)
 
 
 class MetadataStep(Step):
@@ -293,15 +170,22 @@ class MetadataStep(Step):
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Wrap each value with its record's metadata."""
         records, origins = ctx.records, batch.origins
+        if ctx.sources is None:
+            topics: Any = repeat(ctx.topic)
+            partitions: Any = repeat(ctx.partition)
+        else:
+            sources = ctx.sources
+            topics = [sources[o][0] for o in origins]
+            partitions = [sources[o][1] for o in origins]
         values = list(
             map(
                 Event,
                 batch.values,
-                batch.key_column(records),
+                batch.key_objects(records),
                 map(records.timestamps.__getitem__, origins),
                 map(records.headers.__getitem__, origins),
-                repeat(ctx.topic),
-                repeat(ctx.partition),
+                topics,
+                partitions,
                 map(records.offsets.__getitem__, origins),
             )
         )
@@ -313,10 +197,14 @@ class SplitStep(Step):
 
     __slots__ = ("predicates", "routes")
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
+    def __init__(self, node: Node, task: Task) -> None:
+        super().__init__(node, task)
         self.predicates: tuple[Callable[[Any], object], ...] = tuple(node.params["routes"].values())
         self.routes: list[Step | None] = []  # one per route, the rest last
+
+    def link(self, children: list[Step | None]) -> None:
+        """Take the route steps, in route order (None: a route that leads nowhere)."""
+        self.routes = children
 
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Evaluate the routes once per value and push each part to its route."""
@@ -340,16 +228,19 @@ class SplitStep(Step):
 
 
 class SinkStep(Step):
-    """Collects what reaches a ``to`` or ``through`` node; written after the batch."""
+    """Collects what reaches a sink node (``to``, ``through``); written after the batch."""
 
     __slots__ = ("partitions", "serde", "topic")
 
-    def __init__(self, node: Node, partitions: int) -> None:
-        super().__init__(node)
+    def __init__(self, node: Node, task: Task) -> None:
+        super().__init__(node, task)
         assert node.topic is not None
         self.topic: str = node.topic
         self.serde: Serde[Any] = node.params["serde"]
-        self.partitions = partitions
+        self.partitions = task.topic_partitions[node.topic]
+
+    def link(self, children: list[Step | None]) -> None:
+        """A sink has no children at run time (a ``through``'s reader starts a pipeline)."""
 
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Keep ``batch`` for writing."""
@@ -361,8 +252,8 @@ class AsyncStep(Step):
 
     __slots__ = ("concurrency", "retry")
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
+    def __init__(self, node: Node, task: Task) -> None:
+        super().__init__(node, task)
         self.concurrency: int = node.params["concurrency"]
         self.retry: Retry | None = node.params["retry"]
 
@@ -392,7 +283,7 @@ class AsyncStep(Step):
         failed = sorted(errors)
         for i in failed:
             ctx.fail(self.node, batch.origins[i], errors[i])
-        mask = _mask_without(len(values), failed)
+        mask = mask_without(len(values), failed)
         return list(compress(results, mask)), batch.select(mask)
 
 
@@ -416,18 +307,3 @@ class FilterAsyncStep(AsyncStep):
         """Keep the values whose awaited predicate is true."""
         keep, batch = await self.call_all(batch, ctx)
         await self.forward(batch.select(keep), ctx)
-
-
-#: The step class of each one-in operator kind.
-STEP_KINDS: dict[str, type[Step]] = {
-    "filter": FilterStep,
-    "map": MapStep,
-    "flat_map": FlatMapStep,
-    "peek": PeekStep,
-    "key_by": KeyByStep,
-    "metadata": MetadataStep,
-    "map_async": MapAsyncStep,
-    "filter_async": FilterAsyncStep,
-    "merge": Step,
-    "route": Step,
-}

@@ -1,15 +1,18 @@
-"""A pipeline: what one source topic's partition tasks run on each batch they read.
+"""A pipeline: the steps of one topic group, and a batch (or a tick of time) through them.
 
-:class:`Pipeline` turns the live nodes reachable from one source node into a tree of
-steps (``_operators.py``) and, for each input batch, pushes the batch through it and
-turns what reached the sinks, and the dead letters, into :class:`Write` s: records per
-output (topic, partition), with lineage, ready for the backend. It does no I/O itself,
-so the runtime and the test driver run exactly the same code.
+:class:`Pipeline` knows the live nodes below one topic group's sources (see
+``_tasks.py``). :meth:`Pipeline.build` gives a task its own instance of each step;
+:meth:`Pipeline.process` pushes a batch one of the task's partitions read through the
+task's steps, and :meth:`Pipeline.advance` runs the task's wall-time timers that are
+due, so steps can emit on time alone, with no input. Both turn what reached the sinks,
+and the dead letters, into :class:`Write` s: records per output (topic, partition),
+with keys serialised (once, by the key serde of the ``key_by`` that made them) and
+lineage, ready for the backend. A pipeline does no I/O itself, so the runtime and the
+test driver run exactly the same code.
 
 Placement: a keyed record goes to murmur2(key) modulo the topic's partition count, as
 Kafka's default partitioner puts it; an unkeyed record goes to the partition numbered
-like its source partition (modulo the count), which keeps a partition's order and costs
-no hashing.
+like its task (modulo the count), which keeps a partition's order and costs no hashing.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress, repeat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from headwater.store import Record, RecordColumns, partition_for_key
 
+from ._batch import Batch, Context, apply_each
+from ._clock import Clock
 from ._encoding import OutRecords
 from ._errors import describe_exception, user_frame
-from ._graph import SINK_KINDS, Graph, Node
+from ._graph import Graph, Node
 from ._lineage import (
     ERROR_LOCATION,
     ERROR_MESSAGE,
@@ -33,17 +38,9 @@ from ._lineage import (
     source_prefix,
     user_headers,
 )
-from ._operators import (
-    STEP_KINDS,
-    Batch,
-    Context,
-    SinkStep,
-    SourceStep,
-    SplitStep,
-    Step,
-    apply_each,
-)
+from ._operators import SinkStep, SourceStep, Step
 from ._serde import batch_serializer
+from ._tasks import Task, TaskId, TopicGroup
 
 _KEY_CACHE_LIMIT = 100_000
 
@@ -58,68 +55,94 @@ class Write(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What processing one input batch produced."""
+    """What processing one input batch (or one tick of time) produced."""
 
     writes: list[Write]
     skipped: int
     dead_lettered: int
 
 
-class Pipeline:
-    """The steps the batches of one source topic go through.
+_NOTHING = Outcome([], 0, 0)
 
-    :param graph: the app's graph. :param sources: its source nodes reading one topic
-        (usually one; each deserialises with its own serde).
-    :param partitions: the partition count of every topic the pipeline writes.
+
+class Pipeline:
+    """The steps below one topic group's sources; see the module docstring.
+
+    :param graph: the app's graph. :param group: the topic group.
+    :param partitions: the partition count of every topic the app uses.
     """
 
-    def __init__(self, graph: Graph, sources: list[Node], partitions: Mapping[str, int]) -> None:
-        assert sources and sources[0].topic is not None
-        self.topic = sources[0].topic
+    def __init__(self, graph: Graph, group: TopicGroup, partitions: Mapping[str, int]) -> None:
+        self.group = group
+        self._graph = graph
         self._partitions = partitions
         self._live = graph.live_nodes()
-        self._graph = graph
-        self._steps: dict[int, Step] = {}
         self._key_partitions: dict[tuple[int, bytes], int] = {}
-        self._roots: list[SourceStep] = []
-        for source in sources:
-            assert source.topic == self.topic
-            root = self._build(source)
-            assert isinstance(root, SourceStep)
-            self._roots.append(root)
 
-    def _build(self, node: Node) -> Step:
-        step = self._steps.get(node.id)
-        if step is not None:
+    def task(self, task_id: TaskId, clock: Clock) -> Task:
+        """Return a new task of this group with its own instance of every step."""
+        assert task_id.group == self.group.id
+        task = Task(task_id, self.group, clock, self._partitions)
+        steps: dict[int, Step] = {}
+
+        def build(node: Node) -> Step:
+            step = steps.get(node.id)
+            if step is None:
+                step = steps[node.id] = node.spec.step(node, task)
+                if not node.is_sink:  # a through's reader starts a pipeline of its own
+                    children = self._graph.children(node)
+                    step.link([build(c) if c.id in self._live else None for c in children])
             return step
-        if node.kind in ("source", "internal"):
-            step = SourceStep(node)
-        elif node.kind in SINK_KINDS:
-            assert node.topic is not None
-            step = SinkStep(node, self._partitions[node.topic])
-        elif node.kind == "split":
-            step = SplitStep(node)
-        else:
-            step = STEP_KINDS[node.kind](node)
-        self._steps[node.id] = step
-        if node.kind in SINK_KINDS:
-            return step  # a through node's reader is a pipeline of its own
-        children = self._graph.children(node)
-        if isinstance(step, SplitStep):
-            step.routes = [self._build(c) if c.id in self._live else None for c in children]
-        else:
-            step.children = [self._build(c) for c in children if c.id in self._live]
-        return step
 
-    async def process(self, partition: int, records: RecordColumns) -> Outcome:
-        """Run ``records`` (read from ``partition`` of the source topic, at least one)
-        through the pipeline and return the writes they produce.
+        for source in self.group.sources:
+            assert source.topic is not None
+            root = build(source)
+            assert isinstance(root, SourceStep)
+            task.roots.setdefault(source.topic, []).append(root)
+        task.steps = list(steps.values())
+        task.tracks_stream_time = any(type(step).uses_stream_time for step in task.steps)
+        return task
+
+    async def process(
+        self, task: Task, topic: str, partition: int, records: RecordColumns
+    ) -> Outcome:
+        """Run ``records`` (read from ``topic``/``partition``, one of ``task``'s, at least
+        one record) through the task's steps; fire the stream-time timers they make due.
+
+        Stream time moves once the steps have seen the batch: during it a step sees the
+        stream time before the batch (one that needs it record by record keeps the
+        running maximum of the timestamps itself, as Kafka Streams' per-record order
+        would give).
 
         :raises OperatorError: if a user function failed under the ``raise`` policy.
         """
-        ctx = Context(self.topic, partition, records)
-        for root in self._roots:
+        ctx = Context(task, topic, partition, records)
+        for root in task.roots[topic]:
             await root.start(ctx)
+        if task.observe(records.timestamps):
+            now = task.stream_time_ms
+            assert now is not None
+            while due := task.timers.due_stream(now):  # a timer may schedule a due one
+                for timer in due:
+                    await timer.callback(ctx, now)
+        return self._outcome(ctx)
+
+    async def advance(self, task: Task, now_ms: int) -> Outcome:
+        """Run ``task``'s wall-time timers due at ``now_ms``; return what they emitted.
+
+        :raises OperatorError: if a user function failed under the ``raise`` policy.
+        """
+        due = task.timers.due_wall(now_ms)
+        if not due:
+            return _NOTHING
+        ctx = Context(task, "", task.id.partition, RecordColumns([], [], [], [], []))
+        while due:  # a timer may schedule one that is due already
+            for timer in due:
+                await timer.callback(ctx, now_ms)
+            due = task.timers.due_wall(now_ms)
+        return self._outcome(ctx)
+
+    def _outcome(self, ctx: Context) -> Outcome:
         writes: dict[tuple[str, int], list[OutRecords]] = {}
         for sink, batches in ctx.outputs.items():
             assert isinstance(sink, SinkStep)
@@ -136,23 +159,31 @@ class Pipeline:
         ctx: Context,
         writes: dict[tuple[str, int], list[OutRecords]],
     ) -> None:
-        batch = batches[0] if len(batches) == 1 else _concat_batches(batches, ctx.records)
-        values, batch = apply_each(sink.node, batch_serializer(sink.serde), batch, ctx)
+        values, keys, origins = _serialise(sink, batches, ctx)
         if not values:
             return
-        records, origins = ctx.records, batch.origins
-        keys = batch.key_column(records)
+        records = ctx.records
         timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None
         if any(records.headers):
             headers = [user_headers(h) for h in map(records.headers.__getitem__, origins)]
             if not any(headers):
                 headers = None
-        prefix = source_prefix(ctx.topic, ctx.partition)
         offsets = records.offsets
-        if isinstance(offsets, range):  # lineage: the first offset plus each origin
+        if ctx.sources is not None:  # emitted rows: each names its own source
+            out = _with_sources(
+                ctx,
+                values=values,
+                keys=keys,
+                timestamps=timestamps,
+                origins=origins,
+                headers=headers,
+            )
+        elif isinstance(offsets, range):  # lineage: the first offset plus each origin
+            prefix = source_prefix(ctx.topic, ctx.partition)
             out = OutRecords(values, keys, timestamps, prefix, origins, headers, offsets.start)
         else:
+            prefix = source_prefix(ctx.topic, ctx.partition)
             sources = list(map(offsets.__getitem__, origins))
             out = OutRecords(values, keys, timestamps, prefix, sources, headers)
         count = sink.partitions
@@ -179,11 +210,12 @@ class Pipeline:
     def _place_dead_letters(
         self, ctx: Context, writes: dict[tuple[str, int], list[OutRecords]]
     ) -> None:
-        by_topic: dict[str, list[tuple[Record, Headers]]] = {}
+        by_topic: dict[str, list[tuple[Record, Headers, bytes]]] = {}
         for letter in ctx.dead_letters:
             topic = letter.node.dead_letter_topic
             assert topic is not None
             record = ctx.records[letter.origin]
+            where = ctx.source(letter.origin)
             error = letter.error
             location = user_frame(error) or ""
             headers = (
@@ -193,19 +225,93 @@ class Pipeline:
                 (ERROR_MESSAGE, describe_exception(error).encode()[:4096]),
                 (ERROR_LOCATION, location.encode()[:1024]),
             )
-            by_topic.setdefault(topic, []).append((record, headers))
-        prefix = source_prefix(ctx.topic, ctx.partition)
+            prefix = source_prefix(where.topic, where.partition)
+            by_topic.setdefault(topic, []).append((record, headers, prefix))
         for topic, letters in by_topic.items():
+            prefixes = [prefix for _, _, prefix in letters]
+            shared = all(p == prefixes[0] for p in prefixes)
             out = OutRecords(
-                [r.value for r, _ in letters],
-                [r.key for r, _ in letters],
-                [r.timestamp for r, _ in letters],
-                prefix,
-                [r.offset for r, _ in letters],
-                [h for _, h in letters],
+                [r.value for r, _, _ in letters],
+                [r.key for r, _, _ in letters],
+                [r.timestamp for r, _, _ in letters],
+                prefixes[0],
+                [r.offset for r, _, _ in letters],
+                [h for _, h, _ in letters],
+                0,
+                None if shared else prefixes,
             )
             partition = ctx.partition % self._partitions[topic]
             writes.setdefault((topic, partition), []).append(out)
+
+
+def _serialise(
+    sink: SinkStep, batches: list[Batch], ctx: Context
+) -> tuple[list[bytes | None], list[bytes | None], list[int]]:
+    """Return the values, keys and origins ``sink`` writes, serialised; a value or key
+    whose serialisation fails is left out under its node's policy (the sink's for
+    values, the ``key_by``'s for keys)."""
+    serialise = batch_serializer(sink.serde)
+    values: list[bytes | None] = []
+    keys: list[bytes | None] = []
+    origins: list[int] = []
+    stored = ctx.records.keys
+    for batch in batches:
+        key_node = batch.key_node
+        if batch.keys is not None and key_node is not None:
+            encoded, batch = _serialise_keys(key_node, batch, ctx)
+            out, batch = apply_each(
+                sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
+            )
+            assert batch.keys is not None
+            batch_keys: list[Any] = batch.keys
+        else:
+            out, batch = apply_each(sink.node, serialise, batch, ctx)
+            batch_keys = list(map(stored.__getitem__, batch.origins))
+        if len(batches) == 1:
+            return out, batch_keys, batch.origins
+        values.extend(out)
+        keys.extend(batch_keys)
+        origins.extend(batch.origins)
+    return values, keys, origins
+
+
+def _serialise_keys(key_node: Node, batch: Batch, ctx: Context) -> tuple[list[Any], Batch]:
+    key_serde = key_node.params["key_serde"]
+    assert batch.keys is not None
+    return apply_each(key_node, key_serde.serialize, batch, ctx, batch.keys)
+
+
+def _with_sources(
+    ctx: Context,
+    *,
+    values: list[bytes | None],
+    keys: list[bytes | None],
+    timestamps: list[int],
+    origins: list[int],
+    headers: list[Headers] | None,
+) -> OutRecords:
+    """Return records whose rows name their own sources (see ``Context.add_rows``)."""
+    assert ctx.sources is not None
+    prefixes: dict[tuple[str, int], bytes] = {}
+    row_prefixes = []
+    for origin in origins:
+        where = ctx.sources[origin]
+        prefix = prefixes.get(where)
+        if prefix is None:
+            prefix = prefixes[where] = source_prefix(*where)
+        row_prefixes.append(prefix)
+    offsets = [ctx.records.offsets[o] for o in origins]
+    shared = len(prefixes) == 1
+    return OutRecords(
+        values,
+        keys,
+        timestamps,
+        row_prefixes[0],
+        offsets,
+        headers,
+        0,
+        None if shared else row_prefixes,
+    )
 
 
 def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
@@ -217,6 +323,7 @@ def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
         list(compress(out.source_offsets, mask)),
         None if out.headers is None else list(compress(out.headers, mask)),
         out.source_base,
+        None if out.prefixes is None else list(compress(out.prefixes, mask)),
     )
 
 
@@ -234,45 +341,21 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
     else:  # dead letters (absolute offsets) and outputs (relative) for one partition
         offsets = [p.source_base + o for p in parts for o in p.source_offsets]
         base = 0
+    prefixes: list[bytes] | None = None
+    source = parts[0].source
+    if any(p.prefixes is not None or p.source != source for p in parts):
+        prefixes = []
+        for p in parts:
+            prefixes.extend(
+                p.prefixes if p.prefixes is not None else repeat(p.source, len(p.values))
+            )
     return OutRecords(
         [v for p in parts for v in p.values],
         [k for p in parts for k in p.keys],
         [t for p in parts for t in p.timestamps],
-        parts[0].source,
+        source,
         offsets,
         headers,
         base,
+        prefixes,
     )
-
-
-def _concat_batches(batches: list[Batch], records: RecordColumns) -> Batch:
-    values: list[object] = []
-    origins: list[int] = []
-    for b in batches:
-        values.extend(b.values)
-        origins.extend(b.origins)
-    if all(b.keys is None for b in batches):
-        return Batch(values, origins)
-    keys: list[bytes | None] = []
-    for b in batches:
-        keys.extend(b.key_column(records))
-    return Batch(values, origins, keys)
-
-
-def build_pipelines(
-    graph: Graph, partitions: Mapping[str, int]
-) -> tuple[dict[str, Pipeline], list[str]]:
-    """Return a pipeline per topic the app reads, and which of those are repartition topics.
-
-    Only live sources are read; ``partitions`` gives every topic's partition count.
-    """
-    live = graph.live_nodes()
-    by_topic: dict[str, list[Node]] = {}
-    internal: list[str] = []
-    for node in graph.sources():
-        if node.id in live and node.topic is not None:
-            by_topic.setdefault(node.topic, []).append(node)
-            if node.kind == "internal" and node.topic not in internal:
-                internal.append(node.topic)
-    pipelines = {topic: Pipeline(graph, nodes, partitions) for topic, nodes in by_topic.items()}
-    return pipelines, internal

@@ -1,29 +1,45 @@
-"""The runtime: one task per assigned input partition, committing only what is durable.
+"""The runtime: the app's tasks over a backend, committing only what is durable.
 
 Theory of operation
 -------------------
-:meth:`Runtime.run` creates the topics the graph needs, builds one
-:class:`~headwater.processing._pipeline.Pipeline` per input topic, and joins the app's
-consumer group (group id = app name) through the backend. Each partition it is assigned
-gets a task that loops: fetch a batch (waiting when caught up), run it through the
-pipeline, write every output partition's records and wait until they are durable, then
-move the partition's *position* past the batch. Only positions are ever committed (every
-``commit_interval_ms``, when a partition is revoked, and when the run ends), so a
-committed offset never runs ahead of durable outputs: after a crash, at any instant,
-the app resumes at the last commit and re-derives at most the records after it
-(at-least-once; duplicates only in that uncommitted tail).
+:meth:`Runtime.run` creates the topics the graph needs (a missing source topic is an
+error unless its stream declared a partition count), plans the topic groups
+(``_tasks.py``) with one :class:`~headwater.processing._pipeline.Pipeline` each, and
+joins the app's consumer group (group id = app name) through the backend. Assigned
+partitions are grouped into tasks; a task gets its own steps and, for each of its
+partitions, a *partition loop*: fetch a batch (waiting when caught up), run it through
+the task's steps under the task's lock (so the task's steps see one batch at a time),
+write every output partition's records and wait until they are durable, then move the
+partition's *position* past the batch. Only positions are ever committed (every
+``commit_interval_ms``, when a partition is revoked, and when the run ends), with the
+task's stream time as the commit's metadata, so a committed offset never runs ahead of
+durable outputs: after a crash, at any instant, the app resumes at the last commit and
+re-derives at most the records after it (at-least-once; duplicates only in that
+uncommitted tail).
 
-Backpressure and memory: a task holds one batch (``max_batch_bytes`` of input) and its
-outputs; it reads the next batch only after the last one's outputs are durable, so a
-slow operator or a slow output slows reading, never buffers without bound.
+Time: a partition loop races its fetch against its task's earliest wall-time timer
+(the fetch's cancel scope gets the deadline, converted by the injected clock); when it
+fires first, the loop runs the task's due timers (``Pipeline.advance``) and writes what
+they emitted, then fetches again. Nothing polls: a task without timers waits on its
+fetch alone.
+
+Rebalances: partitions given up are first finished (the batch in hand is written), then
+committed; a commit that fails then is retried with backoff, and if it still fails the
+run says so (an error in the log, and ``RunStatistics.commit_failures``): the next
+owner re-processes from the last commit. Partitions *lost* (this member's session
+expired) are stopped without committing, since the group would refuse it.
+
+Backpressure and memory: a partition loop holds one batch (``max_batch_bytes`` of
+input) and its outputs; it reads the next batch only after the last one's outputs are
+durable, so a slow operator or a slow output slows reading, never buffers without bound.
 
 Stopping: :meth:`Runtime.run` ends when its ``stop`` event is set (SIGINT/SIGTERM in
 ``App.run``) or, with ``until_caught_up``, when every input partition has been
 processed up to the end offset it had at the start (then, in turn, every repartition
-topic up to its end). A graceful stop cancels only the tasks' waits for new records: a
+topic up to its end). A graceful stop cancels only the loops' waits for new records: a
 batch in progress is finished and written, then positions are committed and the worker
-leaves the group. A user function that raises under the ``raise`` policy fails its task,
-which stops the run; positions that are durable are still committed first.
+leaves the group. A user function that raises under the ``raise`` policy fails its
+loop, which stops the run; positions that are durable are still committed first.
 """
 
 from __future__ import annotations
@@ -35,21 +51,61 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
-from headwater.groups import GroupError, TopicPartition
+from headwater.groups import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    GroupError,
+    NotCoordinatorError,
+    RebalanceInProgressError,
+    TopicPartition,
+)
 from headwater.store import OffsetOutOfRangeError, StoreError
 
-from ._backend import Backend, Membership
+from ._backends import Backend, Membership
+from ._clock import Clock, WallClock
 from ._config import AppConfig
-from ._graph import Graph, plan_topics
-from ._pipeline import Pipeline, Write, build_pipelines
+from ._graph import Graph, Role, plan_topics
+from ._pipeline import Outcome, Pipeline, Write
+from ._tasks import (
+    PartitionState,
+    Task,
+    TaskId,
+    TaskPlan,
+    check_copartitioning,
+    plan_topic_groups,
+    resume,
+)
 
 logger = logging.getLogger("headwater.processing")
+
+#: Commit errors worth retrying before a revoked partition is given up.
+_TRANSIENT = (
+    RebalanceInProgressError,
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+    StoreError,
+)
+_FINAL_COMMIT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
 class RunStatistics:
-    """Counters of one run of an app."""
+    """Counters of one run of an app.
+
+    ``commit_failures`` counts commits that failed: a periodic one is retried at the
+    next interval, a final one (partitions given up, the run ending) after retries; the
+    records after the last successful commit are processed again by whoever resumes.
+    """
 
     records_in: int
     records_out: int
@@ -58,6 +114,7 @@ class RunStatistics:
     batches: int
     commits: int
     elapsed_s: float
+    commit_failures: int = 0
 
     @property
     def records_per_s(self) -> float:
@@ -65,17 +122,22 @@ class RunStatistics:
         return self.records_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-class _PartitionTask:
-    __slots__ = ("committed", "done", "fetch_scope", "pipeline", "position", "stopping", "tp")
+class _Loop:
+    """One partition of a running task: its fetch loop's handles."""
 
-    def __init__(self, tp: TopicPartition, pipeline: Pipeline, position: int) -> None:
-        self.tp = tp
-        self.pipeline = pipeline
-        self.position = position
-        self.committed = position
+    __slots__ = ("done", "fetch_scope", "scope", "state", "stopping")
+
+    def __init__(self, state: PartitionState) -> None:
+        self.state = state
         self.stopping = False
         self.fetch_scope: anyio.CancelScope | None = None
+        self.scope = anyio.CancelScope()
         self.done = anyio.Event()
+
+    def kill(self) -> None:
+        """Stop now, even in the middle of a batch (its outputs may be partly written)."""
+        self.stopping = True
+        self.scope.cancel()
 
     def stop(self) -> None:
         """Stop after the batch in hand (cancel only a wait for new records)."""
@@ -83,11 +145,28 @@ class _PartitionTask:
         if self.fetch_scope is not None:
             self.fetch_scope.cancel()
 
+    def stopped(self) -> bool:
+        """Return whether :meth:`stop` was called (a call, so that it is read afresh)."""
+        return self.stopping
+
+
+class _Running:
+    """A task and what runs it: its pipeline, its lock, its partition loops."""
+
+    __slots__ = ("lock", "loops", "pipeline", "task")
+
+    def __init__(self, task: Task, pipeline: Pipeline) -> None:
+        self.task = task
+        self.pipeline = pipeline
+        self.lock = anyio.Lock()
+        self.loops: dict[TopicPartition, _Loop] = {}
+
 
 class Runtime:
     """Runs an app's graph against a backend; see the module docstring.
 
     :param name: the app's name, which is its consumer group id.
+    :param clock: wall time (the machine's by default).
     """
 
     def __init__(
@@ -97,22 +176,27 @@ class Runtime:
         config: AppConfig,
         backend: Backend,
         *,
+        clock: Clock | None = None,
         until_caught_up: bool = False,
     ) -> None:
         self._name = name
         self._graph = graph
         self._config = config
         self._backend = backend
+        self._clock = clock or WallClock()
         self._until_caught_up = until_caught_up
-        self._pipelines: dict[str, Pipeline] = {}
+        self._plan = TaskPlan([])
+        self._pipelines: dict[int, Pipeline] = {}
         self._internal_topics: list[str] = []
-        self._tasks: dict[TopicPartition, _PartitionTask] = {}
+        self._running: dict[TaskId, _Running] = {}
+        self._loops: dict[TopicPartition, tuple[_Running, _Loop]] = {}
         self._pending: list[TopicPartition] = []
         self._membership: Membership | None = None
+        self._commit_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
         self._progress = anyio.Event()
         self._records_in = self._records_out = self._skipped = self._dead_lettered = 0
-        self._batches = self._commits = 0
+        self._batches = self._commits = self._commit_failures = 0
         self._started = time.perf_counter()
         self._finished: float | None = None
 
@@ -126,10 +210,15 @@ class Runtime:
             self._batches,
             self._commits,
             (self._finished or time.perf_counter()) - self._started,
+            self._commit_failures,
         )
 
+    def tasks(self) -> dict[TaskId, Task]:
+        """Return the tasks this worker runs now."""
+        return {task_id: running.task for task_id, running in self._running.items()}
+
     async def prepare(self) -> dict[str, int]:
-        """Create the topics the graph needs and build the pipelines; return partition counts.
+        """Create the topics the graph needs and plan its tasks; return partition counts.
 
         :raises TopologyError: if the graph cannot run.
         :raises MissingSourceTopicError: if a source topic is missing (nothing is created).
@@ -138,15 +227,20 @@ class Runtime:
         graph.validate()
         backend = self._backend
         topics = [n.topic for n in graph.nodes if n.topic] + list(graph.dead_letter_topics())
-        existing = {topic: backend.partition_count(topic) for topic in topics}
+        existing = {topic: await backend.partition_count(topic) for topic in topics}
         counts = plan_topics(graph, existing)
+        check_copartitioning(graph, counts)
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
                 logger.info(
                     "app %r: creating topic %r (%d partitions)", self._name, topic, partitions
                 )
                 await backend.create_topic(topic, partitions)
-        self._pipelines, self._internal_topics = build_pipelines(graph, counts)
+        groups = plan_topic_groups(graph, counts)
+        self._plan = TaskPlan(groups)
+        self._pipelines = {group.id: Pipeline(graph, group, counts) for group in groups}
+        read = set(self._plan.topics())
+        self._internal_topics = [t for t in graph.topics(Role.SOURCE, internal=True) if t in read]
         return counts
 
     async def run(self, stop: anyio.Event | None = None) -> RunStatistics:
@@ -164,23 +258,25 @@ class Runtime:
 
     async def _run(self, stop: anyio.Event) -> None:
         counts = await self.prepare()
-        external = [t for t in self._pipelines if t not in self._internal_topics]
+        internal = set(self._internal_topics)
         targets = {
-            TopicPartition(topic, p): self._backend.end_offset(topic, p)
-            for topic in external
+            TopicPartition(topic, p): await self._backend.end_offset(topic, p)
+            for topic in self._plan.topics()
+            if topic not in internal
             for p in range(counts[topic])
         }
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             async with self._backend.join(
                 self._name,
-                list(self._pipelines),
+                self._plan.topics(),
                 on_assigned=self._assigned,
                 on_revoked=self._revoked,
+                on_lost=self._lost,
             ) as membership:
                 self._membership = membership
                 try:
-                    self._start_pending()
+                    await self._start_pending()
                     tg.start_soon(self._commit_periodically)
                     async with anyio.create_task_group() as waits:
 
@@ -195,85 +291,149 @@ class Runtime:
                         waits.start_soon(finish_when_stopped)
                         if self._until_caught_up:
                             waits.start_soon(finish_when_caught_up)
-                    await self._stop_tasks(list(self._tasks))
+                    await self._stop_loops(list(self._loops))
                 finally:
                     with anyio.CancelScope(shield=True):
-                        await self._commit()
+                        await self._commit_final(list(self._loops), "the run ends")
             tg.cancel_scope.cancel()
 
-    # -- partitions ------------------------------------------------------------------------
+    # -- assignment ------------------------------------------------------------------------
 
     async def _assigned(self, partitions: list[TopicPartition]) -> None:
         self._pending.extend(partitions)
         if self._membership is not None:
-            self._start_pending()
+            await self._start_pending()
 
-    def _start_pending(self) -> None:
+    async def _start_pending(self) -> None:
         assert self._membership is not None and self._task_group is not None
         pending, self._pending = self._pending, []
-        for tp in pending:
-            pipeline = self._pipelines.get(tp.topic)
-            if pipeline is None or tp in self._tasks:
-                continue
-            task = _PartitionTask(tp, pipeline, self._membership.position(tp))
-            self._tasks[tp] = task
-            logger.info(
-                "app %r: processing %s/%d from offset %d",
-                self._name,
-                tp.topic,
-                tp.partition,
-                task.position,
-            )
-            self._task_group.start_soon(self._run_task, task)
+        fresh = [tp for tp in pending if tp not in self._loops]
+        for task_id, tps in self._plan.tasks_of(fresh).items():
+            running = self._running.get(task_id)
+            if running is None:
+                pipeline = self._pipelines[task_id.group]
+                running = _Running(pipeline.task(task_id, self._clock), pipeline)
+                self._running[task_id] = running
+            await resume(running.task, tps, self._membership, self._backend)
+            missing = self._plan.missing(task_id, running.task.partitions)
+            if missing:
+                logger.warning(
+                    "app %r: task %s is assigned without %s (another member reads them): "
+                    "its steps see only part of its input",
+                    self._name,
+                    task_id,
+                    ", ".join(f"{t}/{p}" for t, p in missing),
+                )
+            for tp in tps:
+                state = running.task.partitions[tp]
+                loop = _Loop(state)
+                running.loops[tp] = loop
+                self._loops[tp] = (running, loop)
+                logger.info(
+                    "app %r: task %s processing %s/%d from offset %d",
+                    self._name,
+                    task_id,
+                    tp.topic,
+                    tp.partition,
+                    state.position,
+                )
+                self._task_group.start_soon(self._run_partition, running, loop)
         self._notify_progress()
 
     async def _revoked(self, partitions: list[TopicPartition]) -> None:
         self._pending = [tp for tp in self._pending if tp not in partitions]
-        await self._stop_tasks([tp for tp in partitions if tp in self._tasks])
-        await self._commit(partitions)
+        mine = [tp for tp in partitions if tp in self._loops]
+        await self._stop_loops(mine)
+        await self._commit_final(mine, "they are given up")
+        self._forget(mine)
+
+    async def _lost(self, partitions: list[TopicPartition]) -> None:
+        self._pending = [tp for tp in self._pending if tp not in partitions]
+        mine = [tp for tp in partitions if tp in self._loops]
+        if mine:
+            logger.warning(
+                "app %r: lost %s (this member's session expired): not committing them; "
+                "their new owner re-processes what was not committed",
+                self._name,
+                ", ".join(f"{t}/{p}" for t, p in mine),
+            )
+        loops = [self._loops[tp][1] for tp in mine]
+        for loop in loops:  # closed dirty, as Kafka Streams does: nothing can be committed
+            loop.kill()
+        for loop in loops:
+            await loop.done.wait()
+        self._forget(mine)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._tasks.pop(tp, None)
+            running, _ = self._loops.pop(tp)
+            running.loops.pop(tp, None)
+            running.task.partitions.pop(tp, None)
+            if not running.task.partitions:
+                self._running.pop(running.task.id, None)
 
-    async def _stop_tasks(self, partitions: list[TopicPartition]) -> None:
-        tasks = [self._tasks[tp] for tp in partitions]
-        for task in tasks:
-            task.stop()
-        for task in tasks:
-            await task.done.wait()
+    async def _stop_loops(self, partitions: list[TopicPartition]) -> None:
+        loops = [self._loops[tp][1] for tp in partitions]
+        for loop in loops:
+            loop.stop()
+        for loop in loops:
+            await loop.done.wait()
 
-    async def _run_task(self, task: _PartitionTask) -> None:
-        backend = self._backend
-        topic, partition = task.tp
-        max_bytes = self._config.max_batch_bytes
+    # -- the partition loop ----------------------------------------------------------------
+
+    async def _run_partition(self, running: _Running, loop: _Loop) -> None:
         try:
-            while not task.stopping:
-                records = None
-                with anyio.CancelScope() as scope:
-                    task.fetch_scope = scope  # no checkpoint since `stopping` was read
-                    try:
-                        records = await backend.fetch(topic, partition, task.position, max_bytes)
-                    except OffsetOutOfRangeError:
-                        start = backend.start_offset(topic, partition)
-                        logger.warning(
-                            "app %r: %s/%d offset %d is gone (retention); resuming at %d",
-                            self._name, topic, partition, task.position, start,
-                        )  # fmt: skip
-                        task.position = start
-                        continue
-                task.fetch_scope = None
-                if records is None:
-                    break
-                outcome = await task.pipeline.process(partition, records)
-                await self._write(outcome.writes)
-                task.position = records.offsets[-1] + 1
-                self._records_in += len(records)
-                self._records_out += sum(w.records.count() for w in outcome.writes)
-                self._skipped += outcome.skipped
-                self._dead_lettered += outcome.dead_lettered
-                self._batches += 1
-                self._notify_progress()
+            with loop.scope:
+                await self._read_partition(running, loop)
         finally:
-            task.done.set()
+            loop.done.set()
+
+    async def _read_partition(self, running: _Running, loop: _Loop) -> None:
+        backend, clock, task = self._backend, self._clock, running.task
+        state = loop.state
+        topic, partition = state.tp
+        max_bytes = self._config.max_batch_bytes
+        while not loop.stopping:
+            records = None
+            deadline = task.timers.next_wall_deadline()
+            with anyio.CancelScope() as scope:
+                loop.fetch_scope = scope  # no checkpoint since `stopping` was read
+                if deadline is not None:
+                    scope.deadline = anyio.current_time() + clock.seconds_until(deadline)
+                try:
+                    records = await backend.fetch(topic, partition, state.position, max_bytes)
+                except OffsetOutOfRangeError:
+                    start = await backend.start_offset(topic, partition)
+                    logger.warning(
+                        "app %r: %s/%d offset %d is gone (retention); resuming at %d",
+                        self._name, topic, partition, state.position, start,
+                    )  # fmt: skip
+                    state.position = start
+                    continue
+            loop.fetch_scope = None
+            if records is None:
+                if loop.stopped():
+                    break
+                async with running.lock:  # a wall-time timer is due
+                    outcome = await running.pipeline.advance(task, clock.now_ms())
+                    await self._write(outcome.writes)
+                    task.settle()
+                self._count(outcome, 0)
+                continue
+            async with running.lock:
+                outcome = await running.pipeline.process(task, topic, partition, records)
+                await self._write(outcome.writes)
+                state.position = records.offsets[-1] + 1
+                task.settle()
+            self._count(outcome, len(records))
+            self._notify_progress()
+
+    def _count(self, outcome: Outcome, records_in: int) -> None:
+        self._records_in += records_in
+        self._records_out += sum(w.records.count() for w in outcome.writes)
+        self._skipped += outcome.skipped
+        self._dead_lettered += outcome.dead_lettered
+        self._batches += records_in > 0
 
     async def _write(self, writes: list[Write]) -> None:
         produce = self._backend.produce
@@ -290,28 +450,69 @@ class Runtime:
         interval = self._config.commit_interval_ms / 1000
         while True:
             await anyio.sleep(interval)
-            await self._commit()
+            try:
+                await self._commit(list(self._loops))
+            except (GroupError, StoreError) as exc:
+                self._commit_failures += 1
+                logger.warning("app %r: commit failed (retried next time): %s", self._name, exc)
 
-    async def _commit(self, partitions: list[TopicPartition] | None = None) -> None:
-        """Commit the positions that moved (of ``partitions``, by default all)."""
+    async def _commit(self, partitions: list[TopicPartition]) -> None:
+        """Commit the positions that moved, of ``partitions``, with their metadata.
+
+        :raises GroupError: as the membership's commit. :raises StoreError: likewise.
+        """
         if self._membership is None:
             return
-        chosen = (
-            self._tasks
-            if partitions is None
-            else {tp: self._tasks[tp] for tp in partitions if tp in self._tasks}
+        async with self._commit_lock:  # one at a time: a later commit never goes first
+            offsets: dict[TopicPartition, int] = {}
+            metadata: dict[TopicPartition, str] = {}
+            states: list[PartitionState] = []
+            for tp in partitions:
+                if tp not in self._loops:
+                    continue
+                running, loop = self._loops[tp]
+                state = loop.state
+                if state.position != state.committed:
+                    offsets[tp] = state.position
+                    metadata[tp] = running.task.metadata()
+                    states.append(state)
+            if not offsets:
+                return
+            await self._membership.commit(offsets, metadata)
+            self._commits += 1
+            for state in states:  # the partition may have been given up meanwhile
+                state.committed = offsets[state.tp]
+
+    async def _commit_final(self, partitions: list[TopicPartition], why: str) -> None:
+        """Commit ``partitions`` before ``why``: retry transient failures with backoff,
+        then report what could not be committed (never drop it in silence)."""
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=stop_after_attempt(_FINAL_COMMIT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
+            retry=retry_if_exception_type(_TRANSIENT),
         )
-        offsets = {tp: t.position for tp, t in chosen.items() if t.position != t.committed}
-        if not offsets:
-            return
         try:
-            await self._membership.commit(offsets)
-        except (GroupError, StoreError) as exc:
-            logger.warning("app %r: commit failed (will retry): %s", self._name, exc)
-            return
-        self._commits += 1
-        for tp, offset in offsets.items():
-            chosen[tp].committed = offset
+            async for attempt in retrying:
+                with attempt:
+                    await self._commit(partitions)
+        except (RetryError, GroupError, StoreError) as exc:
+            cause = exc.last_attempt.exception() if isinstance(exc, RetryError) else exc
+            states = [self._loops[tp][1].state for tp in partitions if tp in self._loops]
+            positions = ", ".join(
+                f"{s.tp.topic}/{s.tp.partition} at {s.position}"
+                for s in states
+                if s.position != s.committed
+            )
+            self._commit_failures += 1
+            logger.error(
+                "app %r: could not commit %s before %s: %s; the records after the last "
+                "commit will be processed again (at-least-once: their outputs repeat)",
+                self._name,
+                positions,
+                why,
+                cause,
+            )
 
     # -- caught up -------------------------------------------------------------------------
 
@@ -324,7 +525,7 @@ class Runtime:
             behind = [
                 tp
                 for tp, end in targets.items()
-                if tp in self._tasks and self._tasks[tp].position < end
+                if tp in self._loops and self._loops[tp][1].state.position < end
             ]
             if not behind:
                 return
@@ -332,13 +533,14 @@ class Runtime:
 
     async def _wait_caught_up(self, targets: Mapping[TopicPartition, int]) -> None:
         await self._wait_reached(targets)
+        backend = self._backend
         internal = [
             TopicPartition(topic, p)
             for topic in self._internal_topics
-            for p in range(self._backend.partition_count(topic) or 0)
+            for p in range(await backend.partition_count(topic) or 0)
         ]
         while internal:
-            ends = {tp: self._backend.end_offset(*tp) for tp in internal}
+            ends = {tp: await backend.end_offset(*tp) for tp in internal}
             await self._wait_reached(ends)
-            if all(self._backend.end_offset(*tp) == end for tp, end in ends.items()):
+            if all([await backend.end_offset(*tp) == end for tp, end in ends.items()]):
                 return

@@ -7,9 +7,14 @@ through and :class:`StrSerde` is UTF-8 text. A record without a value (a tombsto
 deserialises to ``None`` with every serde here; ``None`` serialises to no value with the
 bytes and str serdes, and to ``null`` with JSON.
 
-Keys are bytes in the log. A key computed by ``key_by`` is encoded by :func:`encode_key`
-unless the operator is given a serde: bytes as they are, ``str`` as UTF-8, anything
-else as JSON; ``None`` means no key.
+Keys are bytes in the log, but a key computed by ``key_by`` stays the user's object
+while it flows through the steps (so a stateful step sees ``"ada"``, not ``b'"ada"'``)
+and is serialised once, at the sink, by the ``key_by``'s key serde: by default
+:class:`JsonKeySerde`, canonical JSON (sorted object keys, no whitespace), so that equal
+keys always encode to equal bytes (``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` land
+in one partition) and keys of different types never collide (``1`` is ``1``, ``"1"`` is
+``"1"`` with its quotes). Give ``key_by`` ``serde=StrSerde()`` for plain UTF-8 text keys
+(what a Java producer's StringSerializer writes), or ``BytesSerde()`` for bytes keys.
 """
 
 from __future__ import annotations
@@ -138,30 +143,42 @@ def batch_serializer(serde: Serde[Any]) -> Callable[[Any], bytes | None]:
 
 
 def encode_key(key: object) -> bytes | None:
-    """Encode a key computed by ``key_by``: bytes as is, str as UTF-8, else JSON.
+    """Encode a key as ``key_by`` does by default: canonical JSON (sorted object keys, no
+    whitespace); None means no key.
 
-    :raises SerdeError: if the key is not JSON-serialisable.
+    :raises SerdeError: for bytes (give ``key_by`` a ``BytesSerde`` to key by bytes as
+        they are) or a value JSON cannot encode.
     """
-    if key is None or isinstance(key, bytes):
-        return key
-    if type(key) is str:
-        return key.encode()
+    if key is None:
+        return None
+    if isinstance(key, bytes | bytearray | memoryview):
+        raise SerdeError(
+            f"cannot encode the bytes key {bytes(key)!r} as JSON: key_by(..., serde=BytesSerde())"
+            " keys by bytes as they are"
+        )
     try:
-        return orjson.dumps(key)
+        return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise SerdeError(f"cannot encode key {key!r}: {exc}") from exc
 
 
-class KeySerde:
-    """The default key serde: :func:`encode_key` one way, bytes as stored the other."""
+class JsonKeySerde:
+    """The default key serde: :func:`encode_key` one way, JSON back to the object the other."""
 
     def __repr__(self) -> str:
-        return "key"
+        return "json-key"
 
     def serialize(self, value: object) -> bytes | None:
         """Encode ``value`` with :func:`encode_key`."""
         return encode_key(value)
 
-    def deserialize(self, data: bytes | None) -> bytes | None:
-        """Return the key bytes as stored."""
-        return data
+    def deserialize(self, data: bytes | None) -> Any:
+        """Return the key object stored as ``data`` (None for no key).
+
+        :raises orjson.JSONDecodeError: (a ValueError) if ``data`` is not JSON.
+        """
+        return None if data is None else orjson.loads(data)
+
+
+#: The default key serde of ``key_by``.
+JSON_KEY = JsonKeySerde()

@@ -9,15 +9,15 @@ fan-out). Nothing runs until :meth:`App.run <headwater.processing.App.run>` or a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from headwater.store import InvalidConfigError, validate_topic_name
 
+from ._batch import Event
 from ._errors import ErrorPolicy, TopologyError, parse_policy
-from ._graph import Node, check_function
-from ._lineage import Headers
+from ._graph import Node, Role, check_function
 from ._retry import Retry
-from ._serde import JSON, KeySerde, Serde
+from ._serde import JSON, JSON_KEY, Serde
 
 if TYPE_CHECKING:
     from ._app import App
@@ -27,23 +27,6 @@ U = TypeVar("U")
 
 #: Concurrency of async operators when none is given.
 DEFAULT_CONCURRENCY = 16
-
-
-class Event(NamedTuple, Generic[T]):
-    """A value with the metadata of the record it came from (see :meth:`Stream.with_metadata`).
-
-    ``key`` is the record's key as bytes (after a ``key_by``, the new key, encoded);
-    ``timestamp`` is in epoch ms; ``topic``, ``partition`` and ``offset`` say where the
-    source record was read.
-    """
-
-    value: T
-    key: bytes | None
-    timestamp: int
-    headers: Headers
-    topic: str
-    partition: int
-    offset: int
 
 
 def check_topic(topic: object, what: str) -> str:
@@ -116,10 +99,19 @@ class Stream(Generic[T]):
         """The error policy of the operators added to this stream."""
         return self._policy
 
-    def _derive(self, kind: str, *, rekeyed: bool | None = None, **fields: Any) -> Stream[Any]:
-        node = self._app._graph.add(
+    def _derive(
+        self,
+        kind: str,
+        *,
+        parents: tuple[Node, ...] | None = None,
+        rekeyed: bool | None = None,
+        **fields: Any,
+    ) -> Stream[Any]:
+        """Return the stream of a new node of ``kind`` below this one (or ``parents``),
+        under this stream's policy: the one way streams grow the app's graph."""
+        node = self._app.graph.add(
             kind,
-            (self._node,),
+            (self._node,) if parents is None else parents,
             policy=self._policy,
             dead_letter_topic=self._dead_letter_topic,
             **fields,
@@ -158,16 +150,20 @@ class Stream(Generic[T]):
         return self._derive("peek", fn=fn)
 
     def key_by(self, fn: Callable[[T], object], *, serde: Serde[Any] | None = None) -> Stream[T]:
-        """Give each record the key ``fn(value)``, encoded by ``serde``.
+        """Give each record the key ``fn(value)``: later steps see it as it is, and the sink
+        writes it encoded by ``serde``.
 
-        Without a serde the key is encoded by :func:`~headwater.processing.encode_key`
-        (bytes as they are, str as UTF-8, anything else as JSON; None: no key). Sinks
-        place records by this key; a stateful step after a ``key_by`` first passes the
-        stream through a repartition topic so that equal keys meet in one partition
-        (today: call :meth:`repartition` to do that explicitly).
+        Without a serde the key is canonical JSON (:func:`~headwater.processing.encode_key`:
+        sorted object keys, no whitespace, so equal keys always encode alike and keys of
+        different types never collide; ``None``: no key). ``serde=StrSerde()`` writes text
+        keys as plain UTF-8 (as a Java producer's StringSerializer does),
+        ``serde=BytesSerde()`` bytes keys as they are. Sinks place records by the encoded
+        key; a stateful step after a ``key_by`` first passes the stream through a
+        repartition topic so that equal keys meet in one partition (today: call
+        :meth:`repartition` to do that explicitly).
         """
         check_function(fn, "key_by")
-        return self._derive("key_by", fn=fn, params={"serde": serde or KeySerde()}, rekeyed=True)
+        return self._derive("key_by", fn=fn, params={"key_serde": serde or JSON_KEY}, rekeyed=True)
 
     def with_metadata(self) -> Stream[Event[T]]:
         """Wrap each value in an :class:`Event` with its record's key, timestamp, headers
@@ -230,23 +226,9 @@ class Stream(Generic[T]):
             check_function(predicate, f"split route {name!r}")
         names = (*routes, rest)
         node = self._derive("split", params={"routes": dict(routes), "rest": rest}).node
-        out: dict[str, Stream[T]] = {}
-        for name in names:
-            route = self._app._graph.add(
-                "route",
-                (node,),
-                policy=self._policy,
-                dead_letter_topic=self._dead_letter_topic,
-                params={"route": name},
-            )
-            out[name] = Stream(
-                self._app,
-                route,
-                policy=self._policy,
-                dead_letter_topic=self._dead_letter_topic,
-                rekeyed=self._rekeyed,
-            )
-        return out
+        return {
+            name: self._derive("route", parents=(node,), params={"route": name}) for name in names
+        }
 
     def merge(self, *others: Stream[T]) -> Stream[T]:
         """Return one stream of this stream's values and ``others``'.
@@ -262,17 +244,8 @@ class Stream(Generic[T]):
             if not isinstance(other, Stream) or other._app is not self._app:
                 raise TopologyError("merge: every stream must come from the same App")
         parents = (self._node, *(other._node for other in others))
-        node = self._app._graph.add(
-            "merge", parents, policy=self._policy, dead_letter_topic=self._dead_letter_topic
-        )
         rekeyed = self._rekeyed or any(other._rekeyed for other in others)
-        return Stream(
-            self._app,
-            node,
-            policy=self._policy,
-            dead_letter_topic=self._dead_letter_topic,
-            rekeyed=rekeyed,
-        )
+        return self._derive("merge", parents=parents, rekeyed=rekeyed)
 
     # -- error policy ------------------------------------------------------------------------
 
@@ -329,25 +302,17 @@ class Stream(Generic[T]):
         """
         topic = check_topic(f"{self._app.name}-{name}-repartition", "repartition")
         check_partitions(partitions)
-        if topic in self._app._graph.topics({"through"}):
+        graph = self._app.graph
+        if topic in graph.topics(Role.SINK, internal=True):
             raise TopologyError(f"repartition name {name!r} is used twice")
         chosen = serde or JSON
         sink = self._derive(
             "through", topic=topic, params={"serde": chosen, "partitions": partitions}
-        ).node
-        source = self._app._graph.add(
-            "internal",
-            (sink,),
-            topic=topic,
-            policy=self._policy,
-            dead_letter_topic=self._dead_letter_topic,
-            params={"serde": chosen},
         )
-        return Stream(
-            self._app,
-            source,
-            policy=self._policy,
-            dead_letter_topic=self._dead_letter_topic,
+        return sink._derive(
+            "internal",
+            topic=topic,
+            params={"serde": chosen, "key_serde": graph.key_serde(sink.node)},
             rekeyed=False,
         )
 

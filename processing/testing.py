@@ -1,12 +1,24 @@
 """Test a pipeline with plain pytest: :class:`TestDriver` runs an app without a log.
 
-It feeds records into the app's input topics and runs them through exactly the code the
-runtime runs (the same pipelines, error policies, lineage and placement), keeping every
-topic in memory: no disk, no threads, no consumer group. Each :meth:`TestDriver.send`
-processes its record at once, with async operators on a trio event loop whose clock is
-virtual (``trio.testing.MockClock``): sleeps and retry backoffs take no real time, and
-the outputs are the same on every run. Records written to a repartition topic are read
-back at once, so :meth:`TestDriver.values` shows the end results.
+It is an in-memory backend (topics, committed offsets, a consumer group) with a virtual
+wall clock, driving the app's tasks with exactly the code the runtime runs: the same
+task grouping and assignor, the same steps (one instance per task), error policies,
+lineage and placement, the same code on assignment. No disk, no threads; each call
+processes what it sent, and what that wrote to repartition topics, before it returns.
+Async operators run on a trio event loop whose own clock is virtual too
+(``trio.testing.MockClock``), so sleeps and retry backoffs take no real time and the
+outputs are the same on every run.
+
+Time: :meth:`TestDriver.advance` moves the wall clock and fires the wall-time timers that
+come due, at their own deadlines, in order; positions are committed every
+``commit_interval_ms`` of that clock (as the runtime does), when partitions move, and
+by :meth:`TestDriver.commit`. Records sent without a timestamp get the clock's time.
+
+Members and restarts: the driver starts ``members`` members of the app's group (one by
+default). :meth:`~TestDriver.add_member`, :meth:`~TestDriver.remove_member` (cleanly, or
+as a crash) and :meth:`~TestDriver.expire_member` rebalance as the runtime's group
+does; :meth:`~TestDriver.restart` replaces every member, so each task is rebuilt from
+what was committed (a crash re-processes what was not: at-least-once).
 
 Example (a test suite runs this)::
 
@@ -25,25 +37,32 @@ Example (a test suite runs this)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 from trio.testing import MockClock
 
-from headwater.store import Record, RecordColumns, partition_for_key
+from headwater.groups import OffsetAndMetadata, TopicPartition
+from headwater.store import Record, partition_for_key
 
 from ._app import App
+from ._backends import Membership
+from ._backends.memory import MemoryBackend, MemoryGroup
+from ._clock import VirtualClock
 from ._errors import TopologyError
-from ._graph import SINK_KINDS, plan_topics
+from ._graph import plan_topics
 from ._lineage import Headers
-from ._pipeline import Pipeline, Write, build_pipelines
+from ._pipeline import Outcome, Pipeline
 from ._serde import BytesSerde, Serde, encode_key
+from ._tasks import Task, TaskId, TaskPlan, check_copartitioning, plan_topic_groups, resume
 
 __all__ = ("TestDriver", "TestRecord")
 
 #: The driver's clock at the start: 2024-01-01T00:00:00Z in epoch ms.
 START_MS = 1_704_067_200_000
+
+R = TypeVar("R")
 
 
 class TestRecord(NamedTuple):
@@ -61,14 +80,80 @@ class TestRecord(NamedTuple):
     headers: Headers
 
 
+class _Member:
+    """One member of the app's group in the driver: its tasks, as a worker holds them."""
+
+    def __init__(self, driver: TestDriver) -> None:
+        self._driver = driver
+        self.member_id = ""
+        self.membership: Membership | None = None
+        self.tasks: dict[TaskId, Task] = {}
+        self._pending: list[TopicPartition] = []
+
+    async def join(self, group: MemoryGroup, topics: Sequence[str]) -> None:
+        self.member_id = await group.add(
+            topics, on_assigned=self.assigned, on_revoked=self.revoked, on_lost=self.lost
+        )
+        self.membership = group.membership(self.member_id)
+        await self._start_pending()
+
+    async def assigned(self, partitions: list[TopicPartition]) -> None:
+        self._pending.extend(partitions)
+        if self.membership is not None:
+            await self._start_pending()
+
+    async def _start_pending(self) -> None:
+        assert self.membership is not None
+        driver = self._driver
+        pending, self._pending = self._pending, []
+        for task_id, tps in driver._plan.tasks_of(pending).items():
+            task = self.tasks.get(task_id)
+            if task is None:
+                pipeline = driver._pipelines[task_id.group]
+                task = self.tasks[task_id] = pipeline.task(task_id, driver._clock)
+            await resume(task, tps, self.membership, driver._backend)
+
+    async def revoked(self, partitions: list[TopicPartition]) -> None:
+        await self.commit(partitions)
+        self.lost_nowait(partitions)
+
+    async def lost(self, partitions: list[TopicPartition]) -> None:
+        self.lost_nowait(partitions)
+
+    def lost_nowait(self, partitions: list[TopicPartition]) -> None:
+        gone = set(partitions)
+        for task_id, task in list(self.tasks.items()):
+            for tp in gone & set(task.partitions):
+                del task.partitions[tp]
+            if not task.partitions:
+                del self.tasks[task_id]
+
+    async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        assert self.membership is not None
+        wanted = None if partitions is None else set(partitions)
+        offsets: dict[TopicPartition, int] = {}
+        metadata: dict[TopicPartition, str] = {}
+        for task in self.tasks.values():
+            for tp, (offset, meta) in task.to_commit().items():
+                if wanted is None or tp in wanted:
+                    offsets[tp], metadata[tp] = offset, meta
+        if offsets:
+            await self.membership.commit(offsets, metadata)
+            for task in self.tasks.values():
+                for tp, state in task.partitions.items():
+                    if tp in offsets:
+                        state.committed = offsets[tp]
+
+
 class TestDriver:
     """Runs ``app`` in memory: feed records in, read what each topic received.
 
     :param app: the app under test.
-    :param partitions: partition counts of topics (input topics default to one;
-        outputs follow the same rules as when the app runs).
-    :param start_ms: the clock's start, in epoch ms; records sent without a timestamp
-        get the clock's time.
+    :param partitions: partition counts of topics (input topics default to their
+        stream's declared count, else one; outputs follow the same rules as when the app
+        runs).
+    :param start_ms: the clock's start, in epoch ms.
+    :param members: how many members of the app's group to start.
     :raises TopologyError: if the app's graph cannot run.
 
     Concurrency: synchronous, for plain (non-async) tests; do not call it from inside a
@@ -78,39 +163,79 @@ class TestDriver:
     __test__ = False  # not a test class, whatever pytest thinks of its name
 
     def __init__(
-        self, app: App, *, partitions: Mapping[str, int] | None = None, start_ms: int = START_MS
+        self,
+        app: App,
+        *,
+        partitions: Mapping[str, int] | None = None,
+        start_ms: int = START_MS,
+        members: int = 1,
     ) -> None:
         graph = app.graph
         graph.validate()
-        self._counts = plan_topics(graph, dict(partitions or {}), default_partitions=1)
-        self._pipelines, internal = build_pipelines(graph, self._counts)
-        self._internal = set(internal)
-        self._now_ms = start_ms
-        self._logs: dict[str, list[list[Record]]] = {
-            topic: [[] for _ in range(count)] for topic, count in self._counts.items()
-        }
+        self._config = app.config
+        counts = plan_topics(graph, dict(partitions or {}), default_partitions=1)
+        check_copartitioning(graph, counts)
+        self._counts = counts
+        self._clock = VirtualClock(start_ms)
+        self._backend = MemoryBackend()
+        for topic, count in counts.items():
+            self._backend.create_topic_now(topic, count)
+        groups = plan_topic_groups(graph, counts)
+        self._plan = TaskPlan(groups)
+        self._pipelines = {group.id: Pipeline(graph, group, counts) for group in groups}
         self._serdes: dict[str, Serde[Any]] = {}
         for node in graph.nodes:
-            if node.topic is not None and (node.kind in SINK_KINDS or node.kind == "source"):
+            if node.topic is not None and (node.is_sink or node.is_source):
                 self._serdes.setdefault(node.topic, node.params["serde"])
-        self._inputs = {n.topic for n in graph.nodes if n.kind == "source" and n.topic}
-        self._pending: list[tuple[str, int, list[Record]]] = []
+        self._inputs = {n.topic for n in graph.sources() if n.topic and not n.spec.internal}
+        self._group = self._backend.group(app.name)
+        self._members: dict[str, _Member] = {}
+        self._next_commit_ms = start_ms + self._config.commit_interval_ms
+        for _ in range(members):
+            self.add_member()
+
+    def _run(self, fn: Callable[[], Awaitable[R]]) -> R:
+        clock = MockClock(autojump_threshold=0)
+        return anyio.run(fn, backend="trio", backend_options={"clock": clock})
 
     # -- time --------------------------------------------------------------------------------
 
     @property
     def now_ms(self) -> int:
-        """The driver's clock, in epoch ms."""
-        return self._now_ms
+        """The driver's wall clock, in epoch ms."""
+        return self._clock.now_ms()
 
     def advance(self, ms: int) -> None:
-        """Move the clock forward by ``ms`` milliseconds.
+        """Move the wall clock forward by ``ms`` milliseconds, firing the wall-time timers
+        that come due, each at its own deadline, and committing every
+        ``commit_interval_ms``.
 
         :raises ValueError: if ``ms`` is negative.
+        :raises OperatorError: if a timer's step fails under the ``raise`` policy.
         """
         if ms < 0:
             raise ValueError(f"time only moves forward; got {ms} ms")
-        self._now_ms += ms
+        target = self._clock.now_ms() + ms
+        self._run(lambda: self._advance_to(target))
+
+    async def _advance_to(self, target_ms: int) -> None:
+        while True:
+            now = self._clock.now_ms()
+            deadlines = [
+                d
+                for task in self._tasks()
+                if (d := task.timers.next_wall_deadline()) is not None and d <= target_ms
+            ]
+            step_to = max(min([*deadlines, target_ms]), now)
+            self._clock.advance(step_to - now)
+            for task in self._tasks():
+                await self._apply(task, await self._pipelines[task.id.group].advance(task, step_to))
+            await self._pump()
+            if step_to >= self._next_commit_ms:
+                await self._commit_all()
+                self._next_commit_ms = step_to + self._config.commit_interval_ms
+            if step_to == target_ms and not deadlines:
+                return
 
     # -- input -------------------------------------------------------------------------------
 
@@ -126,11 +251,12 @@ class TestDriver:
     ) -> None:
         """Append one record to input ``topic`` and process it (and all that follows).
 
-        ``value`` is serialised with the stream's serde; ``key`` is encoded like a
-        ``key_by`` key and places the record (murmur2), else it goes to ``partition``
-        (default 0).
+        ``value`` is serialised with the stream's serde; ``key`` is stored as is if
+        bytes, else encoded as ``key_by`` does by default (canonical JSON), and places
+        the record (murmur2), else it goes to ``partition`` (default 0).
 
-        :raises OperatorError: if a user function fails under the ``raise`` policy.
+        :raises OperatorError: if a user function fails under the ``raise`` policy (the
+            record stays in the input, and processing goes on after it).
         :raises TopologyError: if ``topic`` is not one of the app's input topics.
         """
         self.send_many(
@@ -154,67 +280,164 @@ class TestDriver:
         if topic not in self._inputs:
             raise TopologyError(f"{topic!r} is not an input topic of the app")
         serde = self._serdes[topic]
-        raw_key = encode_key(key)
+        raw_key = key if isinstance(key, bytes) else encode_key(key)
         count = self._counts[topic]
         if partition is None:
             partition = 0 if raw_key is None else partition_for_key(raw_key, count)
         if not 0 <= partition < count:
             raise TopologyError(f"topic {topic!r} has no partition {partition}")
-        log = self._logs[topic][partition]
-        stamp = self._now_ms if timestamp is None else timestamp
+        start = len(self._backend.records(topic, partition))
+        stamp = self._clock.now_ms() if timestamp is None else timestamp
         batch = [
-            Record(len(log) + i, stamp, raw_key, serde.serialize(v), tuple(headers))
+            Record(start + i, stamp, raw_key, serde.serialize(v), tuple(headers))
             for i, v in enumerate(values)
         ]
         if not batch:
             return
-        log.extend(batch)
-        self._pending.append((topic, partition, batch))
-        anyio.run(
-            self._drain, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
-        )
+        self._backend.append(topic, partition, batch)
+        self._run(self._pump)
 
-    async def _drain(self) -> None:
-        while self._pending:
-            topic, partition, records = self._pending.pop(0)
-            pipeline: Pipeline | None = self._pipelines.get(topic)
-            if pipeline is None:
-                continue
-            outcome = await pipeline.process(partition, RecordColumns.of(records))
-            for write in outcome.writes:
-                self._apply(write)
+    async def _pump(self) -> None:
+        """Process every assigned partition up to its end, until nothing moves."""
+        max_bytes = self._config.max_batch_bytes
+        backend = self._backend
+        moved = True
+        while moved:
+            moved = False
+            for task in self._tasks():
+                pipeline = self._pipelines[task.id.group]
+                for tp, state in list(task.partitions.items()):
+                    if state.position >= await backend.end_offset(*tp):
+                        continue
+                    records = await backend.fetch(tp.topic, tp.partition, state.position, max_bytes)
+                    end = records.offsets[-1] + 1
+                    try:
+                        outcome = await pipeline.process(task, tp.topic, tp.partition, records)
+                    except BaseException:
+                        state.position = end  # the failed batch is not read again
+                        raise
+                    await self._apply(task, outcome)
+                    state.position = end
+                    task.settle()
+                    moved = True
 
-    def _apply(self, write: Write) -> None:
-        log = self._logs[write.topic][write.partition]
-        out = write.records
-        headers = out.all_headers()
-        written = [
-            Record(len(log) + i, ts, key, value, h)
-            for i, (value, key, ts, h) in enumerate(
-                zip(out.values, out.keys, out.timestamps, headers, strict=True)
-            )
+    async def _apply(self, task: Task, outcome: Outcome) -> None:
+        for write in outcome.writes:
+            await self._backend.produce(*write)
+        task.settle()
+
+    def _tasks(self) -> list[Task]:
+        return [
+            task for member in self._members.values() for _, task in sorted(member.tasks.items())
         ]
-        log.extend(written)
-        if write.topic in self._internal:
-            self._pending.append((write.topic, write.partition, written))
+
+    # -- members, commits, restarts -------------------------------------------------------------
+
+    def members(self) -> list[str]:
+        """Return the ids of the group's members, in member order."""
+        return self._group.members()
+
+    def add_member(self) -> str:
+        """Start another member of the app's group (a rebalance follows); return its id."""
+        member = _Member(self)
+        self._run(lambda: member.join(self._group, self._plan.topics()))
+        self._members[member.member_id] = member
+        self._run(self._pump)
+        return member.member_id
+
+    def remove_member(self, member_id: str, *, clean: bool = True) -> None:
+        """Stop ``member_id``: cleanly (it commits what it processed, then leaves), or as a
+        crash (``clean=False``: it is gone, uncommitted progress with it). The others take
+        over its partitions and process what is pending.
+
+        :raises KeyError: if there is no such member.
+        """
+        self._leave(member_id, clean=clean)
+        self._run(self._pump)
+
+    def _leave(self, member_id: str, *, clean: bool) -> None:
+        self._members.pop(member_id)
+        self._run(lambda: self._group.remove(member_id, clean=clean))
+
+    def expire_member(self, member_id: str) -> None:
+        """End ``member_id``'s session, as a member that stopped heartbeating: it loses its
+        partitions without committing, and leaves the group.
+
+        :raises KeyError: if there is no such member.
+        """
+        self._members.pop(member_id)
+        self._run(lambda: self._group.expire(member_id))
+        self._run(self._pump)
+
+    def restart(self, *, clean: bool = True) -> None:
+        """Replace every member by a new one, as a restart of the app's processes does.
+
+        With ``clean`` the members commit and leave first; without, they crash, and the
+        new members re-process what was not committed. Each task is rebuilt through what
+        the runtime does on assignment (positions and stream time from the commits).
+        """
+        count = len(self._members)
+        for member_id in list(self._members):
+            self._leave(member_id, clean=clean)
+        for _ in range(count):
+            self.add_member()
+
+    def commit(self) -> None:
+        """Commit every member's positions now."""
+        self._run(self._commit_all)
+
+    async def _commit_all(self) -> None:
+        for member in self._members.values():
+            await member.commit()
+
+    def committed(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Return the group's committed offsets, with their metadata."""
+        return self._backend.committed(self._group.group_id)
+
+    def assignment(self, member_id: str) -> list[TopicPartition]:
+        """Return the partitions ``member_id`` holds.
+
+        :raises KeyError: if there is no such member.
+        """
+        return self._group.assignment(member_id)
+
+    def tasks(self, member_id: str | None = None) -> list[str]:
+        """Return the tasks (``group_partition``) of one member, or of all, in order."""
+        members = self._members.values() if member_id is None else [self._members[member_id]]
+        return [str(task_id) for m in members for task_id in sorted(m.tasks)]
+
+    def stream_time(self, task: str) -> int | None:
+        """Return a task's stream time (None: not tracked, or nothing read yet).
+
+        :raises KeyError: if no member runs ``task``.
+        """
+        for member in self._members.values():
+            for task_id, held in member.tasks.items():
+                if str(task_id) == task:
+                    return held.stream_time_ms
+        raise KeyError(task)
 
     # -- output ------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> MemoryBackend:
+        """The in-memory backend the app runs on."""
+        return self._backend
 
     def records(self, topic: str) -> list[TestRecord]:
         """Return every record ``topic`` holds, partition by partition, in offset order.
 
         :raises TopologyError: if the app does not use ``topic``.
         """
-        partitions = self._logs.get(topic)
-        if partitions is None:
+        if topic not in self._counts:
             raise TopologyError(f"the app does not use topic {topic!r}")
         serde = self._serdes.get(topic, BytesSerde())
         return [
             TestRecord(
                 topic, p, r.offset, r.key, serde.deserialize(r.value), r.timestamp, r.headers
             )
-            for p, log in enumerate(partitions)
-            for r in log
+            for p in range(self._counts[topic])
+            for r in self._backend.records(topic, p)
         ]
 
     def values(self, topic: str) -> list[Any]:

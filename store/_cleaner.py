@@ -16,12 +16,22 @@ codec of the batch they came from; each rewritten group of segments ends with a 
 whose last offset is the group's, an empty one if need be, so the group's offset range
 survives even when its last records are dropped.
 
+A record counts as superseding an older one only once it is durable (in an inactive
+segment, all of which were fsynced when they rolled, or below the recovery point):
+otherwise a power cut could take the newer record away after the older one was dropped.
+
 Consecutive inactive segments are merged while the result stays under
 ``segment_bytes``. The rewrite is made crash-safe by the swap protocol the loader
 understands: the new segment is written as ``<base>.log.cleaned`` (thrown away if a crash
 interrupts), fsynced, renamed to ``<base>.log.swap`` (the commit point: the loader finishes
 an interrupted swap by removing the segments it replaces) and then swapped in by
 :meth:`PartitionLog.replace_segments`.
+
+A file-system error before the commit point removes the ``.cleaned`` and ``.swap`` files
+(a stray swap file would be finished by a later recovery, over whatever the log holds by
+then) and raises :class:`StorageFullError` or :class:`StoreError`; the log is untouched.
+One during the swap-in, once the replaced segments are unlinked, leaves the swap file as
+the only copy of their records: the partition is closed and the next open finishes it.
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ from pathlib import Path
 
 from ._batch import encode_empty_batch, parse_batch_header
 from ._config import CleanupPolicy
+from ._errors import StorageFullError, StoreError
 from ._files import CLEANED_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, fsync_dir, segment_file_name, write_all
-from ._log import PartitionLog
+from ._log import FULL_ERRNOS, PartitionLog
 from ._records import Compression, NewRecord, Record, decode_records, encode_batch
 from ._segment import Segment
 
@@ -65,13 +76,13 @@ def _segment_batches(segment: Segment) -> list[tuple[int, bytes]]:
     return batches
 
 
-def latest_offsets(segments: Sequence[Segment]) -> dict[bytes, int]:
-    """Map every key in ``segments`` to the offset of its latest record."""
+def latest_offsets(segments: Sequence[Segment], upper: int) -> dict[bytes, int]:
+    """Map every key in ``segments`` to the offset of its latest record below ``upper``."""
     latest: dict[bytes, int] = {}
     for segment in segments:
         for _position, batch in _segment_batches(segment):
             for record in decode_records(batch):
-                if record.key is not None:
+                if record.key is not None and record.offset < upper:
                     latest[record.key] = record.offset
     return latest
 
@@ -161,10 +172,14 @@ def plan_cleaning(log: PartitionLog, now_ms: int) -> CleaningPlan | None:
     inactive = segments[:-1]
     if not inactive:
         return None
+    # Only a durable record may supersede another: one a power cut could still take away
+    # would take the record it replaced with it. Inactive segments were fsynced when they
+    # rolled; in the active one, only what lies below the recovery point is durable.
+    upper = max(log.recovery_point, segments[-1].base_offset)
     for segment in segments:
         segment.pin()
     try:
-        latest = latest_offsets(segments)
+        latest = latest_offsets(segments, upper)
         horizon = now_ms - log.config.delete_retention_ms
         rewritten = []
         removed = 0
@@ -212,35 +227,63 @@ def write_swap_file(log: PartitionLog, group: _Group) -> Path:
     cleaned = log.directory / segment_file_name(base, LOG_SUFFIX + CLEANED_SUFFIX)
     swap = log.directory / segment_file_name(base, LOG_SUFFIX + SWAP_SUFFIX)
     fs = log.fs
-    fd = fs.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
     try:
-        for batch in batches:
-            write_all(fs, fd, batch)
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
-    fs.replace(cleaned, swap)
-    fsync_dir(fs, log.directory)
+        fd = fs.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            for batch in batches:
+                write_all(fs, fd, batch)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.replace(cleaned, swap)
+        fsync_dir(fs, log.directory)
+    except OSError as exc:
+        # Nothing refers to either file yet; a swap file left behind would be finished
+        # by a later recovery, over whatever the log holds by then.
+        _remove(log, [cleaned, swap])
+        full = exc.errno in FULL_ERRNOS
+        raise (StorageFullError if full else StoreError)(
+            f"{cleaned}: cannot write a compacted segment: {exc}"
+        ) from exc
     return swap
 
 
 def write_swap_files(log: PartitionLog, plan: CleaningPlan) -> list[Path]:
-    """Write and commit every group of ``plan`` (may run in a worker thread)."""
-    return [write_swap_file(log, group) for group in plan.groups]
+    """Write and commit every group of ``plan`` (may run in a worker thread).
+
+    :raises StoreError: if the file system fails (``StorageFullError`` if it is full);
+        no swap file of ``plan`` is left behind.
+    """
+    swaps: list[Path] = []
+    try:
+        for group in plan.groups:
+            swaps.append(write_swap_file(log, group))
+    except StoreError:
+        _remove(log, swaps)
+        raise
+    return swaps
+
+
+def _remove(log: PartitionLog, paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            log.fs.unlink(path)
 
 
 def swap_in(log: PartitionLog, plan: CleaningPlan, swaps: Sequence[Path]) -> CleanResult:
     """Swap the committed files in for the segments they replace (on the owner's side).
 
-    :raises StoreError: if the log changed meanwhile (see ``replace_segments``).
+    :raises StoreError: if the log changed meanwhile (see ``replace_segments``), or if a
+        swap failed half-way: the log is then closed and its swap files stay for recovery.
     """
     try:
         for group, swap in zip(plan.groups, swaps, strict=True):
             log.replace_segments(group.segments, swap)
     finally:
-        for swap in swaps:
-            with contextlib.suppress(FileNotFoundError):
-                log.fs.unlink(swap)
+        if not log.closed:
+            for swap in swaps:
+                with contextlib.suppress(FileNotFoundError):
+                    log.fs.unlink(swap)
     stats = log.statistics()
     return CleanResult(
         plan.segments_before,

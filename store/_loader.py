@@ -6,8 +6,9 @@ when it closes properly. On open:
 
 1. Leftovers of interrupted work are settled: temporary files are removed; a compaction
    that reached its commit point (a ``.log.swap`` file) is completed by removing the
-   segments it replaces and renaming it into place; a compaction that did not (a
-   ``.cleaned`` file) is thrown away; index files without a ``.log`` are removed.
+   segments it replaces (and the checkpoint, if it points into one of them) and renaming
+   it into place; a compaction that did not (a ``.cleaned`` file) is thrown away; index
+   files without a ``.log`` are removed.
 2. Segments before the checkpoint are trusted: their indexes are read from disk, or
    rebuilt from batch headers when missing or inconsistent.
 3. Everything after the checkpoint was possibly never written completely. Each batch there
@@ -347,14 +348,20 @@ def _finish_swap(fs: FileSystem, directory: Path, base: int) -> None:
         header = verify_batch(data, position)
         next_offset = header.base_offset + header.last_offset_delta + 1
         position += header.batch_length + 12
+    end = max(next_offset, base + 1)
     for name in fs.listdir(directory):
         parsed = parse_segment_file_name(name)
         if (
             parsed
             and parsed[1] in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX)
-            and base <= parsed[0] < max(next_offset, base + 1)
+            and base <= parsed[0] < end
         ):
             with contextlib.suppress(FileNotFoundError):
                 fs.unlink(directory / name)
+    point = _read_recovery_point(fs, directory)
+    if point is not None and base <= point.segment < end:
+        # The checkpoint names a byte position in a segment this swap rewrites (the crash
+        # came before the log moved it): without it, recovery checks the whole log.
+        fs.unlink(directory / RECOVERY_CHECKPOINT_FILE)
     fsync_dir(fs, directory)
     fs.replace(swap, directory / segment_file_name(base, LOG_SUFFIX))

@@ -54,7 +54,8 @@ from ._segment import HOP_SIZE, Segment
 
 logger = logging.getLogger("headwater.store")
 
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: The errors of a file system that is full (or a file at its size limit).
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: Write the recovery checkpoint at most this often (bytes of log since the last one) so
 #: that recovery after a crash has a bounded tail to check.
 CHECKPOINT_INTERVAL_BYTES = 64 << 20
@@ -160,6 +161,8 @@ class PartitionLog:
         self._log_end_offset = active.next_offset
         self._recovery_point = RecoveryPoint(active.next_offset, active.base_offset, active.size)
         self._checkpoint_position = (active.base_offset, active.size)
+        #: The flush between prepare_flush and complete_flush, if any.
+        self._flushing: FlushPlan | None = None
         self._rolled: list[Segment] = []
         self._unflushed: list[Segment] = []
         self._directory_dirty = False
@@ -322,7 +325,7 @@ class PartitionLog:
         try:
             active.append(batch, base, next_offset, max_timestamp)
         except OSError as exc:
-            if exc.errno in _FULL_ERRNOS:
+            if exc.errno in FULL_ERRNOS:
                 raise StorageFullError(
                     f"{active.log_path}: cannot append {size} bytes ({os.strerror(exc.errno)});"
                     " nothing acknowledged was lost, appends resume once space is freed"
@@ -395,10 +398,12 @@ class PartitionLog:
             self.fs, self.directory, segments, rolled, self._directory_dirty, target, due
         )
         self._directory_dirty = False
+        self._flushing = plan
         return plan
 
     def complete_flush(self, plan: FlushPlan) -> None:
         """Publish a flush's effect: everything below ``plan.target`` is durable."""
+        self._flushing = None
         for segment in plan.segments:
             segment.unpin()
         if not plan.done:
@@ -565,10 +570,14 @@ class PartitionLog:
         ``swap_file`` is ``<base>.log.swap`` (``base`` the first replaced segment's base
         offset), already fsynced with its directory: it is the commit point, so a crash
         from here on is finished by the loader. Offsets do not change; records dropped by
-        compaction leave gaps that readers step over.
+        compaction leave gaps that readers step over. A recovery checkpoint that points
+        into a replaced segment is first moved to the start of the next one.
 
         :raises StoreError: if ``replaced`` is no longer a run of this log's inactive
-            segments (retention removed some meanwhile); the swap file is then removed.
+            segments (retention removed some meanwhile), or a flush under way will write
+            a checkpoint into them, or the checkpoint cannot be moved; the swap file is
+            then removed. Also if the file system fails the swap half-way: the log is
+            then closed and the swap file stays for the next open to finish.
         """
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
         run = self._segments[first : first + len(replaced)] if first >= 0 else []
@@ -576,6 +585,26 @@ class PartitionLog:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.unlink(swap_file)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
+        # The recovery checkpoint names a byte position in one segment, which must not be
+        # one that this swap rewrites (recovery would find it shorter than the checkpoint).
+        bases = {s.base_offset for s in replaced}
+        following = self._segments[first + len(replaced)]
+        try:
+            if self._flushing is not None and self._flushing.target.segment in bases:
+                raise OSError(errno.EBUSY, "a flush may write a checkpoint into them")
+            if self._checkpoint_position[0] < 0 or self._checkpoint_position[0] in bases:
+                # Everything before the next segment is durable: segments are fsynced when
+                # they roll, and the swap file's commit made their names durable.
+                point = RecoveryPoint(following.base_offset, following.base_offset, 0)
+                write_recovery_point(self.fs, self.directory, point)
+                self._checkpoint_position = (point.segment, point.position)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(swap_file)
+            raise StoreError(
+                f"{self.directory}: cannot move the recovery checkpoint off the segments"
+                f" being compacted ({exc}); retry"
+            ) from exc
         self._begin_change()
         for segment in replaced:
             if segment in self._unflushed:
@@ -584,8 +613,17 @@ class PartitionLog:
                 self._rolled.remove(segment)
             segment.delete()
         base = replaced[0].base_offset
-        self.fs.replace(swap_file, replaced[0].log_path)
-        fsync_dir(self.fs, self.directory)
+        try:
+            self.fs.replace(swap_file, replaced[0].log_path)
+            fsync_dir(self.fs, self.directory)
+        except OSError as exc:
+            # The replaced segments are gone and the swap file holds their records:
+            # leave it for recovery to finish, and take no more changes until then.
+            self.abandon()
+            raise StoreError(
+                f"{self.directory}: cannot swap in {swap_file.name} ({exc}); the partition"
+                " is closed, and reopening it finishes the swap"
+            ) from exc
         segment = Segment.open_file(
             self.fs,
             self.directory,

@@ -41,6 +41,7 @@ A background task owned by the store applies retention and compaction every
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -268,6 +269,10 @@ class Store:
 
         The reading and rewriting run in a worker thread; only the final swap of each
         partition runs on the event loop.
+
+        :raises StorageFullError: if the disk has no room for a compacted segment.
+        :raises StoreError: if the file system fails otherwise; a partition whose swap
+            failed half-way is closed, and reopening the store finishes the swap.
         """
         removed = 0
         now = self._clock()
@@ -286,6 +291,8 @@ class Store:
                 try:
                     result = swap_in(log, plan, swaps)
                 except StoreError as exc:
+                    if log.closed:  # the swap failed half-way: recovery finishes it
+                        raise
                     logger.info("%s: compaction postponed: %s", log.directory, exc)
                     continue
                 removed += result.records_removed
@@ -376,17 +383,22 @@ class Store:
     def _create_files(self, name: str, config: TopicConfig) -> None:
         staging = self.path / f".{name}.{uuid.uuid4().hex}.creating"
         fs = self.fs
-        fs.mkdir(staging)
-        for i in range(config.partitions):
-            fs.mkdir(staging / str(i))
-        atomic_write(fs, staging / TOPIC_CONFIG_FILE, config.to_json())
-        fsync_dir(fs, staging)
         try:
+            fs.mkdir(staging)
+            for i in range(config.partitions):
+                fs.mkdir(staging / str(i))
+            atomic_write(fs, staging / TOPIC_CONFIG_FILE, config.to_json())
+            fsync_dir(fs, staging)
             fs.rename(staging, self.path / name)
         except OSError as exc:
             fs.rmtree(staging)
-            raise TopicExistsError(_in_the_way(fs, self.path / name, name)) from exc
-        fsync_dir(fs, self.path)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise TopicExistsError(_in_the_way(fs, self.path / name, name)) from exc
+            raise StoreError(f"{self.path}: cannot create topic {name!r}: {exc}") from exc
+        try:
+            fsync_dir(fs, self.path)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create topic {name!r}: {exc}") from exc
 
     async def delete_topic(self, name: str, *, internal: bool = False) -> None:
         """Delete topic ``name`` and all its records. Waiting readers get LogClosedError.

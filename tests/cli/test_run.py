@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from headwater.store import partition_for_key
+
 from .helpers import HEADWATER, Headwater, assert_error
 
 APP = """
@@ -52,13 +54,14 @@ def test_run_until_caught_up_then_trace(hw: Headwater, tmp_path: Path) -> None:
     assert "app 'cli-app': processed 20 records, wrote 28" in result.stderr
     again = hw("run", str(app), "--until-caught-up")
     assert "processed 0 records" in again.stderr  # committed: nothing to redo
-    consumed = hw("consume", "by-user", "--partition", "0")
+    p = partition_for_key(b'"u0"', 2)  # the key_by key, as canonical JSON
+    consumed = hw("consume", "by-user", "--partition", str(p))
     assert consumed.returncode == 0, consumed.stderr
-    trace = hw("trace", "by-user", "0", "0")
+    trace = hw("trace", "by-user", str(p), "0")
     assert trace.returncode == 0, trace.stderr
     lines = trace.stdout.splitlines()
-    assert lines[0].startswith("by-user/0/0  ")
-    assert any(line.startswith("  <- cli-app-by-user-repartition/0/0") for line in lines)
+    assert lines[0].startswith(f"by-user/{p}/0  ")
+    assert any(line.startswith(f"  <- cli-app-by-user-repartition/{p}/0") for line in lines)
     assert any(line.startswith("  <- clicks/") for line in lines)
     assert lines[-1].strip() == "(a source event: it carries no lineage header)"
 

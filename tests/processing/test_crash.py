@@ -34,7 +34,7 @@ PARTITIONS = 2
 
 #: Inputs from this one on are held in the runs the test stops (``HW_TEST_HOLD``), so
 #: such a run can never finish before the test stops it.
-HOLD_FROM = EVENTS // 2
+HOLD_FROM = 1_500
 
 APP = """
 import os
@@ -142,7 +142,7 @@ async def test_kill_9_loses_nothing_and_duplicates_only_the_uncommitted_tail(
     worker_dir: Path, data: Path
 ) -> None:
     worker = start_worker(worker_dir, data, hold=True)
-    wait_for_marker(worker_dir, worker)  # it has committed, and holds the second half
+    wait_for_marker(worker_dir, worker)  # it has committed, and holds the rest
     worker.send_signal(signal.SIGKILL)
     worker.communicate(timeout=60)
     at_kill = await committed(data, "crashy")

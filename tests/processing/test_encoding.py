@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headwater.processing import OutRecords
-from headwater.processing._backend import encode_within
-from headwater.processing._encoding import encode_out_records
+from headwater.processing._encoding import encode_out_records, encode_within
 from headwater.processing._pipeline import _concat
 from headwater.store import decode_records, verify_batch
 

@@ -50,7 +50,7 @@ def test_skip_counts_logs_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_dead_letter_keeps_the_source_record_with_error_headers() -> None:
     driver = TestDriver(make_app("dead_letter"))
-    driver.send_many("in", ["1", "x", "0", "5"], key="k", headers=[("trace", b"t1")])
+    driver.send_many("in", ["1", "x", "0", "5"], key=b"k", headers=[("trace", b"t1")])
     assert driver.values("out") == [100, 20]
     letters = driver.records("in-dlq")
     assert [r.value for r in letters] == [b"x", b"0"]  # the source records, as read

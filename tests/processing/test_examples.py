@@ -65,4 +65,4 @@ def test_example_apps_build_and_test_in_memory() -> None:
     clicks.send("clicks", {"user": "user-3", "page": "/products/7", "ms": 900})
     (enriched,) = clicks.values("clicks-enriched")
     assert enriched["section"] == "products" and enriched["slow"] and enriched["country"]
-    assert [r.key for r in clicks.records("slow-clicks")] == [b"user-3"]
+    assert [r.key for r in clicks.records("slow-clicks")] == [b'"user-3"']

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.processing import App, AppConfig, MissingSourceTopicError, StrSerde, TopologyError
-from headwater.processing._graph import plan_topics
+from headwater.processing import (
+    App,
+    AppConfig,
+    MissingSourceTopicError,
+    StrSerde,
+    TopologyError,
+    WallClock,
+)
+from headwater.processing._graph import KINDS, Role, plan_topics
+from headwater.processing._operators import Step
+from headwater.processing._pipeline import Pipeline
+from headwater.processing._tasks import TaskId, plan_topic_groups
 
 
 def sample_app() -> App:
@@ -106,3 +116,27 @@ def test_config_validation() -> None:
         AppConfig(max_batch_bytes=10)
     with pytest.raises(TopologyError, match="AppConfig"):
         App("v", config={"x": 1})  # type: ignore[arg-type]
+
+
+def test_the_table_of_node_kinds() -> None:
+    for name, kind in KINDS.items():
+        assert kind.name == name and issubclass(kind.step, Step)  # type: ignore[arg-type]
+    by = {role: {n for n, k in KINDS.items() if k.role is role} for role in Role}
+    assert by[Role.SOURCE] == {"source", "internal"}
+    assert by[Role.SINK] == {"to", "through"}
+    assert {n for n, k in KINDS.items() if k.effect} == {"to", "through", "peek"}
+    assert {n for n, k in KINDS.items() if not k.can_fail} == {"merge", "route"}
+    assert {n for n, k in KINDS.items() if k.internal} == {"internal", "through"}
+
+
+def test_each_task_gets_its_own_instance_of_every_step() -> None:
+    app = sample_app()
+    counts = plan_topics(app.graph, {"clicks": 2})
+    groups = plan_topic_groups(app.graph, counts)
+    pipeline = Pipeline(app.graph, groups[0], counts)
+    first = pipeline.task(TaskId(0, 0), WallClock())
+    second = pipeline.task(TaskId(0, 1), WallClock())
+    # The live nodes above the repartition topic (its reader is another group's).
+    assert len(first.steps) == len(second.steps) == 8
+    assert not {id(s) for s in first.steps} & {id(s) for s in second.steps}
+    assert [type(s) for s in first.steps] == [type(s) for s in second.steps]

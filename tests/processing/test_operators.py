@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.processing import App, BytesSerde, Event, Retry, StrSerde, TopologyError
+from headwater.processing import (
+    App,
+    BytesSerde,
+    Event,
+    OperatorError,
+    Retry,
+    StrSerde,
+    TopologyError,
+)
 from headwater.processing.testing import TestDriver
 from headwater.store import partition_for_key
 
@@ -39,7 +47,7 @@ def test_flat_map_to_nothing_and_many_keeps_keys_and_lineage() -> None:
     driver = TestDriver(app)
     driver.send_many("words", ["ab", "", "c"])
     out = driver.records("letters")
-    assert [(r.key, r.value) for r in out] == [(b"ab", "a"), (b"ab", "b"), (b"c", "c")]
+    assert [(r.key, r.value) for r in out] == [(b'"ab"', "a"), (b'"ab"', "b"), (b'"c"', "c")]
     assert [dict(r.headers)["headwater.source"] for r in out] == [
         b"words/0/0",
         b"words/0/0",
@@ -65,19 +73,69 @@ def test_key_by_places_by_murmur2_and_keeps_value() -> None:
     out = driver.records("out")
     assert sorted(r.value["user"] for r in out) == sorted(users)
     for record in out:
-        assert record.key == record.value["user"].encode()
+        assert record.key == b'"%s"' % record.value["user"].encode()  # canonical JSON
         assert record.partition == partition_for_key(record.key, 4)
 
 
 def test_key_by_encodings_and_custom_serde() -> None:
     app = App("ops")
     stream = app.stream("in")
-    stream.key_by(lambda e: b"b" if e["k"] == "b" else e["k"]).to("auto")
+    stream.on_error("skip").key_by(lambda e: e["k"]).to("auto")
     stream.on_error("skip").key_by(lambda e: e["k"], serde=StrSerde()).to("text")
+    stream.on_error("skip").key_by(lambda e: e["k"].encode(), serde=BytesSerde()).to("raw")
     driver = TestDriver(app)
-    driver.send_many("in", [{"k": "s"}, {"k": "b"}, {"k": 7}, {"k": None}, {"k": [1, "x"]}])
-    assert [r.key for r in driver.records("auto")] == [b"s", b"b", b"7", None, b'[1,"x"]']
-    assert [r.key for r in driver.records("text")] == [b"s", b"b", None]  # others: not str
+    keys = ["s", 7, "7", None, [1, "x"], {"b": 2, "a": [1, 2]}, 1.5]
+    driver.send_many("in", [{"k": k} for k in keys])
+    assert [r.key for r in driver.records("auto")] == [
+        b'"s"',
+        b"7",
+        b'"7"',  # never the same bytes as 7: keys of different types do not collide
+        None,
+        b'[1,"x"]',
+        b'{"a":[1,2],"b":2}',  # canonical: sorted object keys, no whitespace
+        b"1.5",
+    ]
+    assert [r.key for r in driver.records("text")] == [b"s", b"7", None]  # others: not str
+    assert [r.key for r in driver.records("raw")] == [b"s", b"7"]  # others: no .encode
+
+
+def test_equal_keys_in_any_order_land_in_one_partition() -> None:
+    app = App("ops")
+    app.stream("in").key_by(lambda e: e["k"]).to("out", partitions=8)
+    driver = TestDriver(app)
+    driver.send_many("in", [{"k": {"a": 1, "b": 2}}, {"k": {"b": 2, "a": 1}}])
+    first, second = driver.records("out")
+    assert first.key == second.key == b'{"a":1,"b":2}'
+    assert first.partition == second.partition
+
+
+def test_a_bytes_key_needs_a_bytes_serde() -> None:
+    app = App("ops")
+    app.stream("in").key_by(lambda e: b"raw").to("out")
+    with pytest.raises(OperatorError, match=r"key_by.*BytesSerde"):
+        TestDriver(app).send("in", 1)
+
+
+def test_steps_see_the_key_as_the_user_gave_it() -> None:
+    app = App("ops")
+    seen: list[object] = []
+    (
+        app.stream("in")
+        .key_by(lambda e: (e["user"], e["n"] % 2))
+        .with_metadata()
+        .peek(lambda e: seen.append(e.key))
+        .map(lambda e: e.value)
+        .repartition("by-user")
+        .with_metadata()
+        .peek(lambda e: seen.append(e.key))
+        .map(lambda e: e.value)
+        .to("out")
+    )
+    driver = TestDriver(app)
+    driver.send("in", {"user": "ada", "n": 3})
+    assert seen == [("ada", 1), ["ada", 1]]  # read back from the repartition topic as JSON
+    (record,) = driver.records("out")
+    assert record.key == b'["ada",1]'  # serialised once, at the sink
 
 
 def test_unkeyed_records_keep_their_partition_number() -> None:
@@ -110,7 +168,7 @@ def test_with_metadata() -> None:
     driver.send("in", "a", key="k", timestamp=123, headers=[("h", b"v")], partition=1)
     driver.send("in", "b", partition=1)
     first, second = driver.values("out")
-    assert first == ["a", b"k", 123, "in", 1, 0, [("h", b"v")]]
+    assert first == ["a", b'"k"', 123, "in", 1, 0, [("h", b"v")]]
     assert second[4:6] == [1, 1] and second[2] == driver.now_ms
 
 

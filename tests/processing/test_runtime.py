@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from headwater.groups import TopicPartition
+from headwater.groups import OffsetAndMetadata, TopicPartition
 from headwater.processing import (
     App,
     AppConfig,
+    InProcessBackend,
     MissingSourceTopicError,
     OperatorError,
     open_in_process,
 )
-from headwater.processing._backend import InProcessBackend
+from headwater.processing._backends import Membership, PartitionsHandler
 from headwater.processing._encoding import OutRecords
 from headwater.store import RecordColumns, open_store, partition_for_key
 
@@ -188,8 +192,10 @@ class CountingBackend(InProcessBackend):
         super().__init__(backend.store, backend.coordinator)
         self.fetched = 0
         self.written = 0
+        self.fetch_calls = 0
 
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
+        self.fetch_calls += 1
         records = await super().fetch(topic, partition, offset, max_bytes)
         self.fetched += len(records)
         return records
@@ -217,6 +223,82 @@ async def test_a_slow_operator_slows_reading(data: Path) -> None:
         stats = await app.run_async(until_caught_up=True, backend=backend)
     assert stats.records_in == 300
     assert max(ahead) <= 2 * 10  # at most the batch in hand per partition, never more
+
+
+class RevokedWhileCommitting(InProcessBackend):
+    """Holds the runtime's first commit of all four partitions until a revocation starts.
+
+    The commit itself goes through; only its return waits, as a commit waiting for its
+    fsync would while the group rebalances.
+    """
+
+    def __init__(self, backend: InProcessBackend) -> None:
+        super().__init__(backend.store, backend.coordinator)
+        self.committed_once = anyio.Event()
+        self.revoking = anyio.Event()
+        self.revoked = anyio.Event()
+
+    @contextlib.asynccontextmanager
+    async def join(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        on_assigned: PartitionsHandler,
+        on_revoked: PartitionsHandler,
+        on_lost: PartitionsHandler,
+    ) -> AsyncIterator[Membership]:
+        async def revoked(partitions: list[TopicPartition]) -> None:
+            self.revoking.set()
+            await on_revoked(partitions)
+            self.revoked.set()
+
+        joined = super().join(
+            group_id, topics, on_assigned=on_assigned, on_revoked=revoked, on_lost=on_lost
+        )
+        async with joined as membership:
+            outer = self
+
+            class Held:
+                async def committed(
+                    self, partitions: Sequence[TopicPartition]
+                ) -> dict[TopicPartition, OffsetAndMetadata]:
+                    return await membership.committed(partitions)
+
+                async def commit(
+                    self,
+                    offsets: Mapping[TopicPartition, int],
+                    metadata: Mapping[TopicPartition, str],
+                ) -> None:
+                    await membership.commit(offsets, metadata)
+                    if len(offsets) == 4 and not outer.committed_once.is_set():
+                        outer.committed_once.set()
+                        await outer.revoking.wait()
+
+            yield Held()
+
+
+async def test_partitions_revoked_during_a_commit(data: Path) -> None:
+    await load(data, "clicks", events(4000), partitions=4, batch=10)
+    app = App("moving", config=AppConfig(max_batch_bytes=64, commit_interval_ms=10))
+    app.stream("clicks").to("out")
+    stop = anyio.Event()
+    with anyio.fail_after(60):
+        async with open_in_process(data) as local, anyio.create_task_group() as tg:
+            backend = RevokedWhileCommitting(local)
+            tg.start_soon(functools.partial(app.run_async, stop=stop, backend=backend))
+            await backend.committed_once.wait()
+            # A second member joins: the app gives up half of its partitions meanwhile.
+            async with local.coordinator.consumer(
+                "moving", ["clicks"], partition_assignment_strategy="range"
+            ):
+                await backend.revoked.wait()
+                stop.set()
+    # The run ended without an error, and committed only what it had processed.
+    statistics = app.statistics()
+    assert statistics is not None and statistics.commits >= 1
+    offsets = await committed(data, "moving")
+    assert len(offsets) == 4 and all(0 < offset <= 1000 for offset in offsets.values())
 
 
 def test_runs_on_asyncio_too(data: Path) -> None:

@@ -136,6 +136,7 @@ class PowerLossReport:
 class _Open:
     node: _File | _Dir
     path: str
+    flags: int = 0
 
 
 class _Machine:
@@ -236,6 +237,22 @@ class FaultFS:
         """Add a fault rule; return it (its ``hits`` count the failures it caused)."""
         self._m.faults.append(fault)
         return fault
+
+    def unsynced_bytes(self, path: Path) -> int:
+        """How many bytes written to file ``path`` no fsync has made durable yet."""
+        with self._lock:
+            node = self._node(path)
+            assert isinstance(node, _File), f"{path} is not a file"
+            return sum(len(data) for _, data in node.pending if data is not None)
+
+    def durable_entries(self, path: Path) -> set[str]:
+        """The names in directory ``path`` that a power cut cannot take away."""
+        with self._lock:
+            node = self._node(path)
+            assert isinstance(node, _Dir), f"{path} is not a directory"
+            return set(node.durable) & {
+                n for n, v in node.current.items() if node.durable.get(n) is v
+            }
 
     def power_loss(self) -> PowerLossReport:
         """Cut the power now (if not already) and rewrite the tree as the cut left it.
@@ -346,7 +363,7 @@ class FaultFS:
                 node = self._node(full)
                 if flags & os.O_TRUNC and isinstance(node, _File):
                     node.pending.append((0, None))
-            self._fds[fd] = _Open(node, full)
+            self._fds[fd] = _Open(node, full, flags)
             return fd
 
     def close(self, fd: int) -> None:
@@ -369,6 +386,21 @@ class FaultFS:
             written = os.write(fd, data)
             end = os.lseek(fd, 0, os.SEEK_CUR)
             opened.node.pending.append((end - written, bytes(memoryview(data)[:written])))
+            return written
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write at ``offset`` as ``os.pwrite`` does, and remember it as not yet durable."""
+        with self._lock:
+            opened = self._opened(fd)
+            try:
+                self._check("write", _path_of(opened))
+            except _PartialWriteError:
+                data = memoryview(data)[: max(1, len(data) // 2)]
+            assert opened is not None and isinstance(opened.node, _File)
+            written = os.pwrite(fd, data, offset)
+            if opened.flags & os.O_APPEND:  # Linux appends whatever the offset says
+                offset = os.fstat(fd).st_size - written
+            opened.node.pending.append((offset, bytes(memoryview(data)[:written])))
             return written
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
@@ -551,8 +583,9 @@ class FaultFS:
             offset, data = node.pending[keep]
             if data is not None and len(data) > 1:
                 torn = self.rng.randint(0, len(data) - 1)
-                _apply(content, (offset, data[:torn]))
-                kept += torn
+                if torn:  # nothing of a write torn at its first byte reached the file
+                    _apply(content, (offset, data[:torn]))
+                    kept += torn
         stats[3] += kept
         return bytes(content)
 

@@ -46,11 +46,15 @@ def _next_offset(data: bytes) -> int:
 
 
 def expected_after_compaction(
-    written: list[tuple[int, bytes | None, bytes | None, int]], active_base: int, horizon: int
+    written: list[tuple[int, bytes | None, bytes | None, int]],
+    active_base: int,
+    horizon: int,
+    durable_end: int,
 ) -> list[tuple[int, bytes | None, bytes | None]]:
+    # Only a durable record (below durable_end) supersedes an older one of its key.
     latest: dict[bytes, int] = {}
     for offset, key, _value, _ts in written:
-        if key is not None:
+        if key is not None and offset < durable_end:
             latest[key] = offset
     out = []
     for offset, key, value, ts in written:
@@ -72,9 +76,13 @@ def expected_after_compaction(
         max_size=120,
     ),
     st.integers(min_value=1, max_value=6),
+    st.booleans(),
 )
 def test_compaction_keeps_latest_per_key(
-    tmp_path_factory: object, entries: list[tuple[bytes | None, bytes | None, int]], per_batch: int
+    tmp_path_factory: object,
+    entries: list[tuple[bytes | None, bytes | None, int]],
+    per_batch: int,
+    flushed: bool,
 ) -> None:
     directory = Path(tmp_path_factory.mktemp("clean"))  # type: ignore[attr-defined]
     log = PartitionLog.open(directory, CONFIG, clock=lambda: NOW)
@@ -85,9 +93,14 @@ def test_compaction_keeps_latest_per_key(
         written.extend((info.base_offset + j, k, v, t) for j, (k, v, t) in enumerate(chunk))
     active_base = log.segments[-1].base_offset
     end = log.log_end_offset
+    if flushed:
+        log.flush()
     clean_partition(log, NOW)
     assert log.log_end_offset == end
-    expected = expected_after_compaction(written, active_base, NOW - CONFIG.delete_retention_ms)
+    durable_end = end if flushed else active_base  # inactive segments were fsynced at roll
+    expected = expected_after_compaction(
+        written, active_base, NOW - CONFIG.delete_retention_ms, durable_end
+    )
     assert read_all(log) == expected
     log.close()
     reopened = PartitionLog.open(directory, CONFIG, clock=lambda: NOW)
@@ -175,3 +188,73 @@ def test_retention_never_deletes_a_compacted_topic(tmp_path: Path) -> None:
     assert log.enforce_retention(NOW) == []
     assert log.log_start_offset == 0
     log.close()
+
+
+def _checkpoint_in_a_segment_compaction_rewrites(
+    directory: Path, roll: bool = True
+) -> PartitionLog:
+    """A log whose recovery checkpoint names a byte position in an inactive segment that
+    compaction will rewrite on its own (too big to merge with the one before it)."""
+    config = TopicConfig(
+        cleanup_policy=CleanupPolicy.COMPACT, segment_bytes=4096, delete_retention_ms=0
+    )
+    log = PartitionLog.open(directory, config, clock=lambda: NOW)
+    i = 0
+    while log.segments[-1].size < 4070:  # distinct keys: nothing to drop
+        log.append([NewRecord(key=b"unique%d" % i, value=b"x")])
+        i += 1
+    log.roll()
+    for i in range(6):
+        log.append([NewRecord(key=b"k", value=b"v%d" % i)])
+    log.flush()  # the checkpoint: this segment, at its end
+    if roll:
+        log.roll()
+    return log
+
+
+def test_a_crash_after_compacting_the_checkpoints_segment_recovers(tmp_path: Path) -> None:
+    log = _checkpoint_in_a_segment_compaction_rewrites(tmp_path)
+    before = read_all(log)
+    assert clean_partition(log, NOW) is not None
+    after = read_all(log)
+    assert len(after) < len(before)
+    log.abandon()  # as kill -9 leaves it
+    reopened = PartitionLog.open(tmp_path, log.config, clock=lambda: NOW)
+    assert read_all(reopened) == after
+    reopened.close()
+
+
+def test_a_crash_after_the_swap_commit_over_the_checkpoints_segment_recovers(
+    tmp_path: Path,
+) -> None:
+    log = _checkpoint_in_a_segment_compaction_rewrites(tmp_path)
+    plan = plan_cleaning(log, NOW)
+    assert plan is not None
+    for group in plan.groups:
+        write_swap_file(log, group)  # committed, never swapped in
+    log.abandon()
+    reopened = PartitionLog.open(tmp_path, log.config, clock=lambda: NOW)
+    assert [k for _o, k, _v in read_all(reopened)].count(b"k") == 1
+    assert not any(name.endswith(".swap") for name in os.listdir(tmp_path))
+    reopened.close()
+
+
+def test_compaction_waits_for_a_flush_that_checkpoints_into_its_segments(
+    tmp_path: Path,
+) -> None:
+    log = _checkpoint_in_a_segment_compaction_rewrites(tmp_path, roll=False)
+    log.append([NewRecord(key=b"k", value=b"v6")])
+    flushing = log.prepare_flush()  # its checkpoint will name the active segment
+    assert flushing is not None
+    log.roll()  # which compaction may now rewrite
+    with pytest.raises(StoreError, match="retry"):
+        clean_partition(log, NOW)
+    assert not any(name.endswith(".swap") for name in os.listdir(tmp_path))
+    flushing.execute()
+    log.complete_flush(flushing)
+    log.flush()
+    assert clean_partition(log, NOW) is not None
+    log.abandon()
+    reopened = PartitionLog.open(tmp_path, log.config, clock=lambda: NOW)
+    assert [k for _o, k, _v in read_all(reopened)].count(b"k") == 1
+    reopened.close()

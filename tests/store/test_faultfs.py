@@ -42,6 +42,7 @@ class ModelFile:
         if data is None:
             old = old[:offset] + bytearray(max(0, offset - len(old)))
         else:
+            old.extend(bytes(max(0, offset - len(old))))
             old[offset : offset + len(data)] = data
         self.changes.append((offset, data))
         self.snapshots.append(bytes(old))
@@ -59,6 +60,7 @@ class ModelFile:
                 continue
             for torn in range(1, len(data)):
                 partial = bytearray(before)
+                partial.extend(bytes(max(0, offset - len(partial))))
                 partial[offset : offset + torn] = data[:torn]
                 if bytes(partial) == found:
                     return True
@@ -135,6 +137,18 @@ class PowerLossMachine(RuleBasedStateMachine):
             file.change(0, None)
         if data:
             file.change(0, data)
+
+    @precondition(lambda self: self.dir.current)
+    @rule(data=st.data(), at=st.integers(0, 24), payload=st.binary(min_size=1, max_size=8))
+    def pwrite(self, data: st.DataObject, at: int, payload: bytes) -> None:
+        """Overwrite in place (or past the end, leaving a hole), as a checkpoint slot is."""
+        name = data.draw(st.sampled_from(sorted(self.dir.current)))
+        fd = self.fs.open(self.path(name), os.O_WRONLY, 0o644)
+        try:
+            assert self.fs.pwrite(fd, payload, at) == len(payload)
+        finally:
+            self.fs.close(fd)
+        self.dir.current[name].change(at, payload)
 
     @precondition(lambda self: self.dir.current)
     @rule(data=st.data(), length=st.integers(0, 20))

@@ -21,8 +21,8 @@ A cycle's workload mixes appends acknowledged one by one (``always``) and in gro
 checkpoint writes (at rolls and clean closes), clean closes and process kills (which keep
 unsynced data, as the page cache does). Sometimes the power goes during recovery itself.
 
-The seed is fixed so that a failure replays (set ``HEADWATER_POWER_LOSS_SEED``); the
-``slow`` soak runs many more cycles (``HEADWATER_POWER_LOSS_CYCLES``).
+The seed is fixed so that a failure replays (set ``HEADWATER_POWER_LOSS_SEED``);
+``bench/power_loss_soak.py`` runs thousands of cycles with other seeds.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ from headwater.store import (
     PartitionLog,
     TopicConfig,
     decode_records,
+    open_store,
     parse_batch_header,
 )
 from headwater.store._cleaner import clean_partition
 
 SEED = int(os.environ.get("HEADWATER_POWER_LOSS_SEED", "6061"))
-SOAK_CYCLES = int(os.environ.get("HEADWATER_POWER_LOSS_CYCLES", "3000"))
 BASE_TIMESTAMP = 1_700_000_000_000
 KEYS = 13
 
@@ -251,10 +251,7 @@ def run_cycles(root: Path, cycles: int, seed: int) -> History:
                 life.open()
             else:
                 log = life.open()
-                try:
-                    check_log(log, history, rng)
-                except AssertionError as exc:
-                    raise AssertionError(f"{context}: {exc}") from exc
+                check_log(log, history, rng)
                 # It accepts appends again.
                 end = life.append(log)
                 log.flush()
@@ -266,6 +263,8 @@ def run_cycles(root: Path, cycles: int, seed: int) -> History:
         except PowerLoss:
             if crash_in_recovery and life.log is None:
                 history.losses_in_recovery += 1
+        except Exception as exc:
+            raise AssertionError(f"{context}: {exc!r}") from exc
         report = life.fs.power_loss()
         history.power_losses += 1
         history.unsynced_bytes_kept += report.unsynced_bytes_kept
@@ -287,6 +286,49 @@ def summary(history: History) -> str:
     )
 
 
+def test_a_rolled_segment_is_durable_before_the_next_one_is_created(tmp_path: Path) -> None:
+    # Else a cut could keep the new segment's name and lose the old one's tail: a torn
+    # batch in a segment that is not the last, which recovery refuses as damage.
+    fs = FaultFS(tmp_path)
+    log = PartitionLog.open(tmp_path / "log", TopicConfig(), fs=fs)
+    log.append(records_for(0, 5))  # not flushed
+    old = log.segments[-1]
+    log.roll()
+    assert fs.unsynced_bytes(old.log_path) == 0
+    log.close()
+
+
+async def test_a_new_data_or_partition_directory_is_durable(tmp_path: Path) -> None:
+    fs = FaultFS(tmp_path)
+    PartitionLog.open(tmp_path / "a" / "b", TopicConfig(), fs=fs).close()
+    assert "a" in fs.durable_entries(tmp_path)
+    assert "b" in fs.durable_entries(tmp_path / "a")
+    async with open_store(tmp_path / "data", fs=fs):
+        pass
+    assert "data" in fs.durable_entries(tmp_path)
+
+
+@pytest.mark.parametrize("flushed", [False, True])
+def test_compaction_drops_a_record_only_for_a_durable_newer_one(
+    tmp_path: Path, flushed: bool
+) -> None:
+    config = TopicConfig(cleanup_policy=CleanupPolicy.COMPACT, delete_retention_ms=0)
+    log = PartitionLog.open(tmp_path / "log", config, fs=FaultFS(tmp_path))
+    old = log.append([NewRecord(key=b"k", value=b"acknowledged")]).base_offset
+    log.append([NewRecord(key=b"other", value=b"x")])
+    log.flush()
+    log.roll()
+    log.append([NewRecord(key=b"k", value=b"newer")])  # in the active segment
+    if flushed:
+        log.flush()
+    clean_partition(log, BASE_TIMESTAMP)
+    kept = [r.offset for r in decode_records(log.read(0, 1 << 20))]
+    # Unflushed, the newer record could vanish in a power cut after the older one was
+    # dropped for it, and the key's acknowledged value would be lost.
+    assert (old in kept) is not flushed, kept
+    log.close()
+
+
 @pytest.mark.parametrize("variant", range(4))
 def test_power_loss_never_loses_an_acknowledged_record(tmp_path: Path, variant: int) -> None:
     history = run_cycles(tmp_path, 40, SEED + variant)
@@ -294,19 +336,3 @@ def test_power_loss_never_loses_an_acknowledged_record(tmp_path: Path, variant: 
     assert history.lost == []
     assert history.power_losses == 40
     assert history.acked_end > 200, summary(history)
-
-
-@pytest.mark.slow
-def test_power_loss_soak(tmp_path: Path) -> None:
-    totals = []
-    for variant in range(SOAK_CYCLES // 100):
-        root = tmp_path / str(variant)
-        root.mkdir()
-        history = run_cycles(root, 100, SEED * 1000 + variant)
-        totals.append(history)
-    print(
-        f"power-loss soak: {sum(h.power_losses for h in totals)} simulated power losses,"
-        f" {sum(h.acked_end for h in totals)} records acknowledged,"
-        f" {sum(len(h.lost) for h in totals)} acknowledged records lost"
-    )
-    assert all(h.lost == [] for h in totals)

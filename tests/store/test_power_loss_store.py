@@ -34,7 +34,6 @@ from headwater.store import (
 )
 
 SEED = int(os.environ.get("HEADWATER_POWER_LOSS_SEED", "6061"))
-SOAK_CYCLES = int(os.environ.get("HEADWATER_POWER_LOSS_CYCLES", "3000"))
 BASE_TIMESTAMP = 1_700_000_000_000
 KEYS = 11
 
@@ -241,8 +240,8 @@ async def run_cycles(root: Path, cycles: int, seed: int) -> Ledger:
         crash_at = rng.randint(0, 400)
         try:
             await one_life(root, ledger, rng, crash_at)
-        except AssertionError as exc:
-            raise AssertionError(f"seed {seed}, cycle {cycle}: {exc}") from exc
+        except Exception as exc:
+            raise AssertionError(f"seed {seed}, cycle {cycle}: {exc!r}") from exc
     async with open_store(root / "data", fs=FaultFS(root)) as store:
         await check_store(store, ledger)
     return ledger
@@ -264,18 +263,3 @@ async def test_power_loss_through_the_store(tmp_path: Path, variant: int) -> Non
     assert ledger.lost == []
     assert ledger.power_losses == 30
     assert sum(len(v) for v in ledger.acked.values()) > 300, summary(ledger)
-
-
-@pytest.mark.slow
-async def test_power_loss_through_the_store_soak(tmp_path: Path) -> None:
-    ledgers = []
-    for variant in range(SOAK_CYCLES // 300):
-        root = tmp_path / str(variant)
-        root.mkdir()
-        ledgers.append(await run_cycles(root, 100, SEED * 1000 + variant))
-    print(
-        f"store power-loss soak: {sum(x.power_losses for x in ledgers)} simulated power losses,"
-        f" {sum(sum(len(v) for v in x.acked.values()) for x in ledgers)} records acknowledged,"
-        f" {sum(len(x.lost) for x in ledgers)} acknowledged records lost"
-    )
-    assert all(x.lost == [] for x in ledgers)

@@ -1,0 +1,167 @@
+"""The embedded log as a backend: a store and a group coordinator in this process.
+
+Theory of operation. Produce encodes each partition's records as one v2 batch with the
+store's column encoder (``_encoding.py``; several when they exceed the topic's
+``max_message_bytes``) and appends it with ``Partition.append_batch``, which returns
+once the batch is durable under the topic's policy. Fetch reads the partition straight
+from the store and, when caught up, waits on its high-watermark notification (a
+cancelled wait loses nothing: nothing was read). Group membership is an embedded
+:class:`~headwater.groups.Consumer` that the runtime never iterates: it joins,
+heartbeats and rebalances in its own tasks, and tells the runtime through its callbacks;
+the runtime reads each assigned partition itself (one task each), so one slow partition
+never holds up another. The consumer uses the range assignor, eagerly (see
+``_tasks.py`` for why). Offsets are only ever read from and committed to the group's
+committed offsets (``__consumer_offsets``), with their metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+from headwater.groups import (
+    Consumer,
+    GroupConfig,
+    GroupCoordinator,
+    OffsetAndMetadata,
+    TopicPartition,
+)
+from headwater.store import (
+    InvalidConfigError,
+    RecordColumns,
+    Store,
+    TopicConfig,
+    TopicExistsError,
+    open_store,
+)
+
+from .._encoding import OutRecords, encode_within
+from . import Membership, PartitionsHandler
+
+
+class _ConsumerMembership:
+    """A :class:`Membership` over an embedded consumer that is never iterated."""
+
+    def __init__(self, consumer: Consumer, coordinator: GroupCoordinator) -> None:
+        self._consumer = consumer
+        self._coordinator = coordinator
+
+    async def committed(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Return the group's committed offsets of ``partitions`` that have one."""
+        offsets = self._coordinator.committed(self._consumer.group_id)
+        return {tp: offsets[tp] for tp in partitions if tp in offsets}
+
+    async def commit(
+        self, offsets: Mapping[TopicPartition, int], metadata: Mapping[TopicPartition, str]
+    ) -> None:
+        """Commit ``offsets`` with their metadata; return once durable."""
+        await self._consumer.commit(
+            {tp: OffsetAndMetadata(offset, metadata.get(tp, "")) for tp, offset in offsets.items()}
+        )
+
+
+class InProcessBackend:
+    """The embedded log: a store and a group coordinator in this process.
+
+    Build it with :func:`open_in_process`. Concurrency: one event loop.
+    """
+
+    def __init__(self, store: Store, coordinator: GroupCoordinator) -> None:
+        self.store = store
+        self.coordinator = coordinator
+
+    async def partition_count(self, topic: str) -> int | None:
+        """Return how many partitions ``topic`` has, or None if it does not exist."""
+        if not self.store.has_topic(topic):
+            return None
+        return self.store.topic_config(topic).partitions
+
+    async def create_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
+        """Create ``topic`` with ``partitions`` partitions and ``config`` over the store's
+        default settings (nothing if it exists).
+
+        :raises InvalidConfigError: for an unknown config or a bad value.
+        """
+        if self.store.has_topic(topic):
+            return
+        base = dataclasses.replace(self.store.default_config, partitions=partitions)
+        settings = TopicConfig.from_strings(config or {}, base)
+        if settings.partitions != partitions:
+            raise InvalidConfigError(f"topic {topic!r}: give partitions as such, not as a config")
+        with contextlib.suppress(TopicExistsError):
+            await self.store.create_topic(topic, settings)
+
+    async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
+        """Append ``records`` as one batch, or several if they exceed max_message_bytes."""
+        target = self.store.partition(topic, partition)
+        for batch in encode_within(records, target.config.max_message_bytes):
+            await target.append_batch(batch)
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
+        """Read records at or after ``offset``; wait for the first one if there is none."""
+        source = self.store.partition(topic, partition)
+        while True:
+            records = await source.read_columns(offset, max_bytes)
+            if len(records):
+                return records
+            await source.wait_for(offset)
+
+    async def start_offset(self, topic: str, partition: int) -> int:
+        """Return the partition's log start offset."""
+        return self.store.partition(topic, partition).log_start_offset
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """Return the partition's high watermark."""
+        return self.store.partition(topic, partition).high_watermark
+
+    @contextlib.asynccontextmanager
+    async def join(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        on_assigned: PartitionsHandler,
+        on_revoked: PartitionsHandler,
+        on_lost: PartitionsHandler,
+    ) -> AsyncIterator[Membership]:
+        """Join the group through an embedded consumer (see the module docstring)."""
+        consumer = self.coordinator.consumer(
+            group_id,
+            topics,
+            on_assigned=on_assigned,
+            on_revoked=on_revoked,
+            on_lost=on_lost,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            partition_assignment_strategy="range",
+            client_id=f"headwater-app-{group_id}",
+        )
+        async with consumer:
+            yield _ConsumerMembership(consumer, self.coordinator)
+
+
+def default_data_dir() -> Path:
+    """Return the data directory of an app given none: $HEADWATER_DATA, else ./headwater-data."""
+    return Path(os.environ.get("HEADWATER_DATA") or "headwater-data")
+
+
+@contextlib.asynccontextmanager
+async def open_in_process(data_dir: str | os.PathLike[str]) -> AsyncIterator[InProcessBackend]:
+    """Open the store at ``data_dir`` and a group coordinator over it, for a block.
+
+    Only this process can use the data directory meanwhile, so a group has one member
+    here: the coordinator is told not to wait for others before the first assignment.
+
+    :raises DataDirectoryLockedError: if another process has the directory open.
+    """
+    async with open_store(data_dir) as store:
+        config = GroupConfig(initial_rebalance_delay_ms=0)
+        async with GroupCoordinator(store, config=config) as coordinator:
+            yield InProcessBackend(store, coordinator)

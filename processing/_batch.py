@@ -1,0 +1,263 @@
+"""Values in flight: a batch of them as columns, and the context of the batch being processed.
+
+Theory of operation
+-------------------
+A partition task reads a batch of records and hands it to its pipeline, which pushes a
+:class:`Batch` through the task's steps. A batch is columns, never a list of record
+objects: ``values``, the ``origins`` (each value's row in the :class:`Context`, which
+gives its source record: timestamp, headers, offset) and, after a ``key_by``, ``keys``:
+the user's own key objects, serialised once, at the sink, by the key serde of the
+``key_by`` that made them (``key_node``). A batch is never changed in place, so fanning
+one out to several children needs no copies.
+
+The rows of a context are the input batch's records; a step that emits a value of its
+own (a timer firing, a result of many inputs) first adds a row with
+:meth:`Context.add_rows`: its timestamp, headers and lineage (the input it covers, which
+may have been read from another partition of the task, or in an earlier batch). Sinks
+then treat emitted rows exactly like read ones. A context with no emitted rows costs
+nothing extra: lineage is the input batch's partition plus each row's offset.
+
+A user function that raises stops the ``map`` after the values before it;
+:func:`apply_each` keeps those, applies the node's error policy to the failing value's
+source row (raise: :class:`OperatorError`; skip: count and log; dead letter: remembered
+in the context and written with the outputs), and carries on after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from itertools import compress, islice
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from headwater.store import RecordColumns
+
+from ._errors import ErrorPolicy, OperatorError, describe_exception, user_frame
+from ._lineage import Headers, SourcePosition
+
+if TYPE_CHECKING:
+    from ._graph import Node
+    from ._tasks import Task
+
+logger = logging.getLogger("headwater.processing")
+
+T = TypeVar("T")
+
+_FAILED = object()
+# Indexes 0, 1, 2, ... as shared int objects: a batch's origins are a slice of this list,
+# so a batch of up to this many records allocates no int per record (beyond 256, every
+# int is an object of its own).
+_INDEXES = list(range(1 << 15))
+
+
+def indexes(count: int) -> list[int]:
+    """Return ``[0, 1, ..., count - 1]`` (shared int objects where possible)."""
+    return _INDEXES[:count] if count <= len(_INDEXES) else list(range(count))
+
+
+class Event(NamedTuple, Generic[T]):
+    """A value with the metadata of the record it came from (see :meth:`Stream.with_metadata`).
+
+    ``key`` is the key as the user gave it to ``key_by`` (any object), else the record's
+    stored key bytes; ``timestamp`` is in epoch ms; ``topic``, ``partition`` and
+    ``offset`` say where the source record was read.
+    """
+
+    value: T
+    key: Any
+    timestamp: int
+    headers: Headers
+    topic: str
+    partition: int
+    offset: int
+
+
+class Batch:
+    """Values in flight, as columns: see the module docstring."""
+
+    __slots__ = ("key_node", "keys", "origins", "values")
+
+    def __init__(
+        self,
+        values: list[Any],
+        origins: list[int],
+        keys: list[Any] | None = None,
+        key_node: Node | None = None,
+    ):
+        self.values = values
+        self.origins = origins
+        self.keys = keys
+        self.key_node = key_node
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def key_objects(self, records: RecordColumns) -> list[Any]:
+        """Return each record's key: its typed one after a ``key_by``, else the stored bytes."""
+        if self.keys is not None:
+            return self.keys
+        return list(map(records.keys.__getitem__, self.origins))
+
+    def replace(self, values: list[Any]) -> Batch:
+        """Return the batch with ``values`` (one per record) instead of its own."""
+        return Batch(values, self.origins, self.keys, self.key_node)
+
+    def select(self, mask: Sequence[object]) -> Batch:
+        """Return the records whose ``mask`` entry is true."""
+        keys = None if self.keys is None else list(compress(self.keys, mask))
+        return Batch(
+            list(compress(self.values, mask)),
+            list(compress(self.origins, mask)),
+            keys,
+            self.key_node,
+        )
+
+    def without(self, failed: Sequence[int]) -> Batch:
+        """Return the batch without the records at indexes ``failed``."""
+        return self.select(mask_without(len(self.values), failed))
+
+
+def mask_without(count: int, failed: Sequence[int]) -> list[bool]:
+    """Return a mask of ``count`` trues, false at the indexes ``failed``."""
+    mask = [True] * count
+    for i in failed:
+        mask[i] = False
+    return mask
+
+
+class DeadLetter:
+    """A source row that failed an operator under the ``dead_letter`` policy."""
+
+    __slots__ = ("error", "node", "origin")
+
+    def __init__(self, node: Node, origin: int, error: BaseException) -> None:
+        self.node = node
+        self.origin = origin
+        self.error = error
+
+
+class Context:
+    """One batch being processed by a task: its rows, and what it produced so far.
+
+    ``topic`` and ``partition`` say where the input rows were read (a context of timers
+    has none: ``topic`` is empty and ``partition`` is the task's); ``sources`` holds
+    each row's (topic, partition) once rows were emitted, else None (all are the input's).
+    """
+
+    __slots__ = (
+        "dead_letters",
+        "outputs",
+        "partition",
+        "records",
+        "skipped",
+        "sources",
+        "task",
+        "topic",
+    )
+
+    def __init__(self, task: Task, topic: str, partition: int, records: RecordColumns) -> None:
+        self.task = task
+        self.topic = topic
+        self.partition = partition
+        self.records = records
+        self.sources: list[tuple[str, int]] | None = None
+        self.outputs: dict[Any, list[Batch]] = {}
+        self.dead_letters: list[DeadLetter] = []
+        self.skipped = 0
+
+    def source(self, origin: int) -> SourcePosition:
+        """Return where row ``origin`` was read (or, for an emitted row, what it covers)."""
+        topic, partition = (
+            (self.topic, self.partition) if self.sources is None else self.sources[origin]
+        )
+        return SourcePosition(topic, partition, self.records.offsets[origin])
+
+    def add_rows(
+        self,
+        timestamps: Sequence[int],
+        lineage: Sequence[SourcePosition],
+        headers: Sequence[Headers] | None = None,
+    ) -> list[int]:
+        """Add rows for values a step emits; return their origins, for a :class:`Batch`.
+
+        Each row has its own timestamp (epoch ms), its lineage (the input record it
+        covers: for a result of many inputs, the last) and headers (none by default).
+        """
+        count = len(timestamps)
+        assert len(lineage) == count and (headers is None or len(headers) == count)
+        records = self.records
+        first = len(records)
+        if self.sources is None:  # the first emitted rows: copy the read ones once
+            self.sources = [(self.topic, self.partition)] * first
+            records = self.records = RecordColumns(
+                list(records.offsets),
+                list(records.timestamps),
+                list(records.keys),
+                list(records.values),
+                list(records.headers),
+            )
+        offsets = records.offsets
+        assert isinstance(offsets, list)
+        offsets.extend(p.offset for p in lineage)
+        records.timestamps.extend(timestamps)
+        records.keys.extend([None] * count)
+        records.values.extend([None] * count)
+        records.headers.extend(headers if headers is not None else [()] * count)
+        self.sources.extend((p.topic, p.partition) for p in lineage)
+        return list(range(first, first + count))
+
+    def fail(self, node: Node, origin: int, error: BaseException) -> None:
+        """Apply ``node``'s error policy to the row at index ``origin``.
+
+        :raises OperatorError: under the ``raise`` policy.
+        """
+        where = self.source(origin)
+        if node.policy is ErrorPolicy.RAISE:
+            raise OperatorError(
+                node.label, where.topic, where.partition, where.offset, error
+            ) from (error)
+        if node.policy is ErrorPolicy.SKIP:
+            self.skipped += 1
+            frame = user_frame(error)
+            logger.warning(
+                "skipped %s offset %d: operator %s failed: %s%s",
+                f"{where.topic}/{where.partition}",
+                where.offset,
+                node.label,
+                describe_exception(error),
+                f" at {frame}" if frame else "",
+            )
+            return
+        self.dead_letters.append(DeadLetter(node, origin, error))
+
+
+def apply_each(
+    node: Node,
+    fn: Callable[[Any], Any],
+    batch: Batch,
+    ctx: Context,
+    values: list[Any] | None = None,
+) -> tuple[list[Any], Batch]:
+    """Return ``fn`` of each value (of ``values``, by default the batch's) and the batch,
+    both without the records for which ``fn`` raised (handled by ``node``'s policy)."""
+    if values is None:
+        values = batch.values
+    out: list[Any] = []
+    try:
+        out.extend(map(fn, values))
+        return out, batch
+    except Exception as error:
+        failure: Exception | None = error
+    failed: list[int] = []
+    while failure is not None:
+        i = len(out)
+        ctx.fail(node, batch.origins[i], failure)
+        failed.append(i)
+        out.append(_FAILED)
+        failure = None
+        try:
+            out.extend(map(fn, islice(values, i + 1, None)))
+        except Exception as error:
+            failure = error
+    mask = mask_without(len(out), failed)
+    return list(compress(out, mask)), batch.select(mask)
