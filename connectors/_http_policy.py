@@ -21,7 +21,6 @@ import hmac
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 import orjson
@@ -32,6 +31,8 @@ _NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 )
 _JSON_TYPE = "application/json"
+#: Every byte but brackets and the line end, for ``bytes.translate`` to delete.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}\n")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -213,19 +214,36 @@ class IngestPolicy:
                 except orjson.JSONDecodeError as exc:
                     return _malformed(f"line {number} is not JSON: {exc}")
             raise  # pragma: no cover - every line parsed the second time
-        refusal = self._check_depth(lines, items, nested=False)
+        # The body's lines are the records when none was dropped: its brackets are theirs.
+        whole = body if len(lines) == body.count(b"\n") + (not body.endswith(b"\n")) else None
+        refusal = self._check_depth(lines, items, nested=False, joined=whole)
         if refusal is not None:
             return refusal
         return ParsedBody(lines, None if items is None else _keys(items, key_field))
 
     def _check_depth(
-        self, values: Sequence[bytes], items: Sequence[Any] | None, *, nested: bool
+        self,
+        values: Sequence[bytes],
+        items: Sequence[Any] | None,
+        *,
+        nested: bool,
+        joined: bytes | None = None,
     ) -> Refusal | None:
+        """Refuse a record nested deeper than ``max_depth``; ``joined`` is ``values``
+        joined by line ends, when the caller has it."""
         limit = self.limits.max_depth
-        opens = list(map(bytes.count, values, repeat(b"[")))
-        opens = [a + b for a, b in zip(opens, map(bytes.count, values, repeat(b"{")), strict=True)]
-        for index, count in enumerate(opens):
-            if count <= limit:
+        # A record nests at most as deep as it has opening brackets, and its brackets
+        # alone (strings' included) are at least twice that long: one pass in C over
+        # the records' brackets clears every record shorter than that.
+        if joined is None:
+            joined = b"\n".join(values)
+        skeletons = joined.translate(None, _NOT_BRACKETS).split(b"\n")
+        if skeletons and not skeletons[-1] and len(skeletons) > len(values):
+            skeletons.pop()
+        if max(map(len, skeletons)) <= 2 * limit:
+            return None
+        for index, skeleton in enumerate(skeletons):
+            if skeleton.count(b"[") + skeleton.count(b"{") <= limit:
                 continue
             item = items[index] if items is not None else orjson.loads(values[index])
             if _depth(item) > limit:
