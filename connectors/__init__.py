@@ -15,6 +15,11 @@ with headers that say why, never nowhere.
   rules (limits, tokens, bodies) apart from any I/O.
 - :class:`WebhookSink` POSTs a topic's records in batches to a URL, retrying with
   backoff and jitter, with a stable idempotency key per batch and an HMAC signature.
+
+Standalone, the ``headwater connect`` command runs them; inside an app,
+``app.source(FileSourceConnector(...))`` and ``stream.sink(FileSinkConnector(...))``
+(also :class:`HttpIngestConnector`, :class:`WebhookConnector`) run the same code beside
+the app's tasks, on its data directory.
 """
 
 from ._dead_letters import DeadLetters as DeadLetters
@@ -40,6 +45,11 @@ from ._http_policy import IngestPolicy as IngestPolicy
 from ._http_policy import ParsedBody as ParsedBody
 from ._http_policy import Refusal as Refusal
 from ._idempotency import IdempotencyWindow as IdempotencyWindow
+from ._in_app import FileSinkConnector as FileSinkConnector
+from ._in_app import FileSourceConnector as FileSourceConnector
+from ._in_app import HttpIngestConnector as HttpIngestConnector
+from ._in_app import WebhookConnector as WebhookConnector
+from ._in_app import embedded_log as embedded_log
 from ._line_formats import LineFormat as LineFormat
 from ._log import Appended as Appended
 from ._log import ConnectorLog as ConnectorLog
@@ -72,10 +82,13 @@ __all__ = (
     "FileFormat",
     "FileSink",
     "FileSinkConfig",
+    "FileSinkConnector",
     "FileSource",
     "FileSourceConfig",
+    "FileSourceConnector",
     "FileSourceStatistics",
     "HttpIngest",
+    "HttpIngestConnector",
     "IdempotencyWindow",
     "IngestConfig",
     "IngestLimits",
@@ -92,9 +105,11 @@ __all__ = (
     "SourceFileError",
     "StoreLog",
     "WebhookConfig",
+    "WebhookConnector",
     "WebhookSink",
     "WebhookStatistics",
     "dead_letter_topic",
+    "embedded_log",
     "final_name",
     "parse_final_name",
 )

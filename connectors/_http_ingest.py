@@ -69,6 +69,7 @@ class IngestConfig:
     :param key_field: the default key field of object records (a request's ``?key=``
         overrides it).
     :param idempotency_window_s: how long an ``Idempotency-Key`` is remembered.
+    :param topics: the only topics requests may write (404 for others); none: any.
     """
 
     limits: IngestLimits = field(default_factory=IngestLimits)
@@ -76,8 +77,11 @@ class IngestConfig:
     auto_create: bool = False
     key_field: str | None = None
     idempotency_window_s: float = 600.0
+    topics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for topic in self.topics:
+            validate_topic_name(topic)
         if any(not token or token != token.strip() for token in self.tokens):
             raise ConnectorConfigError("a bearer token may be neither empty nor padded with spaces")
         if self.idempotency_window_s < 0:
@@ -277,6 +281,10 @@ class HttpIngest:
         if is_internal_topic(topic):
             return Refusal(
                 400, "invalid_topic", f"topic {topic!r} is internal: records cannot be sent to it"
+            )
+        if self.config.topics and topic not in self.config.topics:
+            return Refusal(
+                404, "unknown_topic", f"this endpoint takes no records for topic {topic!r}"
             )
         if self.log.has_topic(topic):
             return None
