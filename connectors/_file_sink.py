@@ -23,6 +23,10 @@ with the highest last offset, resumes after it and commits that. So after any cr
 the final files together hold every committed record once, and nothing is written
 twice (a record already in a final file is never written to another).
 
+A file operation that fails (a full disk, an I/O error) is handled the same way without
+a crash: the :class:`SinkRunner` has the sink drop the partition's open file and recover
+it as at an assignment, then retries from there after a backoff.
+
 Every file operation goes through a :class:`~headwater.store.FileSystem` (the operating
 system by default), in a worker thread. Records the format cannot hold (a value that is
 not JSON; for CSV one that is not an object) go to the dead-letter topic.
@@ -290,8 +294,12 @@ class FileSink:
 
     def _finish(self, current: _OpenFile, name: str) -> None:
         fs = self.fs
-        fs.fsync(current.fd)
-        fs.close(current.fd)
+        try:
+            fs.fsync(current.fd)
+        finally:
+            # Closed even when the fsync failed: the file is not finished, and what is
+            # left of it under its temporary name is removed at the next recovery.
+            fs.close(current.fd)
         fs.rename(current.temporary, self.directory / name)
         self._fsync_directory()
 
@@ -327,7 +335,9 @@ class FileSink:
                 continue
             if best is None or parsed[3] > best[1]:
                 best = (name, parsed[3])
-        if removed:
+        if removed or best is not None:
+            # Also makes the name of a file renamed just before a crash (or a failed
+            # directory fsync) durable before an offset past it is committed.
             self._fsync_directory()
         return best
 

@@ -44,34 +44,31 @@ was noticed (a size check cannot see those).
 from __future__ import annotations
 
 import functools
-import glob
 import logging
 import os
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import orjson
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from headwater.store import DecimalColumn, StorageFullError, validate_topic_name
+from headwater.store import DecimalColumn, FileSystem, StorageFullError, validate_topic_name
 
 from ._dead_letters import FILE_HEADER, LINE_HEADER, DeadLetters, dead_letter_topic
 from ._errors import ConnectorConfigError
-from ._line_formats import LineFormat, ParsedLines, parse_lines
+from ._file_tail import Chunk, FileTail, KnownFile
+from ._line_formats import LineFormat
 from ._log import ConnectorLog
 from ._position import PositionStore
 
 logger = logging.getLogger("headwater.connectors")
 
-#: Bytes of a file's start that identify it along with its inode.
-FINGERPRINT_BYTES = 1024
 _POSITION_VERSION = 1
 
 
@@ -92,6 +89,8 @@ class FileSourceConfig:
         append and one position save (and the most that a crash may write twice).
     :param close_inactive_s: how long a file that moved away is still read after it
         last grew (a writer may hold it open for a while after the rename).
+    :param backoff_s: after a failure (a read, an append), the first retry's largest
+        wait; each further retry doubles it, up to 30 s (full jitter).
     """
 
     path: str
@@ -103,6 +102,7 @@ class FileSourceConfig:
     poll_interval_s: float = 0.25
     chunk_bytes: int = 1 << 20
     close_inactive_s: float = 5.0
+    backoff_s: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -125,6 +125,8 @@ class FileSourceConfig:
             raise ConnectorConfigError(
                 f"close_inactive_s must be >= 0, got {self.close_inactive_s}"
             )
+        if not self.backoff_s > 0:
+            raise ConnectorConfigError(f"backoff_s must be > 0, got {self.backoff_s}")
         if self.chunk_bytes < 1024:
             raise ConnectorConfigError(f"chunk_bytes must be at least 1024, got {self.chunk_bytes}")
 
@@ -151,51 +153,6 @@ class FileSourceStatistics:
     retries: int
 
 
-@dataclass(slots=True)
-class _File:
-    """A file the source knows, by identity."""
-
-    path: Path
-    dev: int
-    ino: int
-    offset: int = 0
-    line: int = 0
-    fingerprint: tuple[int, int] = (0, 0)  # (length, CRC-32 of that many first bytes)
-    fd: int | None = None
-    gone: bool = False
-    header: list[str] | None = None  # CSV
-    last_growth: float = field(default_factory=time.monotonic)
-
-    @property
-    def identity(self) -> tuple[int, int]:
-        return (self.dev, self.ino)
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "dev": self.dev,
-            "ino": self.ino,
-            "offset": self.offset,
-            "line": self.line,
-            "fp": list(self.fingerprint),
-        }
-
-
-@dataclass(slots=True)
-class _Chunk:
-    """One step's worth of a file: its parsed lines and where the file stands after them."""
-
-    file: _File
-    parsed: ParsedLines
-    first_line: int
-    lines: int
-    end_offset: int
-    size: int
-    fingerprint: tuple[int, int]
-    last: bool = False  # the file's final read: a gone file at its end
-    header: list[str] | None = field(default=None)
-
-
 class BackfillProgress:
     """How a :class:`FileSource` reports a backfill (reading what files held at start).
 
@@ -219,6 +176,8 @@ class FileSource:
     :param positions: where the position is saved.
     :param config: the source's settings.
     :param progress: told about the backfill.
+    :param fs: the file system files are opened and read through (the operating system
+        by default).
 
     Concurrency: :meth:`run` once, from one task.
     """
@@ -230,13 +189,15 @@ class FileSource:
         config: FileSourceConfig,
         *,
         progress: BackfillProgress | None = None,
+        fs: FileSystem | None = None,
     ) -> None:
         self.log = log
         self.positions = positions
         self.config = config
         self.dead_letters = DeadLetters(log, config.dead_letters)
         self._progress = progress or BackfillProgress()
-        self._files: dict[tuple[int, int], _File] = {}
+        self._tail = FileTail(fs)
+        self._files: dict[tuple[int, int], KnownFile] = {}
         self._resumed = False
         self._stop_scope = anyio.CancelScope()
         self._stopping = self._storing = False
@@ -303,7 +264,7 @@ class FileSource:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((OSError, StorageFullError)),
-            wait=wait_random_exponential(multiplier=0.2, max=30),
+            wait=wait_random_exponential(multiplier=self.config.backoff_s, max=30),
             sleep=anyio.sleep,
             before_sleep=report,
             reraise=True,
@@ -331,7 +292,7 @@ class FileSource:
                 self.config.source_name,
             )
             return
-        files = await anyio.to_thread.run_sync(_reopen_all, entries)
+        files = await anyio.to_thread.run_sync(self._tail.reopen_all, entries)
         self._files = {f.identity: f for f in files}
 
     # -- scanning --------------------------------------------------------------------
@@ -339,7 +300,8 @@ class FileSource:
     async def _scan(self, first: bool) -> int:
         """Find new, gone and truncated files; return the bytes left to read."""
         start_at_end = first and not self._resumed and not self.config.from_beginning
-        return await anyio.to_thread.run_sync(_scan, self.config.path, self._files, start_at_end)
+        scan = self._tail.scan
+        return await anyio.to_thread.run_sync(scan, self.config.path, self._files, start_at_end)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -347,61 +309,94 @@ class FileSource:
         """Read every file to its end, a chunk at a time, overlapping reads and appends.
 
         A gone file is finished (its last line taken, then forgotten) once it has not
-        grown for ``close_inactive_s``, or at once with ``until_caught_up``.
+        grown for ``close_inactive_s``, or at once with ``until_caught_up``. A failure of
+        either half is raised as itself (not as a task group's), for :meth:`_retrying`.
         """
         order = sorted(self._files.values(), key=lambda f: (not f.gone, str(f.path)))
-        send, receive = anyio.create_memory_object_stream[_Chunk | None](1)
+        send, receive = anyio.create_memory_object_stream[Chunk | Exception | None](1)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._produce_chunks, order, send, until_caught_up)
             async with receive:
-                async for chunk in receive:
-                    if chunk is None:
-                        break
-                    # A stop waits for the chunk in hand: its position is saved first.
-                    self._storing = True
-                    try:
-                        with anyio.CancelScope(shield=True):
-                            await self._store(chunk)
-                    finally:
-                        self._storing = False
-                    if self._stopping:
-                        self._stop_scope.cancel()
+                failure = await self._store_chunks(receive)
+                tg.cancel_scope.cancel()  # a failure leaves the reader waiting to send
+        if failure is not None:
+            raise failure
         for f in [f for f in self._files.values() if f.gone and f.fd is None]:
             del self._files[f.identity]
 
-    async def _produce_chunks(self, files: list[_File], send: Any, until_caught_up: bool) -> None:
+    async def _store_chunks(
+        self, receive: MemoryObjectReceiveStream[Chunk | Exception | None]
+    ) -> Exception | None:
+        """Store the chunks read until the last; return the failure that ended it, if any."""
+        async for chunk in receive:
+            if chunk is None:
+                return None
+            if isinstance(chunk, Exception):
+                return chunk
+            # A stop waits for the chunk in hand: its position is saved first.
+            self._storing = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._store(chunk)
+            except Exception as exc:  # raised by _read_all, outside the task group
+                return exc
+            finally:
+                self._storing = False
+            if self._stopping:
+                self._stop_scope.cancel()
+        return None
+
+    async def _produce_chunks(
+        self,
+        files: list[KnownFile],
+        send: MemoryObjectSendStream[Chunk | Exception | None],
+        until_caught_up: bool,
+    ) -> None:
+        async with send:
+            try:
+                await self._read_chunks(files, send, until_caught_up)
+            except Exception as exc:  # handed over: _read_all raises it
+                await send.send(exc)
+            else:
+                await send.send(None)
+
+    async def _read_chunks(
+        self,
+        files: list[KnownFile],
+        send: MemoryObjectSendStream[Chunk | Exception | None],
+        until_caught_up: bool,
+    ) -> None:
         limit = self.log.max_record_bytes(self.config.topic)
         close_after = self.config.close_inactive_s
-        async with send:
-            for f in files:
-                offset, line, header = f.offset, f.line, f.header
-                closing = f.gone and (
-                    until_caught_up or time.monotonic() - f.last_growth >= close_after
+        for f in files:
+            offset, line, header = f.offset, f.line, f.header
+            closing = f.gone and (
+                until_caught_up or time.monotonic() - f.last_growth >= close_after
+            )
+            while True:
+                read = functools.partial(
+                    self._tail.read_chunk,
+                    f,
+                    offset,
+                    line,
+                    header=header,
+                    fmt=self.config.format,
+                    chunk_bytes=self.config.chunk_bytes,
+                    max_record_bytes=limit,
+                    closing=closing,
                 )
-                while True:
-                    read = functools.partial(
-                        _read_chunk,
-                        f,
-                        offset,
-                        line,
-                        header=header,
-                        config=self.config,
-                        max_record_bytes=limit,
-                        closing=closing,
-                    )
-                    chunk = await anyio.to_thread.run_sync(read)
-                    if chunk is None:
-                        break
-                    if chunk.lines:
-                        f.last_growth = time.monotonic()
-                    await send.send(chunk)
-                    offset, line = chunk.end_offset, chunk.first_line - 1 + chunk.lines
-                    header = chunk.header or header
-                    if chunk.last:
-                        break
-            await send.send(None)
+                chunk = await anyio.to_thread.run_sync(read)
+                if chunk is None:
+                    break
+                if chunk.lines:
+                    f.last_growth = time.monotonic()
+                await send.send(chunk)
+                offset, line = chunk.end_offset, chunk.first_line - 1 + chunk.lines
+                header = chunk.header or header
+                if chunk.last:
+                    break
 
-    async def _store(self, chunk: _Chunk) -> None:
+    async def _store(self, chunk: Chunk) -> None:
         f = chunk.file
         parsed = chunk.parsed
         if parsed.values:
@@ -421,9 +416,8 @@ class FileSource:
         f.fingerprint = chunk.fingerprint
         if chunk.header is not None:
             f.header = chunk.header
-        if chunk.last and f.fd is not None:
-            os.close(f.fd)
-            f.fd = None
+        if chunk.last:
+            self._tail.close(f)
         await self._save()
         self._lines += len(parsed.values)
         self._malformed += len(parsed.bad_lines)
@@ -435,206 +429,3 @@ class FileSource:
         files = [f.document() for f in self._files.values() if not (f.gone and f.fd is None)]
         document = orjson.dumps({"v": _POSITION_VERSION, "files": files})
         await self.positions.save(self.config.source_name, document)
-
-
-# -- file work (worker threads) --------------------------------------------------------
-
-
-def _fingerprint(fd: int, length: int) -> tuple[int, int]:
-    length = min(length, FINGERPRINT_BYTES)
-    if length <= 0:
-        return (0, 0)
-    head = os.pread(fd, length, 0)
-    return (len(head), zlib.crc32(head))
-
-
-def _open(path: Path) -> tuple[int, os.stat_result] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return fd, os.fstat(fd)
-
-
-def _reopen_all(entries: list[dict[str, Any]]) -> list[_File]:
-    """Reopen the files of a saved position (see the module: identity and fingerprint)."""
-    files = []
-    for entry in entries:
-        try:
-            path = Path(entry["path"])
-            identity = (int(entry["dev"]), int(entry["ino"]))
-            f = _File(
-                path,
-                *identity,
-                offset=int(entry["offset"]),
-                line=int(entry["line"]),
-                fingerprint=(int(entry["fp"][0]), int(entry["fp"][1])),
-            )
-        except (KeyError, TypeError, ValueError, IndexError):
-            logger.warning("file source: skipped a saved file entry that does not decode")
-            continue
-        found = _find(f, [path, *_siblings(path)])
-        if found is None:
-            logger.warning(
-                "file source: %s (read up to line %d) is gone; lines written to it after "
-                "that were not read",
-                path,
-                f.line,
-            )
-            continue
-        f.path, f.fd = found
-        f.gone = f.path != path  # rotated while the source was down: read it to its end
-        files.append(f)
-    return files
-
-
-def _siblings(path: Path) -> list[Path]:
-    try:
-        return [path.parent / name for name in sorted(os.listdir(path.parent or "."))]
-    except OSError:
-        return []
-
-
-def _find(f: _File, candidates: list[Path]) -> tuple[Path, int] | None:
-    """Open the first of ``candidates`` that is ``f`` (identity and fingerprint)."""
-    for candidate in candidates:
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) != f.identity:
-            continue
-        opened = _open(candidate)
-        if opened is None:
-            continue
-        fd, st = opened
-        if (st.st_dev, st.st_ino) == f.identity and (
-            f.fingerprint[0] == 0 or _fingerprint(fd, f.fingerprint[0]) == f.fingerprint
-        ):
-            return candidate, fd
-        os.close(fd)
-    return None
-
-
-def _matches(pattern: str) -> list[Path]:
-    if glob.has_magic(pattern):
-        return [Path(p) for p in sorted(glob.glob(pattern)) if os.path.isfile(p)]
-    return [Path(pattern)] if os.path.isfile(pattern) else []
-
-
-def _count_lines(fd: int, size: int) -> int:
-    count = 0
-    position = 0
-    while position < size:
-        block = os.pread(fd, min(1 << 22, size - position), position)
-        if not block:
-            break
-        count += block.count(b"\n")
-        position += len(block)
-    return count
-
-
-def _scan(pattern: str, files: dict[tuple[int, int], _File], start_at_end: bool) -> int:
-    """Update ``files`` from the file system (see the module); return bytes left to read."""
-    seen = set()
-    for path in _matches(pattern):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        identity = (st.st_dev, st.st_ino)
-        seen.add(identity)
-        known = files.get(identity)
-        if known is not None:
-            known.path = path
-            known.gone = False
-            continue
-        opened = _open(path)
-        if opened is None:
-            continue
-        fd, st = opened
-        f = _File(path, st.st_dev, st.st_ino, fd=fd)
-        if start_at_end:
-            f.offset = st.st_size
-            f.line = _count_lines(fd, st.st_size)
-            f.fingerprint = _fingerprint(fd, st.st_size)
-        files[f.identity] = f
-    left = 0
-    for identity, f in files.items():
-        if identity not in seen:
-            f.gone = True
-        if f.fd is None:
-            continue
-        size = os.fstat(f.fd).st_size
-        if size < f.offset:
-            logger.warning(
-                "file source: %s was truncated to %d bytes (read up to %d); reading it "
-                "again from its start",
-                f.path,
-                size,
-                f.offset,
-            )
-            f.offset = f.line = 0
-            f.fingerprint = (0, 0)
-            f.header = None
-        left += size - f.offset
-    return left
-
-
-def _read_chunk(
-    f: _File,
-    offset: int,
-    line: int,
-    *,
-    header: list[str] | None,
-    config: FileSourceConfig,
-    max_record_bytes: int,
-    closing: bool,
-) -> _Chunk | None:
-    """Read and parse the complete lines of ``f`` from ``offset``; None at its end.
-
-    With ``closing`` (a gone file read for the last time) the chunk that reaches the
-    file's end is its last: an unterminated last line is taken as it is.
-    """
-    fd = f.fd
-    if fd is None:
-        return None
-    data = os.pread(fd, config.chunk_bytes, offset)
-    # A line longer than a chunk: read on until it ends (or the file does).
-    while b"\n" not in data and len(data) >= config.chunk_bytes:
-        more = os.pread(fd, len(data), offset + len(data))
-        if not more:
-            break
-        data += more
-    last = False
-    if closing and len(data) < config.chunk_bytes:
-        # The file has moved away and grows no more: what is left is its last line.
-        last = True
-        if not data:
-            return _Chunk(f, ParsedLines([]), line + 1, 0, offset, 0, f.fingerprint, last)
-        if not data.endswith(b"\n"):
-            data += b"\n"
-        cut = len(data) - 1
-    else:
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            return None
-    complete = data[:cut]
-    lines = complete.split(b"\n")
-    if b"\r" in complete:
-        lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
-    if config.format is LineFormat.CSV and header is None and line > 0:
-        header = _read_header(fd)
-    parsed = parse_lines(config.format, lines, line + 1, header, max_record_bytes)
-    end = offset + cut + 1
-    fingerprint = f.fingerprint
-    if fingerprint[0] < min(end, FINGERPRINT_BYTES):
-        fingerprint = _fingerprint(fd, end)
-    return _Chunk(f, parsed, line + 1, len(lines), end, cut + 1, fingerprint, last, parsed.header)
-
-
-def _read_header(fd: int) -> list[str] | None:
-    head = os.pread(fd, 1 << 16, 0)
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
-    parsed = parse_lines(LineFormat.CSV, [first], 1)
-    return parsed.header

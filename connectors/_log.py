@@ -182,10 +182,26 @@ class StoreLog:
         if len(written) == 1:
             await written[0][0].wait_durable(written[0][1])
         else:
-            async with anyio.create_task_group() as tg:
-                for partition, end in written:
-                    tg.start_soon(partition.wait_durable, end)
+            await _wait_durable_all(written)
         return Appended(count, tuple(runs))
+
+
+async def _wait_durable_all(written: list[tuple[Partition, int]]) -> None:
+    """Wait until every partition is durable up to its end; raise the first failure as
+    itself (a caller catches a full disk as such, not inside a task group's exception)."""
+    failures: list[Exception] = []
+
+    async def wait(partition: Partition, end: int) -> None:
+        try:
+            await partition.wait_durable(end)
+        except Exception as exc:  # raised below, once every wait is over
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for partition, end in written:
+            tg.start_soon(wait, partition, end)
+    if failures:
+        raise failures[0]
 
 
 def _group_by_key(

@@ -17,6 +17,11 @@ same for every sink:
   finishes what it can and the runner commits that; a partition lost to a fenced member
   is dropped without a commit (its new owner redelivers from the group's offset).
 
+A delivery that fails with an error of the machine (a full disk, an I/O error) is
+logged and retried with capped, jittered backoff (tenacity): the writer drops what it
+holds of the partition and the partition is read again from its checkpoint, so nothing
+is lost and nothing past the checkpoint counts as delivered.
+
 A commit that fails (the group rebalancing, the member fenced) is logged; the checkpoint
 stays pending and goes with the next commit while the partition is still this member's.
 Records past a failed commit may be delivered again by the partition's next owner
@@ -33,6 +38,7 @@ from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from headwater.groups import (
     Consumer,
@@ -42,10 +48,16 @@ from headwater.groups import (
     OffsetAndMetadata,
     TopicPartition,
 )
+from headwater.store import StorageFullError
 
 from ._position import encode_checkpoint
 
 logger = logging.getLogger("headwater.connectors")
+
+#: Failures a sink outlives: it reads the partition again from its checkpoint and retries.
+RETRYABLE = (OSError, StorageFullError)
+#: The longest wait between two tries.
+MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +117,7 @@ class SinkStatistics:
     records: int
     commits: int
     failed_commits: int
+    retries: int
 
 
 class SinkRunner:
@@ -114,12 +127,21 @@ class SinkRunner:
     :param topic: the input topic (it must exist).
     :param group_id: the consumer group; members of one group share the partitions.
     :param writer: the sink.
+    :param backoff_s: the first retry's largest wait after a failure; each further
+        retry doubles it, up to ``MAX_BACKOFF_S`` (full jitter: a wait is random below that).
     """
 
     def __init__(
-        self, groups: GroupCoordinator, topic: str, group_id: str, writer: SinkWriter
+        self,
+        groups: GroupCoordinator,
+        topic: str,
+        group_id: str,
+        writer: SinkWriter,
+        *,
+        backoff_s: float = 0.2,
     ) -> None:
         self.groups = groups
+        self.backoff_s = backoff_s
         self.topic = topic
         self.group_id = group_id
         self.writer = writer
@@ -130,10 +152,16 @@ class SinkRunner:
         self._stop_scope = anyio.CancelScope()
         self._committed_event = anyio.Event()
         self._batches = self._records = self._commits = self._failed_commits = 0
+        self._retries = 0
+        #: Partitions whose writer state a failure left in doubt, to be rebuilt from
+        #: their checkpoint before any more of them is delivered.
+        self._damaged: set[TopicPartition] = set()
 
     def statistics(self) -> SinkStatistics:
         """Return the counters so far."""
-        return SinkStatistics(self._batches, self._records, self._commits, self._failed_commits)
+        return SinkStatistics(
+            self._batches, self._records, self._commits, self._failed_commits, self._retries
+        )
 
     async def run(
         self,
@@ -146,7 +174,8 @@ class SinkRunner:
 
         ``task_status.started()`` is called once the member has its first assignment.
         Returning (``until_caught_up``, or :meth:`stop`) finishes every partition and commits;
-        cancellation does neither (the uncommitted tail is delivered again later).
+        cancellation does neither (the uncommitted tail is delivered again later). A
+        delivery that fails with an error of the machine is retried (see the module).
 
         :raises TopicNotFoundError: if the topic does not exist.
         """
@@ -165,15 +194,27 @@ class SinkRunner:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._run_timers)
                 with self._stop_scope:
-                    while not (until_caught_up and _caught_up(consumer)):
-                        try:
-                            batch = await consumer.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        await self._deliver(batch)
+                    async for attempt in self._retrying():
+                        with attempt:
+                            await self._consume(consumer, until_caught_up)
                 tg.cancel_scope.cancel()
             # Leaving the block cleanly gives every partition up: the writer finishes
             # each (on_revoked) and the runner commits that.
+
+    async def _consume(self, consumer: Consumer, until_caught_up: bool) -> None:
+        """Deliver batches until the consumer closes (or, ``until_caught_up``, is caught
+        up); raise a retryable failure once the partition it hit is marked damaged."""
+        while True:
+            await self._repair()
+            if until_caught_up and _caught_up(consumer):
+                return
+            try:
+                batch = await consumer.__anext__()
+            except StopAsyncIteration:
+                return
+            if batch.topic_partition in self._damaged:
+                continue  # its assignment failed: it is read again once repaired
+            await self._deliver(batch)
 
     async def wait_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Wait until the group has committed at least ``offsets`` (woken by each commit)."""
@@ -191,7 +232,11 @@ class SinkRunner:
 
     async def _deliver(self, batch: ConsumerBatch) -> None:
         async with self._lock:
-            checkpoint = await self.writer.write(batch, self._commit_now)
+            try:
+                checkpoint = await self.writer.write(batch, self._commit_now)
+            except RETRYABLE:
+                self._damaged.add(batch.topic_partition)
+                raise
             self._batches += 1
             self._records += len(batch.records)
             if checkpoint is not None:
@@ -209,8 +254,73 @@ class SinkRunner:
                 await self._deadline_moved.wait()
                 continue
             async with self._lock:
-                self._pending.update(await self.writer.tick())
-                await self._commit()
+                try:
+                    due = await self.writer.tick()
+                except RETRYABLE as exc:
+                    # Which partition failed is not known: every one is read again.
+                    self._failed("a timed roll", exc)
+                    assert self._consumer is not None
+                    self._damaged.update(self._consumer.assignment())
+                else:
+                    self._pending.update(due)
+                    await self._commit()
+            if self._damaged:
+                async for attempt in self._retrying():
+                    with attempt:
+                        await self._repair()
+
+    async def _repair(self) -> None:
+        """Rebuild the writer's state of every damaged partition from its checkpoint.
+
+        The writer drops what it holds of the partition (as if it were lost), recovers
+        it as at an assignment, and the consumer reads it again from there: what the
+        writer had not finished is written again, nothing it finished is.
+        """
+        if not self._damaged:
+            return
+        consumer = self._consumer
+        assert consumer is not None
+        async with self._lock:
+            assigned = consumer.assignment()
+            for tp in sorted(self._damaged):
+                if tp in assigned:
+                    await self.writer.revoked(tp, lost=True)
+                    committed = consumer.committed().get(tp)
+                    start = await self.writer.assigned(tp, committed) or self._pending.get(tp)
+                    if start is not None:
+                        self._pending[tp] = start
+                        consumer.seek(tp, start.offset)
+                    else:
+                        # No checkpoint: the committed offset, or (0 is reset by
+                        # auto_offset_reset when outside the log) the log start.
+                        consumer.seek(tp, committed.offset if committed is not None else 0)
+                self._damaged.discard(tp)
+            await self._commit()
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            wait=wait_random_exponential(multiplier=self.backoff_s, max=MAX_BACKOFF_S),
+            sleep=anyio.sleep,
+            before_sleep=self._report,
+            reraise=True,
+        )
+
+    def _report(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        self._failed(f"a delivery (next try in {wait:.1f} s)", exc)
+
+    def _failed(self, what: str, exc: BaseException | None) -> None:
+        self._retries += 1
+        logger.warning(
+            "sink %s on %s: %s failed: %s; the partitions concerned are read again from "
+            "their last checkpoint",
+            self.group_id,
+            self.topic,
+            what,
+            exc,
+        )
 
     async def _commit_now(self, partition: TopicPartition, checkpoint: Checkpoint) -> bool:
         """Commit ``checkpoint`` (and whatever is pending) now; return whether it stuck."""
@@ -229,7 +339,7 @@ class SinkRunner:
             return True
         try:
             await consumer.commit(offsets)
-        except GroupError as exc:
+        except (GroupError, *RETRYABLE) as exc:
             self._failed_commits += 1
             logger.warning(
                 "sink %s on %s: commit failed (%s); it is retried with the next one",
@@ -246,13 +356,21 @@ class SinkRunner:
                 del self._pending[tp]
         return True
 
+    # The callbacks run inside the consumer, which stops for good on an exception: a
+    # failure of the writer there is logged, and the partition repaired or dropped.
+
     async def _on_assigned(self, partitions: list[TopicPartition]) -> None:
         consumer = self._consumer
         assert consumer is not None
         committed = consumer.committed()
         async with self._lock:
             for tp in partitions:
-                start = await self.writer.assigned(tp, committed.get(tp))
+                try:
+                    start = await self.writer.assigned(tp, committed.get(tp))
+                except RETRYABLE as exc:
+                    self._failed(f"taking {tp.topic}-{tp.partition} on", exc)
+                    self._damaged.add(tp)  # repaired before any batch of it is delivered
+                    continue
                 if start is not None:
                     consumer.seek(tp, start.offset)
                     self._pending[tp] = start
@@ -261,7 +379,13 @@ class SinkRunner:
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         async with self._lock:
             for tp in partitions:
-                checkpoint = await self.writer.revoked(tp, lost=False)
+                try:
+                    checkpoint = await self.writer.revoked(tp, lost=self._drop(tp))
+                except RETRYABLE as exc:
+                    # What it held is not committed: its next owner writes it again.
+                    self._failed(f"finishing {tp.topic}-{tp.partition}", exc)
+                    await self._abandon(tp)
+                    continue
                 if checkpoint is not None:
                     self._pending[tp] = checkpoint
             await self._commit()
@@ -271,8 +395,22 @@ class SinkRunner:
     async def _on_lost(self, partitions: list[TopicPartition]) -> None:
         async with self._lock:
             for tp in partitions:
-                await self.writer.revoked(tp, lost=True)
+                self._drop(tp)
+                await self._abandon(tp)
                 self._pending.pop(tp, None)
+
+    def _drop(self, tp: TopicPartition) -> bool:
+        """Forget that ``tp`` is damaged; return whether it was (its writer state is
+        then not to be trusted, so it is abandoned rather than finished)."""
+        damaged = tp in self._damaged
+        self._damaged.discard(tp)
+        return damaged
+
+    async def _abandon(self, tp: TopicPartition) -> None:
+        try:
+            await self.writer.revoked(tp, lost=True)
+        except RETRYABLE as exc:  # what it leaves behind, its next owner clears up
+            self._failed(f"dropping {tp.topic}-{tp.partition}", exc)
 
 
 def _caught_up(consumer: Consumer) -> bool:

@@ -3,6 +3,7 @@ formats, dead letters, restarts (clean, and after a rotation while it was down).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from headwater.connectors import (
     LogPositionStore,
     StoreLog,
 )
-from headwater.store import Store, TopicConfig, open_store
+from headwater.store import OsFileSystem, Store, TopicConfig, open_store
 
 from .helpers import records_of, values_of, wait_for_count
 
@@ -291,3 +292,61 @@ def test_any_write_pattern_stores_each_complete_line_once_in_order(
 
     got: list[int] = anyio.run(main, backend="trio")
     assert got == list(range(len(lines)))
+
+
+class FlakyFiles(OsFileSystem):
+    """The operating system, except that opening a file named in ``closed`` fails
+    (EACCES), and the first ``read_failures`` reads fail (EIO)."""
+
+    def __init__(self, *, closed: set[str] | None = None, read_failures: int = 0) -> None:
+        self.closed = closed or set()
+        self.read_failures = read_failures
+
+    def open(self, path: Path, flags: int, mode: int = 0o777) -> int:
+        if Path(path).name in self.closed:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return os.open(path, flags, mode)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        if self.read_failures:
+            self.read_failures -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return os.pread(fd, size, offset)
+
+
+async def test_a_file_that_cannot_be_opened_waits_while_the_others_are_read(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_bytes(jsonl(0, 10))
+    (logs / "b.log").write_bytes(jsonl(10, 20))
+    fs = FlakyFiles(closed={"b.log"})
+    config = FileSourceConfig(
+        topic="t", path=str(logs / "*.log"), from_beginning=True, poll_interval_s=0.01
+    )
+    source = FileSource(StoreLog(store), LogPositionStore(store), config, fs=fs)
+    async with anyio.create_task_group() as tg:
+        await tg.start(source.run)
+        await wait_for_count(store, "t", 10)
+        fs.closed.clear()  # its permissions are fixed: it is read from its start
+        await wait_for_count(store, "t", 20)
+        tg.cancel_scope.cancel()
+    assert numbers(await values_of(store, "t")) == list(range(20))
+    warnings = [r.message for r in caplog.records if "cannot open" in r.message]
+    assert len(warnings) == 1 and "b.log" in warnings[0]
+
+
+async def test_failed_reads_are_retried_losing_and_repeating_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    log = tmp_path / "app.log"
+    log.write_bytes(jsonl(0, 300))
+    fs = FlakyFiles(read_failures=3)
+    config = FileSourceConfig(
+        topic="t", path=str(log), from_beginning=True, chunk_bytes=1024, backoff_s=0.001
+    )
+    source = FileSource(StoreLog(store), LogPositionStore(store), config, fs=fs)
+    await source.run(until_caught_up=True)
+    assert source.statistics().retries == 3
+    assert numbers(await values_of(store, "t")) == list(range(300))

@@ -234,6 +234,23 @@ async def test_a_full_disk_is_503_with_retry_after_and_loses_nothing(data: Path)
     assert recovered.status_code == 200
 
 
+async def test_a_failed_fsync_across_partitions_is_503(data: Path) -> None:
+    """Records keyed to two partitions wait for both fsyncs; both fail: one 503 names it."""
+    faultfs = load_faultfs()
+    data.mkdir()
+    fs = faultfs.FaultFS(data)
+    body = b'{"k":"a"}\n{"k":"b"}\n{"k":"c"}\n{"k":"d"}\n'
+    async with open_store(data, fs=fs, maintenance_interval_s=math.inf) as store:
+        await store.create_topic("t", TopicConfig(partitions=2))
+        async with client(store) as http:
+            fs.inject(faultfs.Fault("fsync", errno.EIO, path_suffix=".log", times=-1))
+            failed = await http.post("/topics/t/records?key=k", content=body, headers=NDJSON)
+            fs.faults.clear()
+    assert failed.status_code == 503, failed.text
+    assert error_of(failed)["code"] == "unavailable"
+    assert "fsync" in error_of(failed)["message"]
+
+
 def load_faultfs() -> ModuleType:
     """Import the store tests' FaultFS (tests/store is not a package)."""
     if "faultfs" in sys.modules:

@@ -107,7 +107,9 @@ def http(endpoint: str) -> Iterator[httpx.Client]:
         yield client
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
 @given(
     body=bodies,
     content_type=content_types,
@@ -141,7 +143,7 @@ def test_no_request_gets_a_5xx(
         assert error["message"]
 
 
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None)
 @given(records=st.lists(json_values, min_size=1, max_size=30))
 def test_what_a_200_reports_is_what_is_stored(records: list[Any]) -> None:
     """NDJSON of any JSON values: the answer's offsets name records holding the lines."""
