@@ -20,6 +20,7 @@ when a broker cannot be reached (the CLI turns that into one line).
 
 from __future__ import annotations
 
+import importlib.metadata
 import socket
 import struct
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,10 @@ _LATEST = -1
 _EARLIEST = -2
 _TOPIC_RESOURCE = 2
 _SET, _DELETE = 0, 1  # IncrementalAlterConfigs' operations
+try:
+    _SOFTWARE_VERSION = importlib.metadata.version("headwater")
+except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
+    _SOFTWARE_VERSION = "0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +111,13 @@ class _Connection:
         self._sock.close()
 
     def _negotiate(self) -> dict[int, int]:
-        body = self.send(ApiKey.API_VERSIONS, 3, {"client_software_name": "headwater"})
+        # Kafka checks both names against [a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?: an
+        # empty version is an INVALID_REQUEST.
+        body = self.send(
+            ApiKey.API_VERSIONS,
+            3,
+            {"client_software_name": "headwater", "client_software_version": _SOFTWARE_VERSION},
+        )
         if body["error_code"] == KafkaErrorCode.UNSUPPORTED_VERSION:
             body = self.send(ApiKey.API_VERSIONS, 0, {})
         _check(body["error_code"], "ApiVersions", None)

@@ -17,7 +17,7 @@ handler}`` over the objects they need:
 * ``_handlers_produce.py`` Produce, InitProducerId -- over the store and producer states;
 * ``_handlers_fetch.py``   Fetch, ListOffsets -- over the store;
 * ``_handlers_groups.py``  JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
-                           OffsetFetch, DescribeGroups, ListGroups -- over a
+                           OffsetFetch, DescribeGroups, ListGroups, DeleteGroups -- over a
                            :class:`~headwater.groups.GroupCoordinator` (``headwater broker``
                            passes them as ``extra_handlers``).
 
@@ -28,8 +28,8 @@ handle (librdkafka turns features on from what is advertised). A request for an 
 outside the table closes the connection, as Kafka does for an unknown key.
 
 Consumer groups slot in the same way: a module that builds JoinGroup, SyncGroup,
-Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups and ListGroups handlers
-over a coordinator object, passed to :class:`~headwater.broker.Broker` as
+Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups and
+DeleteGroups handlers over a coordinator object, passed to :class:`~headwater.broker.Broker` as
 ``extra_handlers``.
 
 A handler answers bad *values* (an unknown topic, a stale epoch) with Kafka error codes

@@ -1,7 +1,7 @@
 """Handlers of the consumer-group APIs, over a :class:`~headwater.groups.GroupCoordinator`.
 
-JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups and
-ListGroups. The broker passes :meth:`GroupHandlers.table` to
+JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups,
+ListGroups and DeleteGroups. The broker passes :meth:`GroupHandlers.table` to
 :class:`~headwater.broker.Broker` as ``extra_handlers`` (``headwater broker`` does).
 
 Theory of operation
@@ -74,6 +74,7 @@ class GroupHandlers:
             ApiKey.OFFSET_FETCH: self.offset_fetch,
             ApiKey.DESCRIBE_GROUPS: self.describe_groups,
             ApiKey.LIST_GROUPS: self.list_groups,
+            ApiKey.DELETE_GROUPS: self.delete_groups,
         }
 
     # -- membership ------------------------------------------------------------------------
@@ -326,6 +327,25 @@ class GroupHandlers:
                 if not wanted or g.state.lower() in wanted
             ],
         }
+
+    async def delete_groups(self, request: Request, client: ClientInfo) -> Message:
+        """Delete Empty groups and their committed offsets, each answered on its own.
+
+        A group with members answers NON_EMPTY_GROUP, an unknown one GROUP_ID_NOT_FOUND.
+        """
+        results = []
+        for group_id in request.body["groups_names"]:
+            try:
+                await self._groups.delete_group(group_id)
+            except GroupError as exc:
+                code = exc.code
+            except StoreError as exc:
+                logger.warning("cannot delete group %r: %s", group_id, exc)
+                code = KafkaErrorCode.KAFKA_STORAGE_ERROR
+            else:
+                code = KafkaErrorCode.NONE
+            results.append({"group_id": group_id, "error_code": code})
+        return {"results": results}
 
 
 def _dead(group_id: str) -> Message:

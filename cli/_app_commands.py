@@ -20,11 +20,13 @@ from pathlib import Path
 import click
 
 from headwater.processing import App, source_of
-from headwater.store import OffsetOutOfRangeError, Record, Store
+from headwater.store import Record
 
-from ._datadir import data_dir, data_option, locked_store
+from ._access import RecordLookup
+from ._datadir import data_dir, data_option
 from ._output import info
 from ._run import run_async
+from ._target import log_access, log_option
 
 #: Trace stops after this many steps (lineage cannot loop, but headers can lie).
 MAX_TRACE_STEPS = 100
@@ -112,26 +114,39 @@ def describe_app(target: str) -> None:
     click.echo(load_app(target).describe(), nl=False)
 
 
-@click.command("trace")
+@click.command("trace", context_settings={"ignore_unknown_options": True})
 @click.argument("topic")
 @click.argument("partition", type=click.IntRange(min=0))
 @click.argument("offset", type=click.IntRange(min=0))
 @data_option
+@log_option
 @click.pass_context
-def trace(ctx: click.Context, topic: str, partition: int, offset: int, data: Path | None) -> None:
+def trace(
+    ctx: click.Context,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    data: Path | None,
+    bootstrap: str | None,
+) -> None:
     """Print the record at TOPIC PARTITION OFFSET and, following its lineage headers, every
-    record it was derived from, back to the source event."""
-    directory = data_dir(ctx)
+    record it was derived from, back to the source event.
+
+    An argument may start with '-', with or without '--' before it: a topic named '-in'
+    is traced, an offset of -1 is refused as out of range.
+    """
+    access = log_access(ctx)
 
     async def body() -> list[str]:
-        async with locked_store(directory, writer=False) as store:
-            return await trace_lines(store, topic, partition, offset)
+        async with access.lookup() as lookup:
+            return await trace_lines(lookup, topic, partition, offset)
 
     for line in run_async(body):
         click.echo(line)
 
 
-async def trace_lines(store: Store, topic: str, partition: int, offset: int) -> list[str]:
+async def trace_lines(lookup: RecordLookup, topic: str, partition: int, offset: int) -> list[str]:
     """Return the lines ``headwater trace`` prints for the record at ``topic/partition/offset``.
 
     :raises click.ClickException: if the first record does not exist.
@@ -139,7 +154,7 @@ async def trace_lines(store: Store, topic: str, partition: int, offset: int) -> 
     lines: list[str] = []
     position = (topic, partition, offset)
     for step in range(MAX_TRACE_STEPS):
-        record = await _read_one(store, *position)
+        record = await lookup.record(*position)
         where = f"{position[0]}/{position[1]}/{position[2]}"
         if isinstance(record, str):
             if step == 0:
@@ -154,28 +169,6 @@ async def trace_lines(store: Store, topic: str, partition: int, offset: int) -> 
         position = (source.topic, source.partition, source.offset)
     lines.append(f"  ... stopped after {MAX_TRACE_STEPS} steps")
     return lines
-
-
-async def _read_one(store: Store, topic: str, partition: int, offset: int) -> Record | str:
-    """Return the record at ``offset``, or a sentence saying why there is none."""
-    if not store.has_topic(topic):
-        return f"no topic {topic!r} (deleted?)"
-    partitions = store.partitions(topic)
-    if partition >= len(partitions):
-        return f"topic {topic!r} has no partition {partition} (it has {len(partitions)})"
-    log = partitions[partition]
-    try:
-        records = await log.read_records(offset, 1 << 16)
-    except OffsetOutOfRangeError:
-        return (
-            f"no record at {topic}/{partition}/{offset}: the partition holds offsets "
-            f"{log.log_start_offset} to {log.high_watermark - 1} (removed by retention?)"
-        )
-    if not records or records[0].offset != offset:
-        return (
-            f"no record at {topic}/{partition}/{offset} (removed by compaction, or never written)"
-        )
-    return records[0]
 
 
 def _describe(where: str, record: Record) -> str:

@@ -1,98 +1,55 @@
 """``headwater groups``: list, describe, reset the offsets of, and delete consumer groups.
 
-A group's members live in the process that runs its consumers, and one process uses a
-data directory at a time; so the groups these commands see have no live members (they
-are Empty), and what they show and change are the committed offsets in
-``__consumer_offsets``. The coordinator still refuses to reset or delete a group with
-active members, which is what a broker hosting live groups will answer.
+The groups are a data directory's or a broker's (``--bootstrap``), through
+:class:`~headwater.cli._access.LogAccess`. In a data directory, which one process uses at
+a time, the groups have no live members (they are Empty) and what the commands show and
+change are the committed offsets in ``__consumer_offsets``; on a broker they may have
+members, and a group with active members cannot be reset or deleted.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 import click
 from rich.table import Table
 
-from headwater.groups import (
-    GroupCoordinator,
-    GroupDescription,
-    OffsetAndMetadata,
-    TopicPartition,
-    decode_assignment,
-)
-from headwater.store import Store
-
-from ._datadir import data_dir, data_option, locked_store
+from ._access import GroupRow, GroupView, ResetRow
+from ._datadir import data_option
+from ._local import LocalAccess
 from ._output import info, stdout_console
 from ._run import run_async
+from ._target import log_access, log_option
 
 _NONE = "-"
 
 
 @click.group()
 @data_option
-def groups(data: object) -> None:
+@log_option
+def groups(data: object, bootstrap: str | None) -> None:
     """List, describe, reset and delete consumer groups."""
-
-
-@contextlib.asynccontextmanager
-async def open_coordinator(
-    directory: Path, *, writer: bool
-) -> AsyncIterator[tuple[Store, GroupCoordinator]]:
-    """Open the store in ``directory`` and the group coordinator over it."""
-    async with (
-        locked_store(directory, writer=writer) as store,
-        GroupCoordinator(store) as coordinator,
-    ):
-        yield store, coordinator
-
-
-@dataclass(frozen=True, slots=True)
-class GroupRow:
-    """One group of ``groups list``."""
-
-    group_id: str
-    state: str
-    members: int
-    topics: tuple[str, ...]
-    partitions: int
 
 
 @groups.command("list")
 @data_option
+@log_option
 @click.pass_context
-def list_(ctx: click.Context, data: object) -> None:
+def list_(ctx: click.Context, data: object, bootstrap: str | None) -> None:
     """List the consumer groups with their state and committed partitions."""
-    directory = data_dir(ctx)
-    if not directory.is_dir():
-        info(f"no consumer groups (no data directory at {directory})")
+    access = log_access(ctx)
+    if isinstance(access, LocalAccess) and not access.directory.is_dir():
+        info(f"no consumer groups (no data directory at {access.directory})")
         return
 
     async def body() -> list[GroupRow]:
-        async with open_coordinator(directory, writer=False) as (_, coordinator):
-            rows = []
-            for overview in coordinator.list_groups():
-                committed = coordinator.committed(overview.group_id)
-                rows.append(
-                    GroupRow(
-                        overview.group_id,
-                        overview.state,
-                        len(coordinator.describe_group(overview.group_id).members),
-                        tuple(sorted({tp.topic for tp in committed})),
-                        len(committed),
-                    )
-                )
-            return rows
+        async with access.groups(writer=False) as admin:
+            return await admin.list_groups()
 
     rows = run_async(body)
     if not rows:
-        info(f"no consumer groups in {directory}")
+        info(f"no consumer groups in {access.description}")
         return
     table = Table("group", "state", "members", "topics", "committed partitions")
     for row in rows:
@@ -106,63 +63,21 @@ def list_(ctx: click.Context, data: object) -> None:
     stdout_console().print(table)
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionRow:
-    """One partition of ``groups describe``."""
-
-    partition: TopicPartition
-    committed: OffsetAndMetadata | None
-    log_end_offset: int | None
-    member: tuple[str, str] | None  # (member id, client id)
-
-    @property
-    def lag(self) -> int | None:
-        if self.committed is None or self.log_end_offset is None:
-            return None
-        return max(self.log_end_offset - self.committed.offset, 0)
-
-
-def describe_rows(
-    store: Store, description: GroupDescription, committed: dict[TopicPartition, OffsetAndMetadata]
-) -> list[PartitionRow]:
-    """Every partition of every topic the group has committed to or is assigned."""
-    owners: dict[TopicPartition, tuple[str, str]] = {}
-    for member in description.members:
-        if member.assignment:
-            for tp in decode_assignment(member.assignment).partitions:
-                owners[tp] = (member.member_id, member.client_id)
-    topics = {tp.topic for tp in committed} | {tp.topic for tp in owners}
-    partitions = set(committed) | set(owners)
-    ends: dict[TopicPartition, int] = {}
-    for topic in topics:
-        if store.has_topic(topic):
-            for partition in store.partitions(topic):
-                tp = TopicPartition(topic, partition.index)
-                ends[tp] = partition.high_watermark
-                partitions.add(tp)
-    return [
-        PartitionRow(tp, committed.get(tp), ends.get(tp), owners.get(tp))
-        for tp in sorted(partitions)
-    ]
-
-
 @groups.command()
 @click.argument("group")
 @data_option
+@log_option
 @click.pass_context
-def describe(ctx: click.Context, group: str, data: object) -> None:
+def describe(ctx: click.Context, group: str, data: object, bootstrap: str | None) -> None:
     """Show GROUP's members and, per partition, its committed offset, log end and lag."""
-    directory = data_dir(ctx)
+    access = log_access(ctx)
 
-    async def body() -> tuple[GroupDescription, list[PartitionRow]]:
-        async with open_coordinator(directory, writer=False) as (store, coordinator):
-            description = coordinator.describe_group(group)
-            rows = describe_rows(store, description, coordinator.committed(group))
-            return description, rows
+    async def body() -> GroupView:
+        async with access.groups(writer=False) as admin:
+            return await admin.describe_group(group)
 
-    description, rows = run_async(body)
-    members = len(description.members)
-    title = f"group {group}: {description.state}, {members} member(s)"
+    description = run_async(body)
+    title = f"group {group}: {description.state}, {description.members} member(s)"
     table = Table(
         "topic",
         "partition",
@@ -174,11 +89,11 @@ def describe(ctx: click.Context, group: str, data: object) -> None:
         title=title,
         title_justify="left",
     )
-    for row in rows:
+    for row in description.partitions:
         table.add_row(
             row.partition.topic,
             str(row.partition.partition),
-            _text(None if row.committed is None else row.committed.offset),
+            _text(row.committed),
             _text(row.log_end_offset),
             _text(row.lag),
             row.member[0] if row.member else _NONE,
@@ -226,6 +141,7 @@ def parse_datetime(
 )
 @click.option("--execute", is_flag=True, help="Apply the plan (without it: only print it).")
 @data_option
+@log_option
 @click.pass_context
 def reset_offsets(
     ctx: click.Context,
@@ -238,6 +154,7 @@ def reset_offsets(
     to_datetime: datetime | None,
     execute: bool,
     data: object,
+    bootstrap: str | None,
 ) -> None:
     """Reset GROUP's committed offsets for TOPIC; a dry run unless --execute is given.
 
@@ -258,21 +175,17 @@ def reset_offsets(
             "give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime"
         )
     (to,) = targets
-    directory = data_dir(ctx)
+    access = log_access(ctx)
 
-    async def body() -> tuple[dict[TopicPartition, int | None], dict[TopicPartition, int]]:
-        async with open_coordinator(directory, writer=execute) as (_, coordinator):
-            current = {tp: o.offset for tp, o in coordinator.committed(group).items()}
-            if execute:
-                plan = await coordinator.reset_offsets(group, topic, to)
-            else:
-                plan = coordinator.plan_offset_reset(group, topic, to)
-            return {tp: current.get(tp) for tp in plan}, plan
+    async def body() -> list[ResetRow]:
+        async with access.groups(writer=execute) as admin:
+            return await admin.reset_offsets(group, topic, to, execute=execute)
 
-    current, plan = run_async(body)
+    plan = run_async(body)
     table = Table("topic", "partition", "current offset", "new offset")
-    for tp, offset in plan.items():
-        table.add_row(tp.topic, str(tp.partition), _text(current[tp]), str(offset))
+    for row in plan:
+        tp = row.partition
+        table.add_row(tp.topic, str(tp.partition), _text(row.current), str(row.new))
     stdout_console().print(table)
     if execute:
         info(f"reset the offsets of group {group!r} on topic {topic!r}")
@@ -283,14 +196,15 @@ def reset_offsets(
 @groups.command()
 @click.argument("group")
 @data_option
+@log_option
 @click.pass_context
-def delete(ctx: click.Context, group: str, data: object) -> None:
+def delete(ctx: click.Context, group: str, data: object, bootstrap: str | None) -> None:
     """Delete GROUP and its committed offsets (refused while it has active members)."""
-    directory = data_dir(ctx)
+    access = log_access(ctx)
 
     async def body() -> None:
-        async with open_coordinator(directory, writer=True) as (_, coordinator):
-            await coordinator.delete_group(group)
+        async with access.groups(writer=True) as admin:
+            await admin.delete_group(group)
 
     run_async(body)
     info(f"deleted group {group!r}")

@@ -24,6 +24,7 @@ from ._consume import consume
 from ._datadir import data_option
 from ._groups import groups
 from ._produce import produce
+from ._repair import repair
 from ._topics import topics
 
 #: Exit status for a stop by SIGINT, as a shell reports it.
@@ -46,6 +47,7 @@ cli.add_command(connect)
 cli.add_command(run_app)
 cli.add_command(describe_app)
 cli.add_command(trace)
+cli.add_command(repair)
 
 
 def main() -> None:

@@ -1,15 +1,18 @@
-"""``headwater produce``: store JSON lines from stdin as records of a topic.
+"""``headwater produce``: store lines from stdin as records of a topic.
 
 Stdin is read in large chunks (whatever has arrived, up to ``READ_BYTES``) by a worker
-thread; :class:`LineParser` turns complete lines into records, grouped into batches of
-at most ``BATCH_RECORDS`` that also fit the topic's ``max_message_bytes``. One task parses
-while another appends the previous batch and waits for it to be durable, so parsing
-overlaps the fsync. Each batch is one ``Store.append``: keyed records go to their murmur2
-partition, unkeyed ones stick to one partition per batch.
+thread; :class:`~headwater.cli._lines.LineParser` turns complete lines into batches of
+records. One task parses while another appends the previous batch and waits for it to be
+acknowledged, so parsing overlaps the fsync (or the broker's answer). The log is a data
+directory or a broker (``--bootstrap``), through :class:`~headwater.cli._access.LogAccess`:
+keyed records go to their murmur2 partition, unkeyed ones stick to one partition per
+batch, and ``--partition`` sends them all to one.
 
 Only batches that were appended in full are acknowledged, in input order. On a bad line
 the records before it are stored and acknowledged, the bad line and everything after it
-are not, and the command stops with one line naming it.
+are not, and the command stops with one line naming it; with ``--skip-invalid`` each bad
+line is reported (with its number) and left out, the rest is stored, and the command
+exits non-zero at the end.
 """
 
 from __future__ import annotations
@@ -17,174 +20,157 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
 import click
-import orjson
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from headwater.store import HeadwaterError, NewRecord, Store
+from headwater.store import HeadwaterError
 
-from ._datadir import data_dir, data_option, locked_store
+from ._access import TopicWriter
+from ._datadir import data_option
+from ._lines import Chunk, LineFormat, LineParser
 from ._output import OutputClosedError, StdoutWriter, info
 from ._run import run_until_signal
+from ._target import log_access, log_option
 
 READ_BYTES = 1 << 20
-BATCH_RECORDS = 1000
-#: Bytes a v2 batch adds to its records, and the most one record adds to its key and value.
-BATCH_OVERHEAD_BYTES = 61
-RECORD_OVERHEAD_BYTES = 32
 
 
 @dataclass(slots=True)
-class Chunk:
-    """Records to append, in input order; ``error`` (if any) stops the input after them."""
+class Outcome:
+    """What a run stored, and why it stopped early (if it did)."""
 
-    records: list[NewRecord]
-    error: str | None = None
+    placed: Counter[int] = field(default_factory=Counter)
+    skipped: int = 0
+    failure: tuple[str, str] | None = None  # (message, 'input' or 'log')
 
 
-class LineParser:
-    """Turn bytes of JSON lines into batches of records (no I/O).
+def parse_headers(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> tuple[tuple[str, bytes], ...]:
+    """Read ``-H NAME=VALUE`` options (repeatable; a name may repeat, as in Kafka).
 
-    The stored value is the line's JSON re-serialised compactly; with ``key_field`` the key
-    is that field's value: a string as its UTF-8 bytes, null as no key, anything else as
-    its compact JSON text. Blank lines are skipped (and counted).
+    :raises click.BadParameter: if one has no ``=`` or an empty name.
     """
-
-    def __init__(self, key_field: str | None, max_batch_bytes: int) -> None:
-        self.key_field = key_field
-        self.max_batch_bytes = max_batch_bytes
-        self.line_number = 0
-        self.failed = False
-        self._carry = b""
-
-    def feed(self, data: bytes) -> Iterator[Chunk]:
-        """Parse the complete lines of ``data`` (the rest waits for more)."""
-        lines = (self._carry + data).split(b"\n")
-        self._carry = lines.pop()
-        return self._batches(lines)
-
-    def end(self) -> Iterator[Chunk]:
-        """Parse a last line that had no newline."""
-        lines, self._carry = [self._carry], b""
-        return self._batches(lines)
-
-    def _batches(self, lines: list[bytes]) -> Iterator[Chunk]:
-        # The per-line loop is the command's hot path: keep it to locals and C calls.
-        loads, dumps, key_field, limit = (
-            orjson.loads,
-            orjson.dumps,
-            self.key_field,
-            self.max_batch_bytes,
-        )
-        records: list[NewRecord] = []
-        size = BATCH_OVERHEAD_BYTES
-        number = self.line_number
-        try:
-            for line in lines:
-                number += 1
-                try:
-                    document = loads(line)
-                except orjson.JSONDecodeError as exc:
-                    if not line.strip():
-                        continue  # blank lines are allowed, and skipped
-                    raise _BadLineError(f"invalid JSON ({exc.msg}) at column {exc.colno}") from None
-                value = dumps(document)
-                if key_field is None:
-                    key = None
-                elif type(document) is dict and type(field := document.get(key_field)) is str:
-                    key = field.encode()  # the common case, inline
-                else:
-                    key = _key(document, key_field)
-                cost = len(value) + RECORD_OVERHEAD_BYTES + (len(key) if key else 0)
-                if size + cost > limit or len(records) == BATCH_RECORDS:
-                    if cost + BATCH_OVERHEAD_BYTES > limit:
-                        raise _BadLineError(
-                            f"the record is {cost + BATCH_OVERHEAD_BYTES} bytes as a batch, "
-                            f"more than the topic's max_message_bytes ({limit})"
-                        )
-                    yield Chunk(records)
-                    records, size = [], BATCH_OVERHEAD_BYTES
-                records.append(NewRecord(value, key))
-                size += cost
-        except _BadLineError as exc:
-            self.failed = True
-            yield Chunk(records, f"line {number}: {exc}")
-            return
-        self.line_number = number
-        if records:
-            yield Chunk(records)
-
-
-class _BadLineError(Exception):
-    """A line that cannot become a record (the message says why)."""
-
-
-def _key(document: object, field: str) -> bytes | None:
-    """Return the key taken from ``field``: a string's UTF-8, null as none, else JSON text."""
-    if type(document) is not dict:
-        raise _BadLineError(f"--key {field}: the line is not a JSON object")
-    try:
-        value = document[field]
-    except KeyError:
-        raise _BadLineError(f"--key {field}: the line has no such field") from None
-    if type(value) is str:
-        return value.encode()
-    return None if value is None else orjson.dumps(value)
+    headers = []
+    for text in values:
+        name, equals, value = text.partition("=")
+        if not equals or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {text!r}")
+        headers.append((name, value.encode()))
+    return tuple(headers)
 
 
 @click.command()
 @click.argument("topic")
 @click.option("--key", "key_field", metavar="FIELD", help="Take each record's key from this field.")
+@click.option(
+    "--key-delimiter",
+    "-K",
+    metavar="DELIM",
+    help="Each line is KEY DELIM VALUE (as kcat -K): the key is the text before the first DELIM.",
+)
+@click.option(
+    "--partition", "-p", type=click.IntRange(min=0), help="Write every record to this partition."
+)
+@click.option(
+    "--header",
+    "-H",
+    "headers",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=parse_headers,
+    help="A header for every record (repeatable).",
+)
+@click.option(
+    "--format",
+    "line_format",
+    type=click.Choice(["json", "raw"]),
+    default="json",
+    show_default=True,
+    help="json: each line (each value, with -K) is JSON, stored compactly; raw: stored as it is.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Report each bad line on stderr and go on (exit non-zero at the end if any were "
+    "skipped), instead of stopping at the first.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only a summary, on stderr.")
 @data_option
+@log_option
 @click.pass_context
 def produce(
-    ctx: click.Context, topic: str, key_field: str | None, quiet: bool, data: object
+    ctx: click.Context,
+    *,
+    topic: str,
+    key_field: str | None,
+    key_delimiter: str | None,
+    partition: int | None,
+    headers: tuple[tuple[str, bytes], ...],
+    line_format: str,
+    skip_invalid: bool,
+    quiet: bool,
+    data: object,
+    bootstrap: str | None,
 ) -> None:
-    """Store JSON lines from stdin as records of TOPIC.
+    """Store lines from stdin (JSON unless --format raw) as records of TOPIC.
 
     Prints PARTITION:OFFSET for each record once it is acknowledged (durable under the
-    topic's durability policy). A line that is not JSON stops the command; the lines
-    before it stay stored.
+    topic's durability policy). A bad line stops the command (the lines before it stay
+    stored), unless --skip-invalid.
     """
-    directory = data_dir(ctx)
+    try:
+        fmt = LineFormat(
+            raw=line_format == "raw",
+            key_field=key_field,
+            key_delimiter=None if key_delimiter is None else key_delimiter.encode(),
+            headers=headers,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    access = log_access(ctx)
     if sys.stdin.isatty():
-        info("reading JSON lines from the terminal; end with Ctrl-D")
-    placed: Counter[int] = Counter()
-    failure: list[tuple[str, str]] = []  # (message, 'input' or 'store')
+        info(f"reading {line_format} lines from the terminal; end with Ctrl-D")
+    outcome = Outcome()
 
     async def body() -> None:
-        async with locked_store(directory, writer=True) as store:
-            limit = store.topic_config(topic).max_message_bytes
-            await store.append(topic, [])  # refuses an internal topic before input is read
-            parser = LineParser(key_field, limit)
+        async with access.writer(topic) as writer:
+            if partition is not None and partition >= writer.partitions:
+                raise click.ClickException(
+                    f"topic {topic!r} has no partition {partition} (it has {writer.partitions})"
+                )
+            parser = LineParser(fmt, writer.max_message_bytes, skip_invalid=skip_invalid)
             send, receive = anyio.create_memory_object_stream[Chunk](1)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_read_stdin, parser, send)
                 out = None if quiet else StdoutWriter()
-                await _append(store, topic, receive, out=out, placed=placed, failure=failure)
+                await _append(writer, partition, receive, out=out, outcome=outcome)
                 tg.cancel_scope.cancel()  # after a bad line, stop reading
 
     signum = run_until_signal(body)
-    stored = placed.total()
+    stored = outcome.placed.total()
     if signum is not None:
         info(f"headwater: interrupted; stored {stored} records in {topic!r}")
         ctx.exit(128 + signum)
-    if failure:
-        message, cause = failure[0]
+    if outcome.failure is not None:
+        message, cause = outcome.failure
         if cause == "input":
             raise click.ClickException(
                 f"{message}; the {stored} records before it are stored, nothing after it"
             )
         raise click.ClickException(f"{message}; {stored} records were acknowledged before it")
     if quiet:
-        spread = ", ".join(f"{p}: {n}" for p, n in sorted(placed.items()))
+        spread = ", ".join(f"{p}: {n}" for p, n in sorted(outcome.placed.items()))
         info(f"stored {stored} records in {topic!r}" + (f" (partition {spread})" if spread else ""))
+    if outcome.skipped:
+        raise click.ClickException(
+            f"skipped {outcome.skipped} invalid line(s) (reported above); stored {stored} records"
+        )
 
 
 async def _read_stdin(parser: LineParser, send: ObjectSendStream[Chunk]) -> None:
@@ -200,29 +186,31 @@ async def _read_stdin(parser: LineParser, send: ObjectSendStream[Chunk]) -> None
 
 
 async def _append(
-    store: Store,
-    topic: str,
+    writer: TopicWriter,
+    partition: int | None,
     receive: ObjectReceiveStream[Chunk],
     *,
     out: StdoutWriter | None,
-    placed: Counter[int],
-    failure: list[tuple[str, str]],
+    outcome: Outcome,
 ) -> None:
     async for chunk in receive:
+        for message in chunk.skipped:
+            info(f"headwater: skipped {message}")
+        outcome.skipped += len(chunk.skipped)
         if chunk.records:
             # An append under way finishes even when a signal stops the command, so
             # that what it stored is acknowledged.
             try:
                 with anyio.CancelScope(shield=True):
-                    result = await store.append(topic, chunk.records)
+                    result = await writer.append(chunk.records, partition)
             except HeadwaterError as exc:
-                failure.append((str(exc), "store"))
+                outcome.failure = (str(exc), "log")
                 return
-            placed.update(p for p, _ in result)
+            outcome.placed.update(p for p, _ in result)
             if out is not None:
                 out = _acknowledge(out, result)
         if chunk.error is not None:
-            failure.append((chunk.error, "input"))
+            outcome.failure = (chunk.error, "input")
             return
 
 

@@ -15,6 +15,7 @@ from ._datadir import data_dir, data_option, locked_store, nested_data_directori
 from ._output import info, stdout_console
 from ._remote import bootstrap_option
 from ._run import run_async
+from ._target import bootstrap_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +89,7 @@ def create(
         raise click.BadParameter(
             "give the partition count with --partitions", param_hint="--config"
         )
+    bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
         _remote.create(bootstrap, name, partitions, pairs)
         return
@@ -108,6 +110,7 @@ def create(
 @click.pass_context
 def list_(ctx: click.Context, data: object, bootstrap: str | None) -> None:
     """List the topics with their partition counts, records and sizes."""
+    bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
         _remote.list_topics(bootstrap)
         return
@@ -151,6 +154,7 @@ def list_(ctx: click.Context, data: object, bootstrap: str | None) -> None:
 @click.pass_context
 def describe(ctx: click.Context, name: str, data: object, bootstrap: str | None) -> None:
     """Show topic NAME's settings and each partition's offsets and size."""
+    bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
         _remote.describe(bootstrap, name)
         return
@@ -201,6 +205,7 @@ def alter(
     pairs = parse_settings(settings)
     if not pairs:
         raise click.UsageError("give at least one --config KEY=VALUE")
+    bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
         _remote.alter(bootstrap, name, pairs)
         return
@@ -227,6 +232,7 @@ def alter(
 @click.pass_context
 def delete(ctx: click.Context, name: str, data: object, bootstrap: str | None) -> None:
     """Delete topic NAME and all its records."""
+    bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
         _remote.delete(bootstrap, name)
         return

@@ -22,11 +22,13 @@ from ._config import TopicConfig as TopicConfig
 from ._config import kafka_config_entries as kafka_config_entries
 from ._config import setting_keys as setting_keys
 from ._errors import CorruptRecordError as CorruptRecordError
+from ._errors import DamagedRange as DamagedRange
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
 from ._errors import InvalidTopicError as InvalidTopicError
 from ._errors import LogClosedError as LogClosedError
+from ._errors import LogFailedError as LogFailedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import RecordTooLargeError as RecordTooLargeError
 from ._errors import StorageFullError as StorageFullError
@@ -54,6 +56,10 @@ from ._records import decode_columns as decode_columns
 from ._records import decode_records as decode_records
 from ._records import encode_batch as encode_batch
 from ._records import encode_columns as encode_columns
+from ._repair import RepairAction as RepairAction
+from ._repair import RepairReport as RepairReport
+from ._repair import repair_partition as repair_partition
+from ._repair import repair_topic as repair_topic
 from ._store import PartitionDescription as PartitionDescription
 from ._store import Store as Store
 from ._store import TopicDescription as TopicDescription
@@ -70,6 +76,7 @@ __all__ = (
     "CleanupPolicy",
     "Compression",
     "CorruptRecordError",
+    "DamagedRange",
     "DataDirectoryLockedError",
     "DecimalColumn",
     "Durability",
@@ -79,6 +86,7 @@ __all__ = (
     "InvalidTopicError",
     "LockHolder",
     "LogClosedError",
+    "LogFailedError",
     "LogStatistics",
     "NewRecord",
     "OffsetOutOfRangeError",
@@ -89,6 +97,8 @@ __all__ = (
     "Record",
     "RecordColumns",
     "RecordTooLargeError",
+    "RepairAction",
+    "RepairReport",
     "StickyPartitioner",
     "StorageFullError",
     "Store",
@@ -113,6 +123,8 @@ __all__ = (
     "partition_for_key",
     "read_holder",
     "records_from",
+    "repair_partition",
+    "repair_topic",
     "setting_keys",
     "validate_topic_name",
     "verify_batch",

@@ -27,6 +27,14 @@ SWAP_SUFFIX = ".swap"
 #: A compacted replacement still being written; recovery throws it away.
 CLEANED_SUFFIX = ".cleaned"
 
+#: The valid batches after a damaged range, split off by repair into a segment of their
+#: own: ``<resume>.log.<segment>-<position>.split`` is the commit point of that repair;
+#: recovery finishes it by cutting ``<segment>.log`` at ``<position>`` and renaming the
+#: file to ``<resume>.log``.
+SPLIT_SUFFIX = ".split"
+#: Damaged bytes that repair moved aside: ``<segment>.log.<start>-<end>.quarantine``.
+QUARANTINE_SUFFIX = ".quarantine"
+
 CLEAN_SHUTDOWN_FILE = ".clean-shutdown"
 RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
 
@@ -42,6 +50,28 @@ def parse_segment_file_name(name: str) -> tuple[int, str] | None:
     if not dot or len(stem) != 20 or not stem.isdigit():
         return None
     return int(stem), "." + rest
+
+
+def split_file_name(resume_offset: int, segment_base: int, position: int) -> str:
+    """Name the commit file of a repair that splits a segment (see ``SPLIT_SUFFIX``)."""
+    return f"{resume_offset:020d}{LOG_SUFFIX}.{segment_base:020d}-{position}{SPLIT_SUFFIX}"
+
+
+def parse_split_file_name(name: str) -> tuple[int, int, int] | None:
+    """Return (resume offset, segment base, position) of a split file's name, else ``None``."""
+    parsed = parse_segment_file_name(name)
+    if parsed is None or not parsed[1].endswith(SPLIT_SUFFIX):
+        return None
+    middle = parsed[1].removeprefix(LOG_SUFFIX + ".").removesuffix(SPLIT_SUFFIX)
+    base, dash, position = middle.partition("-")
+    if not dash or len(base) != 20 or not base.isdigit() or not position.isdigit():
+        return None
+    return parsed[0], int(base), int(position)
+
+
+def quarantine_file_name(segment_base: int, start: int, end: int) -> str:
+    """Name the file that holds bytes ``[start, end)`` of a segment moved aside by repair."""
+    return f"{segment_base:020d}{LOG_SUFFIX}.{start}-{end}{QUARANTINE_SUFFIX}"
 
 
 def fsync_dir(fs: FileSystem, path: Path) -> None:
@@ -67,10 +97,14 @@ def make_dirs(fs: FileSystem, path: Path) -> None:
     fsync_dir(fs, path.parent)
 
 
-def atomic_write(fs: FileSystem, path: Path, data: bytes) -> None:
+def atomic_write(fs: FileSystem, path: Path, data: bytes, *, sync_directory: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, never a mix.
 
-    :raises OSError: if the file system refuses; the old file is then untouched.
+    Without ``sync_directory`` the rename is durable only once the caller fsyncs the
+    directory itself.
+
+    :raises OSError: if the file system refuses; the old file is then untouched unless
+        only the final directory fsync failed.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -86,7 +120,8 @@ def atomic_write(fs: FileSystem, path: Path, data: bytes) -> None:
         raise
     fs.close(fd)
     fs.replace(tmp, path)
-    fsync_dir(fs, path.parent)
+    if sync_directory:
+        fsync_dir(fs, path.parent)
 
 
 def write_all(fs: FileSystem, fd: int, data: bytes | bytearray | memoryview) -> None:

@@ -50,6 +50,11 @@ class FileSystem(Protocol):
         """Read up to ``size`` bytes at ``offset`` without moving the file position."""
         ...
 
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write ``data`` at ``offset`` without moving the file position, as ``os.pwrite``
+        does (the recovery checkpoint overwrites its slots in place); return the count."""
+        ...
+
     def fsync(self, fd: int) -> None:
         """Make the file (or, for a directory, its entries) durable."""
         ...
@@ -126,6 +131,7 @@ class OsFileSystem:
     close = staticmethod(os.close)
     write = staticmethod(os.write)
     pread = staticmethod(os.pread)
+    pwrite = staticmethod(os.pwrite)
     fsync = staticmethod(os.fsync)
     ftruncate = staticmethod(os.ftruncate)
     fstat = staticmethod(os.fstat)

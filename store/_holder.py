@@ -14,6 +14,13 @@ lock file it locked. It is written under a temporary name then renamed, so a rea
 a whole record or none; only the lock's holder writes it, so one temporary name does.
 It is removed by the holder before it lets go of the lock.
 
+Only a store opened for writing records itself: a reading store writes nothing in the
+directory it reads (not even on a writable file system). Where the kernel lists its
+locks (``/proc/locks`` on Linux) the holder is found there without any record, readers
+included: the ``FLOCK`` entry on the lock file's device and inode gives the process id,
+and ``/proc/<pid>/cmdline`` its command line (the record's, when it has one for that
+process). Elsewhere the record is all there is.
+
 The record is advice, never a condition: writing it is best effort (a store on a
 read-only file system, or in a directory it may not write to, runs without one) and
 nothing is fsynced, since a crash makes it stale anyway. So a reader trusts a record only
@@ -40,6 +47,7 @@ from ._fs import OS_FILE_SYSTEM, FileSystem
 
 LOCK_FILE = ".lock"  # the file whose flock is the directory's ownership
 HOLDER_FILE = LOCK_FILE + ".holder"
+PROC_LOCKS = Path("/proc/locks")
 _TMP = HOLDER_FILE + ".tmp"
 _COMMAND_CHARS = 200
 
@@ -93,16 +101,32 @@ def clear_holder(fs: FileSystem, directory: Path) -> None:
 def read_holder(
     directory: str | os.PathLike[str], *, fs: FileSystem = OS_FILE_SYSTEM
 ) -> LockHolder | None:
-    """Return who holds the data directory's lock, when its record is there and still true.
+    """Return who holds the data directory's lock, from the kernel's lock table or the record.
 
-    ``None`` when nobody recorded themselves (the holder could not write, or there is no
-    holder) or the record is stale. Reads only; safe from any process.
+    ``None`` when nobody holds it, or when the kernel lists no locks here and no record is
+    there or still true. Reads only; safe from any process.
     """
     directory = Path(directory)
     try:
-        data = orjson.loads(fs.read_bytes(directory / HOLDER_FILE))
         # Only the lock file's identity, not its bytes: a stat, which the layer leaves to os.
         lock = os.stat(directory / LOCK_FILE)
+    except OSError:
+        return None
+    record = _read_record(fs, directory, lock)
+    listed = _listed_holder(lock)
+    if listed == _UNLISTED:
+        return record if record is not None and _alive(record.pid) else None
+    if listed is None:
+        return None
+    if record is not None and record.pid == listed:
+        return record
+    return LockHolder(listed, _command_line(listed))
+
+
+def _read_record(fs: FileSystem, directory: Path, lock: os.stat_result) -> LockHolder | None:
+    """The holder record, if it is about the lock file that is there now."""
+    try:
+        data = orjson.loads(fs.read_bytes(directory / HOLDER_FILE))
     except (OSError, orjson.JSONDecodeError):
         return None
     if not isinstance(data, dict):
@@ -112,9 +136,40 @@ def read_holder(
         return None
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         argv = []
-    if not _alive(pid):
-        return None
     return LockHolder(pid, tuple(argv))
+
+
+#: ``_listed_holder``'s answer where the kernel does not list its locks.
+_UNLISTED = -1
+
+
+def _listed_holder(lock: os.stat_result) -> int | None:
+    """The pid holding a ``flock`` on the file ``lock`` describes, as ``/proc/locks`` says.
+
+    ``None`` when the table lists no such lock; ``_UNLISTED`` without a readable table.
+    Lines read ``1: FLOCK  ADVISORY  WRITE 4242 fd:01:131077 0 EOF``: the device as hex
+    major:minor, then the inode.
+    """
+    try:
+        table = PROC_LOCKS.read_text()
+    except OSError:
+        return _UNLISTED
+    wanted = f"{os.major(lock.st_dev):02x}:{os.minor(lock.st_dev):02x}:{lock.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # Blocked waiters are listed too, after "->": they do not hold the lock.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            with contextlib.suppress(ValueError):
+                return int(fields[4])
+    return None
+
+
+def _command_line(pid: int) -> tuple[str, ...]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ()
+    return tuple(os.fsdecode(arg) for arg in raw.split(b"\0") if arg)
 
 
 def _alive(pid: int) -> bool:

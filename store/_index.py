@@ -66,6 +66,33 @@ class OffsetIndex:
             return self.base_offset, 0
         return self._offsets[i], self._positions[i]
 
+    def floor_position(self, position: int) -> tuple[int, int]:
+        """Return (offset, position) of the last entry at or before byte ``position``.
+
+        Returns ``(base_offset, 0)`` when no entry is that early.
+        """
+        i = bisect_right(self._positions, position) - 1
+        if i < 0:
+            return self.base_offset, 0
+        return self._offsets[i], self._positions[i]
+
+    def insert(self, offset: int, position: int) -> None:
+        """Add an entry anywhere, keeping both columns strictly increasing.
+
+        For the first batch after a damaged range, so that lookups past the damage start
+        there instead of walking through it. Does nothing when an entry is at ``position``
+        already or the offset would not fit between its neighbours.
+        """
+        i = bisect_left(self._positions, position)
+        if i < len(self._positions) and self._positions[i] == position:
+            return
+        if (i and self._offsets[i - 1] >= offset) or (
+            i < len(self._offsets) and offset >= self._offsets[i]
+        ):
+            return
+        self._offsets.insert(i, offset)
+        self._positions.insert(i, position)
+
     def truncate_to_position(self, position: int) -> None:
         """Drop every entry pointing at ``position`` or beyond."""
         i = bisect_left(self._positions, position)

@@ -10,8 +10,19 @@ Writes reach the page cache at once; they become durable when ``flush`` fsyncs t
 A flush runs in three steps so that its slow part can leave the event loop:
 ``prepare_flush`` (on the writer's side: note what to fsync), ``FlushPlan.execute`` (any
 thread: fsync the segments, write the indexes of rolled segments, fsync the directory,
-and now and then the recovery checkpoint) and ``complete_flush`` (writer's side again:
-advance ``recovery_point``). Everything below ``recovery_point`` is durable.
+then record the recovery checkpoint, see ``_checkpoint.py``) and ``complete_flush``
+(writer's side again: advance ``recovery_point``). Everything below ``recovery_point`` is
+durable, and the checkpoint on disk is at or past it before anything is acknowledged.
+
+A failed fsync is final for the log. Linux reports a writeback error once and then marks
+the pages clean, whether or not they reached the disk (PostgreSQL's "fsyncgate"), so a
+later fsync that succeeds proves nothing about them. After one, the log *fails*: the
+recovery point stays where the last good fsync left it, so nothing written since is ever
+acknowledged; appends, flushes, rolls, retention and compaction raise
+:class:`LogFailedError`; ``close`` writes neither index files nor the checkpoint nor the
+clean-shutdown marker, exactly as a crash would leave the folder. Reopening runs recovery,
+which keeps what is really on disk. Index files and the checkpoint are derived data, so
+failing to write them is not such an error (the next flush writes them again).
 
 The active segment rolls when the next batch would take it past ``segment_bytes`` or its
 first batch is older than ``segment_ms``; it is fsynced before the next one is created,
@@ -19,6 +30,15 @@ so only the last segment can ever end in a torn batch. Retention removes whole s
 from the front (never the active one), by age (a segment whose newest record is older than
 ``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
 ``log_start_offset`` is the base offset of the first remaining segment.
+
+Reading returns whole batches, each verified (CRC, and base offsets that fit). A read
+that meets damage returns the valid batches before it; the next read, which starts at the
+damage, raises :class:`CorruptRecordError` whose ``damage`` names the damaged byte range
+and the offset where reading can resume. The range is remembered in the segment (see
+``_damage.py``), so reads past it go straight to the batch after it.
+
+A log opened ``read_only`` (see ``_loader.py``) refuses changes and writes nothing, not at
+open and not at close.
 
 Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 ``Segment.read`` on a pinned segment, which may run in worker threads.
@@ -37,10 +57,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._batch import TimestampType, set_base_offset, stamp_log_append_time, verify_batch
+from ._checkpoint import CheckpointFile, RecoveryPoint
 from ._config import CleanupPolicy, TopicConfig
+from ._damage import damage_start, damaged_range, note_damage
 from ._errors import (
     CorruptRecordError,
     LogClosedError,
+    LogFailedError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
     StorageFullError,
@@ -48,7 +71,7 @@ from ._errors import (
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
-from ._loader import RecoveryPoint, load_segments, rebuild_indexes, write_recovery_point
+from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
 
@@ -56,9 +79,9 @@ logger = logging.getLogger("headwater.store")
 
 #: The errors of a file system that is full (or a file at its size limit).
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: Write the recovery checkpoint at most this often (bytes of log since the last one) so
-#: that recovery after a crash has a bounded tail to check.
-CHECKPOINT_INTERVAL_BYTES = 64 << 20
+#: fdatasync the recovery checkpoint (recorded after every flush) at least this often, in
+#: bytes of log, so that after a power loss too recovery has a bounded tail to check.
+CHECKPOINT_SYNC_BYTES = 64 << 20
 
 
 def wall_clock_ms() -> int:
@@ -102,36 +125,55 @@ class FlushPlan:
     rolled: list[Segment]
     sync_directory: bool
     target: RecoveryPoint
-    write_checkpoint: bool
+    checkpoint: CheckpointFile
+    #: Whether to fdatasync the checkpoint too (see ``CHECKPOINT_SYNC_BYTES``).
+    sync_checkpoint: bool
     done: bool = field(default=False)
+    #: Why ``execute`` failed (an fsync of data or of the directory), else ``None``.
+    error: BaseException | None = field(default=None)
     #: Rolled segments whose index files could not be written (retried by the next flush).
     unindexed: list[Segment] = field(default_factory=list)
 
     def execute(self) -> None:
-        """fsync what the plan names; write rolled segments' indexes and the checkpoint.
+        """fsync what the plan names; write rolled segments' indexes; record the checkpoint.
 
         Index files and the checkpoint only speed recovery up, so failing to write them
         (a full disk) is not an error here: the next flush tries again. A failed fsync
-        of data or of the directory is.
+        of data or of the directory is, and fails the log (see the module docstring).
 
-        :raises OSError: if an fsync fails; ``done`` stays ``False``.
+        :raises OSError: if an fsync fails; ``done`` stays ``False`` and ``error`` says why.
         """
+        try:
+            self._execute()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _execute(self) -> None:
+        for segment in self.segments:
+            segment.flush()
+        # The derived files are renamed into place without a directory fsync of their
+        # own: one at the end covers them and the segments' names. A directory reports a
+        # failed fsync once too, so every fsync of it must be one whose failure fails the
+        # log; a derived file's own failure only leaves its old version in place.
+        renamed = False
         for segment in self.rolled:
             try:
-                segment.write_indexes()
+                segment.write_indexes(sync_directory=False)
+                renamed = True
             except OSError as exc:
                 logger.warning("%s: cannot write index files yet: %s", segment.log_path, exc)
                 self.unindexed.append(segment)
-        for segment in self.segments:
-            segment.flush()
-        if self.sync_directory:
+        if self.sync_directory or renamed:
             fsync_dir(self.fs, self.directory)
-        if self.write_checkpoint:
-            try:
-                write_recovery_point(self.fs, self.directory, self.target)
-            except OSError as exc:
-                logger.warning("%s: cannot write the recovery checkpoint: %s", self.directory, exc)
-                self.write_checkpoint = False
+        # Last, so that it names only what is durable, segment names included.
+        try:
+            created = self.checkpoint.record(self.target, sync=self.sync_checkpoint)
+        except OSError as exc:
+            logger.warning("%s: cannot record the recovery checkpoint: %s", self.directory, exc)
+            self.sync_checkpoint = created = False
+        if created:
+            fsync_dir(self.fs, self.directory)  # the checkpoint file's name
         self.done = True
 
 
@@ -150,16 +192,20 @@ class PartitionLog:
         *,
         clock: Callable[[], int],
         fs: FileSystem = OS_FILE_SYSTEM,
+        read_only: bool = False,
     ) -> None:
         self.fs = fs
         self.directory = directory
         self.config = config
+        self.read_only = read_only
         self._clock = clock
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
         active = segments[-1]
         self._log_end_offset = active.next_offset
         self._recovery_point = RecoveryPoint(active.next_offset, active.base_offset, active.size)
+        self._checkpoint = CheckpointFile(fs, directory)
+        #: Where the checkpoint was last fdatasync'ed (segment, position).
         self._checkpoint_position = (active.base_offset, active.size)
         #: The flush between prepare_flush and complete_flush, if any.
         self._flushing: FlushPlan | None = None
@@ -168,6 +214,8 @@ class PartitionLog:
         self._directory_dirty = False
         self._closed = False
         self._clean_marker = False
+        #: The failed fsync that froze the log (see the module docstring), else ``None``.
+        self._failure: BaseException | None = None
 
     @classmethod
     def open(
@@ -177,13 +225,19 @@ class PartitionLog:
         *,
         clock: Callable[[], int] = wall_clock_ms,
         fs: FileSystem = OS_FILE_SYSTEM,
+        read_only: bool = False,
     ) -> PartitionLog:
         """Open (creating if needed) the log in ``directory``, recovering after a crash.
 
-        All file work goes through ``fs`` (the operating system by default).
+        All file work goes through ``fs`` (the operating system by default). ``read_only``
+        opens it without writing anything (see ``_loader.py``): damage is then reported to
+        the readers that meet it instead of refusing the open.
 
-        :raises CorruptRecordError: if the log is damaged other than in a torn tail.
+        :raises CorruptRecordError: if the log is damaged other than in a torn tail (when
+            opening for writing).
         """
+        if read_only:
+            return cls._open_read_only(directory, config, clock, fs)
         make_dirs(fs, directory)
         result = load_segments(
             fs, directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
@@ -209,8 +263,26 @@ class PartitionLog:
             log._unflushed = [segments[-1]]
             log._directory_dirty = True
             log._checkpoint_position = (-1, 0)
-            log.flush()
+            try:
+                log.flush()
+            except BaseException:
+                log.abandon()
+                raise
         return log
+
+    @classmethod
+    def _open_read_only(
+        cls, directory: Path, config: TopicConfig, clock: Callable[[], int], fs: FileSystem
+    ) -> PartitionLog:
+        interval = config.index_interval_bytes
+        segments = []
+        if fs.exists(directory):
+            segments = load_segments(
+                fs, directory, index_interval_bytes=interval, now_ms=clock(), mode=LoadMode.READ
+            ).segments
+        if not segments:
+            segments = [Segment.placeholder(fs, directory, 0, index_interval_bytes=interval)]
+        return cls(directory, config, segments, clock=clock, fs=fs, read_only=True)
 
     # -- offsets ---------------------------------------------------------------------------
 
@@ -284,17 +356,46 @@ class PartitionLog:
         """
         return self._append_checked(batch, self._clock())
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The fsync error that failed the log (it then refuses changes), else ``None``."""
+        return self._failure
+
+    def failed_error(self) -> LogFailedError:
+        """Return the error that changes to a failed log raise (see the module docstring)."""
+        return LogFailedError(
+            f"{self.directory}: an fsync failed ({self._failure}): records from offset "
+            f"{self._recovery_point.offset} on may not be on disk and were not acknowledged, "
+            "and the partition refuses writes; reopen the store, whose recovery keeps what "
+            "is really on disk"
+        )
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self.directory}: the log is closed")
+        if self.read_only:
+            raise StoreError(f"{self.directory}: the log was opened read-only")
+        if self._failure is not None:
+            raise self.failed_error()
+
     def _begin_change(self) -> None:
         """Remove the clean-shutdown marker before the first change since a clean open."""
         if self._clean_marker:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.unlink(self.directory / CLEAN_SHUTDOWN_FILE)
-            fsync_dir(self.fs, self.directory)
+            self._sync_directory()
             self._clean_marker = False
 
+    def _sync_directory(self) -> None:
+        """fsync the folder on the owner's side; a failure fails the log."""
+        try:
+            fsync_dir(self.fs, self.directory)
+        except OSError as exc:
+            self._failure = exc
+            raise self.failed_error() from exc
+
     def _append_checked(self, batch: bytes | bytearray, now: int) -> AppendInfo:
-        if self._closed:
-            raise LogClosedError(f"{self.directory}: the log is closed")
+        self._check_writable()
         self._begin_change()
         header = verify_batch(batch)
         size = header.batch_length + 12
@@ -349,6 +450,7 @@ class PartitionLog:
         """Close the active segment to appends and start a new one at ``log_end_offset``."""
         if self._segments[-1].size == 0:
             return
+        self._check_writable()
         now = self._clock() if now_ms is None else now_ms
         self._begin_change()
         old = self._segments[-1]
@@ -359,7 +461,8 @@ class PartitionLog:
         try:
             old.flush()
         except OSError as exc:
-            raise StoreError(f"{old.log_path}: fsync failed: {exc}") from exc
+            self._failure = exc  # as for any failed fsync (see the module docstring)
+            raise self.failed_error() from exc
         new = Segment.create(
             self.fs,
             self.directory,
@@ -379,7 +482,11 @@ class PartitionLog:
 
         Returns ``None`` when there is nothing to do. Pins the segments it names; pass
         the plan to :meth:`complete_flush` after executing it.
+
+        :raises LogFailedError: if an earlier fsync failed.
         """
+        if self._failure is not None:
+            raise self.failed_error()
         if not self._unflushed and not self._rolled and not self._directory_dirty:
             return None
         active = self._segments[-1]
@@ -389,48 +496,59 @@ class PartitionLog:
         for segment in segments:
             segment.pin()
         base, position = self._checkpoint_position
-        due = (
+        sync = (
             bool(rolled)
             or base != active.base_offset
-            or active.size - position >= CHECKPOINT_INTERVAL_BYTES
+            or active.size - position >= CHECKPOINT_SYNC_BYTES
         )
         plan = FlushPlan(
-            self.fs, self.directory, segments, rolled, self._directory_dirty, target, due
+            self.fs,
+            self.directory,
+            segments,
+            rolled,
+            self._directory_dirty,
+            target,
+            self._checkpoint,
+            sync,
         )
         self._directory_dirty = False
         self._flushing = plan
         return plan
 
     def complete_flush(self, plan: FlushPlan) -> None:
-        """Publish a flush's effect: everything below ``plan.target`` is durable."""
+        """Publish a flush's effect: everything below ``plan.target`` is durable.
+
+        After a failed ``execute`` this fails the log instead (see the module docstring).
+        """
         self._flushing = None
         for segment in plan.segments:
             segment.unpin()
         if not plan.done:
-            # The fsync failed: nothing it named may be called durable, so try again later.
-            self._unflushed.extend(s for s in plan.segments if not s.deleted)
-            self._rolled.extend(plan.rolled)
-            self._directory_dirty = self._directory_dirty or plan.sync_directory
+            # Retrying could not help: the kernel may have dropped the pages and will not
+            # say so again. The recovery point stays; nothing after it is acknowledged.
+            if self._failure is None:
+                self._failure = plan.error or StoreError("a flush did not finish")
+                logger.error("%s: fsync failed, no more writes: %s", self.directory, plan.error)
             return
         self._rolled.extend(s for s in plan.unindexed if not s.deleted)
         if plan.target.offset > self._recovery_point.offset:
             self._recovery_point = plan.target
-        if plan.write_checkpoint:
+        if plan.sync_checkpoint:
             self._checkpoint_position = (plan.target.segment, plan.target.position)
 
     def flush(self) -> None:
         """fsync everything appended so far, in the calling thread.
 
-        :raises StoreError: if an fsync fails.
+        :raises LogFailedError: if an fsync fails, now or earlier.
         """
         plan = self.prepare_flush()
         if plan is not None:
             try:
                 plan.execute()
             except OSError as exc:
-                raise StoreError(f"{self.directory}: fsync failed: {exc}") from exc
-            finally:
                 self.complete_flush(plan)
+                raise self.failed_error() from exc
+            self.complete_flush(plan)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -450,7 +568,11 @@ class PartitionLog:
         i = max(bisect_right(self._bases, start_offset) - 1, 0)
         while i < len(self._segments) and start_offset < upper:
             segment = self._segments[i]
-            batch = segment.find_batch(start_offset)
+            try:
+                batch = segment.find_batch(start_offset)
+            except CorruptRecordError as exc:
+                position = 0 if exc.position is None else exc.position
+                raise self.damage_error(segment, position, exc.reason) from exc
             if batch is not None:
                 return (segment, batch.position) if batch.base_offset < upper else None
             i += 1
@@ -465,7 +587,8 @@ class PartitionLog:
         ``start_offset``; readers skip those records. Returns ``b""`` when caught up.
 
         :raises OffsetOutOfRangeError: if ``start_offset`` is outside the log.
-        :raises CorruptRecordError: if a returned batch fails its CRC.
+        :raises CorruptRecordError: if the batch holding ``start_offset`` is damaged; its
+            ``damage`` says which offsets are lost and where reading can resume.
         """
         found = self.locate(start_offset, upper_offset)
         if found is None:
@@ -477,8 +600,17 @@ class PartitionLog:
     def trim(
         self, segment: Segment, position: int, raw: bytes, upper_offset: int | None = None
     ) -> bytes:
-        """Cut ``raw`` (read at ``position``) to whole, verified batches below ``upper_offset``."""
+        """Cut ``raw`` (read at ``position``) to whole, verified batches below ``upper_offset``.
+
+        Stops before the first batch that fails its checks (CRC, framing, base offsets that
+        go forward and stay inside the segment): the valid batches before it are returned,
+        and the read that starts at it raises.
+
+        :raises CorruptRecordError: if the first batch is damaged (see :meth:`read`).
+        """
         upper = self._log_end_offset if upper_offset is None else upper_offset
+        limit = segment.next_offset
+        expected = segment.base_offset
         end = 0
         while end < len(raw):
             size = _batch_size(raw, end)
@@ -488,21 +620,48 @@ class PartitionLog:
                 # The first batch is larger than max_bytes: return it whole.
                 raw = segment.read(position, min(size, segment.size - position))
                 if len(raw) < size:
-                    raise CorruptRecordError(
-                        "batch runs past the end of the segment",
-                        position=position,
-                        path=str(segment.log_path),
+                    raise self.damage_error(
+                        segment, position, "batch runs past the end of the segment"
                     )
             try:
                 header = verify_batch(raw, end)
             except CorruptRecordError as exc:
-                raise CorruptRecordError(
-                    exc.reason, position=position + end, path=str(segment.log_path)
-                ) from exc
+                if end:
+                    break
+                raise self.damage_error(segment, position, exc.reason) from exc
+            # Per batch, not per record: base offsets lie outside the CRC.
+            if not expected <= header.base_offset < limit:
+                if end:
+                    break
+                raise self.damage_error(
+                    segment, position, f"batch offset {header.base_offset} does not fit here"
+                )
             if header.base_offset >= upper:
                 break
+            expected = header.base_offset + header.last_offset_delta + 1
             end += size
         return raw if end == len(raw) else raw[:end]
+
+    def damage_error(self, segment: Segment, position: int, reason: str) -> CorruptRecordError:
+        """Return the error for damage met at byte ``position`` of ``segment``.
+
+        Works out (once; the segment remembers it) where the damage begins, the offsets
+        it hides and where reading can resume (see ``_damage.py``).
+        """
+        path = str(segment.log_path)
+        for known in segment.damaged:
+            if known.position <= position < max(known.end_position, known.position + 1):
+                return CorruptRecordError(reason, position=known.position, path=path, damage=known)
+        start, first = damage_start(segment, position)
+        for known in segment.damaged:
+            if known.position == start:
+                return CorruptRecordError(reason, position=start, path=path, damage=known)
+        i = bisect_right(self._bases, segment.base_offset)
+        upper = self._bases[i] if i < len(self._bases) else None
+        end_offset = upper if upper is not None else max(segment.next_offset, first)
+        damage = damaged_range(segment, start, first, upper, end_offset)
+        note_damage(segment, damage)
+        return CorruptRecordError(reason, position=start, path=path, damage=damage)
 
     def offset_for_time(self, timestamp_ms: int) -> int | None:
         """Return the first offset whose record timestamp is at or after ``timestamp_ms``.
@@ -538,7 +697,11 @@ class PartitionLog:
         The active segment is never deleted, nor anything of a compacted topic (its
         records go only when superseded). Returns the base offsets removed.
         """
-        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
+        if (
+            self.config.cleanup_policy is CleanupPolicy.COMPACT
+            or self._failure is not None
+            or self.read_only
+        ):
             return []
         now = self._clock() if now_ms is None else now_ms
         removed: list[int] = []
@@ -557,7 +720,11 @@ class PartitionLog:
         return removed
 
     def delete_segments_before(self, offset: int) -> list[int]:
-        """Delete whole segments that end at or before ``offset`` (never the active one)."""
+        """Delete whole segments that end at or before ``offset`` (never the active one).
+
+        :raises LogFailedError: if an earlier fsync failed.
+        """
+        self._check_writable()
         removed = []
         while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
             removed.append(self._segments[0].base_offset)
@@ -578,6 +745,7 @@ class PartitionLog:
             a checkpoint into them, or the checkpoint cannot be moved; the swap file is
             then removed. Also if the file system fails the swap half-way: the log is
             then closed and the swap file stays for the next open to finish.
+        :raises LogFailedError: if an fsync failed, now or earlier.
         """
         first = self._segments.index(replaced[0]) if replaced[0] in self._segments else -1
         run = self._segments[first : first + len(replaced)] if first >= 0 else []
@@ -585,18 +753,25 @@ class PartitionLog:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.unlink(swap_file)
             raise StoreError(f"{self.directory}: segments changed while compacting; retry")
+        if self._failure is not None or self.read_only:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(swap_file)
+            self._check_writable()
         # The recovery checkpoint names a byte position in one segment, which must not be
-        # one that this swap rewrites (recovery would find it shorter than the checkpoint).
+        # one that this swap rewrites (recovery would take it for a segment that lost
+        # acknowledged data, or check the segment whole).
         bases = {s.base_offset for s in replaced}
         following = self._segments[first + len(replaced)]
         try:
             if self._flushing is not None and self._flushing.target.segment in bases:
                 raise OSError(errno.EBUSY, "a flush may write a checkpoint into them")
-            if self._checkpoint_position[0] < 0 or self._checkpoint_position[0] in bases:
+            last = self._checkpoint.last_segment
+            if last is None or last in bases:
                 # Everything before the next segment is durable: segments are fsynced when
                 # they roll, and the swap file's commit made their names durable.
                 point = RecoveryPoint(following.base_offset, following.base_offset, 0)
-                write_recovery_point(self.fs, self.directory, point)
+                if self._checkpoint.reset(point):
+                    fsync_dir(self.fs, self.directory)
                 self._checkpoint_position = (point.segment, point.position)
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
@@ -654,31 +829,35 @@ class PartitionLog:
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush, persist the indexes and a checkpoint at the end, and mark a clean shutdown."""
+        """Flush, persist the indexes and a checkpoint at the end, and mark a clean shutdown.
+
+        A failed log (see the module docstring) is only closed, as a crash would leave it.
+
+        :raises LogFailedError: if the final fsync fails (the files are closed anyway).
+        """
         if self._closed:
             return
-        if self._clean_marker:
-            # Nothing changed since a clean open: the files on disk still describe the log.
+        if self._clean_marker or self._failure is not None or self.read_only:
+            # Nothing changed since a clean open (the files on disk still describe the
+            # log), the log failed and must not claim anything more than it did, or it
+            # may not write at all.
             self.abandon()
             return
         try:
             self.flush()
             active = self._segments[-1]
-            active.write_indexes()
-            write_recovery_point(
-                self.fs,
-                self.directory,
-                RecoveryPoint(self._log_end_offset, active.base_offset, active.size),
-            )
+            # The marker's directory fsync makes the new names durable.
+            active.write_indexes(sync_directory=False)
+            end = RecoveryPoint(self._log_end_offset, active.base_offset, active.size)
+            self._checkpoint.record(end, sync=True)
             atomic_write(self.fs, self.directory / CLEAN_SHUTDOWN_FILE, b"")
         finally:
-            self._closed = True
-            for segment in self._segments:
-                segment.close()
+            self.abandon()
 
     def abandon(self) -> None:
         """Close the files without flushing or marking a clean shutdown (as a crash would)."""
         self._closed = True
+        self._checkpoint.close()
         for segment in self._segments:
             segment.close()
 

@@ -64,7 +64,6 @@ class Partition:
         self._new_data: anyio.Event | None = None
         self._flush_done: anyio.Event | None = None
         self._write_lock: anyio.Lock | None = None
-        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<Partition {self.topic}-{self.index} end={self.log.log_end_offset}>"
@@ -110,6 +109,7 @@ class Partition:
         :raises RecordTooLargeError: if the batch exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write (nothing is acknowledged).
         :raises LogClosedError: if the partition is closed.
+        :raises LogFailedError: if an fsync of this partition failed, now or earlier.
         :raises InvalidTopicError: if the topic is internal.
         :raises StoreError: if the store was opened read-only.
         """
@@ -130,6 +130,7 @@ class Partition:
         :raises CorruptRecordError: if ``batch`` is not exactly one valid batch.
         :raises RecordTooLargeError: if it exceeds ``max_message_bytes``.
         :raises StorageFullError: if the disk refuses the write.
+        :raises LogFailedError: if an fsync of this partition failed, now or earlier.
         :raises InvalidTopicError: if the topic is internal.
         :raises StoreError: if the store was opened read-only.
         """
@@ -180,7 +181,7 @@ class Partition:
         to wait for.
 
         :raises LogClosedError: if the partition is closed while waiting.
-        :raises StoreError: if an fsync fails.
+        :raises LogFailedError: if an fsync fails, now or earlier.
         """
         if self.config.durability is Durability.NEVER:
             self._publish(self.log.log_end_offset)
@@ -197,29 +198,32 @@ class Partition:
         await self.wait_durable(info.next_offset)
 
     async def _flush(self) -> None:
-        if self._failure is not None:
-            raise StoreError(f"{self.log.directory}: an earlier fsync failed") from self._failure
-        plan = self.log.prepare_flush()
+        plan = self.log.prepare_flush()  # raises LogFailedError once an fsync has failed
         if plan is None:
             self._publish(self.log.recovery_point)
             return
         done = self._flush_done = anyio.Event()
+        failed: OSError | None = None
         try:
             # Not cancellable: an fsync under way finishes, whoever stopped waiting for it.
             await anyio.to_thread.run_sync(plan.execute)
         except OSError as exc:
-            # After a failed fsync the page cache may have dropped the data: never
-            # acknowledge anything from this log again.
-            self._failure = exc
-            raise StoreError(f"{self.log.directory}: fsync failed: {exc}") from exc
+            # complete_flush (below) fails the log: the page cache may have dropped the
+            # data, so nothing from this log is acknowledged again until it is reopened.
+            failed = exc
         finally:
             self.log.complete_flush(plan)
             self._flush_done = None
             done.set()
+        if failed is not None:
+            raise self.log.failed_error() from failed
         self._publish(plan.target.offset)
 
     async def flush(self) -> None:
-        """Make everything appended so far durable (whatever the durability policy)."""
+        """Make everything appended so far durable (whatever the durability policy).
+
+        :raises LogFailedError: if an fsync of this partition failed, now or earlier.
+        """
         while self._flush_done is not None:
             await self._flush_done.wait()
         await self._flush()

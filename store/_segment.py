@@ -15,6 +15,13 @@ not also acknowledge. The offsets a segment covers are ``[base_offset, next_offs
 A segment removed by retention or compaction may still be under a reader's ``pread`` in a
 worker thread; it is closed only once the last such reader has let go (``pin``/``unpin``)
 so that its descriptor number is never reused under a reader.
+
+A segment remembers the damaged byte ranges found in it (``damaged``, usually empty; see
+``_damage.py``), and its offset index gets an entry at the first batch after each, so a
+lookup of an offset past the damage starts there instead of walking through it. A segment
+opened read-only (a read-only store, or repair looking before it changes anything) may be
+read from a file of another name (a finished compaction's ``.swap``, a repair's
+``.split``) and may be cut short in memory only.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._batch import verify_batch
-from ._errors import CorruptRecordError
+from ._errors import CorruptRecordError, DamagedRange
 from ._files import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -75,10 +82,12 @@ class Segment:
         "_closed",
         "_deleted",
         "_fd",
+        "_path",
         "_pins",
         "_running_max",
         "base_offset",
         "created_ms",
+        "damaged",
         "directory",
         "fs",
         "index",
@@ -119,7 +128,10 @@ class Segment:
         self._running_max = (max_timestamp, base_offset)
         self._pins = 0
         self._deleted = False
-        self._closed = False
+        self._closed = fd < 0
+        self._path: Path | None = None
+        #: Damaged byte ranges found so far, in file order (see the module docstring).
+        self.damaged: list[DamagedRange] = []
 
     # -- opening -----------------------------------------------------------------------
 
@@ -155,15 +167,19 @@ class Segment:
         *,
         index_interval_bytes: int,
         now_ms: int = 0,
+        path: Path | None = None,
+        read_only: bool = False,
     ) -> Segment:
         """Open an existing ``.log`` with empty indexes; the loader fills in the rest.
 
-        A reopened segment's age for ``segment_ms`` counts from ``now_ms``.
+        A reopened segment's age for ``segment_ms`` counts from ``now_ms``. ``path``
+        (read-only segments only) names a file other than ``<base>.log`` to read.
         """
-        path = directory / segment_file_name(base_offset, LOG_SUFFIX)
-        fd = fs.open(path, os.O_RDWR | os.O_APPEND)
+        assert path is None or read_only, "only a read-only segment reads another file"
+        name = path or directory / segment_file_name(base_offset, LOG_SUFFIX)
+        fd = fs.open(name, os.O_RDONLY if read_only else os.O_RDWR | os.O_APPEND)
         size = fs.fstat(fd).st_size
-        return cls._empty(
+        segment = cls._empty(
             fs,
             directory,
             base_offset,
@@ -171,6 +187,23 @@ class Segment:
             size=size,
             index_interval_bytes=index_interval_bytes,
             now_ms=now_ms,
+        )
+        segment._path = path
+        return segment
+
+    @classmethod
+    def placeholder(
+        cls, fs: FileSystem, directory: Path, base_offset: int, *, index_interval_bytes: int
+    ) -> Segment:
+        """An empty segment with no file, for a read-only log whose folder holds none."""
+        return cls._empty(
+            fs,
+            directory,
+            base_offset,
+            -1,
+            size=0,
+            index_interval_bytes=index_interval_bytes,
+            now_ms=0,
         )
 
     @classmethod
@@ -202,7 +235,9 @@ class Segment:
 
     @property
     def log_path(self) -> Path:
-        """Path of the ``.log`` file."""
+        """Path of the ``.log`` file (or of the file a read-only segment reads instead)."""
+        if self._path is not None:
+            return self._path
         return self.directory / segment_file_name(self.base_offset, LOG_SUFFIX)
 
     @property
@@ -258,6 +293,12 @@ class Segment:
         self.size = position + size
         self.next_offset = next_offset
 
+    def skip_to(self, offset: int) -> None:
+        """Go on after a damaged range: the next batch noted starts at ``offset`` and gets
+        an index entry, so that lookups past the damage start there."""
+        self.next_offset = offset
+        self._bytes_since_index = self.index_interval_bytes
+
     def reset_indexes(self) -> None:
         """Forget every index entry and batch, before the loader rebuilds them from the log."""
         self.index = OffsetIndex(self.base_offset)
@@ -288,9 +329,13 @@ class Segment:
         self._running_max = running
         self._bytes_since_index = since if len(index) else self.index_interval_bytes
 
-    def truncate_to_position(self, position: int) -> None:
-        """Cut the log at ``position`` (a batch boundary) and forget later index entries."""
-        self.fs.ftruncate(self._fd, position)
+    def truncate_to_position(self, position: int, *, in_memory: bool = False) -> None:
+        """Cut the log at ``position`` (a batch boundary) and forget later index entries.
+
+        With ``in_memory`` the file is left as it is and only this view of it ends there.
+        """
+        if not in_memory:
+            self.fs.ftruncate(self._fd, position)
         self.size = position
         self.index.truncate_to_position(position)
 
@@ -298,11 +343,20 @@ class Segment:
         """Record the segment's largest timestamp in the time index (at roll and close)."""
         self.time_index.maybe_append(*self._running_max)
 
-    def write_indexes(self) -> None:
-        """Persist both indexes atomically (their files are derived data)."""
+    def write_indexes(self, *, sync_directory: bool = True) -> None:
+        """Persist both indexes atomically (their files are derived data).
+
+        Without ``sync_directory`` the new names are durable once the caller fsyncs the
+        directory.
+        """
         self.seal_time_index()
-        atomic_write(self.fs, self.index_path, self.index.to_bytes())
-        atomic_write(self.fs, self.timeindex_path, self.time_index.to_bytes())
+        atomic_write(self.fs, self.index_path, self.index.to_bytes(), sync_directory=False)
+        atomic_write(
+            self.fs,
+            self.timeindex_path,
+            self.time_index.to_bytes(),
+            sync_directory=sync_directory,
+        )
 
     # -- reading -----------------------------------------------------------------------
 
@@ -353,9 +407,25 @@ class Segment:
             gap before the next one and that batch fails its CRC (a damaged
             ``last_offset_delta`` would otherwise skip records silently).
         """
-        _, position = self.index.lookup(offset)
+        expected, position = self.index.lookup(offset)
+        # An index entry names the base offset of the batch at its position exactly.
+        exact = position > 0
         previous: BatchPosition | None = None
         for batch in self.iter_batches(position):
+            # Base offsets lie outside the CRC: one that goes backwards or past what the
+            # segment holds is damage, which would otherwise misplace records.
+            if (
+                batch.base_offset < expected
+                or batch.base_offset >= self.next_offset
+                or (exact and batch.base_offset != expected)
+            ):
+                raise CorruptRecordError(
+                    f"batch offset {batch.base_offset} does not fit after offset {expected - 1}",
+                    position=batch.position,
+                    path=str(self.log_path),
+                )
+            expected = batch.next_offset
+            exact = False
             if batch.next_offset > offset:
                 if (
                     previous is not None
@@ -408,7 +478,7 @@ class Segment:
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
-        if not self._closed:
+        if not self._closed and self._fd >= 0:
             self._closed = True
             self.fs.close(self._fd)
 

@@ -24,6 +24,14 @@ the directory can tell a writer's close from a reader's, and refuses changes. Th
 records who it is beside the lock when it can (``_holder.py``), so that a process refused
 the directory can say which one has it.
 
+A read-only store writes nothing at all, so that a backup or a mounted snapshot (a
+read-only file system) can be read: it creates no lock file (a directory without one was
+never opened by a writer, so there is nobody to wait for), settles no leftovers of
+interrupted work, runs no retention or compaction, and opens every log read-only (see
+``_loader.py``: a torn tail is cut in memory only, a finished compaction is read from its
+swap file, indexes are rebuilt in memory, and damage is reported to the readers that meet
+it instead of refusing the open).
+
 Topics whose names start with ``__`` are the system's own (see ``_topic_names.py``):
 creating, appending to, deleting and reconfiguring one takes ``internal=True``, which
 only headwater's own code passes (the groups' offset log). Names that collide once ``.``
@@ -58,6 +66,7 @@ from ._cleaner import plan_cleaning, swap_in, write_swap_files
 from ._compression import check_codec
 from ._config import CleanupPolicy, TopicConfig
 from ._errors import (
+    CorruptRecordError,
     DataDirectoryLockedError,
     InvalidConfigError,
     InvalidTopicError,
@@ -180,7 +189,8 @@ class Store:
             raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._maintain)
+        if not self.read_only:
+            self._task_group.start_soon(self._maintain)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -206,9 +216,14 @@ class Store:
             raise StoreError(f"{self.path}: closing failed: {errors[0]}") from errors[0]
 
     def _lock(self) -> None:
-        make_dirs(self.fs, self.path)
-        mode = os.O_RDONLY if self.read_only else os.O_RDWR
-        fd = self.fs.open(self.path / LOCK_FILE, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self.read_only:
+            opened = self._open_lock_file_read_only()
+            if opened is None:
+                return
+            fd = opened
+        else:
+            make_dirs(self.fs, self.path)
+            fd = self.fs.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             self.fs.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -219,7 +234,20 @@ class Store:
                 f"data directory {self.path} is in use by {by} (one process may open it at a time)"
             ) from None
         self._lock_fd = fd
-        self._holder_recorded = record_holder(self.fs, self.path, fd)
+        if not self.read_only:  # a reading store writes nothing; /proc/locks names it
+            self._holder_recorded = record_holder(self.fs, self.path, fd)
+
+    def _open_lock_file_read_only(self) -> int | None:
+        """Open the lock file without creating anything; ``None`` if there is none.
+
+        :raises StoreError: if there is no data directory.
+        """
+        try:
+            return self.fs.open(self.path / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not self.fs.exists(self.path):
+                raise StoreError(f"no data directory at {self.path}") from None
+            return None  # no writer ever used the directory, so none to exclude
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -229,11 +257,13 @@ class Store:
             self._lock_fd = None
 
     def _open_all(self) -> None:
-        make_dirs(self.fs, self.path)
+        if not self.read_only:
+            make_dirs(self.fs, self.path)
         for entry in sorted(self.fs.listdir(self.path)):
             folder = self.path / entry
             if entry.startswith("."):
-                if entry.endswith(".deleted") or entry.endswith(".creating"):
+                deleted = entry.endswith(".deleted") or entry.endswith(".creating")
+                if deleted and not self.read_only:
                     self.fs.rmtree(folder)
                 continue
             if not self.fs.is_file(folder / TOPIC_CONFIG_FILE):
@@ -247,13 +277,21 @@ class Store:
     def _open_topic(self, name: str, config: TopicConfig) -> None:
         folder = self.path / name
         partitions = []
+        i = 0
         try:
             for i in range(config.partitions):
-                log = PartitionLog.open(folder / str(i), config, clock=self._clock, fs=self.fs)
+                log = PartitionLog.open(
+                    folder / str(i), config, clock=self._clock, fs=self.fs, read_only=self.read_only
+                )
                 partitions.append(Partition(name, i, log, read_only=self.read_only))
-        except BaseException:
+        except BaseException as exc:
             for partition in partitions:
                 partition.log.abandon()
+            if isinstance(exc, CorruptRecordError) and exc.hint:
+                command = f"headwater repair {name} --partition {i} --data {self.path}"
+                raise exc.with_hint(
+                    f"{exc.hint}: `{command}` shows what it would move, and does it with --yes"
+                ) from exc
             raise
         self._topics[name] = partitions
         self._configs[name] = config
@@ -276,6 +314,8 @@ class Store:
         """
         removed = 0
         now = self._clock()
+        if self.read_only:
+            return removed
         for name, partitions in list(self._topics.items()):
             if self._configs[name].cleanup_policy is not CleanupPolicy.COMPACT:
                 continue
@@ -284,7 +324,12 @@ class Store:
                 if self._compacted_at.get((name, partition.index)) == log.log_end_offset:
                     continue
                 self._compacted_at[(name, partition.index)] = log.log_end_offset
-                plan = await anyio.to_thread.run_sync(plan_cleaning, log, now)
+                try:
+                    plan = await anyio.to_thread.run_sync(plan_cleaning, log, now)
+                except CorruptRecordError as exc:
+                    # Compaction reads every record; damage waits for a repair.
+                    logger.error("%s: not compacted: %s", log.directory, exc)
+                    continue
                 if plan is None or log.closed:
                     continue
                 swaps = await anyio.to_thread.run_sync(write_swap_files, log, plan)

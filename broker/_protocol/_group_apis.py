@@ -228,3 +228,17 @@ LIST_GROUPS = Api(
         ))),
     ),
 )  # fmt: skip
+
+DELETE_GROUPS = Api(
+    ApiKey.DELETE_GROUPS, "DeleteGroups", advertised=(0, 2), accepted=(0, 2), flexible_since=2,
+    request=Struct(
+        Field("groups_names", Array(STRING)),
+    ),
+    response=Struct(
+        Field("throttle_time_ms", INT32),
+        Field("results", Array(Struct(
+            Field("group_id", STRING),
+            Field("error_code", INT16),
+        ))),
+    ),
+)  # fmt: skip

@@ -44,6 +44,7 @@ NOTES_TABLE = {
     ApiKey.DESCRIBE_CONFIGS: ((0, 4), (0, 4), 4),
     ApiKey.ALTER_CONFIGS: ((0, 2), (0, 2), 2),
     ApiKey.INCREMENTAL_ALTER_CONFIGS: ((0, 1), (0, 1), 1),
+    ApiKey.DELETE_GROUPS: ((0, 2), (0, 2), 2),
 }
 
 # kafka-python patches a few schema entries; these are Kafka's own values.

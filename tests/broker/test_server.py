@@ -69,6 +69,7 @@ GROUP_APIS = {
     ApiKey.OFFSET_FETCH,
     ApiKey.DESCRIBE_GROUPS,
     ApiKey.LIST_GROUPS,
+    ApiKey.DELETE_GROUPS,
 }
 """What ``headwater broker`` adds over its group coordinator."""
 

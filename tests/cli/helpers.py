@@ -43,3 +43,39 @@ def assert_error(result: subprocess.CompletedProcess[str], *fragments: str, stat
 def env_without_data() -> dict[str, str]:
     """The environment with HEADWATER_DATA removed."""
     return {k: v for k, v in os.environ.items() if k != "HEADWATER_DATA"}
+
+
+class Log:
+    """Where a test's commands work: a data directory, or a broker over the protocol.
+
+    ``log(*args, input=...)`` runs ``headwater ARGS...`` against it; the same test body
+    then checks that both give the same results.
+    """
+
+    def __init__(self, data: Path, bootstrap: str | None = None) -> None:
+        self.data = data
+        self.bootstrap = bootstrap
+
+    @property
+    def kind(self) -> str:
+        """``data`` or ``broker``."""
+        return "data" if self.bootstrap is None else "broker"
+
+    def __call__(
+        self, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        if self.bootstrap is None:
+            return run_headwater(self.data, *args, input=input, env=env)
+        return run_headwater(None, *self._with_bootstrap(args), input=input, env=env)
+
+    def command(self, *args: str) -> list[str]:
+        """The argv that runs ``headwater ARGS...`` against this log."""
+        if self.bootstrap is None:
+            return [HEADWATER, "--data", str(self.data), *args]
+        return [HEADWATER, *self._with_bootstrap(args)]
+
+    def _with_bootstrap(self, args: tuple[str, ...]) -> list[str]:
+        # Options go before a '--', after which everything is an argument.
+        end = args.index("--") if "--" in args else len(args)
+        assert self.bootstrap is not None
+        return [*args[:end], "--bootstrap", self.bootstrap, *args[end:]]

@@ -19,9 +19,10 @@ from .helpers import HEADWATER, Headwater
 class Follower:
     """A ``headwater consume --follow`` process whose stdout lines can be awaited."""
 
-    def __init__(self, data: Path, *args: str) -> None:
+    def __init__(self, data: Path, *args: str, argv: list[str] | None = None) -> None:
+        """Follow with ``consume ARGS... --follow`` on ``data``, or run ``argv`` as given."""
         self.proc = subprocess.Popen(
-            [HEADWATER, "--data", str(data), "consume", *args, "--follow"],
+            argv or [HEADWATER, "--data", str(data), "consume", *args, "--follow"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

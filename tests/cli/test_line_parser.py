@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from headwater.cli._produce import BATCH_RECORDS, Chunk, LineParser
+import pytest
+
+from headwater.cli._lines import BATCH_RECORDS, Chunk, LineFormat, LineParser
 from headwater.store import NewRecord
+
+JSON = LineFormat()
+KEYED = LineFormat(key_field="k")
 
 
 def parse(parser: LineParser, *pieces: bytes) -> list[Chunk]:
@@ -16,7 +21,7 @@ def records(chunks: list[Chunk]) -> list[NewRecord]:
 
 
 def test_lines_split_across_reads_blank_lines_and_crlf() -> None:
-    parser = LineParser(None, 1 << 20)
+    parser = LineParser(JSON, 1 << 20)
     chunks = parse(parser, b'{"a": 1}\n{"b"', b": [1, 2]}\r\n\n  \n", b'"last"')
     assert [r.value for r in records(chunks)] == [b'{"a":1}', b'{"b":[1,2]}', b'"last"']
     assert all(c.error is None for c in chunks)
@@ -25,30 +30,79 @@ def test_lines_split_across_reads_blank_lines_and_crlf() -> None:
 
 def test_keys_from_a_field() -> None:
     lines = b'{"k": "u1"}\n{"k": 7}\n{"k": null}\n{"k": {"x": 1}}\n{"k": "\xc3\xa9"}\n'
-    got = [r.key for r in records(parse(LineParser("k", 1 << 20), lines))]
+    got = [r.key for r in records(parse(LineParser(KEYED, 1 << 20), lines))]
     assert got == [b"u1", b"7", None, b'{"x":1}', "é".encode()]
 
 
 def test_errors_name_the_line_and_keep_what_came_before() -> None:
-    parser = LineParser("k", 1 << 20)
+    parser = LineParser(KEYED, 1 << 20)
     chunks = parse(parser, b'{"k": 1}\n\n{"k": 2}\n{"j": 3}\n{"k": 4}\n')
     assert [r.value for r in records(chunks)] == [b'{"k":1}', b'{"k":2}']
     assert chunks[-1].error == "line 4: --key k: the line has no such field"
     assert parser.failed
 
-    chunks = parse(LineParser(None, 1 << 20), b'{"k": 1}\n{"k": \n')
+    chunks = parse(LineParser(JSON, 1 << 20), b'{"k": 1}\n{"k": \n')
     assert chunks[-1].error is not None
     assert chunks[-1].error.startswith("line 2: invalid JSON (")
 
 
 def test_batches_are_bounded_by_count_and_bytes() -> None:
     many = b"".join(b'{"n": %d}\n' % i for i in range(2 * BATCH_RECORDS + 5))
-    sizes = [len(c.records) for c in parse(LineParser(None, 1 << 20), many)]
+    sizes = [len(c.records) for c in parse(LineParser(JSON, 1 << 20), many)]
     assert sizes == [BATCH_RECORDS, BATCH_RECORDS, 5]
 
     line = b'{"pad": "' + b"x" * 90 + b'"}\n'  # 101 bytes stored, 133 counting overhead
-    chunks = parse(LineParser(None, 1000), line * 20)
+    chunks = parse(LineParser(JSON, 1000), line * 20)
     assert [len(c.records) for c in chunks] == [7, 7, 6]  # 61 + 7 * 133 <= 1000
 
-    too_big = parse(LineParser(None, 100), line)
+    too_big = parse(LineParser(JSON, 100), line)
     assert too_big[-1].error is not None and "max_message_bytes (100)" in too_big[-1].error
+
+
+def test_raw_lines_and_key_delimiters() -> None:
+    raw = parse(LineParser(LineFormat(raw=True), 1 << 20), b"a b\r\n\n{x\n", b"tail")
+    assert [(r.key, r.value) for r in records(raw)] == [
+        (None, b"a b"),
+        (None, b"{x"),
+        (None, b"tail"),
+    ]
+    delimited = LineFormat(key_delimiter=b"::")
+    chunks = parse(LineParser(delimited, 1 << 20), b'k::{"a": 1}\n::[2]\n\nx::y::"z"\n')
+    got = [(r.key, r.value) for r in records(chunks)]
+    assert got == [(b"k", b'{"a":1}'), (b"", b"[2]")]
+    error = chunks[-1].error
+    assert error is not None and error.startswith("line 4: the value is not JSON (")
+    both = LineFormat(raw=True, key_delimiter=b"=")
+    assert [(r.key, r.value) for r in records(parse(LineParser(both, 1 << 20), b"k=v=w\n"))] == [
+        (b"k", b"v=w")
+    ]
+
+
+def test_headers_go_on_every_record_and_count_towards_the_size() -> None:
+    headers = (("source", b"web"), ("n", None))
+    chunks = parse(LineParser(LineFormat(headers=headers), 1 << 20), b"1\n2\n")
+    assert [r.headers for r in records(chunks)] == [headers, headers]
+    big = LineFormat(headers=(("h", b"x" * 200),))
+    assert parse(LineParser(big, 200), b"1\n")[-1].error is not None
+
+
+def test_skip_invalid_reports_and_goes_on() -> None:
+    parser = LineParser(KEYED, 1 << 20, skip_invalid=True)
+    chunks = parse(parser, b'{"k": "a"}\nnope\n{"j": 1}\n{"k": "b"}\n')
+    assert [r.key for r in records(chunks)] == [b"a", b"b"]
+    reported = [m for c in chunks for m in c.skipped]
+    assert len(reported) == 2
+    assert reported[0].startswith("line 2: invalid JSON (")
+    assert reported[1] == "line 3: --key k: the line has no such field"
+    assert all(c.error is None for c in chunks)
+    assert (parser.skipped, parser.failed, parser.line_number) == (2, False, 4)
+
+
+def test_a_line_format_refuses_what_cannot_go_together() -> None:
+    for kwargs in (
+        {"key_field": "k", "key_delimiter": b":"},
+        {"key_field": "k", "raw": True},
+        {"key_delimiter": b""},
+    ):
+        with pytest.raises(ValueError):
+            LineFormat(**kwargs)  # type: ignore[arg-type]

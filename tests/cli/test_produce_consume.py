@@ -1,4 +1,8 @@
-"""``headwater produce`` and ``headwater consume``: round trips and the ways to start reading."""
+"""``headwater produce`` and ``headwater consume``: round trips and the ways to start reading.
+
+Each test that uses ``log`` runs twice with the same assertions: on a data directory, and
+over the Kafka protocol against a ``headwater broker`` (``--bootstrap``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 
 from headwater.store import NewRecord, open_store, partition_for_key
 
-from .helpers import HEADWATER, Headwater
+from .helpers import Headwater, Log
 
 USERS = [f"user-{i}" for i in range(40)]
 
@@ -29,14 +33,15 @@ def jsonl(docs: list[dict[str, object]]) -> str:
 
 
 @pytest.fixture
-def clicks(hw: Headwater) -> None:
-    assert hw("topics", "create", "clicks", "--partitions", "3").returncode == 0
+def clicks(log: Log, name: str) -> str:
+    """A topic of 3 partitions."""
+    assert log("topics", "create", name, "--partitions", "3").returncode == 0
+    return name
 
 
-@pytest.mark.usefixtures("clicks")
-def test_keyed_round_trip(hw: Headwater) -> None:
+def test_keyed_round_trip(log: Log, clicks: str) -> None:
     docs = events(2500)
-    produced = hw("produce", "clicks", "--key", "user", input=jsonl(docs))
+    produced = log("produce", clicks, "--key", "user", input=jsonl(docs))
     assert produced.returncode == 0, produced.stderr
     assert produced.stderr == ""
     acks = [tuple(map(int, line.split(":"))) for line in produced.stdout.splitlines()]
@@ -49,41 +54,42 @@ def test_keyed_round_trip(hw: Headwater) -> None:
         offsets = [o for q, o in acks if q == p]
         assert offsets == list(range(len(offsets)))
 
-    consumed = hw("consume", "clicks", "--show-meta")
+    consumed = log("consume", clicks, "--show-meta")
     assert consumed.returncode == 0, consumed.stderr
     lines = consumed.stdout.splitlines()
     metas = [json.loads(line) for line in lines]
     assert sorted(m["value"]["n"] for m in metas) == list(range(2500))
     assert {(m["partition"], m["offset"]) for m in metas} == set(acks)
     for m in metas:
-        assert set(m) == {"partition", "offset", "timestamp", "key", "value"}
+        assert set(m) == {"topic", "partition", "offset", "timestamp", "key", "value", "headers"}
+        assert (m["topic"], m["headers"]) == (clicks, [])
         assert m["key"] == m["value"]["user"]
         assert abs(m["timestamp"] - time.time() * 1000) < 600_000
+    # Partition after partition, each in offset order.
+    assert [(m["partition"], m["offset"]) for m in metas] == sorted(acks)
     # The stored value is the line re-serialised compactly.
-    plain = hw("consume", "clicks", "--partition", "1", "--max", "1").stdout
+    plain = log("consume", clicks, "--partition", "1", "--max", "1").stdout
     assert plain.startswith('{"n":') and ", " not in plain
 
 
-@pytest.mark.usefixtures("clicks")
-def test_quiet_unkeyed_and_max(hw: Headwater) -> None:
-    produced = hw("produce", "clicks", "--quiet", input=jsonl(events(3000)) + "\n\n")
+def test_quiet_unkeyed_and_max(log: Log, clicks: str) -> None:
+    produced = log("produce", clicks, "--quiet", input=jsonl(events(3000)) + "\n\n")
     assert produced.returncode == 0
     assert produced.stdout == ""
-    assert produced.stderr.startswith("stored 3000 records in 'clicks' (partition ")
-    assert len(hw("consume", "clicks").stdout.splitlines()) == 3000
-    assert len(hw("consume", "clicks", "--max", "7").stdout.splitlines()) == 7
+    assert produced.stderr.startswith(f"stored 3000 records in {clicks!r} (partition ")
+    assert len(log("consume", clicks).stdout.splitlines()) == 3000
+    assert len(log("consume", clicks, "--max", "7").stdout.splitlines()) == 7
 
 
-@pytest.mark.usefixtures("clicks")
-def test_from_offset_time_and_latest(hw: Headwater) -> None:
-    assert hw("produce", "clicks", "--key", "user", input=jsonl(events(600))).returncode == 0
+def test_from_offset_time_and_latest(log: Log, clicks: str) -> None:
+    assert log("produce", clicks, "--key", "user", input=jsonl(events(600))).returncode == 0
     time.sleep(0.05)
     midpoint = datetime.now(UTC)
     time.sleep(0.05)
-    assert hw("produce", "clicks", "--key", "user", input=jsonl(events(300, 600))).returncode == 0
+    assert log("produce", clicks, "--key", "user", input=jsonl(events(300, 600))).returncode == 0
 
     def consume(*args: str) -> list[dict[str, int]]:
-        result = hw("consume", "clicks", "--show-meta", *args)
+        result = log("consume", clicks, "--show-meta", *args)
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -118,11 +124,10 @@ async def test_values_that_are_not_json_print_as_strings(hw: Headwater, data: Pa
     assert out == ['"plain text"', '{"a":1}', "null", '"\\\\xff\\\\xfe"', "[1,2]"]
 
 
-@pytest.mark.usefixtures("clicks")
-def test_consume_into_a_closed_pipe_is_quiet(hw: Headwater, data: Path) -> None:
-    hw("produce", "clicks", "--quiet", input=jsonl(events(5000)))
+def test_consume_into_a_closed_pipe_is_quiet(log: Log, clicks: str) -> None:
+    log("produce", clicks, "--quiet", input=jsonl(events(5000)))
     with subprocess.Popen(
-        [HEADWATER, "--data", str(data), "consume", "clicks"],
+        log.command("consume", clicks),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:

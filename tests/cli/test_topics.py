@@ -6,7 +6,7 @@ from pathlib import Path
 
 from headwater.store import TopicConfig, setting_keys
 
-from .helpers import Headwater, assert_error, env_without_data, run_headwater
+from .helpers import Headwater, Log, assert_error, env_without_data, run_headwater
 
 
 def test_create_list_describe_delete(hw: Headwater, data: Path) -> None:
@@ -133,6 +133,24 @@ def test_partitions_is_not_offered_as_a_config_key(hw: Headwater, data: Path) ->
     assert described.returncode == 0
     settings = hw("topics", "describe", "u").stdout
     assert "│ partitions " in settings  # shown as a property of the topic
+
+
+def test_create_alter_describe_delete_on_every_log(log: Log, name: str) -> None:
+    created = log("topics", "create", name, "-p", "2", "-c", "retention.ms=60000")
+    assert created.returncode == 0, created.stderr
+    altered = log("topics", "alter", name, "-c", "retention.ms=120000")
+    assert altered.returncode == 0, altered.stderr
+    described = log("topics", "describe", name)
+    assert described.returncode == 0, described.stderr
+    (retention,) = [
+        line.split("│")[2].strip()
+        for line in described.stdout.splitlines()
+        if line.split("│")[1:2] and line.split("│")[1].strip() in ("retention_ms", "retention.ms")
+    ]
+    assert retention == "120000"
+    assert name in log("topics", "list").stdout
+    assert log("topics", "delete", name).returncode == 0
+    assert name not in log("topics", "list").stdout
 
 
 def test_what_is_not_a_topic_stays_out_of_the_way(hw: Headwater, data: Path) -> None:

@@ -24,6 +24,7 @@ from headwater.groups import (
     TopicPartition,
 )
 from headwater.store import (
+    CorruptRecordError,
     NewRecord,
     OffsetOutOfRangeError,
     Store,
@@ -466,3 +467,33 @@ def test_the_new_errors_carry_their_codes() -> None:
     assert OffsetMetadataTooLargeError.code == 12  # OFFSET_METADATA_TOO_LARGE
     assert issubclass(PartitionNotAssignedError, GroupError)
     assert PartitionNotAssignedError.code == -1  # client side: never on the wire
+
+
+async def test_damage_stops_the_consumer_with_an_error_that_names_it(
+    store: Store, autojump_clock: MockClock
+) -> None:
+    # A group member does not step over damage (it would commit past records it never
+    # delivered): it gets every record before it, then an error naming the damaged range.
+    await store.create_topic("t", TopicConfig(partitions=1))
+    for i in range(10):
+        await store.partition("t", 0).append([NewRecord(b"v%d" % i)])
+    segment = store.partition("t", 0).log.segments[-1]
+    damaged = segment.find_batch(6)
+    assert damaged is not None
+    with segment.log_path.open("r+b") as f:  # the page cache serves the open log this
+        f.seek(damaged.position + 40)
+        byte = f.read(1)
+        f.seek(damaged.position + 40)
+        f.write(bytes([byte[0] ^ 1]))
+    async with (
+        GroupCoordinator(store, config=FAST, clock=loop_clock_ms) as coordinator,
+        coordinator.consumer("g", ["t"], **QUICK) as consumer,
+    ):
+        batches = await take(consumer, 6)
+        assert [r.offset for b in batches for r in b.records] == list(range(6))
+        with pytest.raises(CorruptRecordError) as raised:
+            await anext(aiter(consumer))
+        assert raised.value.damage is not None
+        assert raised.value.damage.last_good_offset == 5
+        assert raised.value.damage.resume_offset == 7
+        assert consumer.position(tp(0)) == 6

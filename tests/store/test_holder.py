@@ -111,10 +111,41 @@ async def test_the_store_works_where_the_record_cannot_be_written(tmp_path: Path
     (tmp_path / (HOLDER_FILE + ".tmp")).mkdir()
     async with open_store(tmp_path) as store:
         await store.create_topic("t")
-        assert read_holder(tmp_path) is None
-        with pytest.raises(DataDirectoryLockedError, match="in use by another process"):
+        assert not (tmp_path / HOLDER_FILE).exists()
+        # The kernel's lock table still names the holder.
+        holder = read_holder(tmp_path)
+        assert holder is not None and holder.pid == os.getpid()
+        with pytest.raises(DataDirectoryLockedError, match=f"in use by pid {os.getpid()} "):
             async with Store(tmp_path, read_only=True):
                 pass
+
+
+async def test_a_reader_writes_no_record_and_is_named_all_the_same(tmp_path: Path) -> None:
+    async with open_store(tmp_path):
+        pass
+    before = sorted(p.name for p in tmp_path.iterdir())
+    mtime = tmp_path.stat().st_mtime_ns
+    proc = hold(tmp_path, read_only=True)
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        assert tmp_path.stat().st_mtime_ns == mtime
+        holder = read_holder(tmp_path)
+        assert holder is not None and holder.pid == proc.pid
+        assert holder.argv[-1] == "ro"  # its command line, from /proc/<pid>/cmdline
+    finally:
+        release(proc)
+    assert read_holder(tmp_path) is None
+
+
+async def test_without_a_lock_table_the_record_names_the_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headwater.store import _holder
+
+    monkeypatch.setattr(_holder, "PROC_LOCKS", tmp_path / "no-such-table")
+    async with open_store(tmp_path / "data") as store:
+        holder = read_holder(store.path)
+        assert holder == LockHolder(os.getpid(), tuple(sys.orig_argv))
 
 
 def test_recording_on_a_read_only_file_system_is_skipped(tmp_path: Path) -> None:

@@ -39,10 +39,6 @@ from headwater.store import (
     open_store,
 )
 
-ITEM_5 = (
-    "issue 10 item 5: after a failed fsync the partition must refuse writes (a later "
-    "fsync's success proves nothing); fixed on branch store, not yet on main"
-)
 CONFIG = TopicConfig(segment_bytes=2048, index_interval_bytes=256, retention_ms=-1)
 
 
@@ -108,12 +104,8 @@ def test_a_failed_segment_write_fails_the_append_and_leaves_nothing(
 # -- fsyncs ----------------------------------------------------------------------------------
 
 
-# On main a failed fsync of the directory inside an index write is logged and forgotten.
-DIRECTORY = pytest.param("directory", marks=pytest.mark.xfail(strict=True, reason=ITEM_5))
-
-
 @pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
-@pytest.mark.parametrize("target", ["segment", DIRECTORY])
+@pytest.mark.parametrize("target", ["segment", "directory"])
 def test_a_failed_fsync_raises_a_store_error_and_acknowledges_nothing(
     tmp_path: Path, code: int, target: str
 ) -> None:
@@ -129,7 +121,6 @@ def test_a_failed_fsync_raises_a_store_error_and_acknowledges_nothing(
     run.power_cut_and_check()
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM_5)
 @pytest.mark.parametrize("target", ["segment", "directory"])
 def test_after_a_failed_fsync_the_log_refuses_writes(tmp_path: Path, target: str) -> None:
     run = LogRun(tmp_path)
@@ -152,9 +143,8 @@ def test_after_a_failed_fsync_the_log_refuses_writes(tmp_path: Path, target: str
     assert refused, "an append after a failed fsync was acknowledged"
 
 
-# On main the store's close retries the fsync, and its success writes a checkpoint and a
+# A close must not retry the fsync: its success would write a checkpoint and a
 # clean-shutdown marker over the dropped pages.
-@pytest.mark.xfail(strict=True, reason=ITEM_5)
 @pytest.mark.parametrize("durability", [Durability.ALWAYS, Durability.BATCH])
 async def test_a_failed_fsync_fails_every_waiting_append(
     tmp_path: Path, durability: Durability
@@ -186,7 +176,6 @@ async def test_a_failed_fsync_fails_every_waiting_append(
     await _power_cut_and_check(fs, tmp_path, acked)
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM_5)
 @pytest.mark.parametrize("durability", [Durability.ALWAYS, Durability.BATCH])
 async def test_after_a_failed_fsync_the_partition_refuses_writes(
     tmp_path: Path, durability: Durability
@@ -241,9 +230,10 @@ async def _power_cut_and_check(fs: FaultFS, root: Path, acked: dict[int, int]) -
     [
         ("replace", ".index"),
         ("replace", ".timeindex"),
-        ("replace", "recovery-checkpoint"),
         ("write", ".index.tmp"),
-        ("fsync", "recovery-checkpoint.tmp"),
+        # The checkpoint is a slot overwritten in place, fsynced at rolls.
+        ("write", "recovery-checkpoint"),
+        ("fsync", "recovery-checkpoint"),
     ],
 )
 def test_index_and_checkpoint_failures_are_retried_and_lose_nothing(

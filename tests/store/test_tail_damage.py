@@ -1,5 +1,9 @@
 """Tail damage: recovery cuts a torn tail exactly, and refuses damage anywhere else.
 
+A torn tail is damage that runs to the end of the last segment (an interrupted write).
+Damage with a valid batch after it is no torn write: opening for writing refuses it,
+naming the damaged range and the offsets around it, and deletes nothing.
+
 Each case copies a pristine partition folder, damages it (truncation or bit flips), opens
 it and checks the result against the records that were written, which are a pure function
 of their offset.
@@ -20,6 +24,7 @@ outside its CRC, as in Kafka; random flips avoid them and dedicated tests cover 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -29,7 +34,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import pytest
 
 from headwater.store import (
@@ -41,7 +45,9 @@ from headwater.store import (
     decode_records,
     parse_batch_header,
 )
+from headwater.store._checkpoint import RecoveryPoint, read_recovery_point
 from headwater.store._files import CLEAN_SHUTDOWN_FILE, RECOVERY_CHECKPOINT_FILE
+from headwater.store._fs import OS_FILE_SYSTEM
 
 SEED = int(os.environ.get("HEADWATER_DAMAGE_SEED", "1234"))
 CONFIG = TopicConfig(segment_bytes=1024, index_interval_bytes=128)
@@ -119,14 +125,15 @@ def build(directory: Path, checkpoint: str) -> None:
     point = read_checkpoint(directory)
     last = log_files(directory)[-1]
     if checkpoint == "last-segment":
-        assert point["segment"] == int(last.stem), point
-        assert 0 < point["position"] <= batches_in(last)[-3].position, point
+        assert point.segment == int(last.stem), point
+        assert 0 < point.position <= batches_in(last)[-3].position, point
     else:
-        assert point["segment"] < int(last.stem), point
+        assert point.segment < int(last.stem), point
 
 
-def read_checkpoint(directory: Path) -> dict[str, int]:
-    point: dict[str, int] = orjson.loads((directory / RECOVERY_CHECKPOINT_FILE).read_bytes())
+def read_checkpoint(directory: Path) -> RecoveryPoint:
+    point = read_recovery_point(OS_FILE_SYSTEM, directory)
+    assert point is not None
     return point
 
 
@@ -301,8 +308,29 @@ def guarded_bytes(batch: Batch) -> list[int]:
     return [batch.position + i for i in range(batch.size) if i not in skip]
 
 
+def expect_refused(
+    folder: Path, damaged: Batch, resume: Batch, *, last_good_offset: int | None = None
+) -> None:
+    """Opening ``folder`` for writing must refuse damage from ``damaged`` up to ``resume``
+    (the first valid batch after it) and change no file."""
+    before = snapshot(folder)
+    with pytest.raises(CorruptRecordError) as raised:
+        PartitionLog.open(folder, CONFIG)
+    exc = raised.value
+    check_error_names(exc, dataclasses.replace(damaged, path=folder / damaged.path.name))
+    assert exc.damage is not None, str(exc)
+    expected_last_good = damaged.base_offset - 1 if last_good_offset is None else last_good_offset
+    assert exc.damage.last_good_offset == expected_last_good, str(exc)
+    assert exc.damage.end_position == resume.position, str(exc)
+    assert exc.damage.resume_offset == resume.base_offset, str(exc)
+    message = str(exc)
+    assert f"reading can resume at offset {resume.base_offset}" in message, message
+    assert "headwater repair" in message, message
+    assert snapshot(folder) == before, "a refused open changed files"
+
+
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
-def test_bit_flips_in_the_tail_cut_the_log_at_the_first_damaged_batch(
+def test_bit_flips_in_the_tail_cut_a_torn_tail_and_refuse_damage_before_valid_batches(
     pristine: dict[str, Path], case_dirs: Iterator[Path], checkpoint: str
 ) -> None:
     seed = SEED + CHECKPOINTS.index(checkpoint)
@@ -311,18 +339,27 @@ def test_bit_flips_in_the_tail_cut_the_log_at_the_first_damaged_batch(
     last = log_files(source)[-1]
     tail = batches_in(last)[-3:]
     candidates = [p for b in tail for p in guarded_bytes(b)]
+    outcomes = {"cut": 0, "refused": 0}
     for case in range(120):
         bits = [(rng.choice(candidates), rng.randrange(8)) for _ in range(rng.randint(1, 3))]
-        first_damaged = min(
-            (b for b in tail if any(b.position <= p < b.end for p, _ in bits)),
-            key=lambda b: b.position,
+        damaged = [b for b in tail if any(b.position <= p < b.end for p, _ in bits)]
+        first_damaged = damaged[0]
+        # The first intact batch after the damage, if any: then it is no torn tail.
+        resume = next(
+            (b for b in tail if b.position > first_damaged.position and b not in damaged), None
         )
         folder = copy_of(source, case_dirs)
         flip(folder / last.name, bits)
         try:
-            reopen_and_append(folder, first_damaged.base_offset, first_damaged.position)
+            if resume is None:
+                reopen_and_append(folder, first_damaged.base_offset, first_damaged.position)
+                outcomes["cut"] += 1
+            else:
+                expect_refused(folder, first_damaged, resume)
+                outcomes["refused"] += 1
         except AssertionError as exc:
             raise AssertionError(f"seed {seed}, case {case}, flipped {bits}: {exc}") from exc
+    assert outcomes["cut"] > 10 and outcomes["refused"] > 10, outcomes
 
 
 def test_flips_in_the_leader_epoch_are_harmless(
@@ -340,33 +377,41 @@ def test_flips_in_the_leader_epoch_are_harmless(
         reopen_and_append(folder, end)
 
 
-def test_a_lowered_base_offset_in_the_tail_is_cut(
-    pristine: dict[str, Path], case_dirs: Iterator[Path]
+@pytest.mark.parametrize("last", [False, True], ids=["followed", "last-batch"])
+def test_a_lowered_base_offset_in_the_tail(
+    pristine: dict[str, Path], case_dirs: Iterator[Path], last: bool
 ) -> None:
     source = pristine["none"]
-    last = log_files(source)[-1]
-    batch = batches_in(last)[-2]
+    segment = log_files(source)[-1]
+    batch, *after = batches_in(segment)[-1 if last else -2 :]
     lowest_set_bit = (batch.base_offset & -batch.base_offset).bit_length() - 1
     folder = copy_of(source, case_dirs)
-    flip(folder / last.name, [(batch.position + 7 - lowest_set_bit // 8, lowest_set_bit % 8)])
-    reopen_and_append(folder, batch.base_offset)
+    flip(folder / segment.name, [(batch.position + 7 - lowest_set_bit // 8, lowest_set_bit % 8)])
+    if last:
+        reopen_and_append(folder, batch.base_offset)
+    else:
+        expect_refused(folder, batch, after[0])
 
 
 @pytest.mark.parametrize("far", [False, True], ids=["small-gap", "plus-2**40"])
-def test_a_raised_base_offset_in_the_tail_is_cut(
-    pristine: dict[str, Path], case_dirs: Iterator[Path], far: bool
+@pytest.mark.parametrize("last", [False, True], ids=["followed", "last-batch"])
+def test_a_raised_base_offset_in_the_tail(
+    pristine: dict[str, Path], case_dirs: Iterator[Path], far: bool, last: bool
 ) -> None:
     source = pristine["none"]
-    last = log_files(source)[-1]
-    batch = batches_in(last)[-2]
+    segment = log_files(source)[-1]
+    batch, *after = batches_in(segment)[-1 if last else -2 :]
     # Set a clear bit: the lowest one (a gap of a few offsets) or bit 40 (far away).
     bit = 40 if far else (~batch.base_offset & (batch.base_offset + 1)).bit_length() - 1
     assert not batch.base_offset & (1 << bit)
     folder = copy_of(source, case_dirs)
-    flip(folder / last.name, [(batch.position + 7 - bit // 8, bit % 8)])
+    flip(folder / segment.name, [(batch.position + 7 - bit // 8, bit % 8)])
     # A batch that does not start where the previous one ended cannot be trusted in a
-    # segment nothing has compacted: the tail is cut there, as for any other damage.
-    reopen_and_append(folder, batch.base_offset)
+    # segment nothing has compacted: it is damage, a torn tail only if nothing follows.
+    if last:
+        reopen_and_append(folder, batch.base_offset)
+    else:
+        expect_refused(folder, batch, after[0])
 
 
 # -- (c) damage in the middle of the log -------------------------------------------------
@@ -445,7 +490,7 @@ def test_damage_before_the_checkpoint_is_reported_and_deletes_nothing(
         if state == "clean":
             candidates = middle_batches(folder, include_last_segment=True)
         else:
-            segment = read_checkpoint(folder)["segment"]
+            segment = read_checkpoint(folder).segment
             trusted = [p for p in log_files(folder) if int(p.stem) < segment]
             candidates = [b for p in trusted for b in batches_in(p)]
         damaged = rng.choice(candidates)

@@ -1,0 +1,220 @@
+"""Talking to a Kafka-protocol cluster through confluent-kafka: the shared pieces.
+
+librdkafka's calls block, and its delivery and rebalance callbacks run in the thread that
+polls; :func:`blocking` runs a call in a worker thread (``anyio.to_thread``), so callbacks
+only record what happened and the event loop reads it once the call returns. A poll
+(:func:`poll_batch`) blocks until the first message or ``POLL_S``, then takes whatever
+else is already fetched without waiting: batches with no added latency, and a cancelled
+command (SIGINT) stops within ``POLL_S``.
+
+A topic is looked up through a consumer's metadata request, which never creates it (a
+producer's would, where the broker auto-creates topics). librdkafka's own log lines go to
+the ``headwater.kafka`` logger, silent unless ``HEADWATER_DEBUG`` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import anyio
+import anyio.to_thread
+import click
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import ClusterMetadata  # type: ignore[attr-defined]  # not in __all__
+
+from headwater.broker import BrokerResponseError, parse_address
+from headwater.store import Record, TopicNotFoundError
+
+from ._start import Start
+
+T = TypeVar("T")
+_Headers = tuple[tuple[str, bytes | None], ...]
+
+POLL_S = 0.5
+TIMEOUT_S = 15.0
+BATCH_MESSAGES = 1000
+#: The group id of readers that only assign (librdkafka wants one; nothing is committed).
+READER_GROUP = "headwater-cli"
+
+_logger = logging.getLogger("headwater.kafka")
+_logger.propagate = False
+if os.environ.get("HEADWATER_DEBUG"):
+    _logger.addHandler(logging.StreamHandler(sys.stderr))
+else:
+    _logger.addHandler(logging.NullHandler())
+
+
+async def blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking librdkafka call in a worker thread."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+async def finish(fn: Callable[..., T], *args: Any) -> T:
+    """Run a closing call (``close``, ``flush``) in a worker thread to its end, even when the
+    task is being cancelled: a consumer that is not closed does not leave its group, and a
+    producer not flushed loses what it holds."""
+    with anyio.CancelScope(shield=True):
+        result = await blocking(fn, *args)
+    return result
+
+
+def kafka_failure(action: str, error: KafkaError | KafkaException) -> BrokerResponseError:
+    """Turn a librdkafka error into headwater's, naming what was being done."""
+    err: KafkaError = error.args[0] if isinstance(error, KafkaException) else error
+    return BrokerResponseError(f"{action} failed with {err.name()}: {err.str()}", err.code())
+
+
+def to_record(message: Message) -> Record:
+    """Return a consumed message as a store :class:`Record`."""
+    _, timestamp = message.timestamp()
+    headers = cast(_Headers, tuple(message.headers() or ()))
+    return Record(cast(int, message.offset()), timestamp, message.key(), message.value(), headers)
+
+
+def poll_batch(consumer: Consumer) -> list[Message]:
+    """Wait up to ``POLL_S`` for a message, then take what else is fetched (blocking)."""
+    first = consumer.poll(POLL_S)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH_MESSAGES, 0)]
+
+
+def runs(messages: list[Message], topic: str) -> list[tuple[int, list[Record], bool]]:
+    """Split ``messages`` into runs of one partition: ``(partition, records, at_end)``.
+
+    ``at_end`` marks a partition EOF (a run without records); any other error is raised.
+    """
+    out: list[tuple[int, list[Record], bool]] = []
+    for message in messages:
+        error = message.error()
+        p = cast(int, message.partition())
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                raise kafka_failure(f"reading topic {topic!r}", error)
+            out.append((p, [], True))
+            continue
+        if out and out[-1][0] == p and not out[-1][2]:
+            out[-1][1].append(to_record(message))
+        else:
+            out.append((p, [to_record(message)], False))
+    return out
+
+
+class Cluster:
+    """The cluster behind ``bootstrap``: client configurations and topic lookups.
+
+    :param bootstrap: ``HOST:PORT`` of a broker of the cluster.
+    :raises click.BadParameter: if it is not ``HOST:PORT``.
+    """
+
+    def __init__(self, bootstrap: str) -> None:
+        try:
+            parse_address(bootstrap)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
+        self.bootstrap = bootstrap
+        # Set from librdkafka's error callback (in whichever thread polls).
+        self._unreachable: str | None = None
+
+    @property
+    def description(self) -> str:
+        """``the broker at HOST:PORT``."""
+        return f"the broker at {self.bootstrap}"
+
+    def config(self, **settings: Any) -> dict[str, Any]:
+        """Return a librdkafka configuration for this cluster with ``settings``."""
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "logger": _logger,
+            "error_cb": self._on_error,
+            **settings,
+        }
+
+    def _on_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code in (KafkaError._TRANSPORT, KafkaError._RESOLVE) and self._unreachable is None:
+            self._unreachable = error.str()  # the first reason says the most
+        elif code == KafkaError._ALL_BROKERS_DOWN and self._unreachable is None:
+            self._unreachable = error.str()
+        _logger.debug("librdkafka error: %s", error)
+
+    def metadata(self, consumer: Consumer, topic: str | None = None) -> ClusterMetadata:
+        """Return the cluster's metadata (``topic``'s only, when given), blocking.
+
+        Fails within about ``POLL_S`` once librdkafka has found no broker reachable,
+        instead of waiting out ``TIMEOUT_S``.
+
+        :raises BrokerResponseError: if the cluster cannot be reached.
+        """
+        attempts = max(1, int(TIMEOUT_S / POLL_S))
+        for attempt in range(attempts):
+            try:
+                metadata: ClusterMetadata = consumer.list_topics(topic, timeout=POLL_S)
+                return metadata
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if code not in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
+                    raise kafka_failure(f"reaching {self.description}", exc) from None
+                consumer.poll(0)  # serves the error callback, which tells why
+                if self._unreachable is not None or attempt == attempts - 1:
+                    reason = self._unreachable or exc.args[0].str()
+                    raise BrokerResponseError(
+                        f"cannot reach {self.description}: {reason}", code
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def reader_consumer(self, **settings: Any) -> Consumer:
+        """Return a consumer that assigns partitions itself and never commits."""
+        return Consumer(
+            self.config(
+                **{
+                    "group.id": READER_GROUP,
+                    "client.id": "headwater-cli",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 100,
+                    **settings,
+                }
+            )
+        )
+
+    def partition_count(self, consumer: Consumer, topic: str) -> int:
+        """Return ``topic``'s partition count (blocking).
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
+        found = self.metadata(consumer, topic).topics.get(topic)
+        unknown = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+        if found is None or (found.error is not None and found.error.code() in unknown):
+            raise TopicNotFoundError(f"unknown topic {topic!r}")
+        if found.error is not None:
+            raise kafka_failure(f"looking up topic {topic!r}", found.error)
+        return len(found.partitions)
+
+    def bounds(
+        self, consumer: Consumer, topic: str, indexes: list[int], start: Start
+    ) -> dict[int, tuple[int, int]]:
+        """Return ``{partition: (where start begins, end)}`` for ``indexes`` (blocking)."""
+        action = f"listing the offsets of topic {topic!r}"
+        times: dict[int, int | None] = {}
+        try:
+            if start.kind == "time":
+                asked = [TopicPartition(topic, p, start.value) for p in indexes]
+                found = consumer.offsets_for_times(asked, timeout=TIMEOUT_S)
+                times = {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+            bounds = {}
+            for p in indexes:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=TIMEOUT_S
+                )
+                bounds[p] = (start.position(low, high, times.get(p)), high)
+        except KafkaException as exc:
+            raise kafka_failure(action, exc) from None
+        return bounds

@@ -1,0 +1,270 @@
+"""Consumer groups over the Kafka protocol: a group member, and the ``groups`` commands.
+
+Theory of operation
+-------------------
+A member (:func:`read_group`) subscribes with the group's id; when partitions are
+assigned it asks for their committed offsets and starts those without one where
+``--from`` says (librdkafka's callback runs in the polling thread, and assigns there).
+Each delivery the sink takes is committed synchronously before the next poll, so the
+next run of the group resumes after the last record printed. Without ``--follow`` it
+stops once every assigned partition has reached its end (librdkafka's partition EOF),
+then commits the start of every partition it delivered nothing from, as the
+data-directory member does, and leaves the group.
+
+:class:`KafkaGroups` answers ``groups list``, ``describe``, ``reset-offsets`` and
+``delete`` with the admin API (ListGroups, DescribeGroups, OffsetFetch, ListOffsets,
+OffsetCommit, DeleteGroups). Like ``kafka-consumer-groups``, a reset is refused while the
+group has members; a group the cluster does not know (described as Dead, with no
+offsets) is an error, as with a data directory.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from headwater.broker import BrokerError
+from headwater.groups import GroupNotEmptyError
+from headwater.groups import TopicPartition as HeadwaterTopicPartition
+from headwater.store import TopicNotFoundError
+
+from ._access import GroupRow, GroupView, PartitionRow, RecordSink, ResetRow, ResetTarget
+from ._kafka_client import TIMEOUT_S, Cluster, blocking, finish, kafka_failure, poll_batch, runs
+from ._start import Start
+
+_ACTIVE = (
+    ConsumerGroupState.STABLE,
+    ConsumerGroupState.PREPARING_REBALANCING,
+    ConsumerGroupState.COMPLETING_REBALANCING,
+)
+
+
+class _Member:
+    """What the polling thread learns: the assignment, ends reached, starts to commit."""
+
+    def __init__(self, cluster: Cluster, topic: str, start: Start) -> None:
+        self.cluster = cluster
+        self.topic = topic
+        self.start = start
+        self.assigned: set[int] = set()
+        self.at_end: set[int] = set()
+        self.uncommitted: dict[int, int] = {}  # partition -> its start, until committed
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=TIMEOUT_S)
+        fresh = [tp.partition for tp in committed if tp.offset < 0]
+        starts = self.cluster.bounds(consumer, self.topic, fresh, self.start) if fresh else {}
+        for tp in committed:
+            if tp.partition in starts:
+                tp.offset = starts[tp.partition][0]
+                self.uncommitted[tp.partition] = tp.offset
+        consumer.assign(committed)
+        self.assigned = {tp.partition for tp in committed}
+        self.at_end -= self.assigned
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned -= {tp.partition for tp in partitions}
+
+    @property
+    def caught_up(self) -> bool:
+        return bool(self.assigned) and self.assigned <= self.at_end
+
+
+async def read_group(
+    cluster: Cluster, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
+) -> None:
+    """Deliver ``topic`` into ``sink`` as a member of ``group``; commit what it took."""
+    consumer = Consumer(
+        cluster.config(
+            **{
+                "group.id": group,
+                "client.id": "headwater-consume",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 100,
+            }
+        )
+    )
+    member = _Member(cluster, topic, start)
+    try:
+        await blocking(cluster.partition_count, consumer, topic)
+        consumer.subscribe([topic], on_assign=member.on_assign, on_revoke=member.on_revoke)
+        while not sink.done() and (follow or not member.caught_up):
+            for p, records, at_end in runs(await blocking(poll_batch, consumer), topic):
+                if at_end:
+                    member.at_end.add(p)
+                    continue
+                taken = sink.write(p, records)
+                if taken:
+                    await _commit(consumer, topic, {p: records[taken - 1].offset + 1})
+                    member.uncommitted.pop(p, None)
+                if sink.done():
+                    break
+        if member.uncommitted:
+            await _commit(consumer, topic, member.uncommitted)
+    finally:
+        await finish(consumer.close)
+
+
+async def _commit(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
+    positions = [TopicPartition(topic, p, o) for p, o in offsets.items()]
+    try:
+        await blocking(lambda: consumer.commit(offsets=positions, asynchronous=False))
+    except KafkaException as exc:
+        raise kafka_failure(f"committing offsets of topic {topic!r}", exc) from None
+
+
+class KafkaGroups:
+    """:class:`~headwater.cli._access.GroupAdmin` over a cluster's admin API."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._admin = AdminClient(cluster.config(**{"client.id": "headwater-groups"}))
+
+    async def _result(self, action: str, future: Any) -> Any:
+        try:
+            return await blocking(future.result, TIMEOUT_S)
+        except KafkaException as exc:
+            raise kafka_failure(action, exc) from None
+
+    async def _committed(self, group: str) -> dict[HeadwaterTopicPartition, int]:
+        request = [ConsumerGroupTopicPartitions(group)]
+        futures = self._admin.list_consumer_group_offsets(request, request_timeout=TIMEOUT_S)
+        listed = await self._result(f"fetching the offsets of group {group!r}", futures[group])
+        return {
+            HeadwaterTopicPartition(tp.topic, tp.partition): tp.offset
+            for tp in listed.topic_partitions
+            if tp.offset >= 0
+        }
+
+    async def _describe(self, group: str) -> Any:
+        futures = self._admin.describe_consumer_groups([group], request_timeout=TIMEOUT_S)
+        return await self._result(f"describing group {group!r}", futures[group])
+
+    async def list_groups(self) -> list[GroupRow]:
+        """Return every group with its state and committed partitions."""
+        future = self._admin.list_consumer_groups(request_timeout=TIMEOUT_S)
+        listed = await self._result("listing groups", future)
+        rows = []
+        for group_id in sorted(g.group_id for g in listed.valid):
+            description = await self._describe(group_id)
+            committed = await self._committed(group_id)
+            rows.append(
+                GroupRow(
+                    group_id,
+                    _state(description.state),
+                    len(description.members),
+                    tuple(sorted({tp.topic for tp in committed})),
+                    len(committed),
+                )
+            )
+        return rows
+
+    async def describe_group(self, group: str) -> GroupView:
+        """Return ``group``'s members and its partitions' offsets, log ends and owners."""
+        description = await self._describe(group)
+        committed = await self._committed(group)
+        if description.state == ConsumerGroupState.DEAD and not committed:
+            raise BrokerError(f"group {group!r} does not exist")
+        owners: dict[HeadwaterTopicPartition, tuple[str, str]] = {}
+        for member in description.members:
+            for tp in member.assignment.topic_partitions if member.assignment else ():
+                owners[HeadwaterTopicPartition(tp.topic, tp.partition)] = (
+                    member.member_id,
+                    member.client_id,
+                )
+        partitions = set(committed) | set(owners)
+        ends = await self._ends({tp.topic for tp in partitions})
+        partitions |= set(ends)
+        rows = [
+            PartitionRow(tp, committed.get(tp), ends.get(tp), owners.get(tp))
+            for tp in sorted(partitions)
+        ]
+        return GroupView(_state(description.state), len(description.members), rows)
+
+    async def _ends(self, topics: set[str]) -> dict[HeadwaterTopicPartition, int]:
+        """The high watermark of every partition of ``topics`` that still exist."""
+        ends: dict[HeadwaterTopicPartition, int] = {}
+        for topic in sorted(topics):
+            for p, (_, high) in (await self._offsets(topic, "latest", missing_ok=True)).items():
+                ends[HeadwaterTopicPartition(topic, p)] = high
+        return ends
+
+    async def _offsets(
+        self, topic: str, to: ResetTarget, *, missing_ok: bool = False
+    ) -> dict[int, tuple[int, int]]:
+        """``{partition: (the offset for to, the high watermark)}`` of ``topic``."""
+        cluster = self._cluster
+        consumer = cluster.reader_consumer()
+        try:
+            try:
+                count = await blocking(cluster.partition_count, consumer, topic)
+            except TopicNotFoundError:
+                if missing_ok:
+                    return {}
+                raise
+            start = _start_of(to)
+            return await blocking(cluster.bounds, consumer, topic, list(range(count)), start)
+        finally:
+            await finish(consumer.close)
+
+    async def reset_offsets(
+        self, group: str, topic: str, to: ResetTarget, *, execute: bool
+    ) -> list[ResetRow]:
+        """Plan (and commit, with ``execute``) ``group``'s offsets on ``topic``."""
+        description = await self._describe(group)
+        if description.state in _ACTIVE or description.members:
+            raise GroupNotEmptyError(
+                f"cannot reset the offsets of group {group!r}: it has active members "
+                f"(state {_state(description.state)}); stop its consumers first"
+            )
+        current = await self._committed(group)
+        plan = {p: offset for p, (offset, _) in (await self._offsets(topic, to)).items()}
+        if execute:
+            request = ConsumerGroupTopicPartitions(
+                group, [TopicPartition(topic, p, o) for p, o in plan.items()]
+            )
+            futures = self._admin.alter_consumer_group_offsets([request], request_timeout=TIMEOUT_S)
+            await self._result(f"committing the offsets of group {group!r}", futures[group])
+        return [
+            ResetRow(tp, current.get(tp), offset)
+            for p, offset in sorted(plan.items())
+            for tp in [HeadwaterTopicPartition(topic, p)]
+        ]
+
+    async def delete_group(self, group: str) -> None:
+        """Delete ``group`` and its committed offsets."""
+        futures = self._admin.delete_consumer_groups([group], request_timeout=TIMEOUT_S)
+        await self._result(f"deleting group {group!r}", futures[group])
+
+
+def _start_of(to: ResetTarget) -> Start:
+    if to == "earliest":
+        return Start("earliest")
+    if to == "latest":
+        return Start("latest")
+    if isinstance(to, datetime):
+        when = to if to.tzinfo is not None else to.replace(tzinfo=UTC)
+        return Start("time", int(when.timestamp() * 1000))
+    assert isinstance(to, int)
+    return Start("offset", to)
+
+
+def _state(state: ConsumerGroupState) -> str:
+    """The state as the data-directory coordinator spells it (``Empty``, ``Stable``...)."""
+    names = {
+        ConsumerGroupState.PREPARING_REBALANCING: "PreparingRebalance",
+        ConsumerGroupState.COMPLETING_REBALANCING: "CompletingRebalance",
+    }
+    return names.get(state, state.name.capitalize())
