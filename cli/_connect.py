@@ -1,7 +1,9 @@
-"""``headwater connect``: run a file or HTTP connector against the data directory.
+"""``headwater connect``: run a file or HTTP connector on a data directory or a broker.
 
-Each subcommand builds one connector of :mod:`headwater.connectors` over the store (and,
-for sinks, its consumer groups), says on stderr what it runs, and runs until SIGINT or
+Each subcommand builds one connector of :mod:`headwater.connectors` over the log -- the
+data directory's store (and, for sinks, its consumer groups), or with ``--bootstrap
+HOST:PORT`` (also ``$HEADWATER_BOOTSTRAP``) the topics and groups of a Kafka-protocol
+broker: ``headwater broker`` or Kafka -- says on stderr what it runs, and runs until SIGINT or
 SIGTERM, or with ``--until-caught-up`` until it has caught up with its input. The first
 signal stops it gracefully -- a source saves the position of the chunk in hand, a sink
 finishes its open files or batch and commits, the endpoint answers the requests in
@@ -13,12 +15,13 @@ settings and a missing topic are one line ``headwater: error: ...`` and exit sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from rich.progress import (
 from headwater.broker import parse_address
 from headwater.connectors import (
     BackfillProgress,
+    ConnectorLog,
     FileSink,
     FileSinkConfig,
     FileSource,
@@ -45,18 +49,24 @@ from headwater.connectors import (
     HttpIngest,
     IngestConfig,
     IngestLimits,
+    KafkaCluster,
+    KafkaGroups,
+    KafkaLog,
+    KafkaPositionStore,
     LogPositionStore,
+    PositionStore,
+    SinkGroups,
     SinkRunner,
     StoreLog,
     WebhookConfig,
     WebhookSink,
 )
 from headwater.groups import GroupCoordinator
-from headwater.store import Store
 
 from ._datadir import data_dir, data_option, locked_store
 from ._output import info, stderr_console
 from ._run import run_async
+from ._target import bootstrap_of, log_option
 
 SECRET_ENV_VAR = "HEADWATER_WEBHOOK_SECRET"
 TOKENS_ENV_VAR = "HEADWATER_INGEST_TOKENS"
@@ -141,6 +151,7 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 
 @connect.command("http-ingest")
 @data_option
+@log_option
 @click.option(
     "--listen",
     default="127.0.0.1:8080",
@@ -193,6 +204,7 @@ def http_ingest(
     ctx: click.Context,
     *,
     data: Path | None,
+    bootstrap: str | None,
     listen: tuple[str, int],
     tokens: tuple[str, ...],
     auto_create: bool,
@@ -219,12 +231,11 @@ def http_ingest(
         auto_create=auto_create,
         key_field=key_field,
     )
-    directory = data_dir(ctx)
     host, port = listen
 
     async def body(stopper: _Stopper) -> None:
-        async with locked_store(directory, writer=True, create=True) as store:
-            ingest = HttpIngest(StoreLog(store), config)
+        async with _open_log(ctx, create=True, groups=False) as where:
+            ingest = HttpIngest(where.log, config)
             stopper.stop = ingest.stop
             async with anyio.create_task_group() as tg:
                 try:
@@ -243,11 +254,42 @@ def http_ingest(
     _run(body)
 
 
-def _check_topic(store: Store, topic: str, directory: Path) -> None:
-    if not store.has_topic(topic):
-        raise click.ClickException(
-            f"topic {topic!r} does not exist in {directory} (see 'headwater topics list')"
-        )
+@dataclass(frozen=True, slots=True)
+class _Log:
+    """Where a connector works: a data directory's store, or a broker."""
+
+    log: ConnectorLog
+    positions: PositionStore
+    groups: SinkGroups | None
+    description: str
+
+    async def check_topic(self, topic: str) -> None:
+        if not await self.log.has_topic(topic):
+            raise click.ClickException(
+                f"topic {topic!r} does not exist in {self.description} (see 'headwater topics "
+                "list')"
+            )
+
+
+@contextlib.asynccontextmanager
+async def _open_log(ctx: click.Context, *, create: bool, groups: bool) -> AsyncIterator[_Log]:
+    """Open the log the command works on: the broker of ``--bootstrap``, else the data
+    directory (created if missing with ``create``); with ``groups``, its consumer groups."""
+    bootstrap = bootstrap_of(ctx)
+    if bootstrap is not None:
+        cluster = KafkaCluster(bootstrap)
+        async with KafkaLog(cluster) as log:
+            yield _Log(log, KafkaPositionStore(log), KafkaGroups(cluster), cluster.description)
+        return
+    directory = data_dir(ctx)
+    async with locked_store(directory, writer=True, create=create) as store:
+        local = StoreLog(store)
+        where = f"data directory {directory}"
+        if not groups:
+            yield _Log(local, LogPositionStore(store), None, where)
+            return
+        async with GroupCoordinator(store) as coordinator:
+            yield _Log(local, LogPositionStore(store), coordinator, where)
 
 
 def _host(host: str) -> str:
@@ -273,6 +315,7 @@ def _header(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 
 @connect.command("webhook")
 @data_option
+@log_option
 @click.argument("topic")
 @click.option("--url", required=True, help="Where batches are POSTed (http:// or https://).")
 @click.option(
@@ -311,6 +354,7 @@ def webhook(
     ctx: click.Context,
     *,
     data: Path | None,
+    bootstrap: str | None,
     topic: str,
     url: str,
     secret: str | None,
@@ -336,16 +380,15 @@ def webhook(
         headers=headers,
         dead_letter_topic=dead_letter_topic,
     )
-    directory = data_dir(ctx)
 
     async def body(stopper: _Stopper) -> None:
         async with (
-            locked_store(directory, writer=True) as store,
-            GroupCoordinator(store) as groups,
-            WebhookSink(StoreLog(store), config) as sink,
+            _open_log(ctx, create=False, groups=True) as where,
+            WebhookSink(where.log, config) as sink,
         ):
-            _check_topic(store, topic, directory)
-            runner = SinkRunner(groups, topic, group or f"webhook-{topic}", sink)
+            await where.check_topic(topic)
+            assert where.groups is not None
+            runner = SinkRunner(where.groups, topic, group or f"webhook-{topic}", sink)
             stopper.stop = runner.stop
             info(f"webhook: {topic} to {url} (group {runner.group_id})")
             await runner.run(until_caught_up=until_caught_up)
@@ -397,6 +440,7 @@ class _ProgressBar(BackfillProgress):
 
 @connect.command("file-source")
 @data_option
+@log_option
 @click.argument("path")
 @click.option("--topic", "-t", required=True, help="The topic lines go to.")
 @click.option(
@@ -429,6 +473,7 @@ def file_source(
     ctx: click.Context,
     *,
     data: Path | None,
+    bootstrap: str | None,
     path: str,
     topic: str,
     line_format: str,
@@ -440,8 +485,8 @@ def file_source(
 ) -> None:
     """Tail PATH (a file, or a quoted glob such as 'logs/*.jsonl') into a topic.
 
-    Follows rotation and truncation; the position is kept in the data directory, so a
-    restart goes on where it stopped.
+    Follows rotation and truncation; the position is kept in the log (the data directory,
+    or the broker), so a restart goes on where it stopped.
     """
     config = FileSourceConfig(
         path=path,
@@ -452,12 +497,11 @@ def file_source(
         dead_letter_topic=dead_letter_topic,
         poll_interval_s=poll_interval,
     )
-    directory = data_dir(ctx)
     progress = _ProgressBar() if from_beginning and stderr_console().is_terminal else None
 
     async def body(stopper: _Stopper) -> None:
-        async with locked_store(directory, writer=True, create=True) as store:
-            source = FileSource(StoreLog(store), LogPositionStore(store), config, progress=progress)
+        async with _open_log(ctx, create=True, groups=False) as where:
+            source = FileSource(where.log, where.positions, config, progress=progress)
             stopper.stop = source.stop
             info(f"file-source: {path} to {topic} ({config.format.value})")
             await source.run(until_caught_up=until_caught_up)
@@ -482,6 +526,7 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 
 @connect.command("file-sink")
 @data_option
+@log_option
 @click.argument("topic")
 @click.option(
     "--dir",
@@ -526,6 +571,7 @@ def file_sink(
     ctx: click.Context,
     *,
     data: Path | None,
+    bootstrap: str | None,
     topic: str,
     directory: Path,
     file_format: str,
@@ -550,16 +596,13 @@ def file_sink(
         roll_s=roll_seconds,
         dead_letter_topic=dead_letter_topic,
     )
-    data_directory = data_dir(ctx)
 
     async def body(stopper: _Stopper) -> None:
-        async with (
-            locked_store(data_directory, writer=True) as store,
-            GroupCoordinator(store) as groups,
-        ):
-            _check_topic(store, topic, data_directory)
-            sink = FileSink(StoreLog(store), config)
-            runner = SinkRunner(groups, topic, group or f"file-sink-{topic}", sink)
+        async with _open_log(ctx, create=False, groups=True) as where:
+            await where.check_topic(topic)
+            assert where.groups is not None
+            sink = FileSink(where.log, config)
+            runner = SinkRunner(where.groups, topic, group or f"file-sink-{topic}", sink)
             stopper.stop = runner.stop
             info(f"file-sink: {topic} to {directory} (group {runner.group_id})")
             await runner.run(until_caught_up=until_caught_up)

@@ -16,7 +16,10 @@ with headers that say why, never nowhere.
 - :class:`WebhookSink` POSTs a topic's records in batches to a URL, retrying with
   backoff and jitter, with a stable idempotency key per batch and an HMAC signature.
 
-Standalone, the ``headwater connect`` command runs them; inside an app,
+They run on a data directory's store (:class:`StoreLog`, :class:`LogPositionStore`, a
+:class:`~headwater.groups.GroupCoordinator`) or against a Kafka-protocol cluster, ``headwater
+broker`` or Kafka (:class:`KafkaLog`, :class:`KafkaPositionStore`, :class:`KafkaGroups`),
+with the same code. Standalone, the ``headwater connect`` command runs them; inside an app,
 ``app.source(FileSourceConnector(...))`` and ``stream.sink(FileSinkConnector(...))``
 (also :class:`HttpIngestConnector`, :class:`WebhookConnector`) run the same code beside
 the app's tasks, on its data directory.
@@ -27,6 +30,7 @@ from ._dead_letters import dead_letter_topic as dead_letter_topic
 from ._errors import ConnectorConfigError as ConnectorConfigError
 from ._errors import ConnectorError as ConnectorError
 from ._errors import DeliveryError as DeliveryError
+from ._errors import LogUnavailableError as LogUnavailableError
 from ._errors import SourceFileError as SourceFileError
 from ._file_sink import FileFormat as FileFormat
 from ._file_sink import FileSink as FileSink
@@ -50,6 +54,12 @@ from ._in_app import FileSourceConnector as FileSourceConnector
 from ._in_app import HttpIngestConnector as HttpIngestConnector
 from ._in_app import WebhookConnector as WebhookConnector
 from ._in_app import embedded_log as embedded_log
+from ._kafka_groups import KafkaGroupConsumer as KafkaGroupConsumer
+from ._kafka_groups import KafkaGroups as KafkaGroups
+from ._kafka_log import KAFKA_POSITIONS_TOPIC as KAFKA_POSITIONS_TOPIC
+from ._kafka_log import KafkaCluster as KafkaCluster
+from ._kafka_log import KafkaLog as KafkaLog
+from ._kafka_log import KafkaPositionStore as KafkaPositionStore
 from ._line_formats import LineFormat as LineFormat
 from ._log import Appended as Appended
 from ._log import ConnectorLog as ConnectorLog
@@ -59,6 +69,8 @@ from ._position import LogPositionStore as LogPositionStore
 from ._position import PositionStore as PositionStore
 from ._sink_runner import Checkpoint as Checkpoint
 from ._sink_runner import Committer as Committer
+from ._sink_runner import SinkConsumer as SinkConsumer
+from ._sink_runner import SinkGroups as SinkGroups
 from ._sink_runner import SinkRunner as SinkRunner
 from ._sink_runner import SinkStatistics as SinkStatistics
 from ._sink_runner import SinkWriter as SinkWriter
@@ -68,6 +80,7 @@ from ._webhook import WebhookSink as WebhookSink
 from ._webhook import WebhookStatistics as WebhookStatistics
 
 __all__ = (
+    "KAFKA_POSITIONS_TOPIC",
     "POSITIONS_TOPIC",
     "SIGNATURE_HEADER",
     "Appended",
@@ -94,11 +107,19 @@ __all__ = (
     "IngestLimits",
     "IngestPolicy",
     "IngestStatistics",
+    "KafkaCluster",
+    "KafkaGroupConsumer",
+    "KafkaGroups",
+    "KafkaLog",
+    "KafkaPositionStore",
     "LineFormat",
     "LogPositionStore",
+    "LogUnavailableError",
     "ParsedBody",
     "PositionStore",
     "Refusal",
+    "SinkConsumer",
+    "SinkGroups",
     "SinkRunner",
     "SinkStatistics",
     "SinkWriter",

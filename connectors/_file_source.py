@@ -58,10 +58,10 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from headwater.store import DecimalColumn, FileSystem, StorageFullError, validate_topic_name
+from headwater.store import DecimalColumn, FileSystem, validate_topic_name
 
 from ._dead_letters import FILE_HEADER, LINE_HEADER, DeadLetters, dead_letter_topic
-from ._errors import ConnectorConfigError
+from ._errors import RETRYABLE, ConnectorConfigError
 from ._file_tail import Chunk, FileTail, KnownFile
 from ._line_formats import LineFormat
 from ._log import ConnectorLog
@@ -263,7 +263,7 @@ class FileSource:
             )
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type((OSError, StorageFullError)),
+            retry=retry_if_exception_type(RETRYABLE),
             wait=wait_random_exponential(multiplier=self.config.backoff_s, max=30),
             sleep=anyio.sleep,
             before_sleep=report,
@@ -366,7 +366,7 @@ class FileSource:
         send: MemoryObjectSendStream[Chunk | Exception | None],
         until_caught_up: bool,
     ) -> None:
-        limit = self.log.max_record_bytes(self.config.topic)
+        limit = await self.log.max_record_bytes(self.config.topic)
         close_after = self.config.close_inactive_s
         for f in files:
             offset, line, header = f.offset, f.line, f.header

@@ -48,7 +48,7 @@ from headwater.store import (
     validate_topic_name,
 )
 
-from ._errors import ConnectorConfigError
+from ._errors import ConnectorConfigError, LogUnavailableError
 from ._http_policy import IngestLimits, IngestPolicy, ParsedBody, Refusal
 from ._idempotency import IdempotencyWindow
 from ._log import ConnectorLog
@@ -265,7 +265,7 @@ class HttpIngest:
             return Refusal(413, "record_too_large", str(exc))
         except InvalidTopicError as exc:
             return Refusal(400, "invalid_topic", str(exc))
-        except (StoreError, OSError) as exc:
+        except (StoreError, OSError, LogUnavailableError) as exc:
             logger.warning("ingest into %s refused by the log: %s", topic, exc)
             return self.policy.busy(503, f"the log cannot take records now: {exc}")
         self._records += appended.count
@@ -286,17 +286,17 @@ class HttpIngest:
             return Refusal(
                 404, "unknown_topic", f"this endpoint takes no records for topic {topic!r}"
             )
-        if self.log.has_topic(topic):
-            return None
-        if not self.config.auto_create:
-            return Refusal(
-                404, "unknown_topic", f"topic {topic!r} does not exist (create it first)"
-            )
         try:
+            if await self.log.has_topic(topic):
+                return None
+            if not self.config.auto_create:
+                return Refusal(
+                    404, "unknown_topic", f"topic {topic!r} does not exist (create it first)"
+                )
             await self.log.ensure_topic(topic)
         except InvalidTopicError as exc:
             return Refusal(400, "invalid_topic", str(exc))
-        except (StoreError, OSError) as exc:
+        except (StoreError, OSError, LogUnavailableError) as exc:
             return self.policy.busy(503, f"topic {topic!r} cannot be created now: {exc}")
         return None
 

@@ -72,7 +72,7 @@ class Appended:
 class ConnectorLog(Protocol):
     """What a connector needs of the log. Used from one event loop."""
 
-    def has_topic(self, topic: str) -> bool:
+    async def has_topic(self, topic: str) -> bool:
         """Whether ``topic`` exists."""
         ...
 
@@ -80,8 +80,11 @@ class ConnectorLog(Protocol):
         """Create ``topic`` with the log's defaults unless it exists."""
         ...
 
-    def max_record_bytes(self, topic: str) -> int:
-        """Return the longest value one record of ``topic`` may have (key and headers aside)."""
+    async def max_record_bytes(self, topic: str) -> int:
+        """Return the longest value one record of ``topic`` may have (key and headers aside).
+
+        :raises TopicNotFoundError: if there is no such topic.
+        """
         ...
 
     async def append(
@@ -96,6 +99,8 @@ class ConnectorLog(Protocol):
 
         :raises TopicNotFoundError: if ``topic`` does not exist.
         :raises RecordTooLargeError: if one record alone exceeds the topic's limit.
+        :raises LogUnavailableError: if the log cannot take records now (a broker out of
+            reach); some of them may have been appended.
         """
         ...
 
@@ -113,7 +118,7 @@ class StoreLog:
         self.topic_config = topic_config
         self._sticky = StickyPartitioner()
 
-    def has_topic(self, topic: str) -> bool:
+    async def has_topic(self, topic: str) -> bool:
         """Whether ``topic`` exists in the store."""
         return self.store.has_topic(topic)
 
@@ -127,7 +132,7 @@ class StoreLog:
             if not self.store.has_topic(topic):  # a name in the way, not our topic
                 raise
 
-    def max_record_bytes(self, topic: str) -> int:
+    async def max_record_bytes(self, topic: str) -> int:
         """Return the longest value a record alone in a batch of ``topic`` may have.
 
         :raises TopicNotFoundError: if there is no such topic.

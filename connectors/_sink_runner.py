@@ -32,30 +32,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from headwater.groups import (
-    Consumer,
-    ConsumerBatch,
-    GroupCoordinator,
-    GroupError,
-    OffsetAndMetadata,
-    TopicPartition,
-)
-from headwater.store import StorageFullError
+from headwater.groups import ConsumerBatch, GroupError, OffsetAndMetadata, TopicPartition
 
+from ._errors import RETRYABLE
 from ._position import encode_checkpoint
 
 logger = logging.getLogger("headwater.connectors")
 
-#: Failures a sink outlives: it reads the partition again from its checkpoint and retries.
-RETRYABLE = (OSError, StorageFullError)
 #: The longest wait between two tries.
 MAX_BACKOFF_S = 30.0
 
@@ -109,6 +101,69 @@ class Committer(Protocol):
     def __call__(self, partition: TopicPartition, checkpoint: Checkpoint, /) -> Awaitable[bool]: ...
 
 
+#: A rebalance callback of a :class:`SinkConsumer`: the partitions concerned, sorted.
+PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
+
+
+class SinkConsumer(AbstractAsyncContextManager["SinkConsumer"], Protocol):
+    """A consumer group member as a :class:`SinkRunner` drives it: the embedded
+    :class:`~headwater.groups.Consumer`, or one over a Kafka-protocol cluster.
+
+    Entering it joins the group and waits for the first assignment; a clean exit gives
+    the partitions up (``on_revoked``) and leaves. ``__anext__`` returns the next batch
+    of one partition, or ``None`` when a partition reached its end (a consumer that
+    learns of ends by events, not by offsets, says so to a caller waiting to catch up),
+    and raises ``StopAsyncIteration`` once the consumer is closed.
+    """
+
+    def __anext__(self) -> Awaitable[ConsumerBatch | None]:
+        """Return the next batch (see the class)."""
+        ...
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """Return the partitions this member is assigned now."""
+        ...
+
+    def committed(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Return the group's committed offsets of the assigned partitions."""
+        ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Make ``partition``'s next batch start at ``offset`` (outside its log: reset to
+        its start)."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Return how far behind its log end each assigned partition is (0: caught up)."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        """Commit ``offsets``; return once durable.
+
+        :raises GroupError: if the group refuses (rebalancing, this member fenced).
+        """
+        ...
+
+
+class SinkGroups(Protocol):
+    """Where a :class:`SinkRunner` finds its consumer group: a
+    :class:`~headwater.groups.GroupCoordinator`, or a Kafka-protocol cluster."""
+
+    def consumer(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        auto_offset_reset: Literal["earliest", "latest"],
+        enable_auto_commit: bool,
+        on_assigned: PartitionsCallback,
+        on_revoked: PartitionsCallback,
+        on_lost: PartitionsCallback,
+    ) -> SinkConsumer:
+        """Return a member of ``group_id`` reading ``topics`` (enter it to join)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SinkStatistics:
     """Counters of a :class:`SinkRunner` since it started."""
@@ -123,7 +178,8 @@ class SinkStatistics:
 class SinkRunner:
     """Runs a :class:`SinkWriter` as a member of consumer group ``group_id`` on ``topic``.
 
-    :param groups: the group coordinator of the store the topic is in.
+    :param groups: where the group is: the group coordinator of the store the topic is
+        in, or a Kafka-protocol cluster's groups.
     :param topic: the input topic (it must exist).
     :param group_id: the consumer group; members of one group share the partitions.
     :param writer: the sink.
@@ -133,7 +189,7 @@ class SinkRunner:
 
     def __init__(
         self,
-        groups: GroupCoordinator,
+        groups: SinkGroups,
         topic: str,
         group_id: str,
         writer: SinkWriter,
@@ -147,7 +203,8 @@ class SinkRunner:
         self.writer = writer
         self._lock = anyio.Lock()
         self._pending: dict[TopicPartition, Checkpoint] = {}
-        self._consumer: Consumer | None = None
+        self._consumer: SinkConsumer | None = None
+        self._committed: dict[TopicPartition, int] = {}
         self._deadline_moved = anyio.Event()
         self._stop_scope = anyio.CancelScope()
         self._committed_event = anyio.Event()
@@ -201,7 +258,7 @@ class SinkRunner:
             # Leaving the block cleanly gives every partition up: the writer finishes
             # each (on_revoked) and the runner commits that.
 
-    async def _consume(self, consumer: Consumer, until_caught_up: bool) -> None:
+    async def _consume(self, consumer: SinkConsumer, until_caught_up: bool) -> None:
         """Deliver batches until the consumer closes (or, ``until_caught_up``, is caught
         up); raise a retryable failure once the partition it hit is marked damaged."""
         while True:
@@ -212,18 +269,15 @@ class SinkRunner:
                 batch = await consumer.__anext__()
             except StopAsyncIteration:
                 return
-            if batch.topic_partition in self._damaged:
-                continue  # its assignment failed: it is read again once repaired
+            if batch is None or batch.topic_partition in self._damaged:
+                # An end reached; or an assignment that failed: read again once repaired.
+                continue
             await self._deliver(batch)
 
     async def wait_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Wait until the group has committed at least ``offsets`` (woken by each commit)."""
-        while True:
-            committed = self.groups.committed(self.group_id)
-            if all(
-                tp in committed and committed[tp].offset >= offset for tp, offset in offsets.items()
-            ):
-                return
+        """Wait until this runner has committed at least ``offsets`` (woken by each commit)."""
+        committed = self._committed
+        while not all(committed.get(tp, -1) >= offset for tp, offset in offsets.items()):
             await self._committed_event.wait()
 
     def stop(self) -> None:
@@ -349,6 +403,8 @@ class SinkRunner:
             )
             return False
         self._commits += 1
+        for tp, done in offsets.items():
+            self._committed[tp] = done.offset
         self._committed_event.set()
         self._committed_event = anyio.Event()
         for tp, committed in offsets.items():
@@ -413,5 +469,5 @@ class SinkRunner:
             self._failed(f"dropping {tp.topic}-{tp.partition}", exc)
 
 
-def _caught_up(consumer: Consumer) -> bool:
+def _caught_up(consumer: SinkConsumer) -> bool:
     return all(lag == 0 for lag in consumer.lag().values())

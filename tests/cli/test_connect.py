@@ -1,5 +1,8 @@
-"""``headwater connect``: the four connectors through the real command, end to end; bad
-input is one line and a non-zero exit; SIGTERM stops a connector gracefully."""
+"""``headwater connect``: the four connectors through the real command, end to end, on a
+data directory and with ``--bootstrap`` against a ``headwater broker``; a backfill's
+progress bar; bad input is one line and a non-zero exit; SIGTERM stops a connector
+gracefully. Most runs are in this process (``run([...])``); the signal tests start the
+command as a process of its own."""
 
 from __future__ import annotations
 
@@ -7,12 +10,21 @@ import json
 import re
 import signal
 import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+from broker.running import BrokerProcess
 
-from .helpers import HEADWATER, Headwater, assert_error, run_headwater
+from headwater.cli._main import run
+from headwater.store import NewRecord, open_store
+
+from .helpers import HEADWATER, assert_error, run_headwater
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def lines(start: int, stop: int) -> str:
@@ -26,39 +38,91 @@ def final_values(directory: Path) -> list[int]:
     return out
 
 
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
+    """``cli(*args)`` runs ``headwater ARGS...`` in this process and captures its output.
+
+    A connector's run handles SIGINT and SIGTERM itself: the test's handlers come back after.
+    """
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        status = run(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), status, out, err)
+
+    try:
+        yield run_cli
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+@pytest.fixture(params=["data", "broker"])
+def where(request: pytest.FixtureRequest, data: Path) -> list[str]:
+    """The options that name the log: a data directory, or ``headwater broker``."""
+    if request.param == "data":
+        return ["--data", str(data)]
+    broker: BrokerProcess = request.getfixturevalue("broker")
+    return ["--bootstrap", broker.bootstrap]
+
+
 def test_a_file_goes_in_through_file_source_and_out_through_file_sink(
-    hw: Headwater, tmp_path: Path
+    cli: Cli, where: list[str], tmp_path: Path
 ) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"  # the broker is shared
     source = tmp_path / "in.jsonl"
     source.write_text(lines(0, 50) + "not json\n")
-    result = hw("connect", "file-source", str(source), "-t", "t", "--from-beginning",
-                "--until-caught-up")  # fmt: skip
+    file_source = ["connect", "file-source", str(source), "-t", topic, *where]
+    result = cli(*file_source, "--from-beginning", "--until-caught-up")
     assert result.returncode == 0, result.stderr
-    assert "50 lines stored, 1 malformed (to t-dlq)" in result.stderr
+    assert f"50 lines stored, 1 malformed (to {topic}-dlq)" in result.stderr
     out = tmp_path / "out"
-    result = hw("connect", "file-sink", "t", "--dir", str(out), "--until-caught-up")
+    file_sink = ["connect", "file-sink", topic, "--dir", str(out), *where]
+    result = cli(*file_sink, "--until-caught-up")
     assert result.returncode == 0, result.stderr
     assert final_values(out) == list(range(50))
 
     # A second run of each goes on from where the first stopped.
     with source.open("a") as f:
         f.write(lines(50, 60))
-    assert hw("connect", "file-source", str(source), "-t", "t", "--until-caught-up").returncode == 0
-    assert hw("connect", "file-sink", "t", "--dir", str(out), "--until-caught-up").returncode == 0
+    assert cli(*file_source, "--until-caught-up").returncode == 0
+    assert cli(*file_sink, "--until-caught-up").returncode == 0
     assert final_values(out) == list(range(60))
-    dead = hw("consume", "t-dlq", "--show-meta")
+    dead = cli("consume", f"{topic}-dlq", "--show-meta", *where)
     assert json.loads(dead.stdout)["value"] == "not json"
 
 
-def test_csv_out(hw: Headwater, tmp_path: Path) -> None:
-    hw("topics", "create", "t")
-    hw("produce", "t", input='{"a":1,"b":"x"}\n{"a":2,"b":"y"}\n')
+def test_csv_out(cli: Cli, data: Path, tmp_path: Path) -> None:
+    cli("--data", str(data), "topics", "create", "t")
+
+    async def produce() -> None:
+        async with open_store(data) as store:
+            await store.append("t", [NewRecord(b'{"a":1,"b":"x"}'), NewRecord(b'{"a":2,"b":"y"}')])
+
+    anyio.run(produce, backend="trio")
     out = tmp_path / "out"
-    result = hw("connect", "file-sink", "t", "--dir", str(out), "--format", "csv",
-                "--columns", "b,a", "--until-caught-up")  # fmt: skip
+    result = cli("--data", str(data), "connect", "file-sink", "t", "--dir", str(out),
+                 "--format", "csv", "--columns", "b,a", "--until-caught-up")  # fmt: skip
     assert result.returncode == 0, result.stderr
     [path] = out.glob("*.csv")
     assert path.read_text() == "b,a\nx,1\ny,2\n"
+
+
+def test_a_backfill_on_a_terminal_shows_a_progress_bar(
+    cli: Cli, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # stderr is a terminal, as rich sees it
+    source = tmp_path / "in.jsonl"
+    source.write_text(lines(0, 1000))
+    result = cli("--data", str(data), "connect", "file-source", str(source), "-t", "t",
+                 "--from-beginning", "--until-caught-up")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    bar = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", result.stderr)  # colours and cursor moves
+    assert "backfill" in bar
+    assert "1,000 lines" in bar
+    assert re.search(r"[\d,]+ lines/s", bar), bar
+    assert "10.9/10.9 kB" in bar  # bytes read, of the total
 
 
 @pytest.mark.parametrize(
@@ -78,13 +142,18 @@ def test_csv_out(hw: Headwater, tmp_path: Path) -> None:
         (["connect", "file-sink", "t", "--dir", "d", "--columns", "a,,b"],
          ["comma-separated column names"], 2),
         (["connect", "file-sink", "t", "--dir", "d", "--roll-seconds", "0"], ["--roll-seconds"], 2),
+        (["connect", "file-sink", "t", "--dir", "d", "--bootstrap", "127.0.0.1:1"],
+         ["cannot reach the broker at 127.0.0.1:1"], 1),
+        (["connect", "webhook", "t", "--url", "http://h/x", "--bootstrap", "nowhere"],
+         ["expected HOST:PORT", "'nowhere'"], 1),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_a_non_zero_exit(
-    hw: Headwater, *, args: list[str], fragments: list[str], status: int
+    cli: Cli, data: Path, *, args: list[str], fragments: list[str], status: int
 ) -> None:
-    hw("topics", "create", "t")
-    assert_error(hw(*args), *fragments, status=status)
+    cli("--data", str(data), "topics", "create", "t")
+    log = [] if "--bootstrap" in args else ["--data", str(data)]
+    assert_error(cli(*log, *args), *fragments, status=status)
 
 
 def test_http_ingest_serves_until_sigterm(data: Path) -> None:
