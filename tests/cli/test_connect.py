@@ -7,6 +7,7 @@ command as a process of its own."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from broker.running import BrokerProcess
 from headwater.cli._main import run
 from headwater.store import NewRecord, open_store
 
+from .conftest import KAFKA_ENV_VAR
 from .helpers import HEADWATER, assert_error, run_headwater
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -58,11 +60,17 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
             signal.signal(signum, handler)
 
 
-@pytest.fixture(params=["data", "broker"])
+@pytest.fixture(params=["data", "broker", "kafka"])
 def where(request: pytest.FixtureRequest, data: Path) -> list[str]:
-    """The options that name the log: a data directory, or ``headwater broker``."""
+    """The options that name the log: a data directory, ``headwater broker``, or -- when
+    $HEADWATER_TEST_KAFKA names one -- an Apache Kafka broker."""
     if request.param == "data":
         return ["--data", str(data)]
+    if request.param == "kafka":
+        bootstrap = os.environ.get(KAFKA_ENV_VAR)
+        if not bootstrap:
+            pytest.skip(f"no Apache Kafka broker named in ${KAFKA_ENV_VAR} (HOST:PORT)")
+        return ["--bootstrap", bootstrap]
     broker: BrokerProcess = request.getfixturevalue("broker")
     return ["--bootstrap", broker.bootstrap]
 

@@ -5,6 +5,7 @@ file sink and the webhook sink (consumer groups of the cluster)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,12 +38,27 @@ from headwater.store import Record, TopicNotFoundError
 from .helpers import HANG_S
 from .scripted_server import Answer, Received, scripted_server
 
+#: The address of a running Apache Kafka broker, to run these tests against it too.
+KAFKA_ENV_VAR = "HEADWATER_TEST_KAFKA"
+
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+def headwater_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     process = BrokerProcess(tmp_path_factory.mktemp("connectors-broker") / "data").start()
     yield process
     assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module", params=["headwater", "kafka"])
+def bootstrap(request: pytest.FixtureRequest) -> str:
+    """A ``headwater broker``; then, when $HEADWATER_TEST_KAFKA names one, Apache Kafka."""
+    if request.param == "kafka":
+        address = os.environ.get(KAFKA_ENV_VAR)
+        if not address:
+            pytest.skip(f"no Apache Kafka broker named in ${KAFKA_ENV_VAR} (HOST:PORT)")
+        return address
+    broker: BrokerProcess = request.getfixturevalue("headwater_broker")
+    return broker.bootstrap
 
 
 @pytest.fixture
@@ -52,8 +68,8 @@ def topic() -> str:
 
 
 @pytest.fixture
-async def log(broker: BrokerProcess) -> AsyncIterator[KafkaLog]:
-    async with KafkaLog(KafkaCluster(broker.bootstrap)) as opened:
+async def log(bootstrap: str) -> AsyncIterator[KafkaLog]:
+    async with KafkaLog(KafkaCluster(bootstrap)) as opened:
         yield opened
 
 
@@ -95,7 +111,7 @@ def numbers(values: list[bytes | None]) -> list[int]:
 
 
 async def test_the_log_creates_appends_and_places_keys_as_the_store_does(
-    broker: BrokerProcess, log: KafkaLog, topic: str
+    bootstrap: str, log: KafkaLog, topic: str
 ) -> None:
     assert not await log.has_topic(topic)
     with pytest.raises(TopicNotFoundError):
@@ -107,7 +123,7 @@ async def test_the_log_creates_appends_and_places_keys_as_the_store_does(
     keys = [b"a", b"b", None, b"a"]
     appended = await log.append(topic, [b"1", b"2", b"3", b"4"], keys=keys)
     offsets = appended.offsets()
-    stored = await anyio.to_thread.run_sync(read_topic, broker.bootstrap, topic)
+    stored = await anyio.to_thread.run_sync(read_topic, bootstrap, topic)
     assert [stored[p][o].value for p, o in [(p, o - stored[p][0].offset) for p, o in offsets]] == [
         b"1",
         b"2",
@@ -123,9 +139,7 @@ async def test_an_unreachable_cluster_is_log_unavailable() -> None:
             await log.has_topic("t")
 
 
-async def test_ingest_appends_to_the_cluster(
-    broker: BrokerProcess, log: KafkaLog, topic: str
-) -> None:
+async def test_ingest_appends_to_the_cluster(bootstrap: str, log: KafkaLog, topic: str) -> None:
     await log.ensure_topic(topic)
     ingest = HttpIngest(log)
     async with anyio.create_task_group() as tg:
@@ -146,11 +160,11 @@ async def test_ingest_appends_to_the_cluster(
     assert answer.status_code == 200, answer.text
     assert answer.json()["count"] == 100
     assert missing.status_code == 404
-    assert numbers(await values_on(broker.bootstrap, topic)) == list(range(100))
+    assert numbers(await values_on(bootstrap, topic)) == list(range(100))
 
 
 async def test_a_file_source_keeps_its_position_on_the_cluster(
-    broker: BrokerProcess, tmp_path: Path, topic: str
+    bootstrap: str, tmp_path: Path, topic: str
 ) -> None:
     path = tmp_path / "app.jsonl"
     path.write_bytes(b"".join(b'{"i":%d}\n' % i for i in range(50)))
@@ -158,20 +172,20 @@ async def test_a_file_source_keeps_its_position_on_the_cluster(
         path=str(path), topic=topic, from_beginning=True, chunk_bytes=1024, name=topic
     )
     for more in (range(50, 80), range(80, 81)):
-        async with KafkaLog(KafkaCluster(broker.bootstrap)) as log:
+        async with KafkaLog(KafkaCluster(bootstrap)) as log:
             source = FileSource(log, KafkaPositionStore(log), config)
             await source.run(until_caught_up=True)
         with path.open("ab") as f:
             f.write(b"".join(b'{"i":%d}\n' % i for i in more))
-    assert numbers(await values_on(broker.bootstrap, topic)) == list(range(80))
+    assert numbers(await values_on(bootstrap, topic)) == list(range(80))
 
 
 async def test_a_file_sink_reads_a_cluster_topic_as_a_group(
-    broker: BrokerProcess, log: KafkaLog, tmp_path: Path, topic: str
+    bootstrap: str, log: KafkaLog, tmp_path: Path, topic: str
 ) -> None:
     await log.ensure_topic(topic)
     out = tmp_path / "out"
-    groups = KafkaGroups(KafkaCluster(broker.bootstrap))
+    groups = KafkaGroups(KafkaCluster(bootstrap))
     config = FileSinkConfig(topic=topic, directory=str(out), roll_bytes=200)
     for start in (0, 30):
         await log.append(topic, [b'{"i":%d}' % i for i in range(start, start + 30)])
@@ -186,11 +200,11 @@ async def test_a_file_sink_reads_a_cluster_topic_as_a_group(
 
 
 async def test_a_webhook_sink_delivers_a_cluster_topic_and_dead_letters_refusals(
-    broker: BrokerProcess, log: KafkaLog, topic: str
+    bootstrap: str, log: KafkaLog, topic: str
 ) -> None:
     await log.ensure_topic(topic)
     await log.append(topic, [b'{"i":%d}' % i for i in range(20)] + [b"not json"])
-    groups = KafkaGroups(KafkaCluster(broker.bootstrap))
+    groups = KafkaGroups(KafkaCluster(bootstrap))
 
     def script(n: int, request: Received) -> Answer:
         return Answer(500 if n == 0 else 200)
@@ -205,4 +219,4 @@ async def test_a_webhook_sink_delivers_a_cluster_topic_and_dead_letters_refusals
     assert len(bodies) == 2
     assert bodies[0] == bodies[1] == [{"i": i} for i in range(20)]
     assert server.received[0].key == server.received[1].key
-    assert await values_on(broker.bootstrap, f"{topic}-dlq") == [b"not json"]
+    assert await values_on(bootstrap, f"{topic}-dlq") == [b"not json"]
