@@ -23,6 +23,7 @@ from headwater.connectors import (
     FileSource,
     FileSourceConfig,
     HttpIngest,
+    IngestConfig,
     KafkaCluster,
     KafkaGroups,
     KafkaLog,
@@ -161,6 +162,23 @@ async def test_ingest_appends_to_the_cluster(bootstrap: str, log: KafkaLog, topi
     assert answer.json()["count"] == 100
     assert missing.status_code == 404
     assert numbers(await values_on(bootstrap, topic)) == list(range(100))
+
+
+async def test_ingest_with_auto_create_creates_the_topic_on_the_cluster(
+    bootstrap: str, log: KafkaLog, topic: str
+) -> None:
+    ingest = HttpIngest(log, IngestConfig(auto_create=True))
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(ingest.serve, "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
+            answer = await http.post(
+                f"/topics/{topic}/records",
+                content=b'{"i":0}',
+                headers={"content-type": "application/json"},
+            )
+        tg.cancel_scope.cancel()
+    assert answer.status_code == 200, answer.text
+    assert await values_on(bootstrap, topic) == [b'{"i":0}']
 
 
 async def test_a_file_source_keeps_its_position_on_the_cluster(
