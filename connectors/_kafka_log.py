@@ -219,15 +219,18 @@ class KafkaLog:
         self._partitions[topic] = count
         return True
 
-    async def ensure_topic(self, topic: str, config: dict[str, str] | None = None) -> None:
-        """Create ``topic`` with the cluster's defaults (and ``config``) unless it exists.
+    async def ensure_topic(
+        self, topic: str, config: dict[str, str] | None = None, *, partitions: int = -1
+    ) -> None:
+        """Create ``topic`` with the cluster's defaults (and ``config``, and ``partitions``
+        unless -1) unless it exists.
 
         :raises InvalidTopicError: if the cluster refuses the name.
         :raises LogUnavailableError: if the cluster does not answer.
         """
         if await self.has_topic(topic):
             return
-        await blocking(self._create, topic, config or {})
+        await blocking(self._create, topic, config or {}, partitions)
         deadline = time.monotonic() + TIMEOUT_S
         while not await self.has_topic(topic):  # metadata may trail a creation
             if time.monotonic() > deadline:
@@ -258,8 +261,8 @@ class KafkaLog:
             raise self.cluster.failure(f"looking up topic {topic!r}", found.error)
         return len(found.partitions)
 
-    def _create(self, topic: str, config: dict[str, str]) -> None:
-        new = NewTopic(topic, num_partitions=-1, replication_factor=-1, config=config)
+    def _create(self, topic: str, config: dict[str, str], partitions: int) -> None:
+        new = NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config)
         future = self.admin.create_topics([new], request_timeout=TIMEOUT_S)[topic]
         try:
             future.result(TIMEOUT_S)
@@ -416,7 +419,9 @@ class KafkaPositionStore:
         """Return the position last saved under ``name``, or ``None``."""
         if self._table is None:
             await self.log.ensure_topic(
-                KAFKA_POSITIONS_TOPIC, {"cleanup.policy": "compact", "retention.ms": "-1"}
+                KAFKA_POSITIONS_TOPIC,
+                {"cleanup.policy": "compact", "retention.ms": "-1"},
+                partitions=1,
             )
             self._table = await blocking(self._read_all)
         return self._table.get(name)
@@ -432,48 +437,52 @@ class KafkaPositionStore:
         self._table[name] = position
 
     def _read_all(self) -> dict[str, bytes]:
+        """Read every partition of the topic (one, unless made otherwise) to its end."""
         cluster = self.log.cluster
         consumer = Consumer(
             cluster.config(
                 **{
                     "group.id": "headwater-connect-positions",  # assigned, never committed
                     "enable.auto.commit": False,
-                    "enable.partition.eof": True,
                 }
             )
         )
         table: dict[str, bytes] = {}
         try:
-            partition = TopicPartition(KAFKA_POSITIONS_TOPIC, 0)
-            low, high = consumer.get_watermark_offsets(partition, timeout=TIMEOUT_S)
-            if high <= low:
-                return table
-            consumer.assign([TopicPartition(KAFKA_POSITIONS_TOPIC, 0, low)])
-            deadline = time.monotonic() + TIMEOUT_S
-            position = low
-            while position < high:
-                message = consumer.poll(0.1)
-                if message is None:
-                    if time.monotonic() > deadline:
-                        raise LogUnavailableError(
-                            f"reading {KAFKA_POSITIONS_TOPIC} on {cluster.description} timed out"
-                        )
-                    continue
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        break
-                    raise cluster.failure(f"reading {KAFKA_POSITIONS_TOPIC}", error)
-                position = (message.offset() or 0) + 1
-                key, value = message.key(), message.value()
-                if key is None:
-                    continue
-                if value is None:
-                    table.pop(key.decode(errors="replace"), None)
-                else:
-                    table[key.decode(errors="replace")] = value
+            metadata = cluster.metadata(consumer, KAFKA_POSITIONS_TOPIC)
+            for partition in sorted(metadata.topics[KAFKA_POSITIONS_TOPIC].partitions):
+                self._read_partition(consumer, partition, table)
         except KafkaException as exc:
             raise cluster.failure(f"reading {KAFKA_POSITIONS_TOPIC}", exc) from None
         finally:
             consumer.close()
         return table
+
+    def _read_partition(self, consumer: Consumer, partition: int, table: dict[str, bytes]) -> None:
+        cluster = self.log.cluster
+        tp = TopicPartition(KAFKA_POSITIONS_TOPIC, partition)
+        low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)
+        if high <= low:
+            return
+        consumer.assign([TopicPartition(KAFKA_POSITIONS_TOPIC, partition, low)])
+        deadline = time.monotonic() + TIMEOUT_S
+        position = low
+        while position < high:
+            message = consumer.poll(0.1)
+            if message is None:
+                if time.monotonic() > deadline:
+                    raise LogUnavailableError(
+                        f"reading {KAFKA_POSITIONS_TOPIC} on {cluster.description} timed out"
+                    )
+                continue
+            error = message.error()
+            if error is not None:
+                raise cluster.failure(f"reading {KAFKA_POSITIONS_TOPIC}", error)
+            position = (message.offset() or 0) + 1
+            key, value = message.key(), message.value()
+            if key is None:
+                continue
+            if value is None:
+                table.pop(key.decode(errors="replace"), None)
+            else:
+                table[key.decode(errors="replace")] = value
