@@ -8,7 +8,10 @@ the number of requests appending at once (429); then the body is read within the
 receive deadline (408) and at most ``max_body_bytes`` (413), parsed (400), and appended
 as one batch per partition (:class:`~headwater.connectors.ConnectorLog`). The answer,
 200 with each record's partition and offset, is sent only once every record is durable.
-A log that cannot take writes (disk full, closing) answers 503 with ``Retry-After``.
+A log that cannot take writes (disk full, closing, a broker out of reach) answers 503
+with ``Retry-After``; the records of such a request may have been appended in part (those
+of one partition, say, and not another's), and its ``Idempotency-Key`` is released, so a
+retry may append that part again: at least once, never lost.
 
 The receive deadline bounds both halves of a request: hypercorn closes a connection
 that has not sent a whole request head within it (its keep-alive timer runs from the
