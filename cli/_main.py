@@ -8,6 +8,7 @@ headwater itself when ``HEADWATER_DEBUG`` is set.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -17,37 +18,49 @@ import click
 
 from headwater.store import HeadwaterError
 
-from ._app_commands import describe_app, run_app, trace
-from ._broker import broker
-from ._connect import connect
-from ._consume import consume
 from ._datadir import data_option
-from ._groups import groups
-from ._produce import produce
-from ._repair import repair
-from ._topics import topics
 
 #: Exit status for a stop by SIGINT, as a shell reports it.
 SIGINT_STATUS = 130
 
+#: Each command, as ``module:attribute`` in this package, in the order ``--help`` lists them.
+#: A command's module is imported only when that command runs (or help lists them all), so
+#: ``headwater consume`` does not pay for importing the processing runtime and the broker.
+COMMANDS = {
+    "topics": "_topics:topics",
+    "produce": "_produce:produce",
+    "consume": "_consume:consume",
+    "groups": "_groups:groups",
+    "broker": "_broker:broker",
+    "connect": "_connect:connect",
+    "run": "_app_commands:run_app",
+    "describe": "_app_commands:describe_app",
+    "trace": "_app_commands:trace",
+    "repair": "_repair:repair",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported from :data:`COMMANDS` when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(f".{module_name}", __package__), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @data_option
 @click.version_option(package_name="headwater", prog_name="headwater")
 def cli(data: object) -> None:
     """headwater: durable, partitioned event streams."""
-
-
-cli.add_command(topics)
-cli.add_command(produce)
-cli.add_command(consume)
-cli.add_command(groups)
-cli.add_command(broker)
-cli.add_command(connect)
-cli.add_command(run_app)
-cli.add_command(describe_app)
-cli.add_command(trace)
-cli.add_command(repair)
 
 
 def main() -> None:
