@@ -15,6 +15,8 @@ record per save in the internal compacted topic ``__connector_positions`` (key: 
 source's name, value: the position document), durable before :meth:`save` returns.
 Compaction keeps the latest record per name; loading reads the topic once and keeps the
 latest of each in memory (one process owns a data directory, so nobody else writes it).
+On a Kafka-protocol cluster :class:`~headwater.connectors.KafkaPositionStore` does the same
+in the cluster's topic ``headwater-connector-positions``.
 
 **Sinks** read a topic as a consumer group and commit an input offset only once the
 destination has accepted every record below it, or the record went to the dead-letter

@@ -6,7 +6,9 @@ the commit's metadata, see :mod:`._position`). :class:`SinkRunner` does the rest
 same for every sink:
 
 - it joins the consumer group (``auto_offset_reset="earliest"``, no auto-commit: a
-  commit is only ever what the writer returned);
+  commit is only ever what the writer returned) through a :class:`SinkGroups`: the data
+  directory's :class:`~headwater.groups.GroupCoordinator`, or a cluster's
+  :class:`~headwater.connectors.KafkaGroups`;
 - when a partition is assigned, the writer may recover (a file sink finds the files it
   finished but did not commit) and name where to start; the runner seeks there and
   commits it;
