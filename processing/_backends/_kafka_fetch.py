@@ -40,7 +40,9 @@ reader has taken it below that; librdkafka's own queue is bounded by its
 ``queued.max.messages.kbytes``. A request that moves where librdkafka reads a partition
 (assigning it outside a group, seeking) marks its buffer *moving* until the pump has
 applied it: what arrives for the partition meanwhile may be from before the move, and
-is dropped.
+is dropped. Outside a group (a store's restore reads its changelog once, then never
+again) a partition that no reader has asked for in ``IDLE_RELEASE_S`` is unassigned and
+its buffer dropped, so that librdkafka does not go on fetching it for nobody.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ CONSUME_BATCH = 10_000
 HIGH_WATER_BATCHES = 4
 #: How long reading the committed offsets of partitions just assigned may take.
 COMMITTED_TIMEOUT_S = 30.0
+#: Outside a group, a partition nobody asked for in this long is let go (module docstring).
+IDLE_RELEASE_S = 30.0
 _MIN_HIGH_WATER_BYTES = 1 << 20
 
 #: Called with the partitions concerned (sorted).
@@ -91,7 +95,10 @@ _HANDLER_DONE = object()
 class _Buffer:
     """What the pump read of one partition and its reader has not taken yet."""
 
-    __slots__ = ("chunks", "error", "high_water", "moving", "next", "paused", "ready", "size")
+    __slots__ = (
+        "chunks", "error", "high_water", "moving", "next", "paused", "ready", "size", "used",
+        "waiting",
+    )  # fmt: skip
 
     def __init__(self, start: int | None) -> None:
         self.chunks: collections.deque[Chunk] = collections.deque()
@@ -103,6 +110,8 @@ class _Buffer:
         self.paused = False
         self.moving = 0  # moves queued for the pump: what arrives meanwhile may be stale
         self.high_water = _MIN_HIGH_WATER_BYTES
+        self.used = anyio.current_time()  # when a reader last asked for it
+        self.waiting = 0  # readers waiting for records
 
     def wake(self) -> None:
         self.ready.set()
@@ -186,6 +195,8 @@ class Fetcher:
         async with anyio.create_task_group() as tg:
             self._handlers = tg
             tg.start_soon(self._stop_when_cancelled)
+            if self._group is None:
+                tg.start_soon(self._release_idle_periodically)
             task_status.started()
             try:
                 await anyio.to_thread.run_sync(self._pump, limiter=anyio.CapacityLimiter(1))
@@ -197,6 +208,20 @@ class Fetcher:
     def stop(self) -> None:
         """Ask the pump to close the consumer and return (within about ``WAKE_S``)."""
         self._stopping = True
+
+    async def _release_idle_periodically(self) -> None:
+        while True:
+            await anyio.sleep(IDLE_RELEASE_S)
+            self.release_idle(anyio.current_time() - IDLE_RELEASE_S)
+
+    def release_idle(self, before: float) -> list[TopicPartition]:
+        """Outside a group: let go of the partitions no reader waits for or asked for since
+        ``before`` (event loop time); return them. A later fetch assigns one again."""
+        idle = [tp for tp, b in self._buffers.items() if not b.waiting and b.used < before]
+        for tp in idle:
+            del self._buffers[tp]
+            self._submit(_unassigning(tp))
+        return idle
 
     async def _stop_when_cancelled(self) -> None:
         try:
@@ -427,12 +452,17 @@ class Fetcher:
         elif offset != buffer.next:
             self._move(tp, buffer, offset, first=False)
         buffer.high_water = max(HIGH_WATER_BATCHES * max_bytes, _MIN_HIGH_WATER_BYTES)
-        while not buffer.chunks:
-            self._check_failure()
-            error, buffer.error = buffer.error, None
-            if error is not None:
-                raise error
-            await buffer.ready.wait()
+        buffer.used = anyio.current_time()
+        buffer.waiting += 1
+        try:
+            while not buffer.chunks:
+                self._check_failure()
+                error, buffer.error = buffer.error, None
+                if error is not None:
+                    raise error
+                await buffer.ready.wait()
+        finally:
+            buffer.waiting -= 1
         return self._take(tp, buffer, max_bytes)
 
     def _check_failure(self) -> None:
@@ -496,6 +526,16 @@ class Fetcher:
             buffer.paused = False
             self._submit(_pausing(tp, pause=False))
         return records
+
+
+def _unassigning(tp: TopicPartition) -> Callable[[ck.Consumer], None]:
+    """Return a request that stops reading ``tp`` (outside a group)."""
+    partitions = [ck.TopicPartition(tp.topic, tp.partition)]
+
+    def request(consumer: ck.Consumer) -> None:
+        consumer.incremental_unassign(partitions)
+
+    return request
 
 
 def _pausing(tp: TopicPartition, *, pause: bool) -> Callable[[ck.Consumer], None]:

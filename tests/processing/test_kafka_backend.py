@@ -322,6 +322,13 @@ async def test_fetch_reads_any_partition_from_any_offset(cluster: str) -> None:
         produce(cluster, topic, [b"3000"], partitions=1)
         after = await backend.fetch(topic, 0, 3000, 1000)
         assert list(after.values) == [b"3000"]
+        # A partition nobody reads any more is let go; asked for again, it is read again.
+        reader = backend._reader
+        assert reader is not None
+        assert reader.release_idle(anyio.current_time() + 1) == [TopicPartition(topic, 0)]
+        assert not reader.holds(TopicPartition(topic, 0))
+        again = await backend.fetch(topic, 0, 2999, 1000)
+        assert list(again.values) == [b"2999", b"3000"]
 
 
 async def test_a_write_larger_than_the_producer_queue_waits_for_room(cluster: str) -> None:
