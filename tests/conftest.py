@@ -12,7 +12,9 @@ is set, ``default`` otherwise.
 started once per session, on first use (``tests/apache_kafka/running.py`` fetches it
 with Maven into a cache outside the checkout), or the one named in
 ``$HEADWATER_TEST_KAFKA``. Where Java is missing or Maven Central cannot be reached
-(and the jars are not cached), those tests are skipped, and the summary says why.
+(and the jars are not cached), those tests are skipped, and the summary says why. A
+session is one process: under pytest-xdist each worker process that runs such a test
+starts a broker of its own.
 """
 
 from __future__ import annotations

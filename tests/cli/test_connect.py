@@ -7,7 +7,6 @@ command as a process of its own."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,12 +17,12 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from apache_kafka.running import ApacheKafka
 from broker.running import BrokerProcess
 
 from headwater.cli._main import run
 from headwater.store import NewRecord, open_store
 
-from .conftest import KAFKA_ENV_VAR
 from .helpers import HEADWATER, assert_error, run_headwater
 
 #: How long a reply may take before the test counts the endpoint as hung (a loaded
@@ -66,15 +65,13 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
 
 @pytest.fixture(params=["data", "broker", "kafka"])
 def where(request: pytest.FixtureRequest, data: Path) -> list[str]:
-    """The options that name the log: a data directory, ``headwater broker``, or -- when
-    $HEADWATER_TEST_KAFKA names one -- an Apache Kafka broker."""
+    """The options that name the log: a data directory, ``headwater broker``, or Apache
+    Kafka (skipped where it cannot run: see ``tests/conftest.py``)."""
     if request.param == "data":
         return ["--data", str(data)]
     if request.param == "kafka":
-        bootstrap = os.environ.get(KAFKA_ENV_VAR)
-        if not bootstrap:
-            pytest.skip(f"no Apache Kafka broker named in ${KAFKA_ENV_VAR} (HOST:PORT)")
-        return ["--bootstrap", bootstrap]
+        kafka: ApacheKafka = request.getfixturevalue("apache_kafka")
+        return ["--bootstrap", kafka.bootstrap]
     broker: BrokerProcess = request.getfixturevalue("broker")
     return ["--bootstrap", broker.bootstrap]
 

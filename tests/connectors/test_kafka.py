@@ -5,7 +5,6 @@ file sink and the webhook sink (consumer groups of the cluster)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import anyio
 import httpx
 import orjson
 import pytest
+from apache_kafka.running import ApacheKafka
 from broker.running import BrokerProcess
 from confluent_kafka import Consumer, TopicPartition
 
@@ -39,9 +39,6 @@ from headwater.store import Record, TopicNotFoundError
 from .helpers import HANG_S
 from .scripted_server import Answer, Received, scripted_server
 
-#: The address of a running Apache Kafka broker, to run these tests against it too.
-KAFKA_ENV_VAR = "HEADWATER_TEST_KAFKA"
-
 
 @pytest.fixture(scope="module")
 def headwater_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
@@ -52,12 +49,11 @@ def headwater_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broke
 
 @pytest.fixture(scope="module", params=["headwater", "kafka"])
 def bootstrap(request: pytest.FixtureRequest) -> str:
-    """A ``headwater broker``; then, when $HEADWATER_TEST_KAFKA names one, Apache Kafka."""
+    """A ``headwater broker``; then Apache Kafka (skipped where it cannot run: see
+    ``tests/conftest.py``)."""
     if request.param == "kafka":
-        address = os.environ.get(KAFKA_ENV_VAR)
-        if not address:
-            pytest.skip(f"no Apache Kafka broker named in ${KAFKA_ENV_VAR} (HOST:PORT)")
-        return address
+        kafka: ApacheKafka = request.getfixturevalue("apache_kafka")
+        return kafka.bootstrap
     broker: BrokerProcess = request.getfixturevalue("headwater_broker")
     return broker.bootstrap
 
