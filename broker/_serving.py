@@ -65,19 +65,27 @@ async def serve_data_directory(
         store, config or owner_config(), extra_handlers=GroupHandlers(coordinator).table()
     )
     failure: Exception | None = None
-    async with anyio.create_task_group() as tg:
-        node: Node = await tg.start(broker.serve)
-        announced = _announce(store, node)
-        try:
-            yield broker
-        except Exception as exc:
-            # The block's own error, raised as it is once the broker has stopped (through
-            # the task group it would come out wrapped in an exception group).
-            failure = exc
-        finally:
-            if announced:
-                clear_served_address(store.path)
-            broker.shutdown()
+    listening = False
+    try:
+        async with anyio.create_task_group() as tg:
+            node: Node = await tg.start(broker.serve)
+            listening = True
+            announced = _announce(store, node)
+            try:
+                yield broker
+            except Exception as exc:
+                # The block's own error, raised as it is once the broker has stopped
+                # (through the task group it would come out in an exception group).
+                failure = exc
+            finally:
+                if announced:
+                    clear_served_address(store.path)
+                broker.shutdown()
+    except BaseExceptionGroup as group:
+        bind_failed = not listening and len(group.exceptions) == 1
+        if bind_failed and isinstance(group.exceptions[0], OSError):
+            raise group.exceptions[0] from None  # as the caller expects: an OSError
+        raise
     if failure is not None:
         raise failure
 

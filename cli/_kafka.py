@@ -23,6 +23,7 @@ import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
+from anyio.from_thread import check_cancelled
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from headwater.broker import BrokerResponseError
@@ -211,24 +212,32 @@ class _KafkaWriter:
 
         producer, topic = self._producer, self._topic
         unkeyed = self._sticky.partition(topic, self.partitions) if partition is None else partition
-        for index, record in enumerate(records):
-            # -1: the murmur2 partitioner places the keyed records.
-            target = unkeyed if partition is not None or record.key is None else -1
-            while True:
-                try:
-                    producer.produce(
-                        topic,
-                        record.value,
-                        record.key,
-                        partition=target,
-                        headers=list(record.headers) or None,
-                        timestamp=record.timestamp or 0,
-                        on_delivery=functools.partial(delivered, index),
-                    )
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain it
-                    producer.poll(POLL_S)
-        producer.flush()
+        try:
+            for index, record in enumerate(records):
+                # -1: the murmur2 partitioner places the keyed records.
+                target = unkeyed if partition is not None or record.key is None else -1
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            record.value,
+                            record.key,
+                            partition=target,
+                            headers=list(record.headers) or None,
+                            timestamp=record.timestamp or 0,
+                            on_delivery=functools.partial(delivered, index),
+                        )
+                        break
+                    except BufferError:  # the local queue is full: let deliveries drain it
+                        producer.poll(POLL_S)
+                        check_cancelled()
+            while producer.flush(POLL_S):
+                check_cancelled()
+        except BaseException:
+            # Cancelled (the broker they went to is gone): what is queued will not be
+            # taken, and must not hold up closing the producer.
+            producer.purge()
+            raise
         if partition is None:
             self._sticky.batch_complete(topic, unkeyed, self.partitions)
 

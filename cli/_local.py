@@ -25,9 +25,9 @@ directory), so it reads what the group has not committed and commits each delive
 the sink took it. A group follower checks for news with a read-only open before it
 claims the directory to read, so that its own commits do not wake it in a loop.
 
-A writer through an owner gives a record ``OWNER_DELIVERY_S`` to be taken (the owner is
-on this machine): if the owner goes away meanwhile the command stops with an error that
-says so, the records acknowledged before it stay acknowledged.
+A writer through an owner stops at once with an error that says so when the owner goes
+away with records in flight (those acknowledged before stay acknowledged); a record is
+given ``OWNER_DELIVERY_S`` to be taken, whatever happens (the owner is on this machine).
 """
 
 from __future__ import annotations
@@ -38,15 +38,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
 from headwater.groups import GroupCoordinator
-from headwater.store import HeadwaterError, NewRecord, Store
+from headwater.store import NewRecord, Store
 
 from ._access import GroupAdmin, RecordLookup, RecordSink, TopicWriter
 from ._datadir import LOCK_WAIT_S, check_exists, claim_waiting, claimed, watch
 from ._local_groups import LocalGroups
-from ._owner import Served, owner_left, while_served
+from ._owner import Served, while_served
 from ._start import Start
 from ._store_reads import (
     StoreLookup,
@@ -92,15 +90,17 @@ class LocalAccess:
     @contextlib.asynccontextmanager
     async def writer(self, topic: str) -> AsyncIterator[TopicWriter]:
         """Open ``topic`` for appending (see :meth:`LogAccess.writer`)."""
-        async with claimed(self.directory, writer=True) as claim:
-            if isinstance(claim, Served):
-                access = through(claim)
-                async with access.writer(topic, delivery_timeout_s=OWNER_DELIVERY_S) as writer:
-                    yield _OwnerWriter(writer, claim)
-                return
-            store_writer = StoreWriter(claim, topic)
-            await claim.append(topic, [])  # refuses an internal topic before any input
-            yield store_writer
+        check_exists(self.directory)
+        with watch(self.directory) as watcher:
+            async with claim_waiting(self.directory, watcher, writer=True) as claim:
+                if isinstance(claim, Served):
+                    access = through(claim)
+                    async with access.writer(topic, delivery_timeout_s=OWNER_DELIVERY_S) as w:
+                        yield _OwnerWriter(w, claim, watcher)
+                    return
+                store_writer = StoreWriter(claim, topic)
+                await claim.append(topic, [])  # refuses an internal topic before any input
+                yield store_writer
 
     async def read(
         self,
@@ -221,23 +221,27 @@ async def _news(directory: Path, watcher: LockWatcher, news: _News | None) -> No
 
 
 class _OwnerWriter:
-    """Appends through the directory's owner; says so when the owner went away meanwhile."""
+    """Appends through the directory's owner; stops at once when the owner goes away."""
 
-    def __init__(self, writer: TopicWriter, served: Served) -> None:
+    def __init__(self, writer: TopicWriter, served: Served, watcher: LockWatcher) -> None:
         self._writer = writer
         self._served = served
+        self._watcher = watcher
         self.partitions = writer.partitions
         self.max_message_bytes = writer.max_message_bytes
 
     async def append(
         self, records: Sequence[NewRecord], partition: int | None
     ) -> list[tuple[int, int]]:
-        try:
-            return await self._writer.append(records, partition)
-        except HeadwaterError as exc:
-            if await owner_left(self._served):
-                raise click.ClickException(
-                    f"{self._served.description} stopped while records were being written "
-                    f"to it ({exc}); the records acknowledged before are stored"
-                ) from None
-            raise
+        placed: list[tuple[int, int]] = []
+
+        async def work() -> None:
+            placed.extend(await self._writer.append(records, partition))
+
+        if not await while_served(self._served, self._watcher, work):
+            from headwater.broker import BrokerError  # noqa: PLC0415 - loaded with _kafka.py
+
+            raise BrokerError(
+                f"{self._served.description} stopped while records were being written to it"
+            )
+        return placed
