@@ -21,10 +21,12 @@ caller lets go of the lock only after this.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
 import anyio
+from anyio.abc import Listener, SocketStream
 
 from headwater.groups import GroupCoordinator
 from headwater.store import Store, clear_served_address, write_served_address
@@ -49,15 +51,21 @@ def owner_config() -> BrokerConfig:
 
 @contextlib.asynccontextmanager
 async def serve_data_directory(
-    store: Store, coordinator: GroupCoordinator, config: BrokerConfig | None = None
+    store: Store,
+    coordinator: GroupCoordinator,
+    config: BrokerConfig | None = None,
+    *,
+    listener: Listener[SocketStream] | None = None,
 ) -> AsyncIterator[Broker]:
     """Serve ``store`` (and ``coordinator``'s groups) over the Kafka protocol for a block,
     announced in the data directory.
 
     ``store`` must be open for writing by this process (it holds the directory's lock);
-    ``config`` defaults to :func:`owner_config`. Leaving the block withdraws the address,
-    then stops the broker gracefully (within the config's ``shutdown_grace_s``);
-    cancelling it stops the broker at once. An error of the block is raised as it is.
+    ``config`` defaults to :func:`owner_config`. Given a ``listener`` already bound (and
+    announced by the caller, who then also withdraws the address), the broker serves on
+    it and announces nothing. Leaving the block withdraws the address, then stops the
+    broker gracefully (within the config's ``shutdown_grace_s``); cancelling it stops the
+    broker at once. An error of the block is raised as it is.
 
     :raises OSError: if the address cannot be bound.
     """
@@ -68,9 +76,9 @@ async def serve_data_directory(
     listening = False
     try:
         async with anyio.create_task_group() as tg:
-            node: Node = await tg.start(broker.serve)
+            node: Node = await tg.start(functools.partial(broker.serve, listener=listener))
             listening = True
-            announced = _announce(store, node)
+            announced = listener is None and _announce(store, node)
             try:
                 yield broker
             except Exception as exc:

@@ -13,20 +13,18 @@ never holds up another. The consumer uses the range assignor, eagerly (see
 ``_tasks.py`` for why). Offsets are only ever read from and committed to the group's
 committed offsets (``__consumer_offsets``), with their metadata.
 
-The app owns its data directory while it runs, and serves it: a Kafka-protocol broker
-(``headwater.broker.serve_data_directory``) over the same store and the same group
-coordinator, on 127.0.0.1 at a port the OS picks, announced in the directory. Other
-processes -- the ``headwater`` commands, any Kafka client -- then read, write and join
-groups while the app runs instead of waiting for it to end. Nobody connected costs the
-app nothing: the broker's tasks sleep in ``accept``. This is the one place processing
-reaches into ``headwater.broker`` (imported only when an app runs embedded).
+The app owns its data directory while it runs, and serves it (``_serve.py``): a
+Kafka-protocol broker over the same store and the same group coordinator, on 127.0.0.1 at
+a port the OS picks, announced in the directory, started when the first client connects.
+Other processes -- the ``headwater`` commands, any Kafka client -- then read, write and
+join groups while the app runs instead of waiting for it to end. This is the one place
+processing reaches into ``headwater.broker``, and only once a client has come.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -49,8 +47,7 @@ from headwater.store import (
 
 from .._encoding import OutRecords, encode_within
 from . import Membership, PartitionsHandler
-
-logger = logging.getLogger("headwater.processing")
+from ._serve import serving
 
 
 class _ConsumerMembership:
@@ -168,7 +165,7 @@ async def open_in_process(
     data_dir: str | os.PathLike[str], *, serve: bool = True
 ) -> AsyncIterator[InProcessBackend]:
     """Open the store at ``data_dir`` and a group coordinator over it, for a block; with
-    ``serve``, also serve them to other processes (see the module docstring).
+    ``serve``, also serve them to other processes (see ``_serve.py``).
 
     The app's own group starts without waiting for other members (its first assignment is
     at once); members that join through the served address later make it rebalance.
@@ -177,32 +174,9 @@ async def open_in_process(
     """
     async with open_store(data_dir) as store:
         config = GroupConfig(initial_rebalance_delay_ms=0)
-        async with (
-            GroupCoordinator(store, config=config) as coordinator,
-            contextlib.AsyncExitStack() as serving,
-        ):
-            if serve:
-                await _serve(serving, store, coordinator)
-            yield InProcessBackend(store, coordinator)
-
-
-async def _serve(
-    serving: contextlib.AsyncExitStack, store: Store, coordinator: GroupCoordinator
-) -> None:
-    """Serve the directory for as long as ``serving`` is open; if that cannot be (no
-    address to bind), say so and run unserved."""
-    # Imported here: an app that never runs embedded does not load the broker.
-    from headwater.broker import serve_data_directory  # noqa: PLC0415
-
-    try:
-        server = await serving.enter_async_context(serve_data_directory(store, coordinator))
-    except OSError as exc:
-        logger.warning(
-            "cannot serve data directory %s to other processes (%s); they will wait for "
-            "this app to end instead",
-            store.path,
-            exc.strerror or exc,
-        )
-        return
-    node = server.node
-    logger.info("serving data directory %s at %s:%d", store.path, node.host, node.port)
+        async with GroupCoordinator(store, config=config) as coordinator:
+            if not serve:
+                yield InProcessBackend(store, coordinator)
+                return
+            async with serving(store, coordinator):
+                yield InProcessBackend(store, coordinator)
