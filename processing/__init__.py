@@ -35,6 +35,7 @@ from ._batch import Event as Event
 from ._clock import Clock as Clock
 from ._clock import WallClock as WallClock
 from ._config import AppConfig as AppConfig
+from ._connectors import AppConnector as AppConnector
 from ._encoding import OutRecords as OutRecords
 from ._errors import ErrorPolicy as ErrorPolicy
 from ._errors import MissingSourceTopicError as MissingSourceTopicError
@@ -59,6 +60,7 @@ __all__ = (
     "SOURCE_HEADER",
     "App",
     "AppConfig",
+    "AppConnector",
     "Backend",
     "BytesSerde",
     "Clock",

@@ -21,6 +21,7 @@ from ._backends import Backend
 from ._backends.in_process import default_data_dir, open_in_process
 from ._clock import Clock
 from ._config import AppConfig
+from ._connectors import AppConnector, run_with_connectors
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
 from ._runtime import RunStatistics, Runtime
@@ -68,6 +69,8 @@ class App:
         self._data_dir = None if data_dir is None else Path(data_dir)
         self._graph = Graph()
         self._runtime: Runtime | None = None
+        self._sources: list[AppConnector] = []
+        self._sinks: list[AppConnector] = []
 
     def __repr__(self) -> str:
         return f"<App {self.name!r}: {len(self._graph.nodes)} nodes>"
@@ -152,6 +155,35 @@ class App:
         )
         return Stream(self, node, policy=policy, dead_letter_topic=dead_letter_topic)
 
+    def source(
+        self,
+        connector: AppConnector,
+        *,
+        serde: Serde[Any] | None = None,
+        on_error: ErrorPolicy | str = ErrorPolicy.RAISE,
+        partitions: int = 1,
+    ) -> Stream[Any]:
+        """Run ``connector`` (a source of :mod:`headwater.connectors`) with the app and
+        return the stream of the topic it writes.
+
+        The topic is created with ``partitions`` partitions when missing; ``serde`` and
+        ``on_error`` are as for :meth:`stream`. See ``_connectors.py`` for how the
+        connector runs beside the app's tasks.
+
+        :raises TopologyError: as :meth:`stream`.
+        """
+        topic = connector.topic
+        if serde is None:
+            stream = self.stream(topic, on_error=on_error, partitions=partitions)
+        else:
+            stream = self.stream(topic, serde=serde, on_error=on_error, partitions=partitions)
+        self._sources.append(connector)
+        return stream
+
+    def add_sink(self, connector: AppConnector) -> None:
+        """Run ``connector`` (a sink) with the app; :meth:`Stream.sink` calls this."""
+        self._sinks.append(connector)
+
     def describe(self) -> str:
         """Return the topology as text: sources, the operators below them, sinks, and the
         internal and dead-letter topics."""
@@ -232,6 +264,16 @@ class App:
             until_caught_up=until_caught_up,
         )
         self._runtime = runtime
+        if self._sources or self._sinks:
+            return await run_with_connectors(
+                runtime,
+                self.name,
+                backend,
+                self._sources,
+                self._sinks,
+                until_caught_up=until_caught_up,
+                stop=stop or anyio.Event(),
+            )
         return await runtime.run(stop)
 
     def run(

@@ -21,6 +21,7 @@ from ._serde import JSON, JSON_KEY, Serde
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._connectors import AppConnector
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -285,6 +286,25 @@ class Stream(Generic[T]):
         check_topic(topic, "to")
         check_partitions(partitions)
         self._derive("to", topic=topic, params={"serde": serde or JSON, "partitions": partitions})
+
+    def sink(
+        self,
+        connector: AppConnector,
+        *,
+        serde: Serde[T] | None = None,
+        partitions: int | None = None,
+    ) -> None:
+        """Deliver the values with ``connector`` (a sink of :mod:`headwater.connectors`).
+
+        The values are written to the connector's topic as :meth:`to` writes them
+        (``serde``, ``partitions`` as there), and the connector, run with the app, reads
+        that topic as a consumer group of its own and commits only what its destination
+        took.
+
+        :raises TopologyError: for a bad topic name or partition count.
+        """
+        self.to(connector.topic, serde=serde, partitions=partitions)
+        self._app.add_sink(connector)
 
     def repartition(
         self, name: str, *, serde: Serde[T] | None = None, partitions: int | None = None
