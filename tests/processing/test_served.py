@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,7 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from headwater.cli._watch import LockWatcher
 from headwater.processing import App
-from headwater.store import ADDRESS_FILE, ServedAddress, open_store, served_address
+from headwater.store import ADDRESS_FILE, NewRecord, ServedAddress, open_store, served_address
 
 
 async def until_served(data: Path) -> ServedAddress:
@@ -63,3 +64,27 @@ async def test_a_running_app_serves_its_data_directory(data: Path) -> None:
     assert not (data / ADDRESS_FILE).exists()
     statistics = app.statistics()
     assert statistics is not None and statistics.records_in == 2
+
+
+UNVISITED = """
+import sys
+
+from headwater.processing import App
+from headwater.store import served_address
+
+data = sys.argv[1]
+seen = []
+app = App("unvisited", data_dir=data)
+app.stream("in").map(lambda e: seen.append(served_address(data)) or e).to("out")
+app.run(until_caught_up=True)
+print(seen[0] is not None and seen[0].pid > 0, "headwater.broker" in sys.modules)
+"""
+
+
+async def test_an_app_nobody_visits_never_loads_the_broker(data: Path) -> None:
+    async with open_store(data) as store:
+        await store.create_topic("in")
+        await store.append("in", [NewRecord(b"{}")])
+    result = await anyio.run_process([sys.executable, "-c", UNVISITED, str(data)])
+    # Announced while it ran, yet the broker was never imported: nobody came.
+    assert result.stdout.decode().split() == ["True", "False"]
