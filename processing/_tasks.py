@@ -44,6 +44,7 @@ carries the stream time, so a task resumed elsewhere starts at the same stream t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,8 +61,14 @@ from ._graph import Graph, Node, source_ancestors
 if TYPE_CHECKING:
     from ._backends import Backend, Membership
     from ._operators import SourceStep, Step
+    from ._stores import MemoryStore, StoreSpec
+    from ._stores._changelog import StoreRegistry
 
 logger = logging.getLogger("headwater.processing")
+
+#: The task whose batch (or timers) is being processed, for look-ups into its stores
+#: (``Table.get``) from user functions.
+CURRENT_TASK: contextvars.ContextVar[Task] = contextvars.ContextVar("headwater_task")
 
 #: Commit metadata format version (a JSON object with ``"v"``).
 METADATA_VERSION = 1
@@ -142,9 +149,16 @@ def check_copartitioning(graph: Graph, counts: Mapping[str, int]) -> None:
         topics = {s.topic: counts[s.topic] for s in source_ancestors(node) if s.topic}
         if len(set(topics.values())) > 1:
             listed = ", ".join(f"{t!r} ({n} partitions)" for t, n in sorted(topics.items()))
+            fix = (
+                "re-key a stream side with .key_by(...) (a re-keyed side is repartitioned "
+                "to the other's partition count) or give the topics equal partition counts"
+                if node.kind != "table_join"
+                else "make the tables' topics the same partition count (or build one "
+                "table from a re-keyed stream's aggregation)"
+            )
             raise TopologyError(
                 f"{node.label} reads {listed}: its inputs must be co-partitioned (equal "
-                "partition counts, placed by the same key); repartition one of them"
+                f"partition counts, placed by the same key); {fix}"
             )
 
 
@@ -202,6 +216,7 @@ class Task:
         group: TopicGroup,
         clock: Clock,
         topic_partitions: Mapping[str, int],
+        registry: StoreRegistry | None = None,
     ) -> None:
         self.id = task_id
         self.group = group
@@ -214,9 +229,36 @@ class Task:
         self.tracks_stream_time = False
         self.roots: dict[str, list[SourceStep]] = {}
         self.steps: list[Step] = []
+        #: Each step by the id of its node (a join finds its table's step here).
+        self.step_by_node: dict[int, Step] = {}
+        #: The task's state stores, by name (see ``_stores``).
+        self.stores: dict[str, MemoryStore] = {}
+        self.registry = registry
+        #: Wall time of the last input batch (None: none yet), for idle timers.
+        self.last_input_ms: int | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.id}: {', '.join(f'{t}/{p}' for t, p in self.partitions)}>"
+
+    def open_store(self, spec: StoreSpec) -> MemoryStore:
+        """Return the task's store ``spec``, opened (once) through the task's registry.
+
+        :raises TopologyError: if two steps of the task name the same store.
+        """
+        if spec.name in self.stores:
+            raise TopologyError(f"two stateful steps use the store name {spec.name!r}")
+        if self.registry is not None:
+            store = self.registry.open(self.id, spec)
+        else:
+            from ._stores import MemoryStore  # noqa: PLC0415 - a cycle through the steps
+
+            store = MemoryStore(spec)
+        self.stores[spec.name] = store
+        return store
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Return the task's position in each of its partitions."""
+        return {tp: state.position for tp, state in self.partitions.items()}
 
     def add_partition(self, tp: TopicPartition, position: int, metadata: str = "") -> None:
         """Start reading ``tp`` at ``position``; take the stream time its commit metadata

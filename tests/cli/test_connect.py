@@ -26,6 +26,10 @@ from headwater.store import NewRecord, open_store
 from .conftest import KAFKA_ENV_VAR
 from .helpers import HEADWATER, assert_error, run_headwater
 
+#: How long a reply may take before the test counts the endpoint as hung (a loaded
+#: machine only makes the wait longer; the figure never decides a pass).
+HANG_S = 120
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -178,7 +182,7 @@ def test_http_ingest_serves_until_sigterm(data: Path) -> None:
         found = re.search(r"listening on (http://\S+), 1 token", first)
         assert found, first
         url = found.group(1)
-        with httpx.Client(base_url=url) as http:
+        with httpx.Client(base_url=url, timeout=HANG_S) as http:
             auth = {"authorization": "Bearer s3cret", "content-type": "application/x-ndjson"}
             ok = http.post("/topics/t/records", content=lines(0, 3), headers=auth)
             refused = http.post("/topics/t/records", content=lines(0, 3))

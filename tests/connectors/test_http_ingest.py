@@ -23,7 +23,7 @@ import pytest
 from headwater.connectors import HttpIngest, IngestConfig, IngestLimits, StoreLog
 from headwater.store import Store, TopicConfig, open_store, partition_for_key
 
-from .helpers import records_of
+from .helpers import HANG_S, records_of
 
 NDJSON = {"content-type": "application/x-ndjson"}
 JSON = {"content-type": "application/json"}
@@ -43,7 +43,10 @@ async def serving(store: Store, config: IngestConfig | None = None) -> AsyncIter
 async def client(
     store: Store, config: IngestConfig | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(store, config) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serving(store, config) as url,
+        httpx.AsyncClient(base_url=url, timeout=HANG_S) as http,
+    ):
         yield http
 
 
@@ -282,7 +285,10 @@ async def read_until_closed(sock: socket.socket) -> bytes:
 async def test_too_many_requests_at_once_are_429(store: Store) -> None:
     await store.create_topic("t")
     config = IngestConfig(limits=IngestLimits(max_inflight=1))
-    async with serving(store, config) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serving(store, config) as url,
+        httpx.AsyncClient(base_url=url, timeout=HANG_S) as http,
+    ):
         # One request holds the only place: its body is still on its way.
         with raw_connection(url) as slow:
             slow.sendall(

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from headwater.connectors import HttpIngest, IngestConfig, IngestLimits, StoreLog
 from headwater.store import Store, TopicConfig, open_store
 
+from .helpers import HANG_S
+
 DOCUMENTED = {200, 400, 401, 404, 405, 408, 413, 415, 422, 429}
 LIMITS = IngestLimits(max_body_bytes=4096, max_depth=6)
 
@@ -103,7 +105,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def http(endpoint: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=endpoint) as client:
+    with httpx.Client(base_url=endpoint, timeout=HANG_S) as client:
         yield client
 
 
@@ -155,7 +157,9 @@ def test_what_a_200_reports_is_what_is_stored(records: list[Any]) -> None:
             ingest = HttpIngest(StoreLog(store), IngestConfig(limits=LIMITS))
             async with anyio.create_task_group() as tg:
                 host, port = await tg.start(ingest.serve, "127.0.0.1", 0)
-                async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                async with httpx.AsyncClient(
+                    base_url=f"http://{host}:{port}", timeout=HANG_S
+                ) as client:
                     response = await client.post(
                         "/topics/t/records",
                         content=b"\n".join(lines),

@@ -25,6 +25,7 @@ from headwater.connectors import (
 from headwater.processing import App
 from headwater.processing.testing import TestDriver
 
+from .helpers import HANG_S
 from .scripted_server import Answer, scripted_server
 
 
@@ -78,7 +79,7 @@ async def test_http_in_a_pipeline_a_webhook_out(tmp_path: Path) -> None:
             with anyio.fail_after(60):
                 host, port = await ingest.wait_serving()
             body = b'{"id":1,"price":2.5,"qty":4}\n{"id":2,"price":1,"qty":3}\n'
-            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=HANG_S) as http:
                 answer = await http.post(
                     "/topics/orders/records",
                     content=body,

@@ -145,7 +145,7 @@ async def test_ingest_appends_to_the_cluster(bootstrap: str, log: KafkaLog, topi
     ingest = HttpIngest(log)
     async with anyio.create_task_group() as tg:
         host, port = await tg.start(ingest.serve, "127.0.0.1", 0)
-        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=HANG_S) as http:
             body = b"".join(b'{"i":%d}\n' % i for i in range(100))
             answer = await http.post(
                 f"/topics/{topic}/records",
@@ -170,7 +170,7 @@ async def test_ingest_with_auto_create_creates_the_topic_on_the_cluster(
     ingest = HttpIngest(log, IngestConfig(auto_create=True))
     async with anyio.create_task_group() as tg:
         host, port = await tg.start(ingest.serve, "127.0.0.1", 0)
-        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=HANG_S) as http:
             answer = await http.post(
                 f"/topics/{topic}/records",
                 content=b'{"i":0}',
