@@ -9,6 +9,9 @@
 :class:`AdminClient` administers topics on a running broker (``headwater topics ...
 --bootstrap HOST:PORT``).
 
+The process that owns a data directory serves it with :func:`serve_data_directory`, which
+announces the address in the directory (``headwater.store.served_address`` finds it).
+
 The codec turns request frames into :class:`Request` objects whose bodies are plain dicts
 keyed by the snake_case names of Kafka's fields, and response dicts back into frames::
 
@@ -54,6 +57,7 @@ from ._protocol import encode_request as encode_request
 from ._protocol import encode_response as encode_response
 from ._server import Broker as Broker
 from ._server import BrokerStatistics as BrokerStatistics
+from ._serving import serve_data_directory as serve_data_directory
 
 __all__ = (
     "API_VERSIONS",
@@ -90,4 +94,5 @@ __all__ = (
     "encode_request",
     "encode_response",
     "parse_address",
+    "serve_data_directory",
 )

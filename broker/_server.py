@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from headwater.store import Store
@@ -202,10 +202,18 @@ class Broker:
             if connection.idle is not None:
                 connection.idle.cancel()
 
-    async def serve(self, *, task_status: TaskStatus[Node] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        *,
+        listener: Listener[SocketStream] | None = None,
+        task_status: TaskStatus[Node] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Listen and serve until :meth:`shutdown` (or until cancelled, which stops at once).
 
-        Reports this broker's :class:`Node` to ``task_status`` once it listens.
+        ``listener`` is a TCP listener already bound (``anyio.create_tcp_listener``), which
+        the broker takes over and closes; by default it binds the config's address (the
+        config's ``host`` and ``port`` are then not used). Reports this broker's
+        :class:`Node` to ``task_status`` once it listens.
 
         :raises OSError: if the address cannot be bound.
         """
@@ -213,9 +221,10 @@ class Broker:
         self._shutdown = anyio.Event()
         if self._closing:
             self._shutdown.set()
-        listener = await anyio.create_tcp_listener(
-            local_host=config.host, local_port=config.port, reuse_port=False
-        )
+        if listener is None:
+            listener = await anyio.create_tcp_listener(
+                local_host=config.host, local_port=config.port, reuse_port=False
+            )
         bound_port = listener.extra(SocketAttribute.local_port)
         host, port = config.advertised_address(bound_port)
         cluster_id = config.cluster_id or derive_cluster_id(str(self._store.path))

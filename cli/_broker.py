@@ -1,11 +1,14 @@
 """``headwater broker``: serve a data directory over the Kafka wire protocol.
 
-The broker owns the data directory while it runs (other ``headwater`` commands then
-administer it with ``--bootstrap HOST:PORT``). It logs to stderr: a start-up summary at
-info level, one line per client connection at debug level. SIGTERM or SIGINT stops it
-gracefully -- requests in flight are answered, the store is closed cleanly (clean-shutdown
-markers written) and the command exits 0; a second signal drops the connections at once
-(the store is still closed cleanly).
+The broker owns the data directory while it runs, and announces its address in it (see
+``headwater.broker``'s ``serve_data_directory``): other ``headwater`` commands given the
+directory reach the log through it, as Kafka clients do with ``--bootstrap HOST:PORT``.
+A directory that another process already serves is refused at once, naming its address.
+It logs to stderr: a start-up summary at info level, one line per client connection at
+debug level. SIGTERM or SIGINT stops it gracefully -- the address is withdrawn, requests in
+flight are answered, the store is closed cleanly (clean-shutdown markers written) and the
+command exits 0; a second signal drops the connections at once (the store is still closed
+cleanly).
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ import anyio
 import click
 from anyio.abc import TaskStatus
 
-from headwater.broker import DEFAULT_MAX_FRAME_BYTES, Broker, BrokerConfig, parse_address
-from headwater.broker._handlers_groups import GroupHandlers
+from headwater.broker import (
+    DEFAULT_MAX_FRAME_BYTES,
+    BrokerConfig,
+    parse_address,
+    serve_data_directory,
+)
 from headwater.groups import GroupConfig, GroupCoordinator
 
 from ._datadir import data_dir, data_option, locked_store
@@ -131,7 +138,7 @@ def broker(
     group_config = GroupConfig(initial_rebalance_delay_ms=group_initial_rebalance_delay_ms)
 
     async def body() -> None:
-        stopping = _Stopping()
+        stopping = _Stopping(anyio.Event())
         async with anyio.create_task_group() as tg:
             # Signals are watched from before the store opens (recovery may take a while)
             # until it is closed, so that no signal kills the process halfway.
@@ -140,13 +147,12 @@ def broker(
                 locked_store(directory, writer=True, create=True) as store,
                 GroupCoordinator(store, config=group_config) as groups,
             ):
-                extra = GroupHandlers(groups).table()
-                server = stopping.server = Broker(store, config, extra_handlers=extra)
-                if stopping.requested:
-                    server.shutdown()
                 with anyio.CancelScope() as stopping.serving:
                     try:
-                        await server.serve()
+                        async with serve_data_directory(store, groups, config):
+                            # Leaving the block stops it gracefully; a second signal
+                            # cancels this scope, which drops the connections at once.
+                            await stopping.stop.wait()
                     except OSError as exc:
                         message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
                         raise click.ClickException(message) from None
@@ -174,11 +180,15 @@ def broker(
 
 @dataclass(slots=True)
 class _Stopping:
-    """What the signal watcher acts on: the server, and the scope that serves."""
+    """What the signal watcher acts on: the event that stops serving, and its scope."""
 
-    server: Broker | None = None
+    stop: anyio.Event
     serving: anyio.CancelScope | None = None
-    requested: bool = False
+
+    @property
+    def requested(self) -> bool:
+        """Whether a first signal came."""
+        return self.stop.is_set()
 
 
 async def _watch_signals(
@@ -198,9 +208,7 @@ async def _act_on(signals: AsyncIterator[int], stopping: _Stopping) -> None:
         name = signal.Signals(signum).name
         if not stopping.requested:
             logger.info("%s received: shutting down (finishing requests in flight)", name)
-            stopping.requested = True
-            if stopping.server is not None:
-                stopping.server.shutdown()
+            stopping.stop.set()
         elif stopping.serving is not None:
             logger.warning("%s received again: closing every connection now", name)
             stopping.serving.cancel()

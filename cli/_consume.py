@@ -82,8 +82,9 @@ class Printer:
     "--follow",
     "-f",
     is_flag=True,
-    help="Keep waiting for new records until interrupted. In a data directory, records that "
-    "another headwater process writes show once it has finished with the directory.",
+    help="Keep waiting for new records until interrupted. In a data directory that an app or "
+    "a broker serves, records show as they are written; records that another headwater "
+    "command writes show once it has finished with the directory.",
 )
 @click.option("--max", "max_records", type=click.IntRange(min=0), help="Stop after N records.")
 @click.option(

@@ -1,12 +1,15 @@
 """The data directory a command works on: where it is, and waiting for it when busy.
 
 One process owns a data directory at a time: the store takes an exclusive ``flock`` on
-``DATA/.lock`` while it is open and refuses a second owner. Two ``headwater`` commands
-running at once (a ``consume`` piped into a ``produce``, a follower and a producer) take
-turns: a command that finds the directory taken waits up to ``LOCK_WAIT_S`` for it, asleep
-until :class:`LockWatcher` sees the owner let go; after ``LOCK_NOTICE_S`` it says whom it
-waits for, and at the end it stops with an error that names the owner (its pid and
-command line, as the store records them) and what to do.
+``DATA/.lock`` while it is open and refuses a second owner. An owner that runs for long
+(an app, ``headwater broker``) serves the directory and announces its address there: a
+command that finds the directory so owned works through that address (``_owner.py``)
+without waiting. Other ``headwater`` commands running at once (a ``consume`` piped into a
+``produce``, a follower and a producer) take turns: a command that finds the directory
+taken and not served waits up to ``LOCK_WAIT_S`` for it, asleep until
+:class:`LockWatcher` sees the holder let go or announce an address; after
+``LOCK_NOTICE_S`` it says whom it waits for, and at the end it stops with an error that
+names the holder (its pid and command line, as the store records them) and what to do.
 
 Commands that may change records (create, delete, produce) open the store for writing,
 the others read-only, which opens the lock file read-only: that is how a follower tells
@@ -25,9 +28,16 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from headwater.store import DataDirectoryLockedError, Store, is_data_directory, read_holder
+from headwater.store import (
+    ADDRESS_FILE,
+    DataDirectoryLockedError,
+    Store,
+    is_data_directory,
+    read_holder,
+)
 
 from ._output import info
+from ._owner import Served, find_served
 from ._watch import LockWatcher
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +72,39 @@ def data_dir(ctx: click.Context) -> Path:
 
 
 @contextlib.asynccontextmanager
+async def claim_waiting(
+    directory: Path,
+    watcher: LockWatcher,
+    *,
+    writer: bool,
+    timeout_s: float = LOCK_WAIT_S,
+    notice: bool = True,
+) -> AsyncIterator[Store | Served]:
+    """Open the store in ``directory``, or find that its owner serves it; wait up to
+    ``timeout_s`` while another process has it without serving it.
+
+    Yields the open store (closed when the block ends), or the :class:`Served` owner to
+    work through. The store itself refuses a second owner
+    (:class:`DataDirectoryLockedError`); this waits for the holder to let go or to
+    announce an address, asleep until ``watcher`` reports a close of the lock file or an
+    announcement, and opens the store only when the lock is free (see ``_watch.py``:
+    trying to open it would wake this very wait). With ``notice``, says on stderr who it
+    waits for once the wait has lasted ``LOCK_NOTICE_S``.
+
+    :raises click.ClickException: if the directory stays taken, naming the process that
+        has it and what to do.
+    """
+    claimed = await _acquire(directory, watcher, writer=writer, timeout_s=timeout_s, notice=notice)
+    if isinstance(claimed, Served):
+        yield claimed
+        return
+    try:
+        yield claimed
+    finally:
+        await claimed.aclose()
+
+
+@contextlib.asynccontextmanager
 async def open_waiting(
     directory: Path,
     watcher: LockWatcher,
@@ -70,31 +113,30 @@ async def open_waiting(
     timeout_s: float = LOCK_WAIT_S,
     notice: bool = True,
 ) -> AsyncIterator[Store]:
-    """Open the store in ``directory``, waiting up to ``timeout_s`` while another process has it.
+    """Open the store in ``directory``, waiting as :func:`claim_waiting` does, for work
+    that needs the store in this process.
 
-    The store itself refuses a second owner (:class:`DataDirectoryLockedError`); this
-    waits for the owner to let go, asleep until ``watcher`` reports a close of the lock
-    file, and opens the store only when the lock is free (see ``_watch.py``: trying to
-    open it would wake this very wait). With ``notice``, says on stderr who it waits for
-    once the wait has lasted ``LOCK_NOTICE_S``.
-
-    :raises click.ClickException: if the directory stays taken, naming the process that
-        has it and what to do.
+    :raises click.ClickException: if the directory stays taken, or its owner serves it
+        (naming the address to use instead).
     """
-    store = await _acquire(directory, watcher, writer=writer, timeout_s=timeout_s, notice=notice)
-    try:
-        yield store
-    finally:
-        await store.aclose()
+    async with claim_waiting(
+        directory, watcher, writer=writer, timeout_s=timeout_s, notice=notice
+    ) as claimed:
+        if isinstance(claimed, Served):
+            raise click.ClickException(served_message(claimed))
+        yield claimed
 
 
 async def _acquire(
     directory: Path, watcher: LockWatcher, *, writer: bool, timeout_s: float, notice: bool
-) -> Store:
+) -> Store | Served:
     started = anyio.current_time()
     deadline = started + timeout_s
     notice_at = started + LOCK_NOTICE_S if notice else math.inf
     while True:
+        served = await find_served(directory)
+        if served is not None:
+            return served
         if not watcher.held_elsewhere():
             # No await between the look and the store's own lock: nothing of ours runs
             # in between, though another process may still come first.
@@ -133,6 +175,14 @@ def busy_message(directory: Path, waited_s: float) -> str:
     )
 
 
+def served_message(served: Served) -> str:
+    """Say that ``served``'s directory is in use by a process that serves it, and where."""
+    return (
+        f"data directory {served.directory} is in use by {served.owner()}, which serves it "
+        f"at {served.bootstrap}: use the log there (--bootstrap {served.bootstrap})"
+    )
+
+
 def waiting_message(directory: Path, timeout_s: float) -> str:
     """Say that this command waits for ``directory``: for whom, and for how long."""
     who, _ = _who(directory)
@@ -157,6 +207,29 @@ def check_exists(directory: Path) -> None:
         )
 
 
+def watch(directory: Path) -> LockWatcher:
+    """Return a watcher of ``directory``'s lock and of its owner's announcements."""
+    return LockWatcher(directory, LOCK_FILE, ADDRESS_FILE)
+
+
+@contextlib.asynccontextmanager
+async def claimed(
+    directory: Path, *, writer: bool, create: bool = False
+) -> AsyncIterator[Store | Served]:
+    """Open the store in ``directory``, or find the owner that serves it (see
+    :func:`claim_waiting`).
+
+    :param create: create the directory when missing (otherwise that is an error).
+    """
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        check_exists(directory)
+    with watch(directory) as watcher:
+        async with claim_waiting(directory, watcher, writer=writer) as claim:
+            yield claim
+
+
 @contextlib.asynccontextmanager
 async def locked_store(
     directory: Path, *, writer: bool, create: bool = False
@@ -169,6 +242,6 @@ async def locked_store(
         directory.mkdir(parents=True, exist_ok=True)
     else:
         check_exists(directory)
-    with LockWatcher(directory, LOCK_FILE) as watcher:
+    with watch(directory) as watcher:
         async with open_waiting(directory, watcher, writer=writer) as store:
             yield store

@@ -23,6 +23,7 @@ import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
+from anyio.from_thread import check_cancelled
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from headwater.broker import BrokerResponseError
@@ -40,8 +41,8 @@ from ._kafka_client import (
     runs,
 )
 from ._kafka_groups import KafkaGroups, read_group
-from ._local import not_found, out_of_range
 from ._start import Start
+from ._store_reads import not_found, out_of_range
 
 #: Kafka's default ``max.message.bytes``; the broker checks the topic's own.
 DEFAULT_MAX_MESSAGE_BYTES = 1048588
@@ -51,21 +52,33 @@ class KafkaAccess:
     """A log behind a Kafka-protocol broker (see the module docstring).
 
     :param bootstrap: ``HOST:PORT`` of a broker of the cluster.
+    :param description: what to call it in messages (default: ``the broker at HOST:PORT``).
     :raises click.BadParameter: if it is not ``HOST:PORT``.
     """
 
-    def __init__(self, bootstrap: str) -> None:
-        self.cluster = Cluster(bootstrap)
+    def __init__(self, bootstrap: str, description: str | None = None) -> None:
+        self.cluster = Cluster(bootstrap, description)
 
     @property
     def description(self) -> str:
-        """``the broker at HOST:PORT``."""
+        """``the broker at HOST:PORT``, or the description given."""
         return self.cluster.description
 
     @contextlib.asynccontextmanager
-    async def writer(self, topic: str) -> AsyncIterator[TopicWriter]:
-        """Look ``topic`` up, then produce to it (see :meth:`LogAccess.writer`)."""
+    async def writer(
+        self, topic: str, *, delivery_timeout_s: float | None = None
+    ) -> AsyncIterator[TopicWriter]:
+        """Look ``topic`` up, then produce to it (see :meth:`LogAccess.writer`).
+
+        ``delivery_timeout_s`` bounds how long a record may wait for the broker to take
+        it (librdkafka's ``message.timeout.ms``; by default its own, five minutes).
+        """
         cluster = self.cluster
+        timeout = (
+            {}
+            if delivery_timeout_s is None
+            else {"message.timeout.ms": int(delivery_timeout_s * 1000)}
+        )
         probe = cluster.reader_consumer()
         try:
             partitions = await blocking(cluster.partition_count, probe, topic)
@@ -79,6 +92,7 @@ class KafkaAccess:
                     "acks": "all",
                     "partitioner": "murmur2_random",
                     "linger.ms": 5,
+                    **timeout,
                 }
             )
         )
@@ -95,8 +109,15 @@ class KafkaAccess:
         start: Start,
         follow: bool,
         sink: RecordSink,
+        positions: dict[int, int] | None = None,
     ) -> None:
-        """Deliver ``topic``'s records from ``start`` (see :meth:`LogAccess.read`)."""
+        """Deliver ``topic``'s records from ``start`` (see :meth:`LogAccess.read`).
+
+        ``positions`` (each partition's next offset) is updated as records are delivered;
+        given filled in, the read goes on from there instead of ``start``, following
+        every partition at once (a follower that reached the log another way before).
+        """
+        positions = {} if positions is None else positions
         cluster = self.cluster
         consumer = cluster.reader_consumer()
         try:
@@ -105,17 +126,16 @@ class KafkaAccess:
                 raise TopicNotFoundError(
                     f"topic {topic!r} has no partition {partition} (it has {count})"
                 )
-            indexes = list(range(count)) if partition is None else [partition]
-            bounds = await blocking(cluster.bounds, consumer, topic, indexes, start)
-            positions = {p: position for p, (position, _) in bounds.items()}
-            for p in indexes:
-                end = bounds[p][1]
-                if positions[p] < end and not sink.done():
-                    positions.update(
-                        await deliver(consumer, topic, {p: positions[p]}, {p: end}, sink)
-                    )
+            if not positions:
+                indexes = list(range(count)) if partition is None else [partition]
+                bounds = await blocking(cluster.bounds, consumer, topic, indexes, start)
+                positions.update({p: position for p, (position, _) in bounds.items()})
+                for p in indexes:
+                    end = bounds[p][1]
+                    if positions[p] < end and not sink.done():
+                        await deliver(consumer, topic, positions, [p], ends={p: end}, sink=sink)
             if follow and not sink.done():
-                await deliver(consumer, topic, positions, None, sink)
+                await deliver(consumer, topic, positions, list(positions), ends=None, sink=sink)
         finally:
             await finish(consumer.close)
 
@@ -192,24 +212,32 @@ class _KafkaWriter:
 
         producer, topic = self._producer, self._topic
         unkeyed = self._sticky.partition(topic, self.partitions) if partition is None else partition
-        for index, record in enumerate(records):
-            # -1: the murmur2 partitioner places the keyed records.
-            target = unkeyed if partition is not None or record.key is None else -1
-            while True:
-                try:
-                    producer.produce(
-                        topic,
-                        record.value,
-                        record.key,
-                        partition=target,
-                        headers=list(record.headers) or None,
-                        timestamp=record.timestamp or 0,
-                        on_delivery=functools.partial(delivered, index),
-                    )
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain it
-                    producer.poll(POLL_S)
-        producer.flush()
+        try:
+            for index, record in enumerate(records):
+                # -1: the murmur2 partitioner places the keyed records.
+                target = unkeyed if partition is not None or record.key is None else -1
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            record.value,
+                            record.key,
+                            partition=target,
+                            headers=list(record.headers) or None,
+                            timestamp=record.timestamp or 0,
+                            on_delivery=functools.partial(delivered, index),
+                        )
+                        break
+                    except BufferError:  # the local queue is full: let deliveries drain it
+                        producer.poll(POLL_S)
+                        check_cancelled()
+            while producer.flush(POLL_S):
+                check_cancelled()
+        except BaseException:
+            # Cancelled (the broker they went to is gone): what is queued will not be
+            # taken, and must not hold up closing the producer.
+            producer.purge()
+            raise
         if partition is None:
             self._sticky.batch_complete(topic, unkeyed, self.partitions)
 
@@ -218,17 +246,19 @@ async def deliver(
     consumer: Consumer,
     topic: str,
     positions: dict[int, int],
+    partitions: list[int],
+    *,
     ends: dict[int, int] | None,
     sink: RecordSink,
-) -> dict[int, int]:
-    """Assign ``positions`` and deliver records into ``sink``; return the new positions.
+) -> None:
+    """Assign ``partitions`` at their ``positions`` and deliver records into ``sink``,
+    moving ``positions`` past each delivery.
 
     With ``ends``, stop once every partition is at its end (or at the end of its log);
     without, go on until the sink is done or the task is cancelled.
     """
-    positions = dict(positions)
-    await blocking(consumer.assign, [TopicPartition(topic, p, o) for p, o in positions.items()])
-    pending = set(positions) if ends is None else {p for p in positions if positions[p] < ends[p]}
+    await blocking(consumer.assign, [TopicPartition(topic, p, positions[p]) for p in partitions])
+    pending = set(partitions) if ends is None else {p for p in partitions if positions[p] < ends[p]}
     while pending and not sink.done():
         messages = await blocking(poll_batch, consumer)
         for p, records, at_end in runs(messages, topic):
@@ -242,7 +272,6 @@ async def deliver(
                     break
             if ends is not None and (at_end or positions[p] >= ends[p]):
                 pending.discard(p)
-    return positions
 
 
 class _KafkaLookup:

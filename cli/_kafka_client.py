@@ -109,22 +109,24 @@ class Cluster:
     """The cluster behind ``bootstrap``: client configurations and topic lookups.
 
     :param bootstrap: ``HOST:PORT`` of a broker of the cluster.
+    :param description: what to call it in messages (default: ``the broker at HOST:PORT``).
     :raises click.BadParameter: if it is not ``HOST:PORT``.
     """
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, description: str | None = None) -> None:
         try:
             parse_address(bootstrap)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
         self.bootstrap = bootstrap
+        self._description = description or f"the broker at {bootstrap}"
         # Set from librdkafka's error callback (in whichever thread polls).
         self._unreachable: str | None = None
 
     @property
     def description(self) -> str:
-        """``the broker at HOST:PORT``."""
-        return f"the broker at {self.bootstrap}"
+        """``the broker at HOST:PORT``, or the description given."""
+        return self._description
 
     def config(self, **settings: Any) -> dict[str, Any]:
         """Return a librdkafka configuration for this cluster with ``settings``."""

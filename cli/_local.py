@@ -1,28 +1,33 @@
-"""The log commands over a data directory: the store and the group coordinator, in process.
+"""The log commands over a data directory: in this process, or through the directory's owner.
 
 Theory of operation
 -------------------
-One process owns a data directory at a time (see ``_datadir.py``), so every call opens
-the store, does its work and closes it: a writer for ``produce`` (for its whole run) and
-for a group member (to commit), a reader otherwise.
+Every call claims the directory (``_datadir.py``). Either nobody has it, and the call
+opens the store and does its work in this process (``_store_reads.py``), closing the
+store when done: a writer for ``produce`` (for its whole run) and for a group member (to
+commit), a reader otherwise. Or its owner serves it (an app, ``headwater broker``; see
+``_owner.py``), and the call works through the owner's address with the Kafka-protocol
+implementation (``_kafka.py``), exactly as ``--bootstrap`` would, without waiting. Or
+another command holds it for a moment, and the call waits for it to let go.
 
-A reader goes partition after partition from its start positions up to the high
-watermarks seen when it opened the store, in reads of ``READ_BYTES``, each read one
-delivery to the sink. To follow, it cannot hold the store and wait there: a
-``Partition.wait_for`` only wakes for appends made in this process, and other processes
-could not produce meanwhile. So once caught up it lets go of the directory, waits (on
-inotify, see ``_watch.py``) until a writer has used it, then takes it again and reads on
-from where it stopped.
+A reader that follows cannot hold the store and wait there when nobody serves the
+directory: a ``Partition.wait_for`` only wakes for appends made in this process, and
+other processes could not produce meanwhile. So once caught up it lets go of the
+directory, waits (on inotify, see ``_watch.py``) until a writer has used it or an owner
+has announced itself, then claims it again and reads on from where it stopped. Through an
+owner it follows live, as any Kafka consumer does, until the owner goes away (stopped or
+killed: :func:`~headwater.cli._owner.while_served`); then it claims the directory again
+and goes on from the positions it had reached, in this process or through the next
+owner. A group member goes on from the group's committed offsets the same way.
 
-Damage does not stop a reader: a read that meets a damaged range gets every valid record
-before it, the range goes to the sink once (which offsets, where reading resumes), and
-reading goes on after it, in that partition and the next ones. A group member stops at
-damage instead: stepping over it would commit past records it never delivered.
+A group member in this process is the group's only live member (nobody else has the
+directory), so it reads what the group has not committed and commits each delivery once
+the sink took it. A group follower checks for news with a read-only open before it
+claims the directory to read, so that its own commits do not wake it in a loop.
 
-A group member is the group's only live member (one process uses the directory), so it
-reads what the group has not committed and commits each delivery once the sink took it.
-A group follower checks for news with a read-only open before it joins again, so that its
-own commits do not wake it in a loop.
+A writer through an owner stops at once with an error that says so when the owner goes
+away with records in flight (those acknowledged before stay acknowledged); a record is
+given ``OWNER_DELIVERY_S`` to be taken, whatever happens (the owner is on this machine).
 """
 
 from __future__ import annotations
@@ -31,39 +36,45 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from headwater.groups import Consumer, GroupConfig, GroupCoordinator, TopicPartition
-from headwater.store import (
-    CorruptRecordError,
-    NewRecord,
-    OffsetOutOfRangeError,
-    Partition,
-    Record,
-    Store,
-    parse_batch_header,
-    records_from,
-)
+from headwater.groups import GroupCoordinator
+from headwater.store import NewRecord, Store
 
 from ._access import GroupAdmin, RecordLookup, RecordSink, TopicWriter
-from ._datadir import LOCK_FILE, LOCK_WAIT_S, check_exists, locked_store, open_waiting
+from ._datadir import LOCK_WAIT_S, check_exists, claim_waiting, claimed, watch
 from ._local_groups import LocalGroups
+from ._owner import Served, while_served
 from ._start import Start
+from ._store_reads import (
+    StoreLookup,
+    StoreReader,
+    StoreWriter,
+    drain_group,
+    group_has_news,
+)
 from ._watch import LockWatcher
 
-READ_BYTES = 1 << 20
+if TYPE_CHECKING:
+    from ._kafka import KafkaAccess
 
-_Drain = Callable[[Store], Awaitable[None]]
+#: How long a record produced through the directory's owner may wait to be taken.
+OWNER_DELIVERY_S = 15.0
+
+_Local = Callable[[Store], Awaitable[None]]
+_Remote = Callable[["KafkaAccess"], Awaitable[None]]
 _News = Callable[[Store], Awaitable[bool]]
 
 
-def start_position(start: Start, partition: Partition) -> int:
-    """Return where ``start`` begins in ``partition``."""
-    at_time = partition.offset_for_time(start.value) if start.kind == "time" else None
-    return start.position(partition.log_start_offset, partition.high_watermark, at_time)
+def through(served: Served) -> KafkaAccess:
+    """Return the Kafka-protocol access to the log ``served``'s owner serves."""
+    from ._kafka import KafkaAccess  # noqa: PLC0415 - keeps librdkafka out of local runs
+
+    return KafkaAccess(served.bootstrap, served.description)
 
 
 class LocalAccess:
-    """A data directory, reached by opening its store in this process.
+    """A data directory, reached by opening its store here or through its owner.
 
     :param directory: the data directory.
     """
@@ -78,11 +89,18 @@ class LocalAccess:
 
     @contextlib.asynccontextmanager
     async def writer(self, topic: str) -> AsyncIterator[TopicWriter]:
-        """Open the store for writing ``topic`` (see :meth:`LogAccess.writer`)."""
-        async with locked_store(self.directory, writer=True) as store:
-            writer = _StoreWriter(store, topic)
-            await store.append(topic, [])  # refuses an internal topic before any input
-            yield writer
+        """Open ``topic`` for appending (see :meth:`LogAccess.writer`)."""
+        check_exists(self.directory)
+        with watch(self.directory) as watcher:
+            async with claim_waiting(self.directory, watcher, writer=True) as claim:
+                if isinstance(claim, Served):
+                    access = through(claim)
+                    async with access.writer(topic, delivery_timeout_s=OWNER_DELIVERY_S) as w:
+                        yield _OwnerWriter(w, claim, watcher)
+                    return
+                store_writer = StoreWriter(claim, topic)
+                await claim.append(topic, [])  # refuses an internal topic before any input
+                yield store_writer
 
     async def read(
         self,
@@ -94,29 +112,44 @@ class LocalAccess:
         sink: RecordSink,
     ) -> None:
         """Deliver ``topic``'s records from ``start`` (see :meth:`LogAccess.read`)."""
-        reader = _Reader(topic, partition, sink)
+        positions: dict[int, int] = {}  # shared by every way the read goes
+        reader = StoreReader(topic, partition, sink, positions)
 
-        async def drain(store: Store) -> None:
+        async def local(store: Store) -> None:
             await reader.drain(store, start)
 
-        await self._follow(drain, follow, sink, news=None)
+        async def remote(access: KafkaAccess) -> None:
+            await access.read(
+                topic,
+                partition=partition,
+                start=start,
+                follow=follow,
+                sink=sink,
+                positions=positions,
+            )
+
+        await self._follow(local, remote, follow, sink, news=None)
 
     async def read_group(
         self, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
     ) -> None:
-        """Read as the only live member of ``group`` (see :meth:`LogAccess.read_group`)."""
+        """Read as a member of ``group`` (see :meth:`LogAccess.read_group`)."""
 
-        async def drain(store: Store) -> None:
-            await _drain_group(store, topic, group, start, sink)
+        async def local(store: Store) -> None:
+            await drain_group(store, topic, group, start, sink)
+
+        async def remote(access: KafkaAccess) -> None:
+            await access.read_group(topic, group, start=start, follow=follow, sink=sink)
 
         async def news(store: Store) -> bool:
-            return await _group_has_news(store, topic, group, start)
+            return await group_has_news(store, topic, group, start)
 
-        await self._follow(drain, follow, sink, news=news, writer=True)
+        await self._follow(local, remote, follow, sink, news=news, writer=True)
 
     async def _follow(
         self,
-        drain: _Drain,
+        local: _Local,
+        remote: _Remote,
         follow: bool,
         sink: RecordSink,
         *,
@@ -125,209 +158,90 @@ class LocalAccess:
     ) -> None:
         directory = self.directory
         check_exists(directory)
-        # The watcher exists before the first read, so no writer that comes after is missed.
-        with LockWatcher(directory, LOCK_FILE) as watcher:
-            # Every command gives up on a directory that stays taken, a follower too: one
-            # that started while another process held the directory would print nothing
-            # until that process ended, maybe never. Once following, it waits as long as
-            # it takes.
-            async with open_waiting(directory, watcher, writer=writer, timeout_s=LOCK_WAIT_S) as s:
-                await drain(s)
-            while follow and not sink.done():
-                if not await watcher.wait():
-                    continue  # a reader let go: nothing new
-                if news is not None:
-                    # Our own commits count as writes: look before taking the directory.
-                    async with open_waiting(
-                        directory, watcher, writer=False, timeout_s=math.inf, notice=False
-                    ) as s:
-                        if not await news(s):
-                            continue
-                # A writer is done; take the directory (waiting while others hold it).
-                async with open_waiting(
-                    directory, watcher, writer=writer, timeout_s=math.inf, notice=False
-                ) as s:
-                    await drain(s)
+        # The watcher exists before the first look, so no writer or owner that comes
+        # after is missed.
+        with watch(directory) as watcher:
+            # Every command gives up on a directory that stays taken (and not served),
+            # a follower too: one that started while another process held the directory
+            # would print nothing until that process ended, maybe never. Once reading, it
+            # waits as long as it takes.
+            timeout_s, notice = LOCK_WAIT_S, True
+            while True:
+                async with claim_waiting(
+                    directory, watcher, writer=writer, timeout_s=timeout_s, notice=notice
+                ) as claim:
+                    timeout_s, notice = math.inf, False
+                    if isinstance(claim, Served):
+                        if await while_served(claim, watcher, lambda: remote(through(claim))):
+                            return
+                        continue  # the owner went away: on from where it stopped
+                    await local(claim)
+                if not follow or sink.done():
+                    return
+                await _news(directory, watcher, news)
 
     @contextlib.asynccontextmanager
     async def lookup(self) -> AsyncIterator[RecordLookup]:
-        """Open the store read-only for single records."""
-        async with locked_store(self.directory, writer=False) as store:
-            yield _StoreLookup(store)
+        """Open the log for single records: the store read-only, or through its owner."""
+        async with claimed(self.directory, writer=False) as claim:
+            if isinstance(claim, Served):
+                async with through(claim).lookup() as lookup:
+                    yield lookup
+            else:
+                yield StoreLookup(claim)
 
     @contextlib.asynccontextmanager
     async def groups(self, *, writer: bool) -> AsyncIterator[GroupAdmin]:
-        """Open the store and the group coordinator over it."""
-        async with (
-            locked_store(self.directory, writer=writer) as store,
-            GroupCoordinator(store) as coordinator,
-        ):
-            yield LocalGroups(store, coordinator)
+        """Open the log's consumer groups: the group coordinator over the store, or through
+        the owner (whose groups have their live members)."""
+        async with claimed(self.directory, writer=writer) as claim:
+            if isinstance(claim, Served):
+                async with through(claim).groups(writer=writer) as admin:
+                    yield admin
+                return
+            async with GroupCoordinator(claim) as coordinator:
+                yield LocalGroups(claim, coordinator)
 
 
-class _StoreWriter:
-    def __init__(self, store: Store, topic: str) -> None:
-        self._store = store
-        self._topic = topic
-        self.partitions = len(store.partitions(topic))
-        self.max_message_bytes = store.topic_config(topic).max_message_bytes
+async def _news(directory: Path, watcher: LockWatcher, news: _News | None) -> None:
+    """Wait until there may be something new to read: a writer let go of the directory
+    (and, for a group, the group has records past its commits), or an owner announced
+    itself."""
+    while True:
+        if not await watcher.wait():
+            continue  # a reader let go: nothing new
+        if news is None:
+            return
+        # Our own commits count as writes: look before claiming the directory to read.
+        async with claim_waiting(
+            directory, watcher, writer=False, timeout_s=math.inf, notice=False
+        ) as claim:
+            if isinstance(claim, Served) or await news(claim):
+                return
+
+
+class _OwnerWriter:
+    """Appends through the directory's owner; stops at once when the owner goes away."""
+
+    def __init__(self, writer: TopicWriter, served: Served, watcher: LockWatcher) -> None:
+        self._writer = writer
+        self._served = served
+        self._watcher = watcher
+        self.partitions = writer.partitions
+        self.max_message_bytes = writer.max_message_bytes
 
     async def append(
         self, records: Sequence[NewRecord], partition: int | None
     ) -> list[tuple[int, int]]:
-        return await self._store.append(self._topic, records, partition=partition)
+        placed: list[tuple[int, int]] = []
 
+        async def work() -> None:
+            placed.extend(await self._writer.append(records, partition))
 
-class _StoreLookup:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+        if not await while_served(self._served, self._watcher, work):
+            from headwater.broker import BrokerError  # noqa: PLC0415 - loaded with _kafka.py
 
-    async def record(self, topic: str, partition: int, offset: int) -> Record | str:
-        store = self._store
-        if not store.has_topic(topic):
-            return f"no topic {topic!r} (deleted?)"
-        partitions = store.partitions(topic)
-        if partition >= len(partitions):
-            return f"topic {topic!r} has no partition {partition} (it has {len(partitions)})"
-        log = partitions[partition]
-        try:
-            records = await log.read_records(offset, 1 << 16)
-        except OffsetOutOfRangeError:
-            return out_of_range(topic, partition, offset, log.log_start_offset, log.high_watermark)
-        if not records or records[0].offset != offset:
-            return not_found(topic, partition, offset)
-        return records[0]
-
-
-def out_of_range(topic: str, partition: int, offset: int, start: int, end: int) -> str:
-    """Why there is no record at ``offset``: it is outside ``[start, end)``."""
-    return (
-        f"no record at {topic}/{partition}/{offset}: the partition holds offsets "
-        f"{start} to {end - 1} (removed by retention?)"
-    )
-
-
-def not_found(topic: str, partition: int, offset: int) -> str:
-    """Why there is no record at ``offset`` inside the log."""
-    return f"no record at {topic}/{partition}/{offset} (removed by compaction, or never written)"
-
-
-class _Reader:
-    """What is delivered so far: the next offset of each partition."""
-
-    def __init__(self, topic: str, partition: int | None, sink: RecordSink) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.sink = sink
-        self.positions: dict[int, int] | None = None
-        #: Damaged ranges stepped over, as (partition, file, position): each told once.
-        self._reported: set[tuple[int, str, int]] = set()
-
-    def _partitions(self, store: Store) -> list[Partition]:
-        if self.partition is not None:
-            return [store.partition(self.topic, self.partition)]
-        return store.partitions(self.topic)
-
-    async def drain(self, store: Store, start: Start) -> None:
-        """Deliver every record from the positions up to the current high watermarks."""
-        partitions = self._partitions(store)
-        if self.positions is None:
-            self.positions = {p.index: start_position(start, p) for p in partitions}
-        for partition in partitions:
-            self.positions[partition.index] = await self._drain_one(
-                partition, self.positions.get(partition.index, 0)
+            raise BrokerError(
+                f"{self._served.description} stopped while records were being written to it"
             )
-            if self.sink.done():
-                break
-
-    async def _drain_one(self, partition: Partition, position: int) -> int:
-        # Retention may have removed what we had not read yet: go on from what is left.
-        position = max(position, partition.log_start_offset)
-        end = partition.high_watermark
-        while position < end and not self.sink.done():
-            try:
-                data = await partition.read(position, READ_BYTES)
-            except CorruptRecordError as exc:
-                position = self._step_over(partition, exc, position)
-                continue
-            if not data:
-                break
-            records = [r for r in records_from(data, position) if r.offset < end]
-            taken = self.sink.write(partition.index, records)
-            if taken < len(records):
-                return records[taken].offset
-            position = max(_next_offset(data), position)
-        return position
-
-    def _step_over(self, partition: Partition, exc: CorruptRecordError, position: int) -> int:
-        """Tell the sink of the damaged range ``exc`` names (once); return where to read on.
-
-        :raises CorruptRecordError: if the error does not say where reading can resume.
-        """
-        damage = exc.damage
-        if damage is None or damage.resume_offset is None or damage.resume_offset <= position:
-            raise exc
-        key = (partition.index, damage.path, damage.position)
-        if key not in self._reported:
-            self._reported.add(key)
-            self.sink.damaged(partition.index, str(exc))
-        return damage.resume_offset
-
-
-def _next_offset(data: bytes) -> int:
-    """Return the offset after the last batch in ``data`` (whole batches)."""
-    position, next_offset = 0, 0
-    while position < len(data):
-        header = parse_batch_header(data, position)
-        next_offset = header.base_offset + header.last_offset_delta + 1
-        position += header.batch_length + 12
-    return next_offset
-
-
-async def _drain_group(
-    store: Store, topic: str, group: str, start: Start, sink: RecordSink
-) -> None:
-    """Deliver, as a member of ``group``, what it has not committed; commit as delivered."""
-    # The only member: no initial rebalance delay is needed to wait for others.
-    solo = GroupConfig(initial_rebalance_delay_ms=0)
-    async with GroupCoordinator(store, config=solo) as coordinator:
-        members: list[Consumer] = []
-
-        def start_uncommitted(partitions: list[TopicPartition]) -> None:
-            committed = coordinator.committed(group)
-            for tp in partitions:
-                if tp not in committed:
-                    position = start_position(start, store.partition(tp.topic, tp.partition))
-                    members[0].seek(tp, position)
-
-        consumer = coordinator.consumer(
-            group,
-            [topic],
-            on_assigned=start_uncommitted,
-            client_id="headwater-consume",
-            max_bytes=READ_BYTES,
-        )
-        members.append(consumer)
-        async with consumer:
-            batches = aiter(consumer)
-            # This is the group's only live member: nothing arrives while it runs.
-            while not sink.done() and any(consumer.lag().values()):
-                batch = await anext(batches)
-                records = batch.records
-                taken = sink.write(batch.partition, records)
-                if taken < len(records):
-                    consumer.seek(batch.topic_partition, records[taken].offset)
-                await consumer.commit()
-            await consumer.commit()  # where nothing was delivered: the start from --from
-
-
-async def _group_has_news(store: Store, topic: str, group: str, start: Start) -> bool:
-    """Whether ``topic`` has records past ``group``'s committed offsets (or ``start``)."""
-    async with GroupCoordinator(store) as coordinator:
-        committed = coordinator.committed(group)
-    for partition in store.partitions(topic):
-        offset = committed.get(TopicPartition(topic, partition.index))
-        position = start_position(start, partition) if offset is None else offset.offset
-        if position < partition.high_watermark:
-            return True
-    return False
+        return placed

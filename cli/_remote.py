@@ -1,5 +1,7 @@
 """``headwater topics ... --bootstrap HOST:PORT``: the same commands against a running broker.
 
+They also serve a data directory that its owner serves (an app, ``headwater broker``):
+the commands then work through the owner's address, and say so with the directory's name.
 The commands speak the Kafka protocol (:class:`~headwater.broker.AdminClient`: the
 codec over a plain socket, no client library), so they work against ``headwater broker``
 -- which owns its data directory while it runs -- and against any Kafka cluster. Settings
@@ -81,15 +83,22 @@ def kafka_settings(pairs: Mapping[str, str], config: TopicConfig) -> dict[str, s
     return out
 
 
-def create(bootstrap: str, name: str, partitions: int, pairs: Mapping[str, str]) -> None:
-    """Create topic ``name`` on the broker."""
+def create(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    pairs: Mapping[str, str],
+    *,
+    where: str | None = None,
+) -> None:
+    """Create topic ``name`` on the broker (``where`` says which, for messages)."""
     config = TopicConfig.from_strings(pairs, TopicConfig(partitions=partitions))
     with admin_client(bootstrap) as client:
         client.create_topic(name, partitions, kafka_settings(pairs, config))
-    info(f"created topic {name!r} with {partitions} partition(s) on the broker at {bootstrap}")
+    info(f"created topic {name!r} with {partitions} partition(s) {_on(bootstrap, where)}")
 
 
-def alter(bootstrap: str, name: str, pairs: Mapping[str, str]) -> None:
+def alter(bootstrap: str, name: str, pairs: Mapping[str, str], *, where: str | None = None) -> None:
     """Change settings of topic ``name`` on the broker; ``KEY=`` sets the default again."""
     sets = {key: value for key, value in pairs.items() if value.strip()}
     resets = {key: value for key, value in pairs.items() if not value.strip()}
@@ -100,22 +109,22 @@ def alter(bootstrap: str, name: str, pairs: Mapping[str, str]) -> None:
     with admin_client(bootstrap) as client:
         client.alter_topic_config(name, changes)
     shown = ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in changes.items())
-    info(f"changed topic {name!r} on the broker at {bootstrap}: {shown}")
+    info(f"changed topic {name!r} {_on(bootstrap, where)}: {shown}")
 
 
-def delete(bootstrap: str, name: str) -> None:
+def delete(bootstrap: str, name: str, *, where: str | None = None) -> None:
     """Delete topic ``name`` on the broker."""
     with admin_client(bootstrap) as client:
         client.delete_topic(name)
-    info(f"deleted topic {name!r} on the broker at {bootstrap}")
+    info(f"deleted topic {name!r} {_on(bootstrap, where)}")
 
 
-def list_topics(bootstrap: str) -> None:
+def list_topics(bootstrap: str, *, where: str | None = None) -> None:
     """Print a table of the broker's topics (bytes are not known over the protocol)."""
     with admin_client(bootstrap) as client:
         described = client.describe_topics()
     if not described:
-        info(f"no topics on the broker at {bootstrap}")
+        info(f"no topics {_on(bootstrap, where)}")
         return
     table = Table("topic", "partitions", "records", "bytes", "durability", "retention_ms")
     for topic in described:
@@ -144,6 +153,11 @@ def describe(bootstrap: str, name: str) -> None:
     console = stdout_console()
     console.print(settings)
     console.print(offsets)
+
+
+def _on(bootstrap: str, where: str | None) -> str:
+    """``on the broker at HOST:PORT``, or ``in`` the place ``where`` names."""
+    return f"on the broker at {bootstrap}" if where is None else f"in {where}"
 
 
 def _records(topic: RemoteTopic) -> int:

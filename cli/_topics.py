@@ -11,8 +11,9 @@ from rich.table import Table
 from headwater.store import TopicConfig, TopicDescription, setting_keys
 
 from . import _remote
-from ._datadir import data_dir, data_option, locked_store, nested_data_directories
+from ._datadir import claimed, data_dir, data_option, nested_data_directories
 from ._output import info, stdout_console
+from ._owner import Served
 from ._remote import bootstrap_option
 from ._run import run_async
 from ._target import bootstrap_of
@@ -26,7 +27,8 @@ def topics(data: object) -> None:
     """Create, list, describe, alter and delete topics.
 
     Each command works on a data directory (--data), or on a running broker through the
-    Kafka protocol (--bootstrap HOST:PORT).
+    Kafka protocol (--bootstrap HOST:PORT). A data directory that an app or a broker is
+    using is reached through the address it serves it at.
     """
 
 
@@ -96,11 +98,17 @@ def create(
     config = TopicConfig.from_strings(pairs, TopicConfig(partitions=partitions))
     directory = data_dir(ctx)
 
-    async def body() -> None:
-        async with locked_store(directory, writer=True, create=True) as store:
-            await store.create_topic(name, config)
+    async def body() -> Served | None:
+        async with claimed(directory, writer=True, create=True) as claim:
+            if isinstance(claim, Served):
+                return claim
+            await claim.create_topic(name, config)
+            return None
 
-    run_async(body)
+    served = run_async(body)
+    if served is not None:
+        _remote.create(served.bootstrap, name, partitions, pairs, where=served.description)
+        return
     info(f"created topic {name!r} with {partitions} partition(s) in {directory}")
 
 
@@ -119,11 +127,16 @@ def list_(ctx: click.Context, data: object, bootstrap: str | None) -> None:
         info(f"no topics (no data directory at {directory})")
         return
 
-    async def body() -> list[TopicDescription]:
-        async with locked_store(directory, writer=False) as store:
-            return [store.describe_topic(name) for name in store.list_topics()]
+    async def body() -> list[TopicDescription] | Served:
+        async with claimed(directory, writer=False) as claim:
+            if isinstance(claim, Served):
+                return claim
+            return [claim.describe_topic(name) for name in claim.list_topics()]
 
     described = run_async(body)
+    if isinstance(described, Served):
+        _remote.list_topics(described.bootstrap, where=described.description)
+        return
     for nested in nested_data_directories(directory):
         # Its topics are not this directory's: say where to look, since a name is all
         # the user would otherwise see of it.
@@ -160,11 +173,16 @@ def describe(ctx: click.Context, name: str, data: object, bootstrap: str | None)
         return
     directory = data_dir(ctx)
 
-    async def body() -> TopicDescription:
-        async with locked_store(directory, writer=False) as store:
-            return store.describe_topic(name)
+    async def body() -> TopicDescription | Served:
+        async with claimed(directory, writer=False) as claim:
+            if isinstance(claim, Served):
+                return claim
+            return claim.describe_topic(name)
 
     d = run_async(body)
+    if isinstance(d, Served):
+        _remote.describe(d.bootstrap, name)
+        return
     settings = Table("setting", "value", title=f"topic {d.name}", title_justify="left")
     settings.add_row("partitions", str(len(d.partitions)))
     for key, value in d.config.to_strings().items():
@@ -212,14 +230,20 @@ def alter(
     changes = {key: (value if value.strip() else None) for key, value in pairs.items()}
     directory = data_dir(ctx)
 
-    async def body() -> tuple[TopicConfig, TopicConfig]:
-        async with locked_store(directory, writer=True) as store:
+    async def body() -> tuple[TopicConfig, TopicConfig] | Served:
+        async with claimed(directory, writer=True) as claim:
+            if isinstance(claim, Served):
+                return claim
             # Checked first, so that the refusal of an internal name says why.
-            store.altered_topic_config(name, changes)
-            before = store.topic_config(name)
-            return before, await store.alter_topic_config(name, changes)
+            claim.altered_topic_config(name, changes)
+            before = claim.topic_config(name)
+            return before, await claim.alter_topic_config(name, changes)
 
-    before, after = run_async(body)
+    altered = run_async(body)
+    if isinstance(altered, Served):
+        _remote.alter(altered.bootstrap, name, pairs, where=altered.description)
+        return
+    before, after = altered
     old, new = before.to_strings(), after.to_strings()
     changed = [f"{key} {old[key]} -> {new[key]}" for key in new if old[key] != new[key]]
     info(f"changed topic {name!r}: {', '.join(changed) or 'nothing (it had those settings)'}")
@@ -238,9 +262,15 @@ def delete(ctx: click.Context, name: str, data: object, bootstrap: str | None) -
         return
     directory = data_dir(ctx)
 
-    async def body() -> None:
-        async with locked_store(directory, writer=True) as store:
-            await store.delete_topic(name)
+    async def body() -> Served | None:
+        async with claimed(directory, writer=True) as claim:
+            if isinstance(claim, Served):
+                return claim
+            await claim.delete_topic(name)
+            return None
 
-    run_async(body)
+    served = run_async(body)
+    if served is not None:
+        _remote.delete(served.bootstrap, name, where=served.description)
+        return
     info(f"deleted topic {name!r}")

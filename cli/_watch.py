@@ -7,6 +7,10 @@ for writing and readers read-only, so closing it raises an inotify ``IN_CLOSE_WR
 event (data may have changed) or ``IN_CLOSE_NOWRITE`` (only the lock was freed). The
 kernel closes the file for a process that dies, so a crashed writer wakes followers too.
 
+An owner that serves the directory (see ``_owner.py``) announces its address by renaming
+a file into place; a watcher given that file's name wakes for it too (``IN_MOVED_TO``), so
+that a command waiting for the directory learns at once that it can connect instead.
+
 The inotify calls go through ctypes (the standard library has no binding) and the event
 loop waits on the inotify descriptor, so nothing polls. Where inotify is missing (not
 Linux), :class:`LockWatcher` falls back to checking every ``FALLBACK_INTERVAL_S``.
@@ -32,13 +36,15 @@ import anyio
 
 _IN_CLOSE_WRITE = 0x00000008
 _IN_CLOSE_NOWRITE = 0x00000010
+_IN_MOVED_TO = 0x00000080
 _IN_Q_OVERFLOW = 0x00004000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 FALLBACK_INTERVAL_S = 0.5
 
 
 def _inotify_fd(directory: Path) -> int | None:
-    """Return an inotify descriptor watching close events in ``directory``, or ``None``."""
+    """Return an inotify descriptor watching close and rename events in ``directory``, or
+    ``None``."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name, use_errno=True)
@@ -48,7 +54,7 @@ def _inotify_fd(directory: Path) -> int | None:
     fd: int = init(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:
         return None
-    mask = _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE
+    mask = _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE | _IN_MOVED_TO
     if add_watch(fd, os.fsencode(directory), mask) < 0:
         os.close(fd)
         return None
@@ -56,15 +62,17 @@ def _inotify_fd(directory: Path) -> int | None:
 
 
 class LockWatcher:
-    """Report when processes close ``file_name`` in ``directory``.
+    """Report when processes close ``file_name`` in ``directory``, or rename a file to
+    ``announce_name`` there (an owner announcing the address it serves the directory at).
 
     Create it *before* looking at the lock, so that no close in between is missed; close
     it with :meth:`close`. One task waits on it at a time.
     """
 
-    def __init__(self, directory: Path, file_name: str) -> None:
+    def __init__(self, directory: Path, file_name: str, announce_name: str | None = None) -> None:
         self._path = directory / file_name
         self._name = os.fsencode(file_name)
+        self._announce = None if announce_name is None else os.fsencode(announce_name)
         self._fd = _inotify_fd(directory)
         self._probe_fd: int | None = None
 
@@ -111,7 +119,8 @@ class LockWatcher:
         self.close()
 
     async def wait(self) -> bool:
-        """Wait until the file is closed by someone; return whether a writer closed it.
+        """Wait until the file is closed by someone, or an address is announced; return
+        whether there is something to look at: a writer closed the file, or an announcement.
 
         Without inotify this waits ``FALLBACK_INTERVAL_S`` and answers ``True``.
         """
@@ -139,7 +148,9 @@ class LockWatcher:
                     if mask & _IN_Q_OVERFLOW:
                         # Events were dropped: assume the worst.
                         closed = written = True
-                    elif name == self._name:
+                    elif name == self._name and mask & (_IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE):
                         closed = True
                         written = written or bool(mask & _IN_CLOSE_WRITE)
+                    elif name == self._announce and mask & _IN_MOVED_TO:
+                        closed = written = True
         return closed, written

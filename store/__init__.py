@@ -10,6 +10,11 @@ asynchronously by a :class:`Partition`::
         records = await store.partition("clicks", placed[0][0]).read_records(0, 1 << 20)
 """
 
+from ._address import ADDRESS_FILE as ADDRESS_FILE
+from ._address import ServedAddress as ServedAddress
+from ._address import clear_served_address as clear_served_address
+from ._address import served_address as served_address
+from ._address import write_served_address as write_served_address
 from ._batch import BatchHeader as BatchHeader
 from ._batch import TimestampType as TimestampType
 from ._batch import parse_batch_header as parse_batch_header
@@ -71,6 +76,7 @@ from ._topic_names import is_internal_topic as is_internal_topic
 from ._topic_names import validate_topic_name as validate_topic_name
 
 __all__ = (
+    "ADDRESS_FILE",
     "INTERNAL_PREFIX",
     "AppendInfo",
     "BatchHeader",
@@ -100,6 +106,7 @@ __all__ = (
     "RecordTooLargeError",
     "RepairAction",
     "RepairReport",
+    "ServedAddress",
     "StickyPartitioner",
     "StorageFullError",
     "Store",
@@ -111,6 +118,7 @@ __all__ = (
     "TopicNotFoundError",
     "UnsupportedCompressionError",
     "check_codec",
+    "clear_served_address",
     "decode_columns",
     "decode_records",
     "encode_batch",
@@ -127,7 +135,9 @@ __all__ = (
     "records_from",
     "repair_partition",
     "repair_topic",
+    "served_address",
     "setting_keys",
     "validate_topic_name",
     "verify_batch",
+    "write_served_address",
 )

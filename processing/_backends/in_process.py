@@ -12,6 +12,13 @@ the runtime reads each assigned partition itself (one task each), so one slow pa
 never holds up another. The consumer uses the range assignor, eagerly (see
 ``_tasks.py`` for why). Offsets are only ever read from and committed to the group's
 committed offsets (``__consumer_offsets``), with their metadata.
+
+The app owns its data directory while it runs, and serves it (``_serve.py``): a
+Kafka-protocol broker over the same store and the same group coordinator, on 127.0.0.1 at
+a port the OS picks, announced in the directory, started when the first client connects.
+Other processes -- the ``headwater`` commands, any Kafka client -- then read, write and
+join groups while the app runs instead of waiting for it to end. This is the one place
+processing reaches into ``headwater.broker``, and only once a client has come.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from headwater.store import (
 
 from .._encoding import OutRecords, encode_within
 from . import Membership, PartitionsHandler
+from ._serve import serving
 
 
 class _ConsumerMembership:
@@ -153,15 +161,22 @@ def default_data_dir() -> Path:
 
 
 @contextlib.asynccontextmanager
-async def open_in_process(data_dir: str | os.PathLike[str]) -> AsyncIterator[InProcessBackend]:
-    """Open the store at ``data_dir`` and a group coordinator over it, for a block.
+async def open_in_process(
+    data_dir: str | os.PathLike[str], *, serve: bool = True
+) -> AsyncIterator[InProcessBackend]:
+    """Open the store at ``data_dir`` and a group coordinator over it, for a block; with
+    ``serve``, also serve them to other processes (see ``_serve.py``).
 
-    Only this process can use the data directory meanwhile, so a group has one member
-    here: the coordinator is told not to wait for others before the first assignment.
+    The app's own group starts without waiting for other members (its first assignment is
+    at once); members that join through the served address later make it rebalance.
 
     :raises DataDirectoryLockedError: if another process has the directory open.
     """
     async with open_store(data_dir) as store:
         config = GroupConfig(initial_rebalance_delay_ms=0)
         async with GroupCoordinator(store, config=config) as coordinator:
-            yield InProcessBackend(store, coordinator)
+            if not serve:
+                yield InProcessBackend(store, coordinator)
+                return
+            async with serving(store, coordinator):
+                yield InProcessBackend(store, coordinator)

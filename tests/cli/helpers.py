@@ -1,10 +1,15 @@
-"""Helpers to run the real ``headwater`` command (the console script beside this interpreter)."""
+"""Helpers to run the real ``headwater`` command (the console script beside this interpreter),
+and an app under ``headwater run``."""
 
 from __future__ import annotations
 
 import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,3 +84,70 @@ class Log:
         end = args.index("--") if "--" in args else len(args)
         assert self.bootstrap is not None
         return [*args[:end], "--bootstrap", self.bootstrap, *args[end:]]
+
+
+class AppProcess:
+    """``headwater --data DATA run APP -v`` as a subprocess, serving its data directory.
+
+    :meth:`start` returns once the app has said it serves the directory (its log line,
+    read as it comes: no sleeping).
+    """
+
+    _SERVING = re.compile(r"serving data directory .* at (\S+)")
+
+    def __init__(self, data: Path, app: Path) -> None:
+        self.data = data
+        self.app = app
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bootstrap = ""
+        self._stderr = b""
+
+    def start(self, timeout_s: float = 60.0) -> AppProcess:
+        """Start the app and wait until it serves the directory."""
+        self.proc = subprocess.Popen(
+            [HEADWATER, "--data", str(self.data), "run", str(self.app), "-v"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env_without_data(),
+        )
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout_s
+        while (found := self._SERVING.search(self._stderr.decode(errors="replace"))) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"the app did not serve in time: {self._stderr!r}"
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                assert chunk, f"the app exited: {self._stderr!r}"
+                self._stderr += chunk
+        self.bootstrap = found[1]
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The app's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the app still runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30.0) -> tuple[int, str]:
+        """Signal the app and wait for it; return its exit status and everything it logged."""
+        assert self.proc is not None and self.proc.stderr is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            status = self.proc.wait(timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr += self.proc.stderr.read()
+        self.proc.stderr.close()
+        return status, self._stderr.decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the app (a crash) and reap it."""
+        self.stop(signal.SIGKILL)

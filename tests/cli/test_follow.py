@@ -11,7 +11,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import anyio
 import pytest
+
+from headwater.cli._datadir import LOCK_FILE
+from headwater.cli._watch import LockWatcher
 
 from .helpers import HEADWATER, Headwater
 
@@ -75,20 +79,34 @@ def test_follow_sees_records_produced_later(hw: Headwater, data: Path, signum: i
     assert len(hw("consume", "f").stdout.splitlines()) == 3
 
 
+def await_a_close(watcher: LockWatcher, timeout_s: float = 60.0) -> None:
+    """Wait (on inotify) until some process closes the watched lock file."""
+
+    async def wait() -> None:
+        with anyio.fail_after(timeout_s):
+            await watcher.wait()
+
+    anyio.run(wait, backend="trio")
+
+
 def test_follow_stops_after_max(hw: Headwater, data: Path) -> None:
     assert hw("topics", "create", "f").returncode == 0
-    follower = Follower(data, "f", "--from", "latest", "--max", "2")
-    try:
-        # Produce until the follower has started and sees them (its start is not observable).
-        for n in range(1000):
-            assert hw("produce", "f", input=json.dumps({"n": n}) + "\n").returncode == 0
-            if follower.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        status, stderr = follower.stop(None)
-    finally:
-        if follower.proc.poll() is None:
-            follower.stop(signal.SIGKILL)
+    assert hw("produce", "f", input='{"n": -1}\n').returncode == 0  # before: not from latest
+    with LockWatcher(data, LOCK_FILE) as watcher:
+        follower = Follower(data, "f", "--from", "latest", "--max", "2")
+        try:
+            # The follower has read the directory (it knows where "latest" is) once it lets
+            # go of it: the first close of the lock file since it started. Producing only
+            # then, no producer holds the directory while the follower starts.
+            await_a_close(watcher)
+            for n in range(2):
+                produced = hw("produce", "f", input=json.dumps({"n": n}) + "\n")
+                assert produced.returncode == 0, produced.stderr
+            assert [follower.next_line(), follower.next_line()] == [{"n": 0}, {"n": 1}]
+            status, stderr = follower.stop(None)  # it stops by itself after --max 2
+        finally:
+            if follower.proc.poll() is None:
+                follower.stop(signal.SIGKILL)
     assert (status, stderr) == (0, "")
 
 

@@ -40,3 +40,13 @@ def test_held_elsewhere_follows_a_lock_file_made_anew(tmp_path: Path) -> None:
             assert watcher.held_elsewhere()
         finally:
             os.close(fd)
+
+
+async def test_an_announcement_wakes_the_watcher(tmp_path: Path) -> None:
+    with LockWatcher(tmp_path, LOCK_FILE, ".address") as watcher:
+        (tmp_path / "other").write_text("x")
+        os.replace(tmp_path / "other", tmp_path / "elsewhere")  # not the announced name
+        assert watcher._read_events() == (False, False)  # nothing to look at
+        (tmp_path / ".address.tmp").write_text("{}")
+        os.replace(tmp_path / ".address.tmp", tmp_path / ".address")
+        assert await watcher.wait() is True

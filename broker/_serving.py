@@ -1,0 +1,116 @@
+"""The owner of a data directory serves it over the Kafka protocol.
+
+Theory of operation
+-------------------
+One process owns a data directory at a time: the store's ``flock`` on ``DATA/.lock``. An
+owner that runs for long -- an app (``App.run``, ``headwater run``), ``headwater broker``
+-- also serves the directory, so that other processes (the ``headwater`` commands, any
+Kafka client) use the log while it runs instead of waiting for it to end.
+:func:`serve_data_directory` starts a :class:`~headwater.broker.Broker` over the owner's
+open store and *its* group coordinator -- one coordinator per directory, so the owner's
+own consumers and remote members meet in the same groups -- by default on 127.0.0.1 at a
+port the OS picks (:func:`owner_config`), and once it listens announces the address it
+advertises in the directory's address file (``headwater.store``'s
+``write_served_address``; the file's format and how a stale one is told from a true one
+are described there). Leaving the block withdraws the address first, then stops the
+broker gracefully: requests in flight are answered, idle connections and waiting fetches
+end at once. The store and the coordinator stay open; they are the caller's, and the
+caller lets go of the lock only after this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from anyio.abc import Listener, SocketStream
+
+from headwater.groups import GroupCoordinator
+from headwater.store import Store, clear_served_address, write_served_address
+
+from ._config import BrokerConfig, Node
+from ._handlers_groups import GroupHandlers
+from ._server import Broker
+
+logger = logging.getLogger("headwater.broker")
+
+#: How long a graceful stop of an owner's broker waits for requests in flight.
+_SHUTDOWN_GRACE_S = 5.0
+
+
+def owner_config() -> BrokerConfig:
+    """Return the settings of an owner's broker: 127.0.0.1, any free port, and no topics
+    created by a client's metadata request (a data directory's topics are made on purpose)."""
+    return BrokerConfig(
+        host="127.0.0.1", port=0, auto_create_topics=False, shutdown_grace_s=_SHUTDOWN_GRACE_S
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve_data_directory(
+    store: Store,
+    coordinator: GroupCoordinator,
+    config: BrokerConfig | None = None,
+    *,
+    listener: Listener[SocketStream] | None = None,
+) -> AsyncIterator[Broker]:
+    """Serve ``store`` (and ``coordinator``'s groups) over the Kafka protocol for a block,
+    announced in the data directory.
+
+    ``store`` must be open for writing by this process (it holds the directory's lock);
+    ``config`` defaults to :func:`owner_config`. Given a ``listener`` already bound (and
+    announced by the caller, who then also withdraws the address), the broker serves on
+    it and announces nothing. Leaving the block withdraws the address, then stops the
+    broker gracefully (within the config's ``shutdown_grace_s``); cancelling it stops the
+    broker at once. An error of the block is raised as it is.
+
+    :raises OSError: if the address cannot be bound.
+    """
+    broker = Broker(
+        store, config or owner_config(), extra_handlers=GroupHandlers(coordinator).table()
+    )
+    failure: Exception | None = None
+    listening = False
+    try:
+        async with anyio.create_task_group() as tg:
+            node: Node = await tg.start(functools.partial(broker.serve, listener=listener))
+            listening = True
+            announced = listener is None and _announce(store, node)
+            try:
+                yield broker
+            except Exception as exc:
+                # The block's own error, raised as it is once the broker has stopped
+                # (through the task group it would come out in an exception group).
+                failure = exc
+            finally:
+                if announced:
+                    clear_served_address(store.path)
+                broker.shutdown()
+    except BaseExceptionGroup as group:
+        bind_failed = not listening and len(group.exceptions) == 1
+        if bind_failed and isinstance(group.exceptions[0], OSError):
+            raise group.exceptions[0] from None  # as the caller expects: an OSError
+        raise
+    if failure is not None:
+        raise failure
+
+
+def _announce(store: Store, node: Node) -> bool:
+    """Write the address file; say so in the log and go on unannounced if it cannot be."""
+    host = f"[{node.host}]" if ":" in node.host else node.host
+    bootstrap = f"{host}:{node.port}"
+    try:
+        write_served_address(store.path, bootstrap)
+    except OSError as exc:
+        logger.warning(
+            "serving %s at %s, but could not say so in the directory (%s): other processes "
+            "will not find it there",
+            store.path,
+            bootstrap,
+            exc.strerror or exc,
+        )
+        return False
+    return True
