@@ -23,8 +23,11 @@ from headwater.processing import App, source_of
 from headwater.store import Record
 
 from ._access import RecordLookup
+from ._app_run import run_app as run_app_here
 from ._datadir import data_dir, data_option
+from ._metrics_http import metrics_option
 from ._output import info
+from ._progress import progress_shown
 from ._run import run_async
 from ._target import log_access, log_option
 
@@ -81,16 +84,26 @@ def _explicit_data_dir(ctx: click.Context) -> Path | None:
     help="Stop once every input partition is processed up to where it ended at the start.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log what the runtime does.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (--until-caught-up).")
+@metrics_option
 @data_option
 @click.pass_context
 def run_app(
-    ctx: click.Context, target: str, until_caught_up: bool, verbose: bool, data: Path | None
+    ctx: click.Context,
+    *,
+    target: str,
+    until_caught_up: bool,
+    verbose: bool,
+    quiet: bool,
+    metrics: tuple[str, int] | None,
+    data: Path | None,
 ) -> None:
     """Run the app in APP.PY until SIGINT/SIGTERM (or until caught up).
 
     The first signal stops it gracefully (finish the batches in hand, write, commit,
     leave the group); a second one stops it at once. The data directory is --data, else
-    the app's own, else $HEADWATER_DATA, else ./headwater-data.
+    the app's own, else $HEADWATER_DATA, else ./headwater-data. With --until-caught-up on
+    a terminal, a progress bar shows the records to go (--quiet: none).
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -99,7 +112,13 @@ def run_app(
     )
     app = load_app(target)
     directory = _explicit_data_dir(ctx)
-    stats = app.run(until_caught_up=until_caught_up, data_dir=directory)
+    stats = run_app_here(
+        app,
+        until_caught_up=until_caught_up,
+        data_dir=directory,
+        metrics=metrics,
+        show_progress=progress_shown(quiet),
+    )
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
         f" ({stats.skipped:,} skipped, {stats.dead_lettered:,} dead-lettered)"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, overload
 import anyio
 from anyio.abc import TaskStatus
 
+from headwater.groups import TopicPartition
 from headwater.store import HeadwaterError
 
 from ._backends import Backend
@@ -160,6 +161,12 @@ class App:
     def statistics(self) -> RunStatistics | None:
         """Return the counters of the current or last run (None before any)."""
         return None if self._runtime is None else self._runtime.statistics()
+
+    def progress(self) -> dict[TopicPartition, tuple[int, int]] | None:
+        """Return, for the current or last run, each input partition this worker processes
+        with its position and the end offset it had when the run started (a run until
+        caught up stops there); None before any run."""
+        return None if self._runtime is None else self._runtime.progress()
 
     async def run_async(
         self,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress, repeat
+from time import perf_counter
 from typing import Any, NamedTuple
 
 from headwater.store import Record, RecordColumns, partition_for_key
@@ -38,6 +39,7 @@ from ._lineage import (
     source_prefix,
     user_headers,
 )
+from ._metrics import OperatorCounts
 from ._operators import SinkStep, SourceStep, Step
 from ._serde import batch_serializer
 from ._tasks import Task, TaskId, TopicGroup
@@ -60,6 +62,8 @@ class Outcome:
     writes: list[Write]
     skipped: int
     dead_lettered: int
+    #: When processing the batch began (``perf_counter``; 0 for a tick of time).
+    started: float = 0.0
 
 
 _NOTHING = Outcome([], 0, 0)
@@ -78,11 +82,14 @@ class Pipeline:
         self._partitions = partitions
         self._live = graph.live_nodes()
         self._key_partitions: dict[tuple[int, bytes], int] = {}
+        #: Each operator's counts by node id, shared by the steps of every task.
+        self.counts: dict[int, OperatorCounts] = {}
 
     def task(self, task_id: TaskId, clock: Clock) -> Task:
         """Return a new task of this group with its own instance of every step."""
         assert task_id.group == self.group.id
         task = Task(task_id, self.group, clock, self._partitions)
+        task.counts = self.counts
         steps: dict[int, Step] = {}
 
         def build(node: Node) -> Step:
@@ -116,6 +123,7 @@ class Pipeline:
 
         :raises OperatorError: if a user function failed under the ``raise`` policy.
         """
+        started = perf_counter()
         ctx = Context(task, topic, partition, records)
         for root in task.roots[topic]:
             await root.start(ctx)
@@ -125,7 +133,7 @@ class Pipeline:
             while due := task.timers.due_stream(now):  # a timer may schedule a due one
                 for timer in due:
                     await timer.callback(ctx, now)
-        return self._outcome(ctx)
+        return self._outcome(ctx, started)
 
     async def advance(self, task: Task, now_ms: int) -> Outcome:
         """Run ``task``'s wall-time timers due at ``now_ms``; return what they emitted.
@@ -142,7 +150,7 @@ class Pipeline:
             due = task.timers.due_wall(now_ms)
         return self._outcome(ctx)
 
-    def _outcome(self, ctx: Context) -> Outcome:
+    def _outcome(self, ctx: Context, started: float = 0.0) -> Outcome:
         writes: dict[tuple[str, int], list[OutRecords]] = {}
         for sink, batches in ctx.outputs.items():
             assert isinstance(sink, SinkStep)
@@ -150,7 +158,7 @@ class Pipeline:
         if ctx.dead_letters:
             self._place_dead_letters(ctx, writes)
         merged = [Write(topic, p, _concat(parts)) for (topic, p), parts in writes.items()]
-        return Outcome(merged, ctx.skipped, len(ctx.dead_letters))
+        return Outcome(merged, ctx.skipped, len(ctx.dead_letters), started)
 
     def _place(
         self,
@@ -162,6 +170,7 @@ class Pipeline:
         values, keys, origins = _serialise(sink, batches, ctx)
         if not values:
             return
+        sink.counts.records_out += len(values)
         records = ctx.records
         timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None

@@ -68,12 +68,13 @@ from headwater.groups import (
     RebalanceInProgressError,
     TopicPartition,
 )
-from headwater.store import OffsetOutOfRangeError, StoreError
+from headwater.store import HeadwaterError, OffsetOutOfRangeError, StoreError
 
 from ._backends import Backend, Membership
 from ._clock import Clock, WallClock
 from ._config import AppConfig
 from ._graph import Graph, Role, plan_topics
+from ._metrics import PROCESSING_METRICS, OperatorCounts
 from ._pipeline import Outcome, Pipeline, Write
 from ._tasks import (
     PartitionState,
@@ -199,6 +200,20 @@ class Runtime:
         self._batches = self._commits = self._commit_failures = 0
         self._started = time.perf_counter()
         self._finished: float | None = None
+        #: Each partition's end offset when last looked up (for lag; see ``_watch_ends``).
+        self._ends: dict[TopicPartition, int] = {}
+        #: Each input partition's end offset when the run started.
+        self._targets: dict[TopicPartition, int] = {}
+        self._metrics = PROCESSING_METRICS.get()
+        if self._metrics is not None:
+            self._metrics.runtimes.add(self)
+            self._batch_seconds = self._metrics.batch_seconds.labels(name)
+            self._commit_seconds = self._metrics.commit_seconds.labels(name)
+
+    @property
+    def name(self) -> str:
+        """The app's name (its consumer group id)."""
+        return self._name
 
     def statistics(self) -> RunStatistics:
         """Return the counters so far."""
@@ -216,6 +231,34 @@ class Runtime:
     def tasks(self) -> dict[TaskId, Task]:
         """Return the tasks this worker runs now."""
         return {task_id: running.task for task_id, running in self._running.items()}
+
+    def operator_counts(self) -> dict[str, OperatorCounts]:
+        """Return what went through each operator so far, by its label (``#id kind ...``)."""
+        nodes = {node.id: node for node in self._graph.nodes}
+        return {
+            nodes[node_id].label: counts
+            for pipeline in self._pipelines.values()
+            for node_id, counts in sorted(pipeline.counts.items())
+        }
+
+    def progress(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Return each input partition processed now with its position and the end offset
+        it had when the run started (where a run until caught up stops with it)."""
+        return {
+            tp: (loop.state.position, self._targets[tp])
+            for tp, (_, loop) in self._loops.items()
+            if tp in self._targets
+        }
+
+    def task_lag(self) -> dict[str, int]:
+        """Return, per task run now, the records its partitions have yet to read, behind
+        the end offsets last looked up."""
+        lag: dict[str, int] = {}
+        for tp, (running, loop) in self._loops.items():
+            behind = max(self._ends.get(tp, loop.state.position) - loop.state.position, 0)
+            task = str(running.task.id)
+            lag[task] = lag.get(task, 0) + behind
+        return lag
 
     async def prepare(self) -> dict[str, int]:
         """Create the topics the graph needs and plan its tasks; return partition counts.
@@ -265,6 +308,8 @@ class Runtime:
             if topic not in internal
             for p in range(counts[topic])
         }
+        self._targets = targets
+        self._ends.update(targets)
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             async with self._backend.join(
@@ -278,6 +323,8 @@ class Runtime:
                 try:
                     await self._start_pending()
                     tg.start_soon(self._commit_periodically)
+                    if self._metrics is not None:
+                        tg.start_soon(self._watch_ends)
                     async with anyio.create_task_group() as waits:
 
                         async def finish_when_stopped() -> None:
@@ -429,6 +476,8 @@ class Runtime:
             self._notify_progress()
 
     def _count(self, outcome: Outcome, records_in: int) -> None:
+        if self._metrics is not None and outcome.started:
+            self._batch_seconds.observe(time.perf_counter() - outcome.started)
         self._records_in += records_in
         self._records_out += sum(w.records.count() for w in outcome.writes)
         self._skipped += outcome.skipped
@@ -478,7 +527,10 @@ class Runtime:
                     states.append(state)
             if not offsets:
                 return
+            started = time.perf_counter()
             await self._membership.commit(offsets, metadata)
+            if self._metrics is not None:
+                self._commit_seconds.observe(time.perf_counter() - started)
             self._commits += 1
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
@@ -513,6 +565,18 @@ class Runtime:
                 why,
                 cause,
             )
+
+    async def _watch_ends(self) -> None:
+        """Look up the end offsets of the partitions processed, every commit interval
+        (while metrics are on: the lag they give is read at scrape time)."""
+        interval = self._config.commit_interval_ms / 1000
+        while True:
+            for tp in list(self._loops):
+                try:
+                    self._ends[tp] = await self._backend.end_offset(*tp)
+                except HeadwaterError as exc:  # lag goes on from the last one known
+                    logger.debug("app %r: end offset of %s: %s", self._name, tp, exc)
+            await anyio.sleep(interval)
 
     # -- caught up -------------------------------------------------------------------------
 
