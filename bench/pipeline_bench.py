@@ -14,6 +14,12 @@ from run to run.
 
 Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile]``;
 with ``--profile`` one more run is profiled and its top entries printed.
+
+``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of runs, one with
+the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does; each
+such run then renders the registry once, as a scrape would, outside the timing) and one
+with them off, interleaved (on-off, then off-on, ...) so that the machine's drift weighs
+on both alike; it prints both medians and their ratio (target: on at most 3% slower).
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import orjson
+from prometheus_client import generate_latest
 
 from headwater.processing import App, RunStatistics
-from headwater.store import NewRecord, TopicConfig, open_store
+from headwater.store import NewRecord, TopicConfig, enable_metrics, metrics_registry, open_store
 
 PARTITIONS = 4
 SEED = 20240601
@@ -84,44 +92,62 @@ def w1(data: Path, name: str) -> App:
     return app
 
 
-def run_once(data: Path, name: str) -> tuple[float, int, int]:
-    """Run W1 as app ``name`` until caught up; return (seconds, records in, records out).
+class Measured(NamedTuple):
+    """One timed run: wall seconds, CPU seconds of the process (all its threads), records."""
 
-    The clock starts when ``App.run_async`` is called, inside the event loop (whose own
-    start-up is not the pipeline's work), and stops when it returns.
+    elapsed_s: float
+    cpu_s: float
+    records_in: int
+    records_out: int
+
+
+def run_once(data: Path, name: str, *, metrics: bool = False) -> Measured:
+    """Run W1 as app ``name`` until caught up; return what it took and did.
+
+    The clocks start when ``App.run_async`` is called, inside the event loop (whose own
+    start-up is not the pipeline's work), and stop when it returns.
     """
+    if metrics:
+        enable_metrics()
     app = w1(data, name)
 
-    async def timed() -> tuple[float, RunStatistics]:
-        started = time.perf_counter()
+    async def timed() -> tuple[float, float, RunStatistics]:
+        started, cpu = time.perf_counter(), time.process_time()
         stats = await app.run_async(until_caught_up=True)
-        return time.perf_counter() - started, stats
+        return time.perf_counter() - started, time.process_time() - cpu, stats
 
-    elapsed, stats = anyio.run(timed, backend="trio")
-    return elapsed, stats.records_in, stats.records_out
+    elapsed, cpu_s, stats = anyio.run(timed, backend="trio")
+    registry = metrics_registry()
+    if registry is not None:  # what a scrape renders: the run's counts must be there
+        text = generate_latest(registry).decode()
+        assert f'headwater_app_records_in_total{{app="{name}"}} {float(stats.records_in)}' in text
+    return Measured(elapsed, cpu_s, stats.records_in, stats.records_out)
 
 
-def run_in_worker(data: Path, name: str) -> tuple[float, int, int]:
+def run_in_worker(data: Path, name: str, *, metrics: bool = False) -> Measured:
     """Run W1 in a new worker process, as ``headwater run`` would; return its figures."""
     worker = subprocess.run(
-        [sys.executable, __file__, "--worker", str(data), name],
+        [sys.executable, __file__, "--worker", str(data), name, *(["--metrics"] * metrics)],
         check=True,
         capture_output=True,
         text=True,
     )
-    elapsed, records_in, records_out = orjson.loads(worker.stdout)
-    return elapsed, records_in, records_out
+    return Measured(*orjson.loads(worker.stdout))
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
-        print(orjson.dumps(run_once(Path(sys.argv[2]), sys.argv[3])).decode())
+        measured = run_once(Path(sys.argv[2]), sys.argv[3], metrics="--metrics" in sys.argv[4:])
+        print(orjson.dumps(tuple(measured)).decode())
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5, help="timed runs (each a new group)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the data dir")
     parser.add_argument("--profile", action="store_true", help="also profile one more run")
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="compare runs with metrics on and off"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
     data = root / "data"
@@ -130,9 +156,12 @@ def main() -> None:
         anyio.run(load, data, args.events, backend="trio")
         loaded_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
+        if args.metrics_cost:
+            compare_metrics(data, args.events, args.runs)
+            return
         rates = []
         for run in range(1, args.runs + 1):
-            elapsed, records_in, records_out = run_in_worker(data, f"w1-{run}")
+            elapsed, _, records_in, records_out = run_in_worker(data, f"w1-{run}")
             assert records_in == args.events, (records_in, args.events)
             rates.append(records_in / elapsed)
             print(
@@ -147,7 +176,7 @@ def main() -> None:
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            elapsed, records_in, _ = run_once(data, "w1-profiled")
+            elapsed, _, records_in, _ = run_once(data, "w1-profiled")
             profiler.disable()
             print(
                 f"\nprofiled run (slower under the profiler): {records_in / elapsed:,.0f} events/s"
@@ -155,6 +184,30 @@ def main() -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def compare_metrics(data: Path, events: int, runs: int) -> None:
+    """Run W1 ``runs`` times with metrics on and as many with them off, interleaved."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}  # CPU µs per event
+    for run in range(1, runs + 1):
+        order = (True, False) if run % 2 else (False, True)
+        for metrics in order:
+            measured = run_in_worker(data, f"w1-{run}-{metrics}", metrics=metrics)
+            assert measured.records_in == events, (measured.records_in, events)
+            rates[metrics].append(events / measured.elapsed_s)
+            cpu[metrics].append(measured.cpu_s / events * 1e6)
+            print(
+                f"W1 run {run}, metrics {'on ' if metrics else 'off'}: "
+                f"{rates[metrics][-1]:,.0f} events/s, {cpu[metrics][-1]:.2f} CPU µs/event"
+            )
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    print(
+        f"W1 median of {runs} runs each: metrics on {on:,.0f} events/s, off {off:,.0f} "
+        f"events/s, on/off = {on / off:.3f} (target >= 0.97); CPU per event on "
+        f"{cpu_on:.2f} µs, off {cpu_off:.2f} µs, on/off = {cpu_on / cpu_off:.3f}"
+    )
 
 
 if __name__ == "__main__":
