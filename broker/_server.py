@@ -29,6 +29,11 @@ store, which writes the clean-shutdown markers.
 
 The request dispatch is a table of handlers by API key (see ``_dispatch.py``); the
 broker advertises in ApiVersions exactly the APIs of that table.
+
+Metrics: the connections count the bytes they receive and send, always (plain integers in
+:meth:`Broker.statistics`); with the process's metrics on when the broker is made, each
+request is also counted by API and error code and timed from its decoding to its response
+being sent, once per request (see ``_metrics.py``).
 """
 
 from __future__ import annotations

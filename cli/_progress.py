@@ -8,10 +8,15 @@ stderr is not a terminal (a pipe, a file, a test), nothing is drawn.
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+import time
 from typing import Any
 
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
@@ -19,6 +24,7 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -60,3 +66,63 @@ def counting_progress(unit: str, *extra: ProgressColumn | str) -> Progress:
         *extra,
     ]
     return Progress(*columns, console=stderr_console(), auto_refresh=False)
+
+
+class InputProgress:
+    """A bar of the bytes read from an input file, with the records stored so far.
+
+    Use as a context manager (the bar is drawn inside it); :meth:`read` and :meth:`stored`
+    redraw it at most every :data:`REFRESH_S` seconds.
+    """
+
+    def __init__(self, total_bytes: int, what: str) -> None:
+        self._what = what
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            auto_refresh=False,
+        )
+        self._task = self._progress.add_task(what, total=total_bytes)
+        self._records = 0
+        self._drawn = 0.0
+
+    def __enter__(self) -> InputProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._draw(force=True)
+        self._progress.stop()
+
+    def read(self, size: int) -> None:
+        """Note ``size`` more bytes read."""
+        self._progress.advance(self._task, size)
+        self._draw()
+
+    def stored(self, count: int) -> None:
+        """Note ``count`` more records stored."""
+        self._records += count
+        self._progress.update(self._task, description=f"{self._what}: {self._records:,} records")
+        self._draw()
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._drawn >= REFRESH_S:
+            self._drawn = now
+            self._progress.refresh()
+
+
+def input_progress(fd: int, what: str, *, quiet: bool) -> InputProgress | None:
+    """Return a bar for reading the file open at ``fd``, or None: when not shown (see
+    :func:`progress_shown`), when stdout is the terminal too (the records' output would
+    tear the bar), or when ``fd`` is not a regular file (a pipe: no size to go by)."""
+    if not progress_shown(quiet) or sys.stdout.isatty():
+        return None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return InputProgress(max(status.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0), what)

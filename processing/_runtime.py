@@ -33,6 +33,12 @@ Backpressure and memory: a partition loop holds one batch (``max_batch_bytes`` o
 input) and its outputs; it reads the next batch only after the last one's outputs are
 durable, so a slow operator or a slow output slows reading, never buffers without bound.
 
+Metrics (``_metrics.py``): every operator counts the records that reach it and that it
+passes on, per batch; with the process's metrics on when the runtime is made, each
+batch's time from its task taking it to its outputs being durable and each commit's time
+are observed too, and the end offsets of the partitions processed are looked up every
+commit interval, for the lag of each task.
+
 Stopping: :meth:`Runtime.run` ends when its ``stop`` event is set (SIGINT/SIGTERM in
 ``App.run``) or, with ``until_caught_up``, when every input partition has been
 processed up to the end offset it had at the start (then, in turn, every repartition

@@ -7,6 +7,9 @@ client's bytes are otherwise stored as sent), and writes it at the end of the ac
 segment. Offsets are dense: every append covers ``[log_end_offset, log_end_offset + n)``.
 
 Writes reach the page cache at once; they become durable when ``flush`` fsyncs them.
+Each append counts its batch, records and bytes (``statistics()``, which the metrics
+read); each flush times its fsyncs, and the owner observes that time into the process's
+fsync histogram when metrics were on as the log was opened (see ``_store_metrics.py``).
 A flush runs in three steps so that its slow part can leave the event loop:
 ``prepare_flush`` (on the writer's side: note what to fsync), ``FlushPlan.execute`` (any
 thread: fsync the segments, write the indexes of rolled segments, fsync the directory,
