@@ -18,7 +18,6 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from headwater.groups import TopicPartition
 from headwater.processing import App, RunStatistics
 
 from ._metrics_http import serving_metrics
@@ -84,15 +83,13 @@ async def _show_progress(app: App) -> None:
     """Draw the records processed out of those to go, until cancelled."""
     progress = counting_progress("records")
     bar = progress.add_task(f"app {app.name!r}", total=None)
-    first: dict[TopicPartition, int] = {}
 
     def update() -> None:
         positions = app.progress() or {}
         done = total = 0
-        for tp, (position, end) in positions.items():
-            start = first.setdefault(tp, min(position, end))
-            total += end - start
-            done += min(position, end) - start
+        for start, position, end in positions.values():
+            total += max(end - start, 0)
+            done += max(min(position, end) - start, 0)
         description = f"app {app.name!r}: {len(positions)} partition(s)"
         progress.update(bar, total=total or None, completed=done, description=description)
         progress.refresh()

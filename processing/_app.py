@@ -24,7 +24,7 @@ from ._clock import Clock
 from ._config import AppConfig
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
-from ._runtime import RunStatistics, Runtime
+from ._runtime import PartitionProgress, RunStatistics, Runtime
 from ._serde import JSON, Serde
 from ._stream import Stream, check_partitions, check_topic
 
@@ -162,10 +162,10 @@ class App:
         """Return the counters of the current or last run (None before any)."""
         return None if self._runtime is None else self._runtime.statistics()
 
-    def progress(self) -> dict[TopicPartition, tuple[int, int]] | None:
-        """Return, for the current or last run, each input partition this worker processes
-        with its position and the end offset it had when the run started (a run until
-        caught up stops there); None before any run."""
+    def progress(self) -> dict[TopicPartition, PartitionProgress] | None:
+        """Return, for the current or last run, how far it got in each input partition it
+        processed (toward the end the partition had when the run started, where a run
+        until caught up stops); None before any run."""
         return None if self._runtime is None else self._runtime.progress()
 
     async def run_async(

@@ -54,6 +54,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -127,6 +128,16 @@ class RunStatistics:
     def records_per_s(self) -> float:
         """Input records processed per second of the run."""
         return self.records_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class PartitionProgress(NamedTuple):
+    """How far a run got in one input partition: from ``start_offset`` (where it began
+    reading) at ``position`` now, toward ``end_offset`` (the end when the run started,
+    where a run until caught up stops)."""
+
+    start_offset: int
+    position: int
+    end_offset: int
 
 
 class _Loop:
@@ -210,6 +221,8 @@ class Runtime:
         self._ends: dict[TopicPartition, int] = {}
         #: Each input partition's end offset when the run started.
         self._targets: dict[TopicPartition, int] = {}
+        #: Where each partition processed started, and its state (kept once given up).
+        self._states: dict[TopicPartition, tuple[int, PartitionState]] = {}
         self._metrics = PROCESSING_METRICS.get()
         if self._metrics is not None:
             self._metrics.runtimes.add(self)
@@ -247,12 +260,11 @@ class Runtime:
             for node_id, counts in sorted(pipeline.counts.items())
         }
 
-    def progress(self) -> dict[TopicPartition, tuple[int, int]]:
-        """Return each input partition processed now with its position and the end offset
-        it had when the run started (where a run until caught up stops with it)."""
+    def progress(self) -> dict[TopicPartition, PartitionProgress]:
+        """Return the progress of each input partition this run processed (or processes)."""
         return {
-            tp: (loop.state.position, self._targets[tp])
-            for tp, (_, loop) in self._loops.items()
+            tp: PartitionProgress(start, state.position, self._targets[tp])
+            for tp, (start, state) in self._states.items()
             if tp in self._targets
         }
 
@@ -381,6 +393,7 @@ class Runtime:
                 state = running.task.partitions[tp]
                 loop = _Loop(state)
                 running.loops[tp] = loop
+                self._states[tp] = (state.position, state)
                 self._loops[tp] = (running, loop)
                 logger.info(
                     "app %r: task %s processing %s/%d from offset %d",
