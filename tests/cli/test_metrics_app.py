@@ -23,6 +23,7 @@ from processing.helpers import load
 from prometheus_client.parser import text_string_to_metric_families
 
 from headwater.cli._metrics_http import serving_metrics
+from headwater.cli._top import _apps
 from headwater.processing import App
 from headwater.store import disable_metrics
 
@@ -174,6 +175,13 @@ def test_headwater_run_serves_its_metrics(tmp_path: Path) -> None:
             "filter": 34,
             "to": 34,
         }
+        # What headwater top --app-metrics reads of it, and of an address nobody serves.
+        apps, unreachable = anyio.run(_apps, [url, "http://127.0.0.1:1/metrics"])
+        [(name, app)] = apps.items()
+        assert name == "printer"
+        outs = {operator.split()[1]: counts[1] for operator, counts in app.operators.items()}
+        assert outs == {"source": 100, "peek": 100, "filter": 34, "to": 34}
+        assert list(unreachable) == ["http://127.0.0.1:1/metrics"]
     finally:
         proc.terminate()
         proc.wait(30)

@@ -11,7 +11,7 @@ import pytest
 from broker.running import BrokerProcess
 from rich.console import Console
 
-from headwater.cli._top_view import GroupSample, Sample, lag_trend, render
+from headwater.cli._top_view import AppSample, GroupSample, Sample, lag_trend, render
 from headwater.groups import TopicPartition
 
 from .tmux import Terminal
@@ -52,6 +52,26 @@ def test_rates_come_from_two_samples_and_lag_has_a_trend() -> None:
     [topic] = [line for line in first_frame.splitlines() if "clicks " in line and "│" in line]
     assert [cell.strip() for cell in topic.split("│")[4:-1]] == ["-", "-"]
     assert (lag_trend(5, 5), lag_trend(None, 3), lag_trend(3, None)) == ("=", "", "")
+
+
+def test_apps_show_per_operator_rates_and_task_lag() -> None:
+    before = AppSample({"#1 source numbers": (100, 100, 0, 0), "#2 map f": (100, 90, 10, 0)}, {})
+    after = AppSample(
+        {"#1 source numbers": (300, 300, 0, 0), "#2 map f": (300, 280, 20, 0)}, {"0_0": 42}
+    )
+    first = Sample(0.0, {}, {}, {"app": before})
+    second = Sample(4.0, {}, {}, {"app": after}, {"http://x/metrics": "refused"})
+    shown = text_of(second, first)
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in shown.splitlines()
+        if "#2 map" in line or "task 0_0" in line or "refused" in line
+    ]
+    assert rows == [
+        ["", "#2 map f", "50", "48", "20", "0", ""],
+        ["", "task 0_0", "", "", "", "", "42"],
+        ["http://x/metrics", "(metrics not read: refused)", "", "", "", "", ""],
+    ]
 
 
 @pytest.fixture
