@@ -353,7 +353,12 @@ def _fewer_gc_passes() -> Iterator[None]:
     """
     old = gc.get_threshold()
     gc.set_threshold(200_000, 100, 100)
+    # What exists before the run (modules, the app's graph) outlives it: kept out of the
+    # run's collections, which would otherwise walk it every time (more of it with more
+    # libraries loaded, such as the metrics').
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         gc.set_threshold(*old)
