@@ -53,8 +53,12 @@ package: $(STAMP)
 		--disable-pip-version-check $(DIST)/*.whl
 	cd $(SMOKE_VENV) && bin/python -I $(CURDIR)/tests/packaging/smoke.py $(CURDIR)
 
+# Two test processes keep both of CI's cores busy (most tests wait on a subprocess, a
+# socket or an fsync); each test file runs whole in one of them, so a file's fixtures are
+# built once. TEST_JOBS=0 runs the suite in this process.
+TEST_JOBS ?= 2
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --numprocesses=$(TEST_JOBS) --dist=loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis store/*.so

@@ -1,25 +1,34 @@
-"""End-to-end throughput of the processing runtime on the standard workload W1.
+"""End-to-end throughput of the processing runtime on the standard workloads W1 and W2.
 
 W1: N JSON events ``{"user": "u<0..9999>", "page": "/p/<0..99>", "ts": <epoch ms, ~1 ms
 apart>, "ms": <0..1000>}`` generated with a fixed seed and pre-loaded (unkeyed, spread
 evenly, timestamped when loaded, as a producer would) into a 4-partition topic; W1 filters
-``ms > 100``, adds ``"slow": ms > 500`` and writes an output topic. The figure is events/s
+``ms > 100``, adds ``"slow": ms > 500`` and writes an output topic. W2 reads the same
+events, filters ``ms > 100``, keys by user, and counts and sums ``ms`` per user in
+10-second tumbling event-time windows on ``ts`` (grace 0), emitting each window's final
+result to an output topic: a repartition topic, a state store with its changelog, and
+about one result per two events. The figure is events/s
 end to end for one worker process: from ``App.run_async(until_caught_up=True)``
 starting (store opened, topics created, group joined) until every input record is
 processed, its output durable and its offset committed. Loading is not timed.
 
-Each of ``--runs`` runs (5 by default) is a new worker process and a new consumer group
-reading the whole input; the median is the figure, since a shared machine's speed drifts
-from run to run.
+Each of ``--runs`` runs (5 by default) of each workload is a new worker process and a new
+consumer group reading the whole input, W1 and W2 interleaved; the medians are the
+figures, since a shared machine's speed drifts from run to run. Each worker reports its
+peak RSS. Then the restore of a 1,000,000-key store is timed: from its changelog into
+a memory store, into a disk store (an empty local copy), and from the disk store's
+local copy (current, so only the changelog's empty tail is read).
 
-Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile]``;
-with ``--profile`` one more run is profiled and its top entries printed.
+Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile W]
+[--only W1|W2] [--restore-keys N]``; with ``--profile W1`` (or ``W2``) one more run of
+that workload is profiled and its top entries printed.
 
-``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of runs, one with
-the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does; each
-such run then renders the registry once, as a scrape would, outside the timing) and one
-with them off, interleaved (on-off, then off-on, ...) so that the machine's drift weighs
-on both alike; it prints both medians and their ratio (target: on at most 3% slower).
+``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of W1 runs, one
+with the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does;
+each such run then renders the registry once, as a scrape would, outside the timing) and
+one with them off, interleaved (on-off, then off-on, ...) so that the machine's drift weighs
+on both alike. It prints both medians, their ratio and the median of each pair's ratio,
+for the rate and for the worker's CPU time per event (target: on at most 3% slower).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import cProfile
 import pstats
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,7 +52,12 @@ import orjson
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from headwater.processing import App, RunStatistics
+from headwater.processing import App, RunStatistics, open_in_process, windows
+from headwater.processing._pipeline import Pipeline
+from headwater.processing._stores import BYTES_KEYS, StoreKind, StoreSpec
+from headwater.processing._stores._changelog import StoreRegistry, restore
+from headwater.processing._tasks import TaskId, TopicGroup
+from headwater.processing._windowed import store_spec
 from headwater.store import NewRecord, TopicConfig, enable_metrics, metrics_registry, open_store
 
 PARTITIONS = 4
@@ -93,6 +108,46 @@ def w1(data: Path, name: str) -> App:
     return app
 
 
+def w2(data: Path, name: str) -> App:
+    """Return the W2 app on ``data``."""
+    app = App(name, data_dir=data)
+    clicks = app.stream("clicks")
+    (
+        clicks.filter(lambda e: e["ms"] > 100)
+        .key_by(lambda e: e["user"])
+        .window(windows.tumbling(seconds=10), timestamp=lambda e: e["ts"], grace_ms=0)
+        .aggregate(
+            initial=lambda: {"count": 0, "sum": 0},
+            add=lambda acc, e: {"count": acc["count"] + 1, "sum": acc["sum"] + e["ms"]},
+            name="per-user-10s",
+        )
+        .final()
+        .to(f"{name}-out")
+    )
+    return app
+
+
+WORKLOADS = {"W1": w1, "W2": w2}
+
+
+def run_once(data: Path, name: str, workload: str = "W1") -> tuple[float, int, int]:
+    """Run ``workload`` as app ``name`` until caught up; return (seconds, records in,
+    records out).
+
+    The clock starts when ``App.run_async`` is called, inside the event loop (whose own
+    start-up is not the pipeline's work), and stops when it returns.
+    """
+    app = WORKLOADS[workload](data, name)
+
+    async def timed() -> tuple[float, RunStatistics]:
+        started = time.perf_counter()
+        stats = await app.run_async(until_caught_up=True)
+        return time.perf_counter() - started, stats
+
+    elapsed, stats = anyio.run(timed, backend="trio")
+    return elapsed, stats.records_in, stats.records_out
+
+
 class Measured(NamedTuple):
     """One timed run: wall seconds, CPU seconds of the process (all its threads), records."""
 
@@ -102,12 +157,8 @@ class Measured(NamedTuple):
     records_out: int
 
 
-def run_once(data: Path, name: str, *, metrics: bool = False) -> Measured:
-    """Run W1 as app ``name`` until caught up; return what it took and did.
-
-    The clocks start when ``App.run_async`` is called, inside the event loop (whose own
-    start-up is not the pipeline's work), and stop when it returns.
-    """
+def run_metered(data: Path, name: str, *, metrics: bool) -> Measured:
+    """Run W1 as app ``name`` until caught up, with the process's metrics on or off."""
     if metrics:
         enable_metrics()
     app = w1(data, name)
@@ -130,76 +181,20 @@ def run_once(data: Path, name: str, *, metrics: bool = False) -> Measured:
     return Measured(elapsed, cpu_s, stats.records_in, stats.records_out)
 
 
-def run_in_worker(data: Path, name: str, *, metrics: bool = False) -> Measured:
-    """Run W1 in a new worker process, as ``headwater run`` would; return its figures."""
-    worker = subprocess.run(
-        [sys.executable, __file__, "--worker", str(data), name, *(["--metrics"] * metrics)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Measured(*orjson.loads(worker.stdout))
-
-
-def main() -> None:
-    if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
-        measured = run_once(Path(sys.argv[2]), sys.argv[3], metrics="--metrics" in sys.argv[4:])
-        print(orjson.dumps(tuple(measured)).decode())
-        return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs (each a new group)")
-    parser.add_argument("--dir", type=Path, default=None, help="where to put the data dir")
-    parser.add_argument("--profile", action="store_true", help="also profile one more run")
-    parser.add_argument(
-        "--metrics-cost", action="store_true", help="compare runs with metrics on and off"
-    )
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
-    data = root / "data"
-    try:
-        started = time.perf_counter()
-        anyio.run(load, data, args.events, backend="trio")
-        loaded_s = time.perf_counter() - started
-        print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
-        if args.metrics_cost:
-            compare_metrics(data, args.events, args.runs)
-            return
-        rates = []
-        for run in range(1, args.runs + 1):
-            elapsed, _, records_in, records_out = run_in_worker(data, f"w1-{run}")
-            assert records_in == args.events, (records_in, args.events)
-            rates.append(records_in / elapsed)
-            print(
-                f"W1 run {run} (filter ms > 100, map slow, to): {records_in:,} events in "
-                f"{elapsed:.2f} s = {rates[-1]:,.0f} events/s end to end "
-                f"({records_out:,} written)"
-            )
-        print(
-            f"W1 median of {len(rates)} runs: {statistics.median(rates):,.0f} events/s "
-            "(target >= 300,000)"
-        )
-        if args.profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            elapsed, _, records_in, _ = run_once(data, "w1-profiled")
-            profiler.disable()
-            print(
-                f"\nprofiled run (slower under the profiler): {records_in / elapsed:,.0f} events/s"
-            )
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def compare_metrics(data: Path, events: int, runs: int) -> None:
     """Run W1 ``runs`` times with metrics on and as many with them off, interleaved."""
     rates: dict[bool, list[float]] = {True: [], False: []}
     cpu: dict[bool, list[float]] = {True: [], False: []}  # CPU µs per event
     for run in range(1, runs + 1):
-        order = (True, False) if run % 2 else (False, True)
-        for metrics in order:
-            measured = run_in_worker(data, f"w1-{run}-{metrics}", metrics=metrics)
+        for metrics in (True, False) if run % 2 else (False, True):
+            worker = subprocess.run(
+                [sys.executable, __file__, "--metrics-worker", str(data),
+                 f"w1-{run}-{'on' if metrics else 'off'}", *(["--metrics"] * metrics)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )  # fmt: skip
+            measured = Measured(*orjson.loads(worker.stdout))
             assert measured.records_in == events, (measured.records_in, events)
             rates[metrics].append(events / measured.elapsed_s)
             cpu[metrics].append(measured.cpu_s / events * 1e6)
@@ -217,6 +212,156 @@ def compare_metrics(data: Path, events: int, runs: int) -> None:
         f">= 0.97); CPU per event on {cpu_on:.2f} µs, off {cpu_off:.2f} µs, on/off = "
         f"{cpu_on / cpu_off:.3f}, median of the pairs {paired_cpu:.3f}"
     )
+
+
+def peak_rss() -> int:
+    """Return this process's peak resident set size in bytes (``VmHWM``: its own, where
+    ``ru_maxrss`` would report the larger parent's, carried over the fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_in_worker(data: Path, name: str, workload: str) -> tuple[float, int, int, int]:
+    """Run ``workload`` in a new worker process, as ``headwater run`` would; return its
+    figures and its peak RSS in bytes."""
+    worker = subprocess.run(
+        [sys.executable, __file__, "--worker", str(data), name, workload],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    elapsed, records_in, records_out, rss = orjson.loads(worker.stdout)
+    return elapsed, records_in, records_out, rss
+
+
+async def restore_times(root: Path, keys: int) -> tuple[float, float, float]:
+    """Write a changelog of ``keys`` keys; return the seconds to restore it into a memory
+    store, into a disk store (an empty local copy), and from that disk store's local copy."""
+    data = root / "restore-data"
+    state = root / "restore-state"
+    app = App("restore", data_dir=data)
+    spec = store_spec(app, "counts", keys=BYTES_KEYS)
+    changelog = spec.changelog
+    async with open_in_process(data) as backend:
+        await backend.create_topic(changelog, 1, {"cleanup.policy": "compact"})
+        partition = backend.store.partition(changelog, 0)
+        rng = random.Random(SEED)
+        for start in range(0, keys, 20_000):
+            batch = [
+                NewRecord(
+                    orjson.dumps({"count": rng.randrange(100), "sum": rng.randrange(10**6)}),
+                    b'"u%d"' % i,
+                )
+                for i in range(start, min(start + 20_000, keys))
+            ]
+            await partition.append(batch)
+        group = TopicGroup(0, ("in",), 1, ())
+        pipeline = Pipeline(app.graph, group, {"in": 1})
+        figures = []
+        for kind in (StoreKind.MEMORY, StoreKind.DISK, StoreKind.DISK):
+            registry = StoreRegistry(state, "restore")
+            task = pipeline.task(TaskId(0, 0), WallClockLike(), registry)
+            task.open_store(StoreSpec(spec.name, changelog, kind, BYTES_KEYS))
+            started = time.perf_counter()
+            await restore(task, backend)
+            figures.append(time.perf_counter() - started)
+            store = task.stores[spec.name]
+            assert len(store) == keys, (kind, len(store))
+            registry.drop(task)
+        return figures[0], figures[1], figures[2]
+
+
+class WallClockLike:
+    """The machine's clock (what a task needs of a clock here)."""
+
+    def now_ms(self) -> int:
+        """Return the time in epoch ms."""
+        return time.time_ns() // 1_000_000
+
+    def seconds_until(self, deadline_ms: int) -> float:
+        """Return the seconds until ``deadline_ms``."""
+        return max(deadline_ms - self.now_ms(), 0) / 1000
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
+        figures = run_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
+        print(orjson.dumps([*figures, peak_rss()]).decode())
+        return
+    if sys.argv[1:2] == ["--metrics-worker"]:  # compare_metrics's child
+        measured = run_metered(Path(sys.argv[2]), sys.argv[3], metrics="--metrics" in sys.argv)
+        print(orjson.dumps(tuple(measured)).decode())
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (each a new group)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the data dir")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), default=None)
+    parser.add_argument("--profile", choices=sorted(WORKLOADS), default=None)
+    parser.add_argument("--restore-keys", type=int, default=1_000_000)
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="compare W1 with metrics on and off"
+    )
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
+    data = root / "data"
+    workloads = [args.only] if args.only else ["W1", "W2"]
+    try:
+        started = time.perf_counter()
+        anyio.run(load, data, args.events, backend="trio")
+        loaded_s = time.perf_counter() - started
+        print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
+        if args.metrics_cost:
+            compare_metrics(data, args.events, args.runs)
+            return
+        rates: dict[str, list[float]] = {w: [] for w in workloads}
+        peaks: dict[str, list[int]] = {w: [] for w in workloads}
+        for run in range(1, args.runs + 1):
+            for workload in workloads:  # interleaved: both see the same machine
+                name = f"{workload.lower()}-{run}"
+                elapsed, records_in, records_out, rss = run_in_worker(data, name, workload)
+                assert records_in >= args.events, (records_in, args.events)
+                rate = args.events / elapsed
+                rates[workload].append(rate)
+                peaks[workload].append(rss)
+                print(
+                    f"{workload} run {run}: {args.events:,} events in {elapsed:.2f} s = "
+                    f"{rate:,.0f} events/s end to end ({records_out:,} written, "
+                    f"peak RSS {rss / 2**20:,.0f} MiB)"
+                )
+        medians = {w: statistics.median(r) for w, r in rates.items() if r}
+        for workload, median in medians.items():
+            print(
+                f"{workload} median of {len(rates[workload])} runs: {median:,.0f} events/s, "
+                f"peak RSS {max(peaks[workload]) / 2**20:,.0f} MiB"
+            )
+        if len(medians) == 2:
+            print(f"W2 / W1 = {medians['W2'] / medians['W1']:.2f} (target >= 0.70)")
+        if args.restore_keys:
+            memory, disk, local = anyio.run(restore_times, root, args.restore_keys)
+            keys = args.restore_keys
+            print(
+                f"restore of a {keys:,}-key store: from its changelog into memory {memory:.2f} s"
+                f" (target <= 3 s), into a disk store {disk:.2f} s; from the disk store's "
+                f"local copy {local:.3f} s (target <= 0.5 s)"
+            )
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            elapsed, records_in, _ = run_once(data, f"{args.profile}-profiled", args.profile)
+            profiler.disable()
+            print(
+                f"\nprofiled {args.profile} run (slower under the profiler): "
+                f"{records_in / elapsed:,.0f} events/s"
+            )
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 A :class:`LineFormat` says how a line becomes a record: its value is the line's JSON
 re-serialised compactly (``json``) or the line's bytes as they are (``raw``); its key,
-if any, is a field of the JSON object (``--key FIELD``) or the text before a delimiter
-(``--key-delimiter``, kcat's ``-K``); every record carries the same headers (``-H``).
+if any, is a field of the JSON object (``--key FIELD``), encoded as the processing DSL's
+``key_by`` encodes keys (:func:`headwater.store.canonical_key`, canonical JSON: the
+string ``ada`` is the key ``"ada"``, so a table of a topic produced here matches a
+stream keyed by ``key_by``), or the text before a delimiter (``--key-delimiter``, kcat's
+``-K``: text as it is, as a Java StringSerializer writes it); every record carries the
+same headers (``-H``).
 Blank lines are skipped (and counted).
 
 :class:`LineParser` turns bytes into :class:`Chunk` batches of at most ``BATCH_RECORDS``
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from headwater.store import NewRecord
+from headwater.store import NewRecord, canonical_key
 
 BATCH_RECORDS = 1000
 #: Bytes a v2 batch adds to its records, and the most one record adds to its key and value.
@@ -125,8 +129,8 @@ class LineParser:
                     value = dumps(document)
                     if key_field is None:
                         key = None
-                    elif type(document) is dict and type(named := document.get(key_field)) is str:
-                        key = named.encode()  # the common case, inline
+                    elif type(document) is dict and (named := document.get(key_field)) is not None:
+                        key = canonical_key(named)  # the common case, inline
                     else:
                         key = _key(document, key_field)
                 else:
@@ -178,13 +182,11 @@ class LineParser:
 
 
 def _key(document: object, field: str) -> bytes | None:
-    """Return the key taken from ``field``: a string's UTF-8, null as none, else JSON text."""
+    """Return the key taken from ``field`` as ``key_by`` encodes it (null: no key)."""
     if type(document) is not dict:
         raise BadLineError(f"--key {field}: the line is not a JSON object")
     try:
         value = document[field]
     except KeyError:
         raise BadLineError(f"--key {field}: the line has no such field") from None
-    if type(value) is str:
-        return value.encode()
-    return None if value is None else orjson.dumps(value)
+    return canonical_key(value)

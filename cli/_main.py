@@ -32,6 +32,7 @@ COMMANDS = {
     "consume": "_consume:consume",
     "groups": "_groups:groups",
     "broker": "_broker:broker",
+    "connect": "_connect:connect",
     "run": "_app_commands:run_app",
     "describe": "_app_commands:describe_app",
     "trace": "_app_commands:trace",

@@ -73,7 +73,13 @@ def parse_headers(
 
 @click.command()
 @click.argument("topic")
-@click.option("--key", "key_field", metavar="FIELD", help="Take each record's key from this field.")
+@click.option(
+    "--key",
+    "key_field",
+    metavar="FIELD",
+    help="Take each record's key from this field, as JSON (the string ada is the key "
+    '"ada"), as the processing DSL\'s key_by writes keys.',
+)
 @click.option(
     "--key-delimiter",
     "-K",

@@ -14,6 +14,15 @@ description built one operator at a time (``filter``, ``map``, ``flat_map``,
            .to("clicks-enriched"))
     app.run()                                           # or: headwater run app.py
 
+Stateful steps keep per-task state in stores backed by compacted changelog topics
+(``<app>-<name>-changelog``), restored when a task starts, and exactly once for state
+(a restarted task never applies an input twice): windowed aggregations
+(``key_by(...).window(windows.tumbling(seconds=10), timestamp=...).count()``, then
+``.final()``, ``.updates()`` or ``.late()``), aggregations over all time and topics read
+as tables (:class:`Table`), joins (stream-table, windowed stream-stream, table-table, with
+Kafka Streams' semantics) and ``process()``, the processor API with timers on wall and
+stream time. A quiet task closes its windows by the wall clock (``idle_ms``).
+
 The topics an app reads must exist when it runs (:class:`MissingSourceTopicError`),
 unless a stream declares its partition count (``app.stream("clicks", partitions=3)``),
 which lets the app create it. ``App.run`` joins the app's consumer group and runs its
@@ -26,6 +35,7 @@ carries a ``headwater.source`` lineage header. The runtime reads the log through
 :class:`Clock`. Test pipelines with :class:`headwater.processing.testing.TestDriver`.
 """
 
+from . import windows as windows
 from ._app import App as App
 from ._backends import Backend as Backend
 from ._backends import Membership as Membership
@@ -35,6 +45,7 @@ from ._batch import Event as Event
 from ._clock import Clock as Clock
 from ._clock import WallClock as WallClock
 from ._config import AppConfig as AppConfig
+from ._connectors import AppConnector as AppConnector
 from ._encoding import OutRecords as OutRecords
 from ._errors import ErrorPolicy as ErrorPolicy
 from ._errors import MissingSourceTopicError as MissingSourceTopicError
@@ -54,25 +65,36 @@ from ._serde import JsonSerde as JsonSerde
 from ._serde import Serde as Serde
 from ._serde import StrSerde as StrSerde
 from ._serde import encode_key as encode_key
+from ._stateful import ProcessorContext as ProcessorContext
+from ._stores import MemoryStore as KeyValueStore
 from ._stream import Stream as Stream
+from ._table import Change as Change
+from ._table import Table as Table
+from ._windowed import WindowedAggregation as WindowedAggregation
+from ._windowed import WindowedStream as WindowedStream
+from .windows import Windowed as Windowed
 
 __all__ = (
     "SOURCE_HEADER",
     "App",
     "AppConfig",
+    "AppConnector",
     "Backend",
     "BytesSerde",
+    "Change",
     "Clock",
     "ErrorPolicy",
     "Event",
     "InProcessBackend",
     "JsonKeySerde",
     "JsonSerde",
+    "KeyValueStore",
     "Membership",
     "MissingSourceTopicError",
     "OperatorError",
     "OutRecords",
     "PartitionProgress",
+    "ProcessorContext",
     "ProcessingError",
     "Retry",
     "RunStatistics",
@@ -81,9 +103,14 @@ __all__ = (
     "SourcePosition",
     "Stream",
     "StrSerde",
+    "Table",
     "TopologyError",
     "WallClock",
+    "Windowed",
+    "WindowedAggregation",
+    "WindowedStream",
     "encode_key",
     "open_in_process",
     "source_of",
+    "windows",
 )

@@ -22,11 +22,14 @@ from ._backends import Backend
 from ._backends.in_process import default_data_dir, open_in_process
 from ._clock import Clock
 from ._config import AppConfig
+from ._connectors import AppConnector, run_with_connectors
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
 from ._runtime import PartitionProgress, RunStatistics, Runtime
-from ._serde import JSON, Serde
+from ._serde import JSON, JSON_KEY, Serde
+from ._stores import BYTES_KEYS
 from ._stream import Stream, check_partitions, check_topic
+from ._table import Table, Tombstones
 
 logger = logging.getLogger("headwater.processing")
 
@@ -69,6 +72,8 @@ class App:
         self._data_dir = None if data_dir is None else Path(data_dir)
         self._graph = Graph()
         self._runtime: Runtime | None = None
+        self._sources: list[AppConnector] = []
+        self._sinks: list[AppConnector] = []
 
     def __repr__(self) -> str:
         return f"<App {self.name!r}: {len(self._graph.nodes)} nodes>"
@@ -153,6 +158,72 @@ class App:
         )
         return Stream(self, node, policy=policy, dead_letter_topic=dead_letter_topic)
 
+    def table(
+        self,
+        topic: str,
+        *,
+        serde: Serde[Any] | None = None,
+        key_serde: Serde[Any] | None = None,
+        name: str | None = None,
+        store: str = "memory",
+        partitions: int | None = None,
+    ) -> Table[Any]:
+        """Return the table of ``topic``: the latest value of each key (a record without a
+        value deletes its key), as Kafka Streams' ``builder.table``.
+
+        Values are decoded by ``serde`` (JSON by default). Keys are the record keys as
+        stored, which is what joins compare: a stream keyed by ``key_by`` meets the
+        table's keys if both encode keys alike (canonical JSON by default, as
+        ``headwater produce --key`` writes them); ``key_serde`` decodes them for
+        :meth:`Table.get` (JSON by default; ``StrSerde()`` for plain text keys written
+        by other tools, ``BytesSerde()`` for raw bytes). ``name`` names the table's
+        store and its changelog ``<app>-<name>-changelog`` (default: the topic);
+        ``store`` is ``"memory"`` or ``"disk"``; ``partitions`` as for :meth:`stream`.
+
+        :raises TopologyError: for a bad topic, name or store kind.
+        """
+        from ._windowed import store_kind, store_spec  # noqa: PLC0415 - built on the stream
+
+        kind = store_kind(store)
+        source = self.stream(topic, serde=serde or JSON, partitions=partitions)
+        name = topic if name is None else name
+        values = serde or JSON
+        spec = store_spec(self, name, kind=kind, keys=BYTES_KEYS, values=Tombstones(values))
+        node = source._derive(
+            "table",
+            params={"stores": [spec], "name": name, "key_serde": key_serde or JSON_KEY},
+        ).node
+        return Table(self, node, name)
+
+    def source(
+        self,
+        connector: AppConnector,
+        *,
+        serde: Serde[Any] | None = None,
+        on_error: ErrorPolicy | str = ErrorPolicy.RAISE,
+        partitions: int = 1,
+    ) -> Stream[Any]:
+        """Run ``connector`` (a source of :mod:`headwater.connectors`) with the app and
+        return the stream of the topic it writes.
+
+        The topic is created with ``partitions`` partitions when missing; ``serde`` and
+        ``on_error`` are as for :meth:`stream`. See ``_connectors.py`` for how the
+        connector runs beside the app's tasks.
+
+        :raises TopologyError: as :meth:`stream`.
+        """
+        topic = connector.topic
+        if serde is None:
+            stream = self.stream(topic, on_error=on_error, partitions=partitions)
+        else:
+            stream = self.stream(topic, serde=serde, on_error=on_error, partitions=partitions)
+        self._sources.append(connector)
+        return stream
+
+    def add_sink(self, connector: AppConnector) -> None:
+        """Run ``connector`` (a sink) with the app; :meth:`Stream.sink` calls this."""
+        self._sinks.append(connector)
+
     def describe(self) -> str:
         """Return the topology as text: sources, the operators below them, sinks, and the
         internal and dead-letter topics."""
@@ -219,7 +290,9 @@ class App:
                 raise MissingSourceTopicError(exc.topics, where) from None
         try:
             async with _first_error_wins(open_in_process(directory)) as local:
-                return await self._run_on(local, until_caught_up, stop, clock)
+                return await self._run_on(
+                    local, until_caught_up, stop, clock, state_dir=directory / ".state"
+                )
         except MissingSourceTopicError as exc:
             raise MissingSourceTopicError(exc.topics, f"data directory {directory}") from None
 
@@ -229,7 +302,10 @@ class App:
         until_caught_up: bool,
         stop: anyio.Event | None,
         clock: Clock | None,
+        *,
+        state_dir: Path | None = None,
     ) -> RunStatistics:
+        configured = self.config.state_dir
         runtime = Runtime(
             self.name,
             self._graph,
@@ -237,8 +313,19 @@ class App:
             backend,
             clock=clock,
             until_caught_up=until_caught_up,
+            state_dir=Path(configured) if configured else state_dir or Path("headwater-state"),
         )
         self._runtime = runtime
+        if self._sources or self._sinks:
+            return await run_with_connectors(
+                runtime,
+                self.name,
+                backend,
+                self._sources,
+                self._sinks,
+                until_caught_up=until_caught_up,
+                stop=stop or anyio.Event(),
+            )
         return await runtime.run(stop)
 
     def run(

@@ -7,7 +7,10 @@ A partition task reads a batch of records and hands it to its pipeline, which pu
 objects: ``values``, the ``origins`` (each value's row in the :class:`Context`, which
 gives its source record: timestamp, headers, offset) and, after a ``key_by``, ``keys``:
 the user's own key objects, serialised once, at the sink, by the key serde of the
-``key_by`` that made them (``key_node``). A batch is never changed in place, so fanning
+``key_by`` that made them (``key_node``). Keys read back from a repartition topic stay
+bytes in the rows (``keys`` is None) until a step asks for the objects
+(:meth:`Batch.key_objects`): most steps after a repartition only need the bytes, which a
+sink writes as they are. A batch is never changed in place, so fanning
 one out to several children needs no copies.
 
 The rows of a context are the input batch's records; a step that emits a value of its
@@ -93,10 +96,17 @@ class Batch:
         return len(self.values)
 
     def key_objects(self, records: RecordColumns) -> list[Any]:
-        """Return each record's key: its typed one after a ``key_by``, else the stored bytes."""
+        """Return each record's key: its typed one after a ``key_by`` (or read back from a
+        repartition topic, decoded now by the key serde of its ``key_by``), else the
+        stored bytes."""
         if self.keys is not None:
             return self.keys
-        return list(map(records.keys.__getitem__, self.origins))
+        stored = list(map(records.keys.__getitem__, self.origins))
+        node = self.key_node
+        serde = None if node is None else node.params.get("key_serde")
+        if serde is None:
+            return stored
+        return [None if key is None else serde.deserialize(key) for key in stored]
 
     def replace(self, values: list[Any]) -> Batch:
         """Return the batch with ``values`` (one per record) instead of its own."""
@@ -146,8 +156,11 @@ class Context:
 
     __slots__ = (
         "dead_letters",
+        "dedupe",
+        "late",
         "outputs",
         "partition",
+        "read",
         "records",
         "skipped",
         "sources",
@@ -160,10 +173,17 @@ class Context:
         self.topic = topic
         self.partition = partition
         self.records = records
+        #: How many of the rows were read (the rest were emitted by steps).
+        self.read = len(records)
         self.sources: list[tuple[str, int]] | None = None
         self.outputs: dict[Any, list[Batch]] = {}
         self.dead_letters: list[DeadLetter] = []
         self.skipped = 0
+        #: Records a windowed step dropped as late (their window had closed).
+        self.late = 0
+        #: Whether the input rows were read from a repartition topic whose records name
+        #: their source in offset order (stateful steps drop those applied already).
+        self.dedupe = False
 
     def source(self, origin: int) -> SourcePosition:
         """Return where row ``origin`` was read (or, for an emitted row, what it covers)."""

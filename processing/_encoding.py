@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from headwater.store import DecimalColumn, encode_columns
 
-from ._lineage import SOURCE_HEADER, Headers
+from ._lineage import SEQUENCE_HEADER, SOURCE_HEADER, Headers
 
 
 class OutRecords(NamedTuple):
@@ -31,7 +31,10 @@ class OutRecords(NamedTuple):
     partitions (results a task emitted on its own, covering inputs of several of its
     partitions) give each record's prefix in ``prefixes`` instead (``source`` is then
     unused); their lineage column is then built record by record, which costs more, so
-    the common case keeps one prefix.
+    the common case keeps one prefix. ``sequence`` (None: none) numbers the records
+    that came from one source record, written as the ``headwater.seq`` header (see
+    ``_lineage.py``): only a repartition topic's records carry it, and only when some
+    source record made several of them.
     """
 
     values: list[bytes | None]
@@ -42,6 +45,7 @@ class OutRecords(NamedTuple):
     headers: list[Headers] | None = None
     source_base: int = 0
     prefixes: list[bytes] | None = None
+    sequence: list[int] | None = None
 
     def count(self) -> int:  # type: ignore[override]
         """Return how many records there are."""
@@ -58,6 +62,7 @@ class OutRecords(NamedTuple):
             None if self.headers is None else self.headers[start:stop],
             self.source_base,
             None if self.prefixes is None else self.prefixes[start:stop],
+            None if self.sequence is None else self.sequence[start:stop],
         )
 
     def lineage(self) -> list[bytes]:
@@ -77,6 +82,11 @@ class OutRecords(NamedTuple):
     def all_headers(self) -> list[Headers]:
         """Return each record's headers, the lineage header first (for other backends)."""
         extra = self.headers if self.headers is not None else repeat(())
+        if self.sequence is not None:
+            return [
+                ((SOURCE_HEADER, source), (SEQUENCE_HEADER, b"%d" % seq), *rest)
+                for source, seq, rest in zip(self.lineage(), self.sequence, extra, strict=False)
+            ]
         return [
             ((SOURCE_HEADER, source), *rest)
             for source, rest in zip(self.lineage(), extra, strict=False)
@@ -94,11 +104,14 @@ def encode_out_records(records: OutRecords, *, base_offset: int = 0) -> bytes:
     lineage: list[bytes] | DecimalColumn = (
         records.lineage() if records.prefixes is not None else records.lineage_column()
     )
+    columns: tuple[tuple[str, list[bytes] | DecimalColumn], ...] = ((SOURCE_HEADER, lineage),)
+    if records.sequence is not None:
+        columns += ((SEQUENCE_HEADER, DecimalColumn(b"", records.sequence)),)
     return encode_columns(
         records.values,
         keys=None if keys.count(None) == len(keys) else keys,
         timestamps=records.timestamps,
-        header_columns=((SOURCE_HEADER, lineage),),
+        header_columns=columns,
         headers=records.headers,
         base_offset=base_offset,
     )

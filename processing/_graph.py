@@ -28,6 +28,7 @@ task, the steps of the nodes that lead to an effect; see :meth:`Graph.live_nodes
 from __future__ import annotations
 
 import enum
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -91,6 +92,10 @@ class NodeKind:
     effect: bool = False
     can_fail: bool = True
     copartitioned: bool = False
+    #: Whether its step may emit rows of its own (results of many inputs, timers): what
+    #: it emits then names, as its lineage, an input that may not follow the order of
+    #: the input's offsets.
+    adds_rows: bool = False
     #: Text after ``#id kind`` in a label; by default the function or the topic.
     label: Callable[[Node], str] | None = None
     #: Text ``describe`` adds after the label.
@@ -98,6 +103,45 @@ class NodeKind:
 
 
 _OPERATOR = Role.OPERATOR
+
+
+def _lazy(module: str, name: str) -> Callable[[Node, Task], Step]:
+    """Return a step builder that imports ``name`` from ``module`` when first used (the
+    stateful steps' modules import this one)."""
+
+    def build(node: Node, task: Task) -> Step:
+        built: Step = getattr(importlib.import_module(f"{__package__}.{module}"), name)(node, task)
+        return built
+
+    build.__qualname__ = name
+    return build
+
+
+def _stores_detail(node: Node) -> str:
+    stores = node.params.get("stores") or []
+    text = ""
+    windows = node.params.get("windows")
+    if windows is not None:
+        text += f" {windows.describe()} grace={node.params['grace_ms']}ms"
+        idle = node.params.get("idle_ms")
+        text += f" idle={idle}ms" if idle is not None else " idle=off"
+    if "how" in node.params:
+        text += f" {node.params['how']}"
+        if "within_ms" in node.params:
+            text += f" within={node.params['within_ms']}ms grace={node.params['grace_ms']}ms"
+    for spec in stores:
+        text += f" [store {spec.name!r} {spec.kind.value} -> {spec.changelog}]"
+    return text
+
+
+def _name_label(node: Node) -> str:
+    name = node.params.get("name")
+    return f" {name!r}" if name else ""
+
+
+def _output_label(node: Node) -> str:
+    return ""
+
 
 #: The one table of node kinds, by name.
 KINDS: dict[str, NodeKind] = {
@@ -116,6 +160,74 @@ KINDS: dict[str, NodeKind] = {
         NodeKind("split", _OPERATOR, SplitStep),
         NodeKind("route", _OPERATOR, Step, can_fail=False, label=_route_label),
         NodeKind("merge", _OPERATOR, Step, can_fail=False),
+        NodeKind(
+            "process",
+            _OPERATOR,
+            _lazy("_stateful", "ProcessStep"),
+            adds_rows=True,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "window_aggregate",
+            _OPERATOR,
+            _lazy("_aggregate", "windowed_step"),
+            adds_rows=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind("final", _OPERATOR, Step, can_fail=False, label=_output_label),
+        NodeKind("updates", _OPERATOR, Step, can_fail=False, label=_output_label),
+        NodeKind("late", _OPERATOR, Step, can_fail=False, label=_output_label),
+        NodeKind(
+            "aggregate",
+            _OPERATOR,
+            _lazy("_aggregate", "TableAggregateStep"),
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "table",
+            _OPERATOR,
+            _lazy("_table", "MaterializedTableStep"),
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind("table_filter", _OPERATOR, _lazy("_table", "TableFilterStep")),
+        NodeKind("table_map", _OPERATOR, _lazy("_table", "TableMapStep")),
+        NodeKind("to_stream", _OPERATOR, _lazy("_table", "ToStreamStep"), can_fail=False),
+        NodeKind("table_side", _OPERATOR, _lazy("_joins", "TableSideStep"), can_fail=False),
+        NodeKind(
+            "join_side",
+            _OPERATOR,
+            _lazy("_joins", "JoinSideStep"),
+            can_fail=False,
+            label=lambda node: f" {('left', 'right')[node.params['side']]}",
+        ),
+        NodeKind(
+            "stream_table_join",
+            _OPERATOR,
+            _lazy("_joins", "StreamTableJoinStep"),
+            copartitioned=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "stream_stream_join",
+            _OPERATOR,
+            _lazy("_joins", "StreamStreamJoinStep"),
+            copartitioned=True,
+            adds_rows=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
+        NodeKind(
+            "table_join",
+            _OPERATOR,
+            _lazy("_joins", "TableTableJoinStep"),
+            copartitioned=True,
+            label=_name_label,
+            detail=_stores_detail,
+        ),
         NodeKind("to", Role.SINK, SinkStep, effect=True, detail=_serde_detail),
         NodeKind("through", Role.SINK, SinkStep, internal=True, effect=True, detail=_serde_detail),
     )
@@ -203,6 +315,8 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self._children: dict[int, list[Node]] = {}
+        #: The names of the app's state stores (each names a changelog: unique).
+        self.store_names: set[str] = set()
 
     def add(self, kind: str, parents: tuple[Node, ...] = (), **fields: Any) -> Node:
         """Add a node of ``kind`` (a name in :data:`KINDS`) below ``parents``; return it."""
@@ -313,7 +427,29 @@ class Graph:
         lines.append("sinks:          " + (", ".join(sinks) or "-"))
         lines.append("internal topics: " + (", ".join(internal) or "-"))
         lines.append("dead letters:   " + (", ".join(dead_letters) or "-"))
+        stores = [
+            f"{spec.name} ({spec.kind.value}, changelog {spec.changelog})"
+            for node in self.nodes
+            if node.id in live
+            for spec in node.params.get("stores") or ()
+        ]
+        if stores:
+            lines.append("state stores:   " + ", ".join(stores))
         return "\n".join(lines) + "\n"
+
+    def changelogs(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Return the changelog topic of every live store, with its partition count (that
+        of the topics its task reads)."""
+        live = self.live_nodes()
+        found: dict[str, int] = {}
+        for node in self.nodes:
+            specs = node.params.get("stores")
+            if node.id not in live or not specs:
+                continue
+            width = max((counts[s.topic] for s in source_ancestors(node) if s.topic), default=1)
+            for spec in specs:
+                found[spec.changelog] = width
+        return found
 
     def _describe_tree(self, root: Node, live: set[int], shown: set[int]) -> Iterator[str]:
         def line(node: Node) -> str:
@@ -362,6 +498,23 @@ def source_ancestors(node: Node) -> list[Node]:
     return list(found.values())
 
 
+def follows_offsets(node: Node) -> bool:
+    """Return whether every record leaving ``node`` comes from a row its task read, in
+    the order of the offsets read: neither it nor a step above it (up to the sources)
+    adds rows."""
+    stack = [node]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current.id in seen or current.is_source:
+            continue
+        seen.add(current.id)
+        if current.spec.adds_rows:
+            return False
+        stack.extend(current.parents)
+    return True
+
+
 def plan_topics(
     graph: Graph, existing: Mapping[str, int | None], default_partitions: int | None = None
 ) -> dict[str, int]:
@@ -399,8 +552,37 @@ def plan_topics(
                     missing.append(node.topic)
                 continue
             counts[node.topic] = count
-        elif node.is_sink:
-            counts[node.topic] = node.params.get("partitions") or widest(node)
+    # Sinks next, each once the topics it is sized by are (a sink below a repartition
+    # topic is as wide as that topic, which may be sized by the topics it joins).
+    sinks = [n for n in graph.nodes if n.is_sink and n.topic is not None and n.topic not in counts]
+
+    def size(node: Node, *, force: bool) -> int | None:
+        assert node.topic is not None
+        have = existing.get(node.topic)
+        if have is not None:
+            return have
+        like = node.params.get("partitions_of")
+        if node.params.get("partitions") and not like:
+            return int(node.params["partitions"])
+        sized_by = like or [s.topic for s in source_ancestors(node) if s.topic]
+        if not force and any(t not in counts and t not in missing for t in sized_by):
+            return None
+        if like and all(t in counts for t in like):
+            return max(counts[t] for t in like)
+        return widest(node)
+
+    while sinks:
+        done = [n for n in sinks if n.topic in counts]
+        for node in sinks:
+            if node.topic not in counts and (count := size(node, force=False)) is not None:
+                counts[node.topic] = count  # type: ignore[index]
+                done.append(node)
+        if not done:  # nothing more to learn: as wide as what is known
+            for node in sinks:
+                if node.topic not in counts:
+                    counts[node.topic] = size(node, force=True) or 1  # type: ignore[index]
+            break
+        sinks = [n for n in sinks if n not in done]
     if missing:
         raise MissingSourceTopicError(missing)
     for topic, node in graph.dead_letter_topics().items():

@@ -7,6 +7,13 @@ from a repartition topic names that topic, whose record in turn names the origin
 following the headers from any result walks back to the events that produced it:
 ``headwater trace TOPIC PARTITION OFFSET`` prints that chain.
 
+A record written to a repartition topic from an input record that made several such
+records (a ``flat_map``, a fan-out merged again) also carries ``headwater.seq``: its
+number among them (0, 1, ...; absent means 0). The source and that number identify the
+record, so a stateful step that reads the topic back can tell a record it has applied
+from the same one written again by an upstream task that re-processed its uncommitted
+tail after a crash (see ``_stateful.py``).
+
 Other headers of the input record travel with the derived one; headers under
 ``headwater.`` are the runtime's own and are replaced, never copied. A dead-letter record
 also carries ``headwater.error.operator``, ``.type``, ``.message`` and ``.location``.
@@ -22,6 +29,8 @@ from typing import NamedTuple
 SOURCE_HEADER = "headwater.source"
 #: The prefix of the runtime's own headers.
 HEADER_PREFIX = "headwater."
+#: The header numbering the records one input record made in a repartition topic.
+SEQUENCE_HEADER = "headwater.seq"
 ERROR_OPERATOR = "headwater.error.operator"
 ERROR_TYPE = "headwater.error.type"
 ERROR_MESSAGE = "headwater.error.message"

@@ -44,13 +44,14 @@ class Step:
     Built by the kind's entry in the table of node kinds as ``step(node, task)``.
     """
 
-    __slots__ = ("children", "counts", "node")
+    __slots__ = ("children", "counts", "node", "task")
 
     #: Whether the step reads its task's stream time (the task tracks it only if so).
     uses_stream_time: ClassVar[bool] = False
 
     def __init__(self, node: Node, task: Task) -> None:
         self.node = node
+        self.task = task
         self.children: list[Step] = []
         #: The operator's counts, shared with its steps in the pipeline's other tasks.
         self.counts = task.operator_counts(node.id)
@@ -62,6 +63,10 @@ class Step:
     async def push(self, batch: Batch, ctx: Context) -> None:
         """Process ``batch`` and pass the result on."""
         await self.forward(batch, ctx)
+
+    def restored(self) -> None:
+        """Take up the task's restored state (a stateful step rebuilds what it derives
+        from its store, and schedules its timers again)."""
 
     async def forward(self, batch: Batch, ctx: Context) -> None:
         """Pass ``batch`` to every child (nothing when it is empty)."""
@@ -93,10 +98,10 @@ class SourceStep(Step):
             decode = batch_deserializer(self.serde, raw)
             values, batch = apply_each(self.node, decode, batch, ctx)
             batch = batch.replace(values)
-        if self.key_serde is not None and batch.values:
-            stored = list(map(ctx.records.keys.__getitem__, batch.origins))
-            keys, batch = apply_each(self.node, self.key_serde.deserialize, batch, ctx, stored)
-            batch = Batch(batch.values, batch.origins, keys, self.node)
+        if self.key_serde is not None:  # keys stay bytes until a step asks (Batch.key_objects)
+            batch = Batch(batch.values, batch.origins, None, self.node)
+        if self.node.params.get("dedupe"):
+            ctx.dedupe = True
         await self.forward(batch, ctx)
 
 

@@ -23,6 +23,8 @@ from itertools import compress, repeat
 from time import perf_counter
 from typing import Any, NamedTuple
 
+import orjson
+
 from headwater.store import Record, RecordColumns, partition_for_key
 
 from ._batch import Batch, Context, apply_each
@@ -41,8 +43,9 @@ from ._lineage import (
 )
 from ._metrics import OperatorCounts
 from ._operators import SinkStep, SourceStep, Step
-from ._serde import batch_serializer
-from ._tasks import Task, TaskId, TopicGroup
+from ._serde import JsonKeySerde, batch_serializer
+from ._stores._changelog import StoreRegistry
+from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
 
 _KEY_CACHE_LIMIT = 100_000
 
@@ -62,6 +65,7 @@ class Outcome:
     writes: list[Write]
     skipped: int
     dead_lettered: int
+    late: int = 0
     #: When processing the batch began (``perf_counter``; 0 for a tick of time).
     started: float = 0.0
 
@@ -81,14 +85,16 @@ class Pipeline:
         self._graph = graph
         self._partitions = partitions
         self._live = graph.live_nodes()
-        self._key_partitions: dict[tuple[int, bytes], int] = {}
+        #: Each key's partition, per partition count (a cache: murmur2 per key is dear).
+        self._key_partitions: dict[int, dict[bytes, int]] = {}
         #: Each operator's counts by node id, shared by the steps of every task.
         self.counts: dict[int, OperatorCounts] = {}
 
-    def task(self, task_id: TaskId, clock: Clock) -> Task:
-        """Return a new task of this group with its own instance of every step."""
+    def task(self, task_id: TaskId, clock: Clock, registry: StoreRegistry | None = None) -> Task:
+        """Return a new task of this group with its own instance of every step (and of
+        every step's store, opened through ``registry``)."""
         assert task_id.group == self.group.id
-        task = Task(task_id, self.group, clock, self._partitions)
+        task = Task(task_id, self.group, clock, self._partitions, registry)
         task.counts = self.counts
         steps: dict[int, Step] = {}
 
@@ -107,6 +113,7 @@ class Pipeline:
             assert isinstance(root, SourceStep)
             task.roots.setdefault(source.topic, []).append(root)
         task.steps = list(steps.values())
+        task.step_by_node = steps
         task.tracks_stream_time = any(type(step).uses_stream_time for step in task.steps)
         return task
 
@@ -125,8 +132,14 @@ class Pipeline:
         """
         started = perf_counter()
         ctx = Context(task, topic, partition, records)
-        for root in task.roots[topic]:
-            await root.start(ctx)
+        if task.stores:
+            task.last_input_ms = task.clock.now_ms()
+        token = CURRENT_TASK.set(task)
+        try:
+            for root in task.roots[topic]:
+                await root.start(ctx)
+        finally:
+            CURRENT_TASK.reset(token)
         if task.observe(records.timestamps):
             now = task.stream_time_ms
             assert now is not None
@@ -144,10 +157,14 @@ class Pipeline:
         if not due:
             return _NOTHING
         ctx = Context(task, "", task.id.partition, RecordColumns([], [], [], [], []))
-        while due:  # a timer may schedule one that is due already
-            for timer in due:
-                await timer.callback(ctx, now_ms)
-            due = task.timers.due_wall(now_ms)
+        token = CURRENT_TASK.set(task)
+        try:
+            while due:  # a timer may schedule one that is due already
+                for timer in due:
+                    await timer.callback(ctx, now_ms)
+                due = task.timers.due_wall(now_ms)
+        finally:
+            CURRENT_TASK.reset(token)
         return self._outcome(ctx)
 
     def _outcome(self, ctx: Context, started: float = 0.0) -> Outcome:
@@ -158,7 +175,7 @@ class Pipeline:
         if ctx.dead_letters:
             self._place_dead_letters(ctx, writes)
         merged = [Write(topic, p, _concat(parts)) for (topic, p), parts in writes.items()]
-        return Outcome(merged, ctx.skipped, len(ctx.dead_letters), started)
+        return Outcome(merged, ctx.skipped, len(ctx.dead_letters), ctx.late, started)
 
     def _place(
         self,
@@ -171,6 +188,14 @@ class Pipeline:
         if not values:
             return
         sink.counts.records_out += len(values)
+        dedupe = sink.node.params.get("dedupe")
+        if dedupe and len(batches) > 1:
+            # In the order of their rows (stable), so that a repartition topic's records
+            # of one source partition follow its offsets (see ``_stateful.py``).
+            order = sorted(range(len(origins)), key=origins.__getitem__)
+            values = [values[i] for i in order]
+            keys = [keys[i] for i in order]
+            origins = [origins[i] for i in order]
         records = ctx.records
         timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None
@@ -195,26 +220,35 @@ class Pipeline:
             prefix = source_prefix(ctx.topic, ctx.partition)
             sources = list(map(offsets.__getitem__, origins))
             out = OutRecords(values, keys, timestamps, prefix, sources, headers)
+        if dedupe and len(set(origins)) < len(origins):
+            out = out._replace(sequence=_sequence(origins))
         count = sink.partitions
         default = ctx.partition % count
         if count == 1 or keys.count(None) == len(keys):
             writes.setdefault((sink.topic, default), []).append(out)
             return
-        cache = self._key_partitions
-        if len(cache) > _KEY_CACHE_LIMIT:
-            cache.clear()
-        placed = []
-        for key in keys:
+        cache = self._key_partitions.get(count)
+        if cache is None or len(cache) > _KEY_CACHE_LIMIT:
+            cache = self._key_partitions[count] = {}
+        placed: list[int | None] = list(map(cache.get, keys))  # type: ignore[arg-type]
+        missing = -1
+        while True:  # each search goes on from the last one found
+            try:
+                missing = placed.index(None, missing + 1)
+            except ValueError:
+                break
+            key = keys[missing]
             if key is None:
-                placed.append(default)
-                continue
-            p = cache.get((count, key))
-            if p is None:
-                p = cache[(count, key)] = partition_for_key(key, count)
-            placed.append(p)
-        for p in sorted(set(placed)):
+                placed[missing] = default
+            else:
+                placed[missing] = cache[key] = partition_for_key(key, count)
+        targets = set(placed)
+        if len(targets) == 1:
+            writes.setdefault((sink.topic, placed[0]), []).append(out)  # type: ignore[arg-type]
+            return
+        for p in sorted(targets):  # type: ignore[type-var]
             mask = [q == p for q in placed]
-            writes.setdefault((sink.topic, p), []).append(_select(out, mask))
+            writes.setdefault((sink.topic, p), []).append(_select(out, mask))  # type: ignore[arg-type]
 
     def _place_dead_letters(
         self, ctx: Context, writes: dict[tuple[str, int], list[OutRecords]]
@@ -286,8 +320,15 @@ def _serialise(
 
 def _serialise_keys(key_node: Node, batch: Batch, ctx: Context) -> tuple[list[Any], Batch]:
     key_serde = key_node.params["key_serde"]
-    assert batch.keys is not None
-    return apply_each(key_node, key_serde.serialize, batch, ctx, batch.keys)
+    keys = batch.keys
+    assert keys is not None
+    # Canonical JSON of text and integer keys is orjson's own output: one C call each.
+    if type(key_serde) is JsonKeySerde and set(map(type, keys)) <= _PLAIN_KEYS:
+        return list(map(orjson.dumps, keys)), batch
+    return apply_each(key_node, key_serde.serialize, batch, ctx, keys)
+
+
+_PLAIN_KEYS = {str, int}
 
 
 def _with_sources(
@@ -323,6 +364,17 @@ def _with_sources(
     )
 
 
+def _sequence(origins: list[int]) -> list[int]:
+    """Return each record's number among the records of its row (0, 1, ...)."""
+    seen: dict[int, int] = {}
+    numbers = []
+    for origin in origins:
+        n = seen.get(origin, 0)
+        numbers.append(n)
+        seen[origin] = n + 1
+    return numbers
+
+
 def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
     return OutRecords(
         list(compress(out.values, mask)),
@@ -333,6 +385,7 @@ def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
         None if out.headers is None else list(compress(out.headers, mask)),
         out.source_base,
         None if out.prefixes is None else list(compress(out.prefixes, mask)),
+        None if out.sequence is None else list(compress(out.sequence, mask)),
     )
 
 
@@ -358,6 +411,11 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
             prefixes.extend(
                 p.prefixes if p.prefixes is not None else repeat(p.source, len(p.values))
             )
+    sequence: list[int] | None = None
+    if any(p.sequence is not None for p in parts):
+        sequence = []
+        for p in parts:
+            sequence.extend(p.sequence if p.sequence is not None else repeat(0, len(p.values)))
     return OutRecords(
         [v for p in parts for v in p.values],
         [k for p in parts for k in p.keys],
@@ -367,4 +425,5 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
         headers,
         base,
         prefixes,
+        sequence,
     )

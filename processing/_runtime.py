@@ -17,6 +17,14 @@ durable outputs: after a crash, at any instant, the app resumes at the last comm
 re-derives at most the records after it (at-least-once; duplicates only in that
 uncommitted tail).
 
+Order within a task: a task that reads several partitions (the sides of a join, merged
+co-partitioned topics) takes their records in timestamp order, as Kafka Streams does: a
+loop holding a batch processes it only up to the first timestamp of another partition's
+batch, waiting for a partition that is fetching, and for one that has found nothing to
+read for up to ``max_task_idle_ms`` (see :meth:`Runtime._wait_turn`). Without it, one
+side's backlog would run the join's stream time ahead and leave the other side late.
+Tasks of one partition (most) skip all of it.
+
 Time: a partition loop races its fetch against its task's earliest wall-time timer
 (the fetch's cancel scope gets the deadline, converted by the injected clock); when it
 fires first, the loop runs the task's due timers (``Pipeline.advance``) and writes what
@@ -51,9 +59,11 @@ loop, which stops the run; positions that are durable are still committed first.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import anyio
@@ -75,14 +85,16 @@ from headwater.groups import (
     RebalanceInProgressError,
     TopicPartition,
 )
-from headwater.store import HeadwaterError, OffsetOutOfRangeError, StoreError
+from headwater.store import HeadwaterError, OffsetOutOfRangeError, RecordColumns, StoreError
 
 from ._backends import Backend, Membership
 from ._clock import Clock, WallClock
 from ._config import AppConfig
+from ._errors import TopologyError
 from ._graph import Graph, Role, plan_topics
 from ._metrics import PROCESSING_METRICS, OperatorCounts
 from ._pipeline import Outcome, Pipeline, Write
+from ._stores._changelog import StoreRegistry, checkpointed, flush_writes, restore
 from ._tasks import (
     PartitionState,
     Task,
@@ -113,6 +125,8 @@ class RunStatistics:
     ``commit_failures`` counts commits that failed: a periodic one is retried at the
     next interval, a final one (partitions given up, the run ending) after retries; the
     records after the last successful commit are processed again by whoever resumes.
+    ``late`` counts records that windowed steps dropped because their window had closed
+    (those a ``late()`` stream took are counted too).
     """
 
     records_in: int
@@ -123,6 +137,7 @@ class RunStatistics:
     commits: int
     elapsed_s: float
     commit_failures: int = 0
+    late: int = 0
 
     @property
     def records_per_s(self) -> float:
@@ -138,6 +153,17 @@ class PartitionProgress(NamedTuple):
     start_offset: int
     position: int
     end_offset: int
+
+
+def _slice(records: RecordColumns, start: int, stop: int) -> RecordColumns:
+    """Return records ``start`` to ``stop`` (exclusive) of ``records``."""
+    return RecordColumns(
+        records.offsets[start:stop],
+        records.timestamps[start:stop],
+        records.keys[start:stop],
+        records.values[start:stop],
+        records.headers[start:stop],
+    )
 
 
 class _Loop:
@@ -169,15 +195,33 @@ class _Loop:
 
 
 class _Running:
-    """A task and what runs it: its pipeline, its lock, its partition loops."""
+    """A task and what runs it: its pipeline, its lock, its partition loops, the
+    positions its stores' changelogs last covered (what a commit may take) and, for a
+    task of several partitions, what orders their batches (see :meth:`Runtime._wait_turn`)."""
 
-    __slots__ = ("lock", "loops", "pipeline", "task")
+    __slots__ = ("changed", "flushed", "heads", "idle_since", "lock", "loops", "pipeline", "task")
 
     def __init__(self, task: Task, pipeline: Pipeline) -> None:
         self.task = task
         self.pipeline = pipeline
         self.lock = anyio.Lock()
         self.loops: dict[TopicPartition, _Loop] = {}
+        self.flushed: dict[TopicPartition, int] = {}
+        #: The first timestamp of the batch each partition loop holds.
+        self.heads: dict[TopicPartition, int] = {}
+        #: Since when (event loop time) each partition loop has found nothing to read.
+        self.idle_since: dict[TopicPartition, float] = {}
+        self.changed = anyio.Event()
+
+    @property
+    def synchronized(self) -> bool:
+        """Whether the task reads several partitions, whose batches go in timestamp order."""
+        return len(self.task.group.topics) > 1
+
+    def notify(self) -> None:
+        """Wake the loops waiting for their turn."""
+        self.changed.set()
+        self.changed = anyio.Event()
 
 
 class Runtime:
@@ -196,6 +240,7 @@ class Runtime:
         *,
         clock: Clock | None = None,
         until_caught_up: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
         self._name = name
         self._graph = graph
@@ -214,9 +259,10 @@ class Runtime:
         self._task_group: TaskGroup | None = None
         self._progress = anyio.Event()
         self._records_in = self._records_out = self._skipped = self._dead_lettered = 0
-        self._batches = self._commits = self._commit_failures = 0
+        self._batches = self._commits = self._commit_failures = self._late = 0
         self._started = time.perf_counter()
         self._finished: float | None = None
+        self._registry = StoreRegistry(state_dir, name)
         #: Each partition's end offset when last looked up (for lag; see ``_watch_ends``).
         self._ends: dict[TopicPartition, int] = {}
         #: Each input partition's end offset when the run started.
@@ -245,6 +291,7 @@ class Runtime:
             self._commits,
             (self._finished or time.perf_counter()) - self._started,
             self._commit_failures,
+            self._late,
         )
 
     def tasks(self) -> dict[TaskId, Task]:
@@ -297,6 +344,18 @@ class Runtime:
                     "app %r: creating topic %r (%d partitions)", self._name, topic, partitions
                 )
                 await backend.create_topic(topic, partitions)
+        for topic, partitions in graph.changelogs(counts).items():
+            have = await backend.partition_count(topic)
+            if have is None:
+                logger.info("app %r: creating changelog %r (%d partitions, compacted)",
+                            self._name, topic, partitions)  # fmt: skip
+                await backend.create_topic(topic, partitions, {"cleanup.policy": "compact"})
+            elif have != partitions:
+                raise TopologyError(
+                    f"changelog {topic!r} has {have} partitions, but its store's tasks read "
+                    f"{partitions}: the input topics changed; delete the changelog (its state "
+                    "is lost) or restore the partition count"
+                )
         groups = plan_topic_groups(graph, counts)
         self._plan = TaskPlan(groups)
         self._pipelines = {group.id: Pipeline(graph, group, counts) for group in groups}
@@ -361,6 +420,9 @@ class Runtime:
                     with anyio.CancelScope(shield=True):
                         await self._commit_final(list(self._loops), "the run ends")
             tg.cancel_scope.cancel()
+        for running in self._running.values():
+            self._registry.drop(running.task)
+        self._registry.close()
 
     # -- assignment ------------------------------------------------------------------------
 
@@ -377,9 +439,15 @@ class Runtime:
             running = self._running.get(task_id)
             if running is None:
                 pipeline = self._pipelines[task_id.group]
-                running = _Running(pipeline.task(task_id, self._clock), pipeline)
+                task = pipeline.task(task_id, self._clock, self._registry)
+                running = _Running(task, pipeline)
                 self._running[task_id] = running
-            await resume(running.task, tps, self._membership, self._backend)
+                await resume(task, tps, self._membership, self._backend)
+                if task.stores:  # nothing runs before the stores are restored
+                    await restore(task, self._backend)
+                    running.flushed = task.positions()
+            else:
+                await resume(running.task, tps, self._membership, self._backend)
             missing = self._plan.missing(task_id, running.task.partitions)
             if missing:
                 logger.warning(
@@ -411,7 +479,7 @@ class Runtime:
         mine = [tp for tp in partitions if tp in self._loops]
         await self._stop_loops(mine)
         await self._commit_final(mine, "they are given up")
-        self._forget(mine)
+        self._forget(mine, clean=True)
 
     async def _lost(self, partitions: list[TopicPartition]) -> None:
         self._pending = [tp for tp in self._pending if tp not in partitions]
@@ -428,15 +496,19 @@ class Runtime:
             loop.kill()
         for loop in loops:
             await loop.done.wait()
-        self._forget(mine)
+        self._forget(mine, clean=False)
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
+    def _forget(self, partitions: list[TopicPartition], *, clean: bool) -> None:
         for tp in partitions:
             running, _ = self._loops.pop(tp)
             running.loops.pop(tp, None)
             running.task.partitions.pop(tp, None)
             if not running.task.partitions:
                 self._running.pop(running.task.id, None)
+                if clean:  # flushed: kept, so that the task comes back with its state
+                    self._registry.keep(running.task)
+                else:
+                    self._registry.drop(running.task)
 
     async def _stop_loops(self, partitions: list[TopicPartition]) -> None:
         loops = [self._loops[tp][1] for tp in partitions]
@@ -455,11 +527,27 @@ class Runtime:
             loop.done.set()
 
     async def _read_partition(self, running: _Running, loop: _Loop) -> None:
+        try:
+            await self._read_partition_loop(running, loop)
+        finally:
+            if running.synchronized:  # gone: nobody waits for it
+                running.heads.pop(loop.state.tp, None)
+                running.idle_since[loop.state.tp] = -math.inf
+                running.notify()
+
+    async def _read_partition_loop(self, running: _Running, loop: _Loop) -> None:
         backend, clock, task = self._backend, self._clock, running.task
         state = loop.state
         topic, partition = state.tp
         max_bytes = self._config.max_batch_bytes
+        synchronized = running.synchronized
         while not loop.stopping:
+            if synchronized:
+                if state.position >= await backend.end_offset(topic, partition):
+                    running.idle_since.setdefault(state.tp, anyio.current_time())
+                else:
+                    running.idle_since.pop(state.tp, None)
+                running.notify()
             records = None
             deadline = task.timers.next_wall_deadline()
             with anyio.CancelScope() as scope:
@@ -486,6 +574,9 @@ class Runtime:
                     task.settle()
                 self._count(outcome, 0)
                 continue
+            if synchronized:
+                await self._process_in_turn(running, loop, records)
+                continue
             async with running.lock:
                 outcome = await running.pipeline.process(task, topic, partition, records)
                 await self._write(outcome.writes)
@@ -494,12 +585,80 @@ class Runtime:
             self._count(outcome, len(records))
             self._notify_progress()
 
+    async def _process_in_turn(
+        self, running: _Running, loop: _Loop, records: RecordColumns
+    ) -> None:
+        """Process ``records`` of a task of several partitions in timestamp order with the
+        other partitions' batches: each turn, the records up to the next batch of another
+        partition (see :meth:`_wait_turn`)."""
+        state, task = loop.state, running.task
+        topic, partition = state.tp
+        timestamps = records.timestamps
+        start, count = 0, len(records)
+        while start < count:
+            limit = await self._wait_turn(running, loop, timestamps[start])
+            stop = count
+            if limit is not None and not loop.stopping:
+                stop = next((j for j in range(start + 1, count) if timestamps[j] > limit), count)
+            part = records if stop - start == count else _slice(records, start, stop)
+            async with running.lock:
+                outcome = await running.pipeline.process(task, topic, partition, part)
+                await self._write(outcome.writes)
+                state.position = part.offsets[-1] + 1
+                task.settle()
+            running.heads.pop(state.tp, None)
+            running.notify()
+            self._count(outcome, len(part))
+            self._notify_progress()
+            start = stop
+
+    async def _wait_turn(self, running: _Running, loop: _Loop, head: int) -> int | None:
+        """Wait until ``loop``'s next record, whose timestamp is ``head``, is the earliest
+        of its task's: every other partition of the task holds a batch whose first record
+        is later (or as late, and the partition comes after this one), or has found
+        nothing to read for ``max_task_idle_ms`` (or stopped). A partition fetching a
+        batch is waited for. Return the earliest first timestamp of the others' batches
+        (None: they hold none), up to which this one may go on: Kafka Streams' order of a
+        task's records (by their partitions' heads). The earliest always goes, so two
+        loops never wait for each other."""
+        tp = loop.state.tp
+        running.idle_since.pop(tp, None)
+        running.heads[tp] = head
+        running.notify()
+        idle_s = self._config.max_task_idle_ms / 1000
+        while True:
+            wake_at = math.inf
+            blocked = False
+            limit: int | None = None
+            now = anyio.current_time()
+            for other in running.loops:
+                if other == tp:
+                    continue
+                theirs = running.heads.get(other)
+                if theirs is not None:
+                    blocked |= theirs < head or (theirs == head and other < tp)
+                    limit = theirs if limit is None else min(limit, theirs)
+                    continue
+                since = running.idle_since.get(other)
+                if since is None:
+                    blocked = True  # fetching: it holds a batch soon, or is idle
+                elif since + idle_s > now:
+                    blocked = True
+                    wake_at = min(wake_at, since + idle_s)
+            if not blocked or loop.stopping:
+                return limit
+            with anyio.CancelScope(deadline=anyio.current_time() + wake_at - now) as scope:
+                loop.fetch_scope = scope  # a graceful stop ends the wait: the batch goes
+                await running.changed.wait()
+            loop.fetch_scope = None
+
     def _count(self, outcome: Outcome, records_in: int) -> None:
         if self._metrics is not None and outcome.started:
             self._batch_seconds.observe(time.perf_counter() - outcome.started)
         self._records_in += records_in
         self._records_out += sum(w.records.count() for w in outcome.writes)
         self._skipped += outcome.skipped
+        self._late += outcome.late
         self._dead_lettered += outcome.dead_lettered
         self._batches += records_in > 0
 
@@ -525,7 +684,9 @@ class Runtime:
                 logger.warning("app %r: commit failed (retried next time): %s", self._name, exc)
 
     async def _commit(self, partitions: list[TopicPartition]) -> None:
-        """Commit the positions that moved, of ``partitions``, with their metadata.
+        """Commit the positions that moved, of ``partitions``, with their metadata; a task
+        with state stores first writes its changelogs (under the task's lock, so that the
+        state and the positions agree) and waits for them to be durable.
 
         :raises GroupError: as the membership's commit. :raises StoreError: likewise.
         """
@@ -535,13 +696,21 @@ class Runtime:
             offsets: dict[TopicPartition, int] = {}
             metadata: dict[TopicPartition, str] = {}
             states: list[PartitionState] = []
+            flushed: set[TaskId] = set()
             for tp in partitions:
                 if tp not in self._loops:
                     continue
                 running, loop = self._loops[tp]
+                task = running.task
+                if task.stores and task.id not in flushed:
+                    flushed.add(task.id)
+                    await self._flush_stores(running)
                 state = loop.state
-                if state.position != state.committed:
-                    offsets[tp] = state.position
+                position = (
+                    running.flushed.get(tp, state.position) if task.stores else state.position
+                )
+                if position != state.committed:
+                    offsets[tp] = position
                     metadata[tp] = running.task.metadata()
                     states.append(state)
             if not offsets:
@@ -553,6 +722,18 @@ class Runtime:
             self._commits += 1
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
+
+    async def _flush_stores(self, running: _Running) -> None:
+        """Write ``running``'s store changes and a checkpoint of its positions to their
+        changelogs, durably; note the positions they cover (what may be committed)."""
+        async with running.lock:
+            task = running.task
+            positions = task.positions()
+            writes = flush_writes(task, positions)
+            if writes:
+                await self._write(writes)
+                await checkpointed(task, self._backend)
+            running.flushed = positions
 
     async def _commit_final(self, partitions: list[TopicPartition], why: str) -> None:
         """Commit ``partitions`` before ``why``: retry transient failures with backoff,

@@ -24,6 +24,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from headwater.store import canonical_key
+
 from ._errors import SerdeError
 
 T = TypeVar("T")
@@ -144,20 +146,18 @@ def batch_serializer(serde: Serde[Any]) -> Callable[[Any], bytes | None]:
 
 def encode_key(key: object) -> bytes | None:
     """Encode a key as ``key_by`` does by default: canonical JSON (sorted object keys, no
-    whitespace); None means no key.
+    whitespace: :func:`headwater.store.canonical_key`); None means no key.
 
     :raises SerdeError: for bytes (give ``key_by`` a ``BytesSerde`` to key by bytes as
         they are) or a value JSON cannot encode.
     """
-    if key is None:
-        return None
     if isinstance(key, bytes | bytearray | memoryview):
         raise SerdeError(
             f"cannot encode the bytes key {bytes(key)!r} as JSON: key_by(..., serde=BytesSerde())"
             " keys by bytes as they are"
         )
     try:
-        return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
+        return canonical_key(key)  # the store's: `headwater produce --key` writes keys alike
     except TypeError as exc:
         raise SerdeError(f"cannot encode key {key!r}: {exc}") from exc
 

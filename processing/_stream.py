@@ -13,20 +13,33 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from headwater.store import InvalidConfigError, validate_topic_name
 
+from ._aggregate import (
+    count_aggregator,
+    max_aggregator,
+    min_aggregator,
+    reduce_aggregator,
+    sum_aggregator,
+)
 from ._batch import Event
 from ._errors import ErrorPolicy, TopologyError, parse_policy
-from ._graph import Node, Role, check_function
+from ._graph import Node, Role, check_function, follows_offsets
 from ._retry import Retry
 from ._serde import JSON, JSON_KEY, Serde
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._connectors import AppConnector
+    from ._table import Table
+    from ._windowed import WindowedStream
+    from .windows import WindowSpec
 
 T = TypeVar("T")
 U = TypeVar("U")
 
 #: Concurrency of async operators when none is given.
 DEFAULT_CONCURRENCY = 16
+#: How long a task reads nothing before its windows' stream time follows the wall clock.
+DEFAULT_IDLE_MS = 10_000
 
 
 def check_topic(topic: object, what: str) -> str:
@@ -158,9 +171,8 @@ class Stream(Generic[T]):
         different types never collide; ``None``: no key). ``serde=StrSerde()`` writes text
         keys as plain UTF-8 (as a Java producer's StringSerializer does),
         ``serde=BytesSerde()`` bytes keys as they are. Sinks place records by the encoded
-        key; a stateful step after a ``key_by`` first passes the stream through a
-        repartition topic so that equal keys meet in one partition (today: call
-        :meth:`repartition` to do that explicitly).
+        key; a stateful step after a ``key_by`` (an aggregation, a join) first passes
+        the stream through a repartition topic so that equal keys meet in one partition.
         """
         check_function(fn, "key_by")
         return self._derive("key_by", fn=fn, params={"key_serde": serde or JSON_KEY}, rekeyed=True)
@@ -286,6 +298,25 @@ class Stream(Generic[T]):
         check_partitions(partitions)
         self._derive("to", topic=topic, params={"serde": serde or JSON, "partitions": partitions})
 
+    def sink(
+        self,
+        connector: AppConnector,
+        *,
+        serde: Serde[T] | None = None,
+        partitions: int | None = None,
+    ) -> None:
+        """Deliver the values with ``connector`` (a sink of :mod:`headwater.connectors`).
+
+        The values are written to the connector's topic as :meth:`to` writes them
+        (``serde``, ``partitions`` as there), and the connector, run with the app, reads
+        that topic as a consumer group of its own and commits only what its destination
+        took.
+
+        :raises TopologyError: for a bad topic name or partition count.
+        """
+        self.to(connector.topic, serde=serde, partitions=partitions)
+        self._app.add_sink(connector)
+
     def repartition(
         self, name: str, *, serde: Serde[T] | None = None, partitions: int | None = None
     ) -> Stream[T]:
@@ -293,40 +324,248 @@ class Stream(Generic[T]):
 
         Records are placed there by their key, so afterwards every record with a given key
         is read by the same partition task: what a stateful step needs after a
-        ``key_by``. ``name`` names the topic, so it must stay stable across versions of
-        the app (renaming it orphans the old topic). Values are written with ``serde``
-        (JSON by default); the topic gets ``partitions`` partitions, by default as many as
-        the app's widest source topic.
+        ``key_by`` (aggregations and joins do it themselves). ``name`` names the topic,
+        so it must stay stable across versions of the app (renaming it orphans the old
+        topic). Values are written with ``serde`` (JSON by default); the topic gets
+        ``partitions`` partitions, by default as many as the app's widest source topic.
 
         :raises TopologyError: for a bad name, a name used twice, or a bad partition count.
         """
+        return self._repartition(name, serde=serde, partitions=partitions)
+
+    def _repartition(
+        self,
+        name: str,
+        *,
+        serde: Serde[T] | None = None,
+        partitions: int | None = None,
+        partitions_of: list[str] | None = None,
+    ) -> Stream[T]:
         topic = check_topic(f"{self._app.name}-{name}-repartition", "repartition")
         check_partitions(partitions)
         graph = self._app.graph
         if topic in graph.topics(Role.SINK, internal=True):
             raise TopologyError(f"repartition name {name!r} is used twice")
         chosen = serde or JSON
+        # Records that follow their source's offsets can be told from the same ones
+        # written again after an upstream crash (see ``_stateful.py``).
+        dedupe = follows_offsets(self._node)
         sink = self._derive(
-            "through", topic=topic, params={"serde": chosen, "partitions": partitions}
+            "through",
+            topic=topic,
+            params={
+                "serde": chosen,
+                "partitions": partitions,
+                "partitions_of": partitions_of,
+                "dedupe": dedupe,
+            },
         )
         return sink._derive(
             "internal",
             topic=topic,
-            params={"serde": chosen, "key_serde": graph.key_serde(sink.node)},
+            params={"serde": chosen, "key_serde": graph.key_serde(sink.node), "dedupe": dedupe},
             rekeyed=False,
         )
 
-    def _copartitioned(self, name: str) -> Stream[T]:
+    def _copartitioned(self, name: str, *, partitions_of: list[str] | None = None) -> Stream[T]:
         """Return a stream whose records sit in the partition their key hashes to.
 
         The hook for stateful steps (windows, aggregations, joins): each calls it with its
         own stable name first. A stream re-keyed by ``key_by`` since its source (or last
-        repartition) goes through a repartition topic; any other stream is already placed
-        by its key and is returned as it is.
+        repartition) goes through a repartition topic (with as many partitions as the
+        widest of ``partitions_of``, the topics it must be co-partitioned with, if
+        given); any other stream is already placed by its key and is returned as it is.
         """
         if self._rekeyed:
-            return self.repartition(name)
+            return self._repartition(name, partitions_of=partitions_of)
         return self
+
+    # -- stateful operators ------------------------------------------------------------------
+
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        timestamp: Callable[[T], int] | None = None,
+        grace_ms: int = 0,
+        idle_ms: int | None = DEFAULT_IDLE_MS,
+    ) -> WindowedStream[T]:
+        """Return this (keyed) stream in windows of ``spec`` (see :mod:`windows`), for an
+        aggregation per key and window.
+
+        Event time is ``timestamp(value)`` (epoch ms) or else the record's timestamp; a
+        window closes once the step's stream time (the largest event time it has seen)
+        reaches its end plus ``grace_ms``, and records for a closed window are late.
+        When the task has read nothing for ``idle_ms`` of wall time, stream time moves
+        on with the wall clock, so windows close without a next record (None: never).
+
+        :raises TopologyError: for a bad spec, function or duration.
+        """
+        from ._windowed import WindowedStream  # noqa: PLC0415 - it builds on this module
+
+        return WindowedStream(self, spec, timestamp=timestamp, grace_ms=grace_ms, idle_ms=idle_ms)
+
+    def count(self, *, name: str | None = None, store: str = "memory") -> Table[int]:
+        """Return the table of how many records each key has had (over all time).
+
+        ``name`` names the state store and its changelog ``<app>-<name>-changelog``
+        (renaming it is a breaking change); by default it comes from the step's position
+        in the graph. ``store`` is ``"memory"`` or ``"disk"``.
+        """
+        from ._windowed import aggregate_table  # noqa: PLC0415
+
+        return aggregate_table(self, count_aggregator(), name, store)
+
+    def sum(
+        self, fn: Callable[[T], Any], *, name: str | None = None, store: str = "memory"
+    ) -> Table[Any]:
+        """Return the table of each key's sum of ``fn(value)`` (see :meth:`count`)."""
+        check_function(fn, "sum")
+        from ._windowed import aggregate_table  # noqa: PLC0415
+
+        return aggregate_table(self, sum_aggregator(fn), name, store)
+
+    def min(
+        self, fn: Callable[[T], Any], *, name: str | None = None, store: str = "memory"
+    ) -> Table[Any]:
+        """Return the table of each key's least ``fn(value)`` (see :meth:`count`)."""
+        check_function(fn, "min")
+        from ._windowed import aggregate_table  # noqa: PLC0415
+
+        return aggregate_table(self, min_aggregator(fn), name, store)
+
+    def max(
+        self, fn: Callable[[T], Any], *, name: str | None = None, store: str = "memory"
+    ) -> Table[Any]:
+        """Return the table of each key's greatest ``fn(value)`` (see :meth:`count`)."""
+        check_function(fn, "max")
+        from ._windowed import aggregate_table  # noqa: PLC0415
+
+        return aggregate_table(self, max_aggregator(fn), name, store)
+
+    def reduce(
+        self, fn: Callable[[T, T], T], *, name: str | None = None, store: str = "memory"
+    ) -> Table[T]:
+        """Return the table of each key's values folded by ``fn(acc, value)`` (the first
+        value as it is; see :meth:`count`)."""
+        check_function(fn, "reduce")
+        from ._windowed import aggregate_table  # noqa: PLC0415
+
+        return aggregate_table(self, reduce_aggregator(fn), name, store)
+
+    def aggregate(
+        self,
+        initial: Callable[[], U],
+        add: Callable[[U, T], U],
+        merge: Callable[[U, U], U] | None = None,
+        *,
+        name: str | None = None,
+        store: str = "memory",
+    ) -> Table[U]:
+        """Return the table of each key's ``add(acc, value)`` fold from ``initial()`` (see
+        :meth:`count`); the aggregate must be made of what JSON holds (it is written
+        to the changelog as JSON)."""
+        from ._windowed import aggregate_table, make_aggregator  # noqa: PLC0415
+
+        return aggregate_table(self, make_aggregator(initial, add, merge), name, store)
+
+    def join(
+        self,
+        other: Table[U] | Stream[U],
+        fn: Callable[[T, U], Any],
+        *,
+        within_ms: int | None = None,
+        grace_ms: int = 0,
+        name: str | None = None,
+    ) -> Stream[Any]:
+        """Join with a table (each record with the table's value of its key) or, with
+        ``within_ms``, with another stream (each pair of records of one key at most
+        ``within_ms`` apart); emit ``fn(value, other_value)``.
+
+        Kafka Streams' inner join semantics; see ``left_join`` and ``outer_join``. A
+        re-keyed side is repartitioned first (``<app>-<name>-repartition``); ``name``
+        names the join's stores and topics (by default from its position in the graph).
+
+        :raises TopologyError: for a table of another app, or a stream without ``within_ms``.
+        """
+        return self._join(other, fn, "inner", within_ms, grace_ms, name)
+
+    def left_join(
+        self,
+        other: Table[U] | Stream[U],
+        fn: Callable[[T, U | None], Any],
+        *,
+        within_ms: int | None = None,
+        grace_ms: int = 0,
+        name: str | None = None,
+    ) -> Stream[Any]:
+        """As :meth:`join`, keeping every record of this stream: ``fn(value, None)`` when
+        the table has no value (or, between streams, when no partner came before the
+        record's window closed)."""
+        return self._join(other, fn, "left", within_ms, grace_ms, name)
+
+    def outer_join(
+        self,
+        other: Stream[U],
+        fn: Callable[[T | None, U | None], Any],
+        *,
+        within_ms: int,
+        grace_ms: int = 0,
+        name: str | None = None,
+    ) -> Stream[Any]:
+        """Join with another stream within ``within_ms``, keeping every record of both:
+        ``fn(value, None)`` or ``fn(None, other_value)`` for records without a partner
+        when their window closes."""
+        return self._join(other, fn, "outer", within_ms, grace_ms, name)
+
+    def _join(  # noqa: PLR0917 - the join methods' one helper
+        self,
+        other: Any,
+        fn: Callable[..., Any],
+        how: str,
+        within_ms: int | None,
+        grace_ms: int,
+        name: str | None,
+    ) -> Stream[Any]:
+        from ._joins import stream_stream_join, stream_table_join  # noqa: PLC0415
+
+        if name is not None:
+            check_topic(f"{self._app.name}-{name}-changelog", "join name")
+        if isinstance(other, Stream):
+            if within_ms is None:
+                raise TopologyError(
+                    f"{how} join of two streams needs within_ms: how far apart two records "
+                    "of a key may be to join"
+                )
+            return stream_stream_join(self, other, fn, how, within_ms, grace_ms, name)
+        if within_ms is not None:
+            raise TopologyError("within_ms is for stream-stream joins; a table join has none")
+        return stream_table_join(self, other, fn, how, name)
+
+    def process(
+        self,
+        factory: Callable[[], Any],
+        *,
+        stores: Iterable[str] = (),
+        store: str = "memory",
+    ) -> Stream[Any]:
+        """Run a processor of your own, with per-task stores and timers (Kafka Streams'
+        Processor API).
+
+        ``factory()`` makes one processor per task: an object with
+        ``process(value, ctx)`` and, optionally, ``init(ctx)`` (called when the task
+        starts and after its stores are restored, to schedule timers). Through the
+        :class:`~headwater.processing.ProcessorContext` it reads the record's key and
+        timestamp, its stores by name (each a key-value store of JSON values, backed by
+        the changelog ``<app>-<store>-changelog``), forwards values, and schedules
+        callbacks on wall time or stream time. ``store`` is ``"memory"`` or ``"disk"``.
+
+        :raises TopologyError: for a factory that is not callable or a store name in use.
+        """
+        check_function(factory, "process")
+        from ._windowed import process_node  # noqa: PLC0415
+
+        return process_node(self, factory, list(stores), store)
 
 
 def _async_params(concurrency: object, retry: object) -> dict[str, Any]:

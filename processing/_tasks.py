@@ -44,6 +44,7 @@ carries the stream time, so a task resumed elsewhere starts at the same stream t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,8 +62,14 @@ from ._metrics import OperatorCounts
 if TYPE_CHECKING:
     from ._backends import Backend, Membership
     from ._operators import SourceStep, Step
+    from ._stores import MemoryStore, StoreSpec
+    from ._stores._changelog import StoreRegistry
 
 logger = logging.getLogger("headwater.processing")
+
+#: The task whose batch (or timers) is being processed, for look-ups into its stores
+#: (``Table.get``) from user functions.
+CURRENT_TASK: contextvars.ContextVar[Task] = contextvars.ContextVar("headwater_task")
 
 #: Commit metadata format version (a JSON object with ``"v"``).
 METADATA_VERSION = 1
@@ -143,9 +150,16 @@ def check_copartitioning(graph: Graph, counts: Mapping[str, int]) -> None:
         topics = {s.topic: counts[s.topic] for s in source_ancestors(node) if s.topic}
         if len(set(topics.values())) > 1:
             listed = ", ".join(f"{t!r} ({n} partitions)" for t, n in sorted(topics.items()))
+            fix = (
+                "re-key a stream side with .key_by(...) (a re-keyed side is repartitioned "
+                "to the other's partition count) or give the topics equal partition counts"
+                if node.kind != "table_join"
+                else "make the tables' topics the same partition count (or build one "
+                "table from a re-keyed stream's aggregation)"
+            )
             raise TopologyError(
                 f"{node.label} reads {listed}: its inputs must be co-partitioned (equal "
-                "partition counts, placed by the same key); repartition one of them"
+                f"partition counts, placed by the same key); {fix}"
             )
 
 
@@ -203,6 +217,7 @@ class Task:
         group: TopicGroup,
         clock: Clock,
         topic_partitions: Mapping[str, int],
+        registry: StoreRegistry | None = None,
     ) -> None:
         self.id = task_id
         self.group = group
@@ -217,6 +232,13 @@ class Task:
         self.steps: list[Step] = []
         #: Each operator's counts by node id (a pipeline shares its own among its tasks).
         self.counts: dict[int, OperatorCounts] = {}
+        #: Each step by the id of its node (a join finds its table's step here).
+        self.step_by_node: dict[int, Step] = {}
+        #: The task's state stores, by name (see ``_stores``).
+        self.stores: dict[str, MemoryStore] = {}
+        self.registry = registry
+        #: Wall time of the last input batch (None: none yet), for idle timers.
+        self.last_input_ms: int | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.id}: {', '.join(f'{t}/{p}' for t, p in self.partitions)}>"
@@ -227,6 +249,26 @@ class Task:
         if counts is None:
             counts = self.counts[node_id] = OperatorCounts()
         return counts
+
+    def open_store(self, spec: StoreSpec) -> MemoryStore:
+        """Return the task's store ``spec``, opened (once) through the task's registry.
+
+        :raises TopologyError: if two steps of the task name the same store.
+        """
+        if spec.name in self.stores:
+            raise TopologyError(f"two stateful steps use the store name {spec.name!r}")
+        if self.registry is not None:
+            store = self.registry.open(self.id, spec)
+        else:
+            from ._stores import MemoryStore  # noqa: PLC0415 - a cycle through the steps
+
+            store = MemoryStore(spec)
+        self.stores[spec.name] = store
+        return store
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Return the task's position in each of its partitions."""
+        return {tp: state.position for tp, state in self.partitions.items()}
 
     def add_partition(self, tp: TopicPartition, position: int, metadata: str = "") -> None:
         """Start reading ``tp`` at ``position``; take the stream time its commit metadata

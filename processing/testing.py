@@ -37,7 +37,9 @@ Example (a test suite runs this)::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import anyio
@@ -55,6 +57,9 @@ from ._graph import plan_topics
 from ._lineage import Headers
 from ._pipeline import Outcome, Pipeline
 from ._serde import BytesSerde, Serde, encode_key
+from ._stateful import StatefulStep
+from ._stores import SESSION_KEYS, WINDOW_KEYS
+from ._stores._changelog import StoreRegistry, checkpointed, flush_writes, restore
 from ._tasks import Task, TaskId, TaskPlan, check_copartitioning, plan_topic_groups, resume
 
 __all__ = ("TestDriver", "TestRecord")
@@ -85,6 +90,7 @@ class _Member:
 
     def __init__(self, driver: TestDriver) -> None:
         self._driver = driver
+        self.registry = StoreRegistry(driver._state_dir, driver._app_name)
         self.member_id = ""
         self.membership: Membership | None = None
         self.tasks: dict[TaskId, Task] = {}
@@ -110,30 +116,50 @@ class _Member:
             task = self.tasks.get(task_id)
             if task is None:
                 pipeline = driver._pipelines[task_id.group]
-                task = self.tasks[task_id] = pipeline.task(task_id, driver._clock)
-            await resume(task, tps, self.membership, driver._backend)
+                task = self.tasks[task_id] = pipeline.task(task_id, driver._clock, self.registry)
+                await resume(task, tps, self.membership, driver._backend)
+                if task.stores:
+                    await restore(task, driver._backend)
+            else:
+                await resume(task, tps, self.membership, driver._backend)
 
     async def revoked(self, partitions: list[TopicPartition]) -> None:
         await self.commit(partitions)
-        self.lost_nowait(partitions)
+        self.lost_nowait(partitions, clean=True)
 
     async def lost(self, partitions: list[TopicPartition]) -> None:
-        self.lost_nowait(partitions)
+        self.lost_nowait(partitions, clean=False)
 
-    def lost_nowait(self, partitions: list[TopicPartition]) -> None:
+    def lost_nowait(self, partitions: list[TopicPartition], *, clean: bool) -> None:
         gone = set(partitions)
         for task_id, task in list(self.tasks.items()):
             for tp in gone & set(task.partitions):
                 del task.partitions[tp]
             if not task.partitions:
                 del self.tasks[task_id]
+                if clean:
+                    self.registry.keep(task)
+                else:
+                    self.registry.drop(task)
+
+    def close(self) -> None:
+        """Release the stores of a member that is gone, as its process's end would."""
+        for task in self.tasks.values():
+            self.registry.drop(task)
+        self.tasks = {}
+        self.registry.close()
 
     async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         assert self.membership is not None
         wanted = None if partitions is None else set(partitions)
         offsets: dict[TopicPartition, int] = {}
         metadata: dict[TopicPartition, str] = {}
+        backend = self._driver._backend
         for task in self.tasks.values():
+            if task.stores:  # the changelogs first, durably; then the positions they cover
+                for write in flush_writes(task, task.positions()):
+                    await backend.produce(*write)
+                await checkpointed(task, backend)
             for tp, (offset, meta) in task.to_commit().items():
                 if wanted is None or tp in wanted:
                     offsets[tp], metadata[tp] = offset, meta
@@ -154,6 +180,8 @@ class TestDriver:
         runs).
     :param start_ms: the clock's start, in epoch ms.
     :param members: how many members of the app's group to start.
+    :param state_dir: where disk stores keep their local copies (by default they are
+        kept in memory, and a restart restores them from their changelogs).
     :raises TopologyError: if the app's graph cannot run.
 
     Concurrency: synchronous, for plain (non-async) tests; do not call it from inside a
@@ -169,17 +197,24 @@ class TestDriver:
         partitions: Mapping[str, int] | None = None,
         start_ms: int = START_MS,
         members: int = 1,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         graph = app.graph
         graph.validate()
         self._config = app.config
         counts = plan_topics(graph, dict(partitions or {}), default_partitions=1)
         check_copartitioning(graph, counts)
-        self._counts = counts
         self._clock = VirtualClock(start_ms)
         self._backend = MemoryBackend()
         for topic, count in counts.items():
             self._backend.create_topic_now(topic, count)
+        for topic, count in graph.changelogs(counts).items():
+            self._backend.create_topic_now(topic, count, {"cleanup.policy": "compact"})
+            counts[topic] = count
+        self._counts = counts
+        self._app_name = app.name
+        self._state_dir = None if state_dir is None else Path(state_dir)
+        self._graph = graph
         groups = plan_topic_groups(graph, counts)
         self._plan = TaskPlan(groups)
         self._pipelines = {group.id: Pipeline(graph, group, counts) for group in groups}
@@ -356,8 +391,9 @@ class TestDriver:
         self._run(self._pump)
 
     def _leave(self, member_id: str, *, clean: bool) -> None:
-        self._members.pop(member_id)
+        member = self._members.pop(member_id)
         self._run(lambda: self._group.remove(member_id, clean=clean))
+        member.close()
 
     def expire_member(self, member_id: str) -> None:
         """End ``member_id``'s session, as a member that stopped heartbeating: it loses its
@@ -365,8 +401,9 @@ class TestDriver:
 
         :raises KeyError: if there is no such member.
         """
-        self._members.pop(member_id)
+        member = self._members.pop(member_id)
         self._run(lambda: self._group.expire(member_id))
+        member.close()
         self._run(self._pump)
 
     def restart(self, *, clean: bool = True) -> None:
@@ -416,6 +453,58 @@ class TestDriver:
                 if str(task_id) == task:
                     return held.stream_time_ms
         raise KeyError(task)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state(self, store: str) -> dict[Any, Any]:
+        """Return the contents of state store ``store`` over every task: each key as the
+        user's object (a window's as ``(key, start)``, a session's as ``(key, start,
+        end)``), each value as the step holds it (a window's: its aggregate).
+
+        :raises KeyError: if no task has a store of that name.
+        """
+        found = False
+        contents: dict[Any, Any] = {}
+        for task in self._tasks():
+            held = task.stores.get(store)
+            if held is None:
+                continue
+            found = True
+            owner = next(s for s in task.steps if isinstance(s, StatefulStep) and held in s.stores)
+            windowed = held.spec.keys in (WINDOW_KEYS, SESSION_KEYS)
+            for key, value in held.items():
+                if windowed:
+                    contents[(owner.key_object(key[0]), *key[1:])] = value[0]
+                elif isinstance(key, bytes):
+                    contents[owner.key_object(key)] = value
+                else:
+                    contents[key] = value
+        if not found:
+            raise KeyError(f"no task has a store named {store!r}")
+        return contents
+
+    def restored(self, store: str) -> tuple[int, int]:
+        """Return how many changelog records the tasks' last restore of ``store`` read,
+        and how many it had to read (both 0 for a store restored from a current local
+        copy, or not restored at all), summed over the tasks that hold it.
+
+        :raises KeyError: if no task has a store of that name.
+        """
+        held = [task.stores[store] for task in self._tasks() if store in task.stores]
+        if not held:
+            raise KeyError(f"no task has a store named {store!r}")
+        return sum(s.restored for s in held), sum(s.restore_total for s in held)
+
+    def changelog(self, store: str) -> list[TestRecord]:
+        """Return the records of state store ``store``'s changelog topic (raw bytes).
+
+        :raises KeyError: if the app has no store of that name.
+        """
+        for node in self._graph.nodes:
+            for spec in node.params.get("stores") or ():
+                if spec.name == store:
+                    return self.records(spec.changelog)
+        raise KeyError(f"the app has no store named {store!r}")
 
     # -- output ------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from ._fs import FileSystem as FileSystem
 from ._fs import OsFileSystem as OsFileSystem
 from ._holder import LockHolder as LockHolder
 from ._holder import read_holder as read_holder
+from ._keys import canonical_key as canonical_key
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
@@ -130,6 +131,7 @@ __all__ = (
     "murmur2",
     "open_store",
     "parse_batch_header",
+    "canonical_key",
     "partition_for_key",
     "read_holder",
     "records_from",

@@ -11,6 +11,7 @@ PACKAGES = [
     "headwater.groups",
     "headwater.broker",
     "headwater.processing",
+    "headwater.connectors",
     "headwater.cli",
 ]
 

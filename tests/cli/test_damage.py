@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from headwater.processing import encode_key
 from headwater.store import (
     NewRecord,
     TopicConfig,
@@ -150,7 +151,9 @@ def test_a_writer_refuses_the_damage_until_it_is_repaired(hw: Headwater, data: P
     quarantined = [p for p in (data / "clicks" / "0").iterdir() if p.suffix == ".quarantine"]
     assert len(quarantined) == 1
 
-    key = next(f"k{i}" for i in range(100) if partition_for_key(f"k{i}".encode(), PARTITIONS) == 0)
+    key = next(
+        f"k{i}" for i in range(100) if partition_for_key(encode_key(f"k{i}"), PARTITIONS) == 0
+    )
     new = json.dumps({"p": 0, "o": 300, "k": key})
     produced = hw("produce", "clicks", "--key", "k", input=new + "\n")
     assert produced.returncode == 0, produced.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headwater.cli._lines import BATCH_RECORDS, Chunk, LineFormat, LineParser
+from headwater.processing import encode_key
 from headwater.store import NewRecord
 
 JSON = LineFormat()
@@ -29,9 +30,11 @@ def test_lines_split_across_reads_blank_lines_and_crlf() -> None:
 
 
 def test_keys_from_a_field() -> None:
-    lines = b'{"k": "u1"}\n{"k": 7}\n{"k": null}\n{"k": {"x": 1}}\n{"k": "\xc3\xa9"}\n'
+    lines = b'{"k": "u1"}\n{"k": 7}\n{"k": null}\n{"k": {"y": 1, "x": 2}}\n{"k": "\xc3\xa9"}\n'
     got = [r.key for r in records(parse(LineParser(KEYED, 1 << 20), lines))]
-    assert got == [b"u1", b"7", None, b'{"x":1}', "é".encode()]
+    # As key_by encodes keys: canonical JSON, one encoder for both.
+    assert got == [b'"u1"', b"7", None, b'{"x":2,"y":1}', '"é"'.encode()]
+    assert got == [encode_key(k) for k in ("u1", 7, None, {"y": 1, "x": 2}, "é")]
 
 
 def test_errors_name_the_line_and_keep_what_came_before() -> None:
@@ -89,7 +92,7 @@ def test_headers_go_on_every_record_and_count_towards_the_size() -> None:
 def test_skip_invalid_reports_and_goes_on() -> None:
     parser = LineParser(KEYED, 1 << 20, skip_invalid=True)
     chunks = parse(parser, b'{"k": "a"}\nnope\n{"j": 1}\n{"k": "b"}\n')
-    assert [r.key for r in records(chunks)] == [b"a", b"b"]
+    assert [r.key for r in records(chunks)] == [b'"a"', b'"b"']
     reported = [m for c in chunks for m in c.skipped]
     assert len(reported) == 2
     assert reported[0].startswith("line 2: invalid JSON (")

@@ -31,7 +31,7 @@ def test_partition_sends_every_record_to_one(log: Log, topic: str) -> None:
     assert produced.stdout.splitlines() == [f"2:{i}" for i in range(20)]
     got = metas(log, topic)
     assert {m["partition"] for m in got} == {2}
-    assert [m["key"] for m in got] == [f"u{i}" for i in range(20)]  # keys kept, not placed by
+    assert [m["key"] for m in got] == [f'"u{i}"' for i in range(20)]  # keys kept, not placed by
     missing = log("produce", topic, "-p", "3", input='{"a": 1}\n')
     assert_error(missing, f"topic {topic!r} has no partition 3 (it has 3)")
     assert len(metas(log, topic)) == 20

@@ -1,8 +1,8 @@
 """The README's shell examples of the command line run as written (so that they never rot).
 
-The Quickstart and "The command line" blocks run in order through bash, on a fresh data
-directory, each command checked (``set -e``); ``--follow`` (which waits for ever) and the
-venv activation are left out.
+The Quickstart, "The command line" and "Connectors" blocks run in order through bash, on
+a fresh data directory, each command checked (``set -e``); ``--follow`` (which waits for
+ever) and the venv activation are left out.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).parents[2] / "README.md"
-SECTIONS = ("## Quickstart", "## The command line")
+SECTIONS = ("## Quickstart", "## The command line", "## Connectors")
 
 
 def shell_blocks(section: str) -> list[str]:
@@ -52,3 +52,5 @@ def test_the_command_line_examples_run(tmp_path: Path) -> None:
     assert "headwater: skipped line 2: invalid JSON" in result.stderr
     assert re.search(r"^clicks/0/0 ", out, re.MULTILINE)  # the template
     assert "changed topic 'clicks': retention_ms 86400000 -> 3600000" in result.stderr
+    assert '["headwater.line","3"]' in out  # the dead letter's line number
+    assert '{"user":"ada","ms":120}\n{"user":"bob","ms":80}\n' in out  # the final file

@@ -38,5 +38,15 @@ def test_help_lists_every_command() -> None:
         text=True,
         check=True,
     ).stdout
-    for command in ("topics", "produce", "consume", "groups", "broker", "run", "trace", "repair"):
+    for command in (
+        "topics",
+        "produce",
+        "consume",
+        "groups",
+        "broker",
+        "connect",
+        "run",
+        "trace",
+        "repair",
+    ):
         assert f"  {command} " in out

@@ -86,11 +86,11 @@ async def worker_dir(tmp_path: Path, data: Path) -> Path:
 
 
 def start_worker(
-    directory: Path, data: Path, *args: str, hold: bool = False
+    directory: Path, data: Path, *args: str, hold: bool = False, hold_from: int = HOLD_FROM
 ) -> subprocess.Popen[str]:
     env = {**os.environ, "HW_TEST_MARKER": str(directory / "marker")}
     if hold:
-        env["HW_TEST_HOLD"] = str(HOLD_FROM)
+        env["HW_TEST_HOLD"] = str(hold_from)
     return subprocess.Popen(
         [HEADWATER, "--data", str(data), "run", str(directory / "app.py"), *args],
         env=env,

@@ -120,12 +120,29 @@ def test_config_validation() -> None:
 
 def test_the_table_of_node_kinds() -> None:
     for name, kind in KINDS.items():
-        assert kind.name == name and issubclass(kind.step, Step)  # type: ignore[arg-type]
+        # A step class, or a builder that imports a stateful step's module when used.
+        assert kind.name == name and callable(kind.step)
+        if isinstance(kind.step, type):
+            assert issubclass(kind.step, Step)
     by = {role: {n for n, k in KINDS.items() if k.role is role} for role in Role}
     assert by[Role.SOURCE] == {"source", "internal"}
     assert by[Role.SINK] == {"to", "through"}
     assert {n for n, k in KINDS.items() if k.effect} == {"to", "through", "peek"}
-    assert {n for n, k in KINDS.items() if not k.can_fail} == {"merge", "route"}
+    assert {n for n, k in KINDS.items() if not k.can_fail} == {
+        "merge",
+        "route",
+        "final",
+        "updates",
+        "late",
+        "to_stream",
+        "table_side",
+        "join_side",
+    }
+    assert {n for n, k in KINDS.items() if k.copartitioned} == {
+        "stream_table_join",
+        "stream_stream_join",
+        "table_join",
+    }
     assert {n for n, k in KINDS.items() if k.internal} == {"internal", "through"}
 
 
@@ -140,3 +157,38 @@ def test_each_task_gets_its_own_instance_of_every_step() -> None:
     assert len(first.steps) == len(second.steps) == 8
     assert not {id(s) for s in first.steps} & {id(s) for s in second.steps}
     assert [type(s) for s in first.steps] == [type(s) for s in second.steps]
+
+
+def test_describe_names_the_stateful_steps_and_their_stores() -> None:
+    from headwater.processing import windows
+
+    app = App("stats")
+    keyed = app.stream("clicks").key_by(lambda e: e["user"])
+    keyed.window(windows.tumbling(seconds=10), grace_ms=5, idle_ms=None).count(
+        name="per-user", store="disk"
+    ).final().to("out")
+    keyed.count().to_stream().to("totals")  # named from its place in the graph
+    text = app.describe()
+    assert "window_aggregate 'per-user' tumbling" in text
+    assert "grace=5ms idle=off [store 'per-user' disk -> stats-per-user-changelog]" in text
+    assert "internal topics: stats-per-user-repartition, stats-aggregate-" in text
+    assert "state stores:   per-user (disk, changelog stats-per-user-changelog), aggregate-" in text
+    assert {n for n, k in KINDS.items() if k.adds_rows} == {
+        "process",
+        "window_aggregate",
+        "stream_stream_join",
+    }
+
+
+def test_a_sink_below_a_repartition_is_as_wide_as_it() -> None:
+    from headwater.processing.testing import TestDriver
+
+    app = App("wide")
+    counted = app.stream("in").key_by(lambda e: e["k"]).count(name="n")
+    counted.to_stream().to("out")
+    left, right = (app.stream(t).key_by(lambda e: e["k"]) for t in ("a", "b"))
+    left.join(right, lambda x, y: x, within_ms=5, name="j").to("joined")
+    driver = TestDriver(app, partitions={"in": 3, "a": 4, "b": 2})
+    assert driver.partitions("wide-n-repartition") == 3 and driver.partitions("out") == 3
+    assert driver.partitions("wide-j-left-repartition") == 4
+    assert driver.partitions("joined") == 4  # was 1: sized before the repartition topics

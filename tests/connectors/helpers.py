@@ -1,0 +1,88 @@
+"""Helpers of the connector tests: read topics, wait for records, run subprocesses."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+from headwater.store import Partition, Record, Store, open_store
+
+#: A test that waits longer than this for something has hung (the guard never decides
+#: a pass: a slow machine only makes the wait longer).
+HANG_S = 120
+HEADWATER = str(Path(sys.executable).with_name("headwater"))
+
+
+async def records_of(store: Store, topic: str) -> list[Record]:
+    """Return every record of ``topic`` below the high watermark, partition after partition."""
+    out: list[Record] = []
+    for partition in store.partitions(topic):
+        position = partition.log_start_offset
+        while position < partition.high_watermark:
+            batch = await partition.read_records(position, 1 << 24)
+            if not batch:
+                break
+            out.extend(batch)
+            position = batch[-1].offset + 1
+    return out
+
+
+async def values_of(store: Store, topic: str) -> list[bytes | None]:
+    """Return the values of every record of ``topic`` (see :func:`records_of`)."""
+    return [r.value for r in await records_of(store, topic)]
+
+
+async def read_topic(data: Path, topic: str) -> list[Record]:
+    """Open the data directory and return every record of ``topic`` (none if missing)."""
+    async with open_store(data, maintenance_interval_s=math.inf) as store:
+        if not store.has_topic(topic):
+            return []
+        return await records_of(store, topic)
+
+
+async def wait_for_count(store: Store, topic: str, count: int) -> None:
+    """Wait until ``topic`` holds at least ``count`` readable records (woken by appends)."""
+    partitions = store.partitions(topic)
+    with anyio.fail_after(HANG_S):
+        while sum(p.high_watermark - p.log_start_offset for p in partitions) < count:
+            async with anyio.create_task_group() as tg:
+
+                async def wake(partition: Partition) -> None:
+                    await partition.wait_for(partition.high_watermark)
+                    tg.cancel_scope.cancel()
+
+                for p in partitions:
+                    tg.start_soon(wake, p)
+
+
+def wait_for_line(process: subprocess.Popen[bytes], text: bytes) -> bytes:
+    """Read the process's stdout until a line contains ``text``; return that line."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + HANG_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            status = process.wait()
+            errors = process.stderr.read().decode() if process.stderr is not None else ""
+            raise AssertionError(f"the process ended (status {status}) before {text!r}: {errors}")
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r}")
+
+
+def python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    """Start ``script`` in a new Python process with stdout piped."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        **kwargs,
+    )
