@@ -24,6 +24,13 @@ Usage::
 
 Without ``--bootstrap`` the broker runs in a temporary data directory, with topics at
 the default durability (``batch``: group commit, acknowledged after fsync).
+
+``--metrics-cost`` measures what metrics cost instead: two brokers, one serving its
+metrics (``--metrics``) and one without, each in a data directory of its own; ``--runs``
+produce runs against each (a fresh topic every time), interleaved (on-off, then off-on,
+...) so that the machine's drift weighs on both alike. It prints both medians and their
+ratio (target: on at most 3% slower), and checks that a scrape of the first broker
+counted the produce requests.
 """
 
 from __future__ import annotations
@@ -44,28 +51,33 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 TARGETS = {"produce": 400_000, "consume": 500_000, "p99_ms": 10.0}
 
 
-def start_broker(data: Path, profile_path: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_broker(
+    data: Path, profile_path: Path | None, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``headwater broker`` on a free port; return the process and its address."""
     env = dict(os.environ)
     if profile_path is not None:
         env["HEADWATER_BROKER_PROFILE"] = str(profile_path)
-    log = open(data.parent / "broker.log", "wb")  # noqa: SIM115 - lives as long as the broker
+    log_path = data.parent / f"{data.name}-broker.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the broker
     proc = subprocess.Popen(
-        [HEADWATER, "broker", "--data", str(data), "--listen", "127.0.0.1:0"],
+        [HEADWATER, "broker", "--data", str(data), "--listen", "127.0.0.1:0", *args],
         stderr=log,
         env=env,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        text = (data.parent / "broker.log").read_text(errors="replace")
+        text = log_path.read_text(errors="replace")
         found = re.search(r"listening on ([\d.]+):(\d+)", text)
         if found:
             return proc, f"{found[1]}:{found[2]}"
@@ -294,7 +306,14 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--latency-linger-ms", type=float, default=1.0)
     parser.add_argument("--top", type=int, default=15, help="profile entries to print")
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="compare produce with metrics on and off"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="produce runs each (--metrics-cost)")
     args = parser.parse_args()
+    if args.metrics_cost:
+        compare_metrics(args.records, args.value_bytes, args.partitions, args.runs)
+        return
 
     temp = Path(tempfile.mkdtemp(prefix="broker-bench-"))
     broker = None
@@ -335,6 +354,69 @@ def main() -> None:
     finally:
         if broker is not None:
             broker.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system, every thread) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def compare_metrics(records: int, value_bytes: int, partitions: int, runs: int) -> None:
+    """Produce to a broker with metrics on and one with them off, interleaved."""
+    temp = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    brokers: list[subprocess.Popen[bytes]] = []
+    try:
+        on, on_address = start_broker(temp / "on", None, "--metrics", "127.0.0.1:0")
+        brokers.append(on)
+        off, off_address = start_broker(temp / "off", None)
+        brokers.append(off)
+        url = re.search(r"serving metrics at (\S+)", (temp / "on-broker.log").read_text())
+        assert url is not None, "the broker did not say where it serves its metrics"
+        address = {True: on_address, False: off_address}
+        pid = {True: on.pid, False: off.pid}
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        cpu: dict[bool, list[float]] = {True: [], False: []}  # the broker's CPU µs per record
+        for metrics in (True, False):  # warm-up, not counted: first connections, first files
+            produce(address[metrics], create_topic(address[metrics], partitions), records // 10,
+                    value_bytes)  # fmt: skip
+        for run in range(1, runs + 1):
+            for metrics in (True, False) if run % 2 else (False, True):
+                topic = create_topic(address[metrics], partitions)
+                before = cpu_seconds(pid[metrics])
+                rates[metrics].append(produce(address[metrics], topic, records, value_bytes))
+                cpu[metrics].append((cpu_seconds(pid[metrics]) - before) / records * 1e6)
+                print(
+                    f"produce run {run}, metrics {'on ' if metrics else 'off'}: "
+                    f"{rates[metrics][-1]:12,.0f} records/s, broker CPU "
+                    f"{cpu[metrics][-1]:.2f} µs/record"
+                )
+        median_on, median_off = statistics.median(rates[True]), statistics.median(rates[False])
+        cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
+        paired = statistics.median(a / b for a, b in zip(rates[True], rates[False], strict=True))
+        paired_cpu = statistics.median(a / b for a, b in zip(cpu[True], cpu[False], strict=True))
+        print(
+            f"produce median of {runs} runs each: metrics on {median_on:,.0f} records/s, off "
+            f"{median_off:,.0f} records/s, on/off = {median_on / median_off:.3f}, median of "
+            f"the runs' pairs {paired:.3f} (target >= 0.97); broker CPU per record on "
+            f"{cpu_on:.2f} µs, off {cpu_off:.2f} µs, on/off = {cpu_on / cpu_off:.3f}, median of"
+            f" the pairs {paired_cpu:.3f}"
+        )
+        scraped = httpx.get(url[1], timeout=10).text
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "headwater_broker_requests_total"
+            and sample.labels["api"] == "PRODUCE"
+        )
+        assert counted > 0, "the broker with metrics on counted no produce request"
+        print(f"the broker with metrics on counted {counted:,.0f} produce requests")
+    finally:
+        for proc in brokers:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -35,6 +35,13 @@ to the last one's end (their group joins and rebalances included); the ratio of 
 worker count's figure to one worker's is printed. Each run also prints the CPU time its
 processes used per event (all their threads): on a shared machine it varies less than
 the wall-clock figure. The embedded figures follow in the same run, for comparison.
+
+``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of W1 runs, one
+with the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does;
+each such run then renders the registry once, as a scrape would, outside the timing) and
+one with them off, interleaved (on-off, then off-on, ...) so that the machine's drift weighs
+on both alike. It prints both medians, their ratio and the median of each pair's ratio,
+for the rate and for the worker's CPU time per event (target: on at most 3% slower).
 """
 
 from __future__ import annotations
@@ -56,11 +63,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from headwater.processing import App, RunStatistics, open_in_process, windows
 from headwater.processing._pipeline import Pipeline
@@ -68,7 +78,7 @@ from headwater.processing._stores import BYTES_KEYS, StoreKind, StoreSpec
 from headwater.processing._stores._changelog import StoreRegistry, restore
 from headwater.processing._tasks import TaskId, TopicGroup
 from headwater.processing._windowed import store_spec
-from headwater.store import NewRecord, TopicConfig, open_store
+from headwater.store import NewRecord, TopicConfig, enable_metrics, metrics_registry, open_store
 
 PARTITIONS = 4
 SEED = 20240601
@@ -156,6 +166,72 @@ def run_once(data: Path, name: str, workload: str = "W1") -> tuple[float, int, i
 
     elapsed, stats = anyio.run(timed, backend="trio")
     return elapsed, stats.records_in, stats.records_out
+
+
+class Measured(NamedTuple):
+    """One timed run: wall seconds, CPU seconds of the process (all its threads), records."""
+
+    elapsed_s: float
+    cpu_s: float
+    records_in: int
+    records_out: int
+
+
+def run_metered(data: Path, name: str, *, metrics: bool) -> Measured:
+    """Run W1 as app ``name`` until caught up, with the process's metrics on or off."""
+    if metrics:
+        enable_metrics()
+    app = w1(data, name)
+
+    async def timed() -> tuple[float, float, RunStatistics]:
+        started, cpu = time.perf_counter(), time.process_time()
+        stats = await app.run_async(until_caught_up=True)
+        return time.perf_counter() - started, time.process_time() - cpu, stats
+
+    elapsed, cpu_s, stats = anyio.run(timed, backend="trio")
+    registry = metrics_registry()
+    if registry is not None:  # what a scrape renders: the run's counts must be there
+        counted = [
+            sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples
+            if sample.name == "headwater_app_records_in_total"
+        ]
+        assert counted == [stats.records_in], counted
+    return Measured(elapsed, cpu_s, stats.records_in, stats.records_out)
+
+
+def compare_metrics(data: Path, events: int, runs: int) -> None:
+    """Run W1 ``runs`` times with metrics on and as many with them off, interleaved."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}  # CPU µs per event
+    for run in range(1, runs + 1):
+        for metrics in (True, False) if run % 2 else (False, True):
+            worker = subprocess.run(
+                [sys.executable, __file__, "--metrics-worker", str(data),
+                 f"w1-{run}-{'on' if metrics else 'off'}", *(["--metrics"] * metrics)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )  # fmt: skip
+            measured = Measured(*orjson.loads(worker.stdout))
+            assert measured.records_in == events, (measured.records_in, events)
+            rates[metrics].append(events / measured.elapsed_s)
+            cpu[metrics].append(measured.cpu_s / events * 1e6)
+            print(
+                f"W1 run {run}, metrics {'on ' if metrics else 'off'}: "
+                f"{rates[metrics][-1]:,.0f} events/s, {cpu[metrics][-1]:.2f} CPU µs/event"
+            )
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    paired = statistics.median(a / b for a, b in zip(rates[True], rates[False], strict=True))
+    paired_cpu = statistics.median(a / b for a, b in zip(cpu[True], cpu[False], strict=True))
+    print(
+        f"W1 median of {runs} runs each: metrics on {on:,.0f} events/s, off {off:,.0f} "
+        f"events/s, on/off = {on / off:.3f}, median of the runs' pairs {paired:.3f} (target "
+        f">= 0.97); CPU per event on {cpu_on:.2f} µs, off {cpu_off:.2f} µs, on/off = "
+        f"{cpu_on / cpu_off:.3f}, median of the pairs {paired_cpu:.3f}"
+    )
 
 
 def peak_rss() -> int:
@@ -389,6 +465,10 @@ def main() -> None:
     if sys.argv[1:2] == ["--cluster-worker"]:  # run_workers' child
         cluster_worker(*sys.argv[2:5])
         return
+    if sys.argv[1:2] == ["--metrics-worker"]:  # compare_metrics's child
+        measured = run_metered(Path(sys.argv[2]), sys.argv[3], metrics="--metrics" in sys.argv)
+        print(orjson.dumps(tuple(measured)).decode())
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5, help="timed runs (each a new group)")
@@ -404,6 +484,9 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1, 2],
         help="worker processes on a cluster, e.g. 1,2 (default)",
+    )
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="compare W1 with metrics on and off"
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
@@ -422,6 +505,9 @@ def main() -> None:
         anyio.run(load, data, args.events, backend="trio")
         loaded_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
+        if args.metrics_cost:
+            compare_metrics(data, args.events, args.runs)
+            return
         rates: dict[str, list[float]] = {w: [] for w in workloads}
         peaks: dict[str, list[int]] = {w: [] for w in workloads}
         for run in range(1, args.runs + 1):

@@ -29,6 +29,11 @@ store, which writes the clean-shutdown markers.
 
 The request dispatch is a table of handlers by API key (see ``_dispatch.py``); the
 broker advertises in ApiVersions exactly the APIs of that table.
+
+Metrics: the connections count the bytes they receive and send, always (plain integers in
+:meth:`Broker.statistics`); with the process's metrics on when the broker is made, each
+request is also counted by API and error code and timed from its decoding to its response
+being sent, once per request (see ``_metrics.py``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from ._handlers_admin import AdminHandlers
 from ._handlers_configs import ConfigHandlers
 from ._handlers_fetch import FetchHandlers
 from ._handlers_produce import ProduceHandlers
+from ._metrics import BROKER_METRICS, RequestMeter
 from ._producers import ProducerStates
 from ._protocol import (
     API_VERSIONS,
@@ -93,6 +99,8 @@ class BrokerStatistics:
     :param handler_failures: connections closed because a handler raised (a bug).
     :param fetches_waiting: Fetch requests waiting now for data to arrive (long polls
         parked until ``min_bytes`` are there, ``max_wait_ms`` runs out or shutdown).
+    :param bytes_in: bytes received from clients.
+    :param bytes_out: bytes of responses sent to clients.
     """
 
     connections_open: int
@@ -101,6 +109,8 @@ class BrokerStatistics:
     rejected_connections: int
     handler_failures: int
     fetches_waiting: int
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 @dataclass(slots=True)
@@ -121,6 +131,8 @@ class _Slot:
     api_version: int | None = None
     ready: anyio.Event | None = None
     error: Exception | None = None
+    #: When the request was decoded (``perf_counter``), for its latency; 0 when unmeasured.
+    started: float = 0.0
 
 
 class _RejectedError(Exception):
@@ -161,6 +173,11 @@ class Broker:
         self._requests = 0
         self._rejected = 0
         self._failures = 0
+        self._bytes_in = self._bytes_out = 0
+        metrics = BROKER_METRICS.get()
+        self._meter = None if metrics is None else RequestMeter(metrics)
+        if metrics is not None:
+            metrics.brokers.add(self)
         wall_ms = time.time_ns() // 1_000_000
         self._producers = ProducerStates(
             clock=lambda: time.time_ns() // 1_000_000,
@@ -183,6 +200,8 @@ class Broker:
             rejected_connections=self._rejected,
             handler_failures=self._failures,
             fetches_waiting=0 if self._fetches is None else self._fetches.waiting,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
         )
 
     def shutdown(self) -> None:
@@ -343,7 +362,7 @@ class Broker:
 
             async def respond() -> None:
                 try:
-                    await _write_responses(stream, receive_slots)
+                    await _write_responses(stream, receive_slots, self._sent)
                 except Exception as exc:
                     connection.failure = connection.failure or exc
                     tg.cancel_scope.cancel()
@@ -382,6 +401,7 @@ class Broker:
                         connection.idle = None
                 if idle.cancelled_caught:
                     return "the broker is shutting down"
+                self._bytes_in += len(data)
                 try:
                     frames.extend(reader.feed(data))
                 except FrameTooLargeError as exc:
@@ -399,6 +419,7 @@ class Broker:
         self, frame: memoryview, connection: _Connection, tg: TaskGroup
     ) -> _Slot | None:
         """Decode and handle one request; return its response slot (``None``: no response)."""
+        started = 0.0 if self._meter is None else time.perf_counter()
         try:
             request = decode_request(frame, allow_trailing_bytes=True)
         except UnsupportedVersionError as exc:
@@ -414,7 +435,7 @@ class Broker:
                     {"api_key": ApiKey.API_VERSIONS, "min_version": low, "max_version": high}
                 ],
             }
-            return _Slot(header, body, api_version=0)
+            return _Slot(header, body, api_version=0, started=started)
         except MalformedMessageError as exc:
             raise _RejectedError(f"malformed request: {exc}") from None
         header = request.header
@@ -425,10 +446,20 @@ class Broker:
             raise _RejectedError(f"request for {name}, an API this broker does not serve")
         result = await handler(request, connection.info)
         if isinstance(result, Deferred):
-            slot = _Slot(header, ready=anyio.Event())
+            slot = _Slot(header, ready=anyio.Event(), started=started)
             tg.start_soon(_finish, slot, result.finish)
             return slot
-        return None if result is None else _Slot(header, result)
+        if result is None:
+            if self._meter is not None:  # answered by nothing (acks=0): done now
+                self._meter.record(header.api_key, None, time.perf_counter() - started)
+            return None
+        return _Slot(header, result, started=started)
+
+    def _sent(self, slot: _Slot, size: int) -> None:
+        """Note a response sent (``size`` bytes); a deferred one that said nothing is 0."""
+        self._bytes_out += size
+        if self._meter is not None:
+            self._meter.record(slot.header.api_key, slot.body, time.perf_counter() - slot.started)
 
 
 async def _finish(slot: _Slot, finish: Callable[[], Awaitable[Message | None]]) -> None:
@@ -442,17 +473,24 @@ async def _finish(slot: _Slot, finish: Callable[[], Awaitable[Message | None]]) 
         slot.ready.set()
 
 
-async def _write_responses(stream: SocketStream, slots: MemoryObjectReceiveStream[_Slot]) -> None:
-    """Send each slot's response in order, once it is ready."""
+async def _write_responses(
+    stream: SocketStream,
+    slots: MemoryObjectReceiveStream[_Slot],
+    sent: Callable[[_Slot, int], None],
+) -> None:
+    """Send each slot's response in order, once it is ready; tell ``sent`` of each."""
     async with slots:
         async for slot in slots:
             if slot.ready is not None:
                 await slot.ready.wait()
             if slot.error is not None:
                 raise slot.error
+            size = 0
             if slot.body is not None:
                 parts = encode_response(slot.header, slot.body, api_version=slot.api_version)
                 await _send(stream, parts)
+                size = sum(map(len, parts))
+            sent(slot, size)
 
 
 async def _send(stream: SocketStream, parts: list[Buffer]) -> None:

@@ -23,8 +23,11 @@ from headwater.processing import App, source_of
 from headwater.store import Record
 
 from ._access import RecordLookup
+from ._app_run import run_app as run_app_here
 from ._datadir import data_dir, data_option
+from ._metrics_http import metrics_option
 from ._output import info
+from ._progress import progress_shown
 from ._run import run_async
 from ._target import bootstrap_of, log_access, log_option
 
@@ -81,6 +84,8 @@ def _explicit_data_dir(ctx: click.Context) -> Path | None:
     help="Stop once every input partition is processed up to where it ended at the start.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log what the runtime does.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (--until-caught-up).")
+@metrics_option
 @data_option
 @click.option(
     "--bootstrap",
@@ -96,6 +101,8 @@ def run_app(
     target: str,
     until_caught_up: bool,
     verbose: bool,
+    quiet: bool,
+    metrics: tuple[str, int] | None,
     data: Path | None,
     bootstrap: str | None,
 ) -> None:
@@ -106,7 +113,8 @@ def run_app(
     --bootstrap if given, else on the data directory --data if given, else where the
     app says, else on the cluster at $HEADWATER_BOOTSTRAP, else on the data directory
     $HEADWATER_DATA, else on ./headwater-data. Every process running an app on a
-    cluster joins the app's consumer group and takes a share of its partitions.
+    cluster joins the app's consumer group and takes a share of its partitions. With
+    --until-caught-up on a terminal, a progress bar shows the records to go (--quiet: none).
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -116,7 +124,14 @@ def run_app(
     cluster = bootstrap_of(ctx)  # refuses --data with --bootstrap
     app = load_app(target)
     directory = None if cluster is not None else _explicit_data_dir(ctx)
-    stats = app.run(until_caught_up=until_caught_up, data_dir=directory, bootstrap=cluster)
+    stats = run_app_here(
+        app,
+        until_caught_up=until_caught_up,
+        data_dir=directory,
+        bootstrap=cluster,
+        metrics=metrics,
+        show_progress=progress_shown(quiet),
+    )
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
         f" ({stats.skipped:,} skipped, {stats.dead_lettered:,} dead-lettered)"

@@ -8,12 +8,14 @@ It logs to stderr: a start-up summary at info level, one line per client connect
 debug level. SIGTERM or SIGINT stops it gracefully -- the address is withdrawn, requests in
 flight are answered, the store is closed cleanly (clean-shutdown markers written) and the
 command exits 0; a second signal drops the connections at once (the store is still closed
-cleanly).
+cleanly). With ``--metrics HOST:PORT`` it also serves its metrics (requests,
+latencies, connections; the store's and the groups') at ``http://HOST:PORT/metrics``.
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import logging
 import os
 import signal
@@ -34,6 +36,7 @@ from headwater.broker import (
 from headwater.groups import GroupConfig, GroupCoordinator
 
 from ._datadir import data_dir, data_option, locked_store
+from ._metrics_http import metrics_option, serving_metrics
 from ._run import run_async
 
 logger = logging.getLogger("headwater.broker")
@@ -105,6 +108,7 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> o
     show_default=True,
     help="debug also logs every client connection.",
 )
+@metrics_option
 @click.pass_context
 def broker(
     ctx: click.Context,
@@ -117,6 +121,7 @@ def broker(
     auto_create_topics: bool,
     group_initial_rebalance_delay_ms: int,
     log_level: str,
+    metrics: tuple[str, int] | None,
 ) -> None:
     """Serve the data directory to Kafka clients (any language) over the Kafka protocol."""
     logging.basicConfig(
@@ -144,9 +149,13 @@ def broker(
             # until it is closed, so that no signal kills the process halfway.
             await tg.start(_watch_signals, stopping)
             async with (
+                serving_metrics(metrics),
                 locked_store(directory, writer=True, create=True) as store,
                 GroupCoordinator(store, config=group_config) as groups,
             ):
+                # What start-up made lives as long as the process: no collection of the
+                # cyclic garbage collector needs to walk it again.
+                gc.freeze()
                 with anyio.CancelScope() as stopping.serving:
                     try:
                         async with serve_data_directory(store, groups, config):

@@ -37,6 +37,7 @@ COMMANDS = {
     "describe": "_app_commands:describe_app",
     "trace": "_app_commands:trace",
     "repair": "_repair:repair",
+    "top": "_top:top",
 }
 
 

@@ -13,10 +13,15 @@ the records before it are stored and acknowledged, the bad line and everything a
 are not, and the command stops with one line naming it; with ``--skip-invalid`` each bad
 line is reported (with its number) and left out, the rest is stored, and the command
 exits non-zero at the end.
+
+Reading a file (stdin redirected from one) with the records' acknowledgements going
+elsewhere than the terminal, a progress bar on the terminal shows the bytes read, the
+records stored, the rate and the time left (``--quiet``: none).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -34,6 +39,7 @@ from ._access import TopicWriter
 from ._datadir import data_option
 from ._lines import Chunk, LineFormat, LineParser
 from ._output import OutputClosedError, StdoutWriter, info
+from ._progress import InputProgress, input_progress
 from ._run import run_until_signal
 from ._target import log_access, log_option
 
@@ -143,6 +149,7 @@ def produce(
     if sys.stdin.isatty():
         info(f"reading {line_format} lines from the terminal; end with Ctrl-D")
     outcome = Outcome()
+    progress = input_progress(sys.stdin.fileno(), f"{topic!r}", quiet=quiet)
 
     async def body() -> None:
         async with access.writer(topic) as writer:
@@ -153,12 +160,15 @@ def produce(
             parser = LineParser(fmt, writer.max_message_bytes, skip_invalid=skip_invalid)
             send, receive = anyio.create_memory_object_stream[Chunk](1)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_read_stdin, parser, send)
+                tg.start_soon(_read_stdin, parser, send, progress)
                 out = None if quiet else StdoutWriter()
-                await _append(writer, partition, receive, out=out, outcome=outcome)
+                await _append(
+                    writer, partition, receive, out=out, outcome=outcome, progress=progress
+                )
                 tg.cancel_scope.cancel()  # after a bad line, stop reading
 
-    signum = run_until_signal(body)
+    with progress or contextlib.nullcontext():
+        signum = run_until_signal(body)
     stored = outcome.placed.total()
     if signum is not None:
         info(f"headwater: interrupted; stored {stored} records in {topic!r}")
@@ -179,12 +189,16 @@ def produce(
         )
 
 
-async def _read_stdin(parser: LineParser, send: ObjectSendStream[Chunk]) -> None:
+async def _read_stdin(
+    parser: LineParser, send: ObjectSendStream[Chunk], progress: InputProgress | None
+) -> None:
     fd = sys.stdin.fileno()
     async with send:
         while not parser.failed:
             # Abandoned on cancel: a read from a terminal may never return.
             data = await anyio.to_thread.run_sync(os.read, fd, READ_BYTES, abandon_on_cancel=True)
+            if progress is not None:
+                progress.read(len(data))
             for chunk in parser.feed(data) if data else parser.end():
                 await send.send(chunk)
             if not data:
@@ -198,6 +212,7 @@ async def _append(
     *,
     out: StdoutWriter | None,
     outcome: Outcome,
+    progress: InputProgress | None = None,
 ) -> None:
     async for chunk in receive:
         for message in chunk.skipped:
@@ -213,6 +228,8 @@ async def _append(
                 outcome.failure = (str(exc), "log")
                 return
             outcome.placed.update(p for p, _ in result)
+            if progress is not None:
+                progress.stored(len(result))
             if out is not None:
                 out = _acknowledge(out, result)
         if chunk.error is not None:

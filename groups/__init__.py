@@ -127,6 +127,7 @@ from ._errors import PartitionNotAssignedError as PartitionNotAssignedError
 from ._errors import RebalanceInProgressError as RebalanceInProgressError
 from ._errors import UnknownMemberError as UnknownMemberError
 from ._host import GroupCoordinator as GroupCoordinator
+from ._host import GroupStatistics as GroupStatistics
 from ._membership import PartitionsCallback as PartitionsCallback
 from ._messages import Completion as Completion
 from ._messages import GroupDescription as GroupDescription
@@ -166,6 +167,7 @@ __all__ = (
     "GroupOverview",
     "GroupProtocol",
     "GroupState",
+    "GroupStatistics",
     "IllegalGenerationError",
     "InconsistentGroupProtocolError",
     "InvalidGroupConfigError",

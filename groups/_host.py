@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
@@ -72,6 +73,7 @@ from ._messages import (
     SyncRequest,
     SyncResult,
 )
+from ._metrics import GROUP_METRICS
 from ._offsets import OffsetAndMetadata, OffsetLog, expired_offsets, expiry_base_ms
 from ._rebalance import GroupState
 
@@ -89,6 +91,22 @@ _EXPIRY_RETRY_MS = 60_000
 def wall_clock_ms() -> int:
     """Return the wall clock in epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatistics:
+    """One group as :meth:`GroupCoordinator.statistics` saw it.
+
+    ``rebalances`` counts the rebalances it completed since the coordinator started;
+    ``committed`` maps each partition to its committed offset (the next one to read).
+    """
+
+    group_id: str
+    state: GroupState
+    members: int
+    generation_id: int
+    rebalances: int
+    committed: Mapping[TopicPartition, int]
 
 
 class _Waiter:
@@ -131,6 +149,13 @@ class GroupCoordinator:
         self._expiry_retry_ms: int | None = None
         self._task_group: TaskGroup | None = None
         self._open = False
+        #: Rebalances completed per group id since start-up, and the generation each
+        #: group had when they were last counted (a forgotten group starts again at 0).
+        self._rebalances: dict[str, int] = {}
+        self._counted_generation: dict[str, int] = {}
+        metrics = GROUP_METRICS.get()
+        if metrics is not None:
+            metrics.coordinators.add(self)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -383,7 +408,7 @@ class GroupCoordinator:
             raise GroupIdNotFoundError(f"group {group_id!r} does not exist")
         self._check_inactive(group_id, "delete")
         group.delete()
-        del self._groups[group_id]
+        self._forget(group_id)
         offsets = self._offsets.table.offsets(group_id)
         await self._offsets.write(group_id, [(tp, None) for tp in offsets])
 
@@ -475,6 +500,25 @@ class GroupCoordinator:
         self._after(group, before)
         return description
 
+    def statistics(self) -> list[GroupStatistics]:
+        """Return each group's members, generation, rebalances and committed offsets,
+        sorted by group id, without changing anything (no expiry, no completions)."""
+        table = self._offsets.table
+        stats = []
+        for group_id in sorted(set(self._groups) | set(table.group_ids())):
+            group = self._groups.get(group_id)
+            stats.append(
+                GroupStatistics(
+                    group_id=group_id,
+                    state=GroupState.EMPTY if group is None else group.state,
+                    members=0 if group is None else len(group.member_ids),
+                    generation_id=0 if group is None else group.generation_id,
+                    rebalances=self._rebalances.get(group_id, 0),
+                    committed={tp: o.offset for tp, o in table.offsets(group_id).items()},
+                )
+            )
+        return stats
+
     # -- driving the groups ------------------------------------------------------------
 
     def _group(self, group_id: str) -> Group:
@@ -522,9 +566,10 @@ class GroupCoordinator:
         A group left with no members, no offsets and no timers is forgotten.
         """
         self._deliver(group.poll())
+        self._count_rebalances(group)
         deadline = group.next_deadline_ms()
         if self._idle(group, deadline):
-            self._groups.pop(group.group_id, None)
+            self._forget(group.group_id)
         target = self._timer_target_ms
         earlier = deadline is not None and (target is None or deadline < target)
         if earlier or group.state is not before:
@@ -549,7 +594,20 @@ class GroupCoordinator:
     def _forget_idle_groups(self) -> None:
         for group_id, group in list(self._groups.items()):
             if self._idle(group, group.next_deadline_ms()):
-                del self._groups[group_id]
+                self._forget(group_id)
+
+    def _forget(self, group_id: str) -> None:
+        self._groups.pop(group_id, None)
+        self._counted_generation.pop(group_id, None)
+
+    def _count_rebalances(self, group: Group) -> None:
+        """Count the rebalances ``group`` completed since last counted (generations)."""
+        group_id = group.group_id
+        generation = group.generation_id
+        counted = self._counted_generation.get(group_id, 0)
+        if generation != counted:
+            self._rebalances[group_id] = self._rebalances.get(group_id, 0) + generation - counted
+            self._counted_generation[group_id] = generation
 
     async def _run_timers(self) -> None:
         while True:
@@ -560,6 +618,7 @@ class GroupCoordinator:
                 if deadline is not None and deadline <= now:
                     before = group.state
                     self._deliver(group.poll())
+                    self._count_rebalances(group)
                     if group.state is not before:
                         self._wakeup.set()
             expiry = self._next_expiry_ms()

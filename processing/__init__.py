@@ -60,6 +60,7 @@ from ._lineage import SOURCE_HEADER as SOURCE_HEADER
 from ._lineage import SourcePosition as SourcePosition
 from ._lineage import source_of as source_of
 from ._retry import Retry as Retry
+from ._runtime import PartitionProgress as PartitionProgress
 from ._runtime import RunStatistics as RunStatistics
 from ._serde import BytesSerde as BytesSerde
 from ._serde import JsonKeySerde as JsonKeySerde
@@ -96,6 +97,7 @@ __all__ = (
     "MissingSourceTopicError",
     "OperatorError",
     "OutRecords",
+    "PartitionProgress",
     "ProcessorContext",
     "ProcessingError",
     "Retry",

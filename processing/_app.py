@@ -15,6 +15,7 @@ from typing import Any, TypeVar, overload
 import anyio
 from anyio.abc import TaskStatus
 
+from headwater.groups import TopicPartition
 from headwater.store import HeadwaterError
 
 from ._backends import Backend
@@ -25,7 +26,7 @@ from ._config import AppConfig
 from ._connectors import AppConnector, run_with_connectors
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
-from ._runtime import RunStatistics, Runtime
+from ._runtime import PartitionProgress, RunStatistics, Runtime
 from ._serde import JSON, JSON_KEY, Serde
 from ._stores import BYTES_KEYS
 from ._stream import Stream, check_partitions, check_topic
@@ -253,6 +254,12 @@ class App:
     def statistics(self) -> RunStatistics | None:
         """Return the counters of the current or last run (None before any)."""
         return None if self._runtime is None else self._runtime.statistics()
+
+    def progress(self) -> dict[TopicPartition, PartitionProgress] | None:
+        """Return, for the current or last run, how far it got in each input partition it
+        processed (toward the end the partition had when the run started, where a run
+        until caught up stops); None before any run."""
+        return None if self._runtime is None else self._runtime.progress()
 
     async def run_async(
         self,
@@ -498,7 +505,12 @@ def _fewer_gc_passes() -> Iterator[None]:
     """
     old = gc.get_threshold()
     gc.set_threshold(200_000, 100, 100)
+    # What exists before the run (modules, the app's graph) outlives it: kept out of the
+    # run's collections, which would otherwise walk it every time (more of it with more
+    # libraries loaded, such as the metrics').
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         gc.set_threshold(*old)

@@ -232,12 +232,15 @@ class Context:
         :raises OperatorError: under the ``raise`` policy.
         """
         where = self.source(origin)
+        counts = self.task.counts.get(node.id)
         if node.policy is ErrorPolicy.RAISE:
             raise OperatorError(
                 node.label, where.topic, where.partition, where.offset, error
             ) from (error)
         if node.policy is ErrorPolicy.SKIP:
             self.skipped += 1
+            if counts is not None:
+                counts.skipped += 1
             frame = user_frame(error)
             logger.warning(
                 "skipped %s offset %d: operator %s failed: %s%s",
@@ -248,6 +251,8 @@ class Context:
                 f" at {frame}" if frame else "",
             )
             return
+        if counts is not None:
+            counts.dead_lettered += 1
         self.dead_letters.append(DeadLetter(node, origin, error))
 
 

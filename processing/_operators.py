@@ -44,7 +44,7 @@ class Step:
     Built by the kind's entry in the table of node kinds as ``step(node, task)``.
     """
 
-    __slots__ = ("children", "node", "task")
+    __slots__ = ("children", "counts", "node", "task")
 
     #: Whether the step reads its task's stream time (the task tracks it only if so).
     uses_stream_time: ClassVar[bool] = False
@@ -53,6 +53,8 @@ class Step:
         self.node = node
         self.task = task
         self.children: list[Step] = []
+        #: The operator's counts, shared with its steps in the pipeline's other tasks.
+        self.counts = task.operator_counts(node.id)
 
     def link(self, children: list[Step | None]) -> None:
         """Take the steps of the node's children (None: a child that leads nowhere)."""
@@ -69,7 +71,10 @@ class Step:
     async def forward(self, batch: Batch, ctx: Context) -> None:
         """Pass ``batch`` to every child (nothing when it is empty)."""
         if batch.values:
+            count = len(batch.values)
+            self.counts.records_out += count
             for child in self.children:
+                child.counts.records_in += count
                 await child.push(batch, ctx)
 
 
@@ -87,6 +92,7 @@ class SourceStep(Step):
     async def start(self, ctx: Context) -> None:
         """Push the records of ``ctx`` through the pipeline."""
         raw = ctx.records.values
+        self.counts.records_in += len(raw)
         batch = Batch(raw, indexes(len(raw)))
         if type(self.serde) is not BytesSerde:
             decode = batch_deserializer(self.serde, raw)
@@ -229,6 +235,9 @@ class SplitStep(Step):
             parts = [batch.select([c == i for c in chosen]) for i in range(len(self.routes))]
         for route, part in zip(self.routes, parts, strict=True):
             if route is not None and part.values:
+                count = len(part.values)
+                self.counts.records_out += count
+                route.counts.records_in += count
                 await route.push(part, ctx)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress, repeat
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import orjson
@@ -40,6 +41,7 @@ from ._lineage import (
     source_prefix,
     user_headers,
 )
+from ._metrics import OperatorCounts
 from ._operators import SinkStep, SourceStep, Step
 from ._serde import JsonKeySerde, batch_serializer
 from ._stores._changelog import StoreRegistry
@@ -64,6 +66,8 @@ class Outcome:
     skipped: int
     dead_lettered: int
     late: int = 0
+    #: When processing the batch began (``perf_counter``; 0 for a tick of time).
+    started: float = 0.0
 
 
 _NOTHING = Outcome([], 0, 0)
@@ -83,12 +87,15 @@ class Pipeline:
         self._live = graph.live_nodes()
         #: Each key's partition, per partition count (a cache: murmur2 per key is dear).
         self._key_partitions: dict[int, dict[bytes, int]] = {}
+        #: Each operator's counts by node id, shared by the steps of every task.
+        self.counts: dict[int, OperatorCounts] = {}
 
     def task(self, task_id: TaskId, clock: Clock, registry: StoreRegistry | None = None) -> Task:
         """Return a new task of this group with its own instance of every step (and of
         every step's store, opened through ``registry``)."""
         assert task_id.group == self.group.id
         task = Task(task_id, self.group, clock, self._partitions, registry)
+        task.counts = self.counts
         steps: dict[int, Step] = {}
 
         def build(node: Node) -> Step:
@@ -123,6 +130,7 @@ class Pipeline:
 
         :raises OperatorError: if a user function failed under the ``raise`` policy.
         """
+        started = perf_counter()
         ctx = Context(task, topic, partition, records)
         if task.stores:
             task.last_input_ms = task.clock.now_ms()
@@ -138,7 +146,7 @@ class Pipeline:
             while due := task.timers.due_stream(now):  # a timer may schedule a due one
                 for timer in due:
                     await timer.callback(ctx, now)
-        return self._outcome(ctx)
+        return self._outcome(ctx, started)
 
     async def advance(self, task: Task, now_ms: int) -> Outcome:
         """Run ``task``'s wall-time timers due at ``now_ms``; return what they emitted.
@@ -159,7 +167,7 @@ class Pipeline:
             CURRENT_TASK.reset(token)
         return self._outcome(ctx)
 
-    def _outcome(self, ctx: Context) -> Outcome:
+    def _outcome(self, ctx: Context, started: float = 0.0) -> Outcome:
         writes: dict[tuple[str, int], list[OutRecords]] = {}
         for sink, batches in ctx.outputs.items():
             assert isinstance(sink, SinkStep)
@@ -167,7 +175,7 @@ class Pipeline:
         if ctx.dead_letters:
             self._place_dead_letters(ctx, writes)
         merged = [Write(topic, p, _concat(parts)) for (topic, p), parts in writes.items()]
-        return Outcome(merged, ctx.skipped, len(ctx.dead_letters), ctx.late)
+        return Outcome(merged, ctx.skipped, len(ctx.dead_letters), ctx.late, started)
 
     def _place(
         self,
@@ -179,6 +187,7 @@ class Pipeline:
         values, keys, origins = _serialise(sink, batches, ctx)
         if not values:
             return
+        sink.counts.records_out += len(values)
         dedupe = sink.node.params.get("dedupe")
         if dedupe and len(batches) > 1:
             # In the order of their rows (stable), so that a repartition topic's records

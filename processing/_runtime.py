@@ -41,6 +41,12 @@ Backpressure and memory: a partition loop holds one batch (``max_batch_bytes`` o
 input) and its outputs; it reads the next batch only after the last one's outputs are
 durable, so a slow operator or a slow output slows reading, never buffers without bound.
 
+Metrics (``_metrics.py``): every operator counts the records that reach it and that it
+passes on, per batch; with the process's metrics on when the runtime is made, each
+batch's time from its task taking it to its outputs being durable and each commit's time
+are observed too, and the end offsets of the partitions processed are looked up every
+commit interval, for the lag of each task.
+
 Stopping: :meth:`Runtime.run` ends when its ``stop`` event is set (SIGINT/SIGTERM in
 ``App.run``) or, with ``until_caught_up``, when every input partition has been
 processed up to the end offset it had at the start (then, in turn, every repartition
@@ -58,6 +64,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -78,13 +85,14 @@ from headwater.groups import (
     RebalanceInProgressError,
     TopicPartition,
 )
-from headwater.store import OffsetOutOfRangeError, RecordColumns, StoreError
+from headwater.store import HeadwaterError, OffsetOutOfRangeError, RecordColumns, StoreError
 
 from ._backends import Backend, Membership
 from ._clock import Clock, WallClock
 from ._config import AppConfig
 from ._errors import TopologyError
 from ._graph import Graph, Role, plan_topics
+from ._metrics import PROCESSING_METRICS, OperatorCounts
 from ._pipeline import Outcome, Pipeline, Write
 from ._stores._changelog import StoreRegistry, checkpointed, flush_writes, restore
 from ._tasks import (
@@ -135,6 +143,16 @@ class RunStatistics:
     def records_per_s(self) -> float:
         """Input records processed per second of the run."""
         return self.records_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class PartitionProgress(NamedTuple):
+    """How far a run got in one input partition: from ``start_offset`` (where it began
+    reading) at ``position`` now, toward ``end_offset`` (the end when the run started,
+    where a run until caught up stops)."""
+
+    start_offset: int
+    position: int
+    end_offset: int
 
 
 def _slice(records: RecordColumns, start: int, stop: int) -> RecordColumns:
@@ -245,6 +263,22 @@ class Runtime:
         self._started = time.perf_counter()
         self._finished: float | None = None
         self._registry = StoreRegistry(state_dir, name)
+        #: Each partition's end offset when last looked up (for lag; see ``_watch_ends``).
+        self._ends: dict[TopicPartition, int] = {}
+        #: Each input partition's end offset when the run started.
+        self._targets: dict[TopicPartition, int] = {}
+        #: Where each partition processed started, and its state (kept once given up).
+        self._states: dict[TopicPartition, tuple[int, PartitionState]] = {}
+        self._metrics = PROCESSING_METRICS.get()
+        if self._metrics is not None:
+            self._metrics.runtimes.add(self)
+            self._batch_seconds = self._metrics.batch_seconds.labels(name)
+            self._commit_seconds = self._metrics.commit_seconds.labels(name)
+
+    @property
+    def name(self) -> str:
+        """The app's name (its consumer group id)."""
+        return self._name
 
     def statistics(self) -> RunStatistics:
         """Return the counters so far."""
@@ -263,6 +297,33 @@ class Runtime:
     def tasks(self) -> dict[TaskId, Task]:
         """Return the tasks this worker runs now."""
         return {task_id: running.task for task_id, running in self._running.items()}
+
+    def operator_counts(self) -> dict[str, OperatorCounts]:
+        """Return what went through each operator so far, by its label (``#id kind ...``)."""
+        nodes = {node.id: node for node in self._graph.nodes}
+        return {
+            nodes[node_id].label: counts
+            for pipeline in self._pipelines.values()
+            for node_id, counts in sorted(pipeline.counts.items())
+        }
+
+    def progress(self) -> dict[TopicPartition, PartitionProgress]:
+        """Return the progress of each input partition this run processed (or processes)."""
+        return {
+            tp: PartitionProgress(start, state.position, self._targets[tp])
+            for tp, (start, state) in self._states.items()
+            if tp in self._targets
+        }
+
+    def task_lag(self) -> dict[str, int]:
+        """Return, per task run now, the records its partitions have yet to read, behind
+        the end offsets last looked up."""
+        lag: dict[str, int] = {}
+        for tp, (running, loop) in self._loops.items():
+            behind = max(self._ends.get(tp, loop.state.position) - loop.state.position, 0)
+            task = str(running.task.id)
+            lag[task] = lag.get(task, 0) + behind
+        return lag
 
     async def prepare(self) -> dict[str, int]:
         """Create the topics the graph needs and plan its tasks; return partition counts.
@@ -324,6 +385,8 @@ class Runtime:
             if topic not in internal
             for p in range(counts[topic])
         }
+        self._targets = targets
+        self._ends.update(targets)
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             async with self._backend.join(
@@ -337,6 +400,8 @@ class Runtime:
                 try:
                     await self._start_pending()
                     tg.start_soon(self._commit_periodically)
+                    if self._metrics is not None:
+                        tg.start_soon(self._watch_ends)
                     async with anyio.create_task_group() as waits:
 
                         async def finish_when_stopped() -> None:
@@ -396,6 +461,7 @@ class Runtime:
                 state = running.task.partitions[tp]
                 loop = _Loop(state)
                 running.loops[tp] = loop
+                self._states[tp] = (state.position, state)
                 self._loops[tp] = (running, loop)
                 logger.info(
                     "app %r: task %s processing %s/%d from offset %d",
@@ -587,6 +653,8 @@ class Runtime:
             loop.fetch_scope = None
 
     def _count(self, outcome: Outcome, records_in: int) -> None:
+        if self._metrics is not None and outcome.started:
+            self._batch_seconds.observe(time.perf_counter() - outcome.started)
         self._records_in += records_in
         self._records_out += sum(w.records.count() for w in outcome.writes)
         self._skipped += outcome.skipped
@@ -647,7 +715,10 @@ class Runtime:
                     states.append(state)
             if not offsets:
                 return
+            started = time.perf_counter()
             await self._membership.commit(offsets, metadata)
+            if self._metrics is not None:
+                self._commit_seconds.observe(time.perf_counter() - started)
             self._commits += 1
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
@@ -694,6 +765,18 @@ class Runtime:
                 why,
                 cause,
             )
+
+    async def _watch_ends(self) -> None:
+        """Look up the end offsets of the partitions processed, every commit interval
+        (while metrics are on: the lag they give is read at scrape time)."""
+        interval = self._config.commit_interval_ms / 1000
+        while True:
+            for tp in list(self._loops):
+                try:
+                    self._ends[tp] = await self._backend.end_offset(*tp)
+                except HeadwaterError as exc:  # lag goes on from the last one known
+                    logger.debug("app %r: end offset of %s: %s", self._name, tp, exc)
+            await anyio.sleep(interval)
 
     # -- caught up -------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from headwater.groups import TopicPartition
 from ._clock import Clock, Timers
 from ._errors import TopologyError
 from ._graph import Graph, Node, source_ancestors
+from ._metrics import OperatorCounts
 
 if TYPE_CHECKING:
     from ._backends import Backend, Membership
@@ -229,6 +230,8 @@ class Task:
         self.tracks_stream_time = False
         self.roots: dict[str, list[SourceStep]] = {}
         self.steps: list[Step] = []
+        #: Each operator's counts by node id (a pipeline shares its own among its tasks).
+        self.counts: dict[int, OperatorCounts] = {}
         #: Each step by the id of its node (a join finds its table's step here).
         self.step_by_node: dict[int, Step] = {}
         #: The task's state stores, by name (see ``_stores``).
@@ -239,6 +242,13 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.id}: {', '.join(f'{t}/{p}' for t, p in self.partitions)}>"
+
+    def operator_counts(self, node_id: int) -> OperatorCounts:
+        """Return the counts of operator ``node_id`` (made on first use)."""
+        counts = self.counts.get(node_id)
+        if counts is None:
+            counts = self.counts[node_id] = OperatorCounts()
+        return counts
 
     def open_store(self, spec: StoreSpec) -> MemoryStore:
         """Return the task's store ``spec``, opened (once) through the task's registry.

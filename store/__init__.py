@@ -49,6 +49,11 @@ from ._keys import canonical_key as canonical_key
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
 from ._log import PartitionLog as PartitionLog
+from ._metrics import MetricSet as MetricSet
+from ._metrics import Tracked as Tracked
+from ._metrics import disable_metrics as disable_metrics
+from ._metrics import enable_metrics as enable_metrics
+from ._metrics import metrics_registry as metrics_registry
 from ._partition import Partition as Partition
 from ._partition import records_from as records_from
 from ._partitioner import StickyPartitioner as StickyPartitioner
@@ -95,6 +100,7 @@ __all__ = (
     "LogClosedError",
     "LogFailedError",
     "LogStatistics",
+    "MetricSet",
     "NewRecord",
     "OffsetOutOfRangeError",
     "OsFileSystem",
@@ -116,16 +122,20 @@ __all__ = (
     "TopicDescription",
     "TopicExistsError",
     "TopicNotFoundError",
+    "Tracked",
     "UnsupportedCompressionError",
     "check_codec",
     "clear_served_address",
     "decode_columns",
     "decode_records",
+    "disable_metrics",
+    "enable_metrics",
     "encode_batch",
     "encode_columns",
     "is_data_directory",
     "is_internal_topic",
     "kafka_config_entries",
+    "metrics_registry",
     "murmur2",
     "open_store",
     "parse_batch_header",

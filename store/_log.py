@@ -7,6 +7,9 @@ client's bytes are otherwise stored as sent), and writes it at the end of the ac
 segment. Offsets are dense: every append covers ``[log_end_offset, log_end_offset + n)``.
 
 Writes reach the page cache at once; they become durable when ``flush`` fsyncs them.
+Each append counts its batch, records and bytes (``statistics()``, which the metrics
+read); each flush times its fsyncs, and the owner observes that time into the process's
+fsync histogram when metrics were on as the log was opened (see ``_store_metrics.py``).
 A flush runs in three steps so that its slow part can leave the event loop:
 ``prepare_flush`` (on the writer's side: note what to fsync), ``FlushPlan.execute`` (any
 thread: fsync the segments, write the indexes of rolled segments, fsync the directory,
@@ -74,6 +77,7 @@ from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
+from ._store_metrics import STORE_METRICS
 
 logger = logging.getLogger("headwater.store")
 
@@ -106,13 +110,16 @@ class AppendInfo:
 
 @dataclass(frozen=True, slots=True)
 class LogStatistics:
-    """A snapshot of a partition's offsets and size."""
+    """A snapshot of a partition's offsets and size, and what was appended since it opened."""
 
     log_start_offset: int
     log_end_offset: int
     recovery_point: int
     size_bytes: int
     segments: int
+    appended_batches: int = 0
+    appended_records: int = 0
+    appended_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -133,6 +140,8 @@ class FlushPlan:
     error: BaseException | None = field(default=None)
     #: Rolled segments whose index files could not be written (retried by the next flush).
     unindexed: list[Segment] = field(default_factory=list)
+    #: How long ``execute`` took, once done.
+    elapsed_s: float = field(default=0.0)
 
     def execute(self) -> None:
         """fsync what the plan names; write rolled segments' indexes; record the checkpoint.
@@ -143,11 +152,13 @@ class FlushPlan:
 
         :raises OSError: if an fsync fails; ``done`` stays ``False`` and ``error`` says why.
         """
+        started = time.perf_counter()
         try:
             self._execute()
         except BaseException as exc:
             self.error = exc
             raise
+        self.elapsed_s = time.perf_counter() - started
 
     def _execute(self) -> None:
         for segment in self.segments:
@@ -216,6 +227,11 @@ class PartitionLog:
         self._clean_marker = False
         #: The failed fsync that froze the log (see the module docstring), else ``None``.
         self._failure: BaseException | None = None
+        #: Seconds :meth:`open` took (recovery included); 0 for a log made otherwise.
+        self.open_seconds = 0.0
+        self._appended_batches = self._appended_records = self._appended_bytes = 0
+        metrics = STORE_METRICS.get()
+        self._fsync_seconds = None if metrics is None else metrics.fsync_seconds
 
     @classmethod
     def open(
@@ -236,8 +252,18 @@ class PartitionLog:
         :raises CorruptRecordError: if the log is damaged other than in a torn tail (when
             opening for writing).
         """
+        started = time.perf_counter()
         if read_only:
-            return cls._open_read_only(directory, config, clock, fs)
+            log = cls._open_read_only(directory, config, clock, fs)
+        else:
+            log = cls._open(directory, config, clock, fs)
+        log.open_seconds = time.perf_counter() - started
+        return log
+
+    @classmethod
+    def _open(
+        cls, directory: Path, config: TopicConfig, clock: Callable[[], int], fs: FileSystem
+    ) -> PartitionLog:
         make_dirs(fs, directory)
         result = load_segments(
             fs, directory, index_interval_bytes=config.index_interval_bytes, now_ms=clock()
@@ -319,6 +345,9 @@ class PartitionLog:
             self._recovery_point.offset,
             sum(s.size for s in self._segments),
             len(self._segments),
+            self._appended_batches,
+            self._appended_records,
+            self._appended_bytes,
         )
 
     # -- appending -------------------------------------------------------------------------
@@ -435,6 +464,9 @@ class PartitionLog:
         if active not in self._unflushed:
             self._unflushed.append(active)
         self._log_end_offset = next_offset
+        self._appended_batches += 1
+        self._appended_records += next_offset - base
+        self._appended_bytes += size
         return AppendInfo(base, next_offset - 1, append_time)
 
     def _maybe_roll(self, size: int, now: int) -> None:
@@ -531,6 +563,8 @@ class PartitionLog:
                 logger.error("%s: fsync failed, no more writes: %s", self.directory, plan.error)
             return
         self._rolled.extend(s for s in plan.unindexed if not s.deleted)
+        if self._fsync_seconds is not None:
+            self._fsync_seconds.observe(plan.elapsed_s)
         if plan.target.offset > self._recovery_point.offset:
             self._recovery_point = plan.target
         if plan.sync_checkpoint:

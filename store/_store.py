@@ -53,6 +53,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ from ._log import PartitionLog, wall_clock_ms
 from ._partition import Partition
 from ._partitioner import StickyPartitioner, partition_for_key
 from ._records import Compression, NewRecord
+from ._store_metrics import STORE_METRICS
 from ._topic_names import (
     check_not_internal,
     colliding_topic,
@@ -177,16 +179,23 @@ class Store:
         self._config_lock: anyio.Lock | None = None
         self._creating: set[str] = set()  # names whose files are being made
         self._closed = False
+        #: Seconds the store took to open (every partition, recovery included).
+        self.open_seconds = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Store:
+        started = time.perf_counter()
         self._lock()
         try:
             await anyio.to_thread.run_sync(self._open_all)
         except BaseException:
             self._unlock()
             raise
+        self.open_seconds = time.perf_counter() - started
+        metrics = STORE_METRICS.get()
+        if metrics is not None and not self.read_only:  # readers would count twice
+            metrics.stores.add(self)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         if not self.read_only:
@@ -201,6 +210,9 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        metrics = STORE_METRICS.get()
+        if metrics is not None:
+            metrics.stores.discard(self)
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)

@@ -851,3 +851,19 @@ async def test_extra_handlers_are_dispatched_and_advertised(tmp_path: Path) -> N
     assert seen == [("c", 1)]
     assert (statistics.connections_total, statistics.requests) == (1, 2)
     assert statistics.rejected_connections == statistics.handler_failures == 0
+
+
+def test_a_response_error_code_is_its_own_else_the_first_nested_one() -> None:
+    from headwater.broker._metrics import response_error_code
+
+    assert response_error_code({"error_code": 7, "topics": []}) == 7
+    nested = {
+        "throttle_time_ms": 0,
+        "responses": [
+            {"name": "a", "partition_responses": [{"index": 0, "error_code": 0}]},
+            {"name": "b", "partition_responses": [{"index": 1, "error_code": 3}]},
+        ],
+    }
+    assert response_error_code(nested) == 3
+    assert response_error_code({"topics": [{"partitions": [{"error_code": 0}]}]}) == 0
+    assert response_error_code({"records": [b"raw"], "error_code": 0}) == 0

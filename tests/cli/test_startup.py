@@ -11,13 +11,17 @@ PROBE = """
 import sys
 from headwater.cli._main import run
 status = run(sys.argv[1:])
-heavy = sorted(m for m in ("headwater.processing", "headwater.broker") if m in sys.modules)
+heavy = sorted(
+    m
+    for m in ("headwater.processing", "headwater.broker", "prometheus_client", "hypercorn")
+    if m in sys.modules
+)
 print(status, *heavy)
 """
 
 
 @pytest.mark.parametrize("command", ["consume", "produce", "groups", "repair"])
-def test_log_commands_do_not_import_the_runtime_or_the_broker(command: str) -> None:
+def test_log_commands_do_not_import_the_runtime_the_broker_or_metrics(command: str) -> None:
     out = subprocess.run(
         [sys.executable, "-c", PROBE, command, "--help"],
         capture_output=True,

@@ -276,3 +276,21 @@ async def test_the_coordinator_runs_on_asyncio_too(tmp_path: object) -> None:
                 return sum(o.offset for o in coordinator.committed("g").values())
 
     assert await anyio.to_thread.run_sync(lambda: anyio.run(main, backend="asyncio")) == 6
+
+
+async def test_statistics_count_rebalances_across_a_forgotten_group(store: Store) -> None:
+    await fill(store, "t", 2, 3)
+    async with GroupCoordinator(store, config=FAST) as coordinator:
+        for expected_generation in (1, 1):  # the group is forgotten in between: 1 again
+            member = await new_member(coordinator)
+            result = await coordinator.join("g", join_request(member))
+            assert result.generation_id == expected_generation
+            [stats] = coordinator.statistics()
+            assert (stats.group_id, stats.members, stats.generation_id) == ("g", 1, 1)
+            await coordinator.leave("g", member)  # the last member: a rebalance to Empty
+        assert coordinator.statistics() == []  # no members, no offsets: forgotten
+        await coordinator.commit("g", {TopicPartition("t", 1): 2})
+        [stats] = coordinator.statistics()
+        assert stats.members == 0
+        assert stats.rebalances == 4  # join and leave, twice
+        assert stats.committed == {TopicPartition("t", 1): 2}

@@ -1,0 +1,107 @@
+"""``headwater run``'s event loop: the app, its signals, its metrics and its progress.
+
+The first SIGINT/SIGTERM stops the app gracefully (the batches in hand are finished,
+written and committed; the worker leaves its group), a second one at once, as
+:meth:`~headwater.processing.App.run` does. Around the app, in the same event loop: the
+metrics server (``--metrics``; on before the app opens its log, so that everything it
+makes is measured) and, for a run until caught up on a terminal, a progress bar of the
+records to go across the partitions this worker processes (their end offsets at the
+start), with the rate and the time left.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from headwater.processing import App, RunStatistics
+
+from ._metrics_http import serving_metrics
+from ._progress import REFRESH_S, counting_progress
+from ._run import run_async
+
+logger = logging.getLogger("headwater.processing")
+
+
+def run_app(
+    app: App,
+    *,
+    until_caught_up: bool,
+    data_dir: Path | None,
+    bootstrap: str | None,
+    metrics: tuple[str, int] | None,
+    show_progress: bool,
+) -> RunStatistics:
+    """Run ``app`` until a signal (or caught up) on trio; return the run's statistics.
+
+    :raises HeadwaterError: as :meth:`App.run_async` does.
+    """
+
+    async def main() -> RunStatistics:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(_watch_signals, app.name, stop, tg.cancel_scope)
+            async with serving_metrics(metrics), anyio.create_task_group() as shows:
+                if show_progress and until_caught_up:
+                    shows.start_soon(_show_progress, app)
+                try:
+                    await app.run_async(
+                        until_caught_up=until_caught_up,
+                        stop=stop,
+                        data_dir=data_dir,
+                        bootstrap=bootstrap,
+                    )
+                finally:
+                    shows.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
+        statistics = app.statistics()
+        assert statistics is not None
+        return statistics
+
+    return run_async(main)
+
+
+async def _watch_signals(
+    name: str, stop: anyio.Event, scope: anyio.CancelScope, *, task_status: TaskStatus[None]
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            if stop.is_set():
+                logger.warning("app %r: second signal: stopping now", name)
+                scope.cancel()
+                return
+            logger.info(
+                "app %r: %s: finishing the batches in hand, then stopping",
+                name,
+                signal.Signals(signum).name,
+            )
+            stop.set()
+
+
+async def _show_progress(app: App) -> None:
+    """Draw the records processed out of those to go, until cancelled."""
+    progress = counting_progress("records")
+    bar = progress.add_task(f"app {app.name!r}", total=None)
+
+    def update() -> None:
+        positions = app.progress() or {}
+        done = total = 0
+        for start, position, end in positions.values():
+            total += max(end - start, 0)
+            done += max(min(position, end) - start, 0)
+        description = f"app {app.name!r}: {len(positions)} partition(s)"
+        progress.update(bar, total=total or None, completed=done, description=description)
+        progress.refresh()
+
+    with progress:
+        try:
+            while True:
+                update()
+                await anyio.sleep(REFRESH_S)
+        finally:
+            update()

@@ -1,0 +1,128 @@
+"""Progress bars where a person waits: on stderr, only when it is a terminal.
+
+A bar shows what is done out of what there is to do, the rate and the time left (rich's
+estimate from the recent rate). Commands refresh them themselves, a few times a second,
+from the event loop that does the work (no refresh thread). With ``--quiet``, or when
+stderr is not a terminal (a pipe, a file, a test), nothing is drawn.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+from ._output import stderr_console
+
+#: Seconds between two refreshes of a bar.
+REFRESH_S = 0.2
+
+
+def progress_shown(quiet: bool) -> bool:
+    """Whether to draw progress: stderr is a terminal and ``--quiet`` was not given."""
+    return not quiet and stderr_console().is_terminal
+
+
+class _RateColumn(ProgressColumn):
+    """The rate, in ``unit`` per second (rich's own speed column counts bytes)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self._unit = unit
+
+    def render(self, task: Task) -> Text:
+        """Render the task's rate."""
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text(f"- {self._unit}/s", style="progress.data.speed")
+        return Text(f"{speed:,.0f} {self._unit}/s", style="progress.data.speed")
+
+
+def counting_progress(unit: str, *extra: ProgressColumn | str) -> Progress:
+    """Return a progress display (not started) of counted things (``unit``: records)."""
+    columns: list[Any] = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(unit),
+        TimeRemainingColumn(),
+        *extra,
+    ]
+    return Progress(*columns, console=stderr_console(), auto_refresh=False)
+
+
+class InputProgress:
+    """A bar of the bytes read from an input file, with the records stored so far.
+
+    Use as a context manager (the bar is drawn inside it); :meth:`read` and :meth:`stored`
+    redraw it at most every :data:`REFRESH_S` seconds.
+    """
+
+    def __init__(self, total_bytes: int, what: str) -> None:
+        self._what = what
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            auto_refresh=False,
+        )
+        self._task = self._progress.add_task(what, total=total_bytes)
+        self._records = 0
+        self._drawn = 0.0
+
+    def __enter__(self) -> InputProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._draw(force=True)
+        self._progress.stop()
+
+    def read(self, size: int) -> None:
+        """Note ``size`` more bytes read."""
+        self._progress.advance(self._task, size)
+        self._draw()
+
+    def stored(self, count: int) -> None:
+        """Note ``count`` more records stored."""
+        self._records += count
+        self._progress.update(self._task, description=f"{self._what}: {self._records:,} records")
+        self._draw()
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._drawn >= REFRESH_S:
+            self._drawn = now
+            self._progress.refresh()
+
+
+def input_progress(fd: int, what: str, *, quiet: bool) -> InputProgress | None:
+    """Return a bar for reading the file open at ``fd``, or None: when not shown (see
+    :func:`progress_shown`), when stdout is the terminal too (the records' output would
+    tear the bar), or when ``fd`` is not a regular file (a pipe: no size to go by)."""
+    if not progress_shown(quiet) or sys.stdout.isatty():
+        return None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return InputProgress(max(status.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0), what)
