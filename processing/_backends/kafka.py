@@ -11,18 +11,22 @@ The same :class:`~headwater.processing.Backend` as the embedded log, over conflu
 - produce: one idempotent producer for the backend (``_kafka_produce.py``): a call
   returns once the cluster acknowledged its records (``acks=all``), so the runtime
   commits only what is durable downstream;
-- a consumer group (:meth:`KafkaBackend.join`): one consumer per member, read by a
-  thread of its own into a buffer per assigned partition (``_kafka_fetch.py``), from
-  which the runtime's partition loops fetch; rebalance callbacks await the runtime's
-  handlers on the event loop, so a partition is given up only after its task committed;
-- fetch of a partition this backend holds no group assignment for (a test reading an
-  output, a restore): a second consumer that assigns partitions as they are asked for.
+- a consumer group (:meth:`KafkaBackend.join`): one consumer per member, called only by
+  a thread of its own that reads into a buffer per assigned partition
+  (``_kafka_fetch.py``), from which the runtime's partition loops fetch; commits and the
+  like are requests that thread runs; rebalance callbacks await the runtime's handlers
+  on the event loop, so a partition is given up only after its task committed;
+- fetch of a partition this backend holds no group assignment for (a store's changelog
+  being restored, a test reading an output): a second consumer that assigns partitions
+  as they are asked for, and lets them go once nobody asks.
 
 Assignment uses Kafka's ``range`` assignor, eagerly: librdkafka offers it, and it keeps a
 task's partitions on one member (see ``_tasks.py``; its ``cooperative-sticky`` would
 split tasks). Offsets are committed with their metadata through the group member, never
-automatically. Nothing blocks the event loop: librdkafka's blocking calls run in worker
-threads, its callbacks report to the loop through ``anyio.from_thread``.
+automatically. Nothing blocks the event loop: librdkafka's blocking calls run in threads
+of their own, whose results and callbacks reach the loop through ``anyio.from_thread``.
+Settings: an app's ``AppConfig.session_timeout_ms`` becomes the group members'
+``session.timeout.ms`` (heartbeats a third of it apart, at most 3 s).
 """
 
 from __future__ import annotations
