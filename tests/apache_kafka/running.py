@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+import tenacity
+
 KAFKA_VERSION = "4.1.0"
 #: Named in full: by its prefix alone (``dependency:``) Maven looks the plugin up first,
 #: and without a network says only that no such plugin exists.
@@ -194,13 +196,12 @@ class KafkaProcess:
         :raises RuntimeError: if the broker exits or does not answer in time.
         """
         lib = kafka_jars()
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._start(lib, timeout_s)
-            except _ExitedError:
-                if attempt == attempts:
-                    raise
-        raise AssertionError("unreachable")
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_ExitedError),
+            stop=tenacity.stop_after_attempt(attempts),
+            reraise=True,
+        )
+        return retrying(self._start, lib, timeout_s)
 
     def _start(self, lib: Path, timeout_s: float) -> KafkaProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
