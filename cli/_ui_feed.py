@@ -107,6 +107,10 @@ class Feed:
         changed.set()
         return view
 
+    async def next_look(self) -> None:
+        """Wait until the next look at the log is published."""
+        await self._changed.wait()
+
     async def watch(self, limit: int) -> AsyncGenerator[Json, None]:
         """Yield the latest overview, then each newer one, ``limit`` in all.
 
