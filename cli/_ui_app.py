@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import click
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,12 +38,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from headwater.store import Record
+from headwater.store import HeadwaterError, Record
 
 from ._access import LogAccess, RecordSink
 from ._app_commands import lineage
 from ._start import Start
-from ._ui_feed import Feed
+from ._ui_feed import Feed, failure_message
 from ._ui_model import Json, partition_offsets, record_json
 
 #: Most records one browser request returns.
@@ -82,7 +83,13 @@ def create_app(context: UiContext, token: str | None) -> Starlette:
             Route("/api/lineage", handlers.lineage),
             Route("/api/events", handlers.events),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            HeadwaterError: _unavailable,
+            click.ClickException: _unavailable,
+            OSError: _unavailable,
+            Exception: _internal_error,
+        },
     )
     app.add_middleware(_Guard, token=token)
     return app
@@ -99,8 +106,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    # The log refused or could not be reached (busy, gone, damaged): not the request's fault.
+    return JSONResponse({"error": failure_message(exc), "status": 503}, 503)
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": f"{type(exc).__name__}: {exc}", "status": 500}, 500)
+    return JSONResponse({"error": failure_message(exc), "status": 500}, 500)
 
 
 class _Guard:

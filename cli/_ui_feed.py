@@ -45,6 +45,17 @@ class FeedStatistics:
     watchers: int
 
 
+def failure_message(exc: BaseException) -> str:
+    """Say in one line why a look at the log failed (out of exception groups too)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, HeadwaterError | OSError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Feed:
     """Looks at the log every ``interval_s`` with ``look``; see the module docstring."""
 
@@ -55,6 +66,7 @@ class Feed:
         self._latest: Json | None = None
         self._version = 0
         self._changed = anyio.Event()
+        self._lock = anyio.Lock()
         self._history: collections.deque[Json] = collections.deque(maxlen=HISTORY)
         self._looks = 0
         self._failures = 0
@@ -84,13 +96,18 @@ class Feed:
             await anyio.sleep(self._interval_s)
 
     async def look_now(self) -> Json:
-        """Look at the log now, publish the overview and return it."""
+        """Look at the log now (after a look in progress ends), publish the overview and
+        return it."""
+        async with self._lock:
+            return await self._look_once()
+
+    async def _look_once(self) -> Json:
         wall_ms = int(time.time() * 1000)
         try:
             sample = await self._look()
-        except (HeadwaterError, click.ClickException, OSError) as exc:
+        except Exception as exc:
             self._failures += 1
-            message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            message = failure_message(exc)
             logger.warning("looking at the log failed: %s", message)
             view = dict(self._latest or {"topics": [], "groups": [], "apps": []})
             view.pop("point", None)
