@@ -323,3 +323,28 @@ async def test_an_event_stream_ends_when_its_client_leaves(tmp_path: Path) -> No
                 await feed.next_look()
         assert feed.statistics().failures == 0
         tg.cancel_scope.cancel()
+
+
+def test_a_broker_at_bootstrap_is_seen_and_browsed(broker: BrokerProcess) -> None:
+    at = ["--bootstrap", broker.bootstrap]
+    ok(run_headwater(None, "topics", "create", "ui-payments", "--partitions", "2", *at))
+    ui = UiProcess([], *at, "--interval", "0.2").start()
+    try:
+        assert ui.get("api/overview").json()["title"] == f"the broker at {broker.bootstrap}"
+        lines = '{"amount": 5}\n{"amount": 7}\n'
+        ok(run_headwater(None, "produce", "ui-payments", "-p", "1", *at, input=lines))
+        ok(run_headwater(None, "consume", "ui-payments", "-g", "ui-payers", "--max", "1", *at))
+        view = wait_for_overview(ui, lambda v: group_lag(v, "ui-payers") == 1)
+        assert topic_end(view, "ui-payments", 1) == 2
+        ok(run_headwater(None, "consume", "ui-payments", "-g", "ui-payers", *at))
+        wait_for_overview(ui, lambda v: group_lag(v, "ui-payers") == 0)
+        page = ui.get("api/records", params={"topic": "ui-payments", "partition": 1, "offset": 1})
+        assert [r["value"] for r in page.json()["records"]] == [{"json": {"amount": 7}}]
+        past = ui.get("api/records", params={"topic": "ui-payments", "partition": 1, "offset": 3})
+        assert past.status_code == 400 and "past the end" in past.json()["error"]
+        trace = ui.get("api/lineage", params={"topic": "ui-payments", "partition": 1, "offset": 0})
+        assert [s["record"]["value"] for s in trace.json()["steps"]] == [{"json": {"amount": 5}}]
+    finally:
+        status, log = ui.stop()
+    assert status == 0, log
+    assert "Traceback" not in log, log
