@@ -7,7 +7,13 @@ start their own.
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,7 @@ from headwater.cli._top import take_sample
 from headwater.cli._ui_app import UiContext, create_app
 from headwater.cli._ui_feed import Feed
 
-from .helpers import HEADWATER, assert_error, run_headwater
+from .helpers import HEADWATER, assert_error, env_without_data, run_headwater
 from .ui_server import UiProcess, events, group_lag, topic_end, wait_for_overview
 
 APP = """
@@ -36,6 +42,20 @@ clicks.to("copied")
 """
 
 CLICKS = '{"user": "ada", "n": 1}\n{"user": "bob", "n": 2}\n{"user": "cy", "n": 3}\n'
+
+
+def read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[str]) -> re.Match[str]:
+    """Read ``proc``'s stderr as it comes until ``pattern`` matches it."""
+    assert proc.stderr is not None
+    fd, text, deadline = proc.stderr.fileno(), b"", time.monotonic() + 60
+    while (found := pattern.search(text.decode(errors="replace"))) is None:
+        left = deadline - time.monotonic()
+        assert left > 0, f"not logged in time: {text!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the process exited: {text!r}"
+            text += chunk
+    return found
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -348,3 +368,53 @@ def test_a_broker_at_bootstrap_is_seen_and_browsed(broker: BrokerProcess) -> Non
         status, log = ui.stop()
     assert status == 0, log
     assert "Traceback" not in log, log
+
+
+def test_a_running_app_shows_its_operators_through_its_metrics(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "app.py").write_text(APP)
+    for topic in ("clicks", "enriched", "copied"):
+        ok(run_headwater(data, "topics", "create", topic))
+    ok(run_headwater(data, "produce", "clicks", input=CLICKS))
+    app = subprocess.Popen(
+        [HEADWATER, "--data", str(data), "run", str(tmp_path / "app.py"), "-v", "--metrics",
+         "127.0.0.1:0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env_without_data(),
+    )  # fmt: skip
+    try:
+        logged = read_until(
+            app, re.compile(r"(?s)(?=.*serving data directory)(?=.*serving metrics at (\S+))")
+        )
+        metrics_url = logged[1]
+        assert app.stderr is not None  # drained from now on: a full pipe would stop the app
+        threading.Thread(target=app.stderr.read, daemon=True).start()
+        ui = UiProcess(
+            ["--data", str(data)], "--interval", "0.2", "--app-metrics", metrics_url,
+            "--app", str(tmp_path / "app.py"),
+        ).start()  # fmt: skip
+        try:
+            view = wait_for_overview(
+                ui,
+                lambda v: any(
+                    op["records_in"] == 3 and op["operator"].startswith("#1 source")
+                    for a in v["apps"]
+                    for op in a["operators"]
+                ),
+            )
+            [shown] = view["apps"]
+            assert shown["name"] == "ui-app"
+            operators = {op["operator"]: op for op in shown["operators"]}
+            [topology] = ui.get("api/apps").json()
+            labels = {node["label"] for node in topology["nodes"]}
+            assert set(operators) <= labels  # the page puts each operator's rates on its node
+            [filtered] = [op for name, op in operators.items() if " filter " in name]
+            assert (filtered["records_in"], filtered["records_out"]) == (3, 2)
+            assert topic_end(view, "enriched") == 2  # looked at through the app that owns it
+        finally:
+            status, log = ui.stop()
+        assert status == 0, log
+    finally:
+        app.send_signal(signal.SIGINT)
+        app.wait(timeout=60)
