@@ -2,7 +2,7 @@
 // events, read through fetch so that a bearer token can be sent), browses records.
 "use strict";
 
-const state = { token: null, points: [], overview: null, apps: [] };
+const state = { token: null, points: [], overview: null, apps: [], tablesKey: null };
 const COLORS = ["#0b6bcb", "#b45309", "#15803d", "#7c3aed", "#be123c", "#0e7490", "#4d7c0f", "#a16207"];
 const MAX_POINTS = 300;
 
@@ -68,6 +68,12 @@ function renderOverview(view) {
   state.overview = view;
   $("#title").textContent = view.title || "";
   showError(view.error ? `the log cannot be read now: ${view.error}` : "");
+  renderAppRates(view.apps || []);
+  // Tables are redrawn only when what they show changed, so that a link is not pulled
+  // from under a pointer at every look.
+  const key = JSON.stringify([view.topics, view.groups]);
+  if (key === state.tablesKey) return;
+  state.tablesKey = key;
   const topics = $("#topics tbody");
   topics.replaceChildren();
   const names = $("#topic-names");
@@ -105,7 +111,6 @@ function renderOverview(view) {
         el("td", { class: trend === "▼" ? "trend-down" : trend === "▲" ? "trend-up" : "" }, trend)));
     });
   }
-  renderAppRates(view.apps || []);
 }
 
 // --- charts -----------------------------------------------------------------

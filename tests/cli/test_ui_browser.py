@@ -25,6 +25,7 @@ from .ui_server import WAIT_S, UiProcess
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
 )
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -75,13 +76,27 @@ def ok(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def wait(driver: Driver, condition: Callable[[Driver], Any], what: str) -> Any:
-    """Wait until ``condition`` on the page is true (re-checked as the DOM changes)."""
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, what)
+    """Wait until ``condition`` on the page is true (re-checked as the DOM changes; the
+    live tables are redrawn as the log changes, so an element found may be gone when
+    read: that check is made again)."""
+    return WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(condition, what)
 
 
 def text_of(driver: Driver, selector: str) -> str | None:
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].text if found else None
+    """The text of the first element ``selector`` finds (None: none), read in one step."""
+    text: str | None = driver.execute_script(
+        "const found = document.querySelector(arguments[0]);"
+        "return found === null ? null : found.innerText;",
+        selector,
+    )
+    return text
+
+
+def click(driver: Driver, selector: str) -> None:
+    """Click the element ``selector`` finds, as a person would, once it is there."""
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector).click() or True, selector)
 
 
 @pytest.fixture
@@ -126,9 +141,7 @@ def test_the_page_shows_a_produced_record_and_lag_falling(
         chart = browser.find_elements(By.CSS_SELECTOR, '#chart-lag polyline[data-name="readers"]')
         assert chart, "the lag chart draws the group"
 
-        browser.find_element(
-            By.CSS_SELECTOR, '#topics tr[data-topic="clicks"][data-partition="0"] a.browse'
-        ).click()
+        click(browser, '#topics tr[data-topic="clicks"][data-partition="0"] a.browse')
         rows = "#records tbody tr[data-offset]"
         wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 3, "records")
         values = [e.text for e in browser.find_elements(By.CSS_SELECTOR, f"{rows} td.value")]
@@ -136,12 +149,10 @@ def test_the_page_shows_a_produced_record_and_lag_falling(
         assert "origin: test" in browser.find_element(By.CSS_SELECTOR, rows).text
 
         # The lineage link of a record the app wrote leads to its source record.
-        browser.find_element(
-            By.CSS_SELECTOR, '#topics tr[data-topic="enriched"][data-partition="0"] a.browse'
-        ).click()
+        click(browser, '#topics tr[data-topic="enriched"][data-partition="0"] a.browse')
         first = '#records tbody tr[data-topic="enriched"][data-offset="0"] a.source'
         wait(browser, lambda d: text_of(d, first) == "clicks/0/1", "the lineage link")
-        browser.find_element(By.CSS_SELECTOR, first).click()
+        click(browser, first)
         picked = '#records tbody tr.picked[data-topic="clicks"][data-offset="1"]'
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, picked), "the source record")
         steps = "#lineage-steps li"
