@@ -65,9 +65,11 @@ def check_exposure(host: str, token: str | None) -> None:
 @click.option(
     "--token",
     default=None,
+    metavar="TOKEN",
     envvar=TOKEN_ENV_VAR,
     help="Require 'Authorization: Bearer TOKEN' on every data request (the page asks for "
-    f"it); required beyond loopback (default: ${TOKEN_ENV_VAR}).",
+    f"it); required beyond loopback (default: ${TOKEN_ENV_VAR}, which other users cannot "
+    "see in the process list).",
 )
 @click.option(
     "--app",
