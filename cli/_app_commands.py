@@ -178,15 +178,34 @@ def trace(
         click.echo(line)
 
 
+async def lineage(
+    lookup: RecordLookup, topic: str, partition: int, offset: int
+) -> list[tuple[tuple[str, int, int], Record | str]]:
+    """Return the record at ``topic/partition/offset`` and each record its lineage headers
+    name, back to the source event: each with its position, or instead of the record a
+    sentence saying why there is none. At most :data:`MAX_TRACE_STEPS` steps."""
+    steps: list[tuple[tuple[str, int, int], Record | str]] = []
+    position = (topic, partition, offset)
+    for _ in range(MAX_TRACE_STEPS):
+        record = await lookup.record(*position)
+        steps.append((position, record))
+        if isinstance(record, str):
+            return steps
+        source = source_of(record.headers)
+        if source is None:
+            return steps
+        position = (source.topic, source.partition, source.offset)
+    return steps
+
+
 async def trace_lines(lookup: RecordLookup, topic: str, partition: int, offset: int) -> list[str]:
     """Return the lines ``headwater trace`` prints for the record at ``topic/partition/offset``.
 
     :raises click.ClickException: if the first record does not exist.
     """
     lines: list[str] = []
-    position = (topic, partition, offset)
-    for step in range(MAX_TRACE_STEPS):
-        record = await lookup.record(*position)
+    steps = await lineage(lookup, topic, partition, offset)
+    for step, (position, record) in enumerate(steps):
         where = f"{position[0]}/{position[1]}/{position[2]}"
         if isinstance(record, str):
             if step == 0:
@@ -194,12 +213,11 @@ async def trace_lines(lookup: RecordLookup, topic: str, partition: int, offset: 
             lines.append(f"  <- {where}: {record}")
             return lines
         lines.append(("" if step == 0 else "  <- ") + _describe(where, record))
-        source = source_of(record.headers)
-        if source is None:
-            lines.append("     (a source event: it carries no lineage header)")
-            return lines
-        position = (source.topic, source.partition, source.offset)
-    lines.append(f"  ... stopped after {MAX_TRACE_STEPS} steps")
+    last = steps[-1][1]
+    if isinstance(last, Record) and source_of(last.headers) is None:
+        lines.append("     (a source event: it carries no lineage header)")
+    else:
+        lines.append(f"  ... stopped after {MAX_TRACE_STEPS} steps")
     return lines
 
 

@@ -38,6 +38,7 @@ COMMANDS = {
     "trace": "_app_commands:trace",
     "repair": "_repair:repair",
     "top": "_top:top",
+    "ui": "_ui:ui",
 }
 
 
