@@ -26,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from ._output import stderr_console
@@ -40,10 +41,14 @@ def progress_shown(quiet: bool) -> bool:
 
 
 class _RateColumn(ProgressColumn):
-    """The rate, in ``unit`` per second (rich's own speed column counts bytes)."""
+    """The rate, in ``unit`` per second (rich's own speed column counts bytes).
+
+    The column never wraps: on a narrow terminal (80 columns) the bar gives up width
+    instead, so the row stays one line and the unit stays beside its figure.
+    """
 
     def __init__(self, unit: str) -> None:
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))
         self._unit = unit
 
     def render(self, task: Task) -> Text:

@@ -12,6 +12,9 @@ import anyio
 import orjson
 import pytest
 from processing.helpers import load
+from rich.console import Console
+
+from headwater.cli._progress import counting_progress
 
 from .tmux import Terminal
 
@@ -57,6 +60,25 @@ def test_run_until_caught_up_shows_the_records_to_go(
     assert "100%" in bar
     assert "records/s" in bar
     assert "processed 3,000 records, wrote 1,500" in screen
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_bar_with_its_rate_is_one_line_on_a_terminal_of_80_columns_or_more(
+    width: int,
+) -> None:
+    progress = counting_progress("records")
+    clock = [0.0]
+    progress.get_time = lambda: clock[0]
+    bar = progress.add_task("app 'counter': 3 partition(s)", total=3000)
+    for done in (1000, 2000, 3000):  # 1,000 records every 0.25 s: 4,000 records/s
+        progress.update(bar, completed=done)
+        clock[0] += 0.25
+    terminal = Console(width=width, force_terminal=True, color_system=None)
+    with terminal.capture() as drawn:
+        terminal.print(progress.get_renderable())
+    [line] = drawn.get().splitlines()
+    assert "3000/3000" in line
+    assert "4,000 records/s" in line
 
 
 def test_run_quiet_or_not_on_a_terminal_shows_no_bar(
