@@ -7,6 +7,16 @@ wait-for``), so a test waits on the command's end, never on a clock. The pane st
 the command ends (``remain-on-exit``), so what it last drew can still be read. The shell
 is bash, which, like a person's, goes on when a command it waits for handles Ctrl-C and
 exits normally (dash would end itself too).
+
+The server, and so every pane, gets this process's environment without ``COLUMNS`` and
+``LINES``, as explicitly as :data:`os.environ` holds it. Passing it on implicitly would
+not do: pytest imports ``readline`` at start-up, and GNU readline, its input not being a
+terminal, sets ``COLUMNS=80`` and ``LINES=24`` in the C environment (not in
+``os.environ``), which children inherit. A program in the pane that honours them (rich
+does) would then draw for 80 columns, not for the pane's own width. Each :meth:`start`
+gets a server (a socket) of its own: a new session on the socket of a server that
+:meth:`close` is still taking down can meet that server's end ("server exited
+unexpectedly").
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ from pathlib import Path
 
 import pytest
 
+#: The environment of the tmux servers (see the module's docstring).
+_ENVIRONMENT = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
 
 class Terminal:
     """A tmux pane of ``width`` x ``height`` running one command."""
@@ -28,14 +41,17 @@ class Terminal:
     def __init__(self, width: int = 120, height: int = 40) -> None:
         if shutil.which("tmux") is None:
             pytest.fail("tmux is not installed (apt-get install tmux)")
-        self.socket = f"hw-{uuid.uuid4().hex[:12]}"
         self.width = width
         self.height = height
-        self._channel = f"done-{self.socket}"
+        self._new_server()
         self._reader: threading.Thread | None = None
         self._shown = threading.Condition()
         self._seen = b""
         self._ended = False
+
+    def _new_server(self) -> None:
+        self.socket = f"hw-{uuid.uuid4().hex[:12]}"
+        self._channel = f"done-{self.socket}"
 
     def _tmux(self, *args: str, timeout: float = 30) -> str:
         done = subprocess.run(
@@ -44,6 +60,7 @@ class Terminal:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=_ENVIRONMENT,
         )
         if done.returncode != 0:  # what tmux said is the only clue to why
             raise RuntimeError(
@@ -53,7 +70,10 @@ class Terminal:
         return done.stdout
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        """Run ``argv`` in a new pane; its exit status is kept for :meth:`wait_done`."""
+        """Run ``argv`` in a new pane (of a new server, see :meth:`close`); its exit status
+        is kept for :meth:`wait_done`."""
+        self.close()
+        self._new_server()
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
         script = (
             f'{exports}{shlex.join(argv)}; echo "[exit $?]"; '
@@ -119,5 +139,13 @@ class Terminal:
         return self._tmux("capture-pane", "-p", "-S", "-")
 
     def close(self) -> None:
-        """Stop the tmux server (and whatever still runs in it)."""
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
+        """Stop the tmux server (and whatever still runs in it).
+
+        tmux answers before its server has ended; :meth:`start` does not reuse it.
+        """
+        subprocess.run(
+            ["tmux", "-L", self.socket, "kill-server"],
+            capture_output=True,
+            check=False,
+            env=_ENVIRONMENT,
+        )
