@@ -15,8 +15,12 @@ connector the CLI runs standalone, built on the app's log::
     app.run()
 
 A sink reads its topic as the consumer group ``<app>.<kind>.<topic>`` unless given one.
-They run on the embedded log (the app's data directory: a store and its group
-coordinator); on another backend they refuse to start with a :class:`ConnectorError`.
+They run on the log the app runs on (:func:`~headwater.connectors.app_site`): its data
+directory (a store and its group coordinator), or the Kafka-protocol cluster of
+``App(..., bootstrap=...)``, where a source keeps its position in the cluster's
+``headwater-connector-positions`` topic and a sink is a member of the cluster's consumer
+group. On another backend (the test driver's) they refuse to start with a
+:class:`ConnectorError`.
 """
 
 from __future__ import annotations
@@ -27,33 +31,15 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
-from headwater.groups import GroupCoordinator
 from headwater.processing import Backend
-from headwater.store import Store
 
-from ._errors import ConnectorError
 from ._file_sink import FileSink, FileSinkConfig
 from ._file_source import FileSource, FileSourceConfig
 from ._http_ingest import HttpIngest, IngestConfig
-from ._log import StoreLog
-from ._position import LogPositionStore
+from ._log import ConnectorLog
 from ._sink_runner import SinkRunner, SinkWriter
+from ._sites import app_site
 from ._webhook import WebhookConfig, WebhookSink
-
-
-def embedded_log(backend: Backend) -> tuple[Store, GroupCoordinator]:
-    """Return the store and group coordinator of an app's embedded log.
-
-    :raises ConnectorError: if ``backend`` is not the embedded log.
-    """
-    store = getattr(backend, "store", None)
-    coordinator = getattr(backend, "coordinator", None)
-    if not isinstance(store, Store) or not isinstance(coordinator, GroupCoordinator):
-        raise ConnectorError(
-            "connectors run in an app on its embedded log (a data directory) only; this "
-            f"app runs on {type(backend).__name__}"
-        )
-    return store, coordinator
 
 
 async def _stop_when_set(stop: anyio.Event, action: Callable[[], None]) -> None:
@@ -82,9 +68,8 @@ class FileSourceConnector:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Tail the files into the topic until ``stop`` (or caught up)."""
-        store, _ = embedded_log(backend)
-        source = FileSource(StoreLog(store), LogPositionStore(store), self.config)
-        async with anyio.create_task_group() as tg:
+        async with app_site(backend) as site, anyio.create_task_group() as tg:
+            source = FileSource(site.log, site.positions, self.config)
             tg.start_soon(_stop_when_set, stop, source.stop)
             await source.run(until_caught_up=until_caught_up, task_status=task_status)
             tg.cancel_scope.cancel()
@@ -143,12 +128,17 @@ class HttpIngestConnector:
     ) -> None:
         """Serve until ``stop``. An endpoint is never caught up: with ``until_caught_up``
         it does not serve at all."""
-        store, _ = embedded_log(backend)
-        if until_caught_up:
-            task_status.started()
-            return
+        async with app_site(backend) as site:
+            if until_caught_up:
+                task_status.started()
+                return
+            await self._serve(site.log, stop, task_status)
+
+    async def _serve(
+        self, log: ConnectorLog, stop: anyio.Event, task_status: TaskStatus[None]
+    ) -> None:
         config = dataclasses.replace(self.config, topics=(self._topic,))
-        ingest = HttpIngest(StoreLog(store), config)
+        ingest = HttpIngest(log, config)
         async with anyio.create_task_group() as tg:
             self.address = await tg.start(ingest.serve, self.host, self.port)
             self._serving_event().set()
@@ -171,7 +161,7 @@ class _SinkConnector:
         """The topic the sink reads (what the stream writes)."""
         return self._topic
 
-    def _writer(self, store: Store) -> SinkWriter:
+    def _writer(self, log: ConnectorLog) -> SinkWriter:
         raise NotImplementedError
 
     async def run_in_app(
@@ -184,19 +174,20 @@ class _SinkConnector:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Deliver the topic until ``stop`` (or caught up), committing what was taken."""
-        store, groups = embedded_log(backend)
         group = self.group_id or f"{app_name}.{self.kind}.{self._topic}"
-        writer = self._writer(store)
-        try:
-            runner = SinkRunner(groups, self._topic, group, writer)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_when_set, stop, runner.stop)
-                await runner.run(until_caught_up=until_caught_up, task_status=task_status)
-                tg.cancel_scope.cancel()
-        finally:
-            if isinstance(writer, WebhookSink):
-                with anyio.CancelScope(shield=True):
-                    await writer.aclose()
+        async with app_site(backend) as site:
+            assert site.groups is not None
+            writer = self._writer(site.log)
+            try:
+                runner = SinkRunner(site.groups, self._topic, group, writer)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_stop_when_set, stop, runner.stop)
+                    await runner.run(until_caught_up=until_caught_up, task_status=task_status)
+                    tg.cancel_scope.cancel()
+            finally:
+                if isinstance(writer, WebhookSink):
+                    with anyio.CancelScope(shield=True):
+                        await writer.aclose()
 
 
 class FileSinkConnector(_SinkConnector):
@@ -208,8 +199,8 @@ class FileSinkConnector(_SinkConnector):
         super().__init__(config.topic, group_id)
         self.config = config
 
-    def _writer(self, store: Store) -> SinkWriter:
-        return FileSink(StoreLog(store), self.config)
+    def _writer(self, log: ConnectorLog) -> SinkWriter:
+        return FileSink(log, self.config)
 
 
 class WebhookConnector(_SinkConnector):
@@ -221,5 +212,5 @@ class WebhookConnector(_SinkConnector):
         super().__init__(config.topic, group_id)
         self.config = config
 
-    def _writer(self, store: Store) -> SinkWriter:
-        return WebhookSink(StoreLog(store), self.config)
+    def _writer(self, log: ConnectorLog) -> SinkWriter:
+        return WebhookSink(log, self.config)

@@ -29,7 +29,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -99,17 +99,20 @@ def to_record(message: Message) -> Record:
 
 
 class KafkaCluster:
-    """A Kafka-protocol cluster, by the address of one of its brokers.
+    """A Kafka-protocol cluster, by the address of one of its brokers (or several).
 
-    :param bootstrap: ``HOST:PORT``.
-    :raises ConnectorConfigError: if it is not ``HOST:PORT``.
+    :param bootstrap: ``HOST:PORT[,HOST:PORT...]``.
+    :param settings: librdkafka settings for every client (a client's own come after).
+    :raises ConnectorConfigError: if it is not ``HOST:PORT[,HOST:PORT...]``.
     """
 
-    def __init__(self, bootstrap: str) -> None:
-        host, _, port = bootstrap.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConnectorConfigError(f"expected HOST:PORT for the broker, got {bootstrap!r}")
+    def __init__(self, bootstrap: str, settings: Mapping[str, Any] | None = None) -> None:
+        for address in bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConnectorConfigError(f"expected HOST:PORT for the broker, got {bootstrap!r}")
         self.bootstrap = bootstrap
+        self.settings = dict(settings or {})
         # Set by librdkafka's error callback (in whichever thread polls).
         self._unreachable: str | None = None
 
@@ -121,6 +124,7 @@ class KafkaCluster:
     def config(self, **settings: Any) -> dict[str, Any]:
         """Return a librdkafka configuration for this cluster with ``settings``."""
         return {
+            **self.settings,
             "bootstrap.servers": self.bootstrap,
             "logger": _logger,
             "error_cb": self._on_error,
