@@ -223,11 +223,12 @@ class KafkaGroupConsumer:
             async with self._gate, anyio.create_task_group() as tg:
                 self._callbacks = tg
                 try:
-                    return await blocking(fn)
+                    result = await blocking(fn)
                 finally:
                     self._callbacks = None
         finally:
             self._wake()  # once the gate is open
+        return result
 
     def _wake(self) -> None:
         self._changed.set()
