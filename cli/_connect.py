@@ -29,19 +29,11 @@ from typing import Any
 import anyio
 import click
 from anyio.abc import TaskStatus
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from headwater.broker import parse_address
 from headwater.connectors import (
     BackfillProgress,
-    ConnectorLog,
+    ConnectorSite,
     FileSink,
     FileSinkConfig,
     FileSource,
@@ -49,22 +41,17 @@ from headwater.connectors import (
     HttpIngest,
     IngestConfig,
     IngestLimits,
-    KafkaCluster,
-    KafkaGroups,
-    KafkaLog,
-    KafkaPositionStore,
-    LogPositionStore,
-    PositionStore,
-    SinkGroups,
     SinkRunner,
-    StoreLog,
     WebhookConfig,
     WebhookSink,
+    cluster_site,
+    store_site,
 )
 from headwater.groups import GroupCoordinator
 
 from ._datadir import data_dir, data_option, locked_store
 from ._output import info, stderr_console
+from ._progress import InputProgress
 from ._run import run_async
 from ._target import bootstrap_of, log_option
 
@@ -254,42 +241,36 @@ def http_ingest(
     _run(body)
 
 
-@dataclass(frozen=True, slots=True)
-class _Log:
-    """Where a connector works: a data directory's store, or a broker."""
-
-    log: ConnectorLog
-    positions: PositionStore
-    groups: SinkGroups | None
-    description: str
-
-    async def check_topic(self, topic: str) -> None:
-        if not await self.log.has_topic(topic):
-            raise click.ClickException(
-                f"topic {topic!r} does not exist in {self.description} (see 'headwater topics "
-                "list')"
-            )
+async def _check_topic(site: ConnectorSite, topic: str) -> None:
+    if not await site.log.has_topic(topic):
+        raise click.ClickException(
+            f"topic {topic!r} does not exist in {site.description} (see 'headwater topics list')"
+        )
 
 
 @contextlib.asynccontextmanager
-async def _open_log(ctx: click.Context, *, create: bool, groups: bool) -> AsyncIterator[_Log]:
+async def _open_log(
+    ctx: click.Context, *, create: bool, groups: bool
+) -> AsyncIterator[ConnectorSite]:
     """Open the log the command works on: the broker of ``--bootstrap``, else the data
     directory (created if missing with ``create``); with ``groups``, its consumer groups."""
     bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
-        cluster = KafkaCluster(bootstrap)
-        async with KafkaLog(cluster) as log:
-            yield _Log(log, KafkaPositionStore(log), KafkaGroups(cluster), cluster.description)
+        async with cluster_site(bootstrap) as site:
+            yield site
         return
     directory = data_dir(ctx)
     async with locked_store(directory, writer=True, create=create) as store:
-        local = StoreLog(store)
         where = f"data directory {directory}"
         if not groups:
-            yield _Log(local, LogPositionStore(store), None, where)
+            async with store_site(store, description=where) as site:
+                yield site
             return
-        async with GroupCoordinator(store) as coordinator:
-            yield _Log(local, LogPositionStore(store), coordinator, where)
+        async with (
+            GroupCoordinator(store) as coordinator,
+            store_site(store, coordinator, description=where) as site,
+        ):
+            yield site
 
 
 def _host(host: str) -> str:
@@ -386,7 +367,7 @@ def webhook(
             _open_log(ctx, create=False, groups=True) as where,
             WebhookSink(where.log, config) as sink,
         ):
-            await where.check_topic(topic)
+            await _check_topic(where, topic)
             assert where.groups is not None
             runner = SinkRunner(where.groups, topic, group or f"webhook-{topic}", sink)
             stopper.stop = runner.stop
@@ -405,37 +386,24 @@ def webhook(
 
 
 class _ProgressBar(BackfillProgress):
-    """A backfill's progress as a rich progress bar on stderr: bytes, lines and lines/s."""
+    """A backfill's progress as a bar on stderr (:class:`InputProgress`): bytes, lines
+    and lines/s."""
 
     def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("backfill"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[lines]:,} lines, {task.fields[rate]:,.0f} lines/s"),
-            TimeElapsedColumn(),
-            console=stderr_console(),
-            transient=False,
-        )
-        self._task: Any = None
-        self._lines = 0
-        self._started = 0.0
+        self._bar: InputProgress | None = None
 
     def start(self, total_bytes: int) -> None:
-        self._progress.start()
-        self._started = anyio.current_time()
-        self._task = self._progress.add_task("backfill", total=total_bytes, lines=0, rate=0.0)
+        self._bar = InputProgress(total_bytes, "backfill", unit="lines", show_rate=True)
+        self._bar.__enter__()
 
     def advance(self, lines: int, size: int) -> None:
-        self._lines += lines
-        elapsed = max(anyio.current_time() - self._started, 1e-9)
-        self._progress.update(
-            self._task, advance=size, lines=self._lines, rate=self._lines / elapsed
-        )
+        assert self._bar is not None
+        self._bar.read(size)
+        self._bar.stored(lines)
 
     def finish(self) -> None:
-        self._progress.stop()
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
 
 
 @connect.command("file-source")
@@ -599,7 +567,7 @@ def file_sink(
 
     async def body(stopper: _Stopper) -> None:
         async with _open_log(ctx, create=False, groups=True) as where:
-            await where.check_topic(topic)
+            await _check_topic(where, topic)
             assert where.groups is not None
             sink = FileSink(where.log, config)
             runner = SinkRunner(where.groups, topic, group or f"file-sink-{topic}", sink)
