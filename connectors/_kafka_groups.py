@@ -60,9 +60,10 @@ from headwater.groups import (
     RebalanceInProgressError,
     TopicPartition,
 )
+from headwater.processing.kafka_client import TIMEOUT_S, blocking, to_record
 from headwater.store import Record, TopicNotFoundError
 
-from ._kafka_log import TIMEOUT_S, KafkaCluster, blocking, to_record
+from ._kafka_log import KafkaCluster
 from ._sink_runner import PartitionsCallback
 
 logger = logging.getLogger("headwater.connectors")
