@@ -24,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
@@ -55,6 +55,8 @@ from ._progress import InputProgress
 from ._run import run_async
 from ._target import bootstrap_of, log_option
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 SECRET_ENV_VAR = "HEADWATER_WEBHOOK_SECRET"
 TOKENS_ENV_VAR = "HEADWATER_INGEST_TOKENS"
 
@@ -68,6 +70,22 @@ until_caught_up_option = click.option(
 def _default(config: type, name: str) -> Any:
     """Return the default of field ``name`` of the config class ``config``."""
     return next(f.default for f in dataclasses.fields(config) if f.name == name)
+
+
+def _count_option(flag: str, config: type, name: str, help: str) -> Callable[[F], F]:
+    """An option of a whole number from 1, by default field ``name`` of ``config``."""
+    return click.option(
+        flag, type=click.IntRange(min=1), default=_default(config, name), show_default=True,
+        help=help,
+    )  # fmt: skip
+
+
+def _seconds_option(flag: str, config: type, name: str, help: str) -> Callable[[F], F]:
+    """An option of a time above 0 s, by default field ``name`` of ``config``."""
+    return click.option(
+        flag, type=click.FloatRange(min=0, min_open=True), default=_default(config, name),
+        show_default=True, metavar="SECONDS", help=help,
+    )  # fmt: skip
 
 
 @click.group()
@@ -157,34 +175,16 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 )
 @click.option("--auto-create", is_flag=True, help="Create a topic on its first request.")
 @click.option("--key-field", metavar="FIELD", help="Key object records by this field.")
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(min=1),
-    default=_default(IngestLimits, "max_body_bytes"),
-    show_default=True,
-    help="Largest request body.",
-)
-@click.option(
+@_count_option("--max-body-bytes", IngestLimits, "max_body_bytes", "Largest request body.")
+@_seconds_option(
     "--receive-deadline",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_default(IngestLimits, "receive_deadline_s"),
-    show_default=True,
-    metavar="SECONDS",
-    help="Longest time to receive a request's head, and again its body.",
+    IngestLimits,
+    "receive_deadline_s",
+    "Longest time to receive a request's head, and again its body.",
 )
-@click.option(
-    "--max-depth",
-    type=click.IntRange(min=1),
-    default=_default(IngestLimits, "max_depth"),
-    show_default=True,
-    help="Deepest nesting of a record.",
-)
-@click.option(
-    "--max-inflight",
-    type=click.IntRange(min=1),
-    default=_default(IngestLimits, "max_inflight"),
-    show_default=True,
-    help="Requests appending at once before 429.",
+@_count_option("--max-depth", IngestLimits, "max_depth", "Deepest nesting of a record.")
+@_count_option(
+    "--max-inflight", IngestLimits, "max_inflight", "Requests appending at once before 429."
 )
 @click.pass_context
 def http_ingest(
@@ -305,21 +305,8 @@ def _header(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     help=f"Sign each body with HMAC-SHA256 (also ${SECRET_ENV_VAR}).",
 )
 @click.option("--group", metavar="GROUP", help="Consumer group (default: webhook-TOPIC).")
-@click.option(
-    "--batch-records",
-    type=click.IntRange(min=1),
-    default=_default(WebhookConfig, "max_batch_records"),
-    show_default=True,
-    help="Most records per request.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_default(WebhookConfig, "timeout_s"),
-    show_default=True,
-    metavar="SECONDS",
-    help="Longest time one request may take.",
-)
+@_count_option("--batch-records", WebhookConfig, "max_batch_records", "Most records per request.")
+@_seconds_option("--timeout", WebhookConfig, "timeout_s", "Longest time one request may take.")
 @click.option(
     "--header",
     "headers",
@@ -427,13 +414,11 @@ class _ProgressBar(BackfillProgress):
 )
 @click.option("--name", help="The name the position is kept under (default: from topic and path).")
 @click.option("--dead-letter-topic", metavar="TOPIC", help="Where malformed lines go.")
-@click.option(
+@_seconds_option(
     "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_default(FileSourceConfig, "poll_interval_s"),
-    show_default=True,
-    metavar="SECONDS",
-    help="How often files are checked for new lines.",
+    FileSourceConfig,
+    "poll_interval_s",
+    "How often files are checked for new lines.",
 )
 @until_caught_up_option
 @click.pass_context
@@ -517,12 +502,8 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> A
     metavar="A,B,...",
     help="CSV columns (default: the keys of each file's first object).",
 )
-@click.option(
-    "--roll-bytes",
-    type=click.IntRange(min=1),
-    default=_default(FileSinkConfig, "roll_bytes"),
-    show_default=True,
-    help="Finish a file once it holds this many bytes.",
+@_count_option(
+    "--roll-bytes", FileSinkConfig, "roll_bytes", "Finish a file once it holds this many bytes."
 )
 @click.option(
     "--roll-seconds",
