@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from itertools import groupby, islice, repeat
-from operator import itemgetter, lt
 from typing import TYPE_CHECKING, Any, Protocol
 
 from headwater.groups import TopicPartition
@@ -129,8 +127,6 @@ class StatefulStep(Step):
         applied = self.stores[0].applied
         for s in self.stores[1:]:
             s.applied = applied
-        if _all_after(batch, ctx, applied):
-            return batch
         headers = ctx.records.headers
         read = ctx.read
         keep: list[bool] = []
@@ -185,46 +181,6 @@ class StatefulStep(Step):
         if origins:
             ctx.records.keys[origins[0] :] = keys
         return Batch(values, origins, None, self.node)
-
-
-def _all_after(batch: Batch, ctx: Context, applied: dict[bytes, int]) -> bool:
-    """Return whether every record of ``batch`` is after the last one applied from its
-    source, noting the new last ones if so; False (and nothing noted) if any is not, or
-    the batch is not the common case: read records that each carry just their
-    ``headwater.source`` header (no ``headwater.seq``). Column by column, in C calls but
-    for one step per run of records of one source, which :meth:`StatefulStep.unapplied`
-    otherwise takes record by record."""
-    origins = batch.origins
-    if not origins or max(origins) >= ctx.read:
-        return False
-    found = list(map(ctx.records.headers.__getitem__, origins))
-    if set(map(len, found)) != {1}:
-        return False
-    names, values = zip(*map(_FIRST, found), strict=True)
-    if set(names) != {SOURCE_HEADER} or None in values:
-        return False
-    prefixes, _, digits = zip(*map(bytes.rpartition, values, repeat(b"/")), strict=True)
-    try:
-        offsets = list(map(int, digits))
-    except ValueError:  # not written by a runtime: the slow path says what to keep
-        return False
-    lasts: dict[bytes, int] = {}
-    at = 0
-    for prefix, run in groupby(prefixes):
-        count = len(list(run))
-        part = offsets[at : at + count]
-        # A mark is offset << 32 | sequence; with no sequence, after the last mark means
-        # past its offset.
-        last = lasts.get(prefix, applied.get(prefix, -1))
-        if part[0] <= last >> 32 or not all(map(lt, part, islice(part, 1, None))):
-            return False
-        lasts[prefix] = part[-1] << 32
-        at += count
-    applied.update(lasts)
-    return True
-
-
-_FIRST = itemgetter(0)
 
 
 def source_position(ctx: Context, origin: int) -> SourcePosition:
