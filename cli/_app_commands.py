@@ -141,9 +141,64 @@ def run_app(
 
 @click.command("describe")
 @click.argument("target", metavar="APP.PY[:NAME]")
-def describe_app(target: str) -> None:
+@click.option(
+    "--app-metrics",
+    "metrics_url",
+    metavar="URL",
+    help="Also show the running app's state stores from its metrics at URL (headwater run "
+    "--metrics): each task's restore from its changelog, records restored of the total.",
+)
+def describe_app(target: str, metrics_url: str | None) -> None:
     """Print the topology of the app in APP.PY: sources, operators, sinks, internal topics."""
-    click.echo(load_app(target).describe(), nl=False)
+    app = load_app(target)
+    click.echo(app.describe(), nl=False)
+    if metrics_url is not None:
+        click.echo(describe_restores(app.name, scrape_restores(metrics_url)), nl=False)
+
+
+def scrape_restores(url: str) -> dict[str, dict[tuple[str, str], list[float]]]:
+    """Return, per app, each (task, store)'s restore progress from the metrics at ``url``:
+    [records restored, total].
+
+    :raises click.ClickException: if the metrics cannot be read.
+    """
+    # Imported here: only this option needs an HTTP client and the metrics parser.
+    import httpx  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    fields = {
+        "headwater_app_store_restored_records": 0,
+        "headwater_app_store_restore_total_records": 1,
+    }
+    try:
+        response = httpx.get(url, timeout=5)
+        response.raise_for_status()
+        families = list(text_string_to_metric_families(response.text))
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(
+            f"cannot read the app's metrics at {url}: {str(exc) or type(exc).__name__}"
+        ) from None
+    found: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name in fields:
+                labels = sample.labels
+                where = (labels["task"], labels["store"])
+                pair = found.setdefault(labels["app"], {}).setdefault(where, [0.0, 0.0])
+                pair[fields[sample.name]] = sample.value
+    return found
+
+
+def describe_restores(name: str, found: dict[str, dict[tuple[str, str], list[float]]]) -> str:
+    """Return the running app's stores and their restores, as lines for ``describe``."""
+    mine = found.get(name)
+    if not mine:
+        return f"running: no task of app {name!r} with a state store in these metrics\n"
+    lines = ["running: state stores, per task (restored from the changelog / to read)"]
+    for (task, store), (restored, total) in sorted(mine.items()):
+        state = "restored" if restored >= total else "restoring"
+        lines.append(f"  task {task} store {store!r}: {state} {restored:,.0f} / {total:,.0f}")
+    return "\n".join(lines) + "\n"
 
 
 @click.command("trace", context_settings={"ignore_unknown_options": True})

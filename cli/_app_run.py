@@ -6,7 +6,9 @@ written and committed; the worker leaves its group), a second one at once, as
 metrics server (``--metrics``; on before the app opens its log, so that everything it
 makes is measured) and, for a run until caught up on a terminal, a progress bar of the
 records to go across the partitions this worker processes (their end offsets at the
-start), with the rate and the time left.
+start), with the rate and the time left; while its tasks' state stores are restored
+from their changelogs (nothing is processed meanwhile), the bar counts the changelog
+records restored of those to read instead.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ async def _show_progress(app: App) -> None:
     bar = progress.add_task(f"app {app.name!r}", total=None)
 
     def update() -> None:
+        restores = [p for p in (app.restore_progress() or {}).values() if p.total]
+        if restores and not all(p.done for p in restores):  # nothing is processed meanwhile
+            done = sum(min(p.restored, p.total) for p in restores)
+            total = sum(p.total for p in restores)
+            description = f"app {app.name!r}: restoring {len(restores)} store(s)"
+            progress.update(bar, total=total, completed=done, description=description)
+            progress.refresh()
+            return
         positions = app.progress() or {}
         done = total = 0
         for start, position, end in positions.values():

@@ -155,6 +155,18 @@ class PartitionProgress(NamedTuple):
     end_offset: int
 
 
+class RestoreProgress(NamedTuple):
+    """How far a store's restore got: ``restored`` changelog records of ``total``."""
+
+    restored: int
+    total: int
+
+    @property
+    def done(self) -> bool:
+        """Whether the restore read all it had to."""
+        return self.restored >= self.total
+
+
 def _slice(records: RecordColumns, start: int, stop: int) -> RecordColumns:
     """Return records ``start`` to ``stop`` (exclusive) of ``records``."""
     return RecordColumns(
@@ -313,6 +325,16 @@ class Runtime:
             tp: PartitionProgress(start, state.position, self._targets[tp])
             for tp, (start, state) in self._states.items()
             if tp in self._targets
+        }
+
+    def restore_progress(self) -> dict[tuple[str, str], RestoreProgress]:
+        """Return, per (task, store) of the tasks this worker runs now, how far the store's
+        last restore from its changelog got: records restored of the total to read (a
+        task processes nothing until each of its stores has read its total)."""
+        return {
+            (str(task_id), name): RestoreProgress(store.restored, store.restore_total)
+            for task_id, running in self._running.items()
+            for name, store in running.task.stores.items()
         }
 
     def task_lag(self) -> dict[str, int]:
