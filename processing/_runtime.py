@@ -101,6 +101,7 @@ from ._tasks import (
     TaskId,
     TaskPlan,
     check_copartitioning,
+    copartition,
     plan_topic_groups,
     resume,
 )
@@ -359,6 +360,9 @@ class Runtime:
         topics = [n.topic for n in graph.nodes if n.topic] + list(graph.dead_letter_topics())
         existing = {topic: await backend.partition_count(topic) for topic in topics}
         counts = plan_topics(graph, existing)
+        for topic in copartition(graph, counts, self._name):  # joins' sides, repartitioned
+            existing[topic] = await backend.partition_count(topic)
+            counts = plan_topics(graph, existing)
         check_copartitioning(graph, counts)
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
