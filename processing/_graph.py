@@ -340,18 +340,17 @@ class Graph:
         # Values go through as their source's serde reads them (JSON if the sources differ).
         serdes = {id(s.params["serde"]): s.params["serde"] for s in source_ancestors(parent)}
         serde = next(iter(serdes.values())) if len(serdes) == 1 else JSON
-        fields = {"policy": parent.policy, "dead_letter_topic": parent.dead_letter_topic}
         base = len(self.nodes)
         through = Node(
             id=base + 1, kind="through", parents=(parent,), topic=topic,
             params={"serde": serde, "partitions": partitions, "partitions_of": None,
                     "dedupe": dedupe},
-            **fields,
+            policy=parent.policy, dead_letter_topic=parent.dead_letter_topic,
         )  # fmt: skip
         reader = Node(
             id=base + 2, kind="internal", parents=(through,), topic=topic,
             params={"serde": serde, "key_serde": self.key_serde(parent), "dedupe": dedupe},
-            **fields,
+            policy=parent.policy, dead_letter_topic=parent.dead_letter_topic,
         )  # fmt: skip
         at = self.nodes.index(consumer)
         self.nodes[at:at] = [through, reader]

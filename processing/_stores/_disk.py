@@ -173,15 +173,16 @@ class DiskStore(MemoryStore):
         self.restored += len(keys)
         keys, values, checkpoint = without_checkpoints(keys, values)
         with self.env.begin(write=True, db=self.db) as txn:
+            items: Any = zip(keys, values, strict=True)
             if None in values or None in keys:  # tombstones: each key's latest decides
-                latest = dict(zip(keys, values, strict=True))
+                latest = dict(items)
                 latest.pop(None, None)
                 for key in [k for k, v in latest.items() if v is None]:
                     del latest[key]
                     txn.delete(key)
-                keys, values = list(latest), list(latest.values())
+                items = latest.items()
             # In order, in one C call: a key's last value wins.
-            txn.cursor().putmulti(zip(keys, values, strict=True), dupdata=False)
+            txn.cursor().putmulti(items, dupdata=False)
             if checkpoint is not None:
                 txn.put(_CHECKPOINT, checkpoint, db=self.meta)
         if checkpoint is not None:

@@ -404,7 +404,7 @@ def window_input(half: int) -> list[NewRecord]:
     records = [
         NewRecord(
             orjson.dumps({"id": f"{key}/{t}", "key": key, "ts": t, "n": t % 7 + i}), encode_key(key)
-        )  # fmt: skip
+        )
         for t in range(half * 600, half * 600 + 600, 10)
         for i, key in enumerate(WINDOW_KEYS)
     ]
