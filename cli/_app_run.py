@@ -91,21 +91,8 @@ async def _show_progress(app: App) -> None:
     bar = progress.add_task(f"app {app.name!r}", total=None)
 
     def update() -> None:
-        restores = [p for p in (app.restore_progress() or {}).values() if p.total]
-        if restores and not all(p.done for p in restores):  # nothing is processed meanwhile
-            done = sum(min(p.restored, p.total) for p in restores)
-            total = sum(p.total for p in restores)
-            description = f"app {app.name!r}: restoring {len(restores)} store(s)"
-            progress.update(bar, total=total, completed=done, description=description)
-            progress.refresh()
-            return
-        positions = app.progress() or {}
-        done = total = 0
-        for start, position, end in positions.values():
-            total += max(end - start, 0)
-            done += max(min(position, end) - start, 0)
-        description = f"app {app.name!r}: {len(positions)} partition(s)"
-        progress.update(bar, total=total or None, completed=done, description=description)
+        description, done, total = bar_state(app)
+        progress.update(bar, total=total, completed=done, description=description)
         progress.refresh()
 
     with progress:
@@ -115,3 +102,21 @@ async def _show_progress(app: App) -> None:
                 await anyio.sleep(REFRESH_S)
         finally:
             update()
+
+
+def bar_state(app: App) -> tuple[str, int, int | None]:
+    """Return what the bar of a running ``app`` shows: (description, done, total or None
+    if unknown). While its tasks' stores are restored (nothing is processed meanwhile):
+    the changelog records restored of those to read; then the input records processed
+    of those to go."""
+    restores = [p for p in (app.restore_progress() or {}).values() if p.total]
+    if restores and not all(p.done for p in restores):
+        done = sum(min(p.restored, p.total) for p in restores)
+        total = sum(p.total for p in restores)
+        return f"app {app.name!r}: restoring {len(restores)} store(s)", done, total
+    positions = app.progress() or {}
+    done = total = 0
+    for start, position, end in positions.values():
+        total += max(end - start, 0)
+        done += max(min(position, end) - start, 0)
+    return f"app {app.name!r}: {len(positions)} partition(s)", done, total or None

@@ -1,5 +1,6 @@
 """A running app's restore of its state stores, seen while it runs: ``App.restore_progress``,
-its metrics, and ``headwater describe --app-metrics`` reading them.
+its metrics, ``headwater describe --app-metrics`` reading them, and what the progress
+bar of ``headwater run --until-caught-up`` shows.
 
 The app runs in the test's event loop beside the metrics server (the CLI's own
 ``serving_metrics``); the embedded backend is held before the restore's second fetch of
@@ -17,6 +18,7 @@ import anyio.to_thread
 import pytest
 
 from headwater.cli._app_commands import load_app
+from headwater.cli._app_run import bar_state
 from headwater.cli._main import run
 from headwater.cli._metrics_http import serving_metrics
 from headwater.processing import RestoreProgress, open_in_process
@@ -81,6 +83,11 @@ async def test_a_restore_in_progress_is_seen_in_describe(
             assert where == ("1_0", "n")  # the group after the repartition
             assert 0 < progress.restored < progress.total == RECORDS
             assert not progress.done
+            assert bar_state(app) == (
+                "app 'counter': restoring 1 store(s)",
+                progress.restored,
+                RECORDS,
+            )  # what run --until-caught-up's bar shows meanwhile
             status = await anyio.to_thread.run_sync(
                 run, ["describe", str(tmp_path / "app.py"), "--app-metrics", url]
             )
@@ -90,6 +97,7 @@ async def test_a_restore_in_progress_is_seen_in_describe(
             assert f"task 1_0 store 'n': restoring {progress.restored:,} / {RECORDS:,}" in out, out
             release.set()
         assert all(p.done for p in (app.restore_progress() or {}).values())
+        assert bar_state(app) == ("app 'counter': 1 partition(s)", 1, 1)  # the input's
         stats = app.statistics()
         assert stats is not None and stats.records_in == 2  # the input, then the repartition
 
