@@ -142,9 +142,10 @@ class Supervisor:
             decision = restarts.failed(started_at=started, now=anyio.current_time())
             if isinstance(decision, GiveUp):
                 self._fail(
-                    f"worker {number} keeps failing ({decision.failures} failures within "
-                    f"{decision.window_s:g} s, at most {self._policy.max_restarts} restarts "
-                    f"allowed): giving up; last, pid {pid} {failure}"
+                    f"worker {number} keeps failing: {decision.failures} failures within "
+                    f"{decision.window_s:g} s, more than the {self._policy.max_restarts} "
+                    f"restart(s) allowed (--max-restarts), so giving up; its last run "
+                    f"(pid {pid}) {failure}"
                 )
                 return
             self._restarts[number] += 1
@@ -175,6 +176,7 @@ class Supervisor:
             start_new_session=True,
         )
         self._running[number] = process
+        logger.info("worker %d started (pid %d)", number, process.pid)
         if self._stopping.is_set():  # stopped while it was being started
             self._signal(process, signal.SIGTERM)
         relay = _Relay(number, self._out or sys.stderr)
