@@ -27,6 +27,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -34,6 +35,9 @@ import click
 from anyio.abc import TaskStatus
 
 from headwater.broker import parse_address
+from headwater.processing import App, MissingSourceTopicError
+from headwater.processing._graph import plan_topics  # what App.run checks, before the workers
+from headwater.store import Store
 
 from ._app_commands import explicit_data_dir, load_app
 from ._datadir import claimed, data_option
@@ -119,6 +123,7 @@ def worker(
             param_hint="'--metrics'",
         )
     app = load_app(target)
+    app.graph.validate()  # a graph that cannot run is refused here, not by N workers
     directory = None if cluster is not None else explicit_data_dir(ctx)
     if cluster is None and directory is None:
         cluster = app.bootstrap  # the app's own cluster, or $HEADWATER_BOOTSTRAP
@@ -140,44 +145,55 @@ def worker(
 
     policy = RestartPolicy(max_restarts=max_restarts)
 
-    async def supervise(bootstrap: str) -> None:
-        supervisor = Supervisor(lambda n: argv(bootstrap, n), processes, policy)
-        _measure(supervisor)
-        logger.info("running app %r in %d worker process(es) on %s", app.name, processes, bootstrap)
+    async def body() -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(_forward_signals, supervisor)
-            await supervisor.run()
+            # Watched from the start: a signal before the workers start (the directory
+            # may be busy, its recovery long) stops the command there.
+            signals = _Signals(tg.cancel_scope)
+            await tg.start(_forward_signals, signals)
+
+            async def supervise(bootstrap: str) -> None:
+                supervisor = Supervisor(lambda n: argv(bootstrap, n), processes, policy)
+                _measure(supervisor)
+                logger.info(
+                    "running app %r in %d worker process(es) on %s", app.name, processes, bootstrap
+                )
+                signals.supervisor = supervisor
+                await supervisor.run()
+
+            async with serving_metrics(metrics):
+                if cluster is not None:
+                    await _check_reachable(cluster)
+                    await supervise(cluster)
+                else:
+                    assert directory is not None
+                    await _on_data_directory(directory, app, supervise)
             tg.cancel_scope.cancel()
 
-    async def body() -> None:
-        async with serving_metrics(metrics):
-            if cluster is not None:
-                await _check_reachable(cluster)
-                await supervise(cluster)
-                return
-            assert directory is not None
-            await _on_data_directory(directory, supervise)
-
-    # Signals are the supervisor's alone (its watcher forwards them): before the watcher
-    # starts and after it ends, they are ignored rather than interrupting a store's close.
+    # Signals are the watcher's alone: after it ends they are ignored rather than
+    # interrupting a store's close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     run_async(body)
 
 
-async def _on_data_directory(directory: Path, supervise: _Supervise) -> None:
+async def _on_data_directory(directory: Path, app: App, supervise: _Supervise) -> None:
     """Own ``directory`` and serve it while the workers run on it (or, if its owner
-    already serves it, run them on that)."""
+    already serves it, run them on that).
+
+    :raises MissingSourceTopicError: if a topic the app reads is not in the directory
+        (before any worker starts: each would fail on it, again and again).
+    """
     # Imported here: a supervisor of workers on a cluster never loads the coordinator.
     from headwater.broker import serve_data_directory  # noqa: PLC0415
     from headwater.groups import GroupCoordinator  # noqa: PLC0415
-    from headwater.store import Store  # noqa: PLC0415
 
     async with claimed(directory, writer=True) as claim:
         if not isinstance(claim, Store):
             logger.info("%s: the workers use it there", claim.description)
             await supervise(claim.bootstrap)
             return
+        _check_sources(app, claim)
         async with GroupCoordinator(claim) as groups, serve_data_directory(claim, groups) as broker:
             # What start-up made lives as long as the process (as for `headwater broker`).
             gc.freeze()
@@ -185,6 +201,15 @@ async def _on_data_directory(directory: Path, supervise: _Supervise) -> None:
             host = f"[{node.host}]" if ":" in node.host else node.host
             logger.info("serving data directory %s at %s:%d", directory, host, node.port)
             await supervise(f"{host}:{node.port}")
+
+
+def _check_sources(app: App, store: Store) -> None:
+    """Refuse an app whose source topics are missing from ``store`` (as its run would)."""
+    existing = {name: len(store.partitions(name)) for name in store.list_topics()}
+    try:
+        plan_topics(app.graph, existing)
+    except MissingSourceTopicError as exc:
+        raise MissingSourceTopicError(exc.topics, f"data directory {store.path}") from None
 
 
 def _checked_bootstrap(bootstrap: str) -> str:
@@ -214,14 +239,28 @@ async def _check_reachable(bootstrap: str) -> None:
     )
 
 
+@dataclass(slots=True)
+class _Signals:
+    """What a signal acts on: the supervisor once it runs, else the command's scope."""
+
+    scope: anyio.CancelScope
+    supervisor: Supervisor | None = None
+
+
 async def _forward_signals(
-    supervisor: Supervisor, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    signals: _Signals, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Forward each SIGINT/SIGTERM to the workers: a first stops them gracefully."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Forward each SIGINT/SIGTERM to the workers: a first stops them gracefully, a second
+    at once. Before they start, the first stops the command."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
         task_status.started()
-        async for signum in signals:
+        async for signum in received:
             name = signal.Signals(signum).name
+            supervisor = signals.supervisor
+            if supervisor is None:
+                logger.warning("%s: stopping before the workers start", name)
+                signals.scope.cancel()
+                return
             if supervisor.stopping:
                 logger.warning("%s again: stopping the workers now", name)
             else:

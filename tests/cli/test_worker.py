@@ -386,3 +386,8 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     )
     assert_error(run_headwater(data, "worker", str(app)), f"no data directory at {data}")
     assert not data.exists()
+    load(data, 0, topic="other")  # refused before any worker starts (not by each, again and again)
+    assert_error(
+        run_headwater(data, "worker", str(app), "-n", "2"),
+        f"missing source topic 'in' in data directory {data}: create it first",
+    )
