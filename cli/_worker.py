@@ -22,6 +22,7 @@ HOST:PORT+n (port 0: each picks a free port, logged).
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -77,7 +78,12 @@ _Supervise = Callable[[str], Awaitable[None]]
     help="Restarts of one worker allowed within a minute; one more failure stops them all.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log what the workers' runtime does.")
-@metrics_option
+@functools.partial(
+    metrics_option,
+    help="Serve this process's metrics (its broker and store, its workers) at "
+    "http://HOST:PORT/metrics, and worker n's at HOST:PORT+n (port 0: any free ports, "
+    "logged).",
+)
 @data_option
 @click.option(
     "--bootstrap",
