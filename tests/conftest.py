@@ -79,11 +79,34 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
 
 def _load_group_coordinator(bootstrap: str) -> None:
     """Return once a fresh Kafka serves consumer groups: the first group request has it
-    create and load ``__consumer_offsets``, which a cluster in service has long done."""
+    create and load ``__consumer_offsets``, which a cluster in service has long done.
+
+    Until the coordinator has loaded, the broker answers with errors a client retries
+    (not the coordinator, coordinator loading or not available); librdkafka passes some
+    of them through ``committed``, so they are retried here until a minute has passed.
+    """
     import confluent_kafka as ck
+    import tenacity
+
+    not_ready = {
+        ck.KafkaError.NOT_COORDINATOR,
+        ck.KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        ck.KafkaError.COORDINATOR_NOT_AVAILABLE,
+        ck.KafkaError._TIMED_OUT,
+    }
+
+    def coordinator_not_ready(exc: BaseException) -> bool:
+        return isinstance(exc, ck.KafkaException) and exc.args[0].code() in not_ready
 
     consumer = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "headwater-tests"})
     try:
-        consumer.committed([ck.TopicPartition("headwater-tests", 0)], timeout=60)
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(coordinator_not_ready),
+            stop=tenacity.stop_after_delay(60),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1),
+            reraise=True,
+        ):
+            with attempt:
+                consumer.committed([ck.TopicPartition("headwater-tests", 0)], timeout=60)
     finally:
         consumer.close()

@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+import tenacity
+
 KAFKA_VERSION = "4.1.0"
 #: Named in full: by its prefix alone (``dependency:``) Maven looks the plugin up first,
 #: and without a network says only that no such plugin exists.
@@ -103,6 +105,10 @@ def kafka_jars(timeout_s: float = 600.0) -> Path:
     return lib
 
 
+class _ExitedError(RuntimeError):
+    """Kafka exited while starting (its log, with a no-op logger, rarely says why)."""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -179,15 +185,29 @@ class KafkaProcess:
             options += ["-XX:TieredStopAtLevel=1", "-Xss512k"]
         return ["java", *options, "-cp", f"{lib}/*", *args]
 
-    def start(self, timeout_s: float = 90.0) -> KafkaProcess:
+    def start(self, timeout_s: float = 90.0, attempts: int = 3) -> KafkaProcess:
         """Format a fresh data directory, start the broker and wait until it answers.
+
+        The ports are found free and then handed to Kafka, so another process may take one
+        in between, and Kafka exits without saying why: a broker that exits while starting
+        is started again on new ports, up to ``attempts`` times.
 
         :raises KafkaUnavailableError: as :func:`kafka_jars`.
         :raises RuntimeError: if the broker exits or does not answer in time.
         """
         lib = kafka_jars()
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_ExitedError),
+            stop=tenacity.stop_after_attempt(attempts),
+            reraise=True,
+        )
+        return retrying(self._start, lib, timeout_s)
+
+    def _start(self, lib: Path, timeout_s: float) -> KafkaProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         data = self.folder / "data"
+        shutil.rmtree(data, ignore_errors=True)  # a failed attempt's formatted directory
+        self.log_path.unlink(missing_ok=True)
         self.port = _free_port()
         properties = self.folder / "server.properties"
         properties.write_text(
@@ -212,7 +232,7 @@ class KafkaProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
+                raise _ExitedError(
                     f"Kafka exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
                 )
             if self._answers():
