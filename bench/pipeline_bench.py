@@ -40,8 +40,10 @@ records and CPU time when its run ends); the figure is all the workers' input re
 over the time from the first one's start to the last one's end (their group joins and
 rebalances included, the interpreters' start-up not), and each worker count's ratio to
 one worker's is printed. Each run also prints the CPU time its workers used per event
-(all their threads): on a shared machine it varies less than the wall-clock figure. The
-embedded figures follow in the same run, for comparison.
+(all their threads), and that of all the command's processes from start to exit (the
+supervisor, with its broker on a data directory, and the workers, their start-up
+included): on a shared machine these vary less than the wall-clock figure. The embedded
+figures follow in the same run, for comparison.
 
 ``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of W1 runs, one
 with the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does;
@@ -375,13 +377,11 @@ clicks.filter(lambda e: e["ms"] > 100).map(lambda e: {{**e, "slow": e["ms"] > 50
 """
 
 
-def run_supervised(
-    root: Path, where: list[str], topic: str, name: str, workers: int
-) -> tuple[float, int, int, float]:
+def run_supervised(root: Path, where: list[str], topic: str, name: str, workers: int) -> Supervised:
     """Run W1 as app ``name`` with ``headwater worker --processes N --until-caught-up``
     (``where``: ``--data DIR`` before the command, or ``--bootstrap HOST:PORT`` after it);
-    return (seconds from the first worker's start of the app to the last one's end,
-    records in, records out, the workers' CPU seconds) over all of them."""
+    return the seconds from the first worker's start of the app to the last one's end,
+    records and CPU seconds over all of them."""
     results = root / f"results-{name}"
     results.mkdir()
     app = root / f"{name}.py"
@@ -391,7 +391,9 @@ def run_supervised(
     command = [str(Path(sys.executable).with_name("headwater")), *before, "worker", str(app),
                "--processes", str(workers), "--until-caught-up", *after]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    before_cpu = _children_cpu()
     supervisor = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    all_cpu = _children_cpu() - before_cpu
     if supervisor.returncode != 0:
         sys.exit(f"headwater worker failed ({supervisor.returncode}):\n{supervisor.stderr}")
     figures = [orjson.loads(path.read_bytes()) for path in sorted(results.glob("*.json"))]
@@ -399,7 +401,24 @@ def run_supervised(
         sys.exit(f"expected {workers} worker run(s), found {len(figures)}:\n{supervisor.stderr}")
     elapsed = max(f[1] for f in figures) - min(f[0] for f in figures)
     records_in, records_out = sum(int(f[2]) for f in figures), sum(int(f[3]) for f in figures)
-    return elapsed, records_in, records_out, sum(f[4] for f in figures)
+    return Supervised(elapsed, records_in, records_out, sum(f[4] for f in figures), all_cpu)
+
+
+class Supervised(NamedTuple):
+    """One run under ``headwater worker``: wall seconds, records, the workers' CPU seconds
+    during their runs, and the CPU seconds of every process of the command (supervisor,
+    its broker on a data directory, the workers from start to exit)."""
+
+    elapsed_s: float
+    records_in: int
+    records_out: int
+    workers_cpu_s: float
+    all_cpu_s: float
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextlib.contextmanager
@@ -477,16 +496,17 @@ def bench_workers(
         rates = []
         for run in range(1, args.runs + 1):
             name = f"w1-{uuid.uuid4().hex[:6]}"
-            elapsed, records_in, records_out, cpu = run_supervised(
-                root, where, topic, name, workers
-            )
+            measured = run_supervised(root, where, topic, name, workers)
+            records_in = measured.records_in
             if records_in < args.events:
                 sys.exit(f"{label}: the workers read {records_in:,} of {args.events:,} events")
-            rates.append(args.events / elapsed)
+            rates.append(args.events / measured.elapsed_s)
             print(
                 f"{label}, {workers} worker(s), run {run}: {records_in:,} events read "
-                f"({records_out:,} written) in {elapsed:.2f} s = {rates[-1]:,.0f} events/s; "
-                f"workers' CPU {cpu / records_in * 1e6:.1f} us per event"
+                f"({measured.records_out:,} written) in {measured.elapsed_s:.2f} s = "
+                f"{rates[-1]:,.0f} events/s; workers' CPU "
+                f"{measured.workers_cpu_s / records_in * 1e6:.1f} us per event, all its "
+                f"processes' {measured.all_cpu_s / records_in * 1e6:.1f} us"
             )
         medians[workers] = statistics.median(rates)
         print(f"{label}, {workers} worker(s): median {medians[workers]:,.0f} events/s")
