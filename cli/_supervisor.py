@@ -132,7 +132,8 @@ class Supervisor:
             started = anyio.current_time()
             pid, status, last_error = await self._run_worker(number)
             if status == 0:
-                return  # stopped, or caught up
+                logger.info("worker %d (pid %d) finished", number, pid)
+                return  # stopped, or caught up: nothing to restart
             failure = _failure(status, last_error)
             if self._stopping.is_set():
                 if status not in (_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
