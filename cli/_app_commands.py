@@ -66,7 +66,7 @@ def load_app(target: str) -> App:
     return next(iter(unique.values()))
 
 
-def _explicit_data_dir(ctx: click.Context) -> Path | None:
+def explicit_data_dir(ctx: click.Context) -> Path | None:
     """Return ``--data`` if given on the command line (else the app's own choice stands)."""
     current: click.Context | None = ctx
     while current is not None:
@@ -94,6 +94,12 @@ def _explicit_data_dir(ctx: click.Context) -> Path | None:
     help="Run the app on the Kafka-protocol cluster at HOST:PORT (headwater broker or "
     "Apache Kafka) instead of a data directory.",
 )
+@click.option(
+    "--stop-at-end-of-input",
+    is_flag=True,
+    hidden=True,  # how `headwater worker` runs its workers: they stop when it is gone
+    help="Also stop gracefully when standard input ends.",
+)
 @click.pass_context
 def run_app(
     ctx: click.Context,
@@ -105,6 +111,7 @@ def run_app(
     metrics: tuple[str, int] | None,
     data: Path | None,
     bootstrap: str | None,
+    stop_at_end_of_input: bool,
 ) -> None:
     """Run the app in APP.PY until SIGINT/SIGTERM (or until caught up).
 
@@ -123,7 +130,7 @@ def run_app(
     )
     cluster = bootstrap_of(ctx)  # refuses --data with --bootstrap
     app = load_app(target)
-    directory = None if cluster is not None else _explicit_data_dir(ctx)
+    directory = None if cluster is not None else explicit_data_dir(ctx)
     stats = run_app_here(
         app,
         until_caught_up=until_caught_up,
@@ -131,6 +138,7 @@ def run_app(
         bootstrap=cluster,
         metrics=metrics,
         show_progress=progress_shown(quiet),
+        stop_at_end_of_input=stop_at_end_of_input,
     )
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
