@@ -66,7 +66,7 @@ def load_app(target: str) -> App:
     return next(iter(unique.values()))
 
 
-def _explicit_data_dir(ctx: click.Context) -> Path | None:
+def explicit_data_dir(ctx: click.Context) -> Path | None:
     """Return ``--data`` if given on the command line (else the app's own choice stands)."""
     current: click.Context | None = ctx
     while current is not None:
@@ -94,6 +94,12 @@ def _explicit_data_dir(ctx: click.Context) -> Path | None:
     help="Run the app on the Kafka-protocol cluster at HOST:PORT (headwater broker or "
     "Apache Kafka) instead of a data directory.",
 )
+@click.option(
+    "--stop-at-end-of-input",
+    is_flag=True,
+    hidden=True,  # how `headwater worker` runs its workers: they stop when it is gone
+    help="Also stop gracefully when standard input ends.",
+)
 @click.pass_context
 def run_app(
     ctx: click.Context,
@@ -105,6 +111,7 @@ def run_app(
     metrics: tuple[str, int] | None,
     data: Path | None,
     bootstrap: str | None,
+    stop_at_end_of_input: bool,
 ) -> None:
     """Run the app in APP.PY until SIGINT/SIGTERM (or until caught up).
 
@@ -123,7 +130,7 @@ def run_app(
     )
     cluster = bootstrap_of(ctx)  # refuses --data with --bootstrap
     app = load_app(target)
-    directory = None if cluster is not None else _explicit_data_dir(ctx)
+    directory = None if cluster is not None else explicit_data_dir(ctx)
     stats = run_app_here(
         app,
         until_caught_up=until_caught_up,
@@ -131,6 +138,7 @@ def run_app(
         bootstrap=cluster,
         metrics=metrics,
         show_progress=progress_shown(quiet),
+        stop_at_end_of_input=stop_at_end_of_input,
     )
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
@@ -233,15 +241,34 @@ def trace(
         click.echo(line)
 
 
+async def lineage(
+    lookup: RecordLookup, topic: str, partition: int, offset: int
+) -> list[tuple[tuple[str, int, int], Record | str]]:
+    """Return the record at ``topic/partition/offset`` and each record its lineage headers
+    name, back to the source event: each with its position, or instead of the record a
+    sentence saying why there is none. At most :data:`MAX_TRACE_STEPS` steps."""
+    steps: list[tuple[tuple[str, int, int], Record | str]] = []
+    position = (topic, partition, offset)
+    for _ in range(MAX_TRACE_STEPS):
+        record = await lookup.record(*position)
+        steps.append((position, record))
+        if isinstance(record, str):
+            return steps
+        source = source_of(record.headers)
+        if source is None:
+            return steps
+        position = (source.topic, source.partition, source.offset)
+    return steps
+
+
 async def trace_lines(lookup: RecordLookup, topic: str, partition: int, offset: int) -> list[str]:
     """Return the lines ``headwater trace`` prints for the record at ``topic/partition/offset``.
 
     :raises click.ClickException: if the first record does not exist.
     """
     lines: list[str] = []
-    position = (topic, partition, offset)
-    for step in range(MAX_TRACE_STEPS):
-        record = await lookup.record(*position)
+    steps = await lineage(lookup, topic, partition, offset)
+    for step, (position, record) in enumerate(steps):
         where = f"{position[0]}/{position[1]}/{position[2]}"
         if isinstance(record, str):
             if step == 0:
@@ -249,12 +276,11 @@ async def trace_lines(lookup: RecordLookup, topic: str, partition: int, offset: 
             lines.append(f"  <- {where}: {record}")
             return lines
         lines.append(("" if step == 0 else "  <- ") + _describe(where, record))
-        source = source_of(record.headers)
-        if source is None:
-            lines.append("     (a source event: it carries no lineage header)")
-            return lines
-        position = (source.topic, source.partition, source.offset)
-    lines.append(f"  ... stopped after {MAX_TRACE_STEPS} steps")
+    last = steps[-1][1]
+    if isinstance(last, Record) and source_of(last.headers) is None:
+        lines.append("     (a source event: it carries no lineage header)")
+    else:
+        lines.append(f"  ... stopped after {MAX_TRACE_STEPS} steps")
     return lines
 
 

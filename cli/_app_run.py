@@ -8,13 +8,17 @@ makes is measured) and, for a run until caught up on a terminal, a progress bar 
 records to go across the partitions this worker processes (their end offsets at the
 start), with the rate and the time left; while its tasks' state stores are restored
 from their changelogs (nothing is processed meanwhile), the bar counts the changelog
-records restored of those to read instead.
+records restored of those to read instead. A worker of ``headwater worker`` also stops
+gracefully when its standard input ends: its supervisor holds the other end, so the
+worker does not outlive it (see ``_supervisor.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 import anyio
@@ -37,8 +41,11 @@ def run_app(
     bootstrap: str | None,
     metrics: tuple[str, int] | None,
     show_progress: bool,
+    stop_at_end_of_input: bool = False,
 ) -> RunStatistics:
     """Run ``app`` until a signal (or caught up) on trio; return the run's statistics.
+
+    With ``stop_at_end_of_input``, the end of standard input stops it gracefully too.
 
     :raises HeadwaterError: as :meth:`App.run_async` does.
     """
@@ -47,6 +54,8 @@ def run_app(
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             await tg.start(_watch_signals, app.name, stop, tg.cancel_scope)
+            if stop_at_end_of_input:
+                tg.start_soon(_watch_input, app.name, stop)
             async with serving_metrics(metrics), anyio.create_task_group() as shows:
                 if show_progress and until_caught_up:
                     shows.start_soon(_show_progress, app)
@@ -83,6 +92,22 @@ async def _watch_signals(
                 signal.Signals(signum).name,
             )
             stop.set()
+
+
+async def _watch_input(name: str, stop: anyio.Event) -> None:
+    """Set ``stop`` once standard input ends (whatever is written to it is ignored)."""
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            if not os.read(fd, 4096):
+                break
+        except BlockingIOError:
+            continue
+    if not stop.is_set():
+        logger.info("app %r: its supervisor is gone: finishing the batches in hand", name)
+        stop.set()
 
 
 async def _show_progress(app: App) -> None:
