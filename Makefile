@@ -8,7 +8,7 @@ PACKAGES := $(filter-out tests bench examples build,$(patsubst %/__init__.py,%,$
 DIST := build/dist
 SMOKE_VENV := build/smoke-venv
 
-.PHONY: run test lint typecheck package kcat unit clean
+.PHONY: run test lint typecheck package kcat chromium unit clean
 
 $(STAMP): pyproject.toml setup.py store/_speedups.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ $(STAMP): pyproject.toml setup.py store/_speedups.c
 run: $(STAMP)
 	$(BIN)/python examples/clickstream.py
 
-test: lint typecheck package kcat unit
+test: lint typecheck package kcat chromium unit
 
 # The broker's client tests drive Debian's kcat; they fail with a clear message when it is
 # missing, so a failed install here is reported but does not stop the run.
 kcat:
 	@command -v kcat >/dev/null || (apt-get update && apt-get install -y kcat) \
 		|| echo "warning: could not install kcat (apt-get install kcat); the kcat tests will fail"
+
+# The browser test of `headwater ui` drives Debian's headless Chromium through its
+# chromedriver; it is skipped, saying why, when they are missing.
+chromium:
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) \
+		|| (apt-get update && apt-get install -y chromium chromium-driver) \
+		|| echo "warning: could not install chromium and chromium-driver (apt-get install chromium chromium-driver); the browser test of headwater ui will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,13 +9,14 @@ Kafka client) use the log while it runs instead of waiting for it to end.
 :func:`serve_data_directory` starts a :class:`~headwater.broker.Broker` over the owner's
 open store and *its* group coordinator -- one coordinator per directory, so the owner's
 own consumers and remote members meet in the same groups -- by default on 127.0.0.1 at a
-port the OS picks (:func:`owner_config`), and once it listens announces the address it
-advertises in the directory's address file (``headwater.store``'s
-``write_served_address``; the file's format and how a stale one is told from a true one
-are described there). Leaving the block withdraws the address first, then stops the
-broker gracefully: requests in flight are answered, idle connections and waiting fetches
-end at once. The store and the coordinator stay open; they are the caller's, and the
-caller lets go of the lock only after this.
+port the OS picks (:func:`owner_config`). Once the port is bound, before the broker starts
+(and logs that it listens), it announces the address the broker advertises in the
+directory's address file (``headwater.store``'s ``write_served_address``; the file's
+format and how a stale one is told from a true one are described there). Leaving the
+block withdraws the address first, then stops the broker gracefully: requests in flight
+are answered, idle connections and waiting fetches end at once. The store and the
+coordinator stay open; they are the caller's, and the caller lets go of the lock only
+after this.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import logging
 from collections.abc import AsyncIterator
 
 import anyio
-from anyio.abc import Listener, SocketStream
+from anyio.abc import Listener, SocketAttribute, SocketStream
 
 from headwater.groups import GroupCoordinator
 from headwater.store import Store, clear_served_address, write_served_address
 
-from ._config import BrokerConfig, Node
+from ._config import BrokerConfig
 from ._handlers_groups import GroupHandlers
 from ._server import Broker
 
@@ -69,16 +70,20 @@ async def serve_data_directory(
 
     :raises OSError: if the address cannot be bound.
     """
-    broker = Broker(
-        store, config or owner_config(), extra_handlers=GroupHandlers(coordinator).table()
-    )
+    config = config or owner_config()
+    broker = Broker(store, config, extra_handlers=GroupHandlers(coordinator).table())
+    announced = False
+    if listener is None:
+        # Bound and announced before the broker starts (and logs that it listens), so
+        # that whoever sees it listening also finds it in the directory.
+        listener = await anyio.create_tcp_listener(
+            local_host=config.host, local_port=config.port, reuse_port=False
+        )
+        announced = _announce(store, config, listener.extra(SocketAttribute.local_port))
     failure: Exception | None = None
-    listening = False
     try:
         async with anyio.create_task_group() as tg:
-            node: Node = await tg.start(functools.partial(broker.serve, listener=listener))
-            listening = True
-            announced = listener is None and _announce(store, node)
+            await tg.start(functools.partial(broker.serve, listener=listener))
             try:
                 yield broker
             except Exception as exc:
@@ -88,20 +93,20 @@ async def serve_data_directory(
             finally:
                 if announced:
                     clear_served_address(store.path)
+                    announced = False
                 broker.shutdown()
-    except BaseExceptionGroup as group:
-        bind_failed = not listening and len(group.exceptions) == 1
-        if bind_failed and isinstance(group.exceptions[0], OSError):
-            raise group.exceptions[0] from None  # as the caller expects: an OSError
-        raise
+    finally:
+        if announced:  # the broker failed to start
+            clear_served_address(store.path)
     if failure is not None:
         raise failure
 
 
-def _announce(store: Store, node: Node) -> bool:
+def _announce(store: Store, config: BrokerConfig, bound_port: int) -> bool:
     """Write the address file; say so in the log and go on unannounced if it cannot be."""
-    host = f"[{node.host}]" if ":" in node.host else node.host
-    bootstrap = f"{host}:{node.port}"
+    advertised_host, port = config.advertised_address(bound_port)
+    host = f"[{advertised_host}]" if ":" in advertised_host else advertised_host
+    bootstrap = f"{host}:{port}"
     try:
         write_served_address(store.path, bootstrap)
     except OSError as exc:

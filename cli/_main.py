@@ -34,10 +34,12 @@ COMMANDS = {
     "broker": "_broker:broker",
     "connect": "_connect:connect",
     "run": "_app_commands:run_app",
+    "worker": "_worker:worker",
     "describe": "_app_commands:describe_app",
     "trace": "_app_commands:trace",
     "repair": "_repair:repair",
     "top": "_top:top",
+    "ui": "_ui:ui",
 }
 
 

@@ -35,7 +35,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 _GRACE_S = 1.0
 
 
-def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+def parse_address(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    """Read an option's ``HOST:PORT`` into ``(host, port)`` (None stays None).
+
+    :raises click.BadParameter: for anything else.
+    """
     if value is None:
         return None
     host, colon, port = value.rpartition(":")
@@ -47,16 +51,22 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> o
     return host, int(port)
 
 
-def metrics_option(fn: F) -> F:
+#: What ``--metrics`` does, as ``--help`` says it.
+METRICS_HELP = (
+    "Serve this process's metrics at http://HOST:PORT/metrics for Prometheus "
+    "(port 0: any free port, logged)."
+)
+
+
+def metrics_option(fn: F, *, help: str = METRICS_HELP) -> F:
     """Add ``--metrics HOST:PORT`` to a command (its value: ``(host, port)`` or None)."""
     return click.option(
         "--metrics",
         "metrics",
         metavar="HOST:PORT",
         default=None,
-        callback=_address,
-        help="Serve this process's metrics at http://HOST:PORT/metrics for Prometheus "
-        "(port 0: any free port, logged).",
+        callback=parse_address,
+        help=help,
     )(fn)
 
 
@@ -74,16 +84,8 @@ async def serving_metrics(address: tuple[str, int] | None) -> AsyncIterator[str 
         yield None
         return
     registry = enable_metrics()
-    host, port = address
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
-        ) from None
-    bound = sock.getsockname()
-    url = f"http://{_netloc(bound[0], bound[1])}/metrics"
+    sock = bind(address, "metrics")
+    url = f"{base_url(sock)}/metrics"
     async with anyio.create_task_group() as tg:
         await tg.start(_serve, registry, sock)
         logger.info("serving metrics at %s", url)
@@ -94,6 +96,27 @@ async def serving_metrics(address: tuple[str, int] | None) -> AsyncIterator[str 
             tg.cancel_scope.cancel()
 
 
+def bind(address: tuple[str, int], what: str) -> socket.socket:
+    """Bind a listening socket at ``address`` (port 0: any free one) to serve ``what``.
+
+    :raises click.ClickException: if the address cannot be bound.
+    """
+    host, port = address
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+
+
+def base_url(sock: socket.socket) -> str:
+    """Return ``http://HOST:PORT`` of a socket from :func:`bind`."""
+    bound = sock.getsockname()
+    return f"http://{_netloc(bound[0], bound[1])}"
+
+
 def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -102,10 +125,18 @@ async def _serve(
     registry: CollectorRegistry, sock: socket.socket, *, task_status: TaskStatus[None]
 ) -> None:
     # Imported here: a command without --metrics never loads the HTTP stack.
-    from hypercorn.config import Config  # noqa: PLC0415
     from prometheus_client import make_asgi_app  # noqa: PLC0415
     from starlette.applications import Starlette  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
+
+    app = Starlette(routes=[Route("/metrics", _Endpoint(make_asgi_app(registry)))])
+    await serve_asgi(app, sock, task_status=task_status)
+
+
+async def serve_asgi(app: Any, sock: socket.socket, *, task_status: TaskStatus[None]) -> None:
+    """Serve the ASGI ``app`` with hypercorn on ``sock`` (from :func:`bind`, which this
+    takes over) in the running event loop, until cancelled; started once it serves."""
+    from hypercorn.config import Config  # noqa: PLC0415
 
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]
@@ -113,7 +144,6 @@ async def _serve(
     quiet = logging.getLogger("headwater.metrics.http")
     quiet.setLevel(logging.WARNING)  # not hypercorn's "Running on ... (CTRL + C to quit)"
     config.errorlog = quiet
-    app = Starlette(routes=[Route("/metrics", _Endpoint(make_asgi_app(registry)))])
     serve = _hypercorn_serve()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(app, config, mode="asgi"))

@@ -30,11 +30,14 @@ import click
 from rich.live import Live
 
 from headwater.groups import GroupCoordinator, TopicPartition
+from headwater.store import Store
 
 from ._access import GroupAdmin, LogAccess
-from ._datadir import data_dir, data_option, locked_store
+from ._datadir import claimed, data_dir, data_option
+from ._local import through
 from ._local_groups import LocalGroups
 from ._output import stdout_console
+from ._owner import Served
 from ._remote import admin_client
 from ._run import run_until_signal
 from ._target import bootstrap_of, log_access, log_option
@@ -148,9 +151,7 @@ async def take_sample(
 ) -> Sample:
     """Look at the log once (and at the apps' metrics)."""
     if bootstrap is not None:
-        topics = await anyio.to_thread.run_sync(_remote_topics, bootstrap)
-        async with access.groups(writer=False) as admin:
-            groups = await _groups(admin)
+        topics, groups = await _cluster_sample(bootstrap, access)
     else:
         assert directory is not None
         topics, groups = await _directory_sample(directory)
@@ -158,7 +159,7 @@ async def take_sample(
     return Sample(time.monotonic(), topics, groups, apps, unreachable)
 
 
-def _remote_topics(bootstrap: str) -> dict[str, tuple[tuple[int, int], ...]]:
+def _remote_topics(bootstrap: str) -> _Topics:
     with admin_client(bootstrap) as client:
         described = client.describe_topics()
     return {
@@ -167,15 +168,31 @@ def _remote_topics(bootstrap: str) -> dict[str, tuple[tuple[int, int], ...]]:
     }
 
 
-async def _directory_sample(
-    directory: Path,
-) -> tuple[dict[str, tuple[tuple[int, int], ...]], dict[str, GroupSample]]:
+_Topics = dict[str, tuple[tuple[int, int], ...]]
+
+
+async def _cluster_sample(
+    bootstrap: str, access: LogAccess
+) -> tuple[_Topics, dict[str, GroupSample]]:
+    topics = await anyio.to_thread.run_sync(_remote_topics, bootstrap)
+    async with access.groups(writer=False) as admin:
+        groups = await _groups(admin)
+    return topics, groups
+
+
+async def _directory_sample(directory: Path) -> tuple[_Topics, dict[str, GroupSample]]:
+    """Look at a data directory: its store, opened here, or through the owner that
+    serves it (whose groups have their live members)."""
     if not directory.is_dir():
         return {}, {}
-    async with (
-        locked_store(directory, writer=False) as store,
-        GroupCoordinator(store) as coordinator,
-    ):
+    async with claimed(directory, writer=False) as claim:
+        if isinstance(claim, Served):
+            return await _cluster_sample(claim.bootstrap, through(claim))
+        return await _store_sample(claim)
+
+
+async def _store_sample(store: Store) -> tuple[_Topics, dict[str, GroupSample]]:
+    async with GroupCoordinator(store) as coordinator:
         topics = {}
         for name in store.list_topics():
             described = store.describe_topic(name)

@@ -81,8 +81,8 @@ def _rate(now: float, before: float | None, seconds: float | None) -> str:
 
 def _topics(current: Sample, previous: Sample | None, seconds: float | None) -> Table:
     table = Table("topic", "partitions", "records", "in/s", "out/s", title="topics")
-    consumed = _consumed(current)
-    consumed_before = None if previous is None else _consumed(previous)
+    consumed = consumed_per_topic(current)
+    consumed_before = None if previous is None else consumed_per_topic(previous)
     for name, partitions in sorted(current.topics.items()):
         if is_internal_topic(name):
             continue
@@ -102,7 +102,7 @@ def _topics(current: Sample, previous: Sample | None, seconds: float | None) -> 
     return table
 
 
-def _consumed(sample: Sample) -> dict[str, int]:
+def consumed_per_topic(sample: Sample) -> dict[str, int]:
     """Every group's committed offsets summed per topic."""
     totals: dict[str, int] = {}
     for group in sample.groups.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -56,6 +57,33 @@ def consume_as_group(bootstrap: str, topic: str, group: str, count: int) -> list
     finally:
         consumer.close()
     return values
+
+
+async def test_the_address_is_announced_before_the_broker_says_it_listens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever waits for "listening on" (a script, a supervisor) then finds the owner."""
+    announced_when_listening: list[bool] = []
+
+    class Witness(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "listening on" in record.getMessage():
+                announced_when_listening.append(served_address(tmp_path) is not None)
+
+    witness = Witness()
+    logging.getLogger("headwater.broker").addHandler(witness)
+    caplog.set_level(logging.INFO, logger="headwater.broker")
+    try:
+        async with (
+            open_store(tmp_path) as store,
+            GroupCoordinator(store) as coordinator,
+            serve_data_directory(store, coordinator),
+        ):
+            pass
+    finally:
+        logging.getLogger("headwater.broker").removeHandler(witness)
+    assert announced_when_listening == [True]
+    assert served_address(tmp_path) is None  # withdrawn at the end of the block
 
 
 async def test_clients_use_the_owners_store_and_groups(tmp_path: Path) -> None:

@@ -48,5 +48,7 @@ def test_help_lists_every_command() -> None:
         "run",
         "trace",
         "repair",
+        "top",
+        "ui",
     ):
         assert f"  {command} " in out

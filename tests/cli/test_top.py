@@ -96,11 +96,14 @@ def filled(tmp_path: Path) -> Path:
     return data
 
 
-def test_once_prints_a_snapshot_of_a_broker(filled: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("through", ["bootstrap", "owner"])
+def test_once_prints_a_snapshot_of_a_broker(filled: Path, through: str) -> None:
+    # "owner": the data directory, which the broker owns, is looked at through it.
     broker = BrokerProcess(filled).start()
+    where = ["--bootstrap", broker.bootstrap] if through == "bootstrap" else ["--data", str(filled)]
     try:
         result = subprocess.run(
-            [HEADWATER, "top", "--once", "--interval", "0.2", "--bootstrap", broker.bootstrap],
+            [HEADWATER, "top", "--once", "--interval", "0.2", *where],
             capture_output=True,
             text=True,
             check=True,

@@ -38,13 +38,19 @@ class Terminal:
         self._ended = False
 
     def _tmux(self, *args: str, timeout: float = 30) -> str:
-        return subprocess.run(
+        done = subprocess.run(
             ["tmux", "-L", self.socket, *args],
-            check=True,
+            check=False,
             capture_output=True,
             text=True,
             timeout=timeout,
-        ).stdout
+        )
+        if done.returncode != 0:  # what tmux said is the only clue to why
+            raise RuntimeError(
+                f"tmux {shlex.join(args[:8])} ... exited with {done.returncode}: "
+                f"{done.stderr.strip() or '(nothing on stderr)'}"
+            )
+        return done.stdout
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Run ``argv`` in a new pane; its exit status is kept for :meth:`wait_done`."""

@@ -9,7 +9,8 @@ It checks that:
 
 - every module of every package in the source tree imports, from the venv (a module or
   subpackage missing from the wheel fails here, whatever imports it);
-- each package ships ``py.typed``, and the store its C module's stub;
+- each package ships ``py.typed``, the store its C module's stub, and the CLI the page of
+  ``headwater ui``;
 - the ``headwater`` command does a round trip: create a topic, produce, consume;
 - without the ``compression`` extra, snappy/lz4/zstd fail with an error that says what
   to install, while gzip works.
@@ -73,6 +74,10 @@ def check_imports(root: Path) -> None:
     store = Path(importlib.import_module("headwater.store").__file__ or "").parent
     if not (store / "_speedups.pyi").is_file():
         fail("headwater.store ships no _speedups.pyi")
+    assets = Path(importlib.import_module("headwater.cli").__file__ or "").parent / "ui_assets"
+    for asset in ("index.html", "ui.js", "ui.css"):
+        if not (assets / asset).is_file():
+            fail(f"headwater.cli ships no ui_assets/{asset} (the page of headwater ui)")
     try:
         importlib.import_module("headwater.store._speedups")
         speedups = "with the C speedups"
