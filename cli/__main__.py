@@ -3,4 +3,5 @@ console script at hand (``headwater worker`` starts its workers so)."""
 
 from headwater.cli._main import main
 
-main()
+if __name__ == "__main__":  # importing the module (as the packaging check does) runs nothing
+    main()
