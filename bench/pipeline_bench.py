@@ -20,21 +20,30 @@ a memory store, into a disk store (an empty local copy), and from the disk store
 local copy (current, so only the changelog's empty tail is read).
 
 Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile W]
-[--only W1|W2] [--restore-keys N]``; with ``--profile W1`` (or ``W2``) one more run of
+[--only W1|W2] [--restore-keys N] [--workers 1,2] [--broker] [--apache-kafka]
+[--bootstrap HOST:PORT]``; with ``--profile W1`` (or ``W2``) one more run of
 that workload is profiled and its top entries printed.
 
-On a Kafka-protocol cluster too: ``--bootstrap HOST:PORT`` (a running cluster),
-``--broker`` (a ``headwater broker`` started here on a temporary data directory) and
-``--apache-kafka`` (Apache Kafka started here, as the tests start it, with the JIT's
-full optimisation) each add W1 through the Kafka backend, with ``--workers`` worker
-processes (``1,2`` by default) sharing the app's consumer group: the input is produced
-into a fresh 4-partition topic (not timed), the workers are started, import W1 and
-wait; then all are told to go at once and each runs ``App.run_async(until_caught_up=True)``.
-The figure is all the workers' input records over the time from the first one's start
-to the last one's end (their group joins and rebalances included); the ratio of each
-worker count's figure to one worker's is printed. Each run also prints the CPU time its
-processes used per event (all their threads): on a shared machine it varies less than
-the wall-clock figure. The embedded figures follow in the same run, for comparison.
+Under ``headwater worker`` (the supervisor path): ``--workers 1,2`` adds W1 run by
+``headwater --data DIR worker APP --processes N --until-caught-up`` on the loaded data
+directory, for each worker count: the supervisor owns the directory and serves it, its
+N workers run W1 through the Kafka-protocol backend against that broker and share the
+app's consumer group. On a Kafka-protocol cluster too: ``--bootstrap HOST:PORT`` (a
+running cluster), ``--broker`` (a ``headwater broker`` started here on a temporary data
+directory) and ``--apache-kafka`` (Apache Kafka started here, as the tests start it, with
+the JIT's full optimisation; where it cannot run, that is said and the rest goes on) each
+add W1 by ``headwater worker APP --bootstrap HOST:PORT --processes N --until-caught-up``
+(worker counts from ``--workers``, ``1,2`` by default), on a fresh 4-partition topic the
+input is produced into (not timed). Each worker process times its own
+``App.run_async`` (the app file is W1 as an App subclass that writes its start, end,
+records and CPU time when its run ends); the figure is all the workers' input records
+over the time from the first one's start to the last one's end (their group joins and
+rebalances included, the interpreters' start-up not), and each worker count's ratio to
+one worker's is printed. Each run also prints the CPU time its workers used per event
+(all their threads), and that of all the command's processes from start to exit (the
+supervisor, with its broker on a data directory, and the workers, their start-up
+included): on a shared machine these vary less than the wall-clock figure. The embedded
+figures follow in the same run, for comparison.
 
 ``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of W1 runs, one
 with the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does;
@@ -337,57 +346,79 @@ def load_cluster(bootstrap: str, count: int) -> str:
     return topic
 
 
-def cluster_worker(bootstrap: str, topic: str, name: str) -> None:
-    """A worker on a cluster (a child of :func:`run_workers`): build W1, say ready, wait for
-    "go" on stdin, run until caught up, print (start, end, records in, records out)."""
-    app = w1(None, name, bootstrap=bootstrap, topic=topic)
-    print("ready", flush=True)
-    sys.stdin.readline()
+#: W1 as an app file for ``headwater worker``: each worker process writes, when its run
+#: ends, [start, end, records in, records out, CPU seconds] to RESULTS/<pid>.json (times on
+#: the system-wide monotonic clock, so the parent can compare the workers').
+TIMED_W1 = """
+import os
+import time
+from pathlib import Path
 
-    async def timed() -> list[float]:
-        started = time.monotonic()  # the system-wide clock: the parent compares the workers'
-        cpu = time.process_time()
-        stats = await app.run_async(until_caught_up=True)
-        cpu = time.process_time() - cpu
-        return [started, time.monotonic(), stats.records_in, stats.records_out, cpu]
+import orjson
 
-    print(orjson.dumps(anyio.run(timed, backend="trio")).decode(), flush=True)
+from headwater.processing import App
 
 
-def run_workers(
-    bootstrap: str, topic: str, name: str, workers: int
-) -> tuple[float, int, int, float]:
-    """Run W1 as app ``name`` in ``workers`` processes on the cluster; return (seconds from
-    the first start to the last end, records in, records out, CPU seconds) over all of
-    them."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--cluster-worker", bootstrap, topic, name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(workers)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                sys.exit(f"a worker failed ({proc.returncode})")
-            results.append(orjson.loads(out.splitlines()[-1]))
-    finally:
-        for proc in procs:
-            proc.kill()
-    elapsed = max(r[1] for r in results) - min(r[0] for r in results)
-    records_in, records_out = sum(int(r[2]) for r in results), sum(int(r[3]) for r in results)
-    return elapsed, records_in, records_out, sum(r[4] for r in results)
+class TimedApp(App):
+    async def run_async(self, **options):
+        started, cpu = time.monotonic(), time.process_time()
+        stats = await super().run_async(**options)
+        figures = [started, time.monotonic(), stats.records_in, stats.records_out,
+                   time.process_time() - cpu]
+        Path({results!r}, f"{{os.getpid()}}.json").write_bytes(orjson.dumps(figures))
+        return stats
+
+
+app = TimedApp({name!r})
+clicks = app.stream({topic!r})
+clicks.filter(lambda e: e["ms"] > 100).map(lambda e: {{**e, "slow": e["ms"] > 500}}).to(
+    {output!r}
+)
+"""
+
+
+def run_supervised(root: Path, where: list[str], topic: str, name: str, workers: int) -> Supervised:
+    """Run W1 as app ``name`` with ``headwater worker --processes N --until-caught-up``
+    (``where``: ``--data DIR`` before the command, or ``--bootstrap HOST:PORT`` after it);
+    return the seconds from the first worker's start of the app to the last one's end,
+    records and CPU seconds over all of them."""
+    results = root / f"results-{name}"
+    results.mkdir()
+    app = root / f"{name}.py"
+    text = TIMED_W1.format(results=str(results), name=name, topic=topic, output=f"{name}-out")
+    app.write_text(text)
+    before, after = (where, []) if where[0] == "--data" else ([], where)
+    command = [str(Path(sys.executable).with_name("headwater")), *before, "worker", str(app),
+               "--processes", str(workers), "--until-caught-up", *after]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    before_cpu = _children_cpu()
+    supervisor = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    all_cpu = _children_cpu() - before_cpu
+    if supervisor.returncode != 0:
+        sys.exit(f"headwater worker failed ({supervisor.returncode}):\n{supervisor.stderr}")
+    figures = [orjson.loads(path.read_bytes()) for path in sorted(results.glob("*.json"))]
+    if len(figures) != workers:
+        sys.exit(f"expected {workers} worker run(s), found {len(figures)}:\n{supervisor.stderr}")
+    elapsed = max(f[1] for f in figures) - min(f[0] for f in figures)
+    records_in, records_out = sum(int(f[2]) for f in figures), sum(int(f[3]) for f in figures)
+    return Supervised(elapsed, records_in, records_out, sum(f[4] for f in figures), all_cpu)
+
+
+class Supervised(NamedTuple):
+    """One run under ``headwater worker``: wall seconds, records, the workers' CPU seconds
+    during their runs, and the CPU seconds of every process of the command (supervisor,
+    its broker on a data directory, the workers from start to exit)."""
+
+    elapsed_s: float
+    records_in: int
+    records_out: int
+    workers_cpu_s: float
+    all_cpu_s: float
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextlib.contextmanager
@@ -417,53 +448,81 @@ def headwater_broker(root: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def apache_kafka(root: Path) -> Iterator[str]:
-    """Run Apache Kafka as the tests do (``tests/apache_kafka``); yield its address."""
+def apache_kafka(root: Path) -> Iterator[str | None]:
+    """Run Apache Kafka as the tests do (``tests/apache_kafka``); yield its address, or
+    None (having said why) where it cannot run."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from apache_kafka.running import KafkaProcess  # noqa: PLC0415 - found on the path above
+    from apache_kafka.running import (  # noqa: PLC0415 - found on the path above
+        KafkaProcess,
+        KafkaUnavailableError,
+    )
 
-    kafka = KafkaProcess(root / "apache-kafka", heap="1g", quick_start=False).start()
+    kafka = KafkaProcess(root / "apache-kafka", heap="1g", quick_start=False)
+    try:
+        kafka.start()
+    except KafkaUnavailableError as exc:
+        print(f"Apache Kafka: not measured, it cannot run here: {exc}")
+        yield None
+        return
     try:
         yield kafka.bootstrap
     finally:
         kafka.stop()
 
 
-def bench_cluster(label: str, bootstrap: str, args: argparse.Namespace) -> None:
+def bench_cluster(label: str, bootstrap: str, args: argparse.Namespace, root: Path) -> None:
     """Print W1's figures on the cluster at ``bootstrap`` for each worker count."""
     started = time.perf_counter()
     topic = load_cluster(bootstrap, args.events)
     loaded_s = time.perf_counter() - started
     print(f"{label}: loaded {args.events:,} events into {topic} in {loaded_s:.1f} s")
+    where = ["--bootstrap", bootstrap]
+    bench_workers(label, root, where, topic, counts=args.workers or [1, 2], args=args)
+
+
+def bench_workers(
+    label: str,
+    root: Path,
+    where: list[str],
+    topic: str,
+    *,
+    counts: list[int],
+    args: argparse.Namespace,
+) -> None:
+    """Print W1's figures under ``headwater worker`` for each worker count in ``counts``,
+    and each count's ratio to one worker's."""
     medians: dict[int, float] = {}
-    for workers in args.workers:
+    for workers in counts:
         rates = []
         for run in range(1, args.runs + 1):
             name = f"w1-{uuid.uuid4().hex[:6]}"
-            elapsed, records_in, records_out, cpu = run_workers(bootstrap, topic, name, workers)
+            measured = run_supervised(root, where, topic, name, workers)
+            records_in = measured.records_in
             if records_in < args.events:
                 sys.exit(f"{label}: the workers read {records_in:,} of {args.events:,} events")
-            rates.append(args.events / elapsed)
+            rates.append(args.events / measured.elapsed_s)
             print(
                 f"{label}, {workers} worker(s), run {run}: {records_in:,} events read "
-                f"({records_out:,} written) in {elapsed:.2f} s = {rates[-1]:,.0f} events/s; "
-                f"workers' CPU {cpu / records_in * 1e6:.1f} us per event"
+                f"({measured.records_out:,} written) in {measured.elapsed_s:.2f} s = "
+                f"{rates[-1]:,.0f} events/s; workers' CPU "
+                f"{measured.workers_cpu_s / records_in * 1e6:.1f} us per event, all its "
+                f"processes' {measured.all_cpu_s / records_in * 1e6:.1f} us"
             )
         medians[workers] = statistics.median(rates)
         print(f"{label}, {workers} worker(s): median {medians[workers]:,.0f} events/s")
     if 1 in medians:
         for workers, rate in medians.items():
             if workers != 1:
-                print(f"{label}: {workers} workers / 1 worker = {rate / medians[1]:.2f}x")
+                print(
+                    f"{label}: {workers} workers / 1 worker = {rate / medians[1]:.2f}x "
+                    "(target >= 1.5x)"
+                )
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
         figures = run_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
         print(orjson.dumps([*figures, peak_rss()]).decode())
-        return
-    if sys.argv[1:2] == ["--cluster-worker"]:  # run_workers' child
-        cluster_worker(*sys.argv[2:5])
         return
     if sys.argv[1:2] == ["--metrics-worker"]:  # compare_metrics's child
         measured = run_metered(Path(sys.argv[2]), sys.argv[3], metrics="--metrics" in sys.argv)
@@ -482,8 +541,9 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=lambda text: [int(n) for n in text.split(",")],
-        default=[1, 2],
-        help="worker processes on a cluster, e.g. 1,2 (default)",
+        default=None,
+        help="also W1 under headwater worker with these worker counts (e.g. 1,2) over the "
+        "supervisor's broker; the worker counts on a cluster too (default there: 1,2)",
     )
     parser.add_argument(
         "--metrics-cost", action="store_true", help="compare W1 with metrics on and off"
@@ -494,17 +554,22 @@ def main() -> None:
     workloads = [args.only] if args.only else ["W1", "W2"]
     try:
         if args.bootstrap:
-            bench_cluster(f"cluster at {args.bootstrap}", args.bootstrap, args)
+            bench_cluster(f"cluster at {args.bootstrap}", args.bootstrap, args, root)
         if args.broker:
             with headwater_broker(root) as bootstrap:
-                bench_cluster("headwater broker", bootstrap, args)
+                bench_cluster("headwater broker", bootstrap, args, root)
         if args.apache_kafka:
-            with apache_kafka(root) as bootstrap:
-                bench_cluster("Apache Kafka", bootstrap, args)
+            with apache_kafka(root) as kafka:
+                if kafka is not None:
+                    bench_cluster("Apache Kafka", kafka, args, root)
         started = time.perf_counter()
         anyio.run(load, data, args.events, backend="trio")
         loaded_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
+        if args.workers:
+            label = "headwater worker (the supervisor's broker)"
+            where = ["--data", str(data)]
+            bench_workers(label, root, where, "clicks", counts=args.workers, args=args)
         if args.metrics_cost:
             compare_metrics(data, args.events, args.runs)
             return

@@ -66,7 +66,7 @@ def load_app(target: str) -> App:
     return next(iter(unique.values()))
 
 
-def _explicit_data_dir(ctx: click.Context) -> Path | None:
+def explicit_data_dir(ctx: click.Context) -> Path | None:
     """Return ``--data`` if given on the command line (else the app's own choice stands)."""
     current: click.Context | None = ctx
     while current is not None:
@@ -94,6 +94,12 @@ def _explicit_data_dir(ctx: click.Context) -> Path | None:
     help="Run the app on the Kafka-protocol cluster at HOST:PORT (headwater broker or "
     "Apache Kafka) instead of a data directory.",
 )
+@click.option(
+    "--stop-at-end-of-input",
+    is_flag=True,
+    hidden=True,  # how `headwater worker` runs its workers: they stop when it is gone
+    help="Also stop gracefully when standard input ends.",
+)
 @click.pass_context
 def run_app(
     ctx: click.Context,
@@ -105,6 +111,7 @@ def run_app(
     metrics: tuple[str, int] | None,
     data: Path | None,
     bootstrap: str | None,
+    stop_at_end_of_input: bool,
 ) -> None:
     """Run the app in APP.PY until SIGINT/SIGTERM (or until caught up).
 
@@ -123,7 +130,7 @@ def run_app(
     )
     cluster = bootstrap_of(ctx)  # refuses --data with --bootstrap
     app = load_app(target)
-    directory = None if cluster is not None else _explicit_data_dir(ctx)
+    directory = None if cluster is not None else explicit_data_dir(ctx)
     stats = run_app_here(
         app,
         until_caught_up=until_caught_up,
@@ -131,6 +138,7 @@ def run_app(
         bootstrap=cluster,
         metrics=metrics,
         show_progress=progress_shown(quiet),
+        stop_at_end_of_input=stop_at_end_of_input,
     )
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
@@ -141,9 +149,64 @@ def run_app(
 
 @click.command("describe")
 @click.argument("target", metavar="APP.PY[:NAME]")
-def describe_app(target: str) -> None:
+@click.option(
+    "--app-metrics",
+    "metrics_url",
+    metavar="URL",
+    help="Also show the running app's state stores from its metrics at URL (headwater run "
+    "--metrics): each task's restore from its changelog, records restored of the total.",
+)
+def describe_app(target: str, metrics_url: str | None) -> None:
     """Print the topology of the app in APP.PY: sources, operators, sinks, internal topics."""
-    click.echo(load_app(target).describe(), nl=False)
+    app = load_app(target)
+    click.echo(app.describe(), nl=False)
+    if metrics_url is not None:
+        click.echo(describe_restores(app.name, scrape_restores(metrics_url)), nl=False)
+
+
+def scrape_restores(url: str) -> dict[str, dict[tuple[str, str], list[float]]]:
+    """Return, per app, each (task, store)'s restore progress from the metrics at ``url``:
+    [records restored, total].
+
+    :raises click.ClickException: if the metrics cannot be read.
+    """
+    # Imported here: only this option needs an HTTP client and the metrics parser.
+    import httpx  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    fields = {
+        "headwater_app_store_restored_records": 0,
+        "headwater_app_store_restore_total_records": 1,
+    }
+    try:
+        response = httpx.get(url, timeout=5)
+        response.raise_for_status()
+        families = list(text_string_to_metric_families(response.text))
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(
+            f"cannot read the app's metrics at {url}: {str(exc) or type(exc).__name__}"
+        ) from None
+    found: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name in fields:
+                labels = sample.labels
+                where = (labels["task"], labels["store"])
+                pair = found.setdefault(labels["app"], {}).setdefault(where, [0.0, 0.0])
+                pair[fields[sample.name]] = sample.value
+    return found
+
+
+def describe_restores(name: str, found: dict[str, dict[tuple[str, str], list[float]]]) -> str:
+    """Return the running app's stores and their restores, as lines for ``describe``."""
+    mine = found.get(name)
+    if not mine:
+        return f"running: no task of app {name!r} with a state store in these metrics\n"
+    lines = ["running: state stores, per task (restored from the changelog / to read)"]
+    for (task, store), (restored, total) in sorted(mine.items()):
+        state = "restored" if restored >= total else "restoring"
+        lines.append(f"  task {task} store {store!r}: {state} {restored:,.0f} / {total:,.0f}")
+    return "\n".join(lines) + "\n"
 
 
 @click.command("trace", context_settings={"ignore_unknown_options": True})

@@ -6,13 +6,19 @@ written and committed; the worker leaves its group), a second one at once, as
 metrics server (``--metrics``; on before the app opens its log, so that everything it
 makes is measured) and, for a run until caught up on a terminal, a progress bar of the
 records to go across the partitions this worker processes (their end offsets at the
-start), with the rate and the time left.
+start), with the rate and the time left; while its tasks' state stores are restored
+from their changelogs (nothing is processed meanwhile), the bar counts the changelog
+records restored of those to read instead. A worker of ``headwater worker`` also stops
+gracefully when its standard input ends: its supervisor holds the other end, so the
+worker does not outlive it (see ``_supervisor.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 import anyio
@@ -35,8 +41,11 @@ def run_app(
     bootstrap: str | None,
     metrics: tuple[str, int] | None,
     show_progress: bool,
+    stop_at_end_of_input: bool = False,
 ) -> RunStatistics:
     """Run ``app`` until a signal (or caught up) on trio; return the run's statistics.
+
+    With ``stop_at_end_of_input``, the end of standard input stops it gracefully too.
 
     :raises HeadwaterError: as :meth:`App.run_async` does.
     """
@@ -45,6 +54,8 @@ def run_app(
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             await tg.start(_watch_signals, app.name, stop, tg.cancel_scope)
+            if stop_at_end_of_input:
+                tg.start_soon(_watch_input, app.name, stop)
             async with serving_metrics(metrics), anyio.create_task_group() as shows:
                 if show_progress and until_caught_up:
                     shows.start_soon(_show_progress, app)
@@ -83,19 +94,30 @@ async def _watch_signals(
             stop.set()
 
 
+async def _watch_input(name: str, stop: anyio.Event) -> None:
+    """Set ``stop`` once standard input ends (whatever is written to it is ignored)."""
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            if not os.read(fd, 4096):
+                break
+        except BlockingIOError:
+            continue
+    if not stop.is_set():
+        logger.info("app %r: its supervisor is gone: finishing the batches in hand", name)
+        stop.set()
+
+
 async def _show_progress(app: App) -> None:
     """Draw the records processed out of those to go, until cancelled."""
     progress = counting_progress("records")
     bar = progress.add_task(f"app {app.name!r}", total=None)
 
     def update() -> None:
-        positions = app.progress() or {}
-        done = total = 0
-        for start, position, end in positions.values():
-            total += max(end - start, 0)
-            done += max(min(position, end) - start, 0)
-        description = f"app {app.name!r}: {len(positions)} partition(s)"
-        progress.update(bar, total=total or None, completed=done, description=description)
+        description, done, total = bar_state(app)
+        progress.update(bar, total=total, completed=done, description=description)
         progress.refresh()
 
     with progress:
@@ -105,3 +127,21 @@ async def _show_progress(app: App) -> None:
                 await anyio.sleep(REFRESH_S)
         finally:
             update()
+
+
+def bar_state(app: App) -> tuple[str, int, int | None]:
+    """Return what the bar of a running ``app`` shows: (description, done, total or None
+    if unknown). While its tasks' stores are restored (nothing is processed meanwhile):
+    the changelog records restored of those to read; then the input records processed
+    of those to go."""
+    restores = [p for p in (app.restore_progress() or {}).values() if p.total]
+    if restores and not all(p.done for p in restores):
+        done = sum(min(p.restored, p.total) for p in restores)
+        total = sum(p.total for p in restores)
+        return f"app {app.name!r}: restoring {len(restores)} store(s)", done, total
+    positions = app.progress() or {}
+    done = total = 0
+    for start, position, end in positions.values():
+        total += max(end - start, 0)
+        done += max(min(position, end) - start, 0)
+    return f"app {app.name!r}: {len(positions)} partition(s)", done, total or None

@@ -24,24 +24,16 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
 from anyio.abc import TaskStatus
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from headwater.broker import parse_address
 from headwater.connectors import (
     BackfillProgress,
-    ConnectorLog,
+    ConnectorSite,
     FileSink,
     FileSinkConfig,
     FileSource,
@@ -49,24 +41,21 @@ from headwater.connectors import (
     HttpIngest,
     IngestConfig,
     IngestLimits,
-    KafkaCluster,
-    KafkaGroups,
-    KafkaLog,
-    KafkaPositionStore,
-    LogPositionStore,
-    PositionStore,
-    SinkGroups,
     SinkRunner,
-    StoreLog,
     WebhookConfig,
     WebhookSink,
+    cluster_site,
+    store_site,
 )
 from headwater.groups import GroupCoordinator
 
 from ._datadir import data_dir, data_option, locked_store
 from ._output import info, stderr_console
+from ._progress import InputProgress
 from ._run import run_async
 from ._target import bootstrap_of, log_option
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 SECRET_ENV_VAR = "HEADWATER_WEBHOOK_SECRET"
 TOKENS_ENV_VAR = "HEADWATER_INGEST_TOKENS"
@@ -81,6 +70,22 @@ until_caught_up_option = click.option(
 def _default(config: type, name: str) -> Any:
     """Return the default of field ``name`` of the config class ``config``."""
     return next(f.default for f in dataclasses.fields(config) if f.name == name)
+
+
+def _count_option(flag: str, config: type, name: str, help: str) -> Callable[[F], F]:
+    """An option of a whole number from 1, by default field ``name`` of ``config``."""
+    return click.option(
+        flag, type=click.IntRange(min=1), default=_default(config, name), show_default=True,
+        help=help,
+    )  # fmt: skip
+
+
+def _seconds_option(flag: str, config: type, name: str, help: str) -> Callable[[F], F]:
+    """An option of a time above 0 s, by default field ``name`` of ``config``."""
+    return click.option(
+        flag, type=click.FloatRange(min=0, min_open=True), default=_default(config, name),
+        show_default=True, metavar="SECONDS", help=help,
+    )  # fmt: skip
 
 
 @click.group()
@@ -170,34 +175,16 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 )
 @click.option("--auto-create", is_flag=True, help="Create a topic on its first request.")
 @click.option("--key-field", metavar="FIELD", help="Key object records by this field.")
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(min=1),
-    default=_default(IngestLimits, "max_body_bytes"),
-    show_default=True,
-    help="Largest request body.",
-)
-@click.option(
+@_count_option("--max-body-bytes", IngestLimits, "max_body_bytes", "Largest request body.")
+@_seconds_option(
     "--receive-deadline",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_default(IngestLimits, "receive_deadline_s"),
-    show_default=True,
-    metavar="SECONDS",
-    help="Longest time to receive a request's head, and again its body.",
+    IngestLimits,
+    "receive_deadline_s",
+    "Longest time to receive a request's head, and again its body.",
 )
-@click.option(
-    "--max-depth",
-    type=click.IntRange(min=1),
-    default=_default(IngestLimits, "max_depth"),
-    show_default=True,
-    help="Deepest nesting of a record.",
-)
-@click.option(
-    "--max-inflight",
-    type=click.IntRange(min=1),
-    default=_default(IngestLimits, "max_inflight"),
-    show_default=True,
-    help="Requests appending at once before 429.",
+@_count_option("--max-depth", IngestLimits, "max_depth", "Deepest nesting of a record.")
+@_count_option(
+    "--max-inflight", IngestLimits, "max_inflight", "Requests appending at once before 429."
 )
 @click.pass_context
 def http_ingest(
@@ -254,42 +241,36 @@ def http_ingest(
     _run(body)
 
 
-@dataclass(frozen=True, slots=True)
-class _Log:
-    """Where a connector works: a data directory's store, or a broker."""
-
-    log: ConnectorLog
-    positions: PositionStore
-    groups: SinkGroups | None
-    description: str
-
-    async def check_topic(self, topic: str) -> None:
-        if not await self.log.has_topic(topic):
-            raise click.ClickException(
-                f"topic {topic!r} does not exist in {self.description} (see 'headwater topics "
-                "list')"
-            )
+async def _check_topic(site: ConnectorSite, topic: str) -> None:
+    if not await site.log.has_topic(topic):
+        raise click.ClickException(
+            f"topic {topic!r} does not exist in {site.description} (see 'headwater topics list')"
+        )
 
 
 @contextlib.asynccontextmanager
-async def _open_log(ctx: click.Context, *, create: bool, groups: bool) -> AsyncIterator[_Log]:
+async def _open_log(
+    ctx: click.Context, *, create: bool, groups: bool
+) -> AsyncIterator[ConnectorSite]:
     """Open the log the command works on: the broker of ``--bootstrap``, else the data
     directory (created if missing with ``create``); with ``groups``, its consumer groups."""
     bootstrap = bootstrap_of(ctx)
     if bootstrap is not None:
-        cluster = KafkaCluster(bootstrap)
-        async with KafkaLog(cluster) as log:
-            yield _Log(log, KafkaPositionStore(log), KafkaGroups(cluster), cluster.description)
+        async with cluster_site(bootstrap) as site:
+            yield site
         return
     directory = data_dir(ctx)
     async with locked_store(directory, writer=True, create=create) as store:
-        local = StoreLog(store)
         where = f"data directory {directory}"
         if not groups:
-            yield _Log(local, LogPositionStore(store), None, where)
+            async with store_site(store, description=where) as site:
+                yield site
             return
-        async with GroupCoordinator(store) as coordinator:
-            yield _Log(local, LogPositionStore(store), coordinator, where)
+        async with (
+            GroupCoordinator(store) as coordinator,
+            store_site(store, coordinator, description=where) as site,
+        ):
+            yield site
 
 
 def _host(host: str) -> str:
@@ -324,21 +305,8 @@ def _header(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     help=f"Sign each body with HMAC-SHA256 (also ${SECRET_ENV_VAR}).",
 )
 @click.option("--group", metavar="GROUP", help="Consumer group (default: webhook-TOPIC).")
-@click.option(
-    "--batch-records",
-    type=click.IntRange(min=1),
-    default=_default(WebhookConfig, "max_batch_records"),
-    show_default=True,
-    help="Most records per request.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_default(WebhookConfig, "timeout_s"),
-    show_default=True,
-    metavar="SECONDS",
-    help="Longest time one request may take.",
-)
+@_count_option("--batch-records", WebhookConfig, "max_batch_records", "Most records per request.")
+@_seconds_option("--timeout", WebhookConfig, "timeout_s", "Longest time one request may take.")
 @click.option(
     "--header",
     "headers",
@@ -386,7 +354,7 @@ def webhook(
             _open_log(ctx, create=False, groups=True) as where,
             WebhookSink(where.log, config) as sink,
         ):
-            await where.check_topic(topic)
+            await _check_topic(where, topic)
             assert where.groups is not None
             runner = SinkRunner(where.groups, topic, group or f"webhook-{topic}", sink)
             stopper.stop = runner.stop
@@ -405,37 +373,24 @@ def webhook(
 
 
 class _ProgressBar(BackfillProgress):
-    """A backfill's progress as a rich progress bar on stderr: bytes, lines and lines/s."""
+    """A backfill's progress as a bar on stderr (:class:`InputProgress`): bytes, lines
+    and lines/s."""
 
     def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("backfill"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[lines]:,} lines, {task.fields[rate]:,.0f} lines/s"),
-            TimeElapsedColumn(),
-            console=stderr_console(),
-            transient=False,
-        )
-        self._task: Any = None
-        self._lines = 0
-        self._started = 0.0
+        self._bar: InputProgress | None = None
 
     def start(self, total_bytes: int) -> None:
-        self._progress.start()
-        self._started = anyio.current_time()
-        self._task = self._progress.add_task("backfill", total=total_bytes, lines=0, rate=0.0)
+        self._bar = InputProgress(total_bytes, "backfill", unit="lines", show_rate=True)
+        self._bar.__enter__()
 
     def advance(self, lines: int, size: int) -> None:
-        self._lines += lines
-        elapsed = max(anyio.current_time() - self._started, 1e-9)
-        self._progress.update(
-            self._task, advance=size, lines=self._lines, rate=self._lines / elapsed
-        )
+        assert self._bar is not None
+        self._bar.read(size)
+        self._bar.stored(lines)
 
     def finish(self) -> None:
-        self._progress.stop()
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
 
 
 @connect.command("file-source")
@@ -459,13 +414,11 @@ class _ProgressBar(BackfillProgress):
 )
 @click.option("--name", help="The name the position is kept under (default: from topic and path).")
 @click.option("--dead-letter-topic", metavar="TOPIC", help="Where malformed lines go.")
-@click.option(
+@_seconds_option(
     "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_default(FileSourceConfig, "poll_interval_s"),
-    show_default=True,
-    metavar="SECONDS",
-    help="How often files are checked for new lines.",
+    FileSourceConfig,
+    "poll_interval_s",
+    "How often files are checked for new lines.",
 )
 @until_caught_up_option
 @click.pass_context
@@ -549,12 +502,8 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> A
     metavar="A,B,...",
     help="CSV columns (default: the keys of each file's first object).",
 )
-@click.option(
-    "--roll-bytes",
-    type=click.IntRange(min=1),
-    default=_default(FileSinkConfig, "roll_bytes"),
-    show_default=True,
-    help="Finish a file once it holds this many bytes.",
+@_count_option(
+    "--roll-bytes", FileSinkConfig, "roll_bytes", "Finish a file once it holds this many bytes."
 )
 @click.option(
     "--roll-seconds",
@@ -599,7 +548,7 @@ def file_sink(
 
     async def body(stopper: _Stopper) -> None:
         async with _open_log(ctx, create=False, groups=True) as where:
-            await where.check_topic(topic)
+            await _check_topic(where, topic)
             assert where.groups is not None
             sink = FileSink(where.log, config)
             runner = SinkRunner(where.groups, topic, group or f"file-sink-{topic}", sink)

@@ -27,15 +27,13 @@ from anyio.from_thread import check_cancelled
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from headwater.broker import BrokerResponseError
+from headwater.processing.kafka_client import TIMEOUT_S, blocking, finish
 from headwater.store import NewRecord, Record, StickyPartitioner, TopicNotFoundError
 
 from ._access import GroupAdmin, RecordLookup, RecordSink, TopicWriter
 from ._kafka_client import (
     POLL_S,
-    TIMEOUT_S,
     Cluster,
-    blocking,
-    finish,
     kafka_failure,
     poll_batch,
     runs,

@@ -1,7 +1,8 @@
-"""Talking to a Kafka-protocol cluster through confluent-kafka: the shared pieces.
+"""Talking to a Kafka-protocol cluster through confluent-kafka: the commands' pieces, over
+:mod:`headwater.processing.kafka_client` (shared with the connectors).
 
 librdkafka's calls block, and its delivery and rebalance callbacks run in the thread that
-polls; :func:`blocking` runs a call in a worker thread (``anyio.to_thread``), so callbacks
+polls; every call runs in a worker thread (the shared module's ``blocking``), so callbacks
 only record what happened and the event loop reads it once the call returns. A poll
 (:func:`poll_batch`) blocks until the first message or ``POLL_S``, then takes whatever
 else is already fetched without waiting: batches with no added latency, and a cancelled
@@ -14,66 +15,28 @@ the ``headwater.kafka`` logger, silent unless ``HEADWATER_DEBUG`` is set.
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-import anyio
-import anyio.to_thread
 import click
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import ClusterMetadata  # type: ignore[attr-defined]  # not in __all__
 
 from headwater.broker import BrokerResponseError, parse_address
+from headwater.processing.kafka_client import PROBE_S, TIMEOUT_S, ClusterClient, to_record
 from headwater.store import Record, TopicNotFoundError
 
 from ._start import Start
 
-T = TypeVar("T")
-_Headers = tuple[tuple[str, bytes | None], ...]
-
-POLL_S = 0.5
-TIMEOUT_S = 15.0
+POLL_S = PROBE_S
 BATCH_MESSAGES = 1000
 #: The group id of readers that only assign (librdkafka wants one; nothing is committed).
 READER_GROUP = "headwater-cli"
-
-_logger = logging.getLogger("headwater.kafka")
-_logger.propagate = False
-if os.environ.get("HEADWATER_DEBUG"):
-    _logger.addHandler(logging.StreamHandler(sys.stderr))
-else:
-    _logger.addHandler(logging.NullHandler())
-
-
-async def blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking librdkafka call in a worker thread."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
-
-
-async def finish(fn: Callable[..., T], *args: Any) -> T:
-    """Run a closing call (``close``, ``flush``) in a worker thread to its end, even when the
-    task is being cancelled: a consumer that is not closed does not leave its group, and a
-    producer not flushed loses what it holds."""
-    with anyio.CancelScope(shield=True):
-        result = await blocking(fn, *args)
-    return result
 
 
 def kafka_failure(action: str, error: KafkaError | KafkaException) -> BrokerResponseError:
     """Turn a librdkafka error into headwater's, naming what was being done."""
     err: KafkaError = error.args[0] if isinstance(error, KafkaException) else error
     return BrokerResponseError(f"{action} failed with {err.name()}: {err.str()}", err.code())
-
-
-def to_record(message: Message) -> Record:
-    """Return a consumed message as a store :class:`Record`."""
-    _, timestamp = message.timestamp()
-    headers = cast(_Headers, tuple(message.headers() or ()))
-    return Record(cast(int, message.offset()), timestamp, message.key(), message.value(), headers)
 
 
 def poll_batch(consumer: Consumer) -> list[Message]:
@@ -105,8 +68,9 @@ def runs(messages: list[Message], topic: str) -> list[tuple[int, list[Record], b
     return out
 
 
-class Cluster:
-    """The cluster behind ``bootstrap``: client configurations and topic lookups.
+class Cluster(ClusterClient):
+    """The cluster behind ``bootstrap``: client configurations and topic lookups, failing
+    with :class:`~headwater.broker.BrokerResponseError`.
 
     :param bootstrap: ``HOST:PORT`` of a broker of the cluster.
     :param description: what to call it in messages (default: ``the broker at HOST:PORT``).
@@ -118,32 +82,15 @@ class Cluster:
             parse_address(bootstrap)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
-        self.bootstrap = bootstrap
-        self._description = description or f"the broker at {bootstrap}"
-        # Set from librdkafka's error callback (in whichever thread polls).
-        self._unreachable: str | None = None
+        super().__init__(bootstrap, description=description)
 
-    @property
-    def description(self) -> str:
-        """``the broker at HOST:PORT``, or the description given."""
-        return self._description
+    def failure(self, action: str, error: KafkaError | KafkaException) -> BrokerResponseError:
+        """Say that ``action`` failed, as :func:`kafka_failure` does."""
+        return kafka_failure(action, error)
 
-    def config(self, **settings: Any) -> dict[str, Any]:
-        """Return a librdkafka configuration for this cluster with ``settings``."""
-        return {
-            "bootstrap.servers": self.bootstrap,
-            "logger": _logger,
-            "error_cb": self._on_error,
-            **settings,
-        }
-
-    def _on_error(self, error: KafkaError) -> None:
-        code = error.code()
-        if code in (KafkaError._TRANSPORT, KafkaError._RESOLVE) and self._unreachable is None:
-            self._unreachable = error.str()  # the first reason says the most
-        elif code == KafkaError._ALL_BROKERS_DOWN and self._unreachable is None:
-            self._unreachable = error.str()
-        _logger.debug("librdkafka error: %s", error)
+    def unreachable(self, reason: str, code: int) -> BrokerResponseError:
+        """Say that no broker of the cluster can be reached, and why."""
+        return BrokerResponseError(f"cannot reach {self.description}: {reason}", code)
 
     def metadata(self, consumer: Consumer, topic: str | None = None) -> ClusterMetadata:
         """Return the cluster's metadata (``topic``'s only, when given), blocking.
@@ -153,22 +100,7 @@ class Cluster:
 
         :raises BrokerResponseError: if the cluster cannot be reached.
         """
-        attempts = max(1, int(TIMEOUT_S / POLL_S))
-        for attempt in range(attempts):
-            try:
-                metadata: ClusterMetadata = consumer.list_topics(topic, timeout=POLL_S)
-                return metadata
-            except KafkaException as exc:
-                code = exc.args[0].code()
-                if code not in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
-                    raise kafka_failure(f"reaching {self.description}", exc) from None
-                consumer.poll(0)  # serves the error callback, which tells why
-                if self._unreachable is not None or attempt == attempts - 1:
-                    reason = self._unreachable or exc.args[0].str()
-                    raise BrokerResponseError(
-                        f"cannot reach {self.description}: {reason}", code
-                    ) from None
-        raise AssertionError("unreachable")
+        return self.list_metadata(consumer, topic, f"reaching {self.description}")
 
     def reader_consumer(self, **settings: Any) -> Consumer:
         """Return a consumer that assigns partitions itself and never commits."""

@@ -35,10 +35,11 @@ from confluent_kafka.admin import AdminClient
 from headwater.broker import BrokerError
 from headwater.groups import GroupNotEmptyError
 from headwater.groups import TopicPartition as HeadwaterTopicPartition
+from headwater.processing.kafka_client import TIMEOUT_S, blocking, finish
 from headwater.store import TopicNotFoundError
 
 from ._access import GroupRow, GroupView, PartitionRow, RecordSink, ResetRow, ResetTarget
-from ._kafka_client import TIMEOUT_S, Cluster, blocking, finish, kafka_failure, poll_batch, runs
+from ._kafka_client import Cluster, kafka_failure, poll_batch, runs
 from ._start import Start
 
 _ACTIVE = (

@@ -34,6 +34,7 @@ COMMANDS = {
     "broker": "_broker:broker",
     "connect": "_connect:connect",
     "run": "_app_commands:run_app",
+    "worker": "_worker:worker",
     "describe": "_app_commands:describe_app",
     "trace": "_app_commands:trace",
     "repair": "_repair:repair",

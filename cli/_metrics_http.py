@@ -51,7 +51,14 @@ def parse_address(ctx: click.Context, param: click.Parameter, value: str | None)
     return host, int(port)
 
 
-def metrics_option(fn: F) -> F:
+#: What ``--metrics`` does, as ``--help`` says it.
+METRICS_HELP = (
+    "Serve this process's metrics at http://HOST:PORT/metrics for Prometheus "
+    "(port 0: any free port, logged)."
+)
+
+
+def metrics_option(fn: F, *, help: str = METRICS_HELP) -> F:
     """Add ``--metrics HOST:PORT`` to a command (its value: ``(host, port)`` or None)."""
     return click.option(
         "--metrics",
@@ -59,8 +66,7 @@ def metrics_option(fn: F) -> F:
         metavar="HOST:PORT",
         default=None,
         callback=parse_address,
-        help="Serve this process's metrics at http://HOST:PORT/metrics for Prometheus "
-        "(port 0: any free port, logged).",
+        help=help,
     )(fn)
 
 

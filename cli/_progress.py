@@ -74,14 +74,20 @@ def counting_progress(unit: str, *extra: ProgressColumn | str) -> Progress:
 
 
 class InputProgress:
-    """A bar of the bytes read from an input file, with the records stored so far.
+    """A bar of the bytes read from an input file, with the records stored so far (and,
+    with ``show_rate``, how many a second), counted in ``unit``.
 
     Use as a context manager (the bar is drawn inside it); :meth:`read` and :meth:`stored`
     redraw it at most every :data:`REFRESH_S` seconds.
     """
 
-    def __init__(self, total_bytes: int, what: str) -> None:
+    def __init__(
+        self, total_bytes: int, what: str, *, unit: str = "records", show_rate: bool = False
+    ) -> None:
         self._what = what
+        self._unit = unit
+        self._show_rate = show_rate
+        self._started = time.monotonic()
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -96,6 +102,7 @@ class InputProgress:
         self._drawn = 0.0
 
     def __enter__(self) -> InputProgress:
+        self._started = time.monotonic()
         self._progress.start()
         return self
 
@@ -111,7 +118,11 @@ class InputProgress:
     def stored(self, count: int) -> None:
         """Note ``count`` more records stored."""
         self._records += count
-        self._progress.update(self._task, description=f"{self._what}: {self._records:,} records")
+        description = f"{self._what}: {self._records:,} {self._unit}"
+        if self._show_rate:
+            rate = self._records / max(time.monotonic() - self._started, 1e-9)
+            description += f", {rate:,.0f} {self._unit}/s"
+        self._progress.update(self._task, description=description)
         self._draw()
 
     def _draw(self, *, force: bool = False) -> None:

@@ -19,10 +19,11 @@ with headers that say why, never nowhere.
 They run on a data directory's store (:class:`StoreLog`, :class:`LogPositionStore`, a
 :class:`~headwater.groups.GroupCoordinator`) or against a Kafka-protocol cluster, ``headwater
 broker`` or Kafka (:class:`KafkaLog`, :class:`KafkaPositionStore`, :class:`KafkaGroups`),
-with the same code. Standalone, the ``headwater connect`` command runs them; inside an app,
+with the same code (a :class:`ConnectorSite` holds the three of one log). Standalone, the
+``headwater connect`` command runs them; inside an app,
 ``app.source(FileSourceConnector(...))`` and ``stream.sink(FileSinkConnector(...))``
 (also :class:`HttpIngestConnector`, :class:`WebhookConnector`) run the same code beside
-the app's tasks, on its data directory.
+the app's tasks, on its data directory or its cluster.
 """
 
 from ._dead_letters import DeadLetters as DeadLetters
@@ -53,7 +54,6 @@ from ._in_app import FileSinkConnector as FileSinkConnector
 from ._in_app import FileSourceConnector as FileSourceConnector
 from ._in_app import HttpIngestConnector as HttpIngestConnector
 from ._in_app import WebhookConnector as WebhookConnector
-from ._in_app import embedded_log as embedded_log
 from ._kafka_groups import KafkaGroupConsumer as KafkaGroupConsumer
 from ._kafka_groups import KafkaGroups as KafkaGroups
 from ._kafka_log import KAFKA_POSITIONS_TOPIC as KAFKA_POSITIONS_TOPIC
@@ -74,6 +74,10 @@ from ._sink_runner import SinkGroups as SinkGroups
 from ._sink_runner import SinkRunner as SinkRunner
 from ._sink_runner import SinkStatistics as SinkStatistics
 from ._sink_runner import SinkWriter as SinkWriter
+from ._sites import ConnectorSite as ConnectorSite
+from ._sites import app_site as app_site
+from ._sites import cluster_site as cluster_site
+from ._sites import store_site as store_site
 from ._webhook import SIGNATURE_HEADER as SIGNATURE_HEADER
 from ._webhook import WebhookConfig as WebhookConfig
 from ._webhook import WebhookSink as WebhookSink
@@ -90,6 +94,7 @@ __all__ = (
     "ConnectorConfigError",
     "ConnectorError",
     "ConnectorLog",
+    "ConnectorSite",
     "DeadLetters",
     "DeliveryError",
     "FileFormat",
@@ -129,8 +134,10 @@ __all__ = (
     "WebhookConnector",
     "WebhookSink",
     "WebhookStatistics",
+    "app_site",
+    "cluster_site",
     "dead_letter_topic",
-    "embedded_log",
     "final_name",
     "parse_final_name",
+    "store_site",
 )

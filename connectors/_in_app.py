@@ -15,45 +15,32 @@ connector the CLI runs standalone, built on the app's log::
     app.run()
 
 A sink reads its topic as the consumer group ``<app>.<kind>.<topic>`` unless given one.
-They run on the embedded log (the app's data directory: a store and its group
-coordinator); on another backend they refuse to start with a :class:`ConnectorError`.
+They run on the log the app runs on (:func:`~headwater.connectors.app_site`): its data
+directory (a store and its group coordinator), or the Kafka-protocol cluster of
+``App(..., bootstrap=...)``, where a source keeps its position in the cluster's
+``headwater-connector-positions`` topic and a sink is a member of the cluster's consumer
+group. On another backend (the test driver's) they refuse to start with a
+:class:`ConnectorError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
 
-from headwater.groups import GroupCoordinator
 from headwater.processing import Backend
-from headwater.store import Store
 
-from ._errors import ConnectorError
 from ._file_sink import FileSink, FileSinkConfig
 from ._file_source import FileSource, FileSourceConfig
 from ._http_ingest import HttpIngest, IngestConfig
-from ._log import StoreLog
-from ._position import LogPositionStore
+from ._log import ConnectorLog
 from ._sink_runner import SinkRunner, SinkWriter
+from ._sites import ConnectorSite, app_site
 from ._webhook import WebhookConfig, WebhookSink
-
-
-def embedded_log(backend: Backend) -> tuple[Store, GroupCoordinator]:
-    """Return the store and group coordinator of an app's embedded log.
-
-    :raises ConnectorError: if ``backend`` is not the embedded log.
-    """
-    store = getattr(backend, "store", None)
-    coordinator = getattr(backend, "coordinator", None)
-    if not isinstance(store, Store) or not isinstance(coordinator, GroupCoordinator):
-        raise ConnectorError(
-            "connectors run in an app on its embedded log (a data directory) only; this "
-            f"app runs on {type(backend).__name__}"
-        )
-    return store, coordinator
 
 
 async def _stop_when_set(stop: anyio.Event, action: Callable[[], None]) -> None:
@@ -61,16 +48,17 @@ async def _stop_when_set(stop: anyio.Event, action: Callable[[], None]) -> None:
     action()
 
 
-class FileSourceConnector:
-    """A :class:`FileSource` with ``config`` inside an app (``app.source(...)``)."""
+class _InAppConnector:
+    """What every connector does in an app: run on the app's log (its site) until
+    ``stop`` (or caught up); a subclass says what it runs there (``_run``)."""
 
-    def __init__(self, config: FileSourceConfig) -> None:
-        self.config = config
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
 
     @property
     def topic(self) -> str:
-        """The topic the lines go to."""
-        return self.config.topic
+        """The topic the connector writes (a source) or reads (a sink)."""
+        return self._topic
 
     async def run_in_app(
         self,
@@ -81,17 +69,48 @@ class FileSourceConnector:
         stop: anyio.Event,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Tail the files into the topic until ``stop`` (or caught up)."""
-        store, _ = embedded_log(backend)
-        source = FileSource(StoreLog(store), LogPositionStore(store), self.config)
+        """Run on ``backend``'s log until ``stop`` (or caught up); report started once
+        running (see :class:`~headwater.processing.AppConnector`)."""
+        async with app_site(backend) as site:
+            await self._run(site, app_name, until_caught_up, stop, task_status)
+
+    async def _run(
+        self,
+        site: ConnectorSite,
+        app_name: str,
+        until_caught_up: bool,
+        stop: anyio.Event,
+        task_status: TaskStatus[None],
+    ) -> None:
+        raise NotImplementedError
+
+
+class FileSourceConnector(_InAppConnector):
+    """A :class:`FileSource` with ``config`` inside an app (``app.source(...)``); it
+    tails the files into the topic."""
+
+    def __init__(self, config: FileSourceConfig) -> None:
+        super().__init__(config.topic)
+        self.config = config
+
+    async def _run(
+        self,
+        site: ConnectorSite,
+        app_name: str,
+        until_caught_up: bool,
+        stop: anyio.Event,
+        task_status: TaskStatus[None],
+    ) -> None:
+        source = FileSource(site.log, site.positions, self.config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_when_set, stop, source.stop)
             await source.run(until_caught_up=until_caught_up, task_status=task_status)
             tg.cancel_scope.cancel()
 
 
-class HttpIngestConnector:
+class HttpIngestConnector(_InAppConnector):
     """An :class:`HttpIngest` endpoint inside an app, taking records for one topic only.
+    An endpoint is never caught up: with ``until_caught_up`` it does not serve at all.
 
     :param topic: the one topic requests may write (others get 404).
     :param config: the endpoint's settings (``auto_create`` is moot: the app creates
@@ -108,7 +127,7 @@ class HttpIngestConnector:
         host: str = "127.0.0.1",
         port: int = 8080,
     ) -> None:
-        self._topic = topic
+        super().__init__(topic)
         self.config = config if config is not None else IngestConfig()
         self.host = host
         self.port = port
@@ -127,28 +146,19 @@ class HttpIngestConnector:
         assert self.address is not None
         return self.address
 
-    @property
-    def topic(self) -> str:
-        """The topic the endpoint writes."""
-        return self._topic
-
-    async def run_in_app(
+    async def _run(
         self,
+        site: ConnectorSite,
         app_name: str,
-        backend: Backend,
-        *,
         until_caught_up: bool,
         stop: anyio.Event,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[None],
     ) -> None:
-        """Serve until ``stop``. An endpoint is never caught up: with ``until_caught_up``
-        it does not serve at all."""
-        store, _ = embedded_log(backend)
         if until_caught_up:
             task_status.started()
             return
         config = dataclasses.replace(self.config, topics=(self._topic,))
-        ingest = HttpIngest(StoreLog(store), config)
+        ingest = HttpIngest(site.log, config)
         async with anyio.create_task_group() as tg:
             self.address = await tg.start(ingest.serve, self.host, self.port)
             self._serving_event().set()
@@ -157,38 +167,32 @@ class HttpIngestConnector:
             ingest.stop()
 
 
-class _SinkConnector:
-    """A sink writer run by a :class:`SinkRunner` inside an app."""
+class _SinkConnector(_InAppConnector):
+    """A sink writer run by a :class:`SinkRunner` inside an app: it delivers the topic
+    (what the stream writes), committing what was taken."""
 
     kind = "sink"
 
-    def __init__(self, topic: str, group_id: str | None) -> None:
-        self._topic = topic
+    def __init__(
+        self, topic: str, group_id: str | None, writer: Callable[[ConnectorLog], SinkWriter]
+    ) -> None:
+        super().__init__(topic)
         self.group_id = group_id
+        self._writer = writer  # made on the app's log
 
-    @property
-    def topic(self) -> str:
-        """The topic the sink reads (what the stream writes)."""
-        return self._topic
-
-    def _writer(self, store: Store) -> SinkWriter:
-        raise NotImplementedError
-
-    async def run_in_app(
+    async def _run(
         self,
+        site: ConnectorSite,
         app_name: str,
-        backend: Backend,
-        *,
         until_caught_up: bool,
         stop: anyio.Event,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[None],
     ) -> None:
-        """Deliver the topic until ``stop`` (or caught up), committing what was taken."""
-        store, groups = embedded_log(backend)
         group = self.group_id or f"{app_name}.{self.kind}.{self._topic}"
-        writer = self._writer(store)
+        assert site.groups is not None
+        writer = self._writer(site.log)
         try:
-            runner = SinkRunner(groups, self._topic, group, writer)
+            runner = SinkRunner(site.groups, self._topic, group, writer)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_when_set, stop, runner.stop)
                 await runner.run(until_caught_up=until_caught_up, task_status=task_status)
@@ -205,11 +209,8 @@ class FileSinkConnector(_SinkConnector):
     kind = "file-sink"
 
     def __init__(self, config: FileSinkConfig, *, group_id: str | None = None) -> None:
-        super().__init__(config.topic, group_id)
+        super().__init__(config.topic, group_id, functools.partial(FileSink, config=config))
         self.config = config
-
-    def _writer(self, store: Store) -> SinkWriter:
-        return FileSink(StoreLog(store), self.config)
 
 
 class WebhookConnector(_SinkConnector):
@@ -218,8 +219,5 @@ class WebhookConnector(_SinkConnector):
     kind = "webhook"
 
     def __init__(self, config: WebhookConfig, *, group_id: str | None = None) -> None:
-        super().__init__(config.topic, group_id)
+        super().__init__(config.topic, group_id, functools.partial(WebhookSink, config=config))
         self.config = config
-
-    def _writer(self, store: Store) -> SinkWriter:
-        return WebhookSink(StoreLog(store), self.config)

@@ -6,9 +6,9 @@ Theory of operation
 confluent-kafka consumer that subscribes with the classic, eager protocol (``range``),
 as the embedded consumer does by default. librdkafka calls its rebalance callbacks in
 the thread that polls (a worker thread: every blocking call runs in one); there each
-callback runs the runner's own callback on the event loop (``anyio.from_thread.run``)
-and waits for it, so that a sink finishes and commits a partition before librdkafka
-gives it up, and recovers one before it is read:
+callback starts the runner's own callback on the event loop and waits for it, so that a
+sink finishes and commits a partition before librdkafka gives it up, and recovers one
+before it is read:
 
 - on assignment the group's committed offsets (with their metadata) are fetched, then
   ``on_assigned`` runs (a seek it makes becomes the partition's starting offset), then
@@ -17,6 +17,15 @@ gives it up, and recovers one before it is read:
   the ``async with`` block cleanly gives every partition up the same way before the
   consumer closes; after an error or a cancellation nothing runs and nothing is
   committed (what was not committed is delivered again), as with the embedded consumer.
+
+One thread at a time calls into the consumer. While a callback runs, librdkafka wants
+the calls made on its behalf (the commit of the partitions being given up) from the
+thread inside the callback: a synchronous commit from another thread then waits for the
+callback to end, which waits for the commit, for ever. So a poll (and the close) holds a
+gate for as long as its thread is in the consumer; a commit made meanwhile waits for the
+gate, unless a callback has started, in which case the commit is a request that the
+callback's thread runs while it waits for the runner's callback to finish (and so does a
+commit that was already waiting for the gate: it may hold the lock that callback needs).
 
 A poll waits up to ``POLL_S`` for a first message, then takes what else is already
 fetched. Records come out one partition at a time; librdkafka's end-of-partition event
@@ -29,15 +38,18 @@ groups package's errors, other failures :class:`LogUnavailableError`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
+from anyio.abc import TaskGroup
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
@@ -48,12 +60,19 @@ from headwater.groups import (
     RebalanceInProgressError,
     TopicPartition,
 )
+from headwater.processing.kafka_client import TIMEOUT_S, blocking, to_record
 from headwater.store import Record, TopicNotFoundError
 
-from ._kafka_log import TIMEOUT_S, KafkaCluster, blocking, finish, to_record
+from ._kafka_log import KafkaCluster
 from ._sink_runner import PartitionsCallback
 
 logger = logging.getLogger("headwater.connectors")
+
+T = TypeVar("T")
+#: A call for the thread in a callback: what to run, and whom to tell how it ended.
+_Request = tuple[Callable[[], Any], Callable[[BaseException | None, Any], None]]
+#: Queued once the runner's callback has finished, for the thread waiting in librdkafka's.
+_CALLBACK_DONE = object()
 
 POLL_S = 0.25
 BATCH_MESSAGES = 1000
@@ -134,6 +153,12 @@ class KafkaGroupConsumer:
         self._seeks_lock = threading.Lock()
         self._assigned_once = False
         self._closing = False
+        # One thread in the consumer at a time (see the module).
+        self._gate = anyio.Lock()
+        self._callbacks: TaskGroup | None = None  # where a callback's handler runs
+        self._in_callback = False
+        self._requests: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._changed = anyio.Event()  # the gate opened, or a callback started
 
     # -- joining and leaving -----------------------------------------------------------
 
@@ -151,7 +176,8 @@ class KafkaGroupConsumer:
                 await self._poll()
         except BaseException:
             self._closing = True
-            await finish(self._consumer.close)
+            with anyio.CancelScope(shield=True):
+                await self._in_consumer(self._consumer.close)
             raise
         return self
 
@@ -167,7 +193,8 @@ class KafkaGroupConsumer:
                     await self._give_up(sorted(self._assignment), lost=False)
         finally:
             self._closing = True  # the callbacks run during close do nothing more
-            await finish(self._consumer.close)
+            with anyio.CancelScope(shield=True):
+                await self._in_consumer(self._consumer.close)
 
     def _check_topic(self, topic: str) -> None:
         metadata = self.cluster.metadata(self._consumer, topic)
@@ -190,8 +217,26 @@ class KafkaGroupConsumer:
             await self._poll()
         return self._buffer.popleft()
 
+    async def _in_consumer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (a poll, the close) in a worker thread, holding the gate; the
+        rebalance callbacks it makes start their handlers here."""
+        try:
+            async with self._gate, anyio.create_task_group() as tg:
+                self._callbacks = tg
+                try:
+                    result = await blocking(fn)
+                finally:
+                    self._callbacks = None
+        finally:
+            self._wake()  # once the gate is open
+        return result
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
     async def _poll(self) -> None:
-        messages = await blocking(self._poll_blocking)
+        messages = await self._in_consumer(self._poll_blocking)
         with self._seeks_lock:
             seeking = set(self._seeks)
         batch: ConsumerBatch | None = None
@@ -282,7 +327,7 @@ class KafkaGroupConsumer:
             for tp, o in offsets.items()
         ]
         try:
-            results = await blocking(self._commit_blocking, parts)
+            results = await self._call(functools.partial(self._commit_blocking, parts))
         except KafkaException as exc:
             raise self._commit_failure(exc.args[0]) from None
         for result in results or ():
@@ -290,6 +335,36 @@ class KafkaGroupConsumer:
                 raise self._commit_failure(result.error)
         for tp, o in offsets.items():
             self._committed[TopicPartition(*tp)] = o
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (a call into the consumer) in whichever thread may (see the module)."""
+        while True:
+            if self._in_callback:
+                return await self._request(fn)
+            if not self._gate.locked():
+                try:
+                    async with self._gate:
+                        return await blocking(fn)
+                finally:
+                    self._wake()  # once the gate is open
+            await self._changed.wait()
+
+    async def _request(self, fn: Callable[[], T]) -> T:
+        """Have the thread inside a callback run ``fn``; return what it returned."""
+        done = anyio.Event()
+        outcome: list[Any] = []
+
+        def reply(error: BaseException | None, result: Any) -> None:
+            outcome[:] = [error, result]
+            done.set()
+
+        self._requests.put((fn, reply))
+        with anyio.CancelScope(shield=True):  # the call runs anyway: wait for its end
+            await done.wait()
+        error, result = outcome
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
 
     def _commit_blocking(self, parts: list[KafkaTopicPartition]) -> list[KafkaTopicPartition]:
         results: list[KafkaTopicPartition] = self._consumer.commit(
@@ -306,6 +381,44 @@ class KafkaGroupConsumer:
         return self.cluster.failure("committing offsets", error)
 
     # -- rebalance callbacks (in the polling thread) -------------------------------------
+
+    def _run_handler(self, handler: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """In a callback: run ``handler(*args)`` on the event loop and wait for it,
+        meanwhile running the calls into the consumer it asks for (see the module)."""
+        outcome: list[Any] = [None, None]
+
+        async def run() -> None:
+            try:
+                # As librdkafka waits for it whatever happens, so does the event loop.
+                with anyio.CancelScope(shield=True):
+                    outcome[1] = await handler(*args)
+            except Exception as exc:  # raised in this thread, out of librdkafka's poll
+                outcome[0] = exc
+            finally:
+                self._in_callback = False
+                self._requests.put(_CALLBACK_DONE)
+
+        def start() -> None:
+            assert self._callbacks is not None
+            self._in_callback = True
+            self._wake()
+            self._callbacks.start_soon(run)
+
+        anyio.from_thread.run_sync(start)
+        while True:
+            item = self._requests.get()
+            if item is _CALLBACK_DONE:
+                break
+            assert isinstance(item, tuple)
+            fn, reply = item
+            try:
+                result, error = fn(), None
+            except Exception as exc:
+                result, error = None, exc
+            anyio.from_thread.run_sync(reply, error, result)
+        if outcome[0] is not None:
+            raise outcome[0]
+        return outcome[1]  # type: ignore[no-any-return]
 
     def _assign_callback(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         try:
@@ -324,7 +437,7 @@ class KafkaGroupConsumer:
             if p.offset >= 0
         }
         tps = sorted(TopicPartition(p.topic, p.partition) for p in partitions)
-        starts = anyio.from_thread.run(self._take, tps, found)
+        starts = self._run_handler(self._take, tps, found)
         consumer.assign(
             [
                 KafkaTopicPartition(tp.topic, tp.partition, starts.get(tp, OFFSET_STORED))
@@ -334,11 +447,11 @@ class KafkaGroupConsumer:
 
     def _revoke_callback(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         tps = sorted(TopicPartition(p.topic, p.partition) for p in partitions)
-        anyio.from_thread.run(self._give_up, tps, False)
+        self._run_handler(self._give_up, tps, False)
 
     def _lost_callback(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         tps = sorted(TopicPartition(p.topic, p.partition) for p in partitions)
-        anyio.from_thread.run(self._give_up, tps, True)
+        self._run_handler(self._give_up, tps, True)
 
     async def _take(
         self, partitions: list[TopicPartition], committed: dict[TopicPartition, OffsetAndMetadata]

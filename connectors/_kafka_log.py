@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Everything goes through confluent-kafka (librdkafka). Its calls block, and its delivery
 callbacks run in whichever thread polls, so every call runs in a worker thread
-(``anyio.to_thread``) and callbacks only record what happened.
+(``blocking`` of :mod:`headwater.processing.kafka_client`, which :class:`KafkaCluster`
+builds on) and callbacks only record what happened.
 
 :class:`KafkaLog` is a :class:`~headwater.connectors.ConnectorLog`. An append places the
 records as :class:`~headwater.connectors.StoreLog` does (unkeyed ones all on one
@@ -25,15 +26,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
-import anyio.to_thread
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in __all__
     AdminClient,
@@ -42,10 +40,15 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in __al
     ResourceType,
 )
 
+from headwater.processing.kafka_client import (
+    TIMEOUT_S,
+    ClusterClient,
+    blocking,
+    finish,
+)
 from headwater.store import (
     DecimalColumn,
     InvalidTopicError,
-    Record,
     RecordTooLargeError,
     StickyPartitioner,
     TopicNotFoundError,
@@ -55,108 +58,51 @@ from headwater.store import (
 from ._errors import ConnectorConfigError, LogUnavailableError
 from ._log import RECORD_ALLOWANCE_BYTES, Appended, HeaderColumn
 
-T = TypeVar("T")
-_Headers = tuple[tuple[str, bytes | None], ...]
 _ProducedHeaders = list[tuple[str, str | bytes | None]]
 
-#: How long a request to the cluster may take, librdkafka's retries included.
-TIMEOUT_S = 15.0
 #: The topic that holds source positions on a cluster.
 KAFKA_POSITIONS_TOPIC = "headwater-connector-positions"
 #: Kafka's default ``max.message.bytes``, for a topic whose config cannot be read.
 DEFAULT_MAX_MESSAGE_BYTES = 1048588
 _POLL_S = 0.01
-_PROBE_S = 0.5
 
-_logger = logging.getLogger("headwater.kafka")
-_logger.propagate = False
-if os.environ.get("HEADWATER_DEBUG"):
-    _logger.addHandler(logging.StreamHandler(sys.stderr))
-else:
-    _logger.addHandler(logging.NullHandler())
+_logger = logging.getLogger("headwater.kafka")  # set up by the shared module
 
 _NOT_FOUND = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
-_UNREACHABLE = (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._ALL_BROKERS_DOWN)
 
 
-async def blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking librdkafka call in a worker thread."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+class KafkaCluster(ClusterClient):
+    """A Kafka-protocol cluster, by the address of one of its brokers (or several);
+    failing with :class:`LogUnavailableError`.
 
-
-async def finish(fn: Callable[..., T], *args: Any) -> T:
-    """Run a closing call (``close``, ``flush``) to its end even when cancelled."""
-    with anyio.CancelScope(shield=True):
-        result = await blocking(fn, *args)
-    return result
-
-
-def to_record(message: Message) -> Record:
-    """Return a consumed message as a store :class:`~headwater.store.Record`."""
-    _, timestamp = message.timestamp()
-    headers = cast(_Headers, tuple(message.headers() or ()))
-    return Record(message.offset() or 0, timestamp, message.key(), message.value(), headers)
-
-
-class KafkaCluster:
-    """A Kafka-protocol cluster, by the address of one of its brokers.
-
-    :param bootstrap: ``HOST:PORT``.
-    :raises ConnectorConfigError: if it is not ``HOST:PORT``.
+    :param bootstrap: ``HOST:PORT[,HOST:PORT...]``.
+    :param settings: librdkafka settings for every client (a client's own come after).
+    :raises ConnectorConfigError: if it is not ``HOST:PORT[,HOST:PORT...]``.
     """
 
-    def __init__(self, bootstrap: str) -> None:
-        host, _, port = bootstrap.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConnectorConfigError(f"expected HOST:PORT for the broker, got {bootstrap!r}")
-        self.bootstrap = bootstrap
-        # Set by librdkafka's error callback (in whichever thread polls).
-        self._unreachable: str | None = None
-
-    @property
-    def description(self) -> str:
-        """``the broker at HOST:PORT``, for messages."""
-        return f"the broker at {self.bootstrap}"
-
-    def config(self, **settings: Any) -> dict[str, Any]:
-        """Return a librdkafka configuration for this cluster with ``settings``."""
-        return {
-            "bootstrap.servers": self.bootstrap,
-            "logger": _logger,
-            "error_cb": self._on_error,
-            **settings,
-        }
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.code() in _UNREACHABLE:
-            self._unreachable = error.str()
-        _logger.debug("librdkafka error: %s", error)
+    def __init__(self, bootstrap: str, settings: Mapping[str, Any] | None = None) -> None:
+        for address in bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConnectorConfigError(f"expected HOST:PORT for the broker, got {bootstrap!r}")
+        super().__init__(bootstrap, settings=settings)
 
     def metadata(self, client: Consumer, topic: str) -> Any:
         """Return ``topic``'s metadata as ``client`` gets it (blocking); fail within about
-        ``_PROBE_S`` once librdkafka finds no broker reachable, not after ``TIMEOUT_S``.
+        ``PROBE_S`` once librdkafka finds no broker reachable, not after ``TIMEOUT_S``.
 
         :raises LogUnavailableError: if the cluster cannot be reached.
         """
-        attempts = max(1, int(TIMEOUT_S / _PROBE_S))
-        for attempt in range(attempts):
-            try:
-                return client.list_topics(topic, timeout=_PROBE_S)
-            except KafkaException as exc:
-                if exc.args[0].code() not in (*_UNREACHABLE, KafkaError._TIMED_OUT):
-                    raise self.failure(f"looking up topic {topic!r}", exc) from None
-                client.poll(0)  # serves the error callback, which says why
-                if self._unreachable is not None or attempt == attempts - 1:
-                    reason = self._unreachable or exc.args[0].str()
-                    raise LogUnavailableError(
-                        f"cannot reach {self.description}: {reason}"
-                    ) from None
-        raise AssertionError("unreachable")
+        return self.list_metadata(client, topic, f"looking up topic {topic!r}")
 
     def failure(self, action: str, error: KafkaError | KafkaException) -> LogUnavailableError:
         """Say that ``action`` failed on this cluster, and why."""
         err: KafkaError = error.args[0] if isinstance(error, KafkaException) else error
         return LogUnavailableError(f"{action} on {self.description} failed: {err.str()}")
+
+    def unreachable(self, reason: str, code: int) -> LogUnavailableError:
+        """Say that no broker of the cluster can be reached, and why."""
+        return LogUnavailableError(f"cannot reach {self.description}: {reason}")
 
 
 class KafkaLog:

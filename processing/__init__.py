@@ -61,6 +61,7 @@ from ._lineage import SourcePosition as SourcePosition
 from ._lineage import source_of as source_of
 from ._retry import Retry as Retry
 from ._runtime import PartitionProgress as PartitionProgress
+from ._runtime import RestoreProgress as RestoreProgress
 from ._runtime import RunStatistics as RunStatistics
 from ._serde import BytesSerde as BytesSerde
 from ._serde import JsonKeySerde as JsonKeySerde
@@ -98,6 +99,7 @@ __all__ = (
     "OperatorError",
     "OutRecords",
     "PartitionProgress",
+    "RestoreProgress",
     "ProcessorContext",
     "ProcessingError",
     "Retry",

@@ -34,12 +34,13 @@ import heapq
 from bisect import insort
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import accumulate, compress
-from typing import TYPE_CHECKING, Any
+from itertools import accumulate, compress, groupby, repeat
+from operator import add as add_ints
+from operator import itemgetter, le
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._batch import Batch, Context, apply_each
+from ._batch import Batch, Context, apply_each, indexes, mask_without
 from ._clock import Timer
-from ._lineage import SourcePosition
 from ._stateful import StatefulStep
 from ._stores import StoreKind
 from ._table import Change
@@ -148,12 +149,17 @@ class WindowedAggregateStep(StatefulStep):
         "heap",
         "idle_ms",
         "idle_timer",
+        "key_objects",
         "outputs",
         "sources",
         "spec",
         "stream_time_ms",
         "timestamp",
     )
+
+    #: Whether windows close in the order of their starts (the close-time heap then
+    #: gives ``final()`` its order, with no sort).
+    closes_in_start_order: ClassVar[bool] = False
 
     def __init__(self, node: Node, task: Task) -> None:
         super().__init__(node, task)
@@ -171,6 +177,9 @@ class WindowedAggregateStep(StatefulStep):
         self.idle_timer: Timer | None = None
         self.outputs = _Outputs([])
         self.sources: dict[tuple[str, int], str] = {}
+        #: The key objects of key bytes, as results were last emitted (text and numbers:
+        #: objects nobody can change, so results may share them).
+        self.key_objects: dict[bytes | None, Any] = {}
 
     def link(self, children: list[Step | None]) -> None:
         """Sort the children by output (final, updates, late)."""
@@ -252,11 +261,11 @@ class WindowedAggregateStep(StatefulStep):
         if not batch.values:
             return
         first = self.stream_time_ms if self.stream_time_ms is not None else times[0]
-        running = list(accumulate(times, max, initial=first))[1:]
         if self.store.kind is StoreKind.DISK:
             self.prefetch(keys, times)  # type: ignore[arg-type]
-        late, updates = self.fold(batch, ctx, keys, times, running)  # type: ignore[arg-type]
-        now = running[-1]
+        late, updates = self.fold(batch, ctx, keys, times, first)  # type: ignore[arg-type]
+        top = max(times)
+        now = top if top > first else first
         self.stream_time_ms = self.base_stream_time = self.store.stream_time_ms = now
         if late:
             ctx.late += len(late)
@@ -279,10 +288,13 @@ class WindowedAggregateStep(StatefulStep):
         ctx: Context,
         keys: list[bytes],
         times: list[int],
-        running: list[int],
+        first: int,
     ) -> tuple[list[int], list[tuple[Any, Any, str, int]]]:
         """Fold the records into their windows; return the indexes of the late ones, and
-        (when ``updates()`` is used) each window update as (state key, acc, source, offset)."""
+        (when ``updates()`` is used) each window update as (state key, acc, source, offset).
+
+        ``first`` is the stream time before the batch; record ``i`` sees the stream time
+        ``running_max(times, first)[i]`` (the batch's records before it moved it)."""
         raise NotImplementedError
 
     def prefetch(self, keys: list[bytes], times: list[int]) -> None:
@@ -315,7 +327,8 @@ class WindowedAggregateStep(StatefulStep):
         store.touched(closed)
         self.closed(closed)
         if results and self.outputs.final:
-            results.sort(key=self.window_start_of)
+            if not self.closes_in_start_order:
+                results.sort(key=self.window_start_of)
             out = self.emit_windows(ctx, results)
             for child in self.outputs.final:
                 await child.push(out, ctx)
@@ -324,30 +337,39 @@ class WindowedAggregateStep(StatefulStep):
         """Return the window start of a result (what ``final()`` orders by)."""
         return int(result[0][1])
 
+    def window_ends(self, wkeys: list[Any]) -> list[int]:
+        """Return the (exclusive) end of each window of ``wkeys``."""
+        return list(map(self.window_end, wkeys))
+
     def emit_windows(self, ctx: Context, results: list[tuple[Any, Any, str, int]]) -> Batch:
-        """Add rows for window results and return the batch of :class:`Windowed` values."""
-        values: list[Any] = []
-        keys: list[bytes | None] = []
-        timestamps: list[int] = []
-        lineage: list[SourcePosition] = []
-        key_object = self.key_object
-        decoded: dict[bytes, Any] = {}
-        places: dict[str, tuple[str, int]] = {}
-        for wkey, acc, source, offset in results:
-            kb = wkey[0]
-            key = decoded.get(kb, decoded)
-            if key is decoded:
-                key = decoded[kb] = key_object(kb)
-            start, end = wkey[1], self.window_end(wkey)
-            values.append(Windowed(key, start, end, acc))
-            keys.append(kb)
-            timestamps.append(end - 1)
-            place = places.get(source)
-            if place is None:
-                topic, _, partition = source.rpartition("/")
-                place = places[source] = (topic, int(partition))
-            lineage.append(SourcePosition(place[0], place[1], offset))
-        return self.emit(ctx, values, keys, timestamps, lineage)
+        """Add rows for window results and return the batch of :class:`Windowed` values.
+
+        Column by column: each key's object is decoded once, each source parsed once."""
+        wkeys, accs, sources, offsets = zip(*results, strict=True)
+        keys: list[bytes | None] = [w[0] for w in wkeys]
+        decoded = self.key_objects
+        missing = set(keys).difference(decoded)
+        if missing:
+            if len(decoded) > _KEY_OBJECTS_LIMIT:
+                decoded.clear()
+                missing = set(keys)
+            key_object = self.key_object
+            new = {kb: key_object(kb) for kb in missing}
+            decoded.update(new)
+            if not set(map(type, new.values())) <= _SHARED_KEY_TYPES:
+                decoded = {**decoded, **new}  # objects a user might change: this batch's own
+                for kb in new:
+                    del self.key_objects[kb]
+        places = {source: _place(source) for source in set(sources)}
+        ends = self.window_ends(wkeys)  # type: ignore[arg-type]
+        values = list(
+            map(Windowed, map(decoded.__getitem__, keys), [w[1] for w in wkeys], ends, accs)
+        )
+        origins = ctx.add_rows_at(
+            [end - 1 for end in ends], list(map(places.__getitem__, sources)), offsets
+        )
+        ctx.records.keys[origins[0] :] = keys
+        return Batch(values, origins, None, self.node)
 
     # -- idle -----------------------------------------------------------------------------
 
@@ -378,6 +400,24 @@ class WindowedAggregateStep(StatefulStep):
         self.arm_idle_timer()
 
 
+_START = itemgetter(1)
+#: How many key objects a windowed step keeps decoded, at most.
+_KEY_OBJECTS_LIMIT = 100_000
+_SHARED_KEY_TYPES = {str, int, float, bool, type(None)}
+
+
+def _place(source: str) -> tuple[str, int]:
+    """Return a window's ``topic/partition`` source as (topic, partition)."""
+    topic, _, partition = source.rpartition("/")
+    return topic, int(partition)
+
+
+def running_max(times: list[int], first: int) -> list[int]:
+    """Return the stream time each record of a batch sees: the largest of ``first`` and
+    the times up to it."""
+    return list(accumulate(times, max, initial=first))[1:]
+
+
 def _as_ms(ts: Any) -> int:
     """Return a timestamp function's result as int epoch ms.
 
@@ -395,6 +435,8 @@ class TumblingAggregateStep(WindowedAggregateStep):
 
     __slots__ = ()
 
+    closes_in_start_order = True
+
     def window_end(self, wkey: Any) -> int:
         """Return ``start + size``."""
         spec = self.spec
@@ -407,68 +449,141 @@ class TumblingAggregateStep(WindowedAggregateStep):
         assert isinstance(spec, HoppingWindows)
         self.store.load({(k, s) for k, t in zip(keys, times, strict=True) for s in spec.starts(t)})
 
+    def window_ends(self, wkeys: list[Any]) -> list[int]:
+        """Return ``start + size`` of each window."""
+        spec = self.spec
+        assert isinstance(spec, HoppingWindows)
+        size = spec.size_ms
+        return [w[1] + size for w in wkeys]
+
     def fold(
         self,
         batch: Batch,
         ctx: Context,
         keys: list[bytes],
         times: list[int],
-        running: list[int],
+        first: int,
     ) -> tuple[list[int], list[tuple[Any, Any, str, int]]]:
-        """Fold each record into its one window (see the base class)."""
+        """Fold each record into its one window (see the base class).
+
+        The hot path of W2: the windows, the late records and the lineage are worked
+        out column by column, and the loop over the records does only the fold itself."""
         spec = self.spec
         assert isinstance(spec, TumblingWindows)
         size, grace = spec.size_ms, self.grace_ms
-        data = self.store.data
-        initial, add = self.aggregator.initial, self.aggregator.add
-        source, _ = self.source_id(ctx, batch.origins[0])
-        offsets = ctx.records.offsets
+        origins = batch.origins
+        source, _ = self.source_id(ctx, origins[0])
+        sources: list[str] | None = None  # each row's source, if they differ
         if ctx.sources is None:
-            positions: Any = map(offsets.__getitem__, batch.origins)
+            positions = list(map(ctx.records.offsets.__getitem__, origins))
         else:
-            pairs = [self.source_id(ctx, o) for o in batch.origins]
+            pairs = [self.source_id(ctx, o) for o in origins]
+            sources = [s for s, _ in pairs]
             positions = [o for _, o in pairs]
-        lowest = min(times)
-        late: list[int] = []
-        may_be_late = lowest - lowest % size + size + grace <= running[-1]
-        want_updates = bool(self.outputs.updates)
-        updates: list[tuple[Any, Any, str, int]] = []
-        created: list[Any] = []
-        touched: list[Any] = []
+        starts = [ts - ts % size for ts in times]
         values = batch.values
-        i = -1
-        items = zip(keys, times, values, positions, strict=False)
+        rows = indexes(len(values))
+        late: list[int] = []
+        top = max(times)
+        if min(starts) + size + grace <= (top if top > first else first):  # some may be late
+            closed = list(map(add_ints, starts, repeat(size + grace)))
+            is_late = list(map(le, closed, running_max(times, first)))
+            if True in is_late:
+                late = list(compress(rows, is_late))
+                keep = mask_without(len(values), late)
+                keys, starts, values, positions, rows = (
+                    list(compress(column, keep))
+                    for column in (keys, starts, values, positions, rows)
+                )
+                if sources is not None:
+                    sources = list(compress(sources, keep))
+        wkeys = list(zip(keys, starts, strict=True))
+        updates: list[tuple[Any, Any, str, int]] = []
+        created, failed = self._fold_rows(
+            batch, ctx, wkeys, values,
+            positions=positions, rows=rows, source=source, sources=sources, updates=updates,
+        )  # fmt: skip
+        if failed:
+            keep = mask_without(len(wkeys), failed)
+            wkeys = list(compress(wkeys, keep))
+            if sources is not None:
+                sources = list(compress(sources, keep))
+        data = self.store.data
+        if sources is not None:  # rows from several sources: each window's last one
+            for wkey, row_source in zip(wkeys, sources, strict=True):
+                data[wkey][1] = row_source
+        elif len(self.task.partitions) > 1:  # windows may have been made from another
+            for wkey in set(wkeys):
+                data[wkey][1] = source
+        self.store.touched(wkeys, created)
+        self._index_created(created, size + grace)
+        return late, updates
+
+    def _fold_rows(
+        self,
+        batch: Batch,
+        ctx: Context,
+        wkeys: list[tuple[bytes, int]],
+        values: list[Any],
+        *,
+        positions: list[int],
+        rows: list[int],
+        source: str,
+        sources: list[str] | None,
+        updates: list[tuple[Any, Any, str, int]],
+    ) -> tuple[list[Any], list[int]]:
+        """Fold each value into its window (``updates`` gets each new value when
+        ``updates()`` is used); return the windows created and the indexes of the
+        records whose ``add`` raised (their node's policy applied)."""
+        data = self.store.data
+        get = data.get
+        initial, add = self.aggregator.initial, self.aggregator.add
+        created: list[Any] = []
+        failed: list[int] = []
+        want_updates = bool(self.outputs.updates)
+        items = zip(rows, wkeys, values, positions, strict=True)
+        numbered = zip(range(len(wkeys)), rows, wkeys, values, positions, strict=True)
+        j = 0
         while True:
             try:
-                for kb, ts, value, offset in items:
-                    i += 1
-                    start = ts - ts % size
-                    if may_be_late and start + size + grace <= running[i]:
-                        late.append(i)
-                        continue
-                    wkey = (kb, start)
-                    state = data.get(wkey)
-                    if state is None:
-                        state = data[wkey] = [add(initial(), value), source, offset]
-                        created.append(wkey)
-                    else:
-                        state[0] = add(state[0], value)
-                        state[2] = offset
-                    touched.append(wkey)
-                    if want_updates:
-                        updates.append((wkey, state[0], source, offset))
+                if not want_updates:
+                    for j, wkey, value, offset in items:  # noqa: B007 - j: the except's
+                        state = get(wkey)
+                        if state is None:
+                            data[wkey] = [add(initial(), value), source, offset]
+                            created.append(wkey)
+                        else:
+                            state[0] = add(state[0], value)
+                            state[2] = offset
+                else:
+                    for pos, j, wkey, value, offset in numbered:  # noqa: B007 - as above
+                        state = get(wkey)
+                        if state is None:
+                            state = data[wkey] = [add(initial(), value), source, offset]
+                            created.append(wkey)
+                        else:
+                            state[0] = add(state[0], value)
+                            state[2] = offset
+                        row_source = source if sources is None else sources[pos]
+                        updates.append((wkey, state[0], row_source, offset))
                 break
             except Exception as error:  # the user's add raised: its policy, then go on
-                ctx.fail(self.node, batch.origins[i], error)
-        if ctx.sources is not None:  # rows from several sources: fix each window's source
-            for j, wkey in enumerate(touched):
-                state = data.get(wkey)
-                if state is not None:
-                    state[1] = pairs[j][0]
-        self.store.touched(touched, created)
-        for wkey in created:
-            self.index(wkey)
-        return late, updates
+                failed.append(rows.index(j))
+                ctx.fail(self.node, batch.origins[j], error)
+        return created, failed
+
+    def _index_created(self, created: list[Any], close_after: int) -> None:
+        """Note when the windows ``created`` close (``close_after`` past their start):
+        by runs of one start, in creation order (the order ``final()`` emits them in)."""
+        closing, heap = self.closing, self.heap
+        for start, run in groupby(created, key=_START):
+            close = start + close_after
+            keys = closing.get(close)
+            if keys is None:
+                closing[close] = list(run)
+                heapq.heappush(heap, close)
+            else:
+                keys.extend(run)
 
 
 class HoppingAggregateStep(TumblingAggregateStep):
@@ -482,9 +597,10 @@ class HoppingAggregateStep(TumblingAggregateStep):
         ctx: Context,
         keys: list[bytes],
         times: list[int],
-        running: list[int],
+        first: int,
     ) -> tuple[list[int], list[tuple[Any, Any, str, int]]]:
         """Fold each record into each of its windows that is still open."""
+        running = running_max(times, first)
         spec = self.spec
         assert isinstance(spec, HoppingWindows)
         size, grace = spec.size_ms, self.grace_ms
@@ -571,9 +687,10 @@ class SlidingAggregateStep(WindowedAggregateStep):
         ctx: Context,
         keys: list[bytes],
         times: list[int],
-        running: list[int],
+        first: int,
     ) -> tuple[list[int], list[tuple[Any, Any, str, int]]]:
         """Fold each record into the windows that hold it, making the windows it makes."""
+        running = running_max(times, first)
         spec = self.spec
         assert isinstance(spec, SlidingWindows)
         d, grace = spec.max_difference_ms, self.grace_ms
@@ -686,9 +803,10 @@ class SessionAggregateStep(WindowedAggregateStep):
         ctx: Context,
         keys: list[bytes],
         times: list[int],
-        running: list[int],
+        first: int,
     ) -> tuple[list[int], list[tuple[Any, Any, str, int]]]:
         """Merge each record into its key's sessions."""
+        running = running_max(times, first)
         spec = self.spec
         assert isinstance(spec, SessionWindows)
         grace = self.grace_ms

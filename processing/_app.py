@@ -26,7 +26,7 @@ from ._config import AppConfig
 from ._connectors import AppConnector, run_with_connectors
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
-from ._runtime import PartitionProgress, RunStatistics, Runtime
+from ._runtime import PartitionProgress, RestoreProgress, RunStatistics, Runtime
 from ._serde import JSON, JSON_KEY, Serde
 from ._stores import BYTES_KEYS
 from ._stream import Stream, check_partitions, check_topic
@@ -254,6 +254,12 @@ class App:
     def statistics(self) -> RunStatistics | None:
         """Return the counters of the current or last run (None before any)."""
         return None if self._runtime is None else self._runtime.statistics()
+
+    def restore_progress(self) -> dict[tuple[str, str], RestoreProgress] | None:
+        """Return, for the current or last run, each (task, store) of the tasks it runs
+        and how far its restore from its changelog got (records restored of the total);
+        None before any run."""
+        return None if self._runtime is None else self._runtime.restore_progress()
 
     def progress(self) -> dict[TopicPartition, PartitionProgress] | None:
         """Return, for the current or last run, how far it got in each input partition it

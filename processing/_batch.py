@@ -203,8 +203,24 @@ class Context:
         Each row has its own timestamp (epoch ms), its lineage (the input record it
         covers: for a result of many inputs, the last) and headers (none by default).
         """
+        assert len(lineage) == len(timestamps)
+        return self.add_rows_at(
+            timestamps, [(p.topic, p.partition) for p in lineage], [p.offset for p in lineage],
+            headers,
+        )  # fmt: skip
+
+    def add_rows_at(
+        self,
+        timestamps: Sequence[int],
+        places: Sequence[tuple[str, int]],
+        offsets: Sequence[int],
+        headers: Sequence[Headers] | None = None,
+    ) -> list[int]:
+        """:meth:`add_rows` with the lineage as columns: each row's (topic, partition)
+        and offset (a step emitting many rows builds no position object per row)."""
         count = len(timestamps)
-        assert len(lineage) == count and (headers is None or len(headers) == count)
+        assert len(places) == count == len(offsets)
+        assert headers is None or len(headers) == count
         records = self.records
         first = len(records)
         if self.sources is None:  # the first emitted rows: copy the read ones once
@@ -216,14 +232,14 @@ class Context:
                 list(records.values),
                 list(records.headers),
             )
-        offsets = records.offsets
-        assert isinstance(offsets, list)
-        offsets.extend(p.offset for p in lineage)
+        row_offsets = records.offsets
+        assert isinstance(row_offsets, list)
+        row_offsets.extend(offsets)
         records.timestamps.extend(timestamps)
         records.keys.extend([None] * count)
         records.values.extend([None] * count)
         records.headers.extend(headers if headers is not None else [()] * count)
-        self.sources.extend((p.topic, p.partition) for p in lineage)
+        self.sources.extend(places)
         return list(range(first, first + count))
 
     def fail(self, node: Node, origin: int, error: BaseException) -> None:

@@ -50,6 +50,7 @@ from ._operators import (
     SplitStep,
     Step,
 )
+from ._serde import JSON
 
 if TYPE_CHECKING:
     from ._serde import Serde
@@ -326,6 +327,40 @@ class Graph:
         for parent in parents:
             self._children.setdefault(parent.id, []).append(node)
         return node
+
+    def insert_repartition(self, consumer: Node, topic: str, partitions: int) -> None:
+        """Put a repartition through ``topic`` (``partitions`` wide) between ``consumer``
+        and its first parent: what :func:`~headwater.processing._tasks.copartition`
+        does to a join's side that is not co-partitioned with the other, before the
+        app runs. The new nodes go into the list just before ``consumer`` (a node's
+        parents always come first); ``consumer`` takes the repartition's reader as its
+        first parent."""
+        parent, *others = consumer.parents
+        dedupe = follows_offsets(parent)
+        # Values go through as their source's serde reads them (JSON if the sources differ).
+        serdes = {id(s.params["serde"]): s.params["serde"] for s in source_ancestors(parent)}
+        serde = next(iter(serdes.values())) if len(serdes) == 1 else JSON
+        base = len(self.nodes)
+        through = Node(
+            id=base + 1, kind="through", parents=(parent,), topic=topic,
+            params={"serde": serde, "partitions": partitions, "partitions_of": None,
+                    "dedupe": dedupe},
+            policy=parent.policy, dead_letter_topic=parent.dead_letter_topic,
+        )  # fmt: skip
+        reader = Node(
+            id=base + 2, kind="internal", parents=(through,), topic=topic,
+            params={"serde": serde, "key_serde": self.key_serde(parent), "dedupe": dedupe},
+            policy=parent.policy, dead_letter_topic=parent.dead_letter_topic,
+        )  # fmt: skip
+        at = self.nodes.index(consumer)
+        self.nodes[at:at] = [through, reader]
+        siblings = self._children[parent.id]
+        siblings[siblings.index(consumer)] = through
+        self._children[through.id] = [reader]
+        self._children[reader.id] = [consumer]
+        # Nodes are values to everything but this rewrite, which runs before any step
+        # is built from them.
+        object.__setattr__(consumer, "parents", (reader, *others))
 
     def children(self, node: Node) -> list[Node]:
         """Return the nodes below ``node``, in the order they were added."""

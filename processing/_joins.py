@@ -4,9 +4,12 @@ Theory of operation
 -------------------
 Both sides of a join must hold each key in the same task: a side re-keyed by ``key_by``
 first passes through ``<app>-<name>-repartition`` (``<name>-left``/``-right`` for
-stream-stream joins), with as many partitions as the other side's topics; sides read
-straight from topics must already be co-partitioned (equal partition counts, placed by
-the same key encoding), else the app refuses to start and says which side to re-key.
+stream-stream joins), with as many partitions as the other side's topics. A stream side
+read straight from a topic with another partition count than the other side's is
+repartitioned the same way when the app starts (``copartition`` in ``_tasks.py``: to the
+table's count, or to the wider stream's); a table cannot be (it is its topic), so a
+table-table join of different counts is refused, saying what to change. Topics of equal
+counts must be placed by the same key encoding.
 A two-input join sees each side through a ``join_side`` node, whose step tells the join
 which side a batch came from.
 

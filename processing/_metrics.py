@@ -11,9 +11,10 @@ per batch and step.
 Measured when metrics are on: ``headwater_app_batch_seconds{app}``, a batch from the
 moment its task takes it to its outputs being durable, and
 ``headwater_app_commit_seconds{app}``, one commit of positions. Read at scrape time from
-every running app: the operators' counts, the run's totals, and the lag of each task:
-the records its partitions have yet to read, behind the end offsets the runtime last
-looked up (every commit interval, only while metrics are on).
+every running app: the operators' counts, the run's totals, the lag of each task (the
+records its partitions have yet to read, behind the end offsets the runtime last looked
+up, every commit interval, only while metrics are on), and how far each task's stores
+got in restoring from their changelogs (records restored, and the total to read).
 """
 
 from __future__ import annotations
@@ -124,8 +125,22 @@ class _RuntimeCollector:
             "Records a task's partitions have yet to read (behind the end offsets last looked up).",
             labels=["app", "task"],
         )
+        store = ["app", "task", "store"]
+        restored = GaugeMetricFamily(
+            "headwater_app_store_restored_records",
+            "Changelog records a task's store has restored (its last restore).",
+            labels=store,
+        )
+        restore_total = GaugeMetricFamily(
+            "headwater_app_store_restore_total_records",
+            "Changelog records a task's store's last restore had to read.",
+            labels=store,
+        )
         for runtime in self._runtimes:
             name = runtime.name
+            for (task, store_name), progress in sorted(runtime.restore_progress().items()):
+                restored.add_metric([name, task, store_name], progress.restored)
+                restore_total.add_metric([name, task, store_name], progress.total)
             for label, counts in runtime.operator_counts().items():
                 for field, family in per_operator.items():
                     family.add_metric([name, label], getattr(counts, field))
@@ -137,3 +152,5 @@ class _RuntimeCollector:
         yield from per_operator.values()
         yield from totals.values()
         yield lag
+        yield restored
+        yield restore_total

@@ -200,9 +200,11 @@ class Pipeline:
         timestamps = list(map(records.timestamps.__getitem__, origins))
         headers: list[Headers] | None = None
         if any(records.headers):
-            headers = [user_headers(h) for h in map(records.headers.__getitem__, origins)]
-            if not any(headers):
-                headers = None
+            found = list(map(records.headers.__getitem__, origins))
+            if any(found):  # emitted rows have none: results of a step need no copying
+                headers = [user_headers(h) if h else h for h in found]
+                if not any(headers):
+                    headers = None
         offsets = records.offsets
         if ctx.sources is not None:  # emitted rows: each names its own source
             out = _with_sources(

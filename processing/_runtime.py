@@ -101,6 +101,7 @@ from ._tasks import (
     TaskId,
     TaskPlan,
     check_copartitioning,
+    copartition,
     plan_topic_groups,
     resume,
 )
@@ -153,6 +154,18 @@ class PartitionProgress(NamedTuple):
     start_offset: int
     position: int
     end_offset: int
+
+
+class RestoreProgress(NamedTuple):
+    """How far a store's restore got: ``restored`` changelog records of ``total``."""
+
+    restored: int
+    total: int
+
+    @property
+    def done(self) -> bool:
+        """Whether the restore read all it had to."""
+        return self.restored >= self.total
 
 
 def _slice(records: RecordColumns, start: int, stop: int) -> RecordColumns:
@@ -315,6 +328,16 @@ class Runtime:
             if tp in self._targets
         }
 
+    def restore_progress(self) -> dict[tuple[str, str], RestoreProgress]:
+        """Return, per (task, store) of the tasks this worker runs now, how far the store's
+        last restore from its changelog got: records restored of the total to read (a
+        task processes nothing until each of its stores has read its total)."""
+        return {
+            (str(task_id), name): RestoreProgress(store.restored, store.restore_total)
+            for task_id, running in self._running.items()
+            for name, store in running.task.stores.items()
+        }
+
     def task_lag(self) -> dict[str, int]:
         """Return, per task run now, the records its partitions have yet to read, behind
         the end offsets last looked up."""
@@ -337,6 +360,9 @@ class Runtime:
         topics = [n.topic for n in graph.nodes if n.topic] + list(graph.dead_letter_topics())
         existing = {topic: await backend.partition_count(topic) for topic in topics}
         counts = plan_topics(graph, existing)
+        for topic in copartition(graph, counts, self._name):  # joins' sides, repartitioned
+            existing[topic] = await backend.partition_count(topic)
+            counts = plan_topics(graph, existing)
         check_copartitioning(graph, counts)
         for topic, partitions in counts.items():
             if existing.get(topic) is None:

@@ -15,8 +15,10 @@ the graph:
 - the topics a sub-topology reads are grouped by partition count: topics with equal
   counts are co-partitioned and share tasks; a topic with another count gets tasks of its
   own (a stateless merge of a 3- and a 2-partition topic still works, as it always
-  did, but is two groups). A kind that needs its inputs co-partitioned (a join) has
-  :func:`check_copartitioning` refuse the graph otherwise.
+  did, but is two groups). A kind that needs its inputs co-partitioned (a join) gets
+  them: before the groups are planned, :func:`copartition` puts a join's stream side of
+  another count through a repartition topic; :func:`check_copartitioning` refuses
+  what cannot be (tables of different counts).
 
 Assignment. A member of the app's consumer group is assigned partitions, not tasks, so
 the assignor must keep a task's partitions together. The runtime asks for Kafka's
@@ -138,6 +140,48 @@ def plan_topic_groups(graph: Graph, counts: Mapping[str, int]) -> list[TopicGrou
     return groups
 
 
+def copartition(graph: Graph, counts: Mapping[str, int], app_name: str) -> list[str]:
+    """Repartition the stream sides of joins that are not co-partitioned with the other
+    side; return the repartition topics added (their counts go into ``plan_topics``
+    next, as ``partitions`` of their writers).
+
+    A stream-table join's stream, read with another partition count than the table's
+    topic, goes through ``<app>-<name>-repartition`` with the table's count (placed by
+    its key, as the table's records are); a stream-stream join's side with fewer
+    partitions than the other goes through ``<app>-<name>-left-repartition`` (or
+    ``-right-``) with the wider count. A re-keyed side has been repartitioned already, to
+    the count of the topics it meets. Tables cannot be repartitioned (a table is its
+    topic): a table-table join of different counts, or a table whose topics disagree,
+    is left for :func:`check_copartitioning` to refuse.
+    """
+    live = graph.live_nodes()
+    added: list[str] = []
+
+    def count_of(node: Node) -> set[int]:
+        return {counts[s.topic] for s in source_ancestors(node) if s.topic}
+
+    for node in list(graph.nodes):
+        if node.id not in live:
+            continue
+        name = node.params.get("name")
+        if node.kind == "stream_table_join":
+            stream, table = node.parents
+            wanted = count_of(table)
+            if len(wanted) == 1 and count_of(stream) != wanted:
+                topic = f"{app_name}-{name}-repartition"
+                graph.insert_repartition(node, topic, wanted.pop())
+                added.append(topic)
+        elif node.kind == "stream_stream_join":
+            sides = [count_of(side) for side in node.parents]
+            widest = max(max(c, default=1) for c in sides)
+            for side, have, which in zip(node.parents, sides, ("left", "right"), strict=True):
+                if have != {widest}:
+                    topic = f"{app_name}-{name}-{which}-repartition"
+                    graph.insert_repartition(side, topic, widest)
+                    added.append(topic)
+    return added
+
+
 def check_copartitioning(graph: Graph, counts: Mapping[str, int]) -> None:
     """Check that every node whose kind needs co-partitioned inputs has them.
 
@@ -151,11 +195,9 @@ def check_copartitioning(graph: Graph, counts: Mapping[str, int]) -> None:
         if len(set(topics.values())) > 1:
             listed = ", ".join(f"{t!r} ({n} partitions)" for t, n in sorted(topics.items()))
             fix = (
-                "re-key a stream side with .key_by(...) (a re-keyed side is repartitioned "
-                "to the other's partition count) or give the topics equal partition counts"
-                if node.kind != "table_join"
-                else "make the tables' topics the same partition count (or build one "
-                "table from a re-keyed stream's aggregation)"
+                "a stream side is repartitioned to the other's count, but a table cannot "
+                "be: make the table's topics the same partition count, or build the table "
+                "from a stream (.key_by(...) then an aggregation), which is repartitioned"
             )
             raise TopologyError(
                 f"{node.label} reads {listed}: its inputs must be co-partitioned (equal "

@@ -60,7 +60,15 @@ from ._serde import BytesSerde, Serde, encode_key
 from ._stateful import StatefulStep
 from ._stores import SESSION_KEYS, WINDOW_KEYS
 from ._stores._changelog import StoreRegistry, checkpointed, flush_writes, restore
-from ._tasks import Task, TaskId, TaskPlan, check_copartitioning, plan_topic_groups, resume
+from ._tasks import (
+    Task,
+    TaskId,
+    TaskPlan,
+    check_copartitioning,
+    copartition,
+    plan_topic_groups,
+    resume,
+)
 
 __all__ = ("TestDriver", "TestRecord")
 
@@ -203,6 +211,8 @@ class TestDriver:
         graph.validate()
         self._config = app.config
         counts = plan_topics(graph, dict(partitions or {}), default_partitions=1)
+        if copartition(graph, counts, app.name):  # joins' sides, repartitioned
+            counts = plan_topics(graph, dict(partitions or {}), default_partitions=1)
         check_copartitioning(graph, counts)
         self._clock = VirtualClock(start_ms)
         self._backend = MemoryBackend()

@@ -58,6 +58,7 @@ from headwater.groups import CoordinatorNotAvailableError, OffsetAndMetadata, To
 from headwater.store import RecordColumns
 
 from .._encoding import OutRecords
+from .._errors import ClusterError
 from . import Membership, PartitionsHandler
 from ._bootstrap import check_bootstrap
 from ._kafka_errors import RETRIABLE_CODES, cluster_error, group_error, log_error
@@ -347,6 +348,34 @@ class KafkaBackend:
                 fetcher.stop()
 
 
+async def _check_reachable(bootstrap: str) -> None:
+    """Return once one of ``bootstrap``'s addresses accepts a TCP connection.
+
+    librdkafka retries a refused connection until its own timeout runs out; a cluster
+    that is not there at all is told at once this way, naming why.
+
+    :raises ClusterError: if none does (within ``CONNECT_TIMEOUT_S`` each).
+    """
+    reasons = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                stream = await anyio.connect_tcp(host.strip("[]"), int(port))
+        except TimeoutError:
+            reasons.append(f"{address.strip()}: no answer within {CONNECT_TIMEOUT_S:g} s")
+        except OSError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # anyio's
+            why = os.strerror(cause.errno) if cause.errno else str(cause)
+            reasons.append(f"{address.strip()}: {why.lower()}")
+        else:
+            await stream.aclose()
+            return
+    raise ClusterError(
+        f"connecting: cannot reach the Kafka cluster at {bootstrap} ({'; '.join(reasons)})"
+    )
+
+
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException) and exc.args[0].code() in RETRIABLE_CODES
 
@@ -368,6 +397,7 @@ async def open_kafka(
     :raises ClusterError: if ``bootstrap`` is malformed or the cluster cannot be reached.
     """
     check_bootstrap(bootstrap)
+    await _check_reachable(bootstrap)
     async with anyio.create_task_group() as tg:
         backend = KafkaBackend(bootstrap, tg, settings, member_settings)
         try:

@@ -176,6 +176,35 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
     return Checkpoint(positions, stream_time if isinstance(stream_time, int) else None, applied)
 
 
+def without_checkpoints(
+    keys: list[bytes | None], values: list[bytes | None]
+) -> tuple[list[bytes | None], list[bytes | None], bytes | None]:
+    """Return changelog records without their checkpoint records, and the last of those
+    (None: there was none). Searched for in C (``list.index``): one per flush."""
+    found: list[int] = []
+    at = 0
+    while True:
+        try:
+            at = keys.index(CHECKPOINT_KEY, at)
+        except ValueError:
+            break
+        found.append(at)
+        at += 1
+    if not found:
+        return keys, values, None
+    checkpoint = values[found[-1]]
+    kept_keys: list[bytes | None] = []
+    kept_values: list[bytes | None] = []
+    start = 0
+    for at in found:
+        kept_keys += keys[start:at]
+        kept_values += values[start:at]
+        start = at + 1
+    kept_keys += keys[start:]
+    kept_values += values[start:]
+    return kept_keys, kept_values, checkpoint
+
+
 class MemoryStore:
     """A store whose state is a dict; see the module docstring.
 
@@ -306,25 +335,28 @@ class MemoryStore:
         self.changelog_offset = changelog_offset
 
     def apply_changelog(self, keys: list[bytes | None], values: list[bytes | None]) -> None:
-        """Apply changelog records (in offset order) to the state: a restore's step."""
-        latest = dict(zip(keys, values, strict=True))
-        checkpoint = latest.pop(CHECKPOINT_KEY, None)
+        """Apply changelog records (in offset order) to the state: a restore's step.
+
+        Without tombstones the records go into the state in order, each key's last
+        value winning, with no dict of the latest ones built first (a restore is
+        mostly decoding: one C call per record); with tombstones, the latest record of
+        each key decides."""
+        self.restored += len(keys)
+        keys, values, checkpoint = without_checkpoints(keys, values)
         if checkpoint is not None:
             self.take_checkpoint(decode_checkpoint(checkpoint))
-        latest.pop(None, None)
-        self.restored += len(keys)
         decode_key, decode_value = self.spec.keys.decode, self.spec.decode_value
         data = self.data
-        if None in latest.values():
+        if None in values or None in keys:
+            latest = dict(zip(keys, values, strict=True))
+            latest.pop(None, None)
             for key in [k for k, v in latest.items() if v is None]:
                 del latest[key]
                 data.pop(decode_key(key), None)  # type: ignore[arg-type]
-        if decode_key is _identity:
-            data.update(zip(latest, map(decode_value, latest.values()), strict=True))  # type: ignore[arg-type]
-        else:
-            data.update(
-                zip(map(decode_key, latest), map(decode_value, latest.values()), strict=True)  # type: ignore[arg-type]
-            )
+            keys, values = list(latest), list(latest.values())
+        if decode_key is not _identity:
+            keys = list(map(decode_key, keys))  # type: ignore[arg-type]
+        data.update(zip(keys, map(decode_value, values), strict=True))  # type: ignore[arg-type]
 
     def take_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Take what a restored checkpoint says the state covers."""

@@ -31,7 +31,14 @@ from typing import Any
 import lmdb
 
 from .._errors import ProcessingError
-from . import CHECKPOINT_KEY, MemoryStore, StoreKind, StoreSpec, decode_checkpoint
+from . import (
+    CHECKPOINT_KEY,
+    MemoryStore,
+    StoreKind,
+    StoreSpec,
+    decode_checkpoint,
+    without_checkpoints,
+)
 
 _MISSING: Any = object()
 _OFFSET = b"changelog_offset"
@@ -163,17 +170,19 @@ class DiskStore(MemoryStore):
     def apply_changelog(self, keys: list[bytes | None], values: list[bytes | None]) -> None:
         """Copy changelog records into the table as they are (keys and values are the
         table's own bytes)."""
-        latest = dict(zip(keys, values, strict=True))
-        checkpoint = latest.pop(CHECKPOINT_KEY, None)
-        latest.pop(None, None)
         self.restored += len(keys)
+        keys, values, checkpoint = without_checkpoints(keys, values)
         with self.env.begin(write=True, db=self.db) as txn:
-            for key, value in latest.items():
-                assert key is not None
-                if value is None:
+            items: Any = zip(keys, values, strict=True)
+            if None in values or None in keys:  # tombstones: each key's latest decides
+                latest = dict(items)
+                latest.pop(None, None)
+                for key in [k for k, v in latest.items() if v is None]:
+                    del latest[key]
                     txn.delete(key)
-                else:
-                    txn.put(key, value)
+                items = latest.items()
+            # In order, in one C call: a key's last value wins.
+            txn.cursor().putmulti(items, dupdata=False)
             if checkpoint is not None:
                 txn.put(_CHECKPOINT, checkpoint, db=self.meta)
         if checkpoint is not None:

@@ -1,4 +1,5 @@
-"""Helpers of the connector tests: read topics, wait for records, run subprocesses."""
+"""Helpers of the connector tests: read topics (of a store, of a cluster), wait for
+records, run subprocesses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import anyio
+from confluent_kafka import Consumer, TopicPartition
 
 from headwater.store import Partition, Record, Store, open_store
 
@@ -86,3 +88,38 @@ def python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[bytes]
         env=env,
         **kwargs,
     )
+
+
+def read_cluster_topic(bootstrap: str, topic: str) -> dict[int, list[Record]]:
+    """Every record of ``topic`` on the cluster, by partition (blocking)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        out: dict[int, list[Record]] = {}
+        for p in metadata.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            records = out.setdefault(p, [])
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            while not records or records[-1].offset < high - 1:
+                message = consumer.poll(1.0)
+                if message is None:
+                    continue
+                assert message.error() is None, message.error()
+                headers = tuple(message.headers() or ())
+                records.append(
+                    Record(message.offset(), 0, message.key(), message.value(), headers)  # type: ignore[arg-type]
+                )
+        return out
+    finally:
+        consumer.close()
+
+
+async def values_on(bootstrap: str, topic: str) -> list[bytes | None]:
+    """Return the values of every record of ``topic`` on the cluster, partition after
+    partition."""
+    by_partition = await anyio.to_thread.run_sync(read_cluster_topic, bootstrap, topic)
+    return [r.value for p in sorted(by_partition) for r in by_partition[p]]

@@ -3,11 +3,13 @@ app served by hypercorn) that records every request and answers each as a script
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+import orjson
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
@@ -97,3 +99,17 @@ async def scripted_server(script: Script) -> AsyncIterator[tuple[ScriptedServer,
         yield server, f"{bound}/hook"
         server.released.set()
         tg.cancel_scope.cancel()
+
+
+def assert_sent_again_and_nothing_else(server: ScriptedServer, held: int, records: int) -> None:
+    """Check that the batch of request ``held`` (the one a sink died in) came again
+    right after it, the same (key and body), that no other batch came twice, and that
+    the records ``{"i": 0}`` to ``{"i": records - 1}`` all came."""
+    first = server.received[held]
+    again = server.received[held + 1]
+    assert (again.key, again.body) == (first.key, first.body)  # that batch, the same
+    keys = Counter(r.key for r in server.received)
+    assert keys.pop(first.key) == 2
+    assert set(keys.values()) == {1}  # nothing else was sent twice
+    values = [v["i"] for r in server.received if r is not first for v in orjson.loads(r.body)]
+    assert sorted(values) == list(range(records))

@@ -1,5 +1,6 @@
 """Connectors inside an app (``app.source(...)``, ``stream.sink(...)``): files in, a
-pipeline, files out; HTTP in, a pipeline, a webhook out; on the app's data directory."""
+pipeline, files out; HTTP in, a pipeline, a webhook out; on the app's data directory,
+and on a Kafka-protocol cluster (``headwater broker``, Apache Kafka)."""
 
 from __future__ import annotations
 
@@ -41,47 +42,61 @@ def read_final_files(directory: Path) -> list[dict[str, int]]:
     return out
 
 
-def files_app(source: Path, out: Path) -> App:
-    app = App("files")
+def files_app(source: Path, out: Path, prefix: str = "") -> App:
+    app = App(f"{prefix}files")
     clicks = app.source(
-        FileSourceConnector(FileSourceConfig(path=str(source), topic="clicks", from_beginning=True))
+        FileSourceConnector(
+            FileSourceConfig(path=str(source), topic=f"{prefix}clicks", from_beginning=True)
+        )
     )
     clicks.filter(lambda e: e["ms"] >= 100).map(lambda e: {**e, "slow": True}).sink(
-        FileSinkConnector(FileSinkConfig(topic="slow-clicks", directory=str(out)))
+        FileSinkConnector(FileSinkConfig(topic=f"{prefix}slow-clicks", directory=str(out)))
     )
     return app
 
 
-async def test_files_in_a_pipeline_files_out(tmp_path: Path) -> None:
-    source, out, data = tmp_path / "clicks.jsonl", tmp_path / "out", tmp_path / "data"
+async def files_in_files_out(tmp_path: Path, where: dict[str, str], prefix: str = "") -> None:
+    source, out = tmp_path / "clicks.jsonl", tmp_path / "out"
     source.write_bytes(lines(0, 30))
-    await files_app(source, out).run_async(until_caught_up=True, data_dir=data)
+    await files_app(source, out, prefix).run_async(until_caught_up=True, **where)
     assert read_final_files(out) == [{"i": i, "ms": i * 10, "slow": True} for i in range(10, 30)]
 
     # The next run goes on from both connectors' positions: nothing twice.
     with source.open("ab") as f:
         f.write(lines(30, 35))
-    await files_app(source, out).run_async(until_caught_up=True, data_dir=data)
+    await files_app(source, out, prefix).run_async(until_caught_up=True, **where)
     assert [e["i"] for e in read_final_files(out)] == list(range(10, 35))
 
 
-async def test_http_in_a_pipeline_a_webhook_out(tmp_path: Path) -> None:
+async def test_files_in_a_pipeline_files_out(tmp_path: Path) -> None:
+    await files_in_files_out(tmp_path, {"data_dir": str(tmp_path / "data")})
+
+
+async def test_files_in_a_pipeline_files_out_on_a_cluster(
+    bootstrap: str, tmp_path: Path, topic: str
+) -> None:
+    """The source keeps its position on the cluster, the sink commits in the cluster's
+    group: the second run goes on from both."""
+    await files_in_files_out(tmp_path, {"bootstrap": bootstrap}, prefix=f"{topic}-")
+
+
+async def http_in_webhook_out(where: dict[str, str], prefix: str = "") -> None:
     async with scripted_server(lambda n, request: Answer(200)) as (server, url):
-        ingest = HttpIngestConnector("orders", port=0)
-        app = App("orders")
+        ingest = HttpIngestConnector(f"{prefix}orders", port=0)
+        app = App(f"{prefix}orders")
         orders = app.source(ingest)
         orders.map(lambda o: {"order": o["id"], "total": o["price"] * o["qty"]}).sink(
-            WebhookConnector(WebhookConfig(topic="order-totals", url=url))
+            WebhookConnector(WebhookConfig(topic=f"{prefix}order-totals", url=url))
         )
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: app.run_async(stop=stop, data_dir=tmp_path / "data"))
+            tg.start_soon(lambda: app.run_async(stop=stop, **where))
             with anyio.fail_after(60):
                 host, port = await ingest.wait_serving()
             body = b'{"id":1,"price":2.5,"qty":4}\n{"id":2,"price":1,"qty":3}\n'
             async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=HANG_S) as http:
                 answer = await http.post(
-                    "/topics/orders/records",
+                    f"/topics/{prefix}orders/records",
                     content=body,
                     headers={"content-type": "application/x-ndjson"},
                 )
@@ -96,6 +111,14 @@ async def test_http_in_a_pipeline_a_webhook_out(tmp_path: Path) -> None:
             stop.set()
     delivered = [v for r in server.received for v in orjson.loads(r.body)]
     assert delivered == [{"order": 1, "total": 10.0}, {"order": 2, "total": 3}]
+
+
+async def test_http_in_a_pipeline_a_webhook_out(tmp_path: Path) -> None:
+    await http_in_webhook_out({"data_dir": str(tmp_path / "data")})
+
+
+async def test_http_in_a_pipeline_a_webhook_out_on_a_cluster(bootstrap: str, topic: str) -> None:
+    await http_in_webhook_out({"bootstrap": bootstrap}, prefix=f"{topic}-")
 
 
 def test_connectors_refuse_a_backend_other_than_the_embedded_log(tmp_path: Path) -> None:

@@ -5,16 +5,15 @@ file sink and the webhook sink (consumer groups of the cluster)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx
 import orjson
 import pytest
-from apache_kafka.running import ApacheKafka
-from broker.running import BrokerProcess
 from confluent_kafka import Consumer, TopicPartition
 
 from headwater.connectors import (
@@ -34,73 +33,16 @@ from headwater.connectors import (
     WebhookSink,
     parse_final_name,
 )
-from headwater.store import Record, TopicNotFoundError
+from headwater.store import TopicNotFoundError
 
-from .helpers import HANG_S
+from .helpers import HANG_S, read_cluster_topic, values_on
 from .scripted_server import Answer, Received, scripted_server
-
-
-@pytest.fixture(scope="module")
-def headwater_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path_factory.mktemp("connectors-broker") / "data").start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(scope="module", params=["headwater", "kafka"])
-def bootstrap(request: pytest.FixtureRequest) -> str:
-    """A ``headwater broker``; then Apache Kafka (skipped where it cannot run: see
-    ``tests/conftest.py``)."""
-    if request.param == "kafka":
-        kafka: ApacheKafka = request.getfixturevalue("apache_kafka")
-        return kafka.bootstrap
-    broker: BrokerProcess = request.getfixturevalue("headwater_broker")
-    return broker.bootstrap
-
-
-@pytest.fixture
-def topic() -> str:
-    """A topic name of the test's own: the broker is shared."""
-    return f"t-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
 async def log(bootstrap: str) -> AsyncIterator[KafkaLog]:
     async with KafkaLog(KafkaCluster(bootstrap)) as opened:
         yield opened
-
-
-def read_topic(bootstrap: str, topic: str) -> dict[int, list[Record]]:
-    """Every record of ``topic`` on the cluster, by partition (blocking)."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        out: dict[int, list[Record]] = {}
-        for p in metadata.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            records = out.setdefault(p, [])
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, low)])
-            while not records or records[-1].offset < high - 1:
-                message = consumer.poll(1.0)
-                if message is None:
-                    continue
-                assert message.error() is None, message.error()
-                headers = tuple(message.headers() or ())
-                records.append(
-                    Record(message.offset(), 0, message.key(), message.value(), headers)  # type: ignore[arg-type]
-                )
-        return out
-    finally:
-        consumer.close()
-
-
-async def values_on(bootstrap: str, topic: str) -> list[bytes | None]:
-    by_partition = await anyio.to_thread.run_sync(read_topic, bootstrap, topic)
-    return [r.value for p in sorted(by_partition) for r in by_partition[p]]
 
 
 def numbers(values: list[bytes | None]) -> list[int]:
@@ -120,7 +62,7 @@ async def test_the_log_creates_appends_and_places_keys_as_the_store_does(
     keys = [b"a", b"b", None, b"a"]
     appended = await log.append(topic, [b"1", b"2", b"3", b"4"], keys=keys)
     offsets = appended.offsets()
-    stored = await anyio.to_thread.run_sync(read_topic, bootstrap, topic)
+    stored = await anyio.to_thread.run_sync(read_cluster_topic, bootstrap, topic)
     assert [stored[p][o].value for p, o in [(p, o - stored[p][0].offset) for p, o in offsets]] == [
         b"1",
         b"2",
@@ -234,3 +176,61 @@ async def test_a_webhook_sink_delivers_a_cluster_topic_and_dead_letters_refusals
     assert bodies[0] == bodies[1] == [{"i": i} for i in range(20)]
     assert server.received[0].key == server.received[1].key
     assert await values_on(bootstrap, f"{topic}-dlq") == [b"not json"]
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, count: int) -> list[int]:
+    """The group's committed offset of each partition of ``topic`` (negative: none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        asked = [TopicPartition(topic, p) for p in range(count)]
+        return [tp.offset for tp in consumer.committed(asked, timeout=HANG_S)]
+    finally:
+        consumer.close()
+
+
+def final_files(directory: Path) -> list[int]:
+    """The numbers in the final files under ``directory`` (none if it does not exist)."""
+    got: list[int] = []
+    for path in sorted(directory.iterdir()) if directory.exists() else []:
+        assert parse_final_name(path.name) is not None, path.name
+        got.extend(orjson.loads(line)["i"] for line in path.read_bytes().splitlines())
+    return got
+
+
+def test_a_rebalance_commits_what_a_file_sink_had_in_hand_exactly_once(
+    bootstrap: str, tmp_path: Path, topic: str
+) -> None:
+    """A second member joins while the first holds open files of both partitions: the
+    first finishes them and commits from inside the rebalance (librdkafka's callback),
+    so the members go on from there: every record in exactly one final file, and the
+    group's offsets at the ends (see ``rebalance_members.py``)."""
+
+    async def prepare() -> None:
+        async with KafkaLog(KafkaCluster(bootstrap)) as log:
+            await log.ensure_topic(topic, partitions=2)
+            numbers = range(40)
+            await log.append(
+                topic, [b'{"i":%d}' % i for i in numbers], keys=[b"k%d" % i for i in numbers]
+            )
+
+    anyio.run(prepare, backend="trio")
+    script = Path(__file__).with_name("rebalance_members.py")
+    members = subprocess.Popen(
+        [sys.executable, str(script), bootstrap, topic, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = members.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        members.kill()
+        out, err = members.communicate()
+        pytest.fail(f"the members hung in the rebalance: {err.decode()[-2000:]}")
+    assert members.returncode == 0, err.decode()
+    assert out.split()[0] == b"done"
+    assert int(out.split()[1]) >= 1  # the first member committed what it gave up
+    got = final_files(tmp_path / "first") + final_files(tmp_path / "second")
+    assert sorted(got) == list(range(60))
+    ends = read_cluster_topic(bootstrap, topic)
+    expected = [ends[p][-1].offset + 1 for p in range(2)]
+    assert committed_offsets(bootstrap, f"{topic}-files", topic, 2) == expected

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import anyio
@@ -18,7 +17,7 @@ import orjson
 from headwater.store import NewRecord, TopicConfig, open_store
 
 from .helpers import HEADWATER
-from .scripted_server import Answer, Received, scripted_server
+from .scripted_server import Answer, Received, assert_sent_again_and_nothing_else, scripted_server
 
 RECORDS = 60
 FIRST_RUN = 25  # records there when the first run starts: its third batch is 20-24
@@ -56,13 +55,7 @@ async def test_kill_9_mid_batch_redelivers_that_batch_and_nothing_else(tmp_path:
         assert second.returncode == 0, err.decode()
 
     assert [v["i"] for v in orjson.loads(held.body)] == list(range(20, 25))
-    again = server.received[HELD + 1]
-    assert (again.key, again.body) == (held.key, held.body)  # that batch, the same
-    keys = Counter(r.key for r in server.received)
-    assert keys.pop(held.key) == 2
-    assert set(keys.values()) == {1}  # nothing else was sent twice
-    values = [v["i"] for r in server.received if r is not held for v in orjson.loads(r.body)]
-    assert sorted(values) == list(range(RECORDS))
+    assert_sent_again_and_nothing_else(server, HELD, RECORDS)
 
 
 async def append(data: Path, start: int, stop: int) -> None:

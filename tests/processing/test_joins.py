@@ -187,7 +187,7 @@ def test_joins_refuse_what_cannot_join() -> None:
         stream.join(other, pair)
 
 
-def test_a_re_keyed_stream_is_repartitioned_to_the_table_and_others_are_refused() -> None:
+def test_a_re_keyed_stream_is_repartitioned_to_the_table() -> None:
     app = App("co")
     users = app.table("users")
     clicks = app.stream("clicks")
@@ -198,10 +198,69 @@ def test_a_re_keyed_stream_is_repartitioned_to_the_table_and_others_are_refused(
     driver.send("clicks", {"user": "ada"}, partition=1)
     assert driver.values("geo") == [{"user": "ada", "country": "fr"}]
 
-    raw = App("raw")
-    raw.stream("clicks").join(raw.table("users"), pair, name="j").to("out")
-    with pytest.raises(TopologyError, match=r"'clicks' \(2 partitions\).*key_by"):
-        TestDriver(raw, partitions={"clicks": 2, "users": 3})
+
+@pytest.mark.parametrize("how", ["join", "left_join"])
+def test_a_stream_read_with_another_count_than_the_table_is_repartitioned(how: str) -> None:
+    app = App("raw")
+    joined = getattr(app.stream("clicks"), how)(app.table("users"), pair, name="j")
+    joined.to("out")
+    driver = TestDriver(app, partitions={"clicks": 2, "users": 3})
+    assert driver.partitions("raw-j-repartition") == 3  # as wide as the table
+    for user in ("ada", "bob", "cy", "dee"):
+        driver.send("users", {"country": user[0]}, key=user)
+    for user in ("ada", "bob", "cy", "dee", "eve"):  # placed by key among 2 partitions
+        driver.send("clicks", {"user": user}, key=user)
+    got = sorted(map(tuple, driver.values("out")), key=lambda p: p[0]["user"])
+    expected = [({"user": u}, {"country": u[0]}) for u in ("ada", "bob", "cy", "dee")]
+    if how == "left_join":
+        expected.append(({"user": "eve"}, None))
+    assert [(a, b) for a, b in got] == expected
+
+
+@pytest.mark.parametrize("how", ["join", "left_join", "outer_join"])
+def test_a_stream_stream_side_with_fewer_partitions_is_repartitioned(how: str) -> None:
+    app = App("ss")
+    left, right = app.stream("left"), app.stream("right")
+    getattr(left, how)(right, pair, within_ms=10, name="j").to("out")
+    driver = TestDriver(app, partitions={"left": 2, "right": 4})
+    assert driver.partitions("ss-j-left-repartition") == 4
+    assert "ss-j-right-repartition" not in driver.backend.topics()
+    for i in range(8):
+        driver.send("left", f"l{i}", key=f"k{i}", timestamp=1_000 + i)
+        driver.send("right", f"r{i}", key=f"k{i}", timestamp=1_005 + i)
+    assert sorted(driver.values("out")) == [[f"l{i}", f"r{i}"] for i in range(8)]
+
+
+def test_a_table_table_join_of_different_counts_is_refused() -> None:
+    app = App("tt")
+    app.table("a").join(app.table("b"), pair, name="j").to_stream().to("out")
+    with pytest.raises(TopologyError, match=r"'a' \(2 partitions\).*a table cannot be"):
+        TestDriver(app, partitions={"a": 2, "b": 3})
+
+
+async def test_a_running_stream_table_join_repartitions_the_stream(tmp_path: Path) -> None:
+    """On the embedded log: the stream's 2-partition topic meets the 3-partition table
+    through the repartition topic the runtime creates."""
+    data = tmp_path / "data"
+    users = [f"u{i}" for i in range(30)]
+    async with open_store(data) as store:
+        await store.create_topic("users", TopicConfig(partitions=3))
+        await store.append(
+            "users", [NewRecord(orjson.dumps(u.upper()), encode_key(u)) for u in users]
+        )
+        await store.create_topic("clicks", TopicConfig(partitions=2))
+        await store.append("clicks", [NewRecord(orjson.dumps(u), encode_key(u)) for u in users])
+    app = App("geo")
+    app.stream("clicks").join(app.table("users"), pair, name="j").to("out")
+    await app.run_async(until_caught_up=True, data_dir=data)
+    async with open_store(data, read_only=True) as store:
+        assert len(store.partitions("geo-j-repartition")) == 3
+        out = [
+            orjson.loads(r.value or b"")
+            for p in store.partitions("out")
+            for r in await p.read_records(0, 1 << 22)
+        ]
+    assert sorted(out) == sorted([u, u.upper()] for u in users)
 
 
 async def test_a_running_join_takes_its_sides_in_timestamp_order(tmp_path: Path) -> None:

@@ -383,6 +383,22 @@ async def test_an_unreachable_cluster_is_an_error_that_names_it(
         await app.run_async(until_caught_up=True)
 
 
+async def test_a_cluster_that_refuses_connections_is_reported_at_once() -> None:
+    # Not after librdkafka's connection timeout: no address accepts a connection.
+    with socket.socket() as closed, socket.socket() as other:
+        closed.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
+        first = f"127.0.0.1:{closed.getsockname()[1]}"
+        second = f"localhost:{other.getsockname()[1]}"
+    app = w1(unique("refused"), bootstrap=f"{first},{second}")
+    with pytest.raises(ClusterError) as raised:
+        await app.run_async(until_caught_up=True)
+    assert str(raised.value) == (
+        f"connecting: cannot reach the Kafka cluster at {first},{second} "
+        f"({first}: connection refused; {second}: connection refused)"
+    )
+
+
 def test_runs_on_asyncio_too(headwater_broker: Any) -> None:
     name = unique("asyncio")
     create_topic(headwater_broker.bootstrap, f"{name}-in", 2)

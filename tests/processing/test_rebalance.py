@@ -1,6 +1,8 @@
 """Two members of one app's group: one leaves (cleanly, crashed, or expired) mid-run and the
 other takes over its partitions with nothing lost; a revoked partition's failed commit is
-retried or reported. On the embedded log, on the in-memory backend, and in the driver."""
+retried or reported. On the embedded log, on the in-memory backend, and in the driver;
+and, on the embedded log, a windowed task that moves to the other member with its state
+(restored there from its changelog)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from headwater.groups import RebalanceInProgressError, TopicPartition, UnknownMemberError
@@ -22,8 +25,10 @@ from headwater.processing import (
     Event,
     Membership,
     RunStatistics,
+    encode_key,
     open_in_process,
     source_of,
+    windows,
 )
 from headwater.processing._backends import PartitionsHandler
 from headwater.processing._backends.memory import MemoryBackend
@@ -352,3 +357,116 @@ def test_driver_expired_member_does_not_commit() -> None:
     driver.send("in", 1)
     driver.expire_member(owner)
     assert driver_outputs(driver) == Counter({1: 2})  # re-processed by the other member
+
+
+WINDOW_KEYS = [f"k{i}" for i in range(6)]  # 4 on partition 0, 2 on partition 1
+FAR_FUTURE = 10_000_000  # a record this late closes every window before it
+
+
+def window_app(
+    seen: list[str] | None = None,
+    progress: Progress | None = None,
+    emitted: list[Any] | None = None,
+) -> App:
+    """A windowed sum per key of a 2-partition keyed topic; ``seen`` gets each value's id
+    as it reaches the window, ``emitted`` each window result, and both pulse
+    ``progress``."""
+    app = App("moving", config=AppConfig(max_batch_bytes=256, commit_interval_ms=20))
+    stream = app.stream("in")
+    if seen is not None and progress is not None:
+
+        def note(value: Any) -> None:
+            seen.append(value["id"])
+            progress.pulse()
+
+        stream = stream.peek(note)
+    final = (
+        stream.key_by(lambda v: v["key"])
+        .window(windows.tumbling(ms=1_000), timestamp=lambda v: v["ts"], idle_ms=None)
+        .sum(lambda v: v["n"], name="sums")
+        .final()
+    )
+    if emitted is not None and progress is not None:
+
+        def emit(window: Any) -> None:
+            emitted.append(window)
+            progress.pulse()
+
+        final = final.peek(emit)
+    final.to("final")
+    return app
+
+
+def window_input(half: int) -> list[NewRecord]:
+    """Half 0 or 1 of the input: each key's records at 0-590 ms, then 600-1190 ms (so the
+    window [0, 1000) holds records of both halves); the second half ends with a record
+    per key far later, which closes every window before it."""
+    records = [
+        NewRecord(
+            orjson.dumps({"id": f"{key}/{t}", "key": key, "ts": t, "n": t % 7 + i}), encode_key(key)
+        )
+        for t in range(half * 600, half * 600 + 600, 10)
+        for i, key in enumerate(WINDOW_KEYS)
+    ]
+    if half == 1:
+        for key in WINDOW_KEYS:
+            end = {"id": f"{key}/end", "key": key, "ts": FAR_FUTURE, "n": 0}
+            records.append(NewRecord(orjson.dumps(end), encode_key(key)))
+    return records
+
+
+async def final_windows(local: Any) -> dict[tuple[Any, int], Any]:
+    """Each (key, start)'s final value (a window emitted twice must say the same)."""
+    found: dict[tuple[Any, int], Any] = {}
+    for partition in local.store.partitions("final"):
+        for record in await partition.read_records(0, 1 << 24):
+            window = orjson.loads(record.value)
+            where = (window["key"], window["start"])
+            assert found.setdefault(where, window["value"]) == window["value"]
+    return found
+
+
+async def test_a_task_moves_to_another_member_with_its_state(tmp_path: Path) -> None:
+    """Member a processes the first half (its state reaches the changelog as it commits);
+    b joins, and the rebalance gives it one of a's tasks, whose store b restores from the
+    changelog; a leaves, and b processes the second half. Every window's final value
+    equals an uninterrupted run's."""
+    async with open_in_process(tmp_path / "alone") as local:
+        await local.store.create_topic("in", TopicConfig(partitions=2))
+        for half in (0, 1):
+            await local.store.append("in", window_input(half))
+        await window_app().run_async(until_caught_up=True, backend=local)
+        expected = await final_windows(local)
+    assert len(expected) == len(WINDOW_KEYS) * 2  # each key's [0, 1000) and [1000, 2000)
+
+    progress = Progress()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    emitted: list[Any] = []
+    apps = {name: window_app(seen[name], progress, emitted) for name in seen}
+    stops = {name: anyio.Event() for name in seen}
+    async with open_in_process(tmp_path / "moved") as local:
+        await local.store.create_topic("in", TopicConfig(partitions=2))
+        backend: Any = Watched(local, progress)
+
+        async def run(name: str) -> None:
+            await apps[name].run_async(stop=stops[name], backend=backend)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "a")
+            # Two tasks read the input, two its repartition topic (the window's).
+            await progress.until(lambda: len(progress.held.get(0, [])) == 4)
+            await local.store.append("in", window_input(0))
+            await progress.until(lambda: len(seen["a"]) == len(window_input(0)))
+            tg.start_soon(run, "b")
+            await progress.until(lambda: len(progress.held.get(1, [])) == 2)
+            restored = apps["b"].restore_progress() or {}
+            [(task, moved_task)] = [(where, p) for where, p in restored.items() if p.total]
+            assert task[1] == "sums" and moved_task.done  # b restored a's state first
+            stops["a"].set()  # a leaves: b takes the other task too
+            await progress.until(lambda: len(progress.held[1]) == 4)
+            await local.store.append("in", window_input(1))
+            await progress.until(lambda: len(emitted) >= len(expected))
+            stops["b"].set()  # after the batch in hand, written: the windows just emitted
+        moved = await final_windows(local)
+    assert not set(seen["a"]) & set(seen["b"])  # a committed all it did before b took over
+    assert moved == expected

@@ -26,6 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import forking
 import pytest
 import trio
 
@@ -174,7 +175,7 @@ def run_cycle(
     read_fd, write_fd = os.pipe()
     child_seed = rng.getrandbits(32)
     use_partition = rng.random() < 0.5
-    pid = os.fork()
+    pid = forking.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
         _run_child(directory, config, child_seed, use_partition, write_fd)

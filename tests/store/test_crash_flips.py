@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import forking
 import pytest
 
 from headwater.store import (
@@ -119,7 +120,7 @@ def run_writer(directory: Path, config: TopicConfig, rng: random.Random) -> list
     """Fork a writer, SIGKILL it after a few acknowledgements; return what it acknowledged."""
     read_fd, write_fd = os.pipe()
     seed = rng.getrandbits(32)
-    pid = os.fork()
+    pid = forking.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
         _run_child(directory, config, seed, write_fd)

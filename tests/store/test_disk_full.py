@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import forking
 import pytest
 import trio
 
@@ -61,7 +62,7 @@ def set_file_size_limit(soft: int | None) -> None:
 def run_forked(scenario: Callable[[], None]) -> None:
     """Run ``scenario`` in a forked child; fail with its traceback if it fails."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = forking.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
         code = 0
