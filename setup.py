@@ -2,7 +2,7 @@
 
 Packages: every top-level folder with an ``__init__.py`` is the package
 ``headwater.<folder>`` (``store/`` is ``headwater.store``), and every package below one is
-shipped with it, found by ``find_packages`` rather than listed, so a new subpackage cannot
+shipped with it, found by ``find_namespace_packages`` rather than listed, so a new subpackage cannot
 be left out of the wheel. ``tests/``, ``bench/`` and ``examples/`` are not shipped.
 Package data (``py.typed``, the C module's ``.pyi``) is declared in pyproject.toml.
 
@@ -12,7 +12,7 @@ installs, and the store runs on the Python codec that ``store/_speedups.c`` mirr
 
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 
 NOT_SHIPPED = frozenset({"tests", "bench", "examples", "build"})
 
@@ -21,7 +21,12 @@ NOT_SHIPPED = frozenset({"tests", "bench", "examples", "build"})
 top_level = sorted(
     init.parent.name for init in Path().glob("*/__init__.py") if init.parent.name not in NOT_SHIPPED
 )
-found = find_packages(include=[*top_level, *(f"{name}.*" for name in top_level)])
+# Namespace discovery also finds folders of package data (``cli/ui_assets``, the page of
+# ``headwater ui``): setuptools wants those named as packages rather than left implicit.
+found = find_namespace_packages(
+    include=[*top_level, *(f"{name}.*" for name in top_level)],
+    exclude=["*.__pycache__", "*.__pycache__.*"],
+)
 
 setup(
     package_dir={f"headwater.{name}": name for name in top_level},
