@@ -49,9 +49,11 @@ class KnownFile:
 
     @property
     def identity(self) -> tuple[int, int]:
+        """``(device, inode)``: what tells this file from the next one at the same path."""
         return (self.dev, self.ino)
 
     def document(self) -> dict[str, Any]:
+        """The file's position as the source stores it (JSON-ready)."""
         return {
             "path": str(self.path),
             "dev": self.dev,
