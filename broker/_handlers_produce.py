@@ -30,9 +30,11 @@ transactional batch, a producer id without a sequence
 Records inside a batch are not decoded: the CRC covers them, and decoding every record in
 Python would cost more than the rest of the produce path together.
 
-Idempotent producers (a batch with a producer id) go through
-:class:`~headwater.broker._producers.ProducerStates` first: a retried batch is answered
-``DUPLICATE_SEQUENCE_NUMBER`` with its original offset and not appended again.
+Idempotent producers (a batch with a producer id) are checked by the partition's log
+itself, against producer state it persists with the data (so the checks survive a
+restart): a retried batch is answered ``DUPLICATE_SEQUENCE_NUMBER`` with its original
+offset, once that batch is durable, and not appended again; a gap or a new epoch not
+starting at 0 ``OUT_OF_ORDER_SEQUENCE_NUMBER``; an older epoch ``INVALID_PRODUCER_EPOCH``.
 
 Writing and waiting are split: the handler writes every partition's batch at once, in
 request order, and leaves the wait for durability (the group-commit fsync of each
@@ -56,9 +58,13 @@ from crc32c import crc32c
 
 from headwater.store import (
     CorruptRecordError,
+    DuplicateSequenceError,
     Durability,
+    InvalidProducerEpochError,
     InvalidTopicError,
+    InvalidTxnStateError,
     LogClosedError,
+    OutOfOrderSequenceError,
     Partition,
     RecordTooLargeError,
     Store,
@@ -69,7 +75,7 @@ from headwater.store import (
 )
 
 from ._dispatch import ClientInfo, Deferred, Handler, is_accepted
-from ._producers import ProducerStates, last_sequence
+from ._producers import ProducerIds
 from ._protocol import ApiKey, KafkaErrorCode, Message, Request
 
 logger = logging.getLogger("headwater.broker")
@@ -180,10 +186,10 @@ class ProduceHandlers:
     """Produce and InitProducerId over the store and the producers' sequence state.
 
     :param store: the open store.
-    :param producers: the idempotence state (shared with nothing else).
+    :param producers: hands out producer ids (shared with nothing else).
     """
 
-    def __init__(self, store: Store, producers: ProducerStates) -> None:
+    def __init__(self, store: Store, producers: ProducerIds) -> None:
         self._store = store
         self._producers = producers
         self._codec_warned = False
@@ -269,36 +275,7 @@ class ProduceHandlers:
         if isinstance(checked, BatchRejection):
             return checked.code, checked.message
         assert records is not None
-        producers = self._producers
-        producer_id = checked.producer_id
-        if producer_id >= 0:
-            first_seq = checked.base_sequence
-            verdict = producers.check(
-                topic,
-                index,
-                producer_id=producer_id,
-                epoch=checked.producer_epoch,
-                first_seq=first_seq,
-                last_seq=last_sequence(first_seq, checked.last_offset_delta),
-            )
-            if verdict.error != KafkaErrorCode.NONE:
-                result["base_offset"] = verdict.base_offset
-                result["log_start_offset"] = partition.log_start_offset
-                return verdict.error, f"sequence check: {verdict.error.name}"
-        try:
-            code, message = await self._write(partition, records, result, unflushed)
-        except BaseException:
-            if producer_id >= 0:
-                producers.abort(topic, index, producer_id, checked.base_sequence)
-            raise
-        if producer_id >= 0:
-            if code == KafkaErrorCode.NONE:
-                producers.complete(
-                    topic, index, producer_id, checked.base_sequence, result["base_offset"]
-                )
-            else:
-                producers.abort(topic, index, producer_id, checked.base_sequence)
-        return code, message
+        return await self._write(partition, records, result, unflushed)
 
     async def _write(
         self,
@@ -320,6 +297,18 @@ class ProduceHandlers:
                 info = await partition.append_batch(batch)
         except InvalidTopicError as exc:  # an internal topic: clients may not write it
             return KafkaErrorCode.INVALID_TOPIC_EXCEPTION, str(exc)
+        except DuplicateSequenceError as exc:
+            # A success for the client, answered once the original batch is durable.
+            result["base_offset"] = exc.base_offset
+            result["log_start_offset"] = partition.log_start_offset
+            unflushed.append((partition, exc.last_offset + 1, result))
+            return KafkaErrorCode.DUPLICATE_SEQUENCE_NUMBER, str(exc)
+        except OutOfOrderSequenceError as exc:
+            return KafkaErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, str(exc)
+        except InvalidProducerEpochError as exc:
+            return KafkaErrorCode.INVALID_PRODUCER_EPOCH, str(exc)
+        except InvalidTxnStateError as exc:
+            return KafkaErrorCode.INVALID_TXN_STATE, str(exc)
         except CorruptRecordError as exc:
             return KafkaErrorCode.CORRUPT_MESSAGE, str(exc)
         except RecordTooLargeError as exc:

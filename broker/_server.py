@@ -64,7 +64,7 @@ from ._handlers_configs import ConfigHandlers
 from ._handlers_fetch import FetchHandlers
 from ._handlers_produce import ProduceHandlers
 from ._metrics import BROKER_METRICS, RequestMeter
-from ._producers import ProducerStates
+from ._producers import ProducerIds
 from ._protocol import (
     API_VERSIONS,
     ApiKey,
@@ -179,10 +179,7 @@ class Broker:
         if metrics is not None:
             metrics.brokers.add(self)
         wall_ms = time.time_ns() // 1_000_000
-        self._producers = ProducerStates(
-            clock=lambda: time.time_ns() // 1_000_000,
-            first_producer_id=wall_ms * _PRODUCER_IDS_PER_MS,
-        )
+        self._producers = ProducerIds(first_producer_id=wall_ms * _PRODUCER_IDS_PER_MS)
 
     @property
     def node(self) -> Node:
@@ -270,7 +267,6 @@ class Broker:
             node,
             auto_create_topics=self._config.auto_create_topics,
             advertised=lambda: self._handlers,
-            on_topic_deleted=self._producers.forget_topic,
         )
         table: dict[ApiKey, Handler] = {}
         table.update(admin.table())

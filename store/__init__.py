@@ -26,15 +26,23 @@ from ._config import Durability as Durability
 from ._config import TopicConfig as TopicConfig
 from ._config import kafka_config_entries as kafka_config_entries
 from ._config import setting_keys as setting_keys
+from ._control import ControlType as ControlType
+from ._control import encode_transactional_batch as encode_transactional_batch
+from ._errors import CoordinatorFencedError as CoordinatorFencedError
 from ._errors import CorruptRecordError as CorruptRecordError
 from ._errors import DamagedRange as DamagedRange
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
+from ._errors import DuplicateSequenceError as DuplicateSequenceError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
+from ._errors import InvalidProducerEpochError as InvalidProducerEpochError
 from ._errors import InvalidTopicError as InvalidTopicError
+from ._errors import InvalidTxnStateError as InvalidTxnStateError
 from ._errors import LogClosedError as LogClosedError
 from ._errors import LogFailedError as LogFailedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
+from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
+from ._errors import ProducerStateError as ProducerStateError
 from ._errors import RecordTooLargeError as RecordTooLargeError
 from ._errors import StorageFullError as StorageFullError
 from ._errors import StoreError as StoreError
@@ -45,6 +53,7 @@ from ._fs import FileSystem as FileSystem
 from ._fs import OsFileSystem as OsFileSystem
 from ._holder import LockHolder as LockHolder
 from ._holder import read_holder as read_holder
+from ._isolation import IsolationLevel as IsolationLevel
 from ._keys import canonical_key as canonical_key
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
@@ -59,6 +68,7 @@ from ._partition import records_from as records_from
 from ._partitioner import StickyPartitioner as StickyPartitioner
 from ._partitioner import murmur2 as murmur2
 from ._partitioner import partition_for_key as partition_for_key
+from ._producer_state import AbortedTransaction as AbortedTransaction
 from ._records import DecimalColumn as DecimalColumn
 from ._records import NewRecord as NewRecord
 from ._records import Record as Record
@@ -81,6 +91,16 @@ from ._topic_names import is_internal_topic as is_internal_topic
 from ._topic_names import validate_topic_name as validate_topic_name
 
 __all__ = (
+    "encode_transactional_batch",
+    "ProducerStateError",
+    "OutOfOrderSequenceError",
+    "IsolationLevel",
+    "InvalidTxnStateError",
+    "InvalidProducerEpochError",
+    "DuplicateSequenceError",
+    "CoordinatorFencedError",
+    "ControlType",
+    "AbortedTransaction",
     "ADDRESS_FILE",
     "INTERNAL_PREFIX",
     "AppendInfo",

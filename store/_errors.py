@@ -17,7 +17,13 @@ lives here, the others define theirs beside their own code::
     │   ├── LogClosedError         the log or store was closed under the caller
     │   ├── DataDirectoryLockedError  another process owns the data directory
     │   ├── StorageFullError       the disk refused an append; nothing acknowledged was lost
-    │   └── LogFailedError         an fsync failed; the partition refuses writes until reopened
+    │   ├── LogFailedError         an fsync failed; the partition refuses writes until reopened
+    │   └── ProducerStateError     a producer's batch the partition refuses (see _producer_state.py)
+    │       ├── DuplicateSequenceError    a retry of a batch already appended (names its offsets)
+    │       ├── OutOfOrderSequenceError   a sequence that does not follow the producer's last
+    │       ├── InvalidProducerEpochError an older epoch: a newer producer fenced this one
+    │       ├── InvalidTxnStateError      a write that does not fit the producer's transaction
+    │       └── CoordinatorFencedError    a marker from an older transaction coordinator
     ├── GroupError                 (headwater.groups)
     ├── ProtocolError              (headwater.broker)
     ├── ProcessingError            (headwater.processing)
@@ -166,3 +172,41 @@ class UnsupportedCompressionError(StoreError):
 
     snappy, lz4 and zstd need the optional extra: ``pip install 'headwater[compression]'``.
     """
+
+
+class ProducerStateError(StoreError):
+    """A batch from an idempotent or transactional producer that the partition refuses.
+
+    Each subclass is one of Kafka's answers to such a batch; the broker maps them to the
+    error codes of the same names.
+    """
+
+
+class DuplicateSequenceError(ProducerStateError):
+    """A retry of a batch the partition already holds; nothing was appended again.
+
+    ``base_offset`` and ``last_offset`` are where the original batch was appended, so the
+    producer can count it as delivered.
+    """
+
+    def __init__(self, message: str, *, base_offset: int, last_offset: int) -> None:
+        super().__init__(message)
+        self.base_offset = base_offset
+        self.last_offset = last_offset
+
+
+class OutOfOrderSequenceError(ProducerStateError):
+    """A batch whose first sequence number does not follow the producer's last batch."""
+
+
+class InvalidProducerEpochError(ProducerStateError):
+    """A batch or marker from an older producer epoch: a newer producer fenced this one."""
+
+
+class InvalidTxnStateError(ProducerStateError):
+    """A write that does not fit the producer's transaction state (e.g. a plain batch
+    while its transaction is open)."""
+
+
+class CoordinatorFencedError(ProducerStateError):
+    """A transaction marker from a coordinator epoch older than one already seen."""

@@ -43,6 +43,13 @@ and the offset where reading can resume. The range is remembered in the segment 
 A log opened ``read_only`` (see ``_loader.py``) refuses changes and writes nothing, not at
 open and not at close.
 
+Producers. A batch with a producer id is checked against the partition's producer state
+(sequences, epochs, transactions: ``_producer_state.py``) before it is written and
+recorded in it after; a batch without one costs a single comparison. Transaction markers
+are written by :meth:`PartitionLog.write_marker` only. The state is rebuilt at open from
+the newest snapshot and the log after it, and snapshotted at each roll and clean close
+(``_producer_snapshots.py``).
+
 Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 ``Segment.read`` on a pinned segment, which may run in worker threads.
 """
@@ -59,9 +66,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._batch import TimestampType, set_base_offset, stamp_log_append_time, verify_batch
+from ._batch import (
+    CONTROL_BIT,
+    TRANSACTIONAL_BIT,
+    BatchHeader,
+    TimestampType,
+    set_base_offset,
+    stamp_log_append_time,
+    verify_batch,
+)
 from ._checkpoint import CheckpointFile, RecoveryPoint
 from ._config import CleanupPolicy, TopicConfig
+from ._control import ControlType, Marker, encode_marker
 from ._damage import damage_start, damaged_range, note_damage
 from ._errors import (
     CorruptRecordError,
@@ -75,6 +91,8 @@ from ._errors import (
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._loader import LoadMode, load_segments, rebuild_indexes
+from ._producer_snapshots import load_producer_state, write_snapshot
+from ._producer_state import ProducerStateManager
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
 from ._store_metrics import STORE_METRICS
@@ -86,6 +104,9 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: fdatasync the recovery checkpoint (recorded after every flush) at least this often, in
 #: bytes of log, so that after a power loss too recovery has a bounded tail to check.
 CHECKPOINT_SYNC_BYTES = 64 << 20
+
+
+_PRODUCER_BITS = TRANSACTIONAL_BIT | CONTROL_BIT
 
 
 def wall_clock_ms() -> int:
@@ -230,6 +251,9 @@ class PartitionLog:
         #: Seconds :meth:`open` took (recovery included); 0 for a log made otherwise.
         self.open_seconds = 0.0
         self._appended_batches = self._appended_records = self._appended_bytes = 0
+        #: Sequences, epochs and transactions of the partition's producers (see the module
+        #: docstring); :meth:`open` loads it.
+        self.producer_state = ProducerStateManager()
         metrics = STORE_METRICS.get()
         self._fsync_seconds = None if metrics is None else metrics.fsync_seconds
 
@@ -257,6 +281,18 @@ class PartitionLog:
             log = cls._open_read_only(directory, config, clock, fs)
         else:
             log = cls._open(directory, config, clock, fs)
+        try:
+            log.producer_state = load_producer_state(
+                fs,
+                directory,
+                log._segments,
+                log._log_end_offset,
+                now_ms=clock(),
+                read_only=read_only,
+            )
+        except BaseException:
+            log.abandon()
+            raise
         log.open_seconds = time.perf_counter() - started
         return log
 
@@ -385,6 +421,34 @@ class PartitionLog:
         """
         return self._append_checked(batch, self._clock())
 
+    def write_marker(
+        self,
+        control_type: ControlType,
+        *,
+        producer_id: int,
+        producer_epoch: int,
+        coordinator_epoch: int,
+    ) -> AppendInfo:
+        """Append the marker that commits or aborts ``producer_id``'s transaction.
+
+        A marker for a producer with no open transaction is written all the same (a
+        retried EndTxn), and changes nothing.
+
+        :raises InvalidProducerEpochError: if ``producer_epoch`` is older than the producer's.
+        :raises CoordinatorFencedError: if ``coordinator_epoch`` is older than its last marker's.
+        :raises StorageFullError: if the disk refuses the write.
+        """
+        now = self._clock()
+        batch = encode_marker(
+            control_type,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            coordinator_epoch=coordinator_epoch,
+            now_ms=now,
+            base_offset=self._log_end_offset,
+        )
+        return self._append_checked(batch, now, Marker(control_type, coordinator_epoch))
+
     @property
     def failure(self) -> BaseException | None:
         """The fsync error that failed the log (it then refuses changes), else ``None``."""
@@ -423,7 +487,9 @@ class PartitionLog:
             self._failure = exc
             raise self.failed_error() from exc
 
-    def _append_checked(self, batch: bytes | bytearray, now: int) -> AppendInfo:
+    def _append_checked(
+        self, batch: bytes | bytearray, now: int, marker: Marker | None = None
+    ) -> AppendInfo:
         self._check_writable()
         self._begin_change()
         header = verify_batch(batch)
@@ -434,6 +500,9 @@ class PartitionLog:
             raise RecordTooLargeError(
                 f"batch of {size} bytes exceeds max_message_bytes={self.config.max_message_bytes}"
             )
+        producer = header.producer_id >= 0
+        if producer or header.attributes & _PRODUCER_BITS:
+            self._check_producer(header, marker)
         self._maybe_roll(size, now)
         base = self._log_end_offset
         max_timestamp = header.max_timestamp
@@ -463,11 +532,33 @@ class PartitionLog:
             raise StoreError(f"{active.log_path}: append failed: {exc}") from exc
         if active not in self._unflushed:
             self._unflushed.append(active)
+        if producer:
+            self.producer_state.record(header, base, now, marker)
         self._log_end_offset = next_offset
         self._appended_batches += 1
         self._appended_records += next_offset - base
         self._appended_bytes += size
         return AppendInfo(base, next_offset - 1, append_time)
+
+    def _check_producer(self, header: BatchHeader, marker: Marker | None) -> None:
+        if header.producer_id < 0:
+            raise CorruptRecordError("a transactional or control batch without a producer id")
+        if header.is_control != (marker is not None):
+            raise CorruptRecordError(
+                "control batches are written as transaction markers only (write_marker)"
+            )
+        self.producer_state.validate(header, marker)
+
+    def _write_producer_snapshot(self, now: int) -> None:
+        """Snapshot the producer state at the log end (only an accelerator: failures are
+        logged, and the next open replays more of the log instead)."""
+        state = self.producer_state
+        state.end_offset = self._log_end_offset
+        state.expire(now)
+        try:
+            write_snapshot(self.fs, self.directory, state)
+        except OSError as exc:
+            logger.warning("%s: cannot write the producer snapshot: %s", self.directory, exc)
 
     def _maybe_roll(self, size: int, now: int) -> None:
         active = self._segments[-1]
@@ -506,6 +597,8 @@ class PartitionLog:
         self._bases.append(new.base_offset)
         self._rolled.append(old)
         self._directory_dirty = True
+        # Everything below the new segment is durable now: a snapshot cannot outrun it.
+        self._write_producer_snapshot(now)
 
     # -- durability ------------------------------------------------------------------------
 
@@ -859,6 +952,7 @@ class PartitionLog:
             self._rolled.remove(oldest)
         oldest.delete()
         self._directory_dirty = True
+        self.producer_state.truncate_head(self.log_start_offset)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -879,6 +973,7 @@ class PartitionLog:
             return
         try:
             self.flush()
+            self._write_producer_snapshot(self._clock())
             active = self._segments[-1]
             # The marker's directory fsync makes the new names durable.
             active.write_indexes(sync_directory=False)

@@ -15,6 +15,13 @@ Readers see records up to the *high watermark*: the durable end for ``always``/`
 topics, the log end for ``never``. So a reader never sees a record that a crash could take
 back. A caught-up reader waits on an event set whenever the high watermark moves; there
 is no polling.
+
+Readers choose an isolation level (``_isolation.py``): ``READ_UNCOMMITTED`` (the default)
+reads to the high watermark, ``READ_COMMITTED`` to the last stable offset, skipping aborted
+transactions. Decoded reads (:meth:`Partition.read_records`, :meth:`Partition.read_columns`)
+never return the records of control batches; raw reads (:meth:`Partition.read`) return the
+batches as stored, for Kafka clients, which filter them with
+:meth:`Partition.aborted_transactions`.
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ import anyio.to_thread
 
 from ._batch import parse_batch_header
 from ._config import Durability, TopicConfig
+from ._control import ControlType
 from ._errors import LogClosedError, StoreError
+from ._isolation import IsolationLevel, visible_batches
 from ._log import AppendInfo, PartitionLog
+from ._producer_state import AbortedTransaction
 from ._records import (
     Compression,
     NewRecord,
@@ -94,6 +104,22 @@ class Partition:
         """The end of what readers may see: records below it are durable per the policy."""
         return self._high_watermark
 
+    @property
+    def last_stable_offset(self) -> int:
+        """The end of what read_committed readers see: the first offset of the earliest
+        undecided transaction, else the high watermark."""
+        return self.log.producer_state.last_stable_offset(self._high_watermark)
+
+    def upper_offset(self, isolation: IsolationLevel) -> int:
+        """Return where readers at ``isolation`` stop: the high watermark or the LSO."""
+        if isolation is IsolationLevel.READ_COMMITTED:
+            return self.last_stable_offset
+        return self._high_watermark
+
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[AbortedTransaction]:
+        """Return the aborted transactions with records in ``[start_offset, end_offset)``."""
+        return self.log.producer_state.aborted_transactions(start_offset, end_offset)
+
     # -- appending -------------------------------------------------------------------------
 
     async def append(
@@ -141,6 +167,39 @@ class Partition:
                 await self._flush()
             return info
         info = self.log.append_batch(batch)
+        await self._acknowledge(info)
+        return info
+
+    async def write_marker(
+        self,
+        control_type: ControlType,
+        *,
+        producer_id: int,
+        producer_epoch: int,
+        coordinator_epoch: int,
+    ) -> AppendInfo:
+        """Commit or abort ``producer_id``'s transaction here; return once durable.
+
+        Internal topics take markers too (the offsets of a transaction are committed
+        with one). See :meth:`PartitionLog.write_marker` for what it raises.
+        """
+        self._check_writable(True)
+        if self.config.durability is Durability.ALWAYS:
+            async with self._lock():
+                info = self.log.write_marker(
+                    control_type,
+                    producer_id=producer_id,
+                    producer_epoch=producer_epoch,
+                    coordinator_epoch=coordinator_epoch,
+                )
+                await self._flush()
+            return info
+        info = self.log.write_marker(
+            control_type,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            coordinator_epoch=coordinator_epoch,
+        )
         await self._acknowledge(info)
         return info
 
@@ -237,14 +296,21 @@ class Partition:
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def read(self, start_offset: int, max_bytes: int) -> bytes:
-        """Return whole batches from the one holding ``start_offset``, below the high watermark.
+    async def read(
+        self,
+        start_offset: int,
+        max_bytes: int,
+        *,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
+    ) -> bytes:
+        """Return whole batches from the one holding ``start_offset``, below the high
+        watermark (``READ_COMMITTED``: below the last stable offset), as stored.
 
         See :meth:`PartitionLog.read`; large reads run in a worker thread.
 
         :raises OffsetOutOfRangeError: if ``start_offset`` is outside the log.
         """
-        upper = self._high_watermark
+        upper = self.upper_offset(isolation)
         found = self.log.locate(start_offset, upper)
         if found is None:
             return b""
@@ -260,35 +326,59 @@ class Partition:
                 segment.unpin()
         return self.log.trim(segment, position, raw, upper)
 
-    async def read_records(self, start_offset: int, max_bytes: int) -> list[Record]:
+    async def read_records(
+        self,
+        start_offset: int,
+        max_bytes: int,
+        *,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
+    ) -> list[Record]:
         """Return decoded records at or after ``start_offset`` (see :meth:`read`).
 
-        Batches left empty by compaction are stepped over, so the result is empty only
-        when the reader has caught up with the high watermark.
+        Batches left empty by compaction, control batches and (``READ_COMMITTED``)
+        aborted transactions are stepped over, so the result is empty only when the
+        reader has caught up with the high watermark (or the last stable offset).
         """
         while True:
-            data = await self.read(start_offset, max_bytes)
-            records = records_from(data, start_offset)
+            data = await self.read(start_offset, max_bytes, isolation=isolation)
+            records = records_from(self._visible(data, start_offset, isolation), start_offset)
             if records or not data:
                 return records
             start_offset = next_offset_after(data)
 
-    async def read_columns(self, start_offset: int, max_bytes: int) -> RecordColumns:
+    async def read_columns(
+        self,
+        start_offset: int,
+        max_bytes: int,
+        *,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
+    ) -> RecordColumns:
         """Return records at or after ``start_offset`` as columns (see :meth:`read` and
         :meth:`read_records`): the same records, without a tuple per record."""
         while True:
-            data = await self.read(start_offset, max_bytes)
-            columns = decode_columns(data, start_offset)
+            data = await self.read(start_offset, max_bytes, isolation=isolation)
+            columns = decode_columns(self._visible(data, start_offset, isolation), start_offset)
             if len(columns) or not data:
                 return columns
             start_offset = next_offset_after(data)
 
-    async def wait_for(self, offset: int) -> None:
-        """Wait until the high watermark passes ``offset`` (a record at ``offset`` is readable).
+    def _visible(self, data: bytes, start_offset: int, isolation: IsolationLevel) -> bytes:
+        state = self.log.producer_state
+        if not data or not state.has_transactions:
+            return data  # a log without transactions has nothing to hide
+        aborted = None
+        if isolation is IsolationLevel.READ_COMMITTED:
+            aborted = state.aborted_transactions(start_offset, next_offset_after(data))
+        return visible_batches(data, aborted)
+
+    async def wait_for(
+        self, offset: int, *, isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED
+    ) -> None:
+        """Wait until the high watermark (or the LSO) passes ``offset``.
 
         :raises LogClosedError: if the partition is closed while waiting.
         """
-        while self._high_watermark <= offset:
+        while self.upper_offset(isolation) <= offset:
             if self.log.closed:
                 raise LogClosedError(f"partition {self.topic}-{self.index} is closed")
             if self._new_data is None:

@@ -544,6 +544,34 @@ def test_idempotent_producer_sequences(conn: Connection) -> None:
     assert refused["error_code"] == E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
 
 
+def test_duplicates_are_detected_after_the_broker_is_killed(tmp_path: Path) -> None:
+    """Sequence state lives with the log: a retry after kill -9 and restart is a duplicate."""
+    broker = BrokerProcess(tmp_path / "data").start()
+    try:
+        with Connection(broker.port) as conn:
+            name = new_topic(conn)
+            init = conn.request(ApiKey.INIT_PRODUCER_ID, 4, {"transactional_id": None})
+            pid = init["producer_id"]
+            for sequence in (0, 2, 4):
+                sent = batch(2, producer_id=pid, producer_epoch=0, base_sequence=sequence)
+                assert produce(conn, name, sent)["base_offset"] == sequence
+        broker.kill()
+        broker.start()
+        with Connection(broker.port) as conn:
+            retry = produce(
+                conn, name, batch(2, producer_id=pid, producer_epoch=0, base_sequence=4)
+            )
+            assert (retry["error_code"], retry["base_offset"]) == (E.DUPLICATE_SEQUENCE_NUMBER, 4)
+            gap = produce(conn, name, batch(1, producer_id=pid, producer_epoch=0, base_sequence=7))
+            assert gap["error_code"] == E.OUT_OF_ORDER_SEQUENCE_NUMBER
+            follows = batch(1, producer_id=pid, producer_epoch=0, base_sequence=6)
+            assert produce(conn, name, follows)["base_offset"] == 6
+            assert high_watermark(conn, name) == 7
+    finally:
+        if broker.alive():
+            broker.kill()
+
+
 # -- Fetch ---------------------------------------------------------------------------------
 
 
