@@ -47,8 +47,9 @@ Producers. A batch with a producer id is checked against the partition's produce
 (sequences, epochs, transactions: ``_producer_state.py``) before it is written and
 recorded in it after; a batch without one costs a single comparison. Transaction markers
 are written by :meth:`PartitionLog.write_marker` only. The state is rebuilt at open from
-the newest snapshot and the log after it, and snapshotted at each roll and clean close
-(``_producer_snapshots.py``).
+the newest snapshot and the log after it, and snapshotted at each roll, at the first
+flush after every ``PRODUCER_SNAPSHOT_BYTES`` appended (so that the replay after a crash
+is bounded) and at a clean close (``_producer_snapshots.py``).
 
 Concurrency: one owner calls every method except ``FlushPlan.execute`` and
 ``Segment.read`` on a pinned segment, which may run in worker threads.
@@ -104,6 +105,9 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: fdatasync the recovery checkpoint (recorded after every flush) at least this often, in
 #: bytes of log, so that after a power loss too recovery has a bounded tail to check.
 CHECKPOINT_SYNC_BYTES = 64 << 20
+#: Snapshot the producer state at least this often, in bytes appended, so that opening
+#: after a crash replays at most about this much of the log.
+PRODUCER_SNAPSHOT_BYTES = 64 << 20
 
 
 _PRODUCER_BITS = TRANSACTIONAL_BIT | CONTROL_BIT
@@ -254,6 +258,7 @@ class PartitionLog:
         #: Sequences, epochs and transactions of the partition's producers (see the module
         #: docstring); :meth:`open` loads it.
         self.producer_state = ProducerStateManager()
+        self._snapshot_bytes = 0  # _appended_bytes at the last producer snapshot
         metrics = STORE_METRICS.get()
         self._fsync_seconds = None if metrics is None else metrics.fsync_seconds
 
@@ -554,6 +559,7 @@ class PartitionLog:
         logged, and the next open replays more of the log instead)."""
         state = self.producer_state
         state.end_offset = self._log_end_offset
+        self._snapshot_bytes = self._appended_bytes
         state.expire(now)
         try:
             write_snapshot(self.fs, self.directory, state)
@@ -614,6 +620,10 @@ class PartitionLog:
             raise self.failed_error()
         if not self._unflushed and not self._rolled and not self._directory_dirty:
             return None
+        if self._appended_bytes - self._snapshot_bytes >= PRODUCER_SNAPSHOT_BYTES:
+            # It may describe batches this flush has yet to make durable: a crash that
+            # loses them leaves it past the log end, and the next open ignores it.
+            self._write_producer_snapshot(self._clock())
         active = self._segments[-1]
         target = RecoveryPoint(self._log_end_offset, active.base_offset, active.size)
         segments, self._unflushed = self._unflushed, []
