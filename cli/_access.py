@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from headwater.groups import TopicPartition
-from headwater.store import NewRecord, Record
+from headwater.store import IsolationLevel, NewRecord, Record
 
 from ._start import Start
 
@@ -197,11 +197,14 @@ class LogAccess(Protocol):
         start: Start,
         follow: bool,
         sink: RecordSink,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         """Deliver ``topic``'s records (one partition's, or all) from ``start`` into ``sink``.
 
-        Without ``follow``, stops at the end each partition had when the read began;
-        with it, then waits for more until cancelled. Stops once the sink is done.
+        Without ``follow``, stops at the end each partition had when the read began (its
+        high watermark, or for ``READ_COMMITTED`` its last stable offset); with it, then
+        waits for more until cancelled. Stops once the sink is done. Transaction markers
+        are never delivered; ``READ_COMMITTED`` skips aborted transactions too.
         """
         ...
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import click
 
-from headwater.store import Record
+from headwater.store import IsolationLevel, Record
 
 from ._datadir import data_option
 from ._formats import Formatter, formatter
@@ -106,6 +106,15 @@ class Printer:
     "%K/%S key/value length, \\n \\t escapes.",
 )
 @click.option("--show-meta", is_flag=True, help="The same as --format json.")
+@click.option(
+    "--isolation",
+    type=click.Choice(["read_uncommitted", "read_committed"]),
+    default="read_uncommitted",
+    show_default=True,
+    help="read_committed: only records of committed transactions (and plain records), up to "
+    "the last stable offset; read_uncommitted: every record up to the high watermark. "
+    "Transaction markers are never printed.",
+)
 @data_option
 @log_option
 @click.pass_context
@@ -120,6 +129,7 @@ def consume(
     group: str | None,
     spec: str,
     show_meta: bool,
+    isolation: str,
     data: object,
     bootstrap: str | None,
 ) -> None:
@@ -135,6 +145,9 @@ def consume(
         raise click.BadParameter("the group name is empty", param_hint="--group")
     if show_meta and spec != "value":
         raise click.UsageError("give --show-meta or --format, not both")
+    level = IsolationLevel[isolation.upper()]
+    if group is not None and level is IsolationLevel.READ_COMMITTED:
+        raise click.UsageError("--isolation read_committed cannot be used with --group yet")
     render = formatter(topic, "json" if show_meta else spec)
     access = log_access(ctx)
     printer = Printer(topic, render, StdoutWriter(), max_records)
@@ -146,7 +159,12 @@ def consume(
                 return
             if group is None:
                 await access.read(
-                    topic, partition=partition, start=start, follow=follow, sink=printer
+                    topic,
+                    partition=partition,
+                    start=start,
+                    follow=follow,
+                    sink=printer,
+                    isolation=level,
                 )
             else:
                 await access.read_group(topic, group, start=start, follow=follow, sink=printer)

@@ -28,7 +28,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from headwater.broker import BrokerResponseError
 from headwater.processing.kafka_client import TIMEOUT_S, blocking, finish
-from headwater.store import NewRecord, Record, StickyPartitioner, TopicNotFoundError
+from headwater.store import (
+    IsolationLevel,
+    NewRecord,
+    Record,
+    StickyPartitioner,
+    TopicNotFoundError,
+)
 
 from ._access import GroupAdmin, RecordLookup, RecordSink, TopicWriter
 from ._kafka_client import (
@@ -108,6 +114,7 @@ class KafkaAccess:
         follow: bool,
         sink: RecordSink,
         positions: dict[int, int] | None = None,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         """Deliver ``topic``'s records from ``start`` (see :meth:`LogAccess.read`).
 
@@ -117,7 +124,9 @@ class KafkaAccess:
         """
         positions = {} if positions is None else positions
         cluster = self.cluster
-        consumer = cluster.reader_consumer()
+        # librdkafka's own default is read_committed: say which one is meant.
+        level = isolation.name.lower()
+        consumer = cluster.reader_consumer(**{"isolation.level": level})
         try:
             count = await blocking(cluster.partition_count, consumer, topic)
             if partition is not None and partition >= count:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headwater.groups import GroupCoordinator
-from headwater.store import NewRecord, Store
+from headwater.store import IsolationLevel, NewRecord, Store
 
 from ._access import GroupAdmin, RecordLookup, RecordSink, TopicWriter
 from ._datadir import LOCK_WAIT_S, check_exists, claim_waiting, claimed, watch
@@ -110,10 +110,11 @@ class LocalAccess:
         start: Start,
         follow: bool,
         sink: RecordSink,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         """Deliver ``topic``'s records from ``start`` (see :meth:`LogAccess.read`)."""
         positions: dict[int, int] = {}  # shared by every way the read goes
-        reader = StoreReader(topic, partition, sink, positions)
+        reader = StoreReader(topic, partition, sink, positions, isolation)
 
         async def local(store: Store) -> None:
             await reader.drain(store, start)
@@ -126,6 +127,7 @@ class LocalAccess:
                 follow=follow,
                 sink=sink,
                 positions=positions,
+                isolation=isolation,
             )
 
         await self._follow(local, remote, follow, sink, news=None)

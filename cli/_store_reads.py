@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from headwater.groups import Consumer, GroupConfig, GroupCoordinator, TopicPartition
 from headwater.store import (
     CorruptRecordError,
+    IsolationLevel,
     NewRecord,
     OffsetOutOfRangeError,
     Partition,
@@ -104,12 +105,20 @@ class StoreReader:
 
     ``positions`` maps each partition to its next offset; empty, it is filled from the
     read's start at the first :meth:`drain`. It is updated as records are delivered.
+    ``isolation`` says where each partition ends (high watermark or last stable offset)
+    and which transactional records are delivered; markers never are.
     """
 
     def __init__(
-        self, topic: str, partition: int | None, sink: RecordSink, positions: dict[int, int]
+        self,
+        topic: str,
+        partition: int | None,
+        sink: RecordSink,
+        positions: dict[int, int],
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         self.topic = topic
+        self.isolation = isolation
         self.partition = partition
         self.sink = sink
         self.positions = positions
@@ -136,16 +145,17 @@ class StoreReader:
     async def _drain_one(self, partition: Partition, position: int) -> int:
         # Retention may have removed what we had not read yet: go on from what is left.
         position = max(position, partition.log_start_offset)
-        end = partition.high_watermark
+        end = partition.upper_offset(self.isolation)
         while position < end and not self.sink.done():
             try:
-                data = await partition.read(position, READ_BYTES)
+                data = await partition.read(position, READ_BYTES, isolation=self.isolation)
             except CorruptRecordError as exc:
                 position = self._step_over(partition, exc, position)
                 continue
             if not data:
                 break
-            records = [r for r in records_from(data, position) if r.offset < end]
+            visible = partition.visible(data, position, self.isolation)
+            records = [r for r in records_from(visible, position) if r.offset < end]
             taken = self.sink.write(partition.index, records)
             if taken < len(records):
                 return records[taken].offset

@@ -341,7 +341,7 @@ class Partition:
         """
         while True:
             data = await self.read(start_offset, max_bytes, isolation=isolation)
-            records = records_from(self._visible(data, start_offset, isolation), start_offset)
+            records = records_from(self.visible(data, start_offset, isolation), start_offset)
             if records or not data:
                 return records
             start_offset = next_offset_after(data)
@@ -357,12 +357,15 @@ class Partition:
         :meth:`read_records`): the same records, without a tuple per record."""
         while True:
             data = await self.read(start_offset, max_bytes, isolation=isolation)
-            columns = decode_columns(self._visible(data, start_offset, isolation), start_offset)
+            columns = decode_columns(self.visible(data, start_offset, isolation), start_offset)
             if len(columns) or not data:
                 return columns
             start_offset = next_offset_after(data)
 
-    def _visible(self, data: bytes, start_offset: int, isolation: IsolationLevel) -> bytes:
+    def visible(self, data: bytes, start_offset: int, isolation: IsolationLevel) -> bytes:
+        """Return the batches of ``data`` (a :meth:`read` from ``start_offset``) that a
+        reader at ``isolation`` sees as records: without control batches and, for
+        ``READ_COMMITTED``, without aborted transactions (see ``_isolation.py``)."""
         state = self.log.producer_state
         if not data or not state.has_transactions:
             return data  # a log without transactions has nothing to hide
