@@ -101,9 +101,11 @@ class AdminHandlers:
         return {"error_code": 0, "api_keys": advertised_versions(self._advertised())}
 
     async def find_coordinator(self, request: Request, client: ClientInfo) -> Message:
-        """Name this node as the coordinator of every group."""
+        """Name this node as the coordinator of every group, and of every transactional id
+        when it serves the transaction APIs."""
         node = self._node
-        if request.body["key_type"] != 0:
+        key_type = request.body["key_type"]
+        if key_type != 0 and not (key_type == 1 and ApiKey.END_TXN in self._advertised()):
             return {
                 "error_code": KafkaErrorCode.COORDINATOR_NOT_AVAILABLE,
                 "error_message": "transactions are not supported by this broker",

@@ -18,8 +18,13 @@ counts the fetches waiting so (the broker's statistics report it).
 
 There are no fetch sessions: every response says ``session_id`` 0 ("no session") and
 lists every requested partition, empty ones too, so clients keep sending full requests.
-There are no transactions either, so the last stable offset is the high watermark (what
-``read_committed`` consumers such as librdkafka's wait for) and no batch is aborted.
+
+Isolation: a ``read_uncommitted`` fetch reads up to the high watermark; a
+``read_committed`` one up to the last stable offset (the first offset of the earliest
+undecided transaction), and its response lists the aborted transactions -- producer id
+and first offset -- whose records lie in what it may read, so that the client drops
+them; the batches themselves, markers included, go out as stored. ``last_stable_offset``
+is always the partition's LSO. ListOffsets ``latest`` is the LSO for read_committed.
 
 Every partition has the same leader epoch (:data:`LEADER_EPOCH`); a request naming a
 newer one is answered ``UNKNOWN_LEADER_EPOCH``, an older one ``FENCED_LEADER_EPOCH``.
@@ -38,6 +43,7 @@ import anyio
 
 from headwater.store import (
     CorruptRecordError,
+    IsolationLevel,
     LogClosedError,
     OffsetOutOfRangeError,
     Partition,
@@ -124,6 +130,8 @@ class FetchHandlers:
                 else KafkaErrorCode.INVALID_FETCH_SESSION_EPOCH
             )
             return {"error_code": code, "session_id": 0, "responses": []}
+        if body["isolation_level"] not in (0, 1):
+            return {"error_code": KafkaErrorCode.INVALID_REQUEST, "session_id": 0, "responses": []}
         deadline = anyio.current_time() + max(body["max_wait_ms"], 0) / 1000
         min_bytes = body["min_bytes"]
         budget = _budget(body)
@@ -144,11 +152,14 @@ class FetchHandlers:
                 break
         return {"error_code": 0, "session_id": 0, "responses": responses}
 
-    async def _read(self, body: Message) -> tuple[list[Message], int, list[tuple[Partition, int]]]:
+    async def _read(
+        self, body: Message
+    ) -> tuple[list[Message], int, list[tuple[Partition, int, IsolationLevel]]]:
         """Read every requested partition; return responses, bytes, and what to wait for."""
+        isolation = IsolationLevel(body["isolation_level"])
         budget = _budget(body)
         total = 0
-        waiting: list[tuple[Partition, int]] = []
+        waiting: list[tuple[Partition, int, IsolationLevel]] = []
         responses: list[Message] = []
         for topic in body["topics"]:
             name = topic["topic"]
@@ -170,7 +181,7 @@ class FetchHandlers:
                 if total < budget:
                     limit = min(wanted["partition_max_bytes"], budget - total)
                     try:
-                        data = await partition.read(offset, max(limit, 1))
+                        data = await partition.read(offset, max(limit, 1), isolation=isolation)
                     except OffsetOutOfRangeError:
                         results.append(_fetch_error(index, KafkaErrorCode.OFFSET_OUT_OF_RANGE))
                         continue
@@ -190,28 +201,38 @@ class FetchHandlers:
                         total = budget
                 total += len(data)
                 high_watermark = partition.high_watermark
+                stable = partition.last_stable_offset
+                upper = stable if isolation is IsolationLevel.READ_COMMITTED else high_watermark
                 # More for this partition is what lies past what was read (or asked for).
-                waiting.append((partition, max(offset, high_watermark)))
+                waiting.append((partition, max(offset, upper), isolation))
+                aborted = None
+                if isolation is IsolationLevel.READ_COMMITTED:
+                    aborted = [
+                        {"producer_id": txn.producer_id, "first_offset": txn.first_offset}
+                        for txn in partition.aborted_transactions(offset, upper)
+                    ]
                 results.append(
                     {
                         "partition_index": index,
                         "error_code": 0,
                         "high_watermark": high_watermark,
-                        "last_stable_offset": high_watermark,
+                        "last_stable_offset": stable,
                         "log_start_offset": partition.log_start_offset,
-                        "aborted_transactions": None,
+                        "aborted_transactions": aborted,
                         "records": data,
                     }
                 )
         return responses, total, waiting
 
-    async def _wait_any(self, waiting: list[tuple[Partition, int]]) -> None:
+    async def _wait_any(self, waiting: list[tuple[Partition, int, IsolationLevel]]) -> None:
         """Return once one of the partitions has a record at its offset, or at shutdown."""
         async with anyio.create_task_group() as tg:
 
-            async def wait_data(partition: Partition, offset: int) -> None:
+            async def wait_data(
+                partition: Partition, offset: int, isolation: IsolationLevel
+            ) -> None:
                 with contextlib.suppress(LogClosedError):  # deleted: the next read says so
-                    await partition.wait_for(offset)
+                    await partition.wait_for(offset, isolation=isolation)
                 tg.cancel_scope.cancel()
 
             async def wait_shutdown() -> None:
@@ -219,8 +240,8 @@ class FetchHandlers:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(wait_shutdown)
-            for partition, offset in waiting:
-                tg.start_soon(wait_data, partition, offset)
+            for partition, offset, isolation in waiting:
+                tg.start_soon(wait_data, partition, offset, isolation)
 
     # -- ListOffsets -----------------------------------------------------------------------
 
@@ -233,7 +254,9 @@ class FetchHandlers:
             for wanted in topic["partitions"]:
                 index = wanted["partition_index"]
                 if accepted:
-                    code, offset, timestamp = await self._look_up(topic["name"], wanted)
+                    code, offset, timestamp = await self._look_up(
+                        topic["name"], wanted, request.body.get("isolation_level", 0)
+                    )
                 else:
                     code, offset, timestamp = KafkaErrorCode.UNSUPPORTED_VERSION, -1, -1
                 results.append(
@@ -248,7 +271,9 @@ class FetchHandlers:
             topics.append({"name": topic["name"], "partitions": results})
         return {"topics": topics}
 
-    async def _look_up(self, topic: str, wanted: Message) -> tuple[KafkaErrorCode, int, int]:
+    async def _look_up(
+        self, topic: str, wanted: Message, isolation: int
+    ) -> tuple[KafkaErrorCode, int, int]:
         try:
             partition = self._store.partition(topic, wanted["partition_index"])
         except (TopicNotFoundError, LogClosedError):
@@ -259,6 +284,8 @@ class FetchHandlers:
         timestamp = wanted["timestamp"]
         try:
             if timestamp == _LATEST:
+                if isolation == IsolationLevel.READ_COMMITTED:
+                    return KafkaErrorCode.NONE, partition.last_stable_offset, -1
                 return KafkaErrorCode.NONE, partition.high_watermark, -1
             if timestamp == _EARLIEST:
                 return KafkaErrorCode.NONE, partition.log_start_offset, -1

@@ -23,9 +23,14 @@ CRC-32C mismatch                                        CORRUPT_MESSAGE (2)
 a codec this installation cannot read (snappy, lz4 or   UNSUPPORTED_COMPRESSION_TYPE (76)
 zstd without the ``compression`` extra's cramjam)
 base offset not 0, ``lastOffsetDelta + 1 !=             INVALID_RECORD (87)
-recordsCount`` or no records, a control or
-transactional batch, a producer id without a sequence
+recordsCount`` or no records, a control batch, a
+transactional batch when the broker has no transaction
+coordinator, a producer id without a sequence
 ======================================================  ============================
+
+A transactional batch must also belong to the open transaction of the request's
+transactional id, which added the partition (``TransactionVerifier.verify``): else the
+coordinator's code (``INVALID_TXN_STATE``, ``INVALID_PRODUCER_EPOCH``, ...) is answered.
 
 Records inside a batch are not decoded: the CRC covers them, and decoding every record in
 Python would cost more than the rest of the produce path together.
@@ -51,7 +56,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import anyio
 from crc32c import crc32c
@@ -101,6 +106,17 @@ class CheckedBatch(NamedTuple):
     producer_epoch: int
     base_sequence: int
     records_count: int
+    transactional: bool = False
+
+
+class TransactionVerifier(Protocol):
+    """What the produce path asks the transaction coordinator of a transactional batch."""
+
+    def verify(
+        self, transactional_id: str | None, producer_id: int, epoch: int, topic: str, index: int
+    ) -> KafkaErrorCode:
+        """Return ``NONE`` if the batch belongs to the open transaction, else the code."""
+        ...
 
 
 class BatchRejection(NamedTuple):
@@ -110,10 +126,14 @@ class BatchRejection(NamedTuple):
     message: str
 
 
-def check_batch(records: Buffer | None, max_message_bytes: int) -> CheckedBatch | BatchRejection:
+def check_batch(
+    records: Buffer | None, max_message_bytes: int, *, transactions: bool = False
+) -> CheckedBatch | BatchRejection:
     """Check the bytes a Produce request carries for one partition (see the module docstring).
 
-    Pure: reads ``records`` only (and which codecs this installation has).
+    ``transactions``: the broker has a transaction coordinator, so transactional batches
+    are accepted here (and verified against it by the caller). Pure: reads ``records``
+    only (and which codecs this installation has).
     """
     if not records:
         return BatchRejection(KafkaErrorCode.INVALID_RECORD, "no record batch")
@@ -166,8 +186,10 @@ def check_batch(records: Buffer | None, max_message_bytes: int) -> CheckedBatch 
         return BatchRejection(KafkaErrorCode.UNSUPPORTED_COMPRESSION_TYPE, str(exc))
     if attributes & _CONTROL:
         return BatchRejection(invalid, "clients may not send control batches")
-    if attributes & _TRANSACTIONAL:
+    if attributes & _TRANSACTIONAL and not transactions:
         return BatchRejection(invalid, "transactions are not supported by this broker")
+    if attributes & _TRANSACTIONAL and producer_id < 0:
+        return BatchRejection(invalid, "a transactional batch without a producer id")
     if base_offset != 0:
         return BatchRejection(invalid, f"base offset {base_offset}: a client's batch starts at 0")
     if records_count <= 0 or last_offset_delta + 1 != records_count:
@@ -178,7 +200,12 @@ def check_batch(records: Buffer | None, max_message_bytes: int) -> CheckedBatch 
     if producer_id >= 0 and base_sequence < 0:
         return BatchRejection(invalid, f"producer id {producer_id} without a base sequence")
     return CheckedBatch(
-        last_offset_delta, producer_id, producer_epoch, base_sequence, records_count
+        last_offset_delta,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        records_count,
+        bool(attributes & _TRANSACTIONAL),
     )
 
 
@@ -187,11 +214,18 @@ class ProduceHandlers:
 
     :param store: the open store.
     :param producers: hands out producer ids (shared with nothing else).
+    :param transactions: the transaction coordinator, if the broker has one.
     """
 
-    def __init__(self, store: Store, producers: ProducerIds) -> None:
+    def __init__(
+        self,
+        store: Store,
+        producers: ProducerIds,
+        transactions: TransactionVerifier | None = None,
+    ) -> None:
         self._store = store
         self._producers = producers
+        self._transactions = transactions
         self._codec_warned = False
 
     def table(self) -> dict[ApiKey, Handler]:
@@ -223,7 +257,7 @@ class ProduceHandlers:
             refusal = KafkaErrorCode.UNSUPPORTED_VERSION
         elif acks not in _ACKS:
             refusal = KafkaErrorCode.INVALID_REQUIRED_ACKS
-        elif body["transactional_id"] is not None:
+        elif body["transactional_id"] is not None and self._transactions is None:
             refusal = KafkaErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
         responses: list[Message] = []
         unflushed: list[tuple[Partition, int, Message]] = []
@@ -238,7 +272,7 @@ class ProduceHandlers:
                     continue
                 index = data["index"]
                 code, message = await self._append(
-                    topic["name"], index, data["records"], result, unflushed
+                    topic["name"], index, data["records"], result, unflushed, body=body
                 )
                 if code != KafkaErrorCode.NONE:
                     _refuse(result, code, message)
@@ -263,6 +297,8 @@ class ProduceHandlers:
         records: Buffer | None,
         result: Message,
         unflushed: list[tuple[Partition, int, Message]],
+        *,
+        body: Message,
     ) -> tuple[KafkaErrorCode, str]:
         try:
             partition = self._store.partition(topic, index)
@@ -271,10 +307,24 @@ class ProduceHandlers:
         if partition.internal:  # Kafka's answer and words; the store refuses it too
             message = f"Cannot append to internal topic {topic}"
             return KafkaErrorCode.INVALID_TOPIC_EXCEPTION, message
-        checked = check_batch(records, partition.config.max_message_bytes)
+        transactions = self._transactions
+        checked = check_batch(
+            records, partition.config.max_message_bytes, transactions=transactions is not None
+        )
         if isinstance(checked, BatchRejection):
             return checked.code, checked.message
         assert records is not None
+        if checked.transactional:
+            assert transactions is not None
+            code = transactions.verify(
+                body["transactional_id"],
+                checked.producer_id,
+                checked.producer_epoch,
+                topic,
+                index,
+            )
+            if code != KafkaErrorCode.NONE:
+                return code, f"not part of an open transaction: {code.name}"
         return await self._write(partition, records, result, unflushed)
 
     async def _write(

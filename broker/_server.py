@@ -62,7 +62,7 @@ from ._errors import (
 from ._handlers_admin import AdminHandlers
 from ._handlers_configs import ConfigHandlers
 from ._handlers_fetch import FetchHandlers
-from ._handlers_produce import ProduceHandlers
+from ._handlers_produce import ProduceHandlers, TransactionVerifier
 from ._metrics import BROKER_METRICS, RequestMeter
 from ._producers import ProducerIds
 from ._protocol import (
@@ -84,7 +84,7 @@ logger = logging.getLogger("headwater.broker")
 MAX_PIPELINED = 16
 #: Producer ids handed out per millisecond of a run's life before a restarted broker's
 #: ids could meet the previous run's: far more than any broker hands out.
-_PRODUCER_IDS_PER_MS = 1000
+PRODUCER_IDS_PER_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +146,8 @@ class Broker:
     :param config: where to listen and how to describe this node.
     :param extra_handlers: more handlers by API key (the consumer-group APIs), merged
         over the broker's own; every key in the merged table is advertised.
+    :param transactions: the transaction coordinator, whose handlers come in
+        ``extra_handlers``; the produce path verifies transactional batches with it.
 
     Use :meth:`serve` in a task group, :meth:`shutdown` to stop it gracefully. Handlers
     run in the task that calls :meth:`serve`'s event loop; the broker is not thread-safe.
@@ -157,10 +159,12 @@ class Broker:
         config: BrokerConfig | None = None,
         *,
         extra_handlers: Mapping[ApiKey, Handler] | None = None,
+        transactions: TransactionVerifier | None = None,
     ) -> None:
         self._store = store
         self._config = config if config is not None else BrokerConfig()
         self._extra = dict(extra_handlers or {})
+        self._transactions = transactions
         self._handlers: dict[ApiKey, Handler] = {}
         self._fetches: FetchHandlers | None = None  # made by serve(), in the event loop
         self._node: Node | None = None
@@ -179,7 +183,7 @@ class Broker:
         if metrics is not None:
             metrics.brokers.add(self)
         wall_ms = time.time_ns() // 1_000_000
-        self._producers = ProducerIds(first_producer_id=wall_ms * _PRODUCER_IDS_PER_MS)
+        self._producers = ProducerIds(first_producer_id=wall_ms * PRODUCER_IDS_PER_MS)
 
     @property
     def node(self) -> Node:
@@ -271,7 +275,7 @@ class Broker:
         table: dict[ApiKey, Handler] = {}
         table.update(admin.table())
         table.update(ConfigHandlers(self._store, node).table())
-        table.update(ProduceHandlers(self._store, self._producers).table())
+        table.update(ProduceHandlers(self._store, self._producers, self._transactions).table())
         assert self._shutdown is not None
         self._fetches = FetchHandlers(self._store, self._shutdown)
         table.update(self._fetches.table())

@@ -8,9 +8,10 @@ owner that runs for long -- an app (``App.run``, ``headwater run``), ``headwater
 Kafka client) use the log while it runs instead of waiting for it to end.
 :func:`serve_data_directory` starts a :class:`~headwater.broker.Broker` over the owner's
 open store and *its* group coordinator -- one coordinator per directory, so the owner's
-own consumers and remote members meet in the same groups -- by default on 127.0.0.1 at a
-port the OS picks (:func:`owner_config`). Once the port is bound, before the broker starts
-(and logs that it listens), it announces the address the broker advertises in the
+own consumers and remote members meet in the same groups -- and a transaction
+coordinator (whose state lives in the store: ``_txn_coordinator.py``), by default on
+127.0.0.1 at a port the OS picks (:func:`owner_config`). Once the port is bound, before
+the broker starts (and logs that it listens), it announces the address the broker advertises in the
 directory's address file (``headwater.store``'s ``write_served_address``; the file's
 format and how a stale one is told from a true one are described there). Leaving the
 block withdraws the address first, then stops the broker gracefully: requests in flight
@@ -34,7 +35,10 @@ from headwater.store import Store, clear_served_address, write_served_address
 
 from ._config import BrokerConfig
 from ._handlers_groups import GroupHandlers
-from ._server import Broker
+from ._handlers_txn import TransactionHandlers
+from ._producers import ProducerIds
+from ._server import PRODUCER_IDS_PER_MS, Broker
+from ._txn_coordinator import TransactionCoordinator, wall_clock_ms
 
 logger = logging.getLogger("headwater.broker")
 
@@ -71,7 +75,23 @@ async def serve_data_directory(
     :raises OSError: if the address cannot be bound.
     """
     config = config or owner_config()
-    broker = Broker(store, config, extra_handlers=GroupHandlers(coordinator).table())
+    producer_ids = ProducerIds(first_producer_id=wall_clock_ms() * PRODUCER_IDS_PER_MS)
+    async with TransactionCoordinator(store, coordinator, producer_ids) as transactions:
+        handlers = GroupHandlers(coordinator).table()
+        handlers.update(TransactionHandlers(transactions, producer_ids).table())
+        broker = Broker(store, config, extra_handlers=handlers, transactions=transactions)
+        async with _served(store, config, broker, listener) as served:
+            yield served
+
+
+@contextlib.asynccontextmanager
+async def _served(
+    store: Store,
+    config: BrokerConfig,
+    broker: Broker,
+    listener: Listener[SocketStream] | None,
+) -> AsyncIterator[Broker]:
+    """Run ``broker`` for a block, announced unless a listener was given (see above)."""
     announced = False
     if listener is None:
         # Bound and announced before the broker starts (and logs that it listens), so

@@ -328,6 +328,48 @@ class GroupCoordinator:
             self._group(group_id)  # an idle group is forgotten at once: it has offsets now
             self._wakeup.set()  # the offsets of an Empty group expire: reschedule
 
+    async def check_member(
+        self,
+        group_id: str,
+        *,
+        member_id: str,
+        generation_id: int,
+        group_instance_id: str | None = None,
+    ) -> None:
+        """Check that offsets sent within a transaction (TxnOffsetCommit) come from a
+        current member; offsets naming no member (older clients) pass whatever the group.
+
+        :raises GroupError: as :meth:`commit` does for the same member and generation.
+        """
+        self._check_open()
+        _check_group_id(group_id)
+        if generation_id < 0 and not member_id and group_instance_id is None:
+            return
+        group = self._existing(group_id)
+        await self._submit(
+            group, lambda: group.validate_commit(member_id, generation_id, group_instance_id)
+        )
+
+    async def commit_transaction(
+        self, group_id: str, offsets: Mapping[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        """Store the offsets of a transaction that committed; return once durable.
+
+        The members were checked when the offsets were sent (:meth:`check_member`); the
+        transaction's commit makes them visible whatever the group's state is now.
+
+        :raises TopicNotFoundError: for a topic or partition the store does not have.
+        :raises StoreError: if the offsets cannot be written.
+        """
+        self._check_open()
+        _check_group_id(group_id)
+        changes = self._commit_changes(offsets)
+        await self._offsets.write(group_id, changes)
+        group = self._groups.get(group_id)
+        if group is None or group.state is GroupState.EMPTY:
+            self._group(group_id)  # a group with offsets is kept, and they expire when Empty
+            self._wakeup.set()
+
     def _commit_changes(
         self,
         offsets: Mapping[TopicPartition, int | OffsetAndMetadata]

@@ -43,6 +43,7 @@ from ._group_apis import (
 )
 from ._log_apis import FETCH, INIT_PRODUCER_ID, LIST_OFFSETS, PRODUCE
 from ._schema import Api
+from ._txn_apis import ADD_OFFSETS_TO_TXN, ADD_PARTITIONS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT
 
 APIS: dict[int, Api] = {
     api.key: api
@@ -51,6 +52,7 @@ APIS: dict[int, Api] = {
         JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS,
         API_VERSIONS_API, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, DESCRIBE_CONFIGS,
         ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS, DELETE_GROUPS,
+        ADD_PARTITIONS_TO_TXN, ADD_OFFSETS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT,
     )
 }  # fmt: skip
 """Every declared API by key."""

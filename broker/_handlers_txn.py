@@ -1,0 +1,134 @@
+"""Handlers of InitProducerId and the transaction APIs, over the transaction coordinator.
+
+Theory of operation
+-------------------
+InitProducerId without a transactional id gives an idempotent producer a fresh producer
+id at epoch 0; with one, the coordinator (``_txn_coordinator.py``) gives the id's producer
+id and bumps its epoch, fencing older producers. AddPartitionsToTxn, AddOffsetsToTxn,
+TxnOffsetCommit and EndTxn are translated to the coordinator's calls and their error
+codes back, nothing more: the rules are the coordinator's.
+"""
+
+from __future__ import annotations
+
+from ._dispatch import ClientInfo, Handler
+from ._producers import ProducerIds
+from ._protocol import ApiKey, KafkaErrorCode, Message, Request
+from ._txn_coordinator import TransactionCoordinator, pending_offsets
+
+
+class TransactionHandlers:
+    """InitProducerId and the transaction APIs.
+
+    :param coordinator: the transaction coordinator (entered, on the broker's loop).
+    :param producer_ids: hands out the ids of idempotent producers (the coordinator's own).
+    """
+
+    def __init__(self, coordinator: TransactionCoordinator, producer_ids: ProducerIds) -> None:
+        self._txns = coordinator
+        self._ids = producer_ids
+
+    def table(self) -> dict[ApiKey, Handler]:
+        """Return this module's handlers by API key."""
+        return {
+            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+            ApiKey.ADD_PARTITIONS_TO_TXN: self.add_partitions_to_txn,
+            ApiKey.ADD_OFFSETS_TO_TXN: self.add_offsets_to_txn,
+            ApiKey.TXN_OFFSET_COMMIT: self.txn_offset_commit,
+            ApiKey.END_TXN: self.end_txn,
+        }
+
+    async def init_producer_id(self, request: Request, client: ClientInfo) -> Message:
+        """A fresh producer id (idempotence), or the transactional id's, epoch bumped."""
+        body = request.body
+        transactional_id = body["transactional_id"]
+        if transactional_id is None:
+            producer_id, epoch = self._ids.new_producer()
+            return {"error_code": 0, "producer_id": producer_id, "producer_epoch": epoch}
+        if not transactional_id:
+            return {"error_code": KafkaErrorCode.INVALID_REQUEST, "producer_epoch": -1}
+        code, producer_id, epoch = await self._txns.init_producer_id(
+            transactional_id,
+            body["transaction_timeout_ms"],
+            body.get("producer_id", -1),
+            body.get("producer_epoch", -1),
+        )
+        if code == KafkaErrorCode.PRODUCER_FENCED and request.header.api_version < 3:
+            code = KafkaErrorCode.INVALID_PRODUCER_EPOCH  # unreachable, but say it old-style
+        return {"error_code": code, "producer_id": producer_id, "producer_epoch": epoch}
+
+    async def add_partitions_to_txn(self, request: Request, client: ClientInfo) -> Message:
+        """Add the named partitions to the producer's transaction (opening it)."""
+        body = request.body
+        wanted = [(t["name"], p) for t in body["topics"] for p in t["partitions"]]
+        codes = await self._txns.add_partitions(
+            body["transactional_id"], body["producer_id"], body["producer_epoch"], wanted
+        )
+        return {
+            "results": [
+                {
+                    "name": t["name"],
+                    "results": [
+                        {"partition_index": p, "error_code": codes[(t["name"], p)]}
+                        for p in t["partitions"]
+                    ],
+                }
+                for t in body["topics"]
+            ]
+        }
+
+    async def add_offsets_to_txn(self, request: Request, client: ClientInfo) -> Message:
+        """The transaction will commit offsets of the named group."""
+        body = request.body
+        code = await self._txns.add_offsets(
+            body["transactional_id"], body["producer_id"], body["producer_epoch"], body["group_id"]
+        )
+        return {"error_code": code}
+
+    async def txn_offset_commit(self, request: Request, client: ClientInfo) -> Message:
+        """Hold the group's offsets in the transaction, committed with it."""
+        body = request.body
+        offsets = pending_offsets(
+            (
+                t["name"],
+                p["partition_index"],
+                p["committed_offset"],
+                p["committed_metadata"],
+                p.get("committed_leader_epoch", -1),
+            )
+            for t in body["topics"]
+            for p in t["partitions"]
+        )
+        codes = await self._txns.txn_offset_commit(
+            body["transactional_id"],
+            body["group_id"],
+            body["producer_id"],
+            body["producer_epoch"],
+            offsets,
+            member_id=body.get("member_id", ""),
+            generation_id=body.get("generation_id", -1),
+            group_instance_id=body.get("group_instance_id"),
+        )
+        return {
+            "topics": [
+                {
+                    "name": t["name"],
+                    "partitions": [
+                        {
+                            "partition_index": p["partition_index"],
+                            "error_code": codes[(t["name"], p["partition_index"])],
+                        }
+                        for p in t["partitions"]
+                    ],
+                }
+                for t in body["topics"]
+            ]
+        }
+
+    async def end_txn(self, request: Request, client: ClientInfo) -> Message:
+        """Commit or abort the transaction; answered once it is finished everywhere."""
+        body = request.body
+        code = await self._txns.end_txn(
+            body["transactional_id"], body["producer_id"], body["producer_epoch"], body["committed"]
+        )
+        return {"error_code": code}
