@@ -60,20 +60,24 @@ class TransactionHandlers:
     async def add_partitions_to_txn(self, request: Request, client: ClientInfo) -> Message:
         """Add the named partitions to the producer's transaction (opening it)."""
         body = request.body
-        wanted = [(t["name"], p) for t in body["topics"] for p in t["partitions"]]
+        topics = body["v3_and_below_topics"]
+        wanted = [(t["name"], p) for t in topics for p in t["partitions"]]
         codes = await self._txns.add_partitions(
-            body["transactional_id"], body["producer_id"], body["producer_epoch"], wanted
+            body["v3_and_below_transactional_id"],
+            body["v3_and_below_producer_id"],
+            body["v3_and_below_producer_epoch"],
+            wanted,
         )
         return {
-            "results": [
+            "results_by_topic_v3_and_below": [
                 {
                     "name": t["name"],
-                    "results": [
-                        {"partition_index": p, "error_code": codes[(t["name"], p)]}
+                    "results_by_partition": [
+                        {"partition_index": p, "partition_error_code": codes[(t["name"], p)]}
                         for p in t["partitions"]
                     ],
                 }
-                for t in body["topics"]
+                for t in topics
             ]
         }
 

@@ -1,7 +1,8 @@
 """Layouts of the transaction APIs a transactional producer sends its coordinator.
 
 AddPartitionsToTxn, AddOffsetsToTxn, EndTxn and TxnOffsetCommit, each up to version 3
-(the flexible versions from 3 on). The later versions belong to Kafka's second round of
+(the flexible versions from 3 on). Field names are Kafka's (AddPartitionsToTxn's
+``v3_and_below_*``: version 4 on batches transactions, for brokers). The later versions belong to Kafka's second round of
 transaction hardening (KIP-890 part 2: partitions added implicitly, an epoch bump per
 transaction), which the coordinator does not implement, so they are not advertised and
 clients fall back to these. InitProducerId (with a transactional id) and FindCoordinator
@@ -17,21 +18,21 @@ ADD_PARTITIONS_TO_TXN = Api(
     ApiKey.ADD_PARTITIONS_TO_TXN, "AddPartitionsToTxn", advertised=(0, 3), accepted=(0, 3),
     flexible_since=3,
     request=Struct(
-        Field("transactional_id", STRING),
-        Field("producer_id", INT64),
-        Field("producer_epoch", INT16),
-        Field("topics", Array(Struct(
+        Field("v3_and_below_transactional_id", STRING),
+        Field("v3_and_below_producer_id", INT64),
+        Field("v3_and_below_producer_epoch", INT16),
+        Field("v3_and_below_topics", Array(Struct(
             Field("name", STRING),
             Field("partitions", Array(INT32)),
         ))),
     ),
     response=Struct(
         Field("throttle_time_ms", INT32),
-        Field("results", Array(Struct(
+        Field("results_by_topic_v3_and_below", Array(Struct(
             Field("name", STRING),
-            Field("results", Array(Struct(
+            Field("results_by_partition", Array(Struct(
                 Field("partition_index", INT32),
-                Field("error_code", INT16),
+                Field("partition_error_code", INT16),
             ))),
         ))),
     ),

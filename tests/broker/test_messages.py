@@ -45,6 +45,10 @@ NOTES_TABLE = {
     ApiKey.ALTER_CONFIGS: ((0, 2), (0, 2), 2),
     ApiKey.INCREMENTAL_ALTER_CONFIGS: ((0, 1), (0, 1), 1),
     ApiKey.DELETE_GROUPS: ((0, 2), (0, 2), 2),
+    ApiKey.ADD_PARTITIONS_TO_TXN: ((0, 3), (0, 3), 3),
+    ApiKey.ADD_OFFSETS_TO_TXN: ((0, 3), (0, 3), 3),
+    ApiKey.END_TXN: ((0, 3), (0, 3), 3),
+    ApiKey.TXN_OFFSET_COMMIT: ((0, 3), (0, 3), 3),
 }
 
 # kafka-python patches a few schema entries; these are Kafka's own values.

@@ -31,7 +31,13 @@ from headwater.broker import (
     decode_response,
     encode_request,
 )
-from headwater.store import NewRecord, decode_records, encode_batch, open_store
+from headwater.store import (
+    NewRecord,
+    decode_records,
+    encode_batch,
+    encode_transactional_batch,
+    open_store,
+)
 
 from .running import (
     AsyncConnection,
@@ -72,6 +78,13 @@ GROUP_APIS = {
     ApiKey.DELETE_GROUPS,
 }
 """What ``headwater broker`` adds over its group coordinator."""
+TXN_APIS = {
+    ApiKey.ADD_PARTITIONS_TO_TXN,
+    ApiKey.ADD_OFFSETS_TO_TXN,
+    ApiKey.END_TXN,
+    ApiKey.TXN_OFFSET_COMMIT,
+}
+"""What ``headwater broker`` adds over its transaction coordinator."""
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +179,7 @@ def test_api_versions_advertises_exactly_the_served_apis(conn: Connection, versi
     body = conn.request(ApiKey.API_VERSIONS, version, {"client_software_name": "t"})
     assert body["error_code"] == 0
     advertised = {e["api_key"]: (e["min_version"], e["max_version"]) for e in body["api_keys"]}
-    assert set(advertised) == SERVED | GROUP_APIS
+    assert set(advertised) == SERVED | GROUP_APIS | TXN_APIS
     for key, (low, high) in advertised.items():
         assert (low, high) == API_VERSIONS[ApiKey(key)].advertised
     # librdkafka enables features from these exact old versions.
@@ -266,8 +279,11 @@ def test_find_coordinator_names_this_node(
     body = conn.request(ApiKey.FIND_COORDINATOR, version, {"key": "group", "key_type": 0})
     assert (body["error_code"], body["node_id"], body["port"]) == (0, 0, broker.port)
     if version >= 1:
-        refused = conn.request(ApiKey.FIND_COORDINATOR, version, {"key": "tx", "key_type": 1})
-        assert refused["error_code"] == E.COORDINATOR_NOT_AVAILABLE
+        # ... and of every transactional id.
+        body = conn.request(ApiKey.FIND_COORDINATOR, version, {"key": "tx", "key_type": 1})
+        assert (body["error_code"], body["node_id"], body["port"]) == (0, 0, broker.port)
+        unknown = conn.request(ApiKey.FIND_COORDINATOR, version, {"key": "x", "key_type": 2})
+        assert unknown["error_code"] == E.COORDINATOR_NOT_AVAILABLE
 
 
 # -- CreateTopics, DeleteTopics, DescribeConfigs -------------------------------------------
@@ -496,7 +512,6 @@ def test_produce_refuses_bad_batches_and_appends_nothing(
     [
         (2, -1, None, E.UNSUPPORTED_VERSION),
         (9, 2, None, E.INVALID_REQUIRED_ACKS),
-        (9, -1, "tx", E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
     ],
 )
 def test_produce_refuses_bad_requests(
@@ -540,8 +555,80 @@ def test_idempotent_producer_sequences(conn: Connection) -> None:
     assert high_watermark(conn, name) == 10
     other = conn.request(ApiKey.INIT_PRODUCER_ID, 0, {"transactional_id": None})
     assert other["producer_id"] != pid
-    refused = conn.request(ApiKey.INIT_PRODUCER_ID, 4, {"transactional_id": "tx"})
-    assert refused["error_code"] == E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
+def test_transactions_over_the_wire(conn: Connection) -> None:
+    """The transaction APIs and what Fetch answers read_committed and read_uncommitted."""
+    name = new_topic(conn)
+    txn_id = f"tx-{uuid.uuid4().hex[:8]}"
+    init = {"transactional_id": txn_id, "transaction_timeout_ms": 60_000}
+    first = conn.request(ApiKey.INIT_PRODUCER_ID, 4, init)
+    again = conn.request(ApiKey.INIT_PRODUCER_ID, 4, init)
+    assert (first["error_code"], first["producer_epoch"]) == (0, 0)
+    assert (again["producer_id"], again["producer_epoch"]) == (first["producer_id"], 1)
+    too_long = conn.request(ApiKey.INIT_PRODUCER_ID, 4, {**init, "transaction_timeout_ms": 10**9})
+    assert too_long["error_code"] == E.INVALID_TRANSACTION_TIMEOUT
+    pid = again["producer_id"]
+
+    def txn_batch(sequence: int, count: int = 2, epoch: int = 1) -> bytes:
+        return bytes(
+            encode_transactional_batch(
+                [NewRecord(value=b"t%d" % (sequence + i)) for i in range(count)],
+                producer_id=pid,
+                producer_epoch=epoch,
+                base_sequence=sequence,
+            )
+        )
+
+    def produce_txn(records: bytes) -> dict:
+        body = produce_body(name, [(0, records)])
+        body["transactional_id"] = txn_id
+        response = conn.request(ApiKey.PRODUCE, 9, body)
+        return response["responses"][0]["partition_responses"][0]  # type: ignore[no-any-return]
+
+    def add_partition(epoch: int = 1) -> int:
+        body = {
+            "v3_and_below_transactional_id": txn_id,
+            "v3_and_below_producer_id": pid,
+            "v3_and_below_producer_epoch": epoch,
+            "v3_and_below_topics": [{"name": name, "partitions": [0]}],
+        }
+        result = conn.request(ApiKey.ADD_PARTITIONS_TO_TXN, 3, body)
+        return result["results_by_topic_v3_and_below"][0]["results_by_partition"][0][  # type: ignore[no-any-return]
+            "partition_error_code"
+        ]
+
+    def end(commit: bool, epoch: int = 1) -> int:
+        body = {
+            "transactional_id": txn_id,
+            "producer_id": pid,
+            "producer_epoch": epoch,
+            "committed": commit,
+        }
+        return conn.request(ApiKey.END_TXN, 3, body)["error_code"]  # type: ignore[no-any-return]
+
+    # A transactional batch for a partition its transaction did not add is refused.
+    assert produce_txn(txn_batch(0))["error_code"] == E.INVALID_TXN_STATE
+    assert add_partition(epoch=0) == E.INVALID_PRODUCER_EPOCH  # the fenced epoch
+    assert add_partition() == E.NONE
+    assert produce_txn(txn_batch(0))["base_offset"] == 0
+    assert end(commit=False) == E.NONE  # marker at 2
+    assert end(commit=True) == E.INVALID_TXN_STATE  # it ended the other way
+    assert add_partition() == E.NONE
+    assert produce_txn(txn_batch(2))["base_offset"] == 3
+    uncommitted = fetch_body(name, {0: 0})
+    uncommitted["isolation_level"] = 0
+    open_rc = fetch_partition(conn, name, 0)
+    assert (open_rc["high_watermark"], open_rc["last_stable_offset"]) == (5, 3)
+    assert open_rc["aborted_transactions"] == [{"producer_id": pid, "first_offset": 0}]
+    assert end(commit=True) == E.NONE  # marker at 5
+    assert end(commit=True) == E.NONE  # a retry of the same EndTxn
+    committed = fetch_partition(conn, name, 0)
+    assert (committed["high_watermark"], committed["last_stable_offset"]) == (6, 6)
+    records = decode_records(bytes(committed["records"]))
+    assert [r.offset for r in records] == [0, 1]  # the first batch; its markers follow
+    ru = conn.request(ApiKey.FETCH, 12, uncommitted)["responses"][0]["partitions"][0]
+    assert ru["aborted_transactions"] is None
 
 
 def test_duplicates_are_detected_after_the_broker_is_killed(tmp_path: Path) -> None:
