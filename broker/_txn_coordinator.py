@@ -5,8 +5,8 @@ Theory of operation
 One coordinator serves every transactional id of the data directory (a one-node cluster
 is the coordinator of everything). Its state per id is a :class:`TxnMetadata`
 (``_txn_state.py``), written to the compacted internal topic ``__transaction_state``
-before any request that changed it is answered, so that it is exactly as durable as
-the log: entering the coordinator replays the topic.
+(made by the first transactional id) before any request that changed it is answered,
+so that it is exactly as durable as the log: entering the coordinator replays the topic.
 
 * InitProducerId gives a transactional id its producer id (new, or the one it had) and
   bumps the epoch, which fences every older producer of that id: their batches, markers
@@ -136,15 +136,7 @@ class TransactionCoordinator:
     async def _load(self) -> None:
         store = self.store
         if not store.has_topic(TRANSACTION_STATE_TOPIC):
-            config = TopicConfig(
-                partitions=1,
-                cleanup_policy=CleanupPolicy.COMPACT,
-                durability=store.default_config.durability,
-                retention_ms=-1,
-                retention_bytes=-1,
-                segment_bytes=_SEGMENT_BYTES,
-            )
-            await store.create_topic(TRANSACTION_STATE_TOPIC, config, internal=True)
+            return  # made by the first transactional id's first write
         partition = self._partition = store.partition(TRANSACTION_STATE_TOPIC, 0)
         position, end = partition.log_start_offset, partition.high_watermark
         while position < end:
@@ -178,7 +170,18 @@ class TransactionCoordinator:
 
     async def _write(self, meta: TxnMetadata) -> None:
         """Append ``meta`` to ``__transaction_state``; return once durable."""
-        assert self._partition is not None
+        if self._partition is None:
+            store = self.store
+            config = TopicConfig(
+                partitions=1,
+                cleanup_policy=CleanupPolicy.COMPACT,
+                durability=store.default_config.durability,
+                retention_ms=-1,
+                retention_bytes=-1,
+                segment_bytes=_SEGMENT_BYTES,
+            )
+            await store.create_topic(TRANSACTION_STATE_TOPIC, config, internal=True)
+            self._partition = store.partition(TRANSACTION_STATE_TOPIC, 0)
         record = NewRecord(value=meta.encode(), key=meta.transactional_id.encode())
         with anyio.CancelScope(shield=True):
             await self._partition.append([record], internal=True)

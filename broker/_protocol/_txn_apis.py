@@ -1,12 +1,13 @@
 """Layouts of the transaction APIs a transactional producer sends its coordinator.
 
 AddPartitionsToTxn, AddOffsetsToTxn, EndTxn and TxnOffsetCommit, each up to version 3
-(the flexible versions from 3 on). Field names are Kafka's (AddPartitionsToTxn's
-``v3_and_below_*``: version 4 on batches transactions, for brokers). The later versions belong to Kafka's second round of
-transaction hardening (KIP-890 part 2: partitions added implicitly, an epoch bump per
-transaction), which the coordinator does not implement, so they are not advertised and
-clients fall back to these. InitProducerId (with a transactional id) and FindCoordinator
-(key type 1) are declared with the log and group APIs.
+(the flexible versions from 3 on), with Kafka's field names (AddPartitionsToTxn's
+``v3_and_below_*``: its version 4 on batches transactions, for brokers). The later
+versions belong to Kafka's second round of transaction hardening (KIP-890 part 2:
+partitions added implicitly, an epoch bump per transaction), which the coordinator does
+not implement, so they are not advertised and clients fall back to these.
+InitProducerId (with a transactional id) and FindCoordinator (key type 1) are declared
+with the log and group APIs.
 """
 
 from __future__ import annotations
