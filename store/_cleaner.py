@@ -20,6 +20,13 @@ A record counts as superseding an older one only once it is durable (in an inact
 segment, all of which were fsynced when they rolled, or below the recovery point):
 otherwise a power cut could take the newer record away after the older one was dropped.
 
+Transactions: only what lies below the first undecided transaction is cleaned or counts
+as superseding (a record whose transaction may still abort supersedes nothing). There,
+transaction markers are dropped, records of aborted transactions are dropped (and never
+supersede), and records of committed transactions are kept as plain records: a cleaned
+range holds nothing transactional, so what a reader sees of it, and what replaying the
+log's producer state finds, no longer depends on markers.
+
 Consecutive inactive segments are merged while the result stays under
 ``segment_bytes``. The rewrite is made crash-safe by the swap protocol the loader
 understands: the new segment is written as ``<base>.log.cleaned`` (thrown away if a crash
@@ -43,11 +50,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._batch import encode_empty_batch, parse_batch_header
+from ._batch import BatchHeader, encode_empty_batch, parse_batch_header
 from ._config import CleanupPolicy
 from ._errors import StorageFullError, StoreError
 from ._files import CLEANED_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, fsync_dir, segment_file_name, write_all
 from ._log import FULL_ERRNOS, PartitionLog
+from ._producer_state import AbortedTransaction
 from ._records import Compression, NewRecord, Record, decode_records, encode_batch
 from ._segment import Segment
 
@@ -76,11 +84,37 @@ def _segment_batches(segment: Segment) -> list[tuple[int, bytes]]:
     return batches
 
 
-def latest_offsets(segments: Sequence[Segment], upper: int) -> dict[bytes, int]:
-    """Map every key in ``segments`` to the offset of its latest record below ``upper``."""
+class _Aborted:
+    """Which transactional batches belong to aborted transactions (the log's index)."""
+
+    def __init__(self, aborted: Sequence[AbortedTransaction]) -> None:
+        self._ranges: dict[int, list[tuple[int, int]]] = {}
+        for txn in aborted:
+            self._ranges.setdefault(txn.producer_id, []).append((txn.first_offset, txn.last_offset))
+
+    def drops(self, header: BatchHeader) -> bool:
+        """Whether the batch is a marker or a record batch of an aborted transaction."""
+        if header.is_control:
+            return True
+        if not header.is_transactional:
+            return False
+        ranges = self._ranges.get(header.producer_id, ())
+        return any(first <= header.base_offset <= last for first, last in ranges)
+
+
+_NOTHING_ABORTED = _Aborted(())
+
+
+def latest_offsets(
+    segments: Sequence[Segment], upper: int, aborted: _Aborted = _NOTHING_ABORTED
+) -> dict[bytes, int]:
+    """Map every key in ``segments`` to the offset of its latest record below ``upper``
+    (markers and aborted transactions left out)."""
     latest: dict[bytes, int] = {}
     for segment in segments:
         for _position, batch in _segment_batches(segment):
+            if aborted.drops(parse_batch_header(batch)):
+                continue
             for record in decode_records(batch):
                 if record.key is not None and record.offset < upper:
                     latest[record.key] = record.offset
@@ -99,19 +133,29 @@ def _kept(records: list[Record], latest: dict[bytes, int], tombstone_horizon: in
 
 
 def _rewrite(
-    segment: Segment, latest: dict[bytes, int], tombstone_horizon: int
-) -> tuple[list[bytes], int]:
-    """Return the kept batches of one segment and how many records were dropped."""
+    segment: Segment,
+    latest: dict[bytes, int],
+    tombstone_horizon: int,
+    aborted: _Aborted = _NOTHING_ABORTED,
+) -> tuple[list[bytes], int, bool]:
+    """Return the kept batches of one segment, how many records were dropped and whether
+    the segment changed (transactional batches are rewritten plain even when whole)."""
     out: list[bytes] = []
     dropped = 0
+    changed = False
     for _position, batch in _segment_batches(segment):
         header = parse_batch_header(batch)
         records = decode_records(batch)
+        if aborted.drops(header):
+            dropped += len(records)
+            changed = True
+            continue
         kept = _kept(records, latest, tombstone_horizon)
         dropped += len(records) - len(kept)
-        if len(kept) == len(records):
+        if len(kept) == len(records) and not header.is_transactional:
             out.append(batch)
             continue
+        changed = True
         compression = Compression(header.compression)
         run: list[Record] = []
         for record in kept:
@@ -121,7 +165,7 @@ def _rewrite(
             run.append(record)
         if run:
             out.append(_encode_run(run, compression))
-    return out, dropped
+    return out, dropped, changed
 
 
 def _encode_run(run: list[Record], compression: Compression) -> bytes:
@@ -176,24 +220,37 @@ def plan_cleaning(log: PartitionLog, now_ms: int) -> CleaningPlan | None:
     # would take the record it replaced with it. Inactive segments were fsynced when they
     # rolled; in the active one, only what lies below the recovery point is durable.
     upper = max(log.recovery_point, segments[-1].base_offset)
+    aborted = _NOTHING_ABORTED
+    state = log.producer_state
+    if state.has_transactions:
+        # Nothing at or past the first undecided transaction is cleaned, nor supersedes.
+        unstable = state.first_unstable_offset()
+        if unstable is not None:
+            upper = min(upper, unstable)
+            inactive = [s for s in inactive if s.next_offset <= unstable]
+            if not inactive:
+                return None
+        aborted = _Aborted(state.aborted_transactions(log.log_start_offset, upper))
     for segment in segments:
         segment.pin()
     try:
-        latest = latest_offsets(segments, upper)
+        latest = latest_offsets(segments, upper, aborted)
         horizon = now_ms - log.config.delete_retention_ms
         rewritten = []
         removed = 0
         for segment in inactive:
-            batches, dropped = _rewrite(segment, latest, horizon)
-            rewritten.append((segment, batches, dropped))
+            batches, dropped, changed = _rewrite(segment, latest, horizon, aborted)
+            rewritten.append((segment, batches, changed))
             removed += dropped
     finally:
         for segment in segments:
             segment.unpin()
-    if removed == 0 and all(s.size >= log.config.segment_bytes // 2 for s in inactive):
+    if not any(changed for _s, _b, changed in rewritten) and all(
+        s.size >= log.config.segment_bytes // 2 for s in inactive
+    ):
         return None
     groups: list[_Group] = []
-    for segment, batches, _dropped in rewritten:
+    for segment, batches, _changed_segment in rewritten:
         size = sum(len(b) for b in batches)
         current = groups[-1] if groups else None
         if (
@@ -210,8 +267,8 @@ def plan_cleaning(log: PartitionLog, now_ms: int) -> CleaningPlan | None:
     return CleaningPlan(groups, removed, len(segments), sum(s.size for s in segments))
 
 
-def _changed(group: _Group, rewritten: list[tuple[Segment, list[bytes], int]]) -> bool:
-    return any(dropped for segment, _b, dropped in rewritten if segment in group.segments)
+def _changed(group: _Group, rewritten: list[tuple[Segment, list[bytes], bool]]) -> bool:
+    return any(changed for segment, _b, changed in rewritten if segment in group.segments)
 
 
 def write_swap_file(log: PartitionLog, group: _Group) -> Path:

@@ -262,6 +262,12 @@ class ProducerStateManager:
             lso = min(lso, first)
         return lso
 
+    def first_unstable_offset(self) -> int | None:
+        """Return the first offset of the earliest undecided transaction (open, or closed
+        by a marker that may not be durable yet), or ``None``. Reads only."""
+        firsts = [*self._ongoing.values(), *(first for first, _ in self._deciding)]
+        return min(firsts, default=None)
+
     def aborted_transactions(self, start_offset: int, end_offset: int) -> list[AbortedTransaction]:
         """Return the aborted transactions with records in ``[start_offset, end_offset)``,
         in the order their markers were written."""
