@@ -107,7 +107,7 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 CHECKPOINT_SYNC_BYTES = 64 << 20
 #: Snapshot the producer state at least this often, in bytes appended, so that opening
 #: after a crash replays at most about this much of the log.
-PRODUCER_SNAPSHOT_BYTES = 64 << 20
+PRODUCER_SNAPSHOT_BYTES = 8 << 20
 
 
 _PRODUCER_BITS = TRANSACTIONAL_BIT | CONTROL_BIT

@@ -10,8 +10,9 @@ batch below that offset -- when the active segment rolls (the rolled segment is 
 first, so the snapshot never describes more than is durable) and when it closes cleanly.
 
 Opening loads the newest intact snapshot whose offset is at or below the log end, then
-replays the batches from its offset to the log end (after a crash: the active segment's
-batches; after a clean close: none). Snapshots past the log end (a crash cut the tail
+replays the batches from its offset to the log end (after a crash: at most what was
+appended since the last roll or the last ``PRODUCER_SNAPSHOT_BYTES``; after a clean
+close: nothing). Snapshots past the log end (a crash cut the tail
 they describe) are deleted, as are those that fail their checksum; with none left the
 whole log is replayed. Replaying reads batch headers only, and the one control record of
 each marker.
@@ -139,11 +140,12 @@ def _replay_segment(
     end = segment.size
     chunk = b""
     chunk_start = position
+    read_size = _SCAN_CHUNK
     while position + _HEADER_SIZE <= end:
         rel = position - chunk_start
         if rel < 0 or rel + _HEADER_SIZE > len(chunk):
             chunk_start, rel = position, 0
-            chunk = segment.read(position, min(_SCAN_CHUNK, end - position))
+            chunk = segment.read(position, min(read_size, end - position))
             if len(chunk) < _HEADER_SIZE:
                 break
         header = BatchHeader(*HEADER.unpack_from(chunk, rel))
@@ -162,3 +164,5 @@ def _replay_segment(
                 marker = read_marker(data, header, at)
             state.record(header, header.base_offset, now_ms, marker)
         position += size
+        # Big batches: read just the next header rather than the bytes in between.
+        read_size = _HEADER_SIZE if size >= _SCAN_CHUNK // 16 else _SCAN_CHUNK

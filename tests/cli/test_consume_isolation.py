@@ -1,9 +1,17 @@
-"""``headwater consume --isolation``: transactions in a data directory, as each reader sees them."""
+"""``headwater consume --isolation``: transactions as each reader sees them.
+
+The same transactions are written into a data directory (through the store) and through
+a Kafka client into ``headwater broker`` and Apache Kafka; ``headwater consume`` must
+print the same records from each.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
+
+from confluent_kafka import Producer
 
 from headwater.store import (
     ControlType,
@@ -14,17 +22,22 @@ from headwater.store import (
     open_store,
 )
 
-from .helpers import Headwater, assert_error
+from .helpers import Headwater, Log, assert_error
 
 
-async def write_transactions(data: Path) -> None:
-    """Producer 1 commits a1 a2, producer 2 aborts b1, p1 is plain, producer 3 leaves c1 open."""
+def encoded(value: str) -> bytes:
+    return json.dumps(value).encode()
+
+
+async def write_to_store(data: Path, topic: str) -> None:
+    """Producer 1 commits a1 a2, producer 2 aborts b1, p1 is plain, producer 3 leaves c1
+    open, p2 is plain -- interleaved as :func:`write_with_client` does."""
     async with open_store(data) as store:
-        await store.create_topic("tx", TopicConfig())
-        partition = store.partition("tx", 0)
+        await store.create_topic(topic, TopicConfig())
+        partition = store.partition(topic, 0)
 
         def txn(pid: int, *values: str) -> bytearray:
-            records = [NewRecord(value=json.dumps(v).encode()) for v in values]
+            records = [NewRecord(value=encoded(v)) for v in values]
             return encode_transactional_batch(
                 records, producer_id=pid, producer_epoch=0, base_sequence=0
             )
@@ -37,27 +50,65 @@ async def write_transactions(data: Path) -> None:
         await partition.append_batch(txn(1, "a1", "a2"))
         await partition.append_batch(txn(2, "b1"))
         await end(1, ControlType.COMMIT)
-        await partition.append_batch(encode_batch([NewRecord(value=b'"p1"')]))
+        await partition.append_batch(encode_batch([NewRecord(value=encoded("p1"))]))
         await end(2, ControlType.ABORT)
         await partition.append_batch(txn(3, "c1"))
-        await partition.append_batch(encode_batch([NewRecord(value=b'"p2"')]))
+        await partition.append_batch(encode_batch([NewRecord(value=encoded("p2"))]))
 
 
-async def test_consume_shows_what_each_isolation_level_allows(data: Path, hw: Headwater) -> None:
-    await write_transactions(data)
-    uncommitted = hw("consume", "tx")
+def write_with_client(bootstrap: str, topic: str) -> Producer:
+    """The same through confluent-kafka; returns the producer whose transaction stays open."""
+
+    def producer(transactional: bool) -> Producer:
+        config = {"bootstrap.servers": bootstrap, "linger.ms": 1}
+        if transactional:
+            config["transactional.id"] = f"cli-{uuid.uuid4().hex[:8]}"
+        made = Producer(config)
+        if transactional:
+            made.init_transactions(60)
+        return made
+
+    def send(made: Producer, *values: str) -> None:
+        for value in values:
+            made.produce(topic, value=encoded(value), partition=0)
+        assert made.flush(60) == 0
+
+    one, two, three, plain = producer(True), producer(True), producer(True), producer(False)
+    one.begin_transaction()
+    send(one, "a1", "a2")
+    two.begin_transaction()
+    send(two, "b1")
+    one.commit_transaction(60)
+    send(plain, "p1")
+    two.abort_transaction(60)
+    three.begin_transaction()
+    send(three, "c1")
+    send(plain, "p2")
+    return three
+
+
+async def test_consume_shows_what_each_isolation_level_allows(log: Log) -> None:
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    if log.bootstrap is None:
+        await write_to_store(log.data, topic)
+        still_open = None
+    else:
+        assert log("topics", "create", topic).returncode == 0
+        still_open = write_with_client(log.bootstrap, topic)
+    uncommitted = log("consume", topic)
     assert uncommitted.returncode == 0, uncommitted.stderr
-    # Every data record, aborted or open ones too; never a marker's control record.
+    # Every data record, aborted and open ones too; never a marker's control record.
     assert uncommitted.stdout.split() == ['"a1"', '"a2"', '"b1"', '"p1"', '"c1"', '"p2"']
-    committed = hw("consume", "tx", "--isolation", "read_committed")
+    committed = log("consume", topic, "--isolation", "read_committed", "--show-meta")
     assert committed.returncode == 0, committed.stderr
     # Up to the last stable offset (c1's open transaction), without the aborted b1.
-    assert committed.stdout.split() == ['"a1"', '"a2"', '"p1"']
-    meta = hw("consume", "tx", "--isolation", "read_committed", "--show-meta")
-    assert [json.loads(line)["offset"] for line in meta.stdout.splitlines()] == [0, 1, 4]
+    metas = [json.loads(line) for line in committed.stdout.splitlines()]
+    assert [(m["value"], m["offset"]) for m in metas] == [("a1", 0), ("a2", 1), ("p1", 4)]
+    if still_open is not None:
+        still_open.abort_transaction(60)
 
 
 async def test_consume_refuses_read_committed_with_a_group(data: Path, hw: Headwater) -> None:
-    await write_transactions(data)
+    await write_to_store(data, "tx")
     refused = hw("consume", "tx", "--group", "g", "--isolation", "read_committed")
     assert_error(refused, "--isolation", status=2)
