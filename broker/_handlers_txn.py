@@ -6,15 +6,41 @@ InitProducerId without a transactional id gives an idempotent producer a fresh p
 id at epoch 0; with one, the coordinator (``_txn_coordinator.py``) gives the id's producer
 id and bumps its epoch, fencing older producers. AddPartitionsToTxn, AddOffsetsToTxn,
 TxnOffsetCommit and EndTxn are translated to the coordinator's calls and their error
-codes back, nothing more: the rules are the coordinator's.
+codes back, nothing more: the rules are the coordinator's. A store that cannot record
+the coordinator's state (a full disk, a failed fsync) is answered
+``COORDINATOR_NOT_AVAILABLE``, which clients retry.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+from headwater.store import StoreError
 
 from ._dispatch import ClientInfo, Handler
 from ._producers import ProducerIds
 from ._protocol import ApiKey, KafkaErrorCode, Message, Request
 from ._txn_coordinator import TransactionCoordinator, pending_offsets
+
+logger = logging.getLogger("headwater.broker")
+
+_Handler = Callable[["TransactionHandlers", Request, ClientInfo], Awaitable[Message]]
+
+
+def _unavailable_on_store_errors(handler: _Handler) -> _Handler:
+    """Answer ``COORDINATOR_NOT_AVAILABLE`` when the coordinator's state cannot be written."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: TransactionHandlers, request: Request, client: ClientInfo) -> Message:
+        try:
+            return await handler(self, request, client)
+        except (StoreError, OSError) as exc:
+            logger.error("transaction coordinator: cannot record its state: %s", exc)
+            return {"error_code": KafkaErrorCode.COORDINATOR_NOT_AVAILABLE, "producer_epoch": -1}
+
+    return wrapped
 
 
 class TransactionHandlers:
@@ -38,6 +64,7 @@ class TransactionHandlers:
             ApiKey.END_TXN: self.end_txn,
         }
 
+    @_unavailable_on_store_errors
     async def init_producer_id(self, request: Request, client: ClientInfo) -> Message:
         """A fresh producer id (idempotence), or the transactional id's, epoch bumped."""
         body = request.body
@@ -62,12 +89,16 @@ class TransactionHandlers:
         body = request.body
         topics = body["v3_and_below_topics"]
         wanted = [(t["name"], p) for t in topics for p in t["partitions"]]
-        codes = await self._txns.add_partitions(
-            body["v3_and_below_transactional_id"],
-            body["v3_and_below_producer_id"],
-            body["v3_and_below_producer_epoch"],
-            wanted,
-        )
+        try:
+            codes = await self._txns.add_partitions(
+                body["v3_and_below_transactional_id"],
+                body["v3_and_below_producer_id"],
+                body["v3_and_below_producer_epoch"],
+                wanted,
+            )
+        except (StoreError, OSError) as exc:
+            logger.error("transaction coordinator: cannot record its state: %s", exc)
+            codes = dict.fromkeys(wanted, KafkaErrorCode.COORDINATOR_NOT_AVAILABLE)
         return {
             "results_by_topic_v3_and_below": [
                 {
@@ -81,6 +112,7 @@ class TransactionHandlers:
             ]
         }
 
+    @_unavailable_on_store_errors
     async def add_offsets_to_txn(self, request: Request, client: ClientInfo) -> Message:
         """The transaction will commit offsets of the named group."""
         body = request.body
@@ -103,16 +135,20 @@ class TransactionHandlers:
             for t in body["topics"]
             for p in t["partitions"]
         )
-        codes = await self._txns.txn_offset_commit(
-            body["transactional_id"],
-            body["group_id"],
-            body["producer_id"],
-            body["producer_epoch"],
-            offsets,
-            member_id=body.get("member_id", ""),
-            generation_id=body.get("generation_id", -1),
-            group_instance_id=body.get("group_instance_id"),
-        )
+        try:
+            codes = await self._txns.txn_offset_commit(
+                body["transactional_id"],
+                body["group_id"],
+                body["producer_id"],
+                body["producer_epoch"],
+                offsets,
+                member_id=body.get("member_id", ""),
+                generation_id=body.get("generation_id", -1),
+                group_instance_id=body.get("group_instance_id"),
+            )
+        except (StoreError, OSError) as exc:
+            logger.error("transaction coordinator: cannot record its state: %s", exc)
+            codes = dict.fromkeys(offsets, KafkaErrorCode.COORDINATOR_NOT_AVAILABLE)
         return {
             "topics": [
                 {
@@ -129,6 +165,7 @@ class TransactionHandlers:
             ]
         }
 
+    @_unavailable_on_store_errors
     async def end_txn(self, request: Request, client: ClientInfo) -> Message:
         """Commit or abort the transaction; answered once it is finished everywhere."""
         body = request.body
