@@ -31,8 +31,8 @@ outside the table closes the connection, as Kafka does for an unknown key.
 
 Consumer groups slot in the same way: a module that builds JoinGroup, SyncGroup,
 Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups,
-DeleteGroups and OffsetDelete handlers over a coordinator object, passed to :class:`~headwater.broker.Broker` as
-``extra_handlers``.
+DeleteGroups and OffsetDelete handlers over a coordinator object, passed to
+:class:`~headwater.broker.Broker` as ``extra_handlers``.
 
 A handler answers bad *values* (an unknown topic, a stale epoch) with Kafka error codes
 in its response; it never raises for them. What it raises is a bug: the server logs it

@@ -76,9 +76,7 @@ class PartitionHandlers:
             for entry in topic["partitions"]:
                 index = entry["partition_index"]
                 code, low = await self._delete_one(name, index, entry["offset"])
-                results.append(
-                    {"partition_index": index, "low_watermark": low, "error_code": code}
-                )
+                results.append({"partition_index": index, "low_watermark": low, "error_code": code})
             topics.append({"name": name, "partitions": results})
         return {"topics": topics}
 
@@ -111,6 +109,8 @@ class PartitionHandlers:
         results = []
         for topic in body["topics"]:
             name = topic["name"]
+            code: int
+            message: str | None
             if counts[name] > 1:
                 code, message = KafkaErrorCode.INVALID_REQUEST, "the topic is named more than once"
             else:

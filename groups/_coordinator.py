@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Callable
 
 from ._config import GroupConfig
+from ._consumer_protocol import decode_subscription
 from ._errors import (
     FencedInstanceIdError,
     GroupIdNotFoundError,
@@ -55,7 +56,6 @@ from ._errors import (
     RebalanceInProgressError,
     UnknownMemberError,
 )
-from ._consumer_protocol import decode_subscription
 from ._member import Member
 from ._messages import (
     GroupDescription,

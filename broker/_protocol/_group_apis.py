@@ -1,8 +1,9 @@
 """Layouts of the consumer-group APIs (Kafka's classic group protocol).
 
 FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
-DescribeGroups, ListGroups, DeleteGroups and OffsetDelete. Member metadata and assignments are opaque ``bytes``: the
-consumer protocol inside them is the assignor's business, not the wire codec's.
+DescribeGroups, ListGroups, DeleteGroups and OffsetDelete. Member metadata and
+assignments are opaque ``bytes``: the consumer protocol inside them is the assignor's
+business, not the wire codec's.
 """
 
 from __future__ import annotations

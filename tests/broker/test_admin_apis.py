@@ -213,9 +213,7 @@ def test_create_partitions_with_confluent_kafka(bootstrap: str) -> None:
     for count in (1, 2):  # never shrink, and the same count is no growth
         [(_, refused)] = admin.create_partitions([NewPartitions(topic, count)]).items()
         assert code_of(refused) == KafkaError.INVALID_PARTITIONS
-    [(_, checked)] = admin.create_partitions(
-        [NewPartitions(topic, 4)], validate_only=True
-    ).items()
+    [(_, checked)] = admin.create_partitions([NewPartitions(topic, 4)], validate_only=True).items()
     checked.result(TIMEOUT_S)
     assert partition_count(bootstrap, topic) == 2
     [(_, grown)] = admin.create_partitions([NewPartitions(topic, 4)]).items()
@@ -340,7 +338,11 @@ def test_delete_group_offsets_with_kafka_python(bootstrap: str) -> None:
             kafka.TopicPartition(dropped, 0): kafka.errors.NoError,
             kafka.TopicPartition(dropped, 1): kafka.errors.NoError,
         }
-        everything = [TopicPartition(kept, 0), TopicPartition(dropped, 0), TopicPartition(dropped, 1)]
+        everything = [
+            TopicPartition(kept, 0),
+            TopicPartition(dropped, 0),
+            TopicPartition(dropped, 1),
+        ]
         assert committed(bootstrap, group, everything) == [3, -1001, -1001]
 
         with pytest.raises(kafka.errors.GroupIdNotFoundError):

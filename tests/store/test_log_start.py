@@ -104,7 +104,10 @@ def test_retention_deletes_them_for_a_compacted_topic_too(tmp_path: Path) -> Non
     second = log.segments[1].base_offset
     log.advance_log_start(second)
     log.config = TopicConfig(
-        segment_bytes=1200, index_interval_bytes=200, retention_ms=-1, cleanup_policy=CleanupPolicy.COMPACT
+        segment_bytes=1200,
+        index_interval_bytes=200,
+        retention_ms=-1,
+        cleanup_policy=CleanupPolicy.COMPACT,
     )
     assert log.enforce_retention() == [0]
     log.close()
@@ -151,8 +154,9 @@ class LowWatermarkMachine(RuleBasedStateMachine):
     def append(self, batch: list[bytes]) -> None:
         start = len(self.records)
         timestamps = [1000 + start + i for i in range(len(batch))]
-        self.log.append([NewRecord(value=v, timestamp=t) for v, t in zip(batch, timestamps)])
-        self.records.extend(zip(batch, timestamps))
+        pairs = list(zip(batch, timestamps, strict=True))
+        self.log.append([NewRecord(value=v, timestamp=t) for v, t in pairs])
+        self.records.extend(pairs)
 
     @rule(data=st.data())
     def delete_records(self, data: st.DataObject) -> None:

@@ -110,8 +110,6 @@ async def test_low_watermark_survives_kill_9(tmp_path: Path) -> None:
                 with pytest.raises(OffsetOutOfRangeError):
                     await partition.read_records(start - 1, 1000)
             records = await partition.read_records(start, 1 << 20)
-            assert [r.offset for r in records] == list(
-                range(start, start + len(records))
-            )
+            assert [r.offset for r in records] == list(range(start, start + len(records)))
             assert all(r.value == b"%d" % r.offset for r in records)
             floor = start
