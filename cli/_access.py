@@ -91,7 +91,7 @@ class RecordLookup(Protocol):
 
     async def record(self, topic: str, partition: int, offset: int) -> Record | str:
         """Return the record at ``topic/partition/offset``, or a sentence saying why there
-        is none (no such topic or partition, removed by retention or compaction)."""
+        is none (no such topic or partition, removed by retention, deletion or compaction)."""
         ...
 
 
