@@ -65,9 +65,7 @@ def test_delete_records_on_every_log(log: Log, name: str) -> None:
     assert_error(log("topics", "delete-records", name, "--partition", "0", "--before", "11"))
     assert_error(log("topics", "delete-records", name, "--partition", "7", "--before", "0"))
     assert_error(log("topics", "delete-records", f"{name}-missing", "--before", "0"))
-    assert_error(
-        log("topics", "delete-records", name, "--before", "soon"), "--before", status=2
-    )
+    assert_error(log("topics", "delete-records", name, "--before", "soon"), "--before", status=2)
     assert log_starts(log, name) == [10, 3]
 
 
@@ -134,9 +132,7 @@ def test_delete_offsets_on_every_log(log: Log, name: str) -> None:
     assert [row[2] for row in rows(after.stdout)] == ["deleted", "deleted"]
 
 
-def test_the_commands_work_through_the_owner_of_a_data_directory(
-    hw: Headwater, data: Path
-) -> None:
+def test_the_commands_work_through_the_owner_of_a_data_directory(hw: Headwater, data: Path) -> None:
     assert hw("topics", "create", "t", "-p", "1").returncode == 0
     produce(hw, "t", range(5))
     broker = BrokerProcess(data).start()
