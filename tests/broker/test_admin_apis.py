@@ -14,6 +14,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,14 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
 
 from headwater.store import partition_for_key
 
@@ -36,6 +44,7 @@ from .running import BrokerProcess
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import kafka
+    import kafka.admin
     import kafka.errors
 
 TIMEOUT_S = 30
@@ -159,6 +168,25 @@ def test_delete_records_with_confluent_kafka(bootstrap: str) -> None:
         assert offsets == [4, 5, 6, 7, 8, 9]
     finally:
         reader.close()
+
+
+def test_deleted_records_and_new_partitions_survive_a_broker_kill(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path / "data").start()
+    try:
+        topic = create_topic(broker.bootstrap, 1)
+        produce(broker.bootstrap, topic, {0: 10})
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        [(_, moved)] = admin.delete_records([TopicPartition(topic, 0, 7)]).items()
+        assert moved.result(TIMEOUT_S).low_watermark == 7
+        admin.create_partitions([NewPartitions(topic, 3)])[topic].result(TIMEOUT_S)
+    finally:
+        broker.kill()  # kill -9: no clean shutdown
+    broker.start()
+    try:
+        assert watermarks(broker.bootstrap, topic, 0) == (7, 10)
+        assert partition_count(broker.bootstrap, topic) == 3
+    finally:
+        assert broker.stop() == 0, broker.log()
 
 
 def test_delete_records_with_kafka_python(bootstrap: str) -> None:
@@ -376,3 +404,41 @@ def test_delete_group_offsets_with_kafka_python(bootstrap: str) -> None:
         assert committed(bootstrap, group, [TopicPartition(kept, 0)]) == [-1001]
     finally:
         client.close()
+
+
+# -- IncrementalAlterConfigs ---------------------------------------------------------------
+
+
+def retention_of(admin: AdminClient, topic: str) -> tuple[str, bool]:
+    """Return the topic's ``retention.ms`` and whether it is the default."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    entry = admin.describe_configs([resource])[resource].result(TIMEOUT_S)["retention.ms"]
+    return entry.value, bool(entry.is_default)
+
+
+def test_incremental_alter_configs_on_a_live_topic(bootstrap: str) -> None:
+    topic = create_topic(bootstrap, 1)
+    produce(bootstrap, topic, {0: 3})
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    default, is_default = retention_of(admin, topic)
+    assert is_default
+
+    def alter(operation: AlterConfigOpType, value: str | None) -> None:
+        entry = ConfigEntry("retention.ms", value, incremental_operation=operation)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+        admin.incremental_alter_configs([resource])[resource].result(TIMEOUT_S)
+
+    alter(AlterConfigOpType.SET, "3600000")
+    assert retention_of(admin, topic) == ("3600000", False)
+    alter(AlterConfigOpType.DELETE, None)
+    assert retention_of(admin, topic) == (default, True)
+
+    client = kafka.KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        resource = kafka.admin.ConfigResource("TOPIC", topic, {"retention.ms": "7200000"})
+        response = client.alter_configs([resource], incremental=True)
+        assert response == {"topic": {topic: "OK"}}
+    finally:
+        client.close()
+    assert retention_of(admin, topic) == ("7200000", False)
+    assert watermarks(bootstrap, topic, 0) == (0, 3)  # records stay as they were
