@@ -757,18 +757,23 @@ class PartitionLog:
     def offset_for_time(self, timestamp_ms: int) -> int | None:
         """Return the first offset whose record timestamp is at or after ``timestamp_ms``.
 
-        Returns ``None`` when every record is older.
+        Returns ``None`` when every record is older. Records below the log start (deleted,
+        though their batch is still on disk) do not count, as in Kafka.
         """
+        start = self.log_start_offset
         for segment in self._segments:
-            if segment.max_timestamp < timestamp_ms:
+            if segment.max_timestamp < timestamp_ms or segment.next_offset <= start:
                 continue
-            batch = segment.find_time(timestamp_ms)
-            if batch is None:
+            found = segment.find_time(timestamp_ms)
+            if found is None:
                 continue
-            data = segment.read(batch.position, batch.size)
-            for record in decode_records(data):
-                if record.timestamp >= timestamp_ms:
-                    return max(record.offset, self.log_start_offset)
+            for batch in segment.iter_batches(found.position):
+                if batch.max_timestamp < timestamp_ms or batch.next_offset <= start:
+                    continue
+                data = segment.read(batch.position, batch.size)
+                for record in decode_records(data):
+                    if record.timestamp >= timestamp_ms and record.offset >= start:
+                        return record.offset
         return None
 
     def _check_range(self, offset: int) -> None:
