@@ -170,7 +170,8 @@ def _check(code: int, action: str, message: str | None) -> None:
 
 
 class AdminClient:
-    """Create, list, describe, change and delete topics on a running broker (blocking).
+    """Create, list, describe, change, grow and delete topics, delete records, and delete
+    groups' committed offsets on a running broker (blocking).
 
     :param bootstrap: ``HOST:PORT`` of any broker of the cluster.
     :param client_id: the client id sent with every request.
