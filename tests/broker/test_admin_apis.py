@@ -270,6 +270,10 @@ def test_create_partitions_with_kafka_python_and_aiokafka(bootstrap: str) -> Non
         client.create_partitions({topic: 3})
         with pytest.raises(kafka.errors.InvalidPartitionsError):
             client.create_partitions({topic: 2})
+        with pytest.raises(kafka.errors.InvalidReplicationAssignmentError):
+            client.create_partitions({topic: {"count": 4, "assignments": [[999]]}})
+        with pytest.raises(kafka.errors.UnknownTopicOrPartitionError):
+            client.create_partitions({unique("missing"): 2})
     finally:
         client.close()
     assert partition_count(bootstrap, topic) == 3
@@ -375,6 +379,10 @@ def test_delete_group_offsets_with_kafka_python(bootstrap: str) -> None:
 
         with pytest.raises(kafka.errors.GroupIdNotFoundError):
             client.delete_group_offsets(unique("nobody"), [kafka.TopicPartition(kept, 0)])
+        missing = kafka.TopicPartition(unique("missing"), 0)
+        assert client.delete_group_offsets(group, [missing]) == {
+            missing: kafka.errors.UnknownTopicOrPartitionError
+        }
 
         # An active member subscribed to the topic keeps its offsets.
         member = Consumer(
