@@ -35,6 +35,7 @@ from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import DuplicateSequenceError as DuplicateSequenceError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
+from ._errors import InvalidPartitionsError as InvalidPartitionsError
 from ._errors import InvalidProducerEpochError as InvalidProducerEpochError
 from ._errors import InvalidTopicError as InvalidTopicError
 from ._errors import InvalidTxnStateError as InvalidTxnStateError
@@ -42,6 +43,7 @@ from ._errors import LogClosedError as LogClosedError
 from ._errors import LogFailedError as LogFailedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from ._errors import OutOfOrderSequenceError as OutOfOrderSequenceError
+from ._errors import PolicyViolationError as PolicyViolationError
 from ._errors import ProducerStateError as ProducerStateError
 from ._errors import RecordTooLargeError as RecordTooLargeError
 from ._errors import StorageFullError as StorageFullError
@@ -91,31 +93,29 @@ from ._topic_names import is_internal_topic as is_internal_topic
 from ._topic_names import validate_topic_name as validate_topic_name
 
 __all__ = (
-    "encode_transactional_batch",
-    "ProducerStateError",
-    "OutOfOrderSequenceError",
-    "IsolationLevel",
-    "InvalidTxnStateError",
-    "InvalidProducerEpochError",
-    "DuplicateSequenceError",
-    "CoordinatorFencedError",
-    "ControlType",
-    "AbortedTransaction",
     "ADDRESS_FILE",
     "INTERNAL_PREFIX",
+    "AbortedTransaction",
     "AppendInfo",
     "BatchHeader",
     "CleanupPolicy",
     "Compression",
+    "ControlType",
+    "CoordinatorFencedError",
     "CorruptRecordError",
     "DamagedRange",
     "DataDirectoryLockedError",
     "DecimalColumn",
+    "DuplicateSequenceError",
     "Durability",
     "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
+    "InvalidPartitionsError",
+    "InvalidProducerEpochError",
     "InvalidTopicError",
+    "InvalidTxnStateError",
+    "IsolationLevel",
     "LockHolder",
     "LogClosedError",
     "LogFailedError",
@@ -124,9 +124,12 @@ __all__ = (
     "NewRecord",
     "OffsetOutOfRangeError",
     "OsFileSystem",
+    "OutOfOrderSequenceError",
     "Partition",
     "PartitionDescription",
     "PartitionLog",
+    "PolicyViolationError",
+    "ProducerStateError",
     "Record",
     "RecordColumns",
     "RecordTooLargeError",
@@ -144,6 +147,7 @@ __all__ = (
     "TopicNotFoundError",
     "Tracked",
     "UnsupportedCompressionError",
+    "canonical_key",
     "check_codec",
     "clear_served_address",
     "decode_columns",
@@ -152,6 +156,7 @@ __all__ = (
     "enable_metrics",
     "encode_batch",
     "encode_columns",
+    "encode_transactional_batch",
     "is_data_directory",
     "is_internal_topic",
     "kafka_config_entries",
@@ -159,7 +164,6 @@ __all__ = (
     "murmur2",
     "open_store",
     "parse_batch_header",
-    "canonical_key",
     "partition_for_key",
     "read_holder",
     "records_from",
