@@ -217,8 +217,11 @@ class Consumer(ConsumerMembership):
                 continue
             if records:
                 self._next_index = (self._next_index + step + 1) % count
-                self._positions[tp] = records[-1].offset + 1
+                # Past transaction markers that follow (never records), as Kafka consumers
+                # do: else a log ending in one would leave the position short of the end.
+                self._positions[tp] = await partition.skip_hidden(records[-1].offset + 1)
                 return ConsumerBatch(tp.topic, tp.partition, records)
+            self._positions[tp] = await partition.skip_hidden(position)
         return None
 
     async def _wait_for_records(self, changed: anyio.Event) -> None:

@@ -40,6 +40,54 @@ class IsolationLevel(enum.IntEnum):
     READ_COMMITTED = 1
 
 
+def _aborted_ranges(
+    aborted: Sequence[AbortedTransaction] | None,
+) -> dict[int, list[tuple[int, int]]]:
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for txn in aborted or ():
+        ranges.setdefault(txn.producer_id, []).append((txn.first_offset, txn.last_offset))
+    return ranges
+
+
+def _hidden(data: bytes, position: int, ranges: dict[int, list[tuple[int, int]]]) -> bool:
+    """Whether the batch at ``position`` is a marker or (``ranges`` given) aborted."""
+    attributes = int.from_bytes(data[position + _ATTRIBUTES_AT : position + 23], "big")
+    if attributes & CONTROL_BIT:
+        return True
+    if not ranges or not attributes & TRANSACTIONAL_BIT:
+        return False
+    producer_id = int.from_bytes(
+        data[position + _PRODUCER_ID_AT : position + 51], "big", signed=True
+    )
+    base_offset = int.from_bytes(data[position : position + 8], "big", signed=True)
+    return any(first <= base_offset <= last for first, last in ranges.get(producer_id, ()))
+
+
+def skip_hidden_batches(
+    data: bytes, start_offset: int, aborted: Sequence[AbortedTransaction] | None
+) -> tuple[int, bool]:
+    """Step over the batches at the front of ``data`` that a reader never sees as records
+    (markers, aborted transactions when ``aborted`` is given, batches compaction emptied).
+
+    Returns the offset after them (at least ``start_offset``) and whether a batch with
+    records for the reader follows in ``data``.
+    """
+    ranges = _aborted_ranges(aborted)
+    offset = start_offset
+    position = 0
+    end = len(data)
+    while position + _HEADER_SIZE <= end:
+        size = int.from_bytes(data[position + 8 : position + 12], "big") + 12
+        count = int.from_bytes(data[position + 57 : position + 61], "big", signed=True)
+        if count > 0 and not _hidden(data, position, ranges):
+            return offset, True
+        last_delta = int.from_bytes(data[position + 23 : position + 27], "big", signed=True)
+        base = int.from_bytes(data[position : position + 8], "big", signed=True)
+        offset = max(offset, base + last_delta + 1)
+        position += size
+    return offset, False
+
+
 def visible_batches(data: bytes, aborted: Sequence[AbortedTransaction] | None) -> bytes:
     """Return the batches of ``data`` (whole batches) a reader sees, in order.
 
@@ -47,9 +95,7 @@ def visible_batches(data: bytes, aborted: Sequence[AbortedTransaction] | None) -
     aborted transactions of the range), the transactional batches they cover. Returns
     ``data`` itself when nothing is dropped.
     """
-    ranges: dict[int, list[tuple[int, int]]] = {}
-    for txn in aborted or ():
-        ranges.setdefault(txn.producer_id, []).append((txn.first_offset, txn.last_offset))
+    ranges = _aborted_ranges(aborted)
     kept: list[memoryview] = []
     view = memoryview(data)
     position = 0
@@ -58,15 +104,7 @@ def visible_batches(data: bytes, aborted: Sequence[AbortedTransaction] | None) -
     end = len(data)
     while position + _HEADER_SIZE <= end:
         size = int.from_bytes(data[position + 8 : position + 12], "big") + 12
-        attributes = int.from_bytes(data[position + _ATTRIBUTES_AT : position + 23], "big")
-        drop = bool(attributes & CONTROL_BIT)
-        if not drop and ranges and attributes & TRANSACTIONAL_BIT:
-            producer_id = int.from_bytes(
-                data[position + _PRODUCER_ID_AT : position + 51], "big", signed=True
-            )
-            base_offset = int.from_bytes(data[position : position + 8], "big", signed=True)
-            drop = any(first <= base_offset <= last for first, last in ranges.get(producer_id, ()))
-        if drop:
+        if _hidden(data, position, ranges):
             dropped = True
             if position > run_start:
                 kept.append(view[run_start:position])

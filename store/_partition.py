@@ -40,7 +40,7 @@ from ._batch import parse_batch_header
 from ._config import CleanupPolicy, Durability, TopicConfig
 from ._control import ControlType
 from ._errors import LogClosedError, OffsetOutOfRangeError, PolicyViolationError, StoreError
-from ._isolation import IsolationLevel, visible_batches
+from ._isolation import IsolationLevel, skip_hidden_batches, visible_batches
 from ._log import AppendInfo, PartitionLog
 from ._log_start import write_log_start
 from ._producer_state import AbortedTransaction
@@ -436,10 +436,41 @@ class Partition:
             aborted = state.aborted_transactions(start_offset, next_offset_after(data))
         return visible_batches(data, aborted)
 
+    async def skip_hidden(
+        self, offset: int, *, isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED
+    ) -> int:
+        """Return the first offset at or after ``offset`` that may hold a record a reader at
+        ``isolation`` sees: past transaction markers, aborted transactions
+        (``READ_COMMITTED``) and batches compaction emptied, up to what is readable.
+
+        A reader whose decoded read came back empty moves its position here, so that a log
+        ending in a marker does not leave it one short of the end forever.
+
+        :raises OffsetOutOfRangeError: if ``offset`` is outside the log.
+        """
+        state = self.log.producer_state
+        if not state.has_transactions:
+            return offset  # nothing hidden: compaction never empties the active segment
+        while offset < self.upper_offset(isolation):
+            data = await self.read(offset, 1 << 16, isolation=isolation)
+            if not data:
+                break
+            aborted = None
+            if isolation is IsolationLevel.READ_COMMITTED and state.has_transactions:
+                aborted = state.aborted_transactions(offset, next_offset_after(data))
+            offset, found = skip_hidden_batches(data, offset, aborted)
+            if found:
+                break
+        return offset
+
     async def wait_for(
         self, offset: int, *, isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED
     ) -> None:
         """Wait until the high watermark (or the LSO) passes ``offset``.
+
+        What lies there may be only batches decoded reads skip (markers, aborted records):
+        a reader whose decoded read came back empty moves past them with
+        :meth:`skip_hidden` before it waits.
 
         :raises LogClosedError: if the partition is closed while waiting.
         """

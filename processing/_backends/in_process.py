@@ -119,6 +119,8 @@ class InProcessBackend:
             records = await source.read_columns(offset, max_bytes)
             if len(records):
                 return records
+            # Past transaction markers (never records), else they would be waited on again.
+            offset = await source.skip_hidden(offset)
             await source.wait_for(offset)
 
     async def start_offset(self, topic: str, partition: int) -> int:

@@ -135,3 +135,32 @@ async def test_join_commit_with_metadata_and_rebalance(backend: Backend) -> None
         await log.until(lambda: log.held()["a"] == tp)  # b left: a has everything again
         assert log.held()["b"] == []
         assert (await a.committed([tp[2]]))[tp[2]].metadata == "from-b"
+
+
+async def test_an_in_process_fetch_at_a_transaction_marker_waits_for_the_next_record(
+    data: Path,
+) -> None:
+    """A marker is never a record: a fetch there waits (it once spun without yielding)."""
+    from headwater.store import ControlType, NewRecord, encode_transactional_batch
+
+    async with open_in_process(data, serve=False) as local:
+        await local.create_topic("t", 1)
+        partition = local.store.partition("t", 0)
+        batch = encode_transactional_batch(
+            [NewRecord(value=b"in-txn")], producer_id=5, producer_epoch=0, base_sequence=0
+        )
+        await partition.append_batch(batch)
+        await partition.write_marker(
+            ControlType.COMMIT, producer_id=5, producer_epoch=0, coordinator_epoch=0
+        )
+        got: list[bytes | None] = []
+
+        async def reader() -> None:
+            got.extend((await local.fetch("t", 0, 1, 1 << 20)).values)
+
+        with anyio.fail_after(60):  # a hang would otherwise never end
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                await anyio.wait_all_tasks_blocked()
+                await local.produce("t", 0, out([b"after"]))
+        assert got == [b"after"]

@@ -299,3 +299,26 @@ async def test_matches_a_model_of_transactions(
         assert await columns(partition, RC) == committed
     finally:
         partition.close()
+
+
+async def test_readers_step_past_markers_and_aborted_records(tmp_path: Path) -> None:
+    """A log that ends in a marker: decoded reads come back empty there, and skip_hidden
+    moves the reader's position to the end instead of leaving it one short forever."""
+    partition = Partition("t", 0, PartitionLog.open(tmp_path, CONFIG))
+    a, b = Producer(1), Producer(2)
+    await partition.append_batch(a.batch([b"a"]))  # 0
+    await partition.write_marker(
+        ControlType.COMMIT, producer_id=1, producer_epoch=0, coordinator_epoch=0
+    )  # 1
+    assert await partition.read_records(1, 1 << 20) == []
+    assert await partition.skip_hidden(1) == partition.high_watermark == 2
+    await partition.append_batch(b.batch([b"b1", b"b2"]))  # 2-3
+    await partition.write_marker(
+        ControlType.ABORT, producer_id=2, producer_epoch=0, coordinator_epoch=0
+    )  # 4
+    # read_committed skips the aborted records and the marker; read_uncommitted sees them.
+    assert await partition.read_records(1, 1 << 20, isolation=RC) == []
+    assert await partition.skip_hidden(1, isolation=RC) == 5
+    assert await partition.skip_hidden(1) == 2
+    assert await partition.skip_hidden(5) == 5
+    partition.close()
