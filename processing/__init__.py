@@ -54,8 +54,10 @@ from ._errors import ErrorPolicy as ErrorPolicy
 from ._errors import MissingSourceTopicError as MissingSourceTopicError
 from ._errors import OperatorError as OperatorError
 from ._errors import ProcessingError as ProcessingError
+from ._errors import ProducerFencedError as ProducerFencedError
 from ._errors import SerdeError as SerdeError
 from ._errors import TopologyError as TopologyError
+from ._errors import TransactionAbortedError as TransactionAbortedError
 from ._lineage import SOURCE_HEADER as SOURCE_HEADER
 from ._lineage import SourcePosition as SourcePosition
 from ._lineage import source_of as source_of
@@ -102,6 +104,7 @@ __all__ = (
     "RestoreProgress",
     "ProcessorContext",
     "ProcessingError",
+    "ProducerFencedError",
     "Retry",
     "RunStatistics",
     "Serde",
@@ -111,6 +114,7 @@ __all__ = (
     "StrSerde",
     "Table",
     "TopologyError",
+    "TransactionAbortedError",
     "WallClock",
     "Windowed",
     "WindowedAggregation",

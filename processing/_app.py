@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import re
 import signal
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -22,7 +24,7 @@ from ._backends import Backend
 from ._backends._bootstrap import BOOTSTRAP_ENV_VAR, check_bootstrap
 from ._backends.in_process import default_data_dir, open_in_process
 from ._clock import Clock
-from ._config import AppConfig
+from ._config import EXACTLY_ONCE, TRANSACTION_TIMEOUT_MS, AppConfig
 from ._connectors import AppConnector, run_with_connectors
 from ._errors import ErrorPolicy, MissingSourceTopicError, TopologyError, parse_policy
 from ._graph import Graph, plan_topics
@@ -50,7 +52,11 @@ class App:
         (``headwater broker``, Apache Kafka) to run on instead of a data directory; by
         default ``$HEADWATER_BOOTSTRAP`` if set (read when the app runs).
     :param config: runtime settings (:class:`AppConfig`).
-    :raises TopologyError: for a bad name, or both ``data_dir`` and ``bootstrap``.
+    :param guarantee: ``"at_least_once"`` or ``"exactly_once"`` (overrides the config's
+        ``guarantee``; see :class:`AppConfig`). ``exactly_once`` runs on a Kafka-protocol
+        cluster only: on a data directory it is refused when the app runs.
+    :raises TopologyError: for a bad name, a bad guarantee, or both ``data_dir`` and
+        ``bootstrap``.
     :raises ClusterError: for a malformed ``bootstrap``.
 
     The app is the same wherever it runs: the embedded log, or a cluster, where several
@@ -68,6 +74,7 @@ class App:
         data_dir: str | os.PathLike[str] | None = None,
         bootstrap: str | None = None,
         config: AppConfig | None = None,
+        guarantee: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
             raise TopologyError(
@@ -80,6 +87,8 @@ class App:
             raise TopologyError("give an App data_dir or bootstrap, not both")
         self.name = name
         self.config = config or AppConfig()
+        if guarantee is not None:
+            self.config = dataclasses.replace(self.config, guarantee=guarantee)
         self._data_dir = None if data_dir is None else Path(data_dir)
         self._bootstrap = None if bootstrap is None else check_bootstrap(bootstrap)
         self._graph = Graph()
@@ -302,6 +311,12 @@ class App:
                     return await self._run_on(backend, until_caught_up, stop, clock)
                 if bootstrap is not None:
                     return await self._run_on_cluster(bootstrap, until_caught_up, stop, clock)
+                if self.config.guarantee == EXACTLY_ONCE:
+                    raise TopologyError(
+                        f"app {self.name!r}: guarantee 'exactly_once' runs on a Kafka-protocol "
+                        "cluster only (give the app a bootstrap, e.g. `headwater broker`'s "
+                        "address); on a data directory use 'at_least_once'"
+                    )
                 return await self._run_embedded(
                     Path(data_dir or self.data_dir), until_caught_up, stop, clock
                 )
@@ -346,12 +361,24 @@ class App:
 
         try:
             session_ms = self.config.session_timeout_ms
-            member = {
+            member: dict[str, int | str] = {
                 "session.timeout.ms": session_ms,
                 # Kafka's advice: heartbeats at most a third of the session apart.
                 "heartbeat.interval.ms": max(1, min(3000, session_ms // 3)),
             }
-            async with open_kafka(bootstrap, member_settings=member) as cluster:
+            config = self.config
+            transactional_id = None
+            if config.instance_id is not None:
+                member["group.instance.id"] = f"{self.name}-{config.instance_id}"
+            if config.guarantee == EXACTLY_ONCE:  # unique per worker, stable if named
+                suffix = config.instance_id or uuid.uuid4().hex
+                transactional_id = f"{self.name}-{suffix}"
+            async with open_kafka(
+                bootstrap,
+                member_settings=member,
+                transactional_id=transactional_id,
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            ) as cluster:
                 return await self._run_on(cluster, until_caught_up, stop, clock)
         except BaseExceptionGroup as group:  # from the backend's task group
             error = _first_error(group)
@@ -381,6 +408,11 @@ class App:
         )
         self._runtime = runtime
         if self._sources or self._sinks:
+            if self.config.guarantee == EXACTLY_ONCE:
+                raise TopologyError(
+                    f"app {self.name!r}: guarantee 'exactly_once' does not cover connectors "
+                    "yet: run the connectors in an app of their own (at_least_once)"
+                )
             return await run_with_connectors(
                 runtime,
                 self.name,

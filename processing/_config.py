@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ._errors import TopologyError
+
+#: The guarantees an app can run with (``AppConfig.guarantee``).
+AT_LEAST_ONCE = "at_least_once"
+EXACTLY_ONCE = "exactly_once"
+#: How long a transaction of an exactly-once run may stay open before the cluster aborts
+#: it (Kafka Streams' default for its transactional producers).
+TRANSACTION_TIMEOUT_MS = 10_000
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -34,6 +43,20 @@ class AppConfig:
         a member that stopped answering (a crashed worker) before its partitions move to
         the others: Kafka's ``session.timeout.ms``, whose default this is. The cluster
         bounds it (Kafka's ``group.min.session.timeout.ms``, 6 s by default).
+    :param guarantee: ``"at_least_once"`` (the default: after a crash, the records after
+        the last commit are processed again, and their outputs repeat) or
+        ``"exactly_once"``: each commit interval's outputs, state changes and input
+        positions are one transaction, visible together or not at all to downstream
+        readers that read committed records (``isolation.level=read_committed``). On a
+        Kafka-protocol cluster only.
+    :param instance_id: this worker's stable identity among the app's workers (unique per
+        worker, the same across its restarts). On a cluster it is the group member's
+        ``group.instance.id`` (static membership: a restarted worker takes its partitions
+        back without waiting for its old session to expire) and, with ``exactly_once``,
+        part of its transactional id, so that a restarted worker fences the one it
+        replaces and aborts the transaction that one left open at once (without it, an
+        open transaction of a crashed worker holds downstream readers back until its
+        ``transaction.timeout.ms``, ``TRANSACTION_TIMEOUT_MS``, runs out).
     :raises TopologyError: if a value is out of range.
     """
 
@@ -42,6 +65,8 @@ class AppConfig:
     state_dir: str | None = None
     max_task_idle_ms: int = 0
     session_timeout_ms: int = 45_000
+    guarantee: str = AT_LEAST_ONCE
+    instance_id: str | None = None
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -55,3 +80,15 @@ class AppConfig:
                 raise TopologyError(f"AppConfig.{name} must be an integer >= {low}, got {value!r}")
         if self.state_dir is not None and not isinstance(self.state_dir, str | os.PathLike):
             raise TopologyError(f"AppConfig.state_dir must be a path, got {self.state_dir!r}")
+        if self.guarantee not in (AT_LEAST_ONCE, EXACTLY_ONCE):
+            raise TopologyError(
+                f"AppConfig.guarantee must be {AT_LEAST_ONCE!r} or {EXACTLY_ONCE!r}, "
+                f"got {self.guarantee!r}"
+            )
+        if self.instance_id is not None and not (
+            isinstance(self.instance_id, str) and _INSTANCE_ID.fullmatch(self.instance_id)
+        ):
+            raise TopologyError(
+                "AppConfig.instance_id must be 1-100 letters, digits, '.', '_' or '-', "
+                f"got {self.instance_id!r}"
+            )

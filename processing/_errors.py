@@ -77,6 +77,18 @@ class ClusterError(ProcessingError):
     go on without; the message names the bootstrap address and Kafka's reason."""
 
 
+class TransactionAbortedError(ClusterError):
+    """An exactly-once run's transaction was aborted (its commit failed, or the group
+    took partitions away): the outputs, changelog records and input positions since the
+    last commit are discarded together, and the tasks resume from that commit."""
+
+
+class ProducerFencedError(ClusterError):
+    """An exactly-once run's transactional producer was fenced: another worker with the
+    same transactional id (a restart of this one, or its replacement) took over. The
+    run stops without committing; what it had not committed is aborted."""
+
+
 class OperatorError(ProcessingError):
     """A user function failed on a record and the stream's policy is ``raise``.
 

@@ -47,6 +47,21 @@ batch's time from its task taking it to its outputs being durable and each commi
 are observed too, and the end offsets of the partitions processed are looked up every
 commit interval, for the lag of each task.
 
+Exactly-once (``AppConfig.guarantee="exactly_once"``, on a backend whose membership
+commits transactions, see ``_backends``): every write of every task goes into the open
+transaction of the worker's one transactional producer, and a commit, every
+``commit_interval_ms``, takes every task's lock (no batch is half written), writes the
+stores' changelog records, and commits the transaction with every partition's position
+as the group's offsets: outputs, state and positions become visible together to
+read_committed readers, or not at all, so a crash anywhere re-processes only what no
+reader saw. Positions that moved past transaction markers alone (a fetch returning no
+records, see ``Backend.fetch``) are committed too. Whatever makes a commit impossible
+aborts the open transaction and restarts every task from the last commit, its stores
+closed dirty and restored from their changelogs: partitions lost, a commit the cluster
+refused, a run failing. Partitions revoked are committed first, like the at-least-once
+run. A producer fenced by another worker with the same transactional id (a restart of
+this one) stops the run without committing: the other worker owns its work.
+
 Stopping: :meth:`Runtime.run` ends when its ``stop`` event is set (SIGINT/SIGTERM in
 ``App.run``) or, with ``until_caught_up``, when every input partition has been
 processed up to the end offset it had at the start (then, in turn, every repartition
@@ -58,6 +73,7 @@ loop, which stops the run; positions that are durable are still committed first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -87,10 +103,10 @@ from headwater.groups import (
 )
 from headwater.store import HeadwaterError, OffsetOutOfRangeError, RecordColumns, StoreError
 
-from ._backends import Backend, Membership
+from ._backends import Backend, Membership, Transactions
 from ._clock import Clock, WallClock
-from ._config import AppConfig
-from ._errors import TopologyError
+from ._config import EXACTLY_ONCE, AppConfig
+from ._errors import ProducerFencedError, TopologyError, TransactionAbortedError
 from ._graph import Graph, Role, plan_topics
 from ._metrics import PROCESSING_METRICS, OperatorCounts
 from ._pipeline import Outcome, Pipeline, Write
@@ -127,7 +143,9 @@ class RunStatistics:
     next interval, a final one (partitions given up, the run ending) after retries; the
     records after the last successful commit are processed again by whoever resumes.
     ``late`` counts records that windowed steps dropped because their window had closed
-    (those a ``late()`` stream took are counted too).
+    (those a ``late()`` stream took are counted too). ``commit_seconds`` is the time the
+    commits took (with ``exactly_once``, the changelog flush and the transaction's
+    commit), ``aborts`` the transactions an exactly-once run aborted.
     """
 
     records_in: int
@@ -139,6 +157,8 @@ class RunStatistics:
     elapsed_s: float
     commit_failures: int = 0
     late: int = 0
+    commit_seconds: float = 0.0
+    aborts: int = 0
 
     @property
     def records_per_s(self) -> float:
@@ -273,6 +293,12 @@ class Runtime:
         self._progress = anyio.Event()
         self._records_in = self._records_out = self._skipped = self._dead_lettered = 0
         self._batches = self._commits = self._commit_failures = self._late = 0
+        self._aborts = 0
+        self._commit_time = 0.0
+        self._exactly_once = config.guarantee == EXACTLY_ONCE
+        self._fenced = False
+        self._stop = anyio.Event()
+        self._transactions: Transactions | None = None
         self._started = time.perf_counter()
         self._finished: float | None = None
         self._registry = StoreRegistry(state_dir, name)
@@ -305,6 +331,8 @@ class Runtime:
             (self._finished or time.perf_counter()) - self._started,
             self._commit_failures,
             self._late,
+            self._commit_time,
+            self._aborts,
         )
 
     def tasks(self) -> dict[TaskId, Task]:
@@ -396,8 +424,9 @@ class Runtime:
         :raises TopologyError: if the graph cannot run.
         """
         self._started = time.perf_counter()
+        self._stop = stop or anyio.Event()
         try:
-            await self._run(stop or anyio.Event())
+            await self._run(self._stop)
         finally:
             self._finished = time.perf_counter()
         return self.statistics()
@@ -422,7 +451,15 @@ class Runtime:
                 on_revoked=self._revoked,
                 on_lost=self._lost,
             ) as membership:
+                if self._exactly_once:
+                    if not isinstance(membership, Transactions):
+                        raise TopologyError(
+                            "guarantee 'exactly_once' needs a backend that commits "
+                            "transactions (a Kafka-protocol cluster: give the app a bootstrap)"
+                        )
+                    self._transactions = membership
                 self._membership = membership
+                failed = False
                 try:
                     await self._start_pending()
                     tg.start_soon(self._commit_periodically)
@@ -442,9 +479,17 @@ class Runtime:
                         if self._until_caught_up:
                             waits.start_soon(finish_when_caught_up)
                     await self._stop_loops(list(self._loops))
+                except BaseException:
+                    failed = True
+                    raise
                 finally:
                     with anyio.CancelScope(shield=True):
-                        await self._commit_final(list(self._loops), "the run ends")
+                        if not self._exactly_once:
+                            await self._commit_final(list(self._loops), "the run ends")
+                        elif failed:
+                            await self._abort_final()
+                        else:
+                            await self._commit_final_transaction("the run ends")
             tg.cancel_scope.cancel()
         for running in self._running.values():
             self._registry.drop(running.task)
@@ -504,6 +549,12 @@ class Runtime:
         self._pending = [tp for tp in self._pending if tp not in partitions]
         mine = [tp for tp in partitions if tp in self._loops]
         await self._stop_loops(mine)
+        if self._exactly_once:
+            if await self._commit_final_transaction("they are given up"):
+                self._forget(mine, clean=True)
+            else:  # aborted: the others restart from their last commit too
+                await self._restart(gone=mine)
+            return
         await self._commit_final(mine, "they are given up")
         self._forget(mine, clean=True)
 
@@ -517,12 +568,86 @@ class Runtime:
                 self._name,
                 ", ".join(f"{t}/{p}" for t, p in mine),
             )
+        if self._exactly_once:  # what was written since the last commit is aborted
+            await self._restart(gone=mine)
+            return
         loops = [self._loops[tp][1] for tp in mine]
         for loop in loops:  # closed dirty, as Kafka Streams does: nothing can be committed
             loop.kill()
         for loop in loops:
             await loop.done.wait()
         self._forget(mine, clean=False)
+
+    # -- exactly-once: aborting, restarting, fencing ------------------------------------------
+
+    async def _restart(self, *, gone: list[TopicPartition]) -> None:
+        """Abort the open transaction (unless fenced) and restart every task from its last
+        commit: stop every loop at once, close the tasks dirty (their state is ahead of
+        what was committed), and start again those of the partitions not ``gone``."""
+        partitions = list(self._loops)
+        loops = [self._loops[tp][1] for tp in partitions]
+        for loop in loops:
+            loop.kill()
+        for loop in loops:
+            await loop.done.wait()
+        await self._abort()
+        self._forget(partitions, clean=False)
+        if self._fenced:
+            return
+        self._pending.extend(tp for tp in partitions if tp not in gone)
+        if self._pending and self._membership is not None:
+            await self._start_pending()
+
+    async def _abort(self) -> None:
+        """Abort the open transaction (a fenced producer has nothing left to abort)."""
+        assert self._transactions is not None
+        if self._fenced:
+            return
+        try:
+            await self._transactions.abort_transaction()
+        except ProducerFencedError as exc:
+            self._fence(exc)
+            return
+        self._aborts += 1
+
+    async def _abort_final(self) -> None:
+        """Abort the open transaction of a run that failed (logging, not raising, what
+        prevents it: the run's own error is the one to see)."""
+        try:
+            await self._abort()
+        except HeadwaterError as exc:
+            logger.error("app %r: could not abort the open transaction: %s", self._name, exc)
+
+    async def _commit_final_transaction(self, why: str) -> bool:
+        """Commit the open transaction before ``why``; return whether it committed (it
+        was aborted otherwise, and the log says why)."""
+        if self._fenced:
+            return False
+        try:
+            await self._commit(list(self._loops))
+        except TransactionAbortedError as exc:
+            logger.error("app %r: could not commit before %s: %s", self._name, why, exc)
+            self._commit_failures += 1
+            return False
+        except ProducerFencedError as exc:
+            self._fence(exc)
+            return False
+        except HeadwaterError as exc:
+            self._commit_failures += 1
+            logger.error(
+                "app %r: could not commit before %s: %s; aborting what was not committed",
+                self._name, why, exc,
+            )  # fmt: skip
+            await self._abort_final()
+            return False
+        return True
+
+    def _fence(self, exc: ProducerFencedError) -> None:
+        """Stop the run: another worker took this one's transactional id over."""
+        if not self._fenced:
+            self._fenced = True
+            logger.error("app %r: stopping: %s", self._name, exc)
+        self._stop.set()
 
     def _forget(self, partitions: list[TopicPartition], *, clean: bool) -> None:
         for tp in partitions:
@@ -549,6 +674,8 @@ class Runtime:
         try:
             with loop.scope:
                 await self._read_partition(running, loop)
+        except ProducerFencedError as exc:
+            self._fence(exc)
         finally:
             loop.done.set()
 
@@ -591,6 +718,10 @@ class Runtime:
                     state.position = start
                     continue
             loop.fetch_scope = None
+            if records is not None and not records:  # only markers: read on past them
+                state.position = records.offsets.start  # type: ignore[attr-defined]
+                self._notify_progress()
+                continue
             if records is None:
                 if loop.stopped():
                     break
@@ -708,6 +839,14 @@ class Runtime:
             except (GroupError, StoreError) as exc:
                 self._commit_failures += 1
                 logger.warning("app %r: commit failed (retried next time): %s", self._name, exc)
+            except TransactionAbortedError as exc:
+                self._commit_failures += 1
+                logger.warning("app %r: %s; the tasks restart from the last commit",
+                               self._name, exc)  # fmt: skip
+                await self._restart(gone=[])
+            except ProducerFencedError as exc:
+                self._fence(exc)
+                return
 
     async def _commit(self, partitions: list[TopicPartition]) -> None:
         """Commit the positions that moved, of ``partitions``, with their metadata; a task
@@ -717,6 +856,9 @@ class Runtime:
         :raises GroupError: as the membership's commit. :raises StoreError: likewise.
         """
         if self._membership is None:
+            return
+        if self._exactly_once:
+            await self._commit_transaction()
             return
         async with self._commit_lock:  # one at a time: a later commit never goes first
             offsets: dict[TopicPartition, int] = {}
@@ -743,11 +885,58 @@ class Runtime:
                 return
             started = time.perf_counter()
             await self._membership.commit(offsets, metadata)
+            took = time.perf_counter() - started
+            self._commit_time += took
             if self._metrics is not None:
-                self._commit_seconds.observe(time.perf_counter() - started)
+                self._commit_seconds.observe(took)
             self._commits += 1
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
+
+    async def _commit_transaction(self) -> None:
+        """Commit the open transaction: under every task's lock, write the stores'
+        changelog records, then commit the transaction with every position that moved
+        (see the module docstring).
+
+        :raises TransactionAbortedError: if it was aborted instead (the caller restarts
+            the tasks). :raises ProducerFencedError: if another worker took over.
+        """
+        membership = self._transactions
+        assert membership is not None
+        async with self._commit_lock, contextlib.AsyncExitStack() as locks:
+            runnings = sorted(self._running.values(), key=lambda r: r.task.id)
+            for running in runnings:  # one order: two commits never wait for each other
+                await locks.enter_async_context(running.lock)
+            started = time.perf_counter()
+            offsets: dict[TopicPartition, int] = {}
+            metadata: dict[TopicPartition, str] = {}
+            states: list[PartitionState] = []
+            flushed: list[Task] = []
+            for running in runnings:
+                task = running.task
+                positions = task.positions()
+                if task.stores:
+                    writes = flush_writes(task, positions)
+                    if writes:
+                        await self._write(writes)
+                        flushed.append(task)
+                    running.flushed = positions
+                for tp, loop in running.loops.items():
+                    state = loop.state
+                    if state.position != state.committed:
+                        offsets[tp] = state.position
+                        metadata[tp] = task.metadata()
+                        states.append(state)
+            await membership.commit_transaction(offsets, metadata)
+            for state in states:
+                state.committed = offsets[state.tp]
+            for task in flushed:  # their changelog records are committed: local copies too
+                await checkpointed(task, self._backend)
+            took = time.perf_counter() - started
+            self._commit_time += took
+            if self._metrics is not None:
+                self._commit_seconds.observe(took)
+            self._commits += 1
 
     async def _flush_stores(self, running: _Running) -> None:
         """Write ``running``'s store changes and a checkpoint of its positions to their

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from headwater.groups import OffsetAndMetadata, TopicPartition
 from headwater.store import RecordColumns
@@ -61,6 +61,30 @@ class Membership(Protocol):
         ...
 
 
+@runtime_checkable
+class Transactions(Protocol):
+    """A :class:`Membership` whose commits are transactions (an exactly-once run's): every
+    write since the last commit becomes visible together with the offsets, or never."""
+
+    async def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], metadata: Mapping[TopicPartition, str]
+    ) -> None:
+        """Commit the open transaction with ``offsets`` (and their ``metadata``) as the
+        group's offsets; begin the next.
+
+        :raises TransactionAbortedError: if it could not commit (it was aborted).
+        :raises ProducerFencedError: if another worker took over (nothing more can commit).
+        """
+        ...
+
+    async def abort_transaction(self) -> None:
+        """Abort the open transaction; begin the next.
+
+        :raises ProducerFencedError: if another worker took over.
+        """
+        ...
+
+
 class Backend(Protocol):
     """The log as the runtime uses it. Implementations are used from one event loop."""
 
@@ -85,6 +109,9 @@ class Backend(Protocol):
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
         """Return records from ``offset`` on (about ``max_bytes``), waiting until there is one.
 
+        A backend that reads committed records only may return none, with ``offsets``
+        ``range(end, end)``, when what lies from ``offset`` to the partition's end ``end``
+        is hidden (transaction markers, aborted records): the reader reads on from ``end``.
         Cancelling it loses nothing.
 
         :raises OffsetOutOfRangeError: if ``offset`` is outside the log (retention).

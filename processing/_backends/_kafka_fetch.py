@@ -96,8 +96,8 @@ class _Buffer:
     """What the pump read of one partition and its reader has not taken yet."""
 
     __slots__ = (
-        "chunks", "error", "high_water", "moving", "next", "paused", "ready", "size", "used",
-        "waiting",
+        "chunks", "eof", "error", "high_water", "moving", "next", "paused", "ready", "size",
+        "used", "waiting",
     )  # fmt: skip
 
     def __init__(self, start: int | None) -> None:
@@ -112,6 +112,8 @@ class _Buffer:
         self.high_water = _MIN_HIGH_WATER_BYTES
         self.used = anyio.current_time()  # when a reader last asked for it
         self.waiting = 0  # readers waiting for records
+        #: Where librdkafka last said the partition ends (past markers; -1: not said).
+        self.eof = -1
 
     def wake(self) -> None:
         self.ready.set()
@@ -420,6 +422,12 @@ class Fetcher:
             return
         if topic and partition is not None and partition >= 0:
             buffer = self._buffers.get(TopicPartition(topic, partition))
+            if error.code() == KafkaError._PARTITION_EOF:
+                offset = message.offset()
+                if buffer is not None and not buffer.moving and offset is not None:
+                    buffer.eof = offset
+                    buffer.wake()
+                return
             if buffer is not None and error.code() in (
                 KafkaError._AUTO_OFFSET_RESET,
                 KafkaError.OFFSET_OUT_OF_RANGE,
@@ -433,6 +441,10 @@ class Fetcher:
 
     async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> RecordColumns:
         """Return records of ``tp`` from ``offset`` on (about ``max_bytes``), waiting for one.
+
+        If librdkafka has said the partition ends past ``offset`` and nothing is buffered
+        (what lies between is transaction markers and aborted records), return no
+        records, whose ``offsets`` is ``range(end, end)``: read on from ``end``.
 
         :raises OffsetOutOfRangeError: if ``offset`` is outside the log.
         :raises PartitionNotAssignedError: if the partition is not this member's, or is
@@ -460,6 +472,9 @@ class Fetcher:
                 error, buffer.error = buffer.error, None
                 if error is not None:
                     raise error
+                if buffer.next is not None and buffer.eof > buffer.next and not buffer.moving:
+                    buffer.next = buffer.eof
+                    return RecordColumns(range(buffer.eof, buffer.eof), [], [], [], [])
                 await buffer.ready.wait()
         finally:
             buffer.waiting -= 1
@@ -480,6 +495,7 @@ class Fetcher:
         buffer.chunks.clear()
         buffer.size = 0
         buffer.next = offset
+        buffer.eof = -1
         buffer.error = None
         buffer.moving += 1
         target = ck.TopicPartition(tp.topic, tp.partition, offset)

@@ -19,11 +19,27 @@ call. The delivery thread is the only one that serves librdkafka's queue (``poll
 most ``WAKE_S`` at a time so that it notices a stop), so the counts need no lock. When
 librdkafka's queue is full (``BufferError``), the call waits until the delivery thread
 has served reports (records left the queue) and goes on.
+
+Transactions (``transactional_id`` given, for an exactly-once run): the producer is
+librdkafka's transactional producer, one per process as in Kafka Streams' "eos-v2".
+:meth:`Writer.run` fences older producers of the same transactional id (aborting what
+they left open) and begins a transaction; every write then belongs to the open
+transaction until :meth:`Writer.commit` sends the consumer group's offsets into it
+(``send_offsets_to_transaction``, with the group member's metadata, so that a member
+fenced by a rebalance cannot commit) and commits it, or :meth:`Writer.abort` aborts it;
+either begins the next. The runtime calls them only when no write is in flight (it holds
+every task's lock), so librdkafka's flush inside the commit has nothing to wait for but
+what was acknowledged already. A retriable failure of a commit is retried (librdkafka
+allows calling it again); one that needs an abort aborts, then raises
+:class:`TransactionAbortedError`; a fatal one (the producer was fenced) raises
+:class:`ProducerFencedError`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -35,6 +51,7 @@ from confluent_kafka import KafkaError
 from headwater.store import HeadwaterError
 
 from .._encoding import OutRecords
+from .._errors import ProducerFencedError, TransactionAbortedError
 from .._lineage import SOURCE_HEADER
 from ._kafka_errors import cluster_error, log_error
 
@@ -44,6 +61,27 @@ logger = logging.getLogger("headwater.processing")
 WAKE_S = 0.1
 #: How long closing waits for records still queued (no call waits for them any more).
 _CLOSE_FLUSH_S = 5.0
+
+
+#: How long one transactional call (init, send offsets, commit, abort) may take.
+_TXN_TIMEOUT_S = 30.0
+#: The codes that say another producer of the transactional id took over.
+_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+
+def _retrying(call: Callable[[], None]) -> None:
+    """Run a transactional call, again while librdkafka says a retry may succeed (its
+    own timeout bounds each attempt; the attempts are bounded here)."""
+    for attempt in range(_TXN_ATTEMPTS):
+        try:
+            call()
+            return
+        except ck.KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == _TXN_ATTEMPTS - 1:
+                raise
+
+
+_TXN_ATTEMPTS = 5
 
 
 class _Delivery:
@@ -73,12 +111,26 @@ class Writer:
     Run :meth:`run` in a task; :meth:`stop` makes it flush what is queued and return.
     """
 
-    def __init__(self, config: dict[str, Any], bootstrap: str) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        bootstrap: str,
+        *,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
+    ) -> None:
         self._config = {
             **config,
             "acks": "all",
             "enable.idempotence": True,
         }
+        self.transactional = transactional_id is not None
+        if transactional_id is not None:
+            self._config["transactional.id"] = transactional_id
+            self._config["transaction.timeout.ms"] = transaction_timeout_ms
+        #: How many transactions were committed, and how long their commits took (s).
+        self.commits = 0
+        self.commit_seconds = 0.0
         self._bootstrap = bootstrap
         self._producer: ck.Producer | None = None
         self._stopping = False
@@ -92,6 +144,17 @@ class Writer:
     ) -> None:
         """Create the producer, then serve delivery reports until :meth:`stop`."""
         self._producer = await anyio.to_thread.run_sync(ck.Producer, self._config)
+        if self.transactional:
+            producer = self._producer
+
+            def begin() -> None:
+                producer.init_transactions(_TXN_TIMEOUT_S)
+                producer.begin_transaction()
+
+            try:
+                await anyio.to_thread.run_sync(begin)
+            except ck.KafkaException as exc:
+                raise self._txn_error(exc.args[0], "starting transactions") from None
         task_status.started()
         await anyio.to_thread.run_sync(self._serve, limiter=anyio.CapacityLimiter(1))
 
@@ -173,8 +236,75 @@ class Writer:
         if delivery.error is not None:
             raise self._error(delivery.error, topic, partition)
 
+    # -- transactions ------------------------------------------------------------------
+
+    async def commit(self, offsets: list[ck.TopicPartition], group_metadata: object) -> None:
+        """Send ``offsets`` (with their metadata) into the open transaction for the group
+        whose member gave ``group_metadata``, commit the transaction, begin the next.
+
+        :raises TransactionAbortedError: if it could not commit (it was aborted).
+        :raises ProducerFencedError: if another producer of the transactional id took over.
+        :raises ClusterError: if the cluster failed otherwise.
+        """
+        producer = self._producer
+        assert producer is not None and self.transactional
+
+        def commit() -> None:
+            if offsets:
+                _retrying(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, group_metadata, _TXN_TIMEOUT_S
+                    )
+                )
+            _retrying(lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
+            producer.begin_transaction()
+
+        started = time.perf_counter()
+        try:
+            await anyio.to_thread.run_sync(commit)
+        except ck.KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.txn_requires_abort():
+                await self.abort()
+                raise TransactionAbortedError(
+                    f"committing a transaction on {self._bootstrap} failed, so it was "
+                    f"aborted: {error.str()}"
+                ) from None
+            raise self._txn_error(error, "committing a transaction") from None
+        self.commits += 1
+        self.commit_seconds += time.perf_counter() - started
+
+    async def abort(self) -> None:
+        """Abort the open transaction (its writes are never visible to read_committed
+        readers) and begin the next.
+
+        :raises ProducerFencedError: if another producer of the transactional id took over.
+        :raises ClusterError: if the cluster failed otherwise.
+        """
+        producer = self._producer
+        assert producer is not None and self.transactional
+
+        def abort() -> None:
+            _retrying(lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
+            producer.begin_transaction()
+
+        try:
+            await anyio.to_thread.run_sync(abort)
+        except ck.KafkaException as exc:
+            raise self._txn_error(exc.args[0], "aborting a transaction") from None
+
+    def _txn_error(self, error: KafkaError, what: str) -> HeadwaterError:
+        if error.code() in _FENCED or error.fatal():
+            return ProducerFencedError(
+                f"{what} on {self._bootstrap}: this worker's transactional producer was "
+                f"fenced (another worker with its transactional id took over): {error.str()}"
+            )
+        return cluster_error(error, what, self._bootstrap)
+
     def _error(self, error: KafkaError, topic: str, partition: int) -> HeadwaterError:
         what = f"writing to {topic}/{partition}"
+        if self.transactional and (error.code() in _FENCED or error.fatal()):
+            return self._txn_error(error, what)
         if error.fatal():
             return cluster_error(error, what, self._bootstrap)
         return log_error(error, what, self._bootstrap)

@@ -20,6 +20,16 @@ The same :class:`~headwater.processing.Backend` as the embedded log, over conflu
   being restored, a test reading an output): a second consumer that assigns partitions
   as they are asked for, and lets them go once nobody asks.
 
+Exactly-once (``transactional_id`` given): the writer is librdkafka's transactional
+producer (``_kafka_produce.py``), and the group membership commits through it
+(:meth:`_Membership.commit_transaction`): the offsets go into the open transaction with
+the member's group metadata, so outputs, changelog records and input offsets become
+visible together. Every consumer reads committed records only
+(``isolation.level=read_committed``) and reports the end of a partition
+(``enable.partition.eof``): the end librdkafka reports lies past the transaction markers
+and aborted records that no record shows, so a fetch whose partition holds nothing more
+to see returns no records and says where to read next (``_kafka_fetch.py``).
+
 Assignment uses Kafka's ``range`` assignor, eagerly: librdkafka offers it, and it keeps a
 task's partitions on one member (see ``_tasks.py``; its ``cooperative-sticky`` would
 split tasks). Offsets are committed with their metadata through the group member, never
@@ -71,6 +81,9 @@ T = TypeVar("T")
 REQUEST_TIMEOUT_S = 30.0
 #: How long the first contact may take before the cluster is reported unreachable.
 CONNECT_TIMEOUT_S = 10.0
+
+#: How every consumer reads: committed records only, and told where a partition ends.
+_READING = {"isolation.level": "read_committed", "enable.partition.eof": True}
 
 librdkafka_logger = logging.getLogger("headwater.processing.librdkafka")
 # librdkafka's own lines (connection attempts, retries) are for debugging: what matters
@@ -151,6 +164,46 @@ class _Membership:
         return f"group {self._group_id!r}: {doing} offsets"
 
 
+class _TransactionalMembership(_Membership):
+    """A :class:`Membership` whose commits are transactions (see the module docstring)."""
+
+    def __init__(self, fetcher: Fetcher, bootstrap: str, group_id: str, writer: Writer) -> None:
+        super().__init__(fetcher, bootstrap, group_id)
+        self._writer = writer
+
+    @property
+    def transaction_stats(self) -> tuple[int, float]:
+        """Transactions committed, and the seconds their commits took in all."""
+        return self._writer.commits, self._writer.commit_seconds
+
+    async def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], metadata: Mapping[TopicPartition, str]
+    ) -> None:
+        """Commit the open transaction (every write since the last) with ``offsets`` and
+        their metadata as the group's offsets; begin the next.
+
+        :raises TransactionAbortedError: if it could not commit (it was aborted).
+        :raises ProducerFencedError: if another worker took over the transactional id.
+        """
+        fetcher = self._fetcher
+        group_metadata = await fetcher.call(lambda c: c.consumer_group_metadata())
+        asked = [
+            ck.TopicPartition(tp.topic, tp.partition, offset, metadata.get(tp, ""))
+            for tp, offset in offsets.items()
+        ]
+        await self._writer.commit(asked, group_metadata)
+        for tp, offset in offsets.items():
+            if fetcher.holds(tp):
+                fetcher.committed[tp] = OffsetAndMetadata(offset, metadata.get(tp, ""))
+
+    async def abort_transaction(self) -> None:
+        """Abort the open transaction; begin the next.
+
+        :raises ProducerFencedError: if another worker took over the transactional id.
+        """
+        await self._writer.abort()
+
+
 class KafkaBackend:
     """A Kafka-protocol cluster as the runtime's log (see the module docstring).
 
@@ -163,6 +216,9 @@ class KafkaBackend:
         task_group: TaskGroup,
         settings: Mapping[str, Any] | None = None,
         member_settings: Mapping[str, Any] | None = None,
+        *,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
     ) -> None:
         self.bootstrap = bootstrap
         self._task_group = task_group
@@ -172,7 +228,12 @@ class KafkaBackend:
             self._admin = AdminClient(self.client_config())
         except KafkaException as exc:  # a setting librdkafka refuses
             raise cluster_error(exc.args[0], "configuring a client", bootstrap) from None
-        self._writer = Writer(self.client_config(**{"linger.ms": 2}), bootstrap)
+        self._writer = Writer(
+            self.client_config(**{"linger.ms": 2}),
+            bootstrap,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+        )
         self._members: list[Fetcher] = []
         self._reader: Fetcher | None = None
         self._reader_started: anyio.Event | None = None
@@ -286,6 +347,8 @@ class KafkaBackend:
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
         """Return records from ``offset`` on (about ``max_bytes``), waiting for one.
 
+        No records, with ``offsets`` ``range(end, end)``, if what follows ``offset`` up to
+        the partition's end ``end`` is only transaction markers and aborted records.
         Cancelling it loses nothing.
 
         :raises OffsetOutOfRangeError: if ``offset`` is outside the log.
@@ -304,6 +367,7 @@ class KafkaBackend:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "error",
+                **_READING,
             })  # fmt: skip
             reader = Fetcher(config, self.bootstrap)
             await self._task_group.start(reader.run)
@@ -333,6 +397,7 @@ class KafkaBackend:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "error",
+            **_READING,
             **self._member_settings,
         })  # fmt: skip
         handlers = GroupHandlers(on_assigned, on_revoked, on_lost, list(topics))
@@ -342,7 +407,10 @@ class KafkaBackend:
             self._members.append(fetcher)
             try:
                 await fetcher.wait_joined()
-                yield _Membership(fetcher, self.bootstrap, group_id)
+                if self._writer.transactional:
+                    yield _TransactionalMembership(fetcher, self.bootstrap, group_id, self._writer)
+                else:
+                    yield _Membership(fetcher, self.bootstrap, group_id)
             finally:
                 self._members.remove(fetcher)
                 fetcher.stop()
@@ -386,20 +454,31 @@ async def open_kafka(
     settings: Mapping[str, Any] | None = None,
     *,
     member_settings: Mapping[str, Any] | None = None,
+    transactional_id: str | None = None,
+    transaction_timeout_ms: int = 60_000,
 ) -> AsyncIterator[KafkaBackend]:
     """Connect to the Kafka-protocol cluster at ``bootstrap`` for a block.
 
     ``settings`` are librdkafka configuration properties for every client (e.g.
     ``{"client.id": "clicks-7"}``), ``member_settings`` more for the consumers that join
-    a group (``{"session.timeout.ms": 10000}``). Leaving the block flushes what is being
-    written and closes every client.
+    a group (``{"session.timeout.ms": 10000}``). With ``transactional_id``, writes are
+    transactional and group commits are transactions (see the module docstring), which
+    the cluster aborts if left open longer than ``transaction_timeout_ms``. Leaving the
+    block flushes what is being written and closes every client.
 
     :raises ClusterError: if ``bootstrap`` is malformed or the cluster cannot be reached.
     """
     check_bootstrap(bootstrap)
     await _check_reachable(bootstrap)
     async with anyio.create_task_group() as tg:
-        backend = KafkaBackend(bootstrap, tg, settings, member_settings)
+        backend = KafkaBackend(
+            bootstrap,
+            tg,
+            settings,
+            member_settings,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+        )
         try:
             await backend._start()
             yield backend

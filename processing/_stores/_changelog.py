@@ -132,6 +132,9 @@ async def restore(
         reported = 0
         while offset < end:
             records = await backend.fetch(topic, partition, offset, fetch_bytes)
+            if not records:  # only transaction markers and aborted records up to the end
+                offset = records.offsets.start  # type: ignore[attr-defined]
+                continue
             store.apply_changelog(records.keys, records.values)
             offset = records.offsets[-1] + 1
             if store.restored - reported >= progress_every and offset < end:
