@@ -1,0 +1,220 @@
+"""Exactly-once processing on a Kafka-protocol cluster: ``guarantee="exactly_once"``.
+
+A worker (``headwater run app.py`` in a subprocess) is killed with SIGKILL at random
+moments, restarted each time under the same ``instance_id`` (so it fences its
+predecessor's producer and aborts the transaction that one left open), then run until
+caught up; what a read_committed reader sees of its output must equal an uninterrupted
+run's exactly: the same records, none twice, none missing. W1-like (filter, map, to)
+and W2-like (key_by, tumbling window, aggregate, final) apps, on ``headwater broker``;
+the long run (``HEADWATER_EOS_CYCLES=N pytest -m slow ...``) does N kill cycles per app
+on both clusters.
+
+The uninterrupted run is the same app file under another name (its own group and
+output topic), on the same input. Inputs are on one partition for W2: its repartition
+topic's partitions then each have one writer, so their order, and so the windows'
+results, do not depend on timing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import confluent_kafka as ck
+import orjson
+import pytest
+
+from headwater.processing import App, AppConfig, TopologyError
+
+from .cluster import TIMEOUT_S, create_topic, produce, unique
+
+HEADWATER = str(Path(sys.executable).with_name("headwater"))
+SEED = int(os.environ.get("HEADWATER_EOS_SEED", "1717"))
+QUICK_CYCLES = 2
+SLOW_CYCLES = int(os.environ.get("HEADWATER_EOS_CYCLES", "0"))
+
+APP = """
+import time
+
+from headwater.processing import App, AppConfig, windows
+
+config = AppConfig(
+    commit_interval_ms=100, max_batch_bytes=4096, session_timeout_ms=6000,
+    guarantee="exactly_once", instance_id="worker-1",
+)
+app = App("{name}", config=config)
+
+
+def slowly(event):
+    time.sleep(0.0002)  # a little work per event, so that a kill lands midway
+    return event
+
+
+clicks = app.stream("{topic}").map(slowly)
+if "{workload}" == "W1":
+    (
+        clicks.filter(lambda e: e["ms"] > 100)
+        .map(lambda e: {**e, "slow": e["ms"] > 500})
+        .to("{name}-out")
+    )
+else:
+    (
+        clicks.filter(lambda e: e["ms"] > 100)
+        .key_by(lambda e: e["user"])
+        .window(windows.tumbling(seconds=1), timestamp=lambda e: e["ts"], grace_ms=0)
+        .aggregate(
+            initial=lambda: {"count": 0, "sum": 0},
+            add=lambda acc, e: {"count": acc["count"] + 1, "sum": acc["sum"] + e["ms"]},
+            name="per-user",
+        )
+        .final()
+        .to("{name}-out")
+    )
+"""
+
+
+def events(count: int) -> list[bytes]:
+    """Return ``count`` W1 events (JSON), from the fixed seed."""
+    rng = random.Random(SEED)
+    out, ts = [], 1_717_200_000_000
+    for _ in range(count):
+        ts += rng.choice((0, 1, 1, 2))
+        event = {"user": f"u{rng.randrange(50)}", "ts": ts, "ms": rng.randrange(1001)}
+        out.append(orjson.dumps(event))
+    return out
+
+
+def read_committed(bootstrap: str, topic: str) -> list[list[tuple[bytes | None, bytes | None]]]:
+    """Return, per partition, the (key, value) of every record of ``topic`` that a
+    read_committed consumer sees, up to the partition's last stable offset (librdkafka
+    says when it reached it: the end lies past transaction markers no record shows)."""
+    consumer = ck.Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": unique("reader"),
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+    })  # fmt: skip
+    try:
+        count = len(consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions)
+        consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(count)])
+        out: list[list[tuple[bytes | None, bytes | None]]] = [[] for _ in range(count)]
+        left = set(range(count))
+        while left:
+            message = consumer.poll(TIMEOUT_S)
+            assert message is not None, f"{topic}: no end of {left} within {TIMEOUT_S} s"
+            error = message.error()
+            p = message.partition()
+            assert p is not None
+            if error is not None:
+                assert error.code() == ck.KafkaError._PARTITION_EOF, error
+                left.discard(p)
+                continue
+            out[p].append((message.key(), message.value()))
+        return out
+    finally:
+        consumer.close()
+
+
+def start(app: Path, bootstrap: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``headwater run app`` on ``bootstrap``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    return subprocess.Popen(
+        [HEADWATER, "run", str(app), "--bootstrap", bootstrap, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def finish(app: Path, bootstrap: str) -> str:
+    """Run ``app`` until caught up; return its stderr (it must succeed)."""
+    worker = start(app, bootstrap, "--until-caught-up")
+    try:
+        _, stderr = worker.communicate(timeout=180)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+def write_app(tmp_path: Path, name: str, topic: str, workload: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    text = APP.replace("{name}", name).replace("{topic}", topic)
+    path.write_text(text.replace("{workload}", workload))
+    return path
+
+
+def killed_and_restarted(bootstrap: str, tmp_path: Path, workload: str, cycles: int) -> None:
+    """Kill a worker ``cycles`` times at random moments, then finish; compare with an
+    uninterrupted run."""
+    rng = random.Random(f"{SEED}-{workload}-{cycles}")
+    topic = unique(f"eos-{workload.lower()}-in")
+    partitions = 2 if workload == "W1" else 1
+    create_topic(bootstrap, topic, partitions)
+    produce(bootstrap, topic, events(6000), partitions=partitions)
+
+    reference = unique("eos-ref")
+    finish(write_app(tmp_path, reference, topic, workload), bootstrap)
+    expected = read_committed(bootstrap, f"{reference}-out")
+
+    name = unique("eos-kill")
+    app = write_app(tmp_path, name, topic, workload)
+    for _ in range(cycles):
+        worker = start(app, bootstrap)
+        try:
+            # A random moment: starting up, restoring, processing, committing.
+            try:
+                worker.wait(timeout=rng.uniform(0.5, 3.0))
+            except subprocess.TimeoutExpired:
+                pass
+            assert worker.returncode is None, worker.communicate()[1]
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate(timeout=60)
+    finish(app, bootstrap)
+    got = read_committed(bootstrap, f"{name}-out")
+
+    assert sum(map(len, expected)) > 0
+    assert Counter(r for part in got for r in part) == Counter(r for part in expected for r in part)
+    assert got == expected  # per partition, in the same order too
+
+
+@pytest.mark.parametrize("workload", ["W1", "W2"])
+def test_killed_workers_commit_each_output_once(
+    headwater_broker: object, tmp_path: Path, workload: str
+) -> None:
+    bootstrap = headwater_broker.bootstrap  # type: ignore[attr-defined]
+    killed_and_restarted(bootstrap, tmp_path, workload, QUICK_CYCLES)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW_CYCLES, reason="set HEADWATER_EOS_CYCLES=N for the long run")
+@pytest.mark.parametrize("workload", ["W1", "W2"])
+def test_killed_workers_commit_each_output_once_over_many_cycles(
+    cluster: str, tmp_path: Path, workload: str
+) -> None:
+    killed_and_restarted(cluster, tmp_path, workload, SLOW_CYCLES)
+
+
+def test_exactly_once_is_refused_on_a_data_directory(tmp_path: Path) -> None:
+    app = App("eos", data_dir=tmp_path / "data", guarantee="exactly_once")
+    app.stream("in", partitions=1).to("out")
+
+    with pytest.raises(TopologyError, match="exactly_once.*Kafka-protocol cluster only"):
+        app.run(until_caught_up=True)
+    assert not (tmp_path / "data").exists()  # nothing created for an app that cannot run
+
+
+def test_a_bad_guarantee_is_refused() -> None:
+    with pytest.raises(TopologyError, match="guarantee must be"):
+        App("eos", guarantee="twice")
+    with pytest.raises(TopologyError, match="instance_id"):
+        AppConfig(instance_id="a b")
