@@ -45,6 +45,14 @@ supervisor, with its broker on a data directory, and the workers, their start-up
 included): on a shared machine these vary less than the wall-clock figure. The embedded
 figures follow in the same run, for comparison.
 
+``--exactly-once`` (with ``--broker``, ``--apache-kafka`` or ``--bootstrap``) measures what
+the exactly-once guarantee costs on those clusters instead: ``--runs`` pairs of runs of
+W1 and of W2 in this process's children (``App.run_async`` until caught up, at the default
+commit interval), one with ``guarantee="exactly_once"``, one with ``"at_least_once"``,
+interleaved; it prints each workload's medians, their ratio (target >= 0.8) and the
+median time a commit took with each (exactly-once: the changelog flush, the offsets sent
+into the transaction and its commit).
+
 ``--metrics-cost`` measures what metrics cost instead: ``--runs`` pairs of W1 runs, one
 with the process's metrics on (``enable_metrics``, as ``headwater run --metrics`` does;
 each such run then renders the registry once, as a scrape would, outside the timing) and
@@ -58,6 +66,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import os
 import pstats
 import random
@@ -72,7 +81,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import orjson
@@ -137,10 +146,10 @@ def w1(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str
     return app
 
 
-def w2(data: Path, name: str) -> App:
-    """Return the W2 app on ``data``."""
-    app = App(name, data_dir=data)
-    clicks = app.stream("clicks")
+def w2(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str = "clicks") -> App:
+    """Return the W2 app on ``data`` (or the cluster at ``bootstrap``), reading ``topic``."""
+    app = App(name, data_dir=data, bootstrap=bootstrap)
+    clicks = app.stream(topic)
     (
         clicks.filter(lambda e: e["ms"] > 100)
         .key_by(lambda e: e["user"])
@@ -241,6 +250,62 @@ def compare_metrics(data: Path, events: int, runs: int) -> None:
         f">= 0.97); CPU per event on {cpu_on:.2f} µs, off {cpu_off:.2f} µs, on/off = "
         f"{cpu_on / cpu_off:.3f}, median of the pairs {paired_cpu:.3f}"
     )
+
+
+def run_guarantee(bootstrap: str, topic: str, name: str, workload: str, guarantee: str) -> Any:
+    """Run ``workload`` as app ``name`` on the cluster until caught up with ``guarantee``;
+    return [seconds, records in, commits, seconds the commits took]."""
+    app = WORKLOADS[workload](None, name, bootstrap=bootstrap, topic=topic)
+    app.config = dataclasses.replace(app.config, guarantee=guarantee)
+
+    async def timed() -> tuple[float, RunStatistics]:
+        started = time.perf_counter()
+        stats = await app.run_async(until_caught_up=True)
+        return time.perf_counter() - started, stats
+
+    elapsed, stats = anyio.run(timed, backend="trio")
+    return [elapsed, stats.records_in, stats.commits, stats.commit_seconds]
+
+
+def compare_guarantees(label: str, bootstrap: str, args: argparse.Namespace) -> None:
+    """Run W1 and W2 on the cluster ``args.runs`` times with each guarantee, interleaved
+    (exactly-once first, then at-least-once first, ...); print the medians, their ratio
+    and what a commit costs with each (the changelog flush and, exactly-once, the
+    transaction's commit)."""
+    topic = load_cluster(bootstrap, args.events)
+    workloads = [args.only] if args.only else ["W1", "W2"]
+    guarantees = ("exactly_once", "at_least_once")
+    for workload in workloads:
+        rates: dict[str, list[float]] = {g: [] for g in guarantees}
+        per_commit: dict[str, list[float]] = {g: [] for g in guarantees}
+        for run in range(1, args.runs + 1):
+            for guarantee in guarantees if run % 2 else guarantees[::-1]:
+                name = f"{workload.lower()}-{guarantee[:2]}-{uuid.uuid4().hex[:6]}"
+                worker = subprocess.run(
+                    [sys.executable, __file__, "--guarantee-worker", bootstrap, topic, name,
+                     workload, guarantee],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                elapsed, records_in, commits, commit_s = orjson.loads(worker.stdout)
+                if records_in < args.events:
+                    sys.exit(f"{label}: {workload} read {records_in:,} of {args.events:,}")
+                rates[guarantee].append(args.events / elapsed)
+                per_commit[guarantee].append(commit_s / max(commits, 1) * 1000)
+                print(
+                    f"{label}, {workload} {guarantee} run {run}: {args.events / elapsed:,.0f} "
+                    f"events/s, {commits} commits of {per_commit[guarantee][-1]:.1f} ms each"
+                )
+        eos, alo = (statistics.median(rates[g]) for g in guarantees)
+        paired = statistics.median(
+            a / b for a, b in zip(rates["exactly_once"], rates["at_least_once"], strict=True)
+        )
+        eos_ms, alo_ms = (statistics.median(per_commit[g]) for g in guarantees)
+        print(
+            f"{label}, {workload}: exactly_once {eos:,.0f} events/s, at_least_once "
+            f"{alo:,.0f} events/s, ratio {eos / alo:.2f} (median of pairs {paired:.2f}, "
+            f"target >= 0.80); a commit takes {eos_ms:.1f} ms exactly-once, {alo_ms:.1f} ms "
+            "at-least-once"
+        )
 
 
 def peak_rss() -> int:
@@ -471,7 +536,11 @@ def apache_kafka(root: Path) -> Iterator[str | None]:
 
 
 def bench_cluster(label: str, bootstrap: str, args: argparse.Namespace, root: Path) -> None:
-    """Print W1's figures on the cluster at ``bootstrap`` for each worker count."""
+    """Print W1's figures on the cluster at ``bootstrap`` for each worker count (with
+    ``--exactly-once``, W1's and W2's with each guarantee instead)."""
+    if args.exactly_once:
+        compare_guarantees(label, bootstrap, args)
+        return
     started = time.perf_counter()
     topic = load_cluster(bootstrap, args.events)
     loaded_s = time.perf_counter() - started
@@ -524,6 +593,9 @@ def main() -> None:
         figures = run_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
         print(orjson.dumps([*figures, peak_rss()]).decode())
         return
+    if sys.argv[1:2] == ["--guarantee-worker"]:  # compare_guarantees's child
+        print(orjson.dumps(run_guarantee(*sys.argv[2:7])).decode())
+        return
     if sys.argv[1:2] == ["--metrics-worker"]:  # compare_metrics's child
         measured = run_metered(Path(sys.argv[2]), sys.argv[3], metrics="--metrics" in sys.argv)
         print(orjson.dumps(tuple(measured)).decode())
@@ -548,6 +620,12 @@ def main() -> None:
     parser.add_argument(
         "--metrics-cost", action="store_true", help="compare W1 with metrics on and off"
     )
+    parser.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="on the clusters asked for, compare W1 and W2 with exactly_once and "
+        "at_least_once (interleaved) instead of the worker counts",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
     data = root / "data"
@@ -562,6 +640,8 @@ def main() -> None:
             with apache_kafka(root) as kafka:
                 if kafka is not None:
                     bench_cluster("Apache Kafka", kafka, args, root)
+        if args.exactly_once:
+            return
         started = time.perf_counter()
         anyio.run(load, data, args.events, backend="trio")
         loaded_s = time.perf_counter() - started

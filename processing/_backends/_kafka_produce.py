@@ -65,8 +65,15 @@ _CLOSE_FLUSH_S = 5.0
 
 #: How long one transactional call (init, send offsets, commit, abort) may take.
 _TXN_TIMEOUT_S = 30.0
-#: The codes that say another producer of the transactional id took over.
-_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+#: The codes that say another producer of the transactional id took over (``_FATAL``:
+#: a call refused because the producer failed for good earlier, which for a
+#: transactional producer is being fenced unless the cluster misbehaves).
+_FENCED = (
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError._FATAL,
+)
 
 
 def _retrying(call: Callable[[], None]) -> None:
@@ -138,6 +145,9 @@ class Writer:
         self._room_wanted = False  # a call waits for room (read by the delivery thread)
         #: Calls whose records are all reported, to wake (only the delivery thread uses it).
         self.finished: list[_Delivery] = []
+        #: Calls waiting for their reports (event loop only), and why none will come.
+        self._waiting: set[_Delivery] = set()
+        self._failure: KafkaError | None = None
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -165,12 +175,20 @@ class Writer:
     def _serve(self) -> None:
         producer = self._producer
         assert producer is not None
-        while not self._stopping:
-            if producer.poll(WAKE_S):
-                self._wake()
-        # Every call that returned waited for its records: what is left belongs to calls
-        # that were cancelled or failed, whose inputs are not committed. A short wait only.
-        left = producer.flush(_CLOSE_FLUSH_S)
+        try:
+            while not self._stopping:
+                if producer.poll(WAKE_S):
+                    self._wake()
+            # Every call that returned waited for its records: what is left belongs to
+            # calls that were cancelled or failed, whose inputs are not committed. A short
+            # wait only.
+            left = producer.flush(_CLOSE_FLUSH_S)
+        except ck.KafkaException as exc:
+            # A transactional producer in a fatal state (fenced) raises it from here too:
+            # no report will come any more, so the calls still waiting fail with it.
+            left = len(producer)
+            self._failure = exc.args[0]
+            anyio.from_thread.run_sync(self._fail_waiting)
         self._wake()
         if left:
             logger.warning("%d records were not acknowledged by %s at exit", left, self._bootstrap)
@@ -184,6 +202,17 @@ class Writer:
         if finished or room:
             self.finished = []
             anyio.from_thread.run_sync(self._woken, finished, room)
+
+    def failure(self) -> KafkaError | None:
+        """Why the producer failed for good (its delivery thread stopped), if it did."""
+        return self._failure
+
+    def _fail_waiting(self) -> None:
+        for delivery in self._waiting:
+            if delivery.error is None:
+                delivery.error = self._failure
+            delivery.done.set()
+        self._room.set()
 
     def _woken(self, finished: list[_Delivery], room: bool) -> None:
         for delivery in finished:
@@ -202,6 +231,8 @@ class Writer:
         count = records.count()
         if not count:
             return
+        if self._failure is not None:
+            raise self._error(self._failure, topic, partition)
         delivery = _Delivery(count, self)
         report = delivery.report
         lineage = records.lineage()
@@ -230,9 +261,20 @@ class Writer:
                 pending = (value, key, timestamp, header)
                 self._room_wanted = True
                 await self._room.wait()
+                failure = self.failure()
+                if failure is not None:
+                    raise self._error(failure, topic, partition) from None
             except ck.KafkaException as exc:
                 raise self._error(exc.args[0], topic, partition) from None
-        await delivery.done.wait()
+        self._waiting.add(delivery)
+        failure = self.failure()  # read afresh: it may have failed while this call waited
+        if failure is not None:  # and then no report comes
+            delivery.error = delivery.error or failure
+            delivery.done.set()
+        try:
+            await delivery.done.wait()
+        finally:
+            self._waiting.discard(delivery)
         if delivery.error is not None:
             raise self._error(delivery.error, topic, partition)
 

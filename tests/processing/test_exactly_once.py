@@ -17,6 +17,7 @@ results, do not depend on timing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -162,7 +163,7 @@ def killed_and_restarted(bootstrap: str, tmp_path: Path, workload: str, cycles: 
     produce(bootstrap, topic, events(6000), partitions=partitions)
 
     reference = unique("eos-ref")
-    finish(write_app(tmp_path, reference, topic, workload), bootstrap)
+    reference_log = finish(write_app(tmp_path, reference, topic, workload), bootstrap)
     expected = read_committed(bootstrap, f"{reference}-out")
 
     name = unique("eos-kill")
@@ -171,20 +172,22 @@ def killed_and_restarted(bootstrap: str, tmp_path: Path, workload: str, cycles: 
         worker = start(app, bootstrap)
         try:
             # A random moment: starting up, restoring, processing, committing.
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.wait(timeout=rng.uniform(0.5, 3.0))
-            except subprocess.TimeoutExpired:
-                pass
             assert worker.returncode is None, worker.communicate()[1]
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.communicate(timeout=60)
-    finish(app, bootstrap)
+    log = finish(app, bootstrap)
     got = read_committed(bootstrap, f"{name}-out")
 
+    print(f"uninterrupted run:\n{reference_log}\nlast run:\n{log}")  # shown if it fails
     assert sum(map(len, expected)) > 0
     assert Counter(r for part in got for r in part) == Counter(r for part in expected for r in part)
-    assert got == expected  # per partition, in the same order too
+    if workload == "W1":  # per partition, in the same order too (a window's results
+        # for different keys come in the order of the keys in the store, which a restore
+        # may change)
+        assert got == expected
 
 
 @pytest.mark.parametrize("workload", ["W1", "W2"])
@@ -208,7 +211,7 @@ def test_exactly_once_is_refused_on_a_data_directory(tmp_path: Path) -> None:
     app = App("eos", data_dir=tmp_path / "data", guarantee="exactly_once")
     app.stream("in", partitions=1).to("out")
 
-    with pytest.raises(TopologyError, match="exactly_once.*Kafka-protocol cluster only"):
+    with pytest.raises(TopologyError, match=r"exactly_once.*Kafka-protocol cluster only"):
         app.run(until_caught_up=True)
     assert not (tmp_path / "data").exists()  # nothing created for an app that cannot run
 
@@ -218,3 +221,65 @@ def test_a_bad_guarantee_is_refused() -> None:
         App("eos", guarantee="twice")
     with pytest.raises(TopologyError, match="instance_id"):
         AppConfig(instance_id="a b")
+
+
+def test_a_fenced_worker_stops_and_its_successor_commits_each_output_once(
+    headwater_broker: object, tmp_path: Path
+) -> None:
+    bootstrap = headwater_broker.bootstrap  # type: ignore[attr-defined]
+    topic = unique("eos-fence-in")
+    create_topic(bootstrap, topic, 2)
+    produce(bootstrap, topic, events(6000), partitions=2)
+    reference = unique("eos-ref")
+    finish(write_app(tmp_path, reference, topic, "W1"), bootstrap)
+    name = unique("eos-fence")
+    app = write_app(tmp_path, name, topic, "W1")
+
+    first = start(app, bootstrap)
+    try:
+        # Once the first worker has committed outputs, a second one with the same
+        # instance id starts: it fences the first, which stops without committing more.
+        wait_for_committed(bootstrap, f"{name}-out", 200)
+        second = start(app, bootstrap)
+        try:
+            _, stderr = first.communicate(timeout=60)
+            assert first.returncode == 0, stderr
+            assert "Traceback" not in stderr, stderr
+            assert "stopping" in stderr and "fenced" in stderr, stderr
+        finally:
+            second.send_signal(signal.SIGTERM)
+            try:
+                _, stderr = second.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                _, stderr = second.communicate()
+                pytest.fail(f"the second worker did not stop on SIGTERM:\n{stderr}")
+        assert second.returncode == 0, stderr
+    finally:
+        first.kill()
+        first.communicate()
+    finish(app, bootstrap)
+
+    assert read_committed(bootstrap, f"{name}-out") == read_committed(
+        bootstrap, f"{reference}-out"
+    )
+
+
+def wait_for_committed(bootstrap: str, topic: str, count: int) -> None:
+    """Block until a read_committed reader has seen ``count`` records of ``topic``."""
+    consumer = ck.Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": unique("waiter"),
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+    })  # fmt: skip
+    try:
+        consumer.subscribe([topic])
+        seen = 0
+        while seen < count:
+            message = consumer.poll(TIMEOUT_S)
+            assert message is not None, f"{topic}: {seen} records, still waiting for {count}"
+            seen += message.error() is None
+    finally:
+        consumer.close()
