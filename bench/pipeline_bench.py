@@ -392,13 +392,18 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_in_worker(data: Path, name: str, workload: str) -> Timed:
-    """Run ``workload`` in a new worker process, as ``headwater run`` would."""
+def run_in_worker(data: Path, name: str, workload: str, packages: Path | None = None) -> Timed:
+    """Run ``workload`` in a new worker process, as ``headwater run`` would (with the
+    headwater packages found under ``packages``, if given: see ``--before``)."""
+    env = None
+    if packages is not None:
+        env = {**os.environ, "PYTHONPATH": str(packages)}
     worker = subprocess.run(
         [sys.executable, __file__, "--worker", str(data), name, workload],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
     return Timed(*orjson.loads(worker.stdout))
 
@@ -414,13 +419,12 @@ def run_plain_in_worker(count: int, workload: str) -> Timed:
     return Timed(*orjson.loads(worker.stdout))
 
 
-def describe_usage(timed: Timed) -> str:
-    """Return a run's CPU time and page faults per event, as printed."""
-    per = 1e6 / timed.records_in
+def describe_usage(timed: Timed, events: int) -> str:
+    """Return a run's CPU time and page faults per input event, as printed."""
+    per = 1e6 / events
     return (
         f"CPU {timed.cpu_s * per:.2f} us/event (user {timed.user_s * per:.2f}, "
-        f"kernel {timed.sys_s * per:.2f}), {timed.faults / timed.records_in:.3f} page "
-        "faults/event"
+        f"kernel {timed.sys_s * per:.2f}), {timed.faults / events:.3f} page faults/event"
     )
 
 
@@ -709,6 +713,15 @@ def main() -> None:
         "--metrics-cost", action="store_true", help="compare W1 with metrics on and off"
     )
     parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run each workload with an earlier version's packages, found under DIR "
+        "(DIR/headwater/store, ...: put first on the workers' PYTHONPATH), interleaved, "
+        "and print the ratios now / before",
+    )
+    parser.add_argument(
         "--baseline",
         action="store_true",
         help="also run each workload's plain loop, interleaved, and print the ratios to it",
@@ -752,28 +765,42 @@ def main() -> None:
                     print(
                         f"plain {workload} run {run}: {timed.records_in:,} events in "
                         f"{timed.elapsed_s:.2f} s = {plain[workload][-1]:,.0f} events/s "
-                        f"({timed.records_out:,} written); {describe_usage(timed)}"
+                        f"({timed.records_out:,} written); {describe_usage(timed, args.events)}"
                     )
-                name = f"{workload.lower()}-{run}"
-                timed = run_in_worker(data, name, workload)
-                assert timed.records_in >= args.events, (timed.records_in, args.events)
-                rate = args.events / timed.elapsed_s
-                rates[workload].append(rate)
-                peaks[workload].append(timed.rss)
-                cpu[workload].append(timed.cpu_s / timed.records_in * 1e6)
-                print(
-                    f"{workload} run {run}: {args.events:,} events in {timed.elapsed_s:.2f} s = "
-                    f"{rate:,.0f} events/s end to end ({timed.records_out:,} written, "
-                    f"peak RSS {timed.rss / 2**20:,.0f} MiB); {describe_usage(timed)}"
-                )
+                versions = [None, args.before] if args.before else [None]
+                for version in versions if run % 2 else versions[::-1]:
+                    label = workload if version is None else f"{workload} before"
+                    name = f"{workload.lower()}-{run}{'-before' if version else ''}"
+                    timed = run_in_worker(data, name, workload, version)
+                    assert timed.records_in >= args.events, (timed.records_in, args.events)
+                    rate = args.events / timed.elapsed_s
+                    rates[label] = [*rates.get(label, []), rate]
+                    peaks[label] = [*peaks.get(label, []), timed.rss]
+                    cpu[label] = [*cpu.get(label, []), timed.cpu_s / args.events * 1e6]
+                    print(
+                        f"{label} run {run}: {args.events:,} events in {timed.elapsed_s:.2f} s "
+                        f"= {rate:,.0f} events/s end to end ({timed.records_out:,} written, "
+                        f"peak RSS {timed.rss / 2**20:,.0f} MiB); "
+                        f"{describe_usage(timed, args.events)}"
+                    )
         medians = {w: statistics.median(r) for w, r in rates.items() if r}
         for workload, median in medians.items():
             print(
                 f"{workload} median of {len(rates[workload])} runs: {median:,.0f} events/s, "
                 f"peak RSS {max(peaks[workload]) / 2**20:,.0f} MiB"
             )
-        if len(medians) == 2:
+        if "W1" in medians and "W2" in medians:
             print(f"W2 / W1 = {medians['W2'] / medians['W1']:.2f} (target >= 0.70)")
+        for workload in workloads if args.before else ():
+            now, then = f"{workload}", f"{workload} before"
+            paired = statistics.median(a / b for a, b in zip(rates[now], rates[then], strict=True))
+            paired_cpu = statistics.median(a / b for a, b in zip(cpu[now], cpu[then], strict=True))
+            print(
+                f"{workload} now / before: events/s median of the runs' ratios {paired:.2f}, "
+                f"medians {medians[now]:,.0f} / {medians[then]:,.0f}; CPU per event median "
+                f"of the runs' ratios {paired_cpu:.2f}, medians "
+                f"{statistics.median(cpu[now]):.2f} / {statistics.median(cpu[then]):.2f} us"
+            )
         targets = {"W1": 0.6, "W2": 0.5}
         for workload in workloads if args.baseline else ():
             mine, theirs = rates[workload], plain[workload]

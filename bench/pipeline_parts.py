@@ -53,6 +53,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
 PLAIN_PARTS = {"the workload's functions", "decode (orjson.loads)", "encode: values (orjson.dumps)"}
 #: Frames of a thread waiting for work (not CPU time).
 IDLE = ("WorkerThread._work",)
+BENCH = Path(__file__).with_name("pipeline_bench.py")
 #: The frame of the timed run in the worker's main thread.
 TIMED = "run_once ("
 _LINE = re.compile(r" \([^)]*\)$")
@@ -64,8 +65,10 @@ def part_of(frames: list[str]) -> str:
     for name in reversed(names):
         for part, patterns in PARTS:
             if name in patterns:
-                if part == "decode (orjson.loads)" and name != names[-1] and (
-                    names[names.index(name) + 1 :] != ["apply_each"]
+                if (
+                    part == "decode (orjson.loads)"
+                    and name != names[-1]
+                    and (names[names.index(name) + 1 :] != ["apply_each"])
                 ):
                     break  # below the source step but not its decoding: bookkeeping
                 return part
@@ -107,9 +110,9 @@ def main() -> None:
         anyio.run(load, data, args.events, backend="trio")
         raw = root / "profile.txt"
         worker = subprocess.run(
-            [spy, "record", "--nonblocking", "-r", str(args.rate), "-t", "-f", "raw", "-o", str(raw), "--",
-             sys.executable, str(Path(__file__).with_name("pipeline_bench.py")), "--worker",
-             str(data), f"{args.workload.lower()}-parts", args.workload],
+            [spy, "record", "--nonblocking", "-r", str(args.rate), "-t", "-f", "raw",
+             "-o", str(raw), "--", sys.executable, str(BENCH), "--worker", str(data),
+             f"{args.workload.lower()}-parts", args.workload],
             check=True,
             capture_output=True,
             text=True,

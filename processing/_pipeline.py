@@ -43,7 +43,7 @@ from ._lineage import (
 )
 from ._metrics import OperatorCounts
 from ._operators import SinkStep, SourceStep, Step
-from ._serde import JsonKeySerde, batch_serializer
+from ._serde import BytesSerde, JsonKeySerde, JsonSerde, StrSerde, batch_serializer
 from ._stores._changelog import StoreRegistry
 from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
 
@@ -304,13 +304,18 @@ def _serialise(
         key_node = batch.key_node
         if batch.keys is not None and key_node is not None:
             encoded, batch = _serialise_keys(key_node, batch, ctx)
-            out, batch = apply_each(
-                sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
-            )
-            assert batch.keys is not None
-            batch_keys: list[Any] = batch.keys
+            out = _stored_values(sink, batch, ctx)
+            if out is None:
+                out, batch = apply_each(
+                    sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
+                )
+                assert batch.keys is not None
+                encoded = batch.keys
+            batch_keys: list[Any] = encoded
         else:
-            out, batch = apply_each(sink.node, serialise, batch, ctx)
+            out = _stored_values(sink, batch, ctx)
+            if out is None:
+                out, batch = apply_each(sink.node, serialise, batch, ctx)
             batch_keys = list(map(stored.__getitem__, batch.origins))
         if len(batches) == 1:
             return out, batch_keys, batch.origins
@@ -318,6 +323,23 @@ def _serialise(
         keys.extend(batch_keys)
         origins.extend(batch.origins)
     return values, keys, origins
+
+
+#: The serdes whose encoding of a value they decoded decodes to that value again.
+_ROUND_TRIPS = {JsonSerde, StrSerde, BytesSerde}
+
+
+def _stored_values(sink: SinkStep, batch: Batch, ctx: Context) -> list[bytes | None] | None:
+    """Return the values a repartition topic's sink writes as the rows' stored bytes,
+    when the values are still what the sink's serde decoded from them (see ``Batch``),
+    else None: they are encoded anew. Decoding the stored bytes again gives the same
+    values, so what reads the topic sees no difference; outputs a user reads are always
+    encoded anew."""
+    serde = sink.serde
+    if batch.read_as is not serde or sink.node.kind != "through" or type(serde) not in _ROUND_TRIPS:
+        return None
+    stored = list(map(ctx.records.values.__getitem__, batch.origins))
+    return stored if all(stored) else None  # JSON writes a missing value as null
 
 
 def _serialise_keys(key_node: Node, batch: Batch, ctx: Context) -> tuple[list[Any], Batch]:
