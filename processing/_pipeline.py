@@ -87,6 +87,9 @@ class Pipeline:
         self._live = graph.live_nodes()
         #: Each key's partition, per partition count (a cache: murmur2 per key is dear).
         self._key_partitions: dict[int, dict[bytes, int]] = {}
+        #: Text and integer keys as the default key serde writes them (a cache: keys
+        #: repeat, and one bytes object per distinct key also makes placing them cheaper).
+        self._key_bytes: dict[str | int, bytes] = {}
         #: Each operator's counts by node id, shared by the steps of every task.
         self.counts: dict[int, OperatorCounts] = {}
 
@@ -184,7 +187,7 @@ class Pipeline:
         ctx: Context,
         writes: dict[tuple[str, int], list[OutRecords]],
     ) -> None:
-        values, keys, origins = _serialise(sink, batches, ctx)
+        values, keys, origins = _serialise(sink, batches, ctx, self._key_bytes)
         if not values:
             return
         sink.counts.records_out += len(values)
@@ -290,7 +293,7 @@ class Pipeline:
 
 
 def _serialise(
-    sink: SinkStep, batches: list[Batch], ctx: Context
+    sink: SinkStep, batches: list[Batch], ctx: Context, key_bytes: dict[str | int, bytes]
 ) -> tuple[list[bytes | None], list[bytes | None], list[int]]:
     """Return the values, keys and origins ``sink`` writes, serialised; a value or key
     whose serialisation fails is left out under its node's policy (the sink's for
@@ -303,7 +306,7 @@ def _serialise(
     for batch in batches:
         key_node = batch.key_node
         if batch.keys is not None and key_node is not None:
-            encoded, batch = _serialise_keys(key_node, batch, ctx)
+            encoded, batch = _serialise_keys(key_node, batch, ctx, key_bytes)
             out = _stored_values(sink, batch, ctx)
             if out is None:
                 out, batch = apply_each(
@@ -342,13 +345,23 @@ def _stored_values(sink: SinkStep, batch: Batch, ctx: Context) -> list[bytes | N
     return stored if all(stored) else None  # JSON writes a missing value as null
 
 
-def _serialise_keys(key_node: Node, batch: Batch, ctx: Context) -> tuple[list[Any], Batch]:
+def _serialise_keys(
+    key_node: Node, batch: Batch, ctx: Context, cache: dict[str | int, bytes]
+) -> tuple[list[Any], Batch]:
     key_serde = key_node.params["key_serde"]
     keys = batch.keys
     assert keys is not None
-    # Canonical JSON of text and integer keys is orjson's own output: one C call each.
+    # Canonical JSON of text and integer keys is orjson's own output, looked up in
+    # ``cache`` (``int`` and ``str`` keys never compare equal, and bools are left out).
     if type(key_serde) is JsonKeySerde and set(map(type, keys)) <= _PLAIN_KEYS:
-        return list(map(orjson.dumps, keys)), batch
+        encoded = list(map(cache.get, keys))
+        if None in encoded:
+            if len(cache) > _KEY_CACHE_LIMIT:
+                cache.clear()
+            missing = {key: orjson.dumps(key) for key in set(keys).difference(cache)}
+            cache.update(missing)
+            encoded = list(map(cache.__getitem__, keys))
+        return encoded, batch
     return apply_each(key_node, key_serde.serialize, batch, ctx, keys)
 
 
