@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import repeat
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -251,9 +251,14 @@ class Pipeline:
         if len(targets) == 1:
             writes.setdefault((sink.topic, placed[0]), []).append(out)  # type: ignore[arg-type]
             return
+        # The records by partition, each partition's in their order (the sort is stable):
+        # one pass over the columns per partition, in C.
+        order = sorted(range(len(placed)), key=placed.__getitem__)
+        start = 0
         for p in sorted(targets):  # type: ignore[type-var]
-            mask = [q == p for q in placed]
-            writes.setdefault((sink.topic, p), []).append(_select(out, mask))  # type: ignore[arg-type]
+            stop = start + placed.count(p)
+            writes.setdefault((sink.topic, p), []).append(_take(out, order[start:stop]))  # type: ignore[arg-type]
+            start = stop
 
     def _place_dead_letters(
         self, ctx: Context, writes: dict[tuple[str, int], list[OutRecords]]
@@ -412,17 +417,22 @@ def _sequence(origins: list[int]) -> list[int]:
     return numbers
 
 
-def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
+def _take(out: OutRecords, rows: list[int]) -> OutRecords:
+    """Return records ``rows`` (indexes, in the order given) of ``out``."""
+
+    def take(column: list[Any]) -> list[Any]:
+        return list(map(column.__getitem__, rows))
+
     return OutRecords(
-        list(compress(out.values, mask)),
-        list(compress(out.keys, mask)),
-        list(compress(out.timestamps, mask)),
+        take(out.values),
+        take(out.keys),
+        take(out.timestamps),
         out.source,
-        list(compress(out.source_offsets, mask)),
-        None if out.headers is None else list(compress(out.headers, mask)),
+        take(out.source_offsets),
+        None if out.headers is None else take(out.headers),
         out.source_base,
-        None if out.prefixes is None else list(compress(out.prefixes, mask)),
-        None if out.sequence is None else list(compress(out.sequence, mask)),
+        None if out.prefixes is None else take(out.prefixes),
+        None if out.sequence is None else take(out.sequence),
     )
 
 
