@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import repeat
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -247,17 +247,18 @@ class Pipeline:
                 placed[missing] = default
             else:
                 placed[missing] = cache[key] = partition_for_key(key, count)
-        targets = set(placed)
+        partitions = cast(list[int], placed)  # each found now
+        targets = set(partitions)
         if len(targets) == 1:
-            writes.setdefault((sink.topic, placed[0]), []).append(out)  # type: ignore[arg-type]
+            writes.setdefault((sink.topic, partitions[0]), []).append(out)
             return
         # The records by partition, each partition's in their order (the sort is stable):
         # one pass over the columns per partition, in C.
-        order = sorted(range(len(placed)), key=placed.__getitem__)
+        order = sorted(range(len(partitions)), key=partitions.__getitem__)
         start = 0
-        for p in sorted(targets):  # type: ignore[type-var]
-            stop = start + placed.count(p)
-            writes.setdefault((sink.topic, p), []).append(_take(out, order[start:stop]))  # type: ignore[arg-type]
+        for p in sorted(targets):
+            stop = start + partitions.count(p)
+            writes.setdefault((sink.topic, p), []).append(_take(out, order[start:stop]))
             start = stop
 
     def _place_dead_letters(
