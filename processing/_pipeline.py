@@ -360,14 +360,13 @@ def _serialise_keys(
     # Canonical JSON of text and integer keys is orjson's own output, looked up in
     # ``cache`` (``int`` and ``str`` keys never compare equal, and bools are left out).
     if type(key_serde) is JsonKeySerde and set(map(type, keys)) <= _PLAIN_KEYS:
-        encoded = list(map(cache.get, keys))
-        if None in encoded:
+        try:
+            return list(map(cache.__getitem__, keys)), batch
+        except KeyError:  # keys not seen yet
             if len(cache) > _KEY_CACHE_LIMIT:
                 cache.clear()
-            missing = {key: orjson.dumps(key) for key in set(keys).difference(cache)}
-            cache.update(missing)
-            encoded = list(map(cache.__getitem__, keys))
-        return encoded, batch
+            cache.update({key: orjson.dumps(key) for key in set(keys).difference(cache)})
+            return list(map(cache.__getitem__, keys)), batch
     return apply_each(key_node, key_serde.serialize, batch, ctx, keys)
 
 
