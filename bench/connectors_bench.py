@@ -141,7 +141,8 @@ async def drive(url: str, body: bytes, requests: int, connections: int) -> tuple
         answer = b"".join(chunks)
         if status != 200:
             raise SystemExit(f"ingest answered {status}: {answer!r}")
-        conn.start_next_cycle()
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
         count: int = orjson.loads(answer)["count"]
         return count
 
@@ -153,11 +154,17 @@ async def drive(url: str, body: bytes, requests: int, connections: int) -> tuple
 
     async def worker(stream: anyio.abc.SocketStream, conn: h11.Connection) -> None:
         nonlocal acknowledged, left
-        async with stream:
-            while left > 0:
-                left -= 1
-                count = await post(stream, conn)
-                acknowledged += count  # after the await: the tasks take turns
+        while left > 0:
+            if conn.our_state is not h11.IDLE:
+                # The server ends a keep-alive connection after its request limit (hypercorn's
+                # keep_alive_max_requests) by answering "Connection: close": open another.
+                await stream.aclose()
+                stream = await anyio.connect_tcp(host, int(port))
+                conn = h11.Connection(h11.CLIENT)
+            left -= 1
+            count = await post(stream, conn)
+            acknowledged += count  # after the await: the tasks take turns
+        await stream.aclose()
 
     opened = [await connect() for _ in range(connections)]
     started = time.perf_counter()

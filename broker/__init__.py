@@ -7,7 +7,8 @@
         await broker.serve()        # until broker.shutdown()
 
 :class:`AdminClient` administers topics on a running broker (``headwater topics ...
---bootstrap HOST:PORT``).
+--bootstrap HOST:PORT``): creates, changes, grows and deletes them, deletes their records,
+and deletes consumer groups' committed offsets.
 
 The process that owns a data directory serves it with :func:`serve_data_directory`, which
 announces the address in the directory (``headwater.store.served_address`` finds it).

@@ -9,10 +9,11 @@ needed. On connecting, the client asks ApiVersions (v3, falling back to v0 as a 
 that does not know v3 asks) and uses, per API, the highest version both sides speak.
 
 It follows the cluster's routing, so it works against a Kafka cluster as well as against
-``headwater broker``: CreateTopics and DeleteTopics go to the controller that Metadata
-names, ListOffsets to each partition's leader, config changes to the bootstrap broker (any
-broker forwards them); connections are made on demand and kept
-by node id.
+``headwater broker``: CreateTopics, DeleteTopics and CreatePartitions go to the
+controller that Metadata names, ListOffsets and DeleteRecords to each partition's leader,
+OffsetDelete to the group's coordinator (FindCoordinator), config changes to the
+bootstrap broker (any broker forwards them); connections are made on demand and kept by
+node id.
 
 One request at a time per connection; not thread-safe. Every call may raise ``OSError``
 when a broker cannot be reached (the CLI turns that into one line).
@@ -169,7 +170,8 @@ def _check(code: int, action: str, message: str | None) -> None:
 
 
 class AdminClient:
-    """Create, list, describe, change and delete topics on a running broker (blocking).
+    """Create, list, describe, change, grow and delete topics, delete records, and delete
+    groups' committed offsets on a running broker (blocking).
 
     :param bootstrap: ``HOST:PORT`` of any broker of the cluster.
     :param client_id: the client id sent with every request.
@@ -301,6 +303,123 @@ class AdminClient:
         )
         for result in body["responses"]:
             _check(result["error_code"], f"changing topic {name!r}", result["error_message"])
+
+    def create_partitions(self, name: str, count: int) -> None:
+        """Grow topic ``name`` to ``count`` partitions (CreatePartitions).
+
+        :raises BrokerResponseError: with the broker's error code and message
+            (``INVALID_PARTITIONS`` for a count not above the current one).
+        :raises BrokerError: if the broker does not serve CreatePartitions.
+        """
+        body = self._controller().request(
+            ApiKey.CREATE_PARTITIONS,
+            {
+                "topics": [{"name": name, "count": count, "assignments": None}],
+                "timeout_ms": int(self._timeout_s * 1000),
+                "validate_only": False,
+            },
+        )
+        for result in body["results"]:
+            _check(
+                result["error_code"],
+                f"adding partitions to topic {name!r}",
+                result["error_message"],
+            )
+
+    def partition_leaders(self, name: str) -> dict[int, int]:
+        """Return partition -> leader node id of topic ``name``.
+
+        :raises BrokerResponseError: if the topic does not exist.
+        """
+        body = self._metadata([name])
+        for topic in body["topics"]:
+            missing = topic["error_code"] == KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            _check(
+                topic["error_code"],
+                f"looking up topic {name!r}",
+                "the topic does not exist" if missing else None,
+            )
+            return {p["partition_index"]: p["leader_id"] for p in topic["partitions"]}
+        return {}
+
+    def delete_records(self, name: str, before: Mapping[int, int]) -> dict[int, int]:
+        """Delete records of topic ``name`` before the given offsets (DeleteRecords).
+
+        ``before`` maps a partition to the offset before which its records go (-1: its
+        high watermark). Returns each partition's new low watermark.
+
+        :raises BrokerResponseError: for the first partition the broker refused
+            (``OFFSET_OUT_OF_RANGE`` past the high watermark), or one that does not exist.
+        :raises BrokerError: if the broker does not serve DeleteRecords.
+        """
+        leaders = self.partition_leaders(name)
+        by_node: dict[int, list[int]] = {}
+        for index in before:
+            if index not in leaders:
+                _check(
+                    KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                    f"deleting records of {name}-{index}",
+                    f"topic {name!r} has {len(leaders)} partition(s)",
+                )
+            by_node.setdefault(leaders[index], []).append(index)
+        lows: dict[int, int] = {}
+        for node_id, indexes in by_node.items():
+            body = self._node(node_id).request(
+                ApiKey.DELETE_RECORDS,
+                {
+                    "topics": [
+                        {
+                            "name": name,
+                            "partitions": [
+                                {"partition_index": i, "offset": before[i]} for i in indexes
+                            ],
+                        }
+                    ],
+                    "timeout_ms": int(self._timeout_s * 1000),
+                },
+            )
+            for topic in body["topics"]:
+                for p in topic["partitions"]:
+                    index = p["partition_index"]
+                    _check(p["error_code"], f"deleting records of {name}-{index}", None)
+                    lows[index] = p["low_watermark"]
+        return lows
+
+    def delete_group_offsets(
+        self, group: str, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Delete ``group``'s committed offsets of ``partitions`` (OffsetDelete).
+
+        Returns each partition's error code: 0 when deleted (or there was none),
+        ``GROUP_SUBSCRIBED_TO_TOPIC`` when the group's active members consume its topic.
+
+        :raises BrokerResponseError: for an error of the whole request
+            (``GROUP_ID_NOT_FOUND`` for an unknown group).
+        :raises BrokerError: if the broker does not serve OffsetDelete.
+        """
+        found = self._bootstrap.request(ApiKey.FIND_COORDINATOR, {"key": group, "key_type": 0})
+        _check(found["error_code"], f"finding the coordinator of group {group!r}", None)
+        self._metadata([])
+        self._brokers.setdefault(found["node_id"], (found["host"], found["port"]))
+        topics: dict[str, list[int]] = {}
+        for topic, index in partitions:
+            topics.setdefault(topic, []).append(index)
+        body = self._node(found["node_id"]).request(
+            ApiKey.OFFSET_DELETE,
+            {
+                "group_id": group,
+                "topics": [
+                    {"name": t, "partitions": [{"partition_index": i} for i in indexes]}
+                    for t, indexes in topics.items()
+                ],
+            },
+        )
+        _check(body["error_code"], f"deleting offsets of group {group!r}", None)
+        return {
+            (topic["name"], p["partition_index"]): p["error_code"]
+            for topic in body["topics"]
+            for p in topic["partitions"]
+        }
 
     def list_topic_names(self) -> list[str]:
         """Return the names of every topic, sorted."""

@@ -14,10 +14,12 @@ handler}`` over the objects they need:
                            FindCoordinator -- over the store and the node;
 * ``_handlers_configs.py`` DescribeConfigs, AlterConfigs, IncrementalAlterConfigs -- over
                            the store;
+* ``_handlers_partitions.py`` DeleteRecords, CreatePartitions -- over the store;
 * ``_handlers_produce.py`` Produce, InitProducerId -- over the store and producer states;
 * ``_handlers_fetch.py``   Fetch, ListOffsets -- over the store;
 * ``_handlers_groups.py``  JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
-                           OffsetFetch, DescribeGroups, ListGroups, DeleteGroups -- over a
+                           OffsetFetch, DescribeGroups, ListGroups, DeleteGroups,
+                           OffsetDelete -- over a
                            :class:`~headwater.groups.GroupCoordinator` (``headwater broker``
                            passes them as ``extra_handlers``).
 
@@ -28,9 +30,9 @@ handle (librdkafka turns features on from what is advertised). A request for an 
 outside the table closes the connection, as Kafka does for an unknown key.
 
 Consumer groups slot in the same way: a module that builds JoinGroup, SyncGroup,
-Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups and
-DeleteGroups handlers over a coordinator object, passed to :class:`~headwater.broker.Broker` as
-``extra_handlers``.
+Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups,
+DeleteGroups and OffsetDelete handlers over a coordinator object, passed to
+:class:`~headwater.broker.Broker` as ``extra_handlers``.
 
 A handler answers bad *values* (an unknown topic, a stale epoch) with Kafka error codes
 in its response; it never raises for them. What it raises is a bug: the server logs it

@@ -14,7 +14,8 @@ names: ``SET`` a value, ``DELETE`` back to the default; ``APPEND`` and ``SUBTRAC
 list-valued configs, and headwater has none. Either way the whole new config is checked
 (:meth:`~headwater.store.TopicConfig.from_strings`) before anything changes, so one bad
 entry changes nothing (``INVALID_CONFIG``); ``validate_only`` checks and stops there. The
-partition count is not a config (CreatePartitions would change it; headwater does not).
+partition count is not a config (CreatePartitions changes it, see
+``_handlers_partitions.py``).
 
 Internal topics (``__consumer_offsets``) are refused with ``INVALID_TOPIC_EXCEPTION``, the
 code Kafka answers a client that writes to one; the store makes the same refusal. A

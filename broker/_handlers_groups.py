@@ -1,7 +1,7 @@
 """Handlers of the consumer-group APIs, over a :class:`~headwater.groups.GroupCoordinator`.
 
 JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups,
-ListGroups and DeleteGroups. The broker passes :meth:`GroupHandlers.table` to
+ListGroups, DeleteGroups and OffsetDelete. The broker passes :meth:`GroupHandlers.table` to
 :class:`~headwater.broker.Broker` as ``extra_handlers`` (``headwater broker`` does).
 
 Theory of operation
@@ -21,6 +21,12 @@ committed offset of the group; nothing committed reads as offset -1.
 
 OffsetCommit checks each partition on its own: one that does not exist (or a negative
 offset) gets its error code while the others are committed together.
+
+OffsetDelete answers as Kafka's coordinator does: ``GROUP_ID_NOT_FOUND`` for an unknown
+group, ``NON_EMPTY_GROUP`` for one with members of another protocol type than
+``consumer``, and per partition ``GROUP_SUBSCRIBED_TO_TOPIC`` where the active members
+subscribe to the topic, ``UNKNOWN_TOPIC_OR_PARTITION`` where it does not exist; the other
+offsets are deleted together.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class GroupHandlers:
             ApiKey.DESCRIBE_GROUPS: self.describe_groups,
             ApiKey.LIST_GROUPS: self.list_groups,
             ApiKey.DELETE_GROUPS: self.delete_groups,
+            ApiKey.OFFSET_DELETE: self.offset_delete,
         }
 
     # -- membership ------------------------------------------------------------------------
@@ -346,6 +353,34 @@ class GroupHandlers:
                 code = KafkaErrorCode.NONE
             results.append({"group_id": group_id, "error_code": code})
         return {"results": results}
+
+    async def offset_delete(self, request: Request, client: ClientInfo) -> Message:
+        """Delete committed offsets of a group, except those its members consume."""
+        body = request.body
+        group_id = body["group_id"]
+        wanted = [
+            TopicPartition(topic["name"], p["partition_index"])
+            for topic in body["topics"]
+            for p in topic["partitions"]
+        ]
+        try:
+            outcome = await self._groups.delete_offsets(group_id, wanted)
+        except GroupError as exc:
+            return {"error_code": exc.code, "topics": []}
+        except StoreError as exc:
+            logger.warning("cannot delete offsets of group %r: %s", group_id, exc)
+            return {"error_code": KafkaErrorCode.KAFKA_STORAGE_ERROR, "topics": []}
+        topics: dict[str, list[Message]] = {}
+        for tp in wanted:
+            error = outcome[tp]
+            code = KafkaErrorCode.NONE if error is None else _code(error)
+            topics.setdefault(tp.topic, []).append(
+                {"partition_index": tp.partition, "error_code": code}
+            )
+        return {
+            "error_code": KafkaErrorCode.NONE,
+            "topics": [{"name": name, "partitions": parts} for name, parts in topics.items()],
+        }
 
 
 def _dead(group_id: str) -> Message:

@@ -62,6 +62,7 @@ from ._errors import (
 from ._handlers_admin import AdminHandlers
 from ._handlers_configs import ConfigHandlers
 from ._handlers_fetch import FetchHandlers
+from ._handlers_partitions import PartitionHandlers
 from ._handlers_produce import ProduceHandlers
 from ._metrics import BROKER_METRICS, RequestMeter
 from ._producers import ProducerStates
@@ -275,6 +276,7 @@ class Broker:
         table: dict[ApiKey, Handler] = {}
         table.update(admin.table())
         table.update(ConfigHandlers(self._store, node).table())
+        table.update(PartitionHandlers(self._store, node).table())
         table.update(ProduceHandlers(self._store, self._producers).table())
         assert self._shutdown is not None
         self._fetches = FetchHandlers(self._store, self._shutdown)

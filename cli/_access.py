@@ -91,7 +91,7 @@ class RecordLookup(Protocol):
 
     async def record(self, topic: str, partition: int, offset: int) -> Record | str:
         """Return the record at ``topic/partition/offset``, or a sentence saying why there
-        is none (no such topic or partition, removed by retention or compaction)."""
+        is none (no such topic or partition, removed by retention, deletion or compaction)."""
         ...
 
 
@@ -141,6 +141,14 @@ class ResetRow:
     new: int
 
 
+@dataclass(frozen=True, slots=True)
+class OffsetDeleteRow:
+    """One partition of ``groups delete-offsets``: deleted, or why its offset was kept."""
+
+    partition: TopicPartition
+    kept_because: str | None
+
+
 class GroupAdmin(Protocol):
     """The ``groups`` commands' view of a log's consumer groups."""
 
@@ -169,6 +177,17 @@ class GroupAdmin(Protocol):
         """Delete ``group`` and its committed offsets.
 
         :raises HeadwaterError: if it does not exist or has active members.
+        """
+        ...
+
+    async def delete_offsets(
+        self, group: str, topic: str, partitions: Sequence[int]
+    ) -> list[OffsetDeleteRow]:
+        """Delete ``group``'s committed offsets of ``topic`` (of ``partitions``, or of
+        every partition when empty); a partition whose topic the group's active members
+        consume keeps its offset, and its row says so.
+
+        :raises HeadwaterError: if the group does not exist, or the topic or a partition.
         """
         ...
 

@@ -1,4 +1,5 @@
-"""``headwater groups``: list, describe, reset the offsets of, and delete consumer groups.
+"""``headwater groups``: list, describe, reset and delete the offsets of, and delete
+consumer groups.
 
 The groups are a data directory's or a broker's (``--bootstrap``), through
 :class:`~headwater.cli._access.LogAccess`. In a data directory, which one process uses at
@@ -15,7 +16,7 @@ from typing import Literal
 import click
 from rich.table import Table
 
-from ._access import GroupRow, GroupView, ResetRow
+from ._access import GroupRow, GroupView, OffsetDeleteRow, ResetRow
 from ._datadir import data_option
 from ._local import LocalAccess
 from ._output import info, stdout_console
@@ -29,7 +30,7 @@ _NONE = "-"
 @data_option
 @log_option
 def groups(data: object, bootstrap: str | None) -> None:
-    """List, describe, reset and delete consumer groups."""
+    """List, describe, reset and delete consumer groups and their committed offsets."""
 
 
 @groups.command("list")
@@ -208,3 +209,53 @@ def delete(ctx: click.Context, group: str, data: object, bootstrap: str | None) 
 
     run_async(body)
     info(f"deleted group {group!r}")
+
+
+@groups.command("delete-offsets")
+@click.argument("group")
+@click.option("--topic", "-t", required=True, help="The topic whose committed offsets to delete.")
+@click.option(
+    "--partition",
+    "-p",
+    "partitions",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="A partition whose offset to delete (repeatable; default: every partition).",
+)
+@data_option
+@log_option
+@click.pass_context
+def delete_offsets(
+    ctx: click.Context,
+    *,
+    group: str,
+    topic: str,
+    partitions: tuple[int, ...],
+    data: object,
+    bootstrap: str | None,
+) -> None:
+    """Delete GROUP's committed offsets of a topic; the group then starts those partitions
+    where its auto_offset_reset says.
+
+    Offsets of a topic that the group's active members consume are kept (as Kafka does):
+    the command then prints which, and exits non-zero.
+    """
+    access = log_access(ctx)
+
+    async def body() -> list[OffsetDeleteRow]:
+        async with access.groups(writer=True) as admin:
+            return await admin.delete_offsets(group, topic, partitions)
+
+    rows = run_async(body)
+    table = Table("topic", "partition", "offset")
+    for row in rows:
+        tp = row.partition
+        table.add_row(tp.topic, str(tp.partition), row.kept_because or "deleted")
+    stdout_console().print(table)
+    kept = [row for row in rows if row.kept_because is not None]
+    if kept:
+        reason = kept[0].kept_because
+        raise click.ClickException(
+            f"kept the offsets of {len(kept)} partition(s) of group {group!r}: {reason}"
+        )
+    info(f"deleted the offsets of group {group!r} on topic {topic!r}")

@@ -11,15 +11,18 @@ stops once every assigned partition has reached its end (librdkafka's partition 
 then commits the start of every partition it delivered nothing from, as the
 data-directory member does, and leaves the group.
 
-:class:`KafkaGroups` answers ``groups list``, ``describe``, ``reset-offsets`` and
-``delete`` with the admin API (ListGroups, DescribeGroups, OffsetFetch, ListOffsets,
-OffsetCommit, DeleteGroups). Like ``kafka-consumer-groups``, a reset is refused while the
-group has members; a group the cluster does not know (described as Dead, with no
-offsets) is an error, as with a data directory.
+:class:`KafkaGroups` answers ``groups list``, ``describe``, ``reset-offsets``,
+``delete`` and ``delete-offsets`` with the admin API (ListGroups, DescribeGroups,
+OffsetFetch, ListOffsets, OffsetCommit, DeleteGroups; OffsetDelete, which librdkafka's
+Python binding lacks, through headwater's own :class:`~headwater.broker.AdminClient`).
+Like ``kafka-consumer-groups``, a reset is refused while the group has members; a group
+the cluster does not know (described as Dead, with no offsets) is an error, as with a
+data directory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,13 +35,22 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from headwater.broker import BrokerError
+from headwater.broker import AdminClient as HeadwaterAdminClient
+from headwater.broker import BrokerError, KafkaErrorCode
 from headwater.groups import GroupNotEmptyError
 from headwater.groups import TopicPartition as HeadwaterTopicPartition
 from headwater.processing.kafka_client import TIMEOUT_S, blocking, finish
 from headwater.store import TopicNotFoundError
 
-from ._access import GroupRow, GroupView, PartitionRow, RecordSink, ResetRow, ResetTarget
+from ._access import (
+    GroupRow,
+    GroupView,
+    OffsetDeleteRow,
+    PartitionRow,
+    RecordSink,
+    ResetRow,
+    ResetTarget,
+)
 from ._kafka_client import Cluster, kafka_failure, poll_batch, runs
 from ._start import Start
 
@@ -248,6 +260,40 @@ class KafkaGroups:
         """Delete ``group`` and its committed offsets."""
         futures = self._admin.delete_consumer_groups([group], request_timeout=TIMEOUT_S)
         await self._result(f"deleting group {group!r}", futures[group])
+
+    async def delete_offsets(
+        self, group: str, topic: str, partitions: Sequence[int]
+    ) -> list[OffsetDeleteRow]:
+        """Delete ``group``'s committed offsets of ``topic`` (see ``GroupAdmin``)."""
+        bootstrap = self._cluster.bootstrap.split(",")[0].strip()
+
+        def delete() -> dict[tuple[str, int], int]:
+            with HeadwaterAdminClient(bootstrap, client_id="headwater-groups") as client:
+                count = len(client.partition_leaders(topic))
+                for index in partitions:
+                    if index >= count:
+                        raise TopicNotFoundError(
+                            f"topic {topic!r} has no partition {index} (it has {count})"
+                        )
+                chosen = partitions or range(count)
+                return client.delete_group_offsets(group, [(topic, i) for i in chosen])
+
+        codes = await blocking(delete)
+        return [
+            OffsetDeleteRow(HeadwaterTopicPartition(t, p), _kept_because(code, t))
+            for (t, p), code in sorted(codes.items())
+        ]
+
+
+def _kept_because(code: int, topic: str) -> str | None:
+    if code == KafkaErrorCode.NONE:
+        return None
+    if code == KafkaErrorCode.GROUP_SUBSCRIBED_TO_TOPIC:
+        return f"the group's active members consume topic {topic!r}"
+    try:
+        return KafkaErrorCode(code).name
+    except ValueError:
+        return f"error {code}"
 
 
 def _start_of(to: ResetTarget) -> Start:

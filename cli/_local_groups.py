@@ -8,10 +8,12 @@ active members, which is what a broker hosting live groups answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from headwater.groups import GroupCoordinator, TopicPartition, decode_assignment
 from headwater.store import Store
 
-from ._access import GroupRow, GroupView, PartitionRow, ResetRow, ResetTarget
+from ._access import GroupRow, GroupView, OffsetDeleteRow, PartitionRow, ResetRow, ResetTarget
 
 
 class LocalGroups:
@@ -76,3 +78,18 @@ class LocalGroups:
     async def delete_group(self, group: str) -> None:
         """Delete ``group`` and tombstone its committed offsets."""
         await self._coordinator.delete_group(group)
+
+    async def delete_offsets(
+        self, group: str, topic: str, partitions: Sequence[int]
+    ) -> list[OffsetDeleteRow]:
+        """Tombstone ``group``'s committed offsets of ``topic`` (see ``GroupAdmin``)."""
+        for index in partitions:
+            self._store.partition(topic, index)  # TopicNotFoundError names the partition
+        chosen = partitions or [p.index for p in self._store.partitions(topic)]
+        outcome = await self._coordinator.delete_offsets(
+            group, [TopicPartition(topic, i) for i in chosen]
+        )
+        return [
+            OffsetDeleteRow(tp, None if error is None else str(error))
+            for tp, error in sorted(outcome.items())
+        ]

@@ -12,7 +12,7 @@ sent under Kafka's names (``retention_ms`` goes as ``retention.ms``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -110,6 +110,38 @@ def alter(bootstrap: str, name: str, pairs: Mapping[str, str], *, where: str | N
         client.alter_topic_config(name, changes)
     shown = ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in changes.items())
     info(f"changed topic {name!r} {_on(bootstrap, where)}: {shown}")
+
+
+def add_partitions(bootstrap: str, name: str, partitions: int, *, where: str | None = None) -> None:
+    """Grow topic ``name`` on the broker to ``partitions`` partitions."""
+    with admin_client(bootstrap) as client:
+        client.create_partitions(name, partitions)
+    info(f"topic {name!r} now has {partitions} partition(s) {_on(bootstrap, where)}")
+
+
+def delete_records(
+    bootstrap: str,
+    name: str,
+    partitions: Sequence[int],
+    before: int,
+    *,
+    where: str | None = None,
+) -> None:
+    """Delete records of topic ``name`` before ``before`` (-1: the high watermark) in
+    ``partitions`` (every partition when empty); print the new log start offsets."""
+    with admin_client(bootstrap) as client:
+        chosen = partitions or sorted(client.partition_leaders(name))
+        lows = client.delete_records(name, dict.fromkeys(chosen, before))
+    print_low_watermarks(name, lows)
+    info(f"deleted records of topic {name!r} {_on(bootstrap, where)}")
+
+
+def print_low_watermarks(name: str, lows: Mapping[int, int]) -> None:
+    """Print each partition's log start offset after records were deleted."""
+    table = Table("partition", "log_start_offset", title=f"topic {name}", title_justify="left")
+    for partition, low in sorted(lows.items()):
+        table.add_row(str(partition), str(low))
+    stdout_console().print(table)
 
 
 def delete(bootstrap: str, name: str, *, where: str | None = None) -> None:

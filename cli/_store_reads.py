@@ -90,7 +90,7 @@ def out_of_range(topic: str, partition: int, offset: int, start: int, end: int) 
     """Why there is no record at ``offset``: it is outside ``[start, end)``."""
     return (
         f"no record at {topic}/{partition}/{offset}: the partition holds offsets "
-        f"{start} to {end - 1} (removed by retention?)"
+        f"{start} to {end - 1} (removed by retention, or deleted?)"
     )
 
 

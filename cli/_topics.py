@@ -1,4 +1,5 @@
-"""``headwater topics``: create, list, describe, alter and delete topics."""
+"""``headwater topics``: create, list, describe, alter and delete topics, add partitions,
+and delete records."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.group()
 @data_option
 def topics(data: object) -> None:
-    """Create, list, describe, alter and delete topics.
+    """Create, list, describe, alter and delete topics; add partitions; delete records.
 
     Each command works on a data directory (--data), or on a running broker through the
     Kafka protocol (--bootstrap HOST:PORT). A data directory that an app or a broker is
@@ -219,7 +220,8 @@ def alter(
     bootstrap: str | None,
 ) -> None:
     """Change settings of topic NAME; records stay as they are. Later appends, segment
-    rolls and retention follow the new settings. The partition count cannot change."""
+    rolls and retention follow the new settings. The partition count grows only with
+    add-partitions."""
     pairs = parse_settings(settings)
     if not pairs:
         raise click.UsageError("give at least one --config KEY=VALUE")
@@ -274,3 +276,113 @@ def delete(ctx: click.Context, name: str, data: object, bootstrap: str | None) -
         _remote.delete(served.bootstrap, name, where=served.description)
         return
     info(f"deleted topic {name!r}")
+
+
+@topics.command("add-partitions")
+@click.argument("name")
+@click.option(
+    "--partitions",
+    "-p",
+    type=click.IntRange(min=1),
+    required=True,
+    help="The new partition count (more than the topic has: a topic never shrinks).",
+)
+@data_option
+@bootstrap_option
+@click.pass_context
+def add_partitions(
+    ctx: click.Context, *, name: str, partitions: int, data: object, bootstrap: str | None
+) -> None:
+    """Grow topic NAME to --partitions partitions.
+
+    Records already written stay in their partitions. Keyed records written from now on go
+    by murmur2 over the new count, as with Kafka, so a key's new records may land in
+    another partition than its old ones. Consumer groups rebalance onto the new partitions.
+    """
+    bootstrap = bootstrap_of(ctx)
+    if bootstrap is not None:
+        _remote.add_partitions(bootstrap, name, partitions)
+        return
+    directory = data_dir(ctx)
+
+    async def body() -> int | Served:
+        async with claimed(directory, writer=True) as claim:
+            if isinstance(claim, Served):
+                return claim
+            claim.check_partition_count(name, partitions)
+            before = len(claim.partitions(name))
+            await claim.create_partitions(name, partitions)
+            return before
+
+    grown = run_async(body)
+    if isinstance(grown, Served):
+        _remote.add_partitions(grown.bootstrap, name, partitions, where=grown.description)
+        return
+    info(f"topic {name!r} now has {partitions} partition(s) (it had {grown}) in {directory}")
+
+
+def parse_before(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Read ``--before``: an offset, or ``end`` for the high watermark (-1 on the wire).
+
+    :raises click.BadParameter: if it is neither.
+    """
+    text = value.strip().lower()
+    if text == "end":
+        return -1
+    if not text.isdigit():
+        raise click.BadParameter(f"expected an offset (0 or more) or 'end', got {value!r}")
+    return int(text)
+
+
+@topics.command("delete-records")
+@click.argument("name")
+@click.option(
+    "--partition",
+    "partitions",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="A partition whose records to delete (repeatable; default: every partition).",
+)
+@click.option(
+    "--before",
+    required=True,
+    callback=parse_before,
+    metavar="OFFSET|end",
+    help="Delete the records before this offset ('end': every record readable now).",
+)
+@data_option
+@bootstrap_option
+@click.pass_context
+def delete_records(
+    ctx: click.Context,
+    *,
+    name: str,
+    partitions: tuple[int, ...],
+    before: int,
+    data: object,
+    bootstrap: str | None,
+) -> None:
+    """Delete the records of topic NAME before an offset: move the partitions' log start.
+
+    Readers can no longer read below it (a consumer there starts from the new log start),
+    and the segments it leaves behind are removed by retention. Compacted topics refuse.
+    """
+    bootstrap = bootstrap_of(ctx)
+    if bootstrap is not None:
+        _remote.delete_records(bootstrap, name, partitions, before)
+        return
+    directory = data_dir(ctx)
+
+    async def body() -> dict[int, int] | Served:
+        async with claimed(directory, writer=True) as claim:
+            if isinstance(claim, Served):
+                return claim
+            chosen = partitions or range(len(claim.partitions(name)))
+            return await claim.delete_records(name, dict.fromkeys(chosen, before))
+
+    lows = run_async(body)
+    if isinstance(lows, Served):
+        _remote.delete_records(lows.bootstrap, name, partitions, before, where=lows.description)
+        return
+    _remote.print_low_watermarks(name, lows)
+    info(f"deleted records of topic {name!r} in {directory}")

@@ -114,6 +114,7 @@ from ._errors import GroupError as GroupError
 from ._errors import GroupIdNotFoundError as GroupIdNotFoundError
 from ._errors import GroupMaxSizeReachedError as GroupMaxSizeReachedError
 from ._errors import GroupNotEmptyError as GroupNotEmptyError
+from ._errors import GroupSubscribedToTopicError as GroupSubscribedToTopicError
 from ._errors import IllegalGenerationError as IllegalGenerationError
 from ._errors import InconsistentGroupProtocolError as InconsistentGroupProtocolError
 from ._errors import InvalidGroupConfigError as InvalidGroupConfigError
@@ -164,6 +165,7 @@ __all__ = (
     "GroupIdNotFoundError",
     "GroupMaxSizeReachedError",
     "GroupNotEmptyError",
+    "GroupSubscribedToTopicError",
     "GroupOverview",
     "GroupProtocol",
     "GroupState",

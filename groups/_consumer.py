@@ -18,7 +18,11 @@ batch. An application that holds a batch longer than ``rebalance_timeout_ms`` wh
 group rebalances is removed from the group (Kafka's max.poll.interval.ms). A lock keeps
 rejoining and reading apart, so a batch never comes from a partition already given up.
 
-Rebalancing. With ``cooperative-sticky`` a member keeps its partitions through the join;
+Rebalancing. The leader notes the partition counts of the group's topics when it assigns
+them; when one changes (partitions were added, a subscribed topic was created) its next
+heartbeat rejoins, as a Kafka leader does when metadata shows new partitions, so that the
+new partitions are assigned. With ``cooperative-sticky`` a member keeps its partitions
+through the join;
 after SyncGroup it gives up (``on_revoked``) only those no longer assigned, then rejoins
 at once so that they can go to their new owner in the next generation; new ones are
 added (``on_assigned``). With an eager assignor (range, round-robin) it gives up all its

@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Callable
 
 from ._config import GroupConfig
+from ._consumer_protocol import decode_subscription
 from ._errors import (
     FencedInstanceIdError,
     GroupIdNotFoundError,
@@ -49,6 +50,7 @@ from ._errors import (
     IllegalGenerationError,
     InconsistentGroupProtocolError,
     InvalidGroupIdError,
+    InvalidProtocolMetadataError,
     InvalidSessionTimeoutError,
     MemberIdRequiredError,
     RebalanceInProgressError,
@@ -156,6 +158,29 @@ class Group(RebalanceMachine):
                 for m in members
             ),
         )
+
+    def subscribed_topics(self) -> frozenset[str] | None:
+        """Return the topics the current members subscribe to; ``None`` if unknown.
+
+        Read from the members' ConsumerProtocol subscriptions (of the selected protocol,
+        or of every protocol they offered while none is selected). Unknown (``None``) for
+        a group with members whose protocol type is not ``consumer``: their metadata
+        means nothing here. Metadata that does not decode names no topic.
+        """
+        members = list(self._roster.members.values())
+        if not members:
+            return frozenset()
+        if self._roster.protocol_type != "consumer":
+            return None
+        topics: set[str] = set()
+        for member in members:
+            chosen = member.protocols.get(self._protocol_name or "")
+            for metadata in [chosen] if chosen is not None else member.protocols.values():
+                try:
+                    topics.update(decode_subscription(metadata).topics)
+                except InvalidProtocolMetadataError:
+                    continue
+        return frozenset(topics)
 
     def overview(self) -> GroupOverview:
         """Summarise the group for ListGroups."""

@@ -19,6 +19,7 @@ layer translates an exception into a response without a lookup table of its own:
         ├── GroupIdNotFoundError            69  deleting a group that does not exist
         ├── MemberIdRequiredError           79  first join: rejoin with ``member_id``
         ├── GroupMaxSizeReachedError        81
+        ├── GroupSubscribedToTopicError     86  deleting offsets of a topic the members consume
         ├── PartitionNotAssignedError       -1  (client side) a partition the consumer does not own
         └── FencedMemberError                   the caller is not a member of this generation
             ├── IllegalGenerationError      22  a stale generation id
@@ -135,6 +136,12 @@ class GroupMaxSizeReachedError(GroupError):
     """The group already has as many members as the coordinator allows."""
 
     code = 81
+
+
+class GroupSubscribedToTopicError(GroupError):
+    """Deleting committed offsets of a topic that the group's active members subscribe to."""
+
+    code = 86
 
 
 class PartitionNotAssignedError(GroupError):

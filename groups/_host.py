@@ -46,7 +46,13 @@ from typing import Any, Literal, TypeAlias
 import anyio
 from anyio.abc import TaskGroup
 
-from headwater.store import OffsetOutOfRangeError, Store, StoreError
+from headwater.store import (
+    HeadwaterError,
+    OffsetOutOfRangeError,
+    Store,
+    StoreError,
+    TopicNotFoundError,
+)
 
 from ._config import GroupConfig
 from ._consumer import Consumer
@@ -58,6 +64,7 @@ from ._errors import (
     GroupError,
     GroupIdNotFoundError,
     GroupNotEmptyError,
+    GroupSubscribedToTopicError,
     InvalidGroupIdError,
     OffsetMetadataTooLargeError,
     UnknownMemberError,
@@ -411,6 +418,55 @@ class GroupCoordinator:
         self._forget(group_id)
         offsets = self._offsets.table.offsets(group_id)
         await self._offsets.write(group_id, [(tp, None) for tp in offsets])
+
+    async def delete_offsets(
+        self, group_id: str, partitions: Iterable[TopicPartition] | Iterable[tuple[str, int]]
+    ) -> dict[TopicPartition, HeadwaterError | None]:
+        """OffsetDelete: tombstone ``group_id``'s committed offsets of ``partitions``.
+
+        As Kafka does: an Empty group loses every named offset; a consumer group with
+        active members keeps those of the topics its members subscribe to (answered
+        :class:`GroupSubscribedToTopicError` per partition) and loses the others. A
+        partition the store does not have is answered :class:`TopicNotFoundError`. Returns
+        each named partition with ``None`` (deleted, or there was nothing to delete) or
+        the error that kept it; returns once the tombstones are durable.
+
+        :raises GroupIdNotFoundError: if there is no such group.
+        :raises GroupNotEmptyError: if the group has members whose protocol type is not
+            ``consumer`` (their subscriptions cannot be read).
+        :raises StoreError: if the tombstones cannot be written.
+        """
+        self._check_open()
+        _check_group_id(group_id)
+        group = self._groups.get(group_id)
+        if group is None or group.state is GroupState.DEAD:
+            raise GroupIdNotFoundError(f"group {group_id!r} does not exist")
+        subscribed = group.subscribed_topics()
+        if subscribed is None:
+            raise GroupNotEmptyError(
+                f"cannot delete offsets of group {group_id!r}: it has active members of "
+                f"protocol type {group.protocol_type!r}; stop them first"
+            )
+        committed = self._offsets.table.offsets(group_id)
+        outcome: dict[TopicPartition, HeadwaterError | None] = {}
+        for topic, index in partitions:
+            tp = TopicPartition(topic, index)
+            try:
+                self.store.partition(topic, index)
+            except TopicNotFoundError as exc:
+                outcome[tp] = exc
+                continue
+            if topic in subscribed:
+                outcome[tp] = GroupSubscribedToTopicError(
+                    f"group {group_id!r} has active members subscribed to topic {topic!r}; "
+                    "its offsets stay while they consume it"
+                )
+            else:
+                outcome[tp] = None
+        doomed = [tp for tp, error in outcome.items() if error is None and tp in committed]
+        await self._offsets.write(group_id, [(tp, None) for tp in doomed])
+        self._forget_idle_groups()
+        return outcome
 
     def _check_inactive(self, group_id: str, action: str) -> None:
         group = self._groups.get(group_id)

@@ -90,11 +90,24 @@ def leader_assignments(
     :raises InconsistentGroupProtocolError: if ``protocol_name`` names no known assignor.
     """
     members = list(members)
+    counts = partition_counts(store, subscribed_topics(members))
+    return assign_partitions(protocol_name, members, counts)
+
+
+def subscribed_topics(members: Iterable[JoinedMember]) -> set[str]:
+    """Return the topics the members' subscriptions name.
+
+    :raises InvalidProtocolMetadataError: if a member's subscription does not decode.
+    """
     topics: set[str] = set()
     for member in members:
         topics.update(decode_subscription(member.metadata).topics)
-    counts = {t: len(store.partitions(t)) for t in sorted(topics) if store.has_topic(t)}
-    return assign_partitions(protocol_name, members, counts)
+    return topics
+
+
+def partition_counts(store: Store, topics: Iterable[str]) -> dict[str, int]:
+    """Return the partition count of each of ``topics`` that the store has."""
+    return {t: len(store.partitions(t)) for t in sorted(topics) if store.has_topic(t)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +169,9 @@ class ConsumerMembership:
         self._paused: set[TopicPartition] = set()
         self._next_index = 0  # round-robin over the assignment
         self._needs_rejoin = True
+        #: As the leader: the group's topics and their partition counts when it last
+        #: assigned them; a count that changes (a topic grew, or was created) rejoins.
+        self._assigned_over: tuple[set[str], dict[str, int]] | None = None
         self._in_join = False  # between JoinGroup and the SyncGroup answer: no heartbeats
         self._fenced: FencedMemberError | None = None
         self._holding = False
@@ -234,6 +250,17 @@ class ConsumerMembership:
         member_id, generation_id = self._member_id, self._generation_id
         if self._in_join or self._fenced is not None or not member_id:
             return
+        if self._assigned_over is not None:
+            topics, counts = self._assigned_over
+            if partition_counts(self._store, topics) != counts:
+                # As a Kafka leader does when metadata shows new partitions: rebalance
+                # so that they are assigned.
+                logger.info(
+                    "group %r: the partitions of its topics changed; rejoining", self.group_id
+                )
+                self._assigned_over = None
+                self._request_rejoin()
+                return
         try:
             await self._coordinator.heartbeat(
                 self.group_id, member_id, generation_id, self._config.group_instance_id
@@ -288,11 +315,15 @@ class ConsumerMembership:
             result = await self._join()
             if result is None:
                 return
-            assignments = (
-                leader_assignments(self._store, result.protocol_name or "", result.members)
-                if result.is_leader
-                else {}
-            )
+            self._assigned_over = None
+            assignments = {}
+            if result.is_leader:
+                topics = subscribed_topics(result.members)
+                # Noted before assigning: a change in between only rebalances once more.
+                self._assigned_over = (topics, partition_counts(self._store, topics))
+                assignments = leader_assignments(
+                    self._store, result.protocol_name or "", result.members
+                )
             request = SyncRequest(
                 member_id=result.member_id,
                 generation_id=result.generation_id,

@@ -31,10 +31,12 @@ from ._errors import DamagedRange as DamagedRange
 from ._errors import DataDirectoryLockedError as DataDirectoryLockedError
 from ._errors import HeadwaterError as HeadwaterError
 from ._errors import InvalidConfigError as InvalidConfigError
+from ._errors import InvalidPartitionsError as InvalidPartitionsError
 from ._errors import InvalidTopicError as InvalidTopicError
 from ._errors import LogClosedError as LogClosedError
 from ._errors import LogFailedError as LogFailedError
 from ._errors import OffsetOutOfRangeError as OffsetOutOfRangeError
+from ._errors import PolicyViolationError as PolicyViolationError
 from ._errors import RecordTooLargeError as RecordTooLargeError
 from ._errors import StorageFullError as StorageFullError
 from ._errors import StoreError as StoreError
@@ -95,6 +97,7 @@ __all__ = (
     "FileSystem",
     "HeadwaterError",
     "InvalidConfigError",
+    "InvalidPartitionsError",
     "InvalidTopicError",
     "LockHolder",
     "LogClosedError",
@@ -107,6 +110,7 @@ __all__ = (
     "Partition",
     "PartitionDescription",
     "PartitionLog",
+    "PolicyViolationError",
     "Record",
     "RecordColumns",
     "RecordTooLargeError",

@@ -11,8 +11,11 @@ lives here, the others define theirs beside their own code::
     │   ├── TopicNotFoundError
     │   ├── TopicExistsError
     │   ├── InvalidConfigError     a config key or value a user can correct
-    │   │   └── InvalidTopicError  a topic name not allowed there: malformed, reserved for
-    │   │                          internal topics (``__``), or colliding with another
+    │   │   ├── InvalidTopicError  a topic name not allowed there: malformed, reserved for
+    │   │   │                      internal topics (``__``), or colliding with another
+    │   │   └── InvalidPartitionsError  a partition count a topic cannot take (it never shrinks)
+    │   ├── PolicyViolationError   a change the topic's policy forbids (deleting records of
+    │   │                          a compacted topic)
     │   ├── RecordTooLargeError    a batch over the topic's max_message_bytes
     │   ├── LogClosedError         the log or store was closed under the caller
     │   ├── DataDirectoryLockedError  another process owns the data directory
@@ -129,6 +132,14 @@ class InvalidTopicError(InvalidConfigError):
     The name is malformed, reserved for the system's internal topics (it starts with
     ``__``), or collides with an existing topic once ``.`` and ``_`` are read alike.
     """
+
+
+class InvalidPartitionsError(InvalidConfigError):
+    """A partition count a topic cannot take: not more than it has, or over the limit."""
+
+
+class PolicyViolationError(StoreError):
+    """A change the topic's settings forbid, such as deleting records of a compacted topic."""
 
 
 class RecordTooLargeError(StoreError):

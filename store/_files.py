@@ -37,6 +37,8 @@ QUARANTINE_SUFFIX = ".quarantine"
 
 CLEAN_SHUTDOWN_FILE = ".clean-shutdown"
 RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
+#: Where a partition starts after records were deleted inside a segment (``_log_start.py``).
+LOG_START_OFFSET_FILE = "log-start-offset"
 
 
 def segment_file_name(base_offset: int, suffix: str) -> str:

@@ -32,7 +32,12 @@ first batch is older than ``segment_ms``; it is fsynced before the next one is c
 so only the last segment can ever end in a torn batch. Retention removes whole segments
 from the front (never the active one), by age (a segment whose newest record is older than
 ``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
-``log_start_offset`` is the base offset of the first remaining segment.
+``log_start_offset`` is the base offset of the first remaining segment, or later: deleting
+records (:meth:`PartitionLog.advance_log_start`, Kafka's DeleteRecords) moves it to any
+offset up to the log end, recorded durably in a file of its own (see ``_log_start.py``)
+before it takes effect. Offsets below it are out of range for every reader even where
+their batch is still on disk; retention then deletes the segments that end at or before
+it, whatever the cleanup policy.
 
 Reading returns whole batches, each verified (CRC, and base offsets that fit). A read
 that meets damage returns the valid batches before it; the next read, which starts at the
@@ -75,6 +80,7 @@ from ._errors import (
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._loader import LoadMode, load_segments, rebuild_indexes
+from ._log_start import read_log_start, write_log_start
 from ._records import Compression, NewRecord, decode_records, encode_batch
 from ._segment import HOP_SIZE, Segment
 from ._store_metrics import STORE_METRICS
@@ -204,6 +210,7 @@ class PartitionLog:
         clock: Callable[[], int],
         fs: FileSystem = OS_FILE_SYSTEM,
         read_only: bool = False,
+        log_start_offset: int = 0,
     ) -> None:
         self.fs = fs
         self.directory = directory
@@ -214,6 +221,9 @@ class PartitionLog:
         self._bases = [s.base_offset for s in segments]
         active = segments[-1]
         self._log_end_offset = active.next_offset
+        # Where deleted records end (see _log_start.py); never past the log end, which a
+        # crash of a log appended to with durability=never can have moved back.
+        self._deleted_before = min(log_start_offset, self._log_end_offset)
         self._recovery_point = RecoveryPoint(active.next_offset, active.base_offset, active.size)
         self._checkpoint = CheckpointFile(fs, directory)
         #: Where the checkpoint was last fdatasync'ed (segment, position).
@@ -280,7 +290,8 @@ class PartitionLog:
                 )
             ]
             fsync_dir(fs, directory)
-        log = cls(directory, config, segments, clock=clock, fs=fs)
+        start = read_log_start(fs, directory)
+        log = cls(directory, config, segments, clock=clock, fs=fs, log_start_offset=start)
         log._clean_marker = result.clean
         # Rebuilt indexes of inactive segments are rewritten by the next flush.
         log._rolled = [s for s in result.rebuilt if s is not segments[-1]]
@@ -302,20 +313,66 @@ class PartitionLog:
     ) -> PartitionLog:
         interval = config.index_interval_bytes
         segments = []
+        start = 0
         if fs.exists(directory):
             segments = load_segments(
                 fs, directory, index_interval_bytes=interval, now_ms=clock(), mode=LoadMode.READ
             ).segments
+            start = read_log_start(fs, directory)
         if not segments:
             segments = [Segment.placeholder(fs, directory, 0, index_interval_bytes=interval)]
-        return cls(directory, config, segments, clock=clock, fs=fs, read_only=True)
+        return cls(
+            directory, config, segments, clock=clock, fs=fs, read_only=True, log_start_offset=start
+        )
 
     # -- offsets ---------------------------------------------------------------------------
 
     @property
     def log_start_offset(self) -> int:
-        """The first offset still in the log."""
-        return self._segments[0].base_offset
+        """The first offset still in the log: the first segment's base offset, or where
+        deleted records end when that is later (see :meth:`advance_log_start`)."""
+        return max(self._segments[0].base_offset, self._deleted_before)
+
+    def check_log_start(self, offset: int) -> None:
+        """Raise what :meth:`advance_log_start` would raise for ``offset``; change nothing.
+
+        :raises OffsetOutOfRangeError: if ``offset`` is negative or past the log end.
+        :raises LogFailedError: if an earlier fsync failed.
+        :raises StoreError: if the log is read-only or closed.
+        """
+        self._check_writable()
+        if not 0 <= offset <= self._log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"cannot delete records before offset {offset}: it is outside the log "
+                f"[{self.log_start_offset}, {self._log_end_offset}]"
+            )
+
+    def advance_log_start(self, offset: int) -> int:
+        """Delete the records before ``offset``: move the log start there; return it.
+
+        A log start at or past ``offset`` stays where it is. The new one is on disk (see
+        ``_log_start.py``) before this returns; retention deletes the segments it leaves
+        wholly behind. Writes in the calling thread: :class:`Partition` splits this into
+        :func:`write_log_start` in a worker thread and :meth:`note_log_start`.
+
+        :raises OffsetOutOfRangeError: if ``offset`` is negative or past the log end.
+        :raises StoreError: if the file system refuses (the log start does not move).
+        """
+        self.check_log_start(offset)
+        if offset > self.log_start_offset:
+            try:
+                write_log_start(self.fs, self.directory, offset)
+            except OSError as exc:
+                raise StoreError(
+                    f"{self.directory}: cannot record the new log start {offset}: {exc}"
+                ) from exc
+            self.note_log_start(offset)
+        return self.log_start_offset
+
+    def note_log_start(self, offset: int) -> None:
+        """Take ``offset`` as the log start, once :func:`write_log_start` recorded it."""
+        assert offset <= self._log_end_offset, (offset, self._log_end_offset)
+        self._deleted_before = max(self._deleted_before, offset)
 
     @property
     def log_end_offset(self) -> int:
@@ -700,18 +757,23 @@ class PartitionLog:
     def offset_for_time(self, timestamp_ms: int) -> int | None:
         """Return the first offset whose record timestamp is at or after ``timestamp_ms``.
 
-        Returns ``None`` when every record is older.
+        Returns ``None`` when every record is older. Records below the log start (deleted,
+        though their batch is still on disk) do not count, as in Kafka.
         """
+        start = self.log_start_offset
         for segment in self._segments:
-            if segment.max_timestamp < timestamp_ms:
+            if segment.max_timestamp < timestamp_ms or segment.next_offset <= start:
                 continue
-            batch = segment.find_time(timestamp_ms)
-            if batch is None:
+            found = segment.find_time(timestamp_ms)
+            if found is None:
                 continue
-            data = segment.read(batch.position, batch.size)
-            for record in decode_records(data):
-                if record.timestamp >= timestamp_ms:
-                    return max(record.offset, self.log_start_offset)
+            for batch in segment.iter_batches(found.position):
+                if batch.max_timestamp < timestamp_ms or batch.next_offset <= start:
+                    continue
+                data = segment.read(batch.position, batch.size)
+                for record in decode_records(data):
+                    if record.timestamp >= timestamp_ms and record.offset >= start:
+                        return record.offset
         return None
 
     def _check_range(self, offset: int) -> None:
@@ -728,17 +790,20 @@ class PartitionLog:
     def enforce_retention(self, now_ms: int | None = None) -> list[int]:
         """Delete whole segments past ``retention_ms`` or beyond ``retention_bytes``.
 
-        The active segment is never deleted, nor anything of a compacted topic (its
-        records go only when superseded). Returns the base offsets removed.
+        Also deletes, whatever the cleanup policy, segments that end at or before the log
+        start (records deleted by :meth:`advance_log_start`). The active segment is never
+        deleted, nor otherwise anything of a compacted topic (its records go only when
+        superseded). Returns the base offsets removed.
         """
-        if (
-            self.config.cleanup_policy is CleanupPolicy.COMPACT
-            or self._failure is not None
-            or self.read_only
-        ):
+        if self._failure is not None or self.read_only:
             return []
-        now = self._clock() if now_ms is None else now_ms
         removed: list[int] = []
+        while len(self._segments) > 1 and self._segments[1].base_offset <= self._deleted_before:
+            removed.append(self._segments[0].base_offset)
+            self._delete_oldest()
+        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
+            return removed
+        now = self._clock() if now_ms is None else now_ms
         retention_ms = self.config.retention_ms
         retention_bytes = self.config.retention_bytes
         total = sum(s.size for s in self._segments)

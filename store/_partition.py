@@ -15,6 +15,11 @@ Readers see records up to the *high watermark*: the durable end for ``always``/`
 topics, the log end for ``never``. So a reader never sees a record that a crash could take
 back. A caught-up reader waits on an event set whenever the high watermark moves; there
 is no polling.
+
+Deleting records (:meth:`Partition.delete_records`) moves the log start up to at most the
+high watermark, so only records a reader could see are deleted; under ``never`` the log
+is flushed first, so that the log start never lies past what a crash keeps. The new log
+start is written in a worker thread, then takes effect (see ``_log_start.py``).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import anyio
 import anyio.to_thread
 
 from ._batch import parse_batch_header
-from ._config import Durability, TopicConfig
-from ._errors import LogClosedError, StoreError
+from ._config import CleanupPolicy, Durability, TopicConfig
+from ._errors import LogClosedError, OffsetOutOfRangeError, PolicyViolationError, StoreError
 from ._log import AppendInfo, PartitionLog
+from ._log_start import write_log_start
 from ._records import (
     Compression,
     NewRecord,
@@ -64,6 +70,7 @@ class Partition:
         self._new_data: anyio.Event | None = None
         self._flush_done: anyio.Event | None = None
         self._write_lock: anyio.Lock | None = None
+        self._start_lock: anyio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"<Partition {self.topic}-{self.index} end={self.log.log_end_offset}>"
@@ -234,6 +241,61 @@ class Partition:
             if self._new_data is not None:
                 self._new_data.set()
                 self._new_data = None
+
+    # -- deleting records -------------------------------------------------------------------
+
+    async def delete_records(self, before_offset: int, *, internal: bool = False) -> int:
+        """Delete the records before ``before_offset``; return the new log start offset.
+
+        ``before_offset`` -1 means the high watermark (every record a reader can see). A
+        log start already at or past it stays. The move is durable before this returns;
+        readers then get :class:`OffsetOutOfRangeError` below it, and retention deletes
+        the segments it leaves wholly behind.
+
+        :param internal: allow an internal topic; for headwater's own code.
+        :raises OffsetOutOfRangeError: if ``before_offset`` is below -1 or past the high
+            watermark.
+        :raises PolicyViolationError: if the topic is compacted (``cleanup_policy=compact``:
+            its records go only when superseded, as in Kafka).
+        :raises InvalidTopicError: if the topic is internal.
+        :raises LogFailedError: if an fsync of this partition failed, now or earlier.
+        :raises StoreError: if the store was opened read-only, or the file system refuses
+            (the log start then stays where it was).
+        """
+        if self.read_only:
+            raise StoreError(f"partition {self.topic}-{self.index} was opened read-only")
+        if self.internal and not internal:
+            check_not_internal(self.topic, "delete records of")
+        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
+            raise PolicyViolationError(
+                f"cannot delete records of {self.topic}-{self.index}: the topic is compacted "
+                "(cleanup_policy=compact), so its records go only when superseded"
+            )
+        offset = self._high_watermark if before_offset == -1 else before_offset
+        if not 0 <= offset <= self._high_watermark:
+            raise OffsetOutOfRangeError(
+                f"cannot delete records of {self.topic}-{self.index} before offset "
+                f"{before_offset}: it must lie from 0 to the high watermark "
+                f"{self._high_watermark} (or be -1 for the high watermark)"
+            )
+        if self._start_lock is None:
+            self._start_lock = anyio.Lock()
+        async with self._start_lock:  # one file write at a time, in order
+            log = self.log
+            log.check_log_start(offset)
+            if offset <= log.log_start_offset:
+                return log.log_start_offset
+            if log.recovery_point < offset:  # durability=never: the end is not on disk yet
+                await self.flush()
+            try:
+                await anyio.to_thread.run_sync(write_log_start, log.fs, log.directory, offset)
+            except OSError as exc:
+                raise StoreError(
+                    f"partition {self.topic}-{self.index}: cannot record the new log start "
+                    f"{offset}: {exc}"
+                ) from exc
+            log.note_log_start(offset)
+            return log.log_start_offset
 
     # -- reading ---------------------------------------------------------------------------
 

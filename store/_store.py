@@ -39,8 +39,17 @@ and ``_`` are read alike are refused, as Kafka refuses them.
 
 A topic's settings can change while it is open (:meth:`Store.alter_topic_config`): the
 new ``topic.json`` replaces the old one atomically, then every partition's log takes the
-new config, which later appends, rolls and retention read. The partition count is fixed
-at creation.
+new config, which later appends, rolls and retention read.
+
+A topic's partition count can grow, never shrink (:meth:`Store.create_partitions`, Kafka's
+CreatePartitions): the new partitions' folders are made first, then ``topic.json`` names
+the new count (the commit point: a crash before it leaves empty folders that the store
+ignores and the next growth reuses), then the new partitions open. Records already
+written stay where they are; murmur2 maps keys over the new count from then on, so a key
+written before and after the change may live in two partitions, as in Kafka.
+
+Records can be deleted from the front of a partition up to any offset below its high
+watermark (:meth:`Store.delete_records`, Kafka's DeleteRecords; see ``_log_start.py``).
 
 A background task owned by the store applies retention and compaction every
 ``maintenance_interval_s``.
@@ -49,6 +58,7 @@ A background task owned by the store applies retention and compaction every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -70,8 +80,10 @@ from ._errors import (
     CorruptRecordError,
     DataDirectoryLockedError,
     InvalidConfigError,
+    InvalidPartitionsError,
     InvalidTopicError,
     LogClosedError,
+    OffsetOutOfRangeError,
     StoreError,
     TopicExistsError,
     TopicNotFoundError,
@@ -493,7 +505,7 @@ class Store:
         :raises InvalidTopicError: if the topic is internal.
         :raises TopicNotFoundError: if there is no such topic.
         :raises InvalidConfigError: if a key or value is not valid (``partitions`` is not
-            a setting: the partition count never changes).
+            a setting: the partition count changes only by :meth:`create_partitions`).
         """
         self._check_open()
         if not internal:
@@ -529,6 +541,120 @@ class Store:
             for partition in partitions:
                 partition.log.config = config
         return config
+
+    def check_partition_count(self, name: str, count: int, *, internal: bool = False) -> None:
+        """Raise what :meth:`create_partitions` would raise for ``count``; change nothing.
+
+        :raises InvalidTopicError: if the topic is internal.
+        :raises TopicNotFoundError: if there is no such topic.
+        :raises InvalidPartitionsError: if ``count`` is not more than the topic has, or
+            over the limit of a topic's partitions.
+        """
+        self._check_open()
+        if not internal:
+            check_not_internal(name, "add partitions to")
+        current = len(self.partitions(name))
+        if count <= current:
+            raise InvalidPartitionsError(
+                f"topic {name!r} has {current} partition(s): the count can only grow, so "
+                f"give more than {current} (got {count})"
+            )
+        try:
+            dataclasses.replace(self._configs[name], partitions=count)
+        except InvalidConfigError as exc:
+            raise InvalidPartitionsError(f"topic {name!r}: {exc}") from None
+
+    async def create_partitions(
+        self, name: str, count: int, *, internal: bool = False
+    ) -> TopicConfig:
+        """Grow topic ``name`` to ``count`` partitions; return its new config.
+
+        Durable before it returns. Records already written stay in their partitions;
+        keyed appends from now on go by murmur2 over the new count (so a key may now
+        map to another partition than its earlier records, as in Kafka).
+
+        :param internal: allow an internal topic; for headwater's own code.
+        :raises InvalidTopicError: if the topic is internal.
+        :raises TopicNotFoundError: if there is no such topic.
+        :raises InvalidPartitionsError: if ``count`` is not more than the topic has (a
+            topic never shrinks), or over the limit.
+        :raises StoreError: if the file system refuses (the count then stays).
+        """
+        self._check_writable()
+        if self._config_lock is None:
+            self._config_lock = anyio.Lock()
+        # One change of topic.json at a time (see alter_topic_config).
+        async with self._config_lock:
+            self.check_partition_count(name, count, internal=internal)
+            partitions = self.partitions(name)
+            config = dataclasses.replace(self._configs[name], partitions=count)
+            first = len(partitions)
+            await anyio.to_thread.run_sync(self._grow_files, name, first, config)
+            if self._topics.get(name) is not partitions:
+                raise TopicNotFoundError(f"topic {name!r} was deleted while it grew")
+            grown = list(partitions)
+            try:
+                for i in range(first, count):
+                    log = PartitionLog.open(
+                        self.path / name / str(i), config, clock=self._clock, fs=self.fs
+                    )
+                    grown.append(Partition(name, i, log))
+            except BaseException:
+                for partition in grown[first:]:
+                    partition.log.abandon()
+                raise
+            for partition in partitions:
+                partition.log.config = config
+            self._topics[name] = grown
+            self._configs[name] = config
+        return config
+
+    def _grow_files(self, name: str, first: int, config: TopicConfig) -> None:
+        folder = self.path / name
+        fs = self.fs
+        try:
+            for i in range(first, config.partitions):
+                if not fs.exists(folder / str(i)):  # an earlier growth may have left it
+                    fs.mkdir(folder / str(i))
+            fsync_dir(fs, folder)
+            atomic_write(fs, folder / TOPIC_CONFIG_FILE, config.to_json())
+        except OSError as exc:
+            raise StoreError(f"{folder}: cannot add partitions to topic {name!r}: {exc}") from exc
+
+    async def delete_records(
+        self, topic: str, before: Mapping[int, int], *, internal: bool = False
+    ) -> dict[int, int]:
+        """Delete the records of ``topic`` before the given offsets (Kafka's DeleteRecords).
+
+        ``before`` maps a partition to the offset before which its records go (-1: its
+        high watermark, every record a reader can see). Returns each partition's new log
+        start offset (its low watermark). A partition whose log start is already at or
+        past the offset keeps it. Each move is durable before this returns; readers get
+        :class:`OffsetOutOfRangeError` below the new log start, and retention deletes the
+        segments left wholly behind. Every partition is checked before any moves.
+
+        :param internal: allow an internal topic; for headwater's own code.
+        :raises TopicNotFoundError: if there is no such topic or partition.
+        :raises OffsetOutOfRangeError: if an offset is below -1 or past its partition's
+            high watermark.
+        :raises PolicyViolationError: if the topic is compacted.
+        :raises InvalidTopicError: if the topic is internal.
+        :raises StoreError: if the store is read-only or the file system refuses.
+        """
+        self._check_writable()
+        if not internal:
+            check_not_internal(topic, "delete records of")
+        for index, offset in before.items():
+            partition = self.partition(topic, index)
+            if not -1 <= offset <= partition.high_watermark:
+                raise OffsetOutOfRangeError(
+                    f"cannot delete records of {topic}-{index} before offset {offset}: it must "
+                    f"lie from 0 to the high watermark {partition.high_watermark} (or be -1)"
+                )
+        return {
+            index: await self.partition(topic, index).delete_records(offset, internal=internal)
+            for index, offset in before.items()
+        }
 
     def describe_topic(self, name: str) -> TopicDescription:
         """Return topic ``name``'s configuration and per-partition offsets.

@@ -1,7 +1,7 @@
 """Layouts of the cluster and administration APIs.
 
-ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs and
-IncrementalAlterConfigs. An ApiVersions
+ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs,
+IncrementalAlterConfigs, DeleteRecords and CreatePartitions. An ApiVersions
 response is always sent with response header v0, and a request for a version the broker
 does not know is answered with a v0 body (see ``_frames.py``).
 """
@@ -235,6 +235,56 @@ INCREMENTAL_ALTER_CONFIGS = Api(
             Field("error_message", STRING, nullable_since=0),
             Field("resource_type", INT8),
             Field("resource_name", STRING),
+        ))),
+    ),
+)  # fmt: skip
+
+DELETE_RECORDS = Api(
+    ApiKey.DELETE_RECORDS, "DeleteRecords", advertised=(0, 2), accepted=(0, 2),
+    flexible_since=2,
+    request=Struct(
+        Field("topics", Array(Struct(
+            Field("name", STRING),
+            Field("partitions", Array(Struct(
+                Field("partition_index", INT32),
+                Field("offset", INT64),
+            ))),
+        ))),
+        Field("timeout_ms", INT32),
+    ),
+    response=Struct(
+        Field("throttle_time_ms", INT32),
+        Field("topics", Array(Struct(
+            Field("name", STRING),
+            Field("partitions", Array(Struct(
+                Field("partition_index", INT32),
+                Field("low_watermark", INT64),
+                Field("error_code", INT16),
+            ))),
+        ))),
+    ),
+)  # fmt: skip
+
+CREATE_PARTITIONS = Api(
+    ApiKey.CREATE_PARTITIONS, "CreatePartitions", advertised=(0, 3), accepted=(0, 3),
+    flexible_since=2,
+    request=Struct(
+        Field("topics", Array(Struct(
+            Field("name", STRING),
+            Field("count", INT32),
+            Field("assignments", Array(Struct(
+                Field("broker_ids", Array(INT32)),
+            )), nullable_since=0),
+        ))),
+        Field("timeout_ms", INT32),
+        Field("validate_only", BOOL),
+    ),
+    response=Struct(
+        Field("throttle_time_ms", INT32),
+        Field("results", Array(Struct(
+            Field("name", STRING),
+            Field("error_code", INT16),
+            nullable_string("error_message"),
         ))),
     ),
 )  # fmt: skip

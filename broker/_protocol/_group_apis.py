@@ -1,8 +1,9 @@
 """Layouts of the consumer-group APIs (Kafka's classic group protocol).
 
 FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
-DescribeGroups and ListGroups. Member metadata and assignments are opaque ``bytes``: the
-consumer protocol inside them is the assignor's business, not the wire codec's.
+DescribeGroups, ListGroups, DeleteGroups and OffsetDelete. Member metadata and
+assignments are opaque ``bytes``: the consumer protocol inside them is the assignor's
+business, not the wire codec's.
 """
 
 from __future__ import annotations
@@ -239,6 +240,31 @@ DELETE_GROUPS = Api(
         Field("results", Array(Struct(
             Field("group_id", STRING),
             Field("error_code", INT16),
+        ))),
+    ),
+)  # fmt: skip
+
+OFFSET_DELETE = Api(
+    ApiKey.OFFSET_DELETE, "OffsetDelete", advertised=(0, 0), accepted=(0, 0),
+    flexible_since=1 << 15,  # no version of OffsetDelete is flexible
+    request=Struct(
+        Field("group_id", STRING),
+        Field("topics", Array(Struct(
+            Field("name", STRING),
+            Field("partitions", Array(Struct(
+                Field("partition_index", INT32),
+            ))),
+        ))),
+    ),
+    response=Struct(
+        Field("error_code", INT16),
+        Field("throttle_time_ms", INT32),
+        Field("topics", Array(Struct(
+            Field("name", STRING),
+            Field("partitions", Array(Struct(
+                Field("partition_index", INT32),
+                Field("error_code", INT16),
+            ))),
         ))),
     ),
 )  # fmt: skip

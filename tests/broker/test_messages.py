@@ -45,6 +45,9 @@ NOTES_TABLE = {
     ApiKey.ALTER_CONFIGS: ((0, 2), (0, 2), 2),
     ApiKey.INCREMENTAL_ALTER_CONFIGS: ((0, 1), (0, 1), 1),
     ApiKey.DELETE_GROUPS: ((0, 2), (0, 2), 2),
+    ApiKey.DELETE_RECORDS: ((0, 2), (0, 2), 2),
+    ApiKey.CREATE_PARTITIONS: ((0, 3), (0, 3), 2),
+    ApiKey.OFFSET_DELETE: ((0, 0), (0, 0), 1 << 15),  # never flexible
 }
 
 # kafka-python patches a few schema entries; these are Kafka's own values.

@@ -58,6 +58,8 @@ SERVED = {
     ApiKey.DESCRIBE_CONFIGS,
     ApiKey.ALTER_CONFIGS,
     ApiKey.INCREMENTAL_ALTER_CONFIGS,
+    ApiKey.DELETE_RECORDS,
+    ApiKey.CREATE_PARTITIONS,
 }
 """The broker's own APIs (a :class:`Broker` without ``extra_handlers``)."""
 GROUP_APIS = {
@@ -70,6 +72,7 @@ GROUP_APIS = {
     ApiKey.DESCRIBE_GROUPS,
     ApiKey.LIST_GROUPS,
     ApiKey.DELETE_GROUPS,
+    ApiKey.OFFSET_DELETE,
 }
 """What ``headwater broker`` adds over its group coordinator."""
 

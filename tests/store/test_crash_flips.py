@@ -11,6 +11,12 @@ three regions:
 * *inside* it: the batches the last acknowledged flush made durable;
 * *after* it: bytes written but never acknowledged (a torn tail), when there are any.
 
+Where the kill lands is chance, so a cycle may leave no unacknowledged bytes. Every
+third cycle therefore ends on purpose with a batch appended (in the page cache, which a
+kill -9 keeps) but neither fsynced nor acknowledged, and a cycle's first flip goes to the
+regions in turn, so that each run flips bits in all three however the machine's load
+shifts the timing.
+
 Flips avoid the twelve bytes of each batch header that the Kafka format leaves outside
 the CRC (base offset, leader epoch); the log checks base offsets against their
 neighbours, and ``test_tail_damage.py`` flips them on purpose. The parent then opens the
@@ -94,19 +100,27 @@ def _send(fd: int, tag: bytes, value: int, payload: bytes = b"") -> None:
         view = view[os.write(fd, view) :]
 
 
-def _child(directory: Path, config: TopicConfig, seed: int, fd: int) -> None:
+def _child(directory: Path, config: TopicConfig, seed: int, fd: int, torn_after: int) -> None:
+    """Append, fsync and acknowledge batches; after ``torn_after`` acknowledgements (when
+    positive), append one more batch without fsync or acknowledgement, say so, and wait to
+    be killed."""
     rng = random.Random(seed)
     log = PartitionLog.open(directory, config)
-    for _ in range(CHILD_MAX_APPENDS):
+    for count in range(1, CHILD_MAX_APPENDS + 1):
         end = log.log_end_offset
         log.append([expected_record(o) for o in range(end, end + rng.choice((1, 2, 3, 8)))])
         log.flush()
         _send(fd, b"A", log.log_end_offset)
+        if count == torn_after:
+            end = log.log_end_offset
+            log.append([expected_record(o) for o in range(end, end + rng.choice((1, 2, 3, 8)))])
+            _send(fd, b"T", log.log_end_offset)
+            signal.pause()
 
 
-def _run_child(directory: Path, config: TopicConfig, seed: int, fd: int) -> None:
+def _run_child(directory: Path, config: TopicConfig, seed: int, fd: int, torn_after: int) -> None:
     try:
-        _child(directory, config, seed, fd)
+        _child(directory, config, seed, fd, torn_after)
     except BaseException:
         text = traceback.format_exc().encode()
         try:
@@ -116,21 +130,28 @@ def _run_child(directory: Path, config: TopicConfig, seed: int, fd: int) -> None
     os._exit(3)
 
 
-def run_writer(directory: Path, config: TopicConfig, rng: random.Random) -> list[int]:
-    """Fork a writer, SIGKILL it after a few acknowledgements; return what it acknowledged."""
+def run_writer(
+    directory: Path, config: TopicConfig, rng: random.Random, *, torn: bool = False
+) -> list[int]:
+    """Fork a writer, SIGKILL it after a few acknowledgements; return what it acknowledged.
+
+    With ``torn``, the writer is killed once it has written an unacknowledged batch after
+    them; otherwise at a random moment.
+    """
     read_fd, write_fd = os.pipe()
     seed = rng.getrandbits(32)
+    want = rng.randint(1, 25)
     pid = forking.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
-        _run_child(directory, config, seed, write_fd)
+        _run_child(directory, config, seed, write_fd, want if torn else 0)
     os.close(write_fd)
-    want = rng.randint(1, 25)
     acked: list[int] = []
+    tails: list[int] = []
     buffer = bytearray()
     deadline = time.monotonic() + CYCLE_TIMEOUT_S
     try:
-        while len(acked) < want:
+        while len(acked) < want or (torn and not tails):
             assert time.monotonic() < deadline, "no progress from the writer"
             ready, _, _ = select.select([read_fd], [], [], 0.5)
             if ready:
@@ -138,25 +159,26 @@ def run_writer(directory: Path, config: TopicConfig, rng: random.Random) -> list
                 if not chunk:
                     break
                 buffer += chunk
-                _parse(buffer, acked)
-        time.sleep(rng.uniform(0.0, 0.003))
+                _parse(buffer, acked, tails)
+        if not torn:
+            time.sleep(rng.uniform(0.0, 0.003))
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     while chunk := os.read(read_fd, 65536):
         buffer += chunk
     os.close(read_fd)
-    _parse(buffer, acked)
+    _parse(buffer, acked, tails)
     return acked
 
 
-def _parse(buffer: bytearray, acked: list[int]) -> None:
+def _parse(buffer: bytearray, acked: list[int], tails: list[int]) -> None:
     while len(buffer) >= _MESSAGE.size:
         tag, value = _MESSAGE.unpack_from(buffer)
         if tag == b"E":
             raise AssertionError(f"the writer failed:\n{bytes(buffer[_MESSAGE.size :]).decode()}")
-        assert tag == b"A", bytes(buffer[:9])
-        acked.append(value)
+        assert tag in (b"A", b"T"), bytes(buffer[:9])
+        (acked if tag == b"A" else tails).append(value)
         del buffer[: _MESSAGE.size]
 
 
@@ -206,10 +228,20 @@ class Figures:
     repairs: int = 0
 
 
+REGIONS = ("before", "inside", "after")
+
+
 def choose_flips(
-    directory: Path, acked_before: int, acked_end: int, rng: random.Random, figures: Figures
+    directory: Path,
+    acked_before: int,
+    acked_end: int,
+    rng: random.Random,
+    figures: Figures,
+    *,
+    first: str,
 ) -> list[tuple[Path, int, int]]:
-    """Pick (file, byte, bit) flips in the regions the module docstring names."""
+    """Pick (file, byte, bit) flips in the regions the module docstring names: the first
+    in region ``first`` when it has bytes, the others in any."""
     whole, rest = batches(directory)
     regions: dict[str, list[tuple[Path, int, int]]] = {"before": [], "inside": [], "after": []}
     for batch in whole:
@@ -223,8 +255,8 @@ def choose_flips(
     regions["after"] += rest
     available = [name for name, spans in regions.items() if spans]
     flips = []
-    for _ in range(rng.randint(1, 3)):
-        name = rng.choice(available)
+    for count in range(rng.randint(1, 3)):
+        name = first if count == 0 and first in available else rng.choice(available)
         path, start, end = rng.choice(regions[name])
         whole_batch = name != "after" or (path, start, end) not in rest
         while True:
@@ -333,12 +365,13 @@ def run_cycles(root: Path, cycles: int, seed: int) -> Figures:
             figures.acknowledged += acked_end
             acked_end = 0
         config = config_for(rng)
-        acked = run_writer(directory, config, rng)
+        region = REGIONS[cycle % len(REGIONS)]
+        acked = run_writer(directory, config, rng, torn=region == "after")
         acked_before = acked[-2] if len(acked) >= 2 else acked_end
         acked_end = acked[-1] if acked else acked_end
         copy = root / f"copy-{cycle}"
         shutil.copytree(directory, copy)
-        flips = choose_flips(directory, acked_before, acked_end, rng, figures)
+        flips = choose_flips(directory, acked_before, acked_end, rng, figures, first=region)
         apply_flips(copy, flips)
         context = f"seed {seed}, cycle {cycle}, {config}, acked {acked_end}, flips {flips}"
         lost, corrupt = figures.lost, figures.corrupt
