@@ -21,8 +21,24 @@ local copy (current, so only the changelog's empty tail is read).
 
 Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile W]
 [--only W1|W2] [--restore-keys N] [--workers 1,2] [--broker] [--apache-kafka]
-[--bootstrap HOST:PORT]``; with ``--profile W1`` (or ``W2``) one more run of
-that workload is profiled and its top entries printed.
+[--bootstrap HOST:PORT] [--baseline] [--before DIR]``; with ``--profile W1`` (or ``W2``)
+one more run of that workload is profiled and its top entries printed
+(``pipeline_parts.py`` sorts a sampled profile into parts, in ns per event).
+
+Each run also prints what its process spent meanwhile: CPU time per event, in user and
+kernel mode, and page faults per event (a shared machine's load moves the CPU time less
+than the wall-clock time; on a virtual machine that hands freed memory back to its host,
+page faults are dear and the kernel time shows them).
+
+``--baseline`` adds each workload's plain loop, in a process of its own, interleaved with
+the pipelines: the same events as lines in a Python list, in batches of 10,000, the
+workload's own functions, ``orjson.loads`` and ``orjson.dumps`` per record, each batch's
+outputs joined and dropped (W2's: a dict of open windows, each window's result dumped
+when the stream time reaches its end); then each pipeline's ratio to its loop, by
+events/s and by CPU time per event (targets: W1 >= 0.6, W2 >= 0.5). ``--before DIR``
+runs each workload a second time per run with an earlier version's packages (a tree
+``DIR/headwater/store``, ``DIR/headwater/processing``, ...: first on the worker's
+``PYTHONPATH``), in alternating order, and prints the ratios now / before.
 
 Under ``headwater worker`` (the supervisor path): ``--workers 1,2`` adds W1 run by
 ``headwater --data DIR worker APP --processes N --until-caught-up`` on the loaded data
