@@ -21,8 +21,24 @@ local copy (current, so only the changelog's empty tail is read).
 
 Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile W]
 [--only W1|W2] [--restore-keys N] [--workers 1,2] [--broker] [--apache-kafka]
-[--bootstrap HOST:PORT]``; with ``--profile W1`` (or ``W2``) one more run of
-that workload is profiled and its top entries printed.
+[--bootstrap HOST:PORT] [--baseline] [--before DIR]``; with ``--profile W1`` (or ``W2``)
+one more run of that workload is profiled and its top entries printed
+(``pipeline_parts.py`` sorts a sampled profile into parts, in ns per event).
+
+Each run also prints what its process spent meanwhile: CPU time per event, in user and
+kernel mode, and page faults per event (a shared machine's load moves the CPU time less
+than the wall-clock time; on a virtual machine that hands freed memory back to its host,
+page faults are dear and the kernel time shows them).
+
+``--baseline`` adds each workload's plain loop, in a process of its own, interleaved with
+the pipelines: the same events as lines in a Python list, in batches of 10,000, the
+workload's own functions, ``orjson.loads`` and ``orjson.dumps`` per record, each batch's
+outputs joined and dropped (W2's: a dict of open windows, each window's result dumped
+when the stream time reaches its end); then each pipeline's ratio to its loop, by
+events/s and by CPU time per event (targets: W1 >= 0.6, W2 >= 0.5). ``--before DIR``
+runs each workload a second time per run with an earlier version's packages (a tree
+``DIR/headwater/store``, ``DIR/headwater/processing``, ...: first on the worker's
+``PYTHONPATH``), in alternating order, and prints the ratios now / before.
 
 Under ``headwater worker`` (the supervisor path): ``--workers 1,2`` adds W1 run by
 ``headwater --data DIR worker APP --processes N --until-caught-up`` on the loaded data
@@ -134,15 +150,45 @@ async def load(data: Path, count: int) -> None:
                 await store.append("clicks", chunk, partition=p)
 
 
+# The workloads' functions, shared by the apps and the plain loops they are compared with.
+def keep(e: Any) -> Any:
+    """W1's and W2's filter."""
+    return e["ms"] > 100
+
+
+def enrich(e: Any) -> Any:
+    """W1's map."""
+    return {**e, "slow": e["ms"] > 500}
+
+
+def user(e: Any) -> Any:
+    """W2's key."""
+    return e["user"]
+
+
+def event_time(e: Any) -> Any:
+    """W2's event time."""
+    return e["ts"]
+
+
+def initial() -> Any:
+    """W2's empty aggregate."""
+    return {"count": 0, "sum": 0}
+
+
+def add(acc: Any, e: Any) -> Any:
+    """W2's fold."""
+    return {"count": acc["count"] + 1, "sum": acc["sum"] + e["ms"]}
+
+
+WINDOW_MS = 10_000
+
+
 def w1(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str = "clicks") -> App:
     """Return the W1 app on ``data`` (or the cluster at ``bootstrap``), reading ``topic``."""
     app = App(name, data_dir=data, bootstrap=bootstrap)
     clicks = app.stream(topic)
-    (
-        clicks.filter(lambda e: e["ms"] > 100)
-        .map(lambda e: {**e, "slow": e["ms"] > 500})
-        .to(f"{name}-out")
-    )
+    clicks.filter(keep).map(enrich).to(f"{name}-out")
     return app
 
 
@@ -151,14 +197,10 @@ def w2(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str
     app = App(name, data_dir=data, bootstrap=bootstrap)
     clicks = app.stream(topic)
     (
-        clicks.filter(lambda e: e["ms"] > 100)
-        .key_by(lambda e: e["user"])
-        .window(windows.tumbling(seconds=10), timestamp=lambda e: e["ts"], grace_ms=0)
-        .aggregate(
-            initial=lambda: {"count": 0, "sum": 0},
-            add=lambda acc, e: {"count": acc["count"] + 1, "sum": acc["sum"] + e["ms"]},
-            name="per-user-10s",
-        )
+        clicks.filter(keep)
+        .key_by(user)
+        .window(windows.tumbling(ms=WINDOW_MS), timestamp=event_time, grace_ms=0)
+        .aggregate(initial=initial, add=add, name="per-user-10s")
         .final()
         .to(f"{name}-out")
     )
@@ -168,22 +210,133 @@ def w2(data: Path | None, name: str, *, bootstrap: str | None = None, topic: str
 WORKLOADS = {"W1": w1, "W2": w2}
 
 
-def run_once(data: Path, name: str, workload: str = "W1") -> tuple[float, int, int]:
-    """Run ``workload`` as app ``name`` until caught up; return (seconds, records in,
-    records out).
+# -- the plain loops -------------------------------------------------------------------
+
+#: The plain loops' batch size.
+PLAIN_BATCH = 10_000
+
+
+def plain_w1(lines: list[bytes]) -> int:
+    """W1 by hand over ``lines`` in memory: per batch, each line decoded, filtered, mapped
+    and encoded; the batch's outputs joined and dropped. Return how many were written."""
+    written = 0
+    for start in range(0, len(lines), PLAIN_BATCH):
+        outputs = []
+        for line in lines[start : start + PLAIN_BATCH]:
+            event = orjson.loads(line)
+            if keep(event):
+                outputs.append(orjson.dumps(enrich(event)))
+        b"\n".join(outputs)
+        written += len(outputs)
+    return written
+
+
+def plain_w2(lines: list[bytes]) -> int:
+    """W2 by hand over ``lines`` in memory: a dict of open windows (start -> key ->
+    aggregate); each window's result dumped when the stream time reaches its end (grace
+    0), records of a closed window dropped; per batch, the outputs joined and dropped.
+    Return how many were written."""
+    open_windows: dict[int, dict[Any, Any]] = {}
+    stream_time = -1
+    next_close: float = float("inf")  # the end of the oldest open window
+    written = 0
+    for start in range(0, len(lines), PLAIN_BATCH):
+        outputs = []
+        for line in lines[start : start + PLAIN_BATCH]:
+            event = orjson.loads(line)
+            if not keep(event):
+                continue
+            ts = event_time(event)
+            window = ts - ts % WINDOW_MS
+            if window + WINDOW_MS <= stream_time:
+                continue  # late: its window has closed
+            key = user(event)
+            accs = open_windows.get(window)
+            if accs is None:
+                accs = open_windows[window] = {}
+                next_close = min(next_close, window + WINDOW_MS)
+            acc = accs.get(key)
+            accs[key] = add(initial() if acc is None else acc, event)
+            if ts > stream_time:
+                stream_time = ts
+                while stream_time >= next_close:  # close (and dump) what the time reached
+                    first = next_close - WINDOW_MS
+                    for key, acc in open_windows.pop(first).items():
+                        result = {"key": key, "start": first, "end": next_close, "value": acc}
+                        outputs.append(orjson.dumps(result))
+                    next_close = min(open_windows, default=float("inf")) + WINDOW_MS
+        b"\n".join(outputs)
+        written += len(outputs)
+    return written
+
+
+PLAIN = {"W1": plain_w1, "W2": plain_w2}
+
+
+class Timed(NamedTuple):
+    """One timed run: wall seconds, records, and what the process spent meanwhile (CPU
+    seconds in user and kernel mode over all its threads, page faults), then its peak
+    RSS in bytes. On a shared machine the CPU time varies less than the wall-clock time;
+    on a virtual machine that returns freed memory to its host, page faults are dear
+    (the kernel time shows them)."""
+
+    elapsed_s: float
+    records_in: int
+    records_out: int
+    user_s: float
+    sys_s: float
+    faults: int
+    rss: int = 0
+
+    @property
+    def cpu_s(self) -> float:
+        """The CPU seconds, user and kernel."""
+        return self.user_s + self.sys_s
+
+
+class _Meter:
+    """Measures a stretch of the process's life (see :class:`Timed`)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.usage = resource.getrusage(resource.RUSAGE_SELF)
+
+    def stop(self, records_in: int, records_out: int) -> Timed:
+        elapsed = time.perf_counter() - self.started
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return Timed(
+            elapsed,
+            records_in,
+            records_out,
+            usage.ru_utime - self.usage.ru_utime,
+            usage.ru_stime - self.usage.ru_stime,
+            usage.ru_minflt + usage.ru_majflt - self.usage.ru_minflt - self.usage.ru_majflt,
+        )
+
+
+def run_plain(count: int, workload: str) -> Timed:
+    """Run ``workload``'s plain loop over ``count`` events as lines in a list."""
+    lines = [value for _, value in events(count)]
+    loop = PLAIN[workload]
+    meter = _Meter()
+    written = loop(lines)
+    return meter.stop(len(lines), written)
+
+
+def run_once(data: Path, name: str, workload: str = "W1") -> Timed:
+    """Run ``workload`` as app ``name`` until caught up.
 
     The clock starts when ``App.run_async`` is called, inside the event loop (whose own
     start-up is not the pipeline's work), and stops when it returns.
     """
     app = WORKLOADS[workload](data, name)
 
-    async def timed() -> tuple[float, RunStatistics]:
-        started = time.perf_counter()
+    async def timed() -> Timed:
+        meter = _Meter()
         stats = await app.run_async(until_caught_up=True)
-        return time.perf_counter() - started, stats
+        return meter.stop(stats.records_in, stats.records_out)
 
-    elapsed, stats = anyio.run(timed, backend="trio")
-    return elapsed, stats.records_in, stats.records_out
+    return anyio.run(timed, backend="trio")
 
 
 class Measured(NamedTuple):
@@ -320,17 +473,40 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_in_worker(data: Path, name: str, workload: str) -> tuple[float, int, int, int]:
-    """Run ``workload`` in a new worker process, as ``headwater run`` would; return its
-    figures and its peak RSS in bytes."""
+def run_in_worker(data: Path, name: str, workload: str, packages: Path | None = None) -> Timed:
+    """Run ``workload`` in a new worker process, as ``headwater run`` would (with the
+    headwater packages found under ``packages``, if given: see ``--before``)."""
+    env = None
+    if packages is not None:
+        env = {**os.environ, "PYTHONPATH": str(packages)}
     worker = subprocess.run(
         [sys.executable, __file__, "--worker", str(data), name, workload],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
-    elapsed, records_in, records_out, rss = orjson.loads(worker.stdout)
-    return elapsed, records_in, records_out, rss
+    return Timed(*orjson.loads(worker.stdout))
+
+
+def run_plain_in_worker(count: int, workload: str) -> Timed:
+    """Run ``workload``'s plain loop in a new process."""
+    worker = subprocess.run(
+        [sys.executable, __file__, "--plain-worker", str(count), workload],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Timed(*orjson.loads(worker.stdout))
+
+
+def describe_usage(timed: Timed, events: int) -> str:
+    """Return a run's CPU time and page faults per input event, as printed."""
+    per = 1e6 / events
+    return (
+        f"CPU {timed.cpu_s * per:.2f} us/event (user {timed.user_s * per:.2f}, "
+        f"kernel {timed.sys_s * per:.2f}), {timed.faults / events:.3f} page faults/event"
+    )
 
 
 async def restore_times(root: Path, keys: int) -> tuple[float, float, float]:
@@ -590,8 +766,12 @@ def bench_workers(
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:  # run_in_worker's child: one timed run, as JSON
-        figures = run_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
-        print(orjson.dumps([*figures, peak_rss()]).decode())
+        timed = run_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
+        print(orjson.dumps(tuple(timed._replace(rss=peak_rss()))).decode())
+        return
+    if sys.argv[1:2] == ["--plain-worker"]:  # run_plain_in_worker's child
+        timed = run_plain(int(sys.argv[2]), sys.argv[3])
+        print(orjson.dumps(tuple(timed._replace(rss=peak_rss()))).decode())
         return
     if sys.argv[1:2] == ["--guarantee-worker"]:  # compare_guarantees's child
         print(orjson.dumps(run_guarantee(*sys.argv[2:7])).decode())
@@ -626,6 +806,20 @@ def main() -> None:
         help="on the clusters asked for, compare W1 and W2 with exactly_once and "
         "at_least_once (interleaved) instead of the worker counts",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run each workload with an earlier version's packages, found under DIR "
+        "(DIR/headwater/store, ...: put first on the workers' PYTHONPATH), interleaved, "
+        "and print the ratios now / before",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run each workload's plain loop, interleaved, and print the ratios to it",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
     data = root / "data"
@@ -655,27 +849,71 @@ def main() -> None:
             return
         rates: dict[str, list[float]] = {w: [] for w in workloads}
         peaks: dict[str, list[int]] = {w: [] for w in workloads}
+        plain: dict[str, list[float]] = {w: [] for w in workloads}
+        cpu: dict[str, list[float]] = {w: [] for w in workloads}  # CPU us per event
+        plain_cpu: dict[str, list[float]] = {w: [] for w in workloads}
         for run in range(1, args.runs + 1):
             for workload in workloads:  # interleaved: both see the same machine
-                name = f"{workload.lower()}-{run}"
-                elapsed, records_in, records_out, rss = run_in_worker(data, name, workload)
-                assert records_in >= args.events, (records_in, args.events)
-                rate = args.events / elapsed
-                rates[workload].append(rate)
-                peaks[workload].append(rss)
-                print(
-                    f"{workload} run {run}: {args.events:,} events in {elapsed:.2f} s = "
-                    f"{rate:,.0f} events/s end to end ({records_out:,} written, "
-                    f"peak RSS {rss / 2**20:,.0f} MiB)"
-                )
+                if args.baseline:
+                    timed = run_plain_in_worker(args.events, workload)
+                    plain[workload].append(timed.records_in / timed.elapsed_s)
+                    plain_cpu[workload].append(timed.cpu_s / timed.records_in * 1e6)
+                    print(
+                        f"plain {workload} run {run}: {timed.records_in:,} events in "
+                        f"{timed.elapsed_s:.2f} s = {plain[workload][-1]:,.0f} events/s "
+                        f"({timed.records_out:,} written); {describe_usage(timed, args.events)}"
+                    )
+                versions = [None, args.before] if args.before else [None]
+                for version in versions if run % 2 else versions[::-1]:
+                    label = workload if version is None else f"{workload} before"
+                    name = f"{workload.lower()}-{run}{'-before' if version else ''}"
+                    timed = run_in_worker(data, name, workload, version)
+                    assert timed.records_in >= args.events, (timed.records_in, args.events)
+                    rate = args.events / timed.elapsed_s
+                    rates[label] = [*rates.get(label, []), rate]
+                    peaks[label] = [*peaks.get(label, []), timed.rss]
+                    cpu[label] = [*cpu.get(label, []), timed.cpu_s / args.events * 1e6]
+                    print(
+                        f"{label} run {run}: {args.events:,} events in {timed.elapsed_s:.2f} s "
+                        f"= {rate:,.0f} events/s end to end ({timed.records_out:,} written, "
+                        f"peak RSS {timed.rss / 2**20:,.0f} MiB); "
+                        f"{describe_usage(timed, args.events)}"
+                    )
         medians = {w: statistics.median(r) for w, r in rates.items() if r}
         for workload, median in medians.items():
             print(
                 f"{workload} median of {len(rates[workload])} runs: {median:,.0f} events/s, "
                 f"peak RSS {max(peaks[workload]) / 2**20:,.0f} MiB"
             )
-        if len(medians) == 2:
+        if "W1" in medians and "W2" in medians:
             print(f"W2 / W1 = {medians['W2'] / medians['W1']:.2f} (target >= 0.70)")
+        for workload in workloads if args.before else ():
+            now, then = f"{workload}", f"{workload} before"
+            paired = statistics.median(a / b for a, b in zip(rates[now], rates[then], strict=True))
+            paired_cpu = statistics.median(a / b for a, b in zip(cpu[now], cpu[then], strict=True))
+            print(
+                f"{workload} now / before: events/s median of the runs' ratios {paired:.2f}, "
+                f"medians {medians[now]:,.0f} / {medians[then]:,.0f}; CPU per event median "
+                f"of the runs' ratios {paired_cpu:.2f}, medians "
+                f"{statistics.median(cpu[now]):.2f} / {statistics.median(cpu[then]):.2f} us"
+            )
+        targets = {"W1": 0.6, "W2": 0.5}
+        for workload in workloads if args.baseline else ():
+            mine, theirs = rates[workload], plain[workload]
+            paired = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+            print(
+                f"{workload} / plain {workload}: median of the runs' ratios {paired:.2f} "
+                f"(target >= {targets[workload]}); medians {medians[workload]:,.0f} / "
+                f"{statistics.median(theirs):,.0f} events/s = "
+                f"{medians[workload] / statistics.median(theirs):.2f}"
+            )
+            per_run = zip(plain_cpu[workload], cpu[workload], strict=True)
+            cpu_ratio = statistics.median(a / b for a, b in per_run)
+            print(
+                f"{workload} / plain {workload} by CPU time per event: median of the runs' "
+                f"ratios {cpu_ratio:.2f}; medians {statistics.median(cpu[workload]):.2f} / "
+                f"{statistics.median(plain_cpu[workload]):.2f} us/event"
+            )
         if args.restore_keys:
             memory, disk, local = anyio.run(restore_times, root, args.restore_keys)
             keys = args.restore_keys
@@ -687,11 +925,11 @@ def main() -> None:
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            elapsed, records_in, _ = run_once(data, f"{args.profile}-profiled", args.profile)
+            timed = run_once(data, f"{args.profile}-profiled", args.profile)
             profiler.disable()
             print(
                 f"\nprofiled {args.profile} run (slower under the profiler): "
-                f"{records_in / elapsed:,.0f} events/s"
+                f"{timed.records_in / timed.elapsed_s:,.0f} events/s"
             )
             pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     finally:

@@ -228,7 +228,14 @@ class LogAccess(Protocol):
         ...
 
     async def read_group(
-        self, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
+        self,
+        topic: str,
+        group: str,
+        *,
+        start: Start,
+        follow: bool,
+        sink: RecordSink,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         """Read ``topic`` as a member of ``group``: from its committed offsets (``start``
         where it has none), committing what the sink took; otherwise as :meth:`read`."""

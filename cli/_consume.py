@@ -146,8 +146,6 @@ def consume(
     if show_meta and spec != "value":
         raise click.UsageError("give --show-meta or --format, not both")
     level = IsolationLevel[isolation.upper()]
-    if group is not None and level is IsolationLevel.READ_COMMITTED:
-        raise click.UsageError("--isolation read_committed cannot be used with --group yet")
     render = formatter(topic, "json" if show_meta else spec)
     access = log_access(ctx)
     printer = Printer(topic, render, StdoutWriter(), max_records)
@@ -167,7 +165,9 @@ def consume(
                     isolation=level,
                 )
             else:
-                await access.read_group(topic, group, start=start, follow=follow, sink=printer)
+                await access.read_group(
+                    topic, group, start=start, follow=follow, sink=printer, isolation=level
+                )
 
     signum = run_until_signal(body)
     if printer.damaged_ranges:

@@ -147,10 +147,25 @@ class KafkaAccess:
             await finish(consumer.close)
 
     async def read_group(
-        self, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
+        self,
+        topic: str,
+        group: str,
+        *,
+        start: Start,
+        follow: bool,
+        sink: RecordSink,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         """Read as a member of ``group`` (see :meth:`LogAccess.read_group`)."""
-        await read_group(self.cluster, topic, group, start=start, follow=follow, sink=sink)
+        await read_group(
+            self.cluster,
+            topic,
+            group,
+            start=start,
+            follow=follow,
+            sink=sink,
+            isolation=isolation,
+        )
 
     @contextlib.asynccontextmanager
     async def lookup(self) -> AsyncIterator[RecordLookup]:

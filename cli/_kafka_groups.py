@@ -40,7 +40,7 @@ from headwater.broker import BrokerError, KafkaErrorCode
 from headwater.groups import GroupNotEmptyError
 from headwater.groups import TopicPartition as HeadwaterTopicPartition
 from headwater.processing.kafka_client import TIMEOUT_S, blocking, finish
-from headwater.store import TopicNotFoundError
+from headwater.store import IsolationLevel, TopicNotFoundError
 
 from ._access import (
     GroupRow,
@@ -93,13 +93,21 @@ class _Member:
 
 
 async def read_group(
-    cluster: Cluster, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
+    cluster: Cluster,
+    topic: str,
+    group: str,
+    *,
+    start: Start,
+    follow: bool,
+    sink: RecordSink,
+    isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
 ) -> None:
     """Deliver ``topic`` into ``sink`` as a member of ``group``; commit what it took."""
     consumer = Consumer(
         cluster.config(
             **{
                 "group.id": group,
+                "isolation.level": isolation.name.lower(),
                 "client.id": "headwater-consume",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

@@ -133,15 +133,24 @@ class LocalAccess:
         await self._follow(local, remote, follow, sink, news=None)
 
     async def read_group(
-        self, topic: str, group: str, *, start: Start, follow: bool, sink: RecordSink
+        self,
+        topic: str,
+        group: str,
+        *,
+        start: Start,
+        follow: bool,
+        sink: RecordSink,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
     ) -> None:
         """Read as a member of ``group`` (see :meth:`LogAccess.read_group`)."""
 
         async def local(store: Store) -> None:
-            await drain_group(store, topic, group, start, sink)
+            await drain_group(store, topic, group, start, sink, isolation=isolation)
 
         async def remote(access: KafkaAccess) -> None:
-            await access.read_group(topic, group, start=start, follow=follow, sink=sink)
+            await access.read_group(
+                topic, group, start=start, follow=follow, sink=sink, isolation=isolation
+            )
 
         async def news(store: Store) -> bool:
             return await group_has_news(store, topic, group, start)

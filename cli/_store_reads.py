@@ -187,7 +187,15 @@ def _next_offset(data: bytes) -> int:
     return next_offset
 
 
-async def drain_group(store: Store, topic: str, group: str, start: Start, sink: RecordSink) -> None:
+async def drain_group(
+    store: Store,
+    topic: str,
+    group: str,
+    start: Start,
+    sink: RecordSink,
+    *,
+    isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
+) -> None:
     """Deliver, as a member of ``group``, what it has not committed; commit as delivered."""
     # The only member: no initial rebalance delay is needed to wait for others.
     solo = GroupConfig(initial_rebalance_delay_ms=0)
@@ -207,6 +215,7 @@ async def drain_group(store: Store, topic: str, group: str, start: Start, sink: 
             on_assigned=start_uncommitted,
             client_id="headwater-consume",
             max_bytes=READ_BYTES,
+            isolation_level=isolation,
         )
         members.append(consumer)
         async with consumer:

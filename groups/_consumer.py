@@ -208,10 +208,13 @@ class Consumer(ConsumerMembership):
             position = self._positions[tp]
             if not partition.log_start_offset <= position <= partition.log_end_offset:
                 position = self._positions[tp] = self._reset_position(partition)
-            if position >= partition.high_watermark:
+            isolation = self._config.isolation_level
+            if position >= partition.upper_offset(isolation):
                 continue
             try:
-                records = await partition.read_records(position, self._config.max_bytes)
+                records = await partition.read_records(
+                    position, self._config.max_bytes, isolation=isolation
+                )
             except OffsetOutOfRangeError:  # retention moved the log start meanwhile
                 self._positions[tp] = self._reset_position(partition)
                 continue
@@ -219,9 +222,10 @@ class Consumer(ConsumerMembership):
                 self._next_index = (self._next_index + step + 1) % count
                 # Past transaction markers that follow (never records), as Kafka consumers
                 # do: else a log ending in one would leave the position short of the end.
-                self._positions[tp] = await partition.skip_hidden(records[-1].offset + 1)
+                after = records[-1].offset + 1
+                self._positions[tp] = await partition.skip_hidden(after, isolation=isolation)
                 return ConsumerBatch(tp.topic, tp.partition, records)
-            self._positions[tp] = await partition.skip_hidden(position)
+            self._positions[tp] = await partition.skip_hidden(position, isolation=isolation)
         return None
 
     async def _wait_for_records(self, changed: anyio.Event) -> None:
@@ -233,7 +237,7 @@ class Consumer(ConsumerMembership):
         async with anyio.create_task_group() as tg:
 
             async def wait_partition(partition: Partition, position: int) -> None:
-                await partition.wait_for(position)
+                await partition.wait_for(position, isolation=self._config.isolation_level)
                 tg.cancel_scope.cancel()
 
             async def wait_changed() -> None:
@@ -292,9 +296,13 @@ class Consumer(ConsumerMembership):
 
     def lag(self) -> dict[TopicPartition, int]:
         """Return, per assigned partition, how many offsets lie between its position and
-        the high watermark (sorted by partition)."""
+        the high watermark (``READ_COMMITTED``: the last stable offset), sorted by partition."""
         return {
-            tp: max(self._assignment[tp].high_watermark - self._positions[tp], 0)
+            tp: max(
+                self._assignment[tp].upper_offset(self._config.isolation_level)
+                - self._positions[tp],
+                0,
+            )
             for tp in sorted(self._assignment)
         }
 

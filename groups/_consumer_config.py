@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from headwater.store import IsolationLevel
+
 from ._assignors import ASSIGNORS
 from ._errors import InvalidGroupConfigError
 
@@ -41,6 +43,9 @@ class ConsumerConfig:
         batch larger than this still comes whole).
     :param client_id: the client id members are named after.
     :param group_instance_id: a static membership id, or None for a dynamic member.
+    :param isolation_level: which records of transactions are delivered (Kafka's
+        ``isolation.level``): ``READ_UNCOMMITTED`` all of them, ``READ_COMMITTED`` only
+        committed ones, up to the last stable offset. Markers never are.
     :raises InvalidGroupConfigError: for a value out of range or an unknown assignor.
     """
 
@@ -54,8 +59,13 @@ class ConsumerConfig:
     max_bytes: int = 1 << 20
     client_id: str = "headwater"
     group_instance_id: str | None = None
+    isolation_level: IsolationLevel = IsolationLevel.READ_UNCOMMITTED
 
     def __post_init__(self) -> None:
+        if not isinstance(self.isolation_level, IsolationLevel):
+            raise InvalidGroupConfigError(
+                f"isolation_level must be an IsolationLevel, got {self.isolation_level!r}"
+            )
         if self.auto_offset_reset not in _RESETS:
             raise InvalidGroupConfigError(
                 f"auto_offset_reset must be 'earliest' or 'latest', got {self.auto_offset_reset!r}"

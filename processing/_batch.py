@@ -10,8 +10,15 @@ the user's own key objects, serialised once, at the sink, by the key serde of th
 ``key_by`` that made them (``key_node``). Keys read back from a repartition topic stay
 bytes in the rows (``keys`` is None) until a step asks for the objects
 (:meth:`Batch.key_objects`): most steps after a repartition only need the bytes, which a
-sink writes as they are. A batch is never changed in place, so fanning
-one out to several children needs no copies.
+sink writes as they are. A batch is never changed in place, so fanning one out to
+several children needs no copies.
+
+A batch also knows whether its values are still what its source's serde decoded from
+the rows' stored values (``read_as``: that serde; None once a step made values of its
+own): only ``filter``, ``key_by`` or ``branch`` ran since the source. A repartition
+topic's sink then writes the stored bytes again instead of encoding each value anew, so
+a function given to those steps must not change the value it is given (``peek`` may:
+it passes on a batch of values of its own).
 
 The rows of a context are the input batch's records; a step that emits a value of its
 own (a timer firing, a result of many inputs) first adds a row with
@@ -78,7 +85,7 @@ class Event(NamedTuple, Generic[T]):
 class Batch:
     """Values in flight, as columns: see the module docstring."""
 
-    __slots__ = ("key_node", "keys", "origins", "values")
+    __slots__ = ("key_node", "keys", "origins", "read_as", "values")
 
     def __init__(
         self,
@@ -86,11 +93,13 @@ class Batch:
         origins: list[int],
         keys: list[Any] | None = None,
         key_node: Node | None = None,
+        read_as: object = None,
     ):
         self.values = values
         self.origins = origins
         self.keys = keys
         self.key_node = key_node
+        self.read_as = read_as
 
     def __len__(self) -> int:
         return len(self.values)
@@ -120,7 +129,12 @@ class Batch:
             list(compress(self.origins, mask)),
             keys,
             self.key_node,
+            self.read_as,
         )
+
+    def rekeyed(self, keys: list[Any], key_node: Node) -> Batch:
+        """Return the batch with ``keys`` (one per record), made by ``key_node``."""
+        return Batch(self.values, self.origins, keys, key_node, self.read_as)
 
     def without(self, failed: Sequence[int]) -> Batch:
         """Return the batch without the records at indexes ``failed``."""

@@ -93,13 +93,14 @@ class SourceStep(Step):
         """Push the records of ``ctx`` through the pipeline."""
         raw = ctx.records.values
         self.counts.records_in += len(raw)
-        batch = Batch(raw, indexes(len(raw)))
-        if type(self.serde) is not BytesSerde:
-            decode = batch_deserializer(self.serde, raw)
+        serde = self.serde
+        batch = Batch(raw, indexes(len(raw)), read_as=serde)
+        if type(serde) is not BytesSerde:
+            decode = batch_deserializer(serde, raw)
             values, batch = apply_each(self.node, decode, batch, ctx)
-            batch = batch.replace(values)
+            batch = Batch(values, batch.origins, read_as=serde)
         if self.key_serde is not None:  # keys stay bytes until a step asks (Batch.key_objects)
-            batch = Batch(batch.values, batch.origins, None, self.node)
+            batch = Batch(batch.values, batch.origins, None, self.node, serde)
         if self.node.params.get("dedupe"):
             ctx.dedupe = True
         await self.forward(batch, ctx)
@@ -158,7 +159,7 @@ class PeekStep(Step):
         """Call the function on each value; pass the values on."""
         assert self.node.fn is not None
         _, batch = apply_each(self.node, self.node.fn, batch, ctx)
-        await self.forward(batch, ctx)
+        await self.forward(batch.replace(batch.values), ctx)  # a peek may change values
 
 
 class KeyByStep(Step):
@@ -170,7 +171,7 @@ class KeyByStep(Step):
         """Compute each record's key."""
         assert self.node.fn is not None
         keys, batch = apply_each(self.node, self.node.fn, batch, ctx)
-        await self.forward(Batch(batch.values, batch.origins, keys, self.node), ctx)
+        await self.forward(batch.rekeyed(keys, self.node), ctx)
 
 
 class MetadataStep(Step):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import repeat
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -43,7 +43,7 @@ from ._lineage import (
 )
 from ._metrics import OperatorCounts
 from ._operators import SinkStep, SourceStep, Step
-from ._serde import JsonKeySerde, batch_serializer
+from ._serde import BytesSerde, JsonKeySerde, JsonSerde, StrSerde, batch_serializer
 from ._stores._changelog import StoreRegistry
 from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
 
@@ -87,6 +87,9 @@ class Pipeline:
         self._live = graph.live_nodes()
         #: Each key's partition, per partition count (a cache: murmur2 per key is dear).
         self._key_partitions: dict[int, dict[bytes, int]] = {}
+        #: Text and integer keys as the default key serde writes them (a cache: keys
+        #: repeat, and one bytes object per distinct key also makes placing them cheaper).
+        self._key_bytes: dict[str | int, bytes] = {}
         #: Each operator's counts by node id, shared by the steps of every task.
         self.counts: dict[int, OperatorCounts] = {}
 
@@ -184,7 +187,7 @@ class Pipeline:
         ctx: Context,
         writes: dict[tuple[str, int], list[OutRecords]],
     ) -> None:
-        values, keys, origins = _serialise(sink, batches, ctx)
+        values, keys, origins = _serialise(sink, batches, ctx, self._key_bytes)
         if not values:
             return
         sink.counts.records_out += len(values)
@@ -244,13 +247,19 @@ class Pipeline:
                 placed[missing] = default
             else:
                 placed[missing] = cache[key] = partition_for_key(key, count)
-        targets = set(placed)
+        partitions = cast(list[int], placed)  # each found now
+        targets = set(partitions)
         if len(targets) == 1:
-            writes.setdefault((sink.topic, placed[0]), []).append(out)  # type: ignore[arg-type]
+            writes.setdefault((sink.topic, partitions[0]), []).append(out)
             return
-        for p in sorted(targets):  # type: ignore[type-var]
-            mask = [q == p for q in placed]
-            writes.setdefault((sink.topic, p), []).append(_select(out, mask))  # type: ignore[arg-type]
+        # The records by partition, each partition's in their order (the sort is stable):
+        # one pass over the columns per partition, in C.
+        order = sorted(range(len(partitions)), key=partitions.__getitem__)
+        start = 0
+        for p in sorted(targets):
+            stop = start + partitions.count(p)
+            writes.setdefault((sink.topic, p), []).append(_take(out, order[start:stop]))
+            start = stop
 
     def _place_dead_letters(
         self, ctx: Context, writes: dict[tuple[str, int], list[OutRecords]]
@@ -290,7 +299,7 @@ class Pipeline:
 
 
 def _serialise(
-    sink: SinkStep, batches: list[Batch], ctx: Context
+    sink: SinkStep, batches: list[Batch], ctx: Context, key_bytes: dict[str | int, bytes]
 ) -> tuple[list[bytes | None], list[bytes | None], list[int]]:
     """Return the values, keys and origins ``sink`` writes, serialised; a value or key
     whose serialisation fails is left out under its node's policy (the sink's for
@@ -303,14 +312,19 @@ def _serialise(
     for batch in batches:
         key_node = batch.key_node
         if batch.keys is not None and key_node is not None:
-            encoded, batch = _serialise_keys(key_node, batch, ctx)
-            out, batch = apply_each(
-                sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
-            )
-            assert batch.keys is not None
-            batch_keys: list[Any] = batch.keys
+            encoded, batch = _serialise_keys(key_node, batch, ctx, key_bytes)
+            out = _stored_values(sink, batch, ctx)
+            if out is None:
+                out, batch = apply_each(
+                    sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
+                )
+                assert batch.keys is not None
+                encoded = batch.keys
+            batch_keys: list[Any] = encoded
         else:
-            out, batch = apply_each(sink.node, serialise, batch, ctx)
+            out = _stored_values(sink, batch, ctx)
+            if out is None:
+                out, batch = apply_each(sink.node, serialise, batch, ctx)
             batch_keys = list(map(stored.__getitem__, batch.origins))
         if len(batches) == 1:
             return out, batch_keys, batch.origins
@@ -320,13 +334,39 @@ def _serialise(
     return values, keys, origins
 
 
-def _serialise_keys(key_node: Node, batch: Batch, ctx: Context) -> tuple[list[Any], Batch]:
+#: The serdes whose encoding of a value they decoded decodes to that value again.
+_ROUND_TRIPS = {JsonSerde, StrSerde, BytesSerde}
+
+
+def _stored_values(sink: SinkStep, batch: Batch, ctx: Context) -> list[bytes | None] | None:
+    """Return the values a repartition topic's sink writes as the rows' stored bytes,
+    when the values are still what the sink's serde decoded from them (see ``Batch``),
+    else None: they are encoded anew. Decoding the stored bytes again gives the same
+    values, so what reads the topic sees no difference; outputs a user reads are always
+    encoded anew."""
+    serde = sink.serde
+    if batch.read_as is not serde or sink.node.kind != "through" or type(serde) not in _ROUND_TRIPS:
+        return None
+    stored = list(map(ctx.records.values.__getitem__, batch.origins))
+    return stored if all(stored) else None  # JSON writes a missing value as null
+
+
+def _serialise_keys(
+    key_node: Node, batch: Batch, ctx: Context, cache: dict[str | int, bytes]
+) -> tuple[list[Any], Batch]:
     key_serde = key_node.params["key_serde"]
     keys = batch.keys
     assert keys is not None
-    # Canonical JSON of text and integer keys is orjson's own output: one C call each.
+    # Canonical JSON of text and integer keys is orjson's own output, looked up in
+    # ``cache`` (``int`` and ``str`` keys never compare equal, and bools are left out).
     if type(key_serde) is JsonKeySerde and set(map(type, keys)) <= _PLAIN_KEYS:
-        return list(map(orjson.dumps, keys)), batch
+        try:
+            return list(map(cache.__getitem__, keys)), batch
+        except KeyError:  # keys not seen yet
+            if len(cache) > _KEY_CACHE_LIMIT:
+                cache.clear()
+            cache.update({key: orjson.dumps(key) for key in set(keys).difference(cache)})
+            return list(map(cache.__getitem__, keys)), batch
     return apply_each(key_node, key_serde.serialize, batch, ctx, keys)
 
 
@@ -377,17 +417,22 @@ def _sequence(origins: list[int]) -> list[int]:
     return numbers
 
 
-def _select(out: OutRecords, mask: list[bool]) -> OutRecords:
+def _take(out: OutRecords, rows: list[int]) -> OutRecords:
+    """Return records ``rows`` (indexes, in the order given) of ``out``."""
+
+    def take(column: list[Any]) -> list[Any]:
+        return list(map(column.__getitem__, rows))
+
     return OutRecords(
-        list(compress(out.values, mask)),
-        list(compress(out.keys, mask)),
-        list(compress(out.timestamps, mask)),
+        take(out.values),
+        take(out.keys),
+        take(out.timestamps),
         out.source,
-        list(compress(out.source_offsets, mask)),
-        None if out.headers is None else list(compress(out.headers, mask)),
+        take(out.source_offsets),
+        None if out.headers is None else take(out.headers),
         out.source_base,
-        None if out.prefixes is None else list(compress(out.prefixes, mask)),
-        None if out.sequence is None else list(compress(out.sequence, mask)),
+        None if out.prefixes is None else take(out.prefixes),
+        None if out.sequence is None else take(out.sequence),
     )
 
 

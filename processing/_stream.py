@@ -140,7 +140,11 @@ class Stream(Generic[T]):
     # -- one in, one (or no) out ---------------------------------------------------------
 
     def filter(self, predicate: Callable[[T], object]) -> Stream[T]:
-        """Keep the values for which ``predicate`` is true."""
+        """Keep the values for which ``predicate`` is true.
+
+        ``predicate`` reads the value and must not change it: a repartition topic after
+        filters and a ``key_by`` gets each value's bytes as they were read.
+        """
         check_function(predicate, "filter")
         return self._derive("filter", fn=predicate)
 
@@ -173,6 +177,7 @@ class Stream(Generic[T]):
         ``serde=BytesSerde()`` bytes keys as they are. Sinks place records by the encoded
         key; a stateful step after a ``key_by`` (an aggregation, a join) first passes
         the stream through a repartition topic so that equal keys meet in one partition.
+        ``fn`` reads the value and must not change it (see :meth:`filter`).
         """
         check_function(fn, "key_by")
         return self._derive("key_by", fn=fn, params={"key_serde": serde or JSON_KEY}, rekeyed=True)

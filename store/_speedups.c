@@ -74,6 +74,37 @@ read_nullable(const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos, PyObje
     return 1;
 }
 
+/* The header names last decoded at each of the first few places of a record's headers:
+ * records of one topic mostly carry the same names in the same places (the runtime's
+ * lineage header first), so each is decoded once and shared, not made per record. */
+#define NAME_SLOTS 4
+static PyObject *last_names[NAME_SLOTS];
+
+/* The header name of `size` bytes at data, as a new reference (NULL on a Python error,
+ * a UnicodeDecodeError among them), shared with the last one decoded at place i. */
+static PyObject *
+header_name(const unsigned char *data, Py_ssize_t size, Py_ssize_t i)
+{
+    PyObject *last = i < NAME_SLOTS ? last_names[i] : NULL;
+    if (last != NULL) {
+        Py_ssize_t length;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(last, &length);
+        if (utf8 == NULL) {
+            return NULL;
+        }
+        if (length == size && memcmp(utf8, data, (size_t)size) == 0) {
+            Py_INCREF(last);
+            return last;
+        }
+    }
+    PyObject *name = PyUnicode_DecodeUTF8((const char *)data, size, "strict");
+    if (name != NULL && i < NAME_SLOTS) {
+        Py_INCREF(name);
+        Py_XSETREF(last_names[i], name);
+    }
+    return name;
+}
+
 /* The headers of one record at *pos (count first), as a new tuple in *out.
  * Returns 0 if malformed, -1 on a Python error. */
 static int
@@ -102,8 +133,7 @@ read_headers(const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos, PyObjec
             Py_DECREF(headers);
             return 0;
         }
-        PyObject *name =
-            PyUnicode_DecodeUTF8((const char *)data + *pos, (Py_ssize_t)size, "strict");
+        PyObject *name = header_name(data + *pos, (Py_ssize_t)size, i);
         if (name == NULL) {
             Py_DECREF(headers);
             if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {

@@ -22,7 +22,7 @@ from headwater.store import (
     open_store,
 )
 
-from .helpers import Headwater, Log, assert_error
+from .helpers import Headwater, Log
 
 
 def encoded(value: str) -> bytes:
@@ -127,7 +127,26 @@ async def test_a_group_reads_a_topic_that_ends_in_a_marker_to_its_end(
     assert (again.returncode, again.stdout) == (0, "")
 
 
-async def test_consume_refuses_read_committed_with_a_group(data: Path, hw: Headwater) -> None:
-    await write_to_store(data, "tx")
-    refused = hw("consume", "tx", "--group", "g", "--isolation", "read_committed")
-    assert_error(refused, "--isolation", status=2)
+async def test_a_group_reads_committed_records_only(log: Log) -> None:
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    if log.bootstrap is None:
+        await write_to_store(log.data, topic)
+        still_open = None
+    else:
+        assert log("topics", "create", topic).returncode == 0
+        still_open = write_with_client(log.bootstrap, topic)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    committed = log("consume", topic, "--group", group, "--isolation", "read_committed")
+    assert committed.returncode == 0, committed.stderr
+    assert committed.stdout.split() == ['"a1"', '"a2"', '"p1"']
+    if still_open is not None:
+        still_open.commit_transaction(60)
+    else:
+        async with open_store(log.data) as store:
+            await store.partition(topic, 0).write_marker(
+                ControlType.COMMIT, producer_id=3, producer_epoch=0, coordinator_epoch=0
+            )
+    # The group resumes where it committed: the transaction now committed, then p2.
+    rest = log("consume", topic, "--group", group, "--isolation", "read_committed")
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.split() == ['"c1"', '"p2"']

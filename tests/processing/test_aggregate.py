@@ -315,6 +315,31 @@ def test_copies_a_crashed_upstream_wrote_again_are_not_applied_twice() -> None:
     assert run_with(True) == run_with(False) == {"a": 12, "a2": 8}
 
 
+def test_copies_of_records_a_crashed_upstream_wrote_again_are_not_applied_twice() -> None:
+    """As above, for records that each made one record of the repartition topic (no
+    numbers): the copies come after the originals, in one batch or in the next."""
+
+    def run_with(crash: bool, batched: bool) -> dict[Any, Any]:
+        app = App("single")
+        app.stream("in").key_by(lambda e: e["k"]).count(name="n").to_stream().to("out")
+        driver = TestDriver(app)
+        driver.send_many("in", [{"k": "a", "t": t} for t in range(4)])
+        driver.commit()
+        later = [{"k": k, "t": t} for t in range(4, 9) for k in "ab"]
+        if batched:
+            driver.send_many("in", later)
+        else:
+            for event in later:
+                driver.send("in", event)
+        if crash:
+            driver.restart(clean=False)
+        driver.send("in", {"k": "a", "t": 9})
+        return driver.state("n")
+
+    for batched in (False, True):
+        assert run_with(True, batched) == run_with(False, batched) == {"a": 10, "b": 5}
+
+
 def test_a_repartition_topic_numbers_the_records_of_one_source_record() -> None:
     app = App("seq")
     app.stream("in").flat_map(lambda e: [e, e, e]).key_by(lambda e: e["k"]).count(

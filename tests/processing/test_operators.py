@@ -442,3 +442,20 @@ def test_streams_are_immutable_descriptions() -> None:
     driver.send_many("in", [1, 2])
     assert driver.values("filtered") == [2]
     assert driver.values("all") == [1, 2]
+
+
+def test_text_and_integer_keys_are_written_as_encode_key_writes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from headwater.processing import _pipeline, encode_key
+
+    monkeypatch.setattr(_pipeline, "_KEY_CACHE_LIMIT", 3)  # forgotten and found again
+    app = App("keys")
+    app.stream("in").key_by(lambda e: e["k"]).repartition("by-k").to("out")
+    driver = TestDriver(app, partitions={"in": 2})
+    keys: list[Any] = ["a", 1, "1", 1, 'é\n"', -7, 2**40, "a", "b", "c", "d", 1, "a"]
+    for start in range(0, len(keys), 4):
+        driver.send_many("in", [{"k": k} for k in keys[start : start + 4]], partition=start % 2)
+    written = driver.records("keys-by-k-repartition")
+    assert sorted(r.key for r in written) == sorted(encode_key(k) for k in keys)
+    assert all(r.key == encode_key(r.value["k"]) for r in written)

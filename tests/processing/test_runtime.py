@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from headwater.groups import OffsetAndMetadata, TopicPartition
@@ -329,3 +330,25 @@ def test_run_raises_an_os_error_itself(tmp_path: Path) -> None:
     with pytest.raises(OSError) as caught:  # was NoEventLoopError, hiding it
         app.run(until_caught_up=True, data_dir=blocker / "data")
     assert isinstance(caught.value, NotADirectoryError | FileExistsError)
+
+
+async def test_a_repartition_writes_values_as_read_until_a_step_makes_new_ones(data: Path) -> None:
+    read_as = [b'{"user": "ada",  "ms": 200}', b'{ "user":"bob", "ms":300, "x":1.50 }']
+    await load(data, "clicks", read_as, raw=True)
+    app = App("as-read")
+    clicks = app.stream("clicks")
+    rekeyed = clicks.filter(lambda e: e["ms"] > 100).key_by(lambda e: e["user"])
+    rekeyed.repartition("kept").to("kept-out")
+    clicks.map(lambda e: e).key_by(lambda e: e["user"]).repartition("mapped").to("mapped-out")
+    clicks.peek(lambda e: None).key_by(lambda e: e["user"]).repartition("peeked").to("peeked-out")
+    await run_until_caught_up(app, data)
+    (kept,) = await read(data, "as-read-kept-repartition")
+    assert sorted(r.value for r in kept) == sorted(read_as)  # the bytes read, as they were
+    encoded = sorted(orjson.dumps(orjson.loads(v)) for v in read_as)
+    for name in ("mapped", "peeked"):  # values a step made (or may have changed): encoded
+        (records,) = await read(data, f"as-read-{name}-repartition")
+        assert sorted(r.value for r in records) == encoded
+    for name in ("kept", "mapped", "peeked"):  # what reads the topics sees the same values
+        assert sorted(await values(data, f"{name}-out"), key=str) == sorted(
+            map(orjson.loads, read_as), key=str
+        )

@@ -368,3 +368,17 @@ def with_offset_delta(batch: bytes, record: int, delta: int) -> bytes:
         position += 1 + section[position] // 2
     section[position + 3] = delta * 2  # length, attributes, timestamp delta, offset delta
     return batch[:BATCH_HEADER_SIZE] + bytes(section)
+
+
+def test_header_names_in_the_same_place_are_decoded_once() -> None:
+    records = [
+        NewRecord(b"a", headers=[("headwater.source", b"t/0/1"), ("x", b"1")]),
+        NewRecord(b"b", headers=[("headwater.source", b"t/0/2"), ("y", b"2")]),
+        NewRecord(b"c", headers=[("héader", b"3")]),
+        NewRecord(b"d", headers=[("héader", None), ("y", b"4")]),
+    ]
+    columns = decode_columns(encode_batch(records, now_ms=NOW))
+    assert columns.headers == [tuple(r.headers) for r in records]
+    (source_1, x), (source_2, y), (name_3,), (name_4, y_4) = columns.headers
+    assert source_1[0] is source_2[0] and name_3[0] is name_4[0]  # one str each, shared
+    assert x[0] == "x" and y[0] == "y" and y_4[0] == "y"
