@@ -60,7 +60,9 @@ aborts the open transaction and restarts every task from the last commit, its st
 closed dirty and restored from their changelogs: partitions lost, a commit the cluster
 refused, a run failing. Partitions revoked are committed first, like the at-least-once
 run. A producer fenced by another worker with the same transactional id (a restart of
-this one) stops the run without committing: the other worker owns its work.
+this one) stops the run without committing: the other worker owns its work. A run until
+caught up commits before it reads its internal topics' ends, and again before it
+decides they are reached: records written there are seen once committed.
 
 Stopping: :meth:`Runtime.run` ends when its ``stop`` event is set (SIGINT/SIGTERM in
 ``App.run``) or, with ``until_caught_up``, when every input partition has been
@@ -1019,7 +1021,27 @@ class Runtime:
             for p in range(await backend.partition_count(topic) or 0)
         ]
         while internal:
+            # Exactly-once, what was written to the internal topics is seen once committed.
+            await self._commit_to_see()
             ends = {tp: await backend.end_offset(*tp) for tp in internal}
             await self._wait_reached(ends)
+            await self._commit_to_see()
             if all([await backend.end_offset(*tp) == end for tp, end in ends.items()]):
                 return
+
+    async def _commit_to_see(self) -> None:
+        """Exactly-once, commit now, so that the records written so far become readable
+        (as the periodic commit does, failures included); else nothing."""
+        if not self._exactly_once:
+            return
+        try:
+            await self._commit(list(self._loops))
+        except (GroupError, StoreError) as exc:
+            self._commit_failures += 1
+            logger.warning("app %r: commit failed (retried): %s", self._name, exc)
+        except TransactionAbortedError as exc:
+            self._commit_failures += 1
+            logger.warning("app %r: %s; the tasks restart from the last commit", self._name, exc)
+            await self._restart(gone=[])
+        except ProducerFencedError as exc:
+            self._fence(exc)

@@ -30,7 +30,7 @@ import confluent_kafka as ck
 import orjson
 import pytest
 
-from headwater.processing import App, AppConfig, TopologyError
+from headwater.processing import App, AppConfig, TopologyError, windows
 
 from .cluster import TIMEOUT_S, create_topic, produce, unique
 
@@ -260,9 +260,7 @@ def test_a_fenced_worker_stops_and_its_successor_commits_each_output_once(
         first.communicate()
     finish(app, bootstrap)
 
-    assert read_committed(bootstrap, f"{name}-out") == read_committed(
-        bootstrap, f"{reference}-out"
-    )
+    assert read_committed(bootstrap, f"{name}-out") == read_committed(bootstrap, f"{reference}-out")
 
 
 def wait_for_committed(bootstrap: str, topic: str, count: int) -> None:
@@ -283,3 +281,40 @@ def wait_for_committed(bootstrap: str, topic: str, count: int) -> None:
             seen += message.error() is None
     finally:
         consumer.close()
+
+
+def w2_app(name: str, bootstrap: str, topic: str, guarantee: str) -> App:
+    """A W2-like app (through a repartition topic) that never commits on its own: its
+    commit interval is longer than its run."""
+    config = AppConfig(commit_interval_ms=600_000, guarantee=guarantee)
+    app = App(name, bootstrap=bootstrap, config=config)
+    (
+        app.stream(topic)
+        .key_by(lambda e: e["user"])
+        .window(windows.tumbling(seconds=1), timestamp=lambda e: e["ts"], grace_ms=0)
+        .aggregate(initial=lambda: 0, add=lambda n, _e: n + 1, name="counts")
+        .final()
+        .to(f"{name}-out")
+    )
+    return app
+
+
+def test_a_run_until_caught_up_commits_what_its_internal_topics_hold(
+    headwater_broker: object,
+) -> None:
+    # Written to the repartition topic in an open transaction, records are not readable
+    # yet: the run must commit before deciding it has read the topic to its end.
+    bootstrap = headwater_broker.bootstrap  # type: ignore[attr-defined]
+    topic = unique("eos-caught-up-in")
+    create_topic(bootstrap, topic, 1)
+    produce(bootstrap, topic, events(2000), partitions=1)
+    outputs = {}
+    for guarantee in ("at_least_once", "exactly_once"):
+        name = unique(f"eos-{guarantee[:2]}")
+        stats = w2_app(name, bootstrap, topic, guarantee).run(until_caught_up=True)
+        assert stats.records_in == 4000  # the input, then the repartition topic
+        outputs[guarantee] = read_committed(bootstrap, f"{name}-out")
+    assert sum(map(len, outputs["exactly_once"])) > 0
+    assert Counter(r for p in outputs["exactly_once"] for r in p) == Counter(
+        r for p in outputs["at_least_once"] for r in p
+    )
