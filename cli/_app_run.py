@@ -79,17 +79,23 @@ def run_app(
 async def _watch_signals(
     name: str, stop: anyio.Event, scope: anyio.CancelScope, *, task_status: TaskStatus[None]
 ) -> None:
+    # Only a second signal stops at once. ``stop`` may already be set by the end of
+    # standard input: a supervisor stopping its workers sends a signal and closes their
+    # input together, and that pair is one request for a graceful stop.
+    signalled = False
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            if stop.is_set():
+            if signalled:
                 logger.warning("app %r: second signal: stopping now", name)
                 scope.cancel()
                 return
+            signalled = True
             logger.info(
-                "app %r: %s: finishing the batches in hand, then stopping",
+                "app %r: %s: %s the batches in hand, then stopping",
                 name,
                 signal.Signals(signum).name,
+                "already finishing" if stop.is_set() else "finishing",
             )
             stop.set()
 

@@ -10,7 +10,9 @@ kills land in appends, fsyncs, rolls, index writes, checkpoint writes and recove
 
 Forking (instead of starting a fresh interpreter per cycle) keeps a cycle to a few
 fsyncs. The seed is fixed so a failure can be replayed; set ``HEADWATER_CRASH_SEED`` to
-explore others. Kill timing still depends on the scheduler, which is the point.
+explore others. Kill timing still depends on the scheduler, which is the point. The suite
+runs 60 cycles (about 10 s on a busy 2-core machine); set ``HEADWATER_CRASH_CYCLES`` for a
+longer run (``HEADWATER_CRASH_CYCLES=1000 pytest -s tests/store/test_crash.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from headwater.store import (
 )
 
 SEED = int(os.environ.get("HEADWATER_CRASH_SEED", "20240607"))
-CYCLES = 200
+CYCLES = int(os.environ.get("HEADWATER_CRASH_CYCLES", "60"))
 #: A child that is never killed stops after this many appends (and fails the test).
 CHILD_MAX_APPENDS = 5_000
 CYCLE_TIMEOUT_S = 20.0
