@@ -34,6 +34,13 @@ at assignment are kept (:attr:`Fetcher.committed`) and updated by this member's 
 nobody else commits a partition while this member holds it, so the runtime's question
 about them needs no second round trip.
 
+The end of a partition: consumers report it (``enable.partition.eof``), at the offset
+librdkafka will fetch next, which lies past transaction markers and aborted records that
+no record shows. A buffer keeps the last one reported (forgotten when it moves); a fetch
+that finds its buffer empty while that end is past its offset returns no records whose
+``offsets`` is ``range(end, end)``, so that its reader steps past what it cannot see
+instead of waiting for a record that never comes.
+
 Backpressure: a partition whose buffer holds more than ``HIGH_WATER_BATCHES`` of the
 batches its reader asks for is paused in librdkafka (fetching stops) and resumed once the
 reader has taken it below that; librdkafka's own queue is bounded by its
