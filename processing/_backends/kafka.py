@@ -22,7 +22,7 @@ The same :class:`~headwater.processing.Backend` as the embedded log, over conflu
 
 Exactly-once (``transactional_id`` given): the writer is librdkafka's transactional
 producer (``_kafka_produce.py``), and the group membership commits through it
-(:meth:`_Membership.commit_transaction`): the offsets go into the open transaction with
+(:meth:`_TransactionalMembership.commit_transaction`): the offsets go into the open transaction with
 the member's group metadata, so outputs, changelog records and input offsets become
 visible together. Every consumer reads committed records only
 (``isolation.level=read_committed``) and reports the end of a partition
