@@ -116,8 +116,16 @@ def _free_port() -> int:
 
 
 def _cluster_id() -> str:
-    """A random cluster id in Kafka's form (a UUID, base64 without padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id in Kafka's form (a UUID, base64 without padding).
+
+    Never one that starts with ``-`` (one in 64 would): ``kafka-storage format -t -Xy...``
+    takes it for an option and fails with "no --cluster-id", as Kafka's own generator
+    avoids too.
+    """
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 _PROPERTIES = """\
