@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from headwater.store import (
@@ -206,9 +207,7 @@ class AdminHandlers:
     async def create_topics(self, request: Request, client: ClientInfo) -> Message:
         """Create topics with the store's default config changed by the request's configs."""
         body = request.body
-        counts: dict[str, int] = {}
-        for topic in body["topics"]:
-            counts[topic["name"]] = counts.get(topic["name"], 0) + 1
+        counts = Counter(topic["name"] for topic in body["topics"])
         results = []
         for topic in body["topics"]:
             name = topic["name"]

@@ -26,6 +26,7 @@ one ``INVALID_CONFIG``.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from headwater.store import (
@@ -184,10 +185,7 @@ class ConfigHandlers:
 
     async def _alter(self, request: Request, changes: _Changes) -> Message:
         body = request.body
-        counts: dict[tuple[int, str], int] = {}
-        for resource in body["resources"]:
-            key = (resource["resource_type"], resource["resource_name"])
-            counts[key] = counts.get(key, 0) + 1
+        counts = Counter((r["resource_type"], r["resource_name"]) for r in body["resources"])
         responses = []
         for resource in body["resources"]:
             kind, name = resource["resource_type"], resource["resource_name"]

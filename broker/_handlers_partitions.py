@@ -26,6 +26,7 @@ next metadata refresh and rebalance.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from headwater.store import (
     InvalidPartitionsError,
@@ -103,9 +104,7 @@ class PartitionHandlers:
     async def create_partitions(self, request: Request, client: ClientInfo) -> Message:
         """Grow topics to the requested partition counts, each answered on its own."""
         body = request.body
-        counts: dict[str, int] = {}
-        for topic in body["topics"]:
-            counts[topic["name"]] = counts.get(topic["name"], 0) + 1
+        counts = Counter(topic["name"] for topic in body["topics"])
         results = []
         for topic in body["topics"]:
             name = topic["name"]
