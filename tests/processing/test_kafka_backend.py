@@ -165,14 +165,17 @@ async def until(condition: Callable[[], bool], *members: Watched) -> None:
     change."""
     with anyio.fail_after(PATIENCE_S):
         while not condition():
+            # The events are taken with the look: a change made before a waiter first runs
+            # (trio runs ready tasks in any order) still sets the event it waits on.
+            changes = [member.changed for member in members]
             async with anyio.create_task_group() as tg:
 
-                async def wake(member: Watched, tg: Any = tg) -> None:
-                    await member.changed.wait()
+                async def wake(changed: anyio.Event, tg: Any = tg) -> None:
+                    await changed.wait()
                     tg.cancel_scope.cancel()
 
-                for member in members:
-                    tg.start_soon(wake, member)
+                for changed in changes:
+                    tg.start_soon(wake, changed)
 
 
 async def read_until(bootstrap: str, topic: str, done: Callable[[list[Any]], bool]) -> list[Any]:
