@@ -117,6 +117,10 @@ class Supervised:
             self.proc.send_signal(signum)
         try:
             status = self.proc.wait(HANG_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self._reader.join(HANG_S)
+            raise AssertionError(f"still running after {HANG_S} s:\n{self.log}") from None
         finally:
             self.proc.kill()
         self._reader.join(HANG_S)
