@@ -16,6 +16,11 @@ serving it), ``owner`` (the directory while a ``headwater broker`` owns and serv
 ``headwater`` console script), every round runs both builds, alternating which goes first,
 and the ratio of the medians (current / baseline) is printed. Output goes to pipes: no
 progress bar is drawn.
+
+``--commits`` measures instead what batching costs a reset on a data directory, in one
+process on one open store: the plan committed in one commit (as before batches) and in
+batches of ``RESET_BATCH`` (as ``reset-offsets`` commits it now), interleaved, ``--rounds``
+times each, and prints both medians and their ratio.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
 GROUP = "bench-group"
@@ -104,12 +112,49 @@ def measure(target: Target, builds: dict[str, str], rounds: int) -> dict[str, li
     return times
 
 
+def measure_commits(data: Path, rounds: int) -> dict[str, list[float]]:
+    """Time one commit of the whole plan against commits of batches, interleaved."""
+    from headwater.cli._offset_reset import commit_in_batches  # noqa: PLC0415
+    from headwater.groups import GroupCoordinator  # noqa: PLC0415
+    from headwater.store import open_store  # noqa: PLC0415
+
+    times: dict[str, list[float]] = {"one commit": [], "batches": []}
+
+    async def main() -> None:
+        async with open_store(data) as store, GroupCoordinator(store) as coordinator:
+            plans = [
+                list(coordinator.plan_offset_reset(GROUP, TOPIC, to).items())
+                for to in ("earliest", "latest")
+            ]
+
+            async def whole(plan: list[Any]) -> None:
+                await coordinator.commit(GROUP, dict(plan))
+
+            async def batched(plan: list[Any]) -> None:
+                async def commit(batch: Sequence[Any]) -> None:
+                    await coordinator.commit(GROUP, dict(batch))
+
+                await commit_in_batches(plan, commit, None)
+
+            ways = [("one commit", whole), ("batches", batched)]
+            for i in range(rounds):
+                for name, way in ways if i % 2 else ways[::-1]:
+                    for plan in plans:  # every commit moves every partition
+                        started = time.perf_counter()
+                        await way(plan)
+                        times[name].append(time.perf_counter() - started)
+
+    anyio.run(main, backend="trio")
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--partitions", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--baseline", metavar="EXE", help="another build's headwater")
     parser.add_argument("--target", choices=["data", "owner", "bootstrap"], default="data")
+    parser.add_argument("--commits", action="store_true", help="time the commits alone")
     args = parser.parse_args()
     builds = {"current": HEADWATER}
     if args.baseline:
@@ -121,6 +166,14 @@ def main() -> None:
         keyed = "".join(f'{{"k": "key-{i}"}}\n' for i in range(args.partitions * 4))
         local.run(HEADWATER, "produce", TOPIC, "--key", "k", "--quiet", stdin=keyed)
         reset(local, HEADWATER, "--to-latest")
+        if args.commits:
+            times = measure_commits(data, args.rounds)
+            print(f"committing a reset of {args.partitions} partitions, in process:")
+            for name, got in times.items():
+                print(f"  {name:10} median {statistics.median(got) * 1000:.1f} ms")
+            ratio = statistics.median(times["batches"]) / statistics.median(times["one commit"])
+            print(f"  batches / one commit: {ratio:.3f}")
+            return
         if args.target == "data":
             times = measure(local, builds, args.rounds)
         else:

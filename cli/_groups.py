@@ -6,6 +6,9 @@ The groups are a data directory's or a broker's (``--bootstrap``), through
 a time, the groups have no live members (they are Empty) and what the commands show and
 change are the committed offsets in ``__consumer_offsets``; on a broker they may have
 members, and a group with active members cannot be reset or deleted.
+
+``reset-offsets --execute`` commits the new offsets in batches of partitions
+(``_offset_reset.py``); on a terminal a progress bar (``_progress.py``) advances with each.
 """
 
 from __future__ import annotations
