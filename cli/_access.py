@@ -31,6 +31,7 @@ from typing import Literal, Protocol
 from headwater.groups import TopicPartition
 from headwater.store import IsolationLevel, NewRecord, Record
 
+from ._offset_reset import ResetProgress
 from ._start import Start
 
 ResetTarget = Literal["earliest", "latest"] | int | datetime
@@ -162,12 +163,19 @@ class GroupAdmin(Protocol):
         ...
 
     async def reset_offsets(
-        self, group: str, topic: str, to: ResetTarget, *, execute: bool
+        self,
+        group: str,
+        topic: str,
+        to: ResetTarget,
+        *,
+        execute: bool,
+        progress: ResetProgress | None = None,
     ) -> list[ResetRow]:
         """Plan (and with ``execute``, commit) ``group``'s offsets on ``topic`` at ``to``.
 
         An offset is clamped into each partition's log; a time goes to the first record
-        at or after it (the end when there is none).
+        at or after it (the end when there is none). The new offsets are committed in
+        batches of partitions (``_offset_reset.py``), ``progress`` hearing of each.
 
         :raises HeadwaterError: if the group has active members, or the topic is unknown.
         """

@@ -6,10 +6,14 @@ The groups are a data directory's or a broker's (``--bootstrap``), through
 a time, the groups have no live members (they are Empty) and what the commands show and
 change are the committed offsets in ``__consumer_offsets``; on a broker they may have
 members, and a group with active members cannot be reset or deleted.
+
+``reset-offsets --execute`` commits the new offsets in batches of partitions
+(``_offset_reset.py``); on a terminal a progress bar (``_progress.py``) advances with each.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,6 +24,7 @@ from ._access import GroupRow, GroupView, OffsetDeleteRow, ResetRow
 from ._datadir import data_option
 from ._local import LocalAccess
 from ._output import info, stdout_console
+from ._progress import CountProgress, progress_shown
 from ._run import run_async
 from ._target import log_access, log_option
 
@@ -141,6 +146,7 @@ def parse_datetime(
     help="Reset to the first record at or after an ISO-8601 time (UTC unless it says).",
 )
 @click.option("--execute", is_flag=True, help="Apply the plan (without it: only print it).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (--execute).")
 @data_option
 @log_option
 @click.pass_context
@@ -154,13 +160,15 @@ def reset_offsets(
     to_offset: int | None,
     to_datetime: datetime | None,
     execute: bool,
+    quiet: bool,
     data: object,
     bootstrap: str | None,
 ) -> None:
     """Reset GROUP's committed offsets for TOPIC; a dry run unless --execute is given.
 
     Prints the plan: each partition's current and new offset. Refused while the group
-    has active members.
+    has active members. With --execute on a terminal, a progress bar shows the partitions
+    committed (--quiet: none).
     """
     targets: list[Literal["earliest", "latest"] | int | datetime] = []
     if to_earliest:
@@ -178,11 +186,16 @@ def reset_offsets(
     (to,) = targets
     access = log_access(ctx)
 
+    bar = None
+    if execute and progress_shown(quiet):
+        bar = CountProgress(f"reset group {group!r} on {topic!r}", "partitions")
+
     async def body() -> list[ResetRow]:
         async with access.groups(writer=execute) as admin:
-            return await admin.reset_offsets(group, topic, to, execute=execute)
+            return await admin.reset_offsets(group, topic, to, execute=execute, progress=bar)
 
-    plan = run_async(body)
+    with bar or contextlib.nullcontext():
+        plan = run_async(body)
     table = Table("topic", "partition", "current offset", "new offset")
     for row in plan:
         tp = row.partition

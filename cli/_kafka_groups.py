@@ -15,6 +15,9 @@ data-directory member does, and leaves the group.
 ``delete`` and ``delete-offsets`` with the admin API (ListGroups, DescribeGroups,
 OffsetFetch, ListOffsets, OffsetCommit, DeleteGroups; OffsetDelete, which librdkafka's
 Python binding lacks, through headwater's own :class:`~headwater.broker.AdminClient`).
+The offsets of a topic's partitions are listed in one admin call per offset kind (the
+client sends one ListOffsets request per leader), and a reset is committed in batches of
+partitions, one OffsetCommit each (``_offset_reset.py``).
 Like ``kafka-consumer-groups``, a reset is refused while the group has members; a group
 the cluster does not know (described as Dead, with no offsets) is an error, as with a
 data directory.
@@ -34,6 +37,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import OffsetSpec as _OffsetSpec  # type: ignore[attr-defined]
 
 from headwater.broker import AdminClient as HeadwaterAdminClient
 from headwater.broker import BrokerError, KafkaErrorCode
@@ -52,7 +56,11 @@ from ._access import (
     ResetTarget,
 )
 from ._kafka_client import Cluster, kafka_failure, poll_batch, runs
+from ._offset_reset import ResetProgress, commit_in_batches
 from ._start import Start
+
+#: The binding's ``OffsetSpec`` (earliest, latest, a time) has no annotations.
+OffsetSpec: Any = _OffsetSpec
 
 _ACTIVE = (
     ConsumerGroupState.STABLE,
@@ -218,32 +226,72 @@ class KafkaGroups:
         """The high watermark of every partition of ``topics`` that still exist."""
         ends: dict[HeadwaterTopicPartition, int] = {}
         for topic in sorted(topics):
-            for p, (_, high) in (await self._offsets(topic, "latest", missing_ok=True)).items():
+            count = await self._partition_count(topic, missing_ok=True)
+            for p, high in (await self._list_offsets(topic, count, OffsetSpec.latest())).items():
                 ends[HeadwaterTopicPartition(topic, p)] = high
         return ends
 
-    async def _offsets(
-        self, topic: str, to: ResetTarget, *, missing_ok: bool = False
-    ) -> dict[int, tuple[int, int]]:
-        """``{partition: (the offset for to, the high watermark)}`` of ``topic``."""
+    async def _partition_count(self, topic: str, *, missing_ok: bool = False) -> int:
+        """``topic``'s partition count (0 for a missing topic, with ``missing_ok``).
+
+        :raises TopicNotFoundError: if there is no such topic (without ``missing_ok``).
+        """
         cluster = self._cluster
         consumer = cluster.reader_consumer()
         try:
-            try:
-                count = await blocking(cluster.partition_count, consumer, topic)
-            except TopicNotFoundError:
-                if missing_ok:
-                    return {}
-                raise
-            start = _start_of(to)
-            return await blocking(cluster.bounds, consumer, topic, list(range(count)), start)
+            return await blocking(cluster.partition_count, consumer, topic)
+        except TopicNotFoundError:
+            if missing_ok:
+                return 0
+            raise
         finally:
             await finish(consumer.close)
 
+    async def _list_offsets(self, topic: str, count: int, spec: Any) -> dict[int, int]:
+        """``{partition: offset}`` at ``spec`` for the ``count`` partitions of ``topic``: one
+        ListOffsets request per leader, not one round trip per partition (``-1``: a time
+        that no record is at or after)."""
+        if not count:
+            return {}
+        asked = {TopicPartition(topic, p): spec for p in range(count)}
+        futures = self._admin.list_offsets(asked, request_timeout=TIMEOUT_S)
+
+        def results() -> dict[int, int]:
+            return {tp.partition: f.result(TIMEOUT_S).offset for tp, f in futures.items()}
+
+        try:
+            return await blocking(results)
+        except KafkaException as exc:
+            raise kafka_failure(f"listing the offsets of topic {topic!r}", exc) from None
+
+    async def _plan(self, topic: str, to: ResetTarget) -> dict[int, int]:
+        """``{partition: new offset}`` of a reset of ``topic`` to ``to``."""
+        count = await self._partition_count(topic)
+        start = _start_of(to)
+        if start.kind == "earliest":
+            return await self._list_offsets(topic, count, OffsetSpec.earliest())
+        ends = await self._list_offsets(topic, count, OffsetSpec.latest())
+        if start.kind == "latest":
+            return ends
+        starts = await self._list_offsets(topic, count, OffsetSpec.earliest())
+        found: dict[int, int] = {}
+        if start.kind == "time":
+            found = await self._list_offsets(topic, count, OffsetSpec.for_timestamp(start.value))
+        return {
+            p: start.position(starts[p], end, found[p] if found.get(p, -1) >= 0 else None)
+            for p, end in ends.items()
+        }
+
     async def reset_offsets(
-        self, group: str, topic: str, to: ResetTarget, *, execute: bool
+        self,
+        group: str,
+        topic: str,
+        to: ResetTarget,
+        *,
+        execute: bool,
+        progress: ResetProgress | None = None,
     ) -> list[ResetRow]:
-        """Plan (and commit, with ``execute``) ``group``'s offsets on ``topic``."""
+        """Plan (and commit, with ``execute``, in batches) ``group``'s offsets on ``topic``."""
         description = await self._describe(group)
         if description.state in _ACTIVE or description.members:
             raise GroupNotEmptyError(
@@ -251,16 +299,22 @@ class KafkaGroups:
                 f"(state {_state(description.state)}); stop its consumers first"
             )
         current = await self._committed(group)
-        plan = {p: offset for p, (offset, _) in (await self._offsets(topic, to)).items()}
+        plan = sorted((await self._plan(topic, to)).items())
         if execute:
-            request = ConsumerGroupTopicPartitions(
-                group, [TopicPartition(topic, p, o) for p, o in plan.items()]
-            )
-            futures = self._admin.alter_consumer_group_offsets([request], request_timeout=TIMEOUT_S)
-            await self._result(f"committing the offsets of group {group!r}", futures[group])
+
+            async def commit(batch: Sequence[tuple[int, int]]) -> None:
+                request = ConsumerGroupTopicPartitions(
+                    group, [TopicPartition(topic, p, o) for p, o in batch]
+                )
+                futures = self._admin.alter_consumer_group_offsets(
+                    [request], request_timeout=TIMEOUT_S
+                )
+                await self._result(f"committing the offsets of group {group!r}", futures[group])
+
+            await commit_in_batches(plan, commit, progress)
         return [
             ResetRow(tp, current.get(tp), offset)
-            for p, offset in sorted(plan.items())
+            for p, offset in plan
             for tp in [HeadwaterTopicPartition(topic, p)]
         ]
 

@@ -14,6 +14,7 @@ from headwater.groups import GroupCoordinator, TopicPartition, decode_assignment
 from headwater.store import Store
 
 from ._access import GroupRow, GroupView, OffsetDeleteRow, PartitionRow, ResetRow, ResetTarget
+from ._offset_reset import ResetProgress, commit_in_batches
 
 
 class LocalGroups:
@@ -64,15 +65,24 @@ class LocalGroups:
         return GroupView(description.state, len(description.members), rows)
 
     async def reset_offsets(
-        self, group: str, topic: str, to: ResetTarget, *, execute: bool
+        self,
+        group: str,
+        topic: str,
+        to: ResetTarget,
+        *,
+        execute: bool,
+        progress: ResetProgress | None = None,
     ) -> list[ResetRow]:
-        """Plan (and commit, with ``execute``) ``group``'s offsets on ``topic``."""
+        """Plan (and commit, with ``execute``, in batches) ``group``'s offsets on ``topic``."""
         coordinator = self._coordinator
         current = {tp: o.offset for tp, o in coordinator.committed(group).items()}
+        plan = coordinator.plan_offset_reset(group, topic, to)
         if execute:
-            plan = await coordinator.reset_offsets(group, topic, to)
-        else:
-            plan = coordinator.plan_offset_reset(group, topic, to)
+
+            async def commit(batch: Sequence[tuple[TopicPartition, int]]) -> None:
+                await coordinator.commit(group, dict(batch))
+
+            await commit_in_batches(list(plan.items()), commit, progress)
         return [ResetRow(tp, current.get(tp), offset) for tp, offset in plan.items()]
 
     async def delete_group(self, group: str) -> None:

@@ -73,6 +73,42 @@ def counting_progress(unit: str, *extra: ProgressColumn | str) -> Progress:
     return Progress(*columns, console=stderr_console(), auto_refresh=False)
 
 
+class CountProgress:
+    """A bar of ``what``: how many ``unit`` are done out of a total learned with the first
+    count, drawn from that first count on (nothing is drawn for work that never starts).
+
+    Use as a context manager (the bar is put away on leaving it) and call it with
+    ``(done, total)`` as the work advances: it redraws at most every :data:`REFRESH_S`
+    seconds, and always once the work is done.
+    """
+
+    def __init__(self, what: str, unit: str) -> None:
+        self._progress = counting_progress(unit)
+        self._task = self._progress.add_task(what, total=None)
+        self._started = False
+        self._drawn = 0.0
+
+    def __enter__(self) -> CountProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._started:
+            self._progress.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        """Note that ``done`` of ``total`` are done."""
+        self._progress.update(self._task, completed=done, total=total)
+        if not self._started:
+            self._started = True
+            self._progress.start()  # draws the bar
+            self._drawn = time.monotonic()
+            return
+        now = time.monotonic()
+        if done >= total or now - self._drawn >= REFRESH_S:
+            self._drawn = now
+            self._progress.refresh()
+
+
 class InputProgress:
     """A bar of the bytes read from an input file, with the records stored so far (and,
     with ``show_rate``, how many a second), counted in ``unit``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,11 +12,14 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
+from broker.running import BrokerProcess
 from processing.helpers import load
 from rich.console import Console
 
 from headwater.cli._progress import counting_progress
+from headwater.store import served_address
 
+from .test_groups import rows
 from .tmux import Terminal
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
@@ -126,3 +130,94 @@ def test_produce_from_a_file_shows_what_was_read_and_stored(
     assert "[exit 0]" in screen, screen
     assert "kB" not in screen
     assert "stored 20000 records in 't'" in screen
+
+
+#: Partitions of the topic whose offsets the reset tests move.
+WIDE = 600
+
+
+@pytest.fixture(params=["data", "owner", "bootstrap"])
+def reset_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResetTarget]:
+    """A data directory with topic ``wide`` (``WIDE`` partitions, 3 records in each) and
+    groups ``g1`` and ``g2`` committed at its end, reached directly, through a broker that
+    owns the directory, or by that broker's ``--bootstrap``."""
+    data = tmp_path / "data"
+    values = [{"n": i} for i in range(3 * WIDE)]
+    anyio.run(functools.partial(load, data, "wide", values, partitions=WIDE))
+    target = ResetTarget(data)
+    for group in ("g1", "g2"):
+        subprocess.run(target.reset(group, "--to-latest"), check=True, capture_output=True)
+    if request.param == "data":
+        yield target
+        return
+    broker = BrokerProcess(data).start()
+    try:
+        assert served_address(data) is not None  # the broker owns the directory
+        yield ResetTarget(data, broker.bootstrap if request.param == "bootstrap" else None)
+    finally:
+        assert broker.stop() == 0, broker.log()
+
+
+class ResetTarget:
+    """Where the reset commands go: ``--data DIR``, or ``--bootstrap`` when given."""
+
+    def __init__(self, data: Path, bootstrap: str | None = None) -> None:
+        self.data = data
+        self.bootstrap = bootstrap
+
+    def command(self, *args: str) -> list[str]:
+        if self.bootstrap is None:
+            return [HEADWATER, "--data", str(self.data), *args]
+        return [HEADWATER, *args, "--bootstrap", self.bootstrap]
+
+    def reset(self, group: str, *args: str) -> list[str]:
+        return self.command("groups", "reset-offsets", group, "-t", "wide", *args, "--execute")
+
+
+def test_reset_offsets_shows_the_partitions_committed_on_a_terminal_only(
+    terminal: Terminal, reset_target: ResetTarget, tmp_path: Path
+) -> None:
+    shown = tmp_path / "shown.txt"
+    terminal.start(
+        ["sh", "-c", f"{shlex.join(reset_target.reset('g1', '--to-earliest'))} > {shown}"]
+    )
+    screen = terminal.wait_done()
+    assert "[exit 0]" in screen, screen
+    [bar] = [line for line in screen.splitlines() if "reset group 'g1' on 'wide'" in line]
+    assert f"{WIDE}/{WIDE}" in bar
+    assert "100%" in bar
+    assert "partitions/s" in bar
+    assert "reset the offsets of group 'g1' on topic 'wide'" in screen
+
+    piped = subprocess.run(
+        reset_target.reset("g2", "--to-earliest"),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert piped.stderr == "reset the offsets of group 'g2' on topic 'wide'\n"
+    # The same plan, and the same offsets committed, with the bar as without it.
+    assert shown.read_text() == piped.stdout
+    assert rows(piped.stdout) == [["wide", str(p), "3", "0"] for p in range(WIDE)]
+    described = [
+        subprocess.run(
+            reset_target.command("groups", "describe", group),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.replace(group, "G")
+        for group in ("g1", "g2")
+    ]
+    assert described[0] == described[1]
+    assert [row[2] for row in rows(described[0])] == ["0"] * WIDE  # reset to the start
+
+
+def test_reset_offsets_quiet_shows_no_bar(terminal: Terminal, reset_target: ResetTarget) -> None:
+    terminal.start(reset_target.reset("g1", "--to-earliest", "--quiet"))
+    screen = terminal.wait_done()
+    assert "[exit 0]" in screen, screen
+    assert "partitions/s" not in screen
+    assert "reset the offsets of group 'g1' on topic 'wide'" in screen
+    assert ["wide", "599", "3", "0"] in rows(screen)  # the plan: from the end to the start
