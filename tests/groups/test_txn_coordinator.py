@@ -7,11 +7,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from headwater.broker import KafkaErrorCode
-from headwater.broker._producers import ProducerIds
-from headwater.broker._txn_coordinator import TransactionCoordinator
-from headwater.broker._txn_state import TRANSACTION_STATE_TOPIC, PendingOffset, TxnState
-from headwater.groups import GroupCoordinator, TopicPartition
+from headwater.groups import (
+    TRANSACTION_STATE_TOPIC,
+    GroupCoordinator,
+    PendingOffset,
+    ProducerIds,
+    TopicPartition,
+    TransactionCoordinator,
+    TxnCode,
+    TxnState,
+)
 from headwater.store import (
     InvalidProducerEpochError,
     IsolationLevel,
@@ -22,7 +27,7 @@ from headwater.store import (
     open_store,
 )
 
-E = KafkaErrorCode
+E = TxnCode
 RC = IsolationLevel.READ_COMMITTED
 
 
