@@ -14,8 +14,8 @@ membership is an embedded :class:`~headwater.groups.Consumer` that the runtime n
 iterates: it joins, heartbeats and rebalances in its own tasks, and tells the runtime
 through its callbacks; the runtime reads each assigned partition itself (one task
 each), so one slow partition never holds up another. The consumer uses the range
-assignor, eagerly (see ``_tasks.py`` for why). Offsets are only ever read from and committed to the group's
-committed offsets (``__consumer_offsets``), with their metadata.
+assignor, eagerly (see ``_tasks.py`` for why). Offsets are only ever read from and
+committed to the group's committed offsets (``__consumer_offsets``), with their metadata.
 
 Exactly-once (a ``transactional_id`` given to :func:`open_in_process`): every write goes
 into the open transaction of one transactional producer on the store
