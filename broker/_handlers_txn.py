@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 InitProducerId without a transactional id gives an idempotent producer a fresh producer
-id at epoch 0; with one, the transaction coordinator (``headwater.groups``) gives the id's producer
-id and bumps its epoch, fencing older producers. AddPartitionsToTxn, AddOffsetsToTxn,
-TxnOffsetCommit and EndTxn are translated to the coordinator's calls and their error
-codes back, nothing more: the rules are the coordinator's. A store that cannot record
+id at epoch 0; with one, the transaction coordinator (``headwater.groups``, shared with
+an embedded app that serves its directory) gives the id's producer id and bumps its
+epoch, fencing older producers. AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and
+EndTxn are translated to the coordinator's calls and their error codes back (Kafka's
+numbers), nothing more: the rules are the coordinator's. A store that cannot record
 the coordinator's state (a full disk, a failed fsync) is answered
 ``COORDINATOR_NOT_AVAILABLE``, which clients retry.
 """

@@ -173,3 +173,33 @@ async def test_offsets_of_a_member_no_longer_current_abort_the_transaction(data:
         assert await committed(backend.store, "out", 0) == []
         assert not writer.open
         assert backend.coordinator.committed("g") == {}
+
+
+async def test_a_client_of_the_served_directory_meets_the_apps_transactions(data: Path) -> None:
+    """One transaction coordinator per directory: a Kafka client that takes the app's
+    transactional id over through the served broker fences the app everywhere at once,
+    even in a partition its transaction had not written yet."""
+    import confluent_kafka as ck
+
+    from headwater.store import served_address
+
+    async with open_in_process(data, transactional_id="app") as backend:
+        await backend.create_topic("out", 2)
+        writer = backend.transactions
+        assert writer is not None
+        await backend.produce("out", 0, out([b"zombie"]))
+        served = served_address(data)
+        assert served is not None
+
+        def take_over() -> None:
+            producer = ck.Producer(
+                {"bootstrap.servers": served.bootstrap, "transactional.id": "app"}
+            )
+            producer.init_transactions(60)
+
+        await anyio.to_thread.run_sync(take_over)
+        state = writer.coordinator.describe("app")
+        assert state is not None and state.producer_epoch == writer.producer_epoch + 1
+        with pytest.raises(ProducerFencedError):
+            await backend.produce("out", 1, out([b"late"]))
+        assert await committed(backend.store, "out", 0) == []
