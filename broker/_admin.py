@@ -15,6 +15,12 @@ OffsetDelete to the group's coordinator (FindCoordinator), config changes to the
 bootstrap broker (any broker forwards them); connections are made on demand and kept by
 node id.
 
+A partition just created or added has no leader for a moment on a Kafka cluster (the
+controller has made it, its broker has not taken it up yet): describing answers
+``LEADER_NOT_AVAILABLE`` or ``NOT_LEADER_OR_FOLLOWER`` then. As a Kafka client does for
+these retriable errors, describing asks the metadata again and retries, for at most the
+client's timeout.
+
 One request at a time per connection; not thread-safe. Every call may raise ``OSError``
 when a broker cannot be reached (the CLI turns that into one line).
 """
@@ -27,6 +33,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import tenacity
 
 from ._errors import BrokerError, BrokerResponseError, MalformedResponseError
 from ._protocol import (
@@ -167,6 +175,16 @@ def _check(code: int, action: str, message: str | None) -> None:
         name = f"error {code}"
     detail = f": {message}" if message else ""
     raise BrokerResponseError(f"{action} failed with {name}{detail}", code)
+
+
+#: The errors of a partition whose leadership is moving (module docstring).
+_LEADERSHIP_MOVING = frozenset(
+    {KafkaErrorCode.LEADER_NOT_AVAILABLE, KafkaErrorCode.NOT_LEADER_OR_FOLLOWER}
+)
+
+
+def _leaderless(exc: BaseException) -> bool:
+    return isinstance(exc, BrokerResponseError) and exc.code in _LEADERSHIP_MOVING
 
 
 class AdminClient:
@@ -429,8 +447,20 @@ class AdminClient:
     def describe_topics(self, names: Sequence[str] | None = None) -> list[RemoteTopic]:
         """Describe topics (every topic when ``names`` is ``None``): offsets and configs.
 
-        :raises BrokerResponseError: if a named topic does not exist.
+        A partition without a leader yet is waited for (module docstring).
+
+        :raises BrokerResponseError: if a named topic does not exist, or a partition has
+            no leader within the client's timeout.
         """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_leaderless),
+            stop=tenacity.stop_after_delay(self._timeout_s),
+            wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
+            reraise=True,
+        )
+        return retrying(self._describe_topics, names)
+
+    def _describe_topics(self, names: Sequence[str] | None) -> list[RemoteTopic]:
         body = self._metadata(names)
         leaders: dict[str, dict[int, int]] = {}
         internal: dict[str, bool] = {}
@@ -442,6 +472,13 @@ class AdminClient:
                 "the topic does not exist" if missing else None,
             )
             internal[topic["name"]] = topic["is_internal"]
+            for p in topic["partitions"]:
+                where = f"{topic['name']}-{p['partition_index']}"
+                if p["leader_id"] < 0 or p["error_code"] == KafkaErrorCode.LEADER_NOT_AVAILABLE:
+                    raise BrokerResponseError(
+                        f"describing {where} failed with LEADER_NOT_AVAILABLE",
+                        KafkaErrorCode.LEADER_NOT_AVAILABLE,
+                    )
             leaders[topic["name"]] = {
                 p["partition_index"]: p["leader_id"] for p in topic["partitions"]
             }
