@@ -61,10 +61,11 @@ supervisor, with its broker on a data directory, and the workers, their start-up
 included): on a shared machine these vary less than the wall-clock figure. The embedded
 figures follow in the same run, for comparison.
 
-``--exactly-once`` (with ``--broker``, ``--apache-kafka`` or ``--bootstrap``) measures what
-the exactly-once guarantee costs on those clusters instead: ``--runs`` pairs of runs of
-W1 and of W2 in this process's children (``App.run_async`` until caught up, at the default
-commit interval), one with ``guarantee="exactly_once"``, one with ``"at_least_once"``,
+``--exactly-once`` measures what the exactly-once guarantee costs instead, on the clusters
+asked for (``--broker``, ``--apache-kafka``, ``--bootstrap``), else on the data directory
+(embedded: the store's own transactions): ``--runs`` pairs of runs of W1 and of W2 in
+this process's children (``App.run_async`` until caught up, at the default commit
+interval), one with ``guarantee="exactly_once"``, one with ``"at_least_once"``,
 interleaved; it prints each workload's medians, their ratio (target >= 0.8) and the
 median time a commit took with each (exactly-once: the changelog flush, the offsets sent
 into the transaction and its commit).
@@ -405,10 +406,18 @@ def compare_metrics(data: Path, events: int, runs: int) -> None:
     )
 
 
-def run_guarantee(bootstrap: str, topic: str, name: str, workload: str, guarantee: str) -> Any:
-    """Run ``workload`` as app ``name`` on the cluster until caught up with ``guarantee``;
-    return [seconds, records in, commits, seconds the commits took]."""
-    app = WORKLOADS[workload](None, name, bootstrap=bootstrap, topic=topic)
+#: How compare_guarantees tells its child a data directory from a cluster's bootstrap.
+DATA_PREFIX = "data:"
+
+
+def run_guarantee(where: str, topic: str, name: str, workload: str, guarantee: str) -> Any:
+    """Run ``workload`` as app ``name`` on the cluster at ``where`` (or the data directory
+    ``data:DIR``) until caught up with ``guarantee``; return [seconds, records in,
+    commits, seconds the commits took]."""
+    if where.startswith(DATA_PREFIX):
+        app = WORKLOADS[workload](Path(where.removeprefix(DATA_PREFIX)), name, topic=topic)
+    else:
+        app = WORKLOADS[workload](None, name, bootstrap=where, topic=topic)
     app.config = dataclasses.replace(app.config, guarantee=guarantee)
 
     async def timed() -> tuple[float, RunStatistics]:
@@ -420,12 +429,16 @@ def run_guarantee(bootstrap: str, topic: str, name: str, workload: str, guarante
     return [elapsed, stats.records_in, stats.commits, stats.commit_seconds]
 
 
-def compare_guarantees(label: str, bootstrap: str, args: argparse.Namespace) -> None:
-    """Run W1 and W2 on the cluster ``args.runs`` times with each guarantee, interleaved
-    (exactly-once first, then at-least-once first, ...); print the medians, their ratio
-    and what a commit costs with each (the changelog flush and, exactly-once, the
-    transaction's commit)."""
-    topic = load_cluster(bootstrap, args.events)
+def compare_guarantees(
+    label: str, where: str, args: argparse.Namespace, topic: str | None = None
+) -> None:
+    """Run W1 and W2 on the cluster at ``where`` (loaded with a new topic), or on the data
+    directory ``data:DIR`` (reading ``topic``), ``args.runs`` times with each guarantee,
+    interleaved (exactly-once first, then at-least-once first, ...); print the medians,
+    their ratio and what a commit costs with each (the changelog flush and, exactly-once,
+    the transaction's commit)."""
+    if topic is None:
+        topic = load_cluster(where, args.events)
     workloads = [args.only] if args.only else ["W1", "W2"]
     guarantees = ("exactly_once", "at_least_once")
     for workload in workloads:
@@ -435,7 +448,7 @@ def compare_guarantees(label: str, bootstrap: str, args: argparse.Namespace) -> 
             for guarantee in guarantees if run % 2 else guarantees[::-1]:
                 name = f"{workload.lower()}-{guarantee[:2]}-{uuid.uuid4().hex[:6]}"
                 worker = subprocess.run(
-                    [sys.executable, __file__, "--guarantee-worker", bootstrap, topic, name,
+                    [sys.executable, __file__, "--guarantee-worker", where, topic, name,
                      workload, guarantee],
                     check=False, capture_output=True, text=True,
                 )  # fmt: skip
@@ -805,8 +818,8 @@ def main() -> None:
     parser.add_argument(
         "--exactly-once",
         action="store_true",
-        help="on the clusters asked for, compare W1 and W2 with exactly_once and "
-        "at_least_once (interleaved) instead of the worker counts",
+        help="compare W1 and W2 with exactly_once and at_least_once (interleaved) on the "
+        "clusters asked for (instead of the worker counts), else on the data directory",
     )
     parser.add_argument(
         "--before",
@@ -836,12 +849,15 @@ def main() -> None:
             with apache_kafka(root) as kafka:
                 if kafka is not None:
                     bench_cluster("Apache Kafka", kafka, args, root)
-        if args.exactly_once:
+        if args.exactly_once and (args.bootstrap or args.broker or args.apache_kafka):
             return
         started = time.perf_counter()
         anyio.run(load, data, args.events, backend="trio")
         loaded_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events into 4 partitions in {loaded_s:.1f} s")
+        if args.exactly_once:
+            compare_guarantees("data directory", f"{DATA_PREFIX}{data}", args, topic="clicks")
+            return
         if args.workers:
             label = "headwater worker (the supervisor's broker)"
             where = ["--data", str(data)]

@@ -61,6 +61,7 @@ from typing import NamedTuple, Protocol
 import anyio
 from crc32c import crc32c
 
+from headwater.groups import ProducerIds
 from headwater.store import (
     CorruptRecordError,
     DuplicateSequenceError,
@@ -80,7 +81,6 @@ from headwater.store import (
 )
 
 from ._dispatch import ClientInfo, Deferred, Handler, is_accepted
-from ._producers import ProducerIds
 from ._protocol import ApiKey, KafkaErrorCode, Message, Request
 
 logger = logging.getLogger("headwater.broker")
@@ -114,8 +114,8 @@ class TransactionVerifier(Protocol):
 
     def verify(
         self, transactional_id: str | None, producer_id: int, epoch: int, topic: str, index: int
-    ) -> KafkaErrorCode:
-        """Return ``NONE`` if the batch belongs to the open transaction, else the code."""
+    ) -> int:
+        """Return ``NONE`` (0) if the batch belongs to the open transaction, else the code."""
         ...
 
 
@@ -316,12 +316,14 @@ class ProduceHandlers:
         assert records is not None
         if checked.transactional:
             assert transactions is not None
-            code = transactions.verify(
-                body["transactional_id"],
-                checked.producer_id,
-                checked.producer_epoch,
-                topic,
-                index,
+            code = KafkaErrorCode(
+                transactions.verify(
+                    body["transactional_id"],
+                    checked.producer_id,
+                    checked.producer_epoch,
+                    topic,
+                    index,
+                )
             )
             if code != KafkaErrorCode.NONE:
                 return code, f"not part of an open transaction: {code.name}"

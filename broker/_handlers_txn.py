@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 InitProducerId without a transactional id gives an idempotent producer a fresh producer
-id at epoch 0; with one, the coordinator (``_txn_coordinator.py``) gives the id's producer
-id and bumps its epoch, fencing older producers. AddPartitionsToTxn, AddOffsetsToTxn,
-TxnOffsetCommit and EndTxn are translated to the coordinator's calls and their error
-codes back, nothing more: the rules are the coordinator's. A store that cannot record
+id at epoch 0; with one, the transaction coordinator (``headwater.groups``, shared with
+an embedded app that serves its directory) gives the id's producer id and bumps its
+epoch, fencing older producers. AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and
+EndTxn are translated to the coordinator's calls and their error codes back (Kafka's
+numbers), nothing more: the rules are the coordinator's. A store that cannot record
 the coordinator's state (a full disk, a failed fsync) is answered
 ``COORDINATOR_NOT_AVAILABLE``, which clients retry.
 """
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
+from headwater.groups import ProducerIds, TransactionCoordinator, pending_offsets
 from headwater.store import StoreError
 
 from ._dispatch import ClientInfo, Handler
-from ._producers import ProducerIds
 from ._protocol import ApiKey, KafkaErrorCode, Message, Request
-from ._txn_coordinator import TransactionCoordinator, pending_offsets
 
 logger = logging.getLogger("headwater.broker")
 
@@ -74,12 +74,13 @@ class TransactionHandlers:
             return {"error_code": 0, "producer_id": producer_id, "producer_epoch": epoch}
         if not transactional_id:
             return {"error_code": KafkaErrorCode.INVALID_REQUEST, "producer_epoch": -1}
-        code, producer_id, epoch = await self._txns.init_producer_id(
+        answer, producer_id, epoch = await self._txns.init_producer_id(
             transactional_id,
             body["transaction_timeout_ms"],
             body.get("producer_id", -1),
             body.get("producer_epoch", -1),
         )
+        code = KafkaErrorCode(answer)
         if code == KafkaErrorCode.PRODUCER_FENCED and request.header.api_version < 3:
             code = KafkaErrorCode.INVALID_PRODUCER_EPOCH  # unreachable, but say it old-style
         return {"error_code": code, "producer_id": producer_id, "producer_epoch": epoch}
@@ -89,6 +90,7 @@ class TransactionHandlers:
         body = request.body
         topics = body["v3_and_below_topics"]
         wanted = [(t["name"], p) for t in topics for p in t["partitions"]]
+        codes: Mapping[tuple[str, int], int]
         try:
             codes = await self._txns.add_partitions(
                 body["v3_and_below_transactional_id"],
@@ -135,6 +137,7 @@ class TransactionHandlers:
             for t in body["topics"]
             for p in t["partitions"]
         )
+        codes: dict[tuple[str, int], int]
         try:
             codes = await self._txns.txn_offset_commit(
                 body["transactional_id"],

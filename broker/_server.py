@@ -50,6 +50,7 @@ import anyio
 from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from headwater.groups import ProducerIds
 from headwater.store import Store
 
 from ._config import RECEIVE_BYTES, BrokerConfig, Node, derive_cluster_id
@@ -65,7 +66,6 @@ from ._handlers_fetch import FetchHandlers
 from ._handlers_partitions import PartitionHandlers
 from ._handlers_produce import ProduceHandlers, TransactionVerifier
 from ._metrics import BROKER_METRICS, RequestMeter
-from ._producers import ProducerIds
 from ._protocol import (
     API_VERSIONS,
     ApiKey,
@@ -83,9 +83,6 @@ logger = logging.getLogger("headwater.broker")
 #: Requests of one connection handled but not yet answered, at most (then the connection
 #: is read no further until responses go out).
 MAX_PIPELINED = 16
-#: Producer ids handed out per millisecond of a run's life before a restarted broker's
-#: ids could meet the previous run's: far more than any broker hands out.
-PRODUCER_IDS_PER_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +180,7 @@ class Broker:
         self._meter = None if metrics is None else RequestMeter(metrics)
         if metrics is not None:
             metrics.brokers.add(self)
-        wall_ms = time.time_ns() // 1_000_000
-        self._producers = ProducerIds(first_producer_id=wall_ms * PRODUCER_IDS_PER_MS)
+        self._producers = ProducerIds.starting_now()
 
     @property
     def node(self) -> Node:

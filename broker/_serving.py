@@ -8,8 +8,10 @@ owner that runs for long -- an app (``App.run``, ``headwater run``), ``headwater
 Kafka client) use the log while it runs instead of waiting for it to end.
 :func:`serve_data_directory` starts a :class:`~headwater.broker.Broker` over the owner's
 open store and *its* group coordinator -- one coordinator per directory, so the owner's
-own consumers and remote members meet in the same groups -- and a transaction
-coordinator (whose state lives in the store: ``_txn_coordinator.py``), by default on
+own consumers and remote members meet in the same groups -- and its transaction
+coordinator (``headwater.groups``; whose state lives in the store), one per directory
+too: an embedded app's exactly-once run commits through the one its broker serves. By
+default on
 127.0.0.1 at a port the OS picks (:func:`owner_config`). Once the port is bound, before
 the broker starts (and logs that it listens), it announces the address the broker advertises in the
 directory's address file (``headwater.store``'s ``write_served_address``; the file's
@@ -30,15 +32,13 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio.abc import Listener, SocketAttribute, SocketStream
 
-from headwater.groups import GroupCoordinator
+from headwater.groups import GroupCoordinator, ProducerIds, TransactionCoordinator
 from headwater.store import Store, clear_served_address, write_served_address
 
 from ._config import BrokerConfig
 from ._handlers_groups import GroupHandlers
 from ._handlers_txn import TransactionHandlers
-from ._producers import ProducerIds
-from ._server import PRODUCER_IDS_PER_MS, Broker
-from ._txn_coordinator import TransactionCoordinator, wall_clock_ms
+from ._server import Broker
 
 logger = logging.getLogger("headwater.broker")
 
@@ -61,6 +61,7 @@ async def serve_data_directory(
     config: BrokerConfig | None = None,
     *,
     listener: Listener[SocketStream] | None = None,
+    transactions: TransactionCoordinator | None = None,
 ) -> AsyncIterator[Broker]:
     """Serve ``store`` (and ``coordinator``'s groups) over the Kafka protocol for a block,
     announced in the data directory.
@@ -68,17 +69,21 @@ async def serve_data_directory(
     ``store`` must be open for writing by this process (it holds the directory's lock);
     ``config`` defaults to :func:`owner_config`. Given a ``listener`` already bound (and
     announced by the caller, who then also withdraws the address), the broker serves on
-    it and announces nothing. Leaving the block withdraws the address, then stops the
-    broker gracefully (within the config's ``shutdown_grace_s``); cancelling it stops the
-    broker at once. An error of the block is raised as it is.
+    it and announces nothing. ``transactions`` is the owner's transaction coordinator
+    (entered), if it has one; else one is entered for the block. Leaving the block
+    withdraws the address, then stops the broker gracefully (within the config's
+    ``shutdown_grace_s``); cancelling it stops the broker at once. An error of the block
+    is raised as it is.
 
     :raises OSError: if the address cannot be bound.
     """
     config = config or owner_config()
-    producer_ids = ProducerIds(first_producer_id=wall_clock_ms() * PRODUCER_IDS_PER_MS)
-    async with TransactionCoordinator(store, coordinator, producer_ids) as transactions:
+    async with contextlib.AsyncExitStack() as stack:
+        if transactions is None:
+            made = TransactionCoordinator(store, coordinator, ProducerIds.starting_now())
+            transactions = await stack.enter_async_context(made)
         handlers = GroupHandlers(coordinator).table()
-        handlers.update(TransactionHandlers(transactions, producer_ids).table())
+        handlers.update(TransactionHandlers(transactions, transactions.producer_ids).table())
         broker = Broker(store, config, extra_handlers=handlers, transactions=transactions)
         async with _served(store, config, broker, listener) as served:
             yield served

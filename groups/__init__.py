@@ -17,6 +17,14 @@ group protocol, in three layers:
   in the background, and yields :class:`ConsumerBatch` values (topic, partition, records)
   from its assigned partitions.
 
+Beside the groups, the store's other coordinator: :class:`TransactionCoordinator` keeps
+the transactional ids of a data directory and ends their transactions (markers to every
+partition written, the group offsets sent with them), its state in the compacted
+``__transaction_state`` topic. The broker drives it from Kafka's transaction requests;
+an embedded exactly-once app calls it directly. It lives here, beside the group
+coordinator whose offsets a transaction commits, so that both can reach it (Kafka keeps
+both coordinators in one package too).
+
 Delivery is at least once. A consumer's position in a partition is the offset after the
 last record it yielded; it commits positions (``await consumer.commit()``, or every
 ``auto_commit_interval_ms`` with ``enable_auto_commit=True``), and whoever takes over a
@@ -143,7 +151,15 @@ from ._messages import SyncRequest as SyncRequest
 from ._messages import SyncResult as SyncResult
 from ._offsets import OFFSETS_TOPIC as OFFSETS_TOPIC
 from ._offsets import OffsetAndMetadata as OffsetAndMetadata
+from ._producer_ids import ProducerIds as ProducerIds
 from ._rebalance import GroupState as GroupState
+from ._txn_codes import TxnCode as TxnCode
+from ._txn_coordinator import TransactionCoordinator as TransactionCoordinator
+from ._txn_coordinator import pending_offsets as pending_offsets
+from ._txn_state import TRANSACTION_STATE_TOPIC as TRANSACTION_STATE_TOPIC
+from ._txn_state import PendingOffset as PendingOffset
+from ._txn_state import TxnMetadata as TxnMetadata
+from ._txn_state import TxnState as TxnState
 
 __all__ = (
     "ASSIGNORS",
@@ -165,11 +181,11 @@ __all__ = (
     "GroupIdNotFoundError",
     "GroupMaxSizeReachedError",
     "GroupNotEmptyError",
-    "GroupSubscribedToTopicError",
     "GroupOverview",
     "GroupProtocol",
     "GroupState",
     "GroupStatistics",
+    "GroupSubscribedToTopicError",
     "IllegalGenerationError",
     "InconsistentGroupProtocolError",
     "InvalidGroupConfigError",
@@ -188,11 +204,18 @@ __all__ = (
     "PartitionNotAssignedError",
     "PartitionsCallback",
     "Pending",
+    "PendingOffset",
+    "ProducerIds",
     "RebalanceInProgressError",
     "Subscription",
     "SyncRequest",
     "SyncResult",
+    "TRANSACTION_STATE_TOPIC",
     "TopicPartition",
+    "TransactionCoordinator",
+    "TxnCode",
+    "TxnMetadata",
+    "TxnState",
     "UnknownMemberError",
     "assign_partitions",
     "cooperative_sticky_assign",
@@ -200,6 +223,7 @@ __all__ = (
     "decode_subscription",
     "encode_assignment",
     "encode_subscription",
+    "pending_offsets",
     "range_assign",
     "round_robin_assign",
 )

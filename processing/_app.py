@@ -53,8 +53,7 @@ class App:
         default ``$HEADWATER_BOOTSTRAP`` if set (read when the app runs).
     :param config: runtime settings (:class:`AppConfig`).
     :param guarantee: ``"at_least_once"`` or ``"exactly_once"`` (overrides the config's
-        ``guarantee``; see :class:`AppConfig`). ``exactly_once`` runs on a Kafka-protocol
-        cluster only: on a data directory it is refused when the app runs.
+        ``guarantee``; see :class:`AppConfig`).
     :raises TopologyError: for a bad name, a bad guarantee, or both ``data_dir`` and
         ``bootstrap``.
     :raises ClusterError: for a malformed ``bootstrap``.
@@ -311,12 +310,6 @@ class App:
                     return await self._run_on(backend, until_caught_up, stop, clock)
                 if bootstrap is not None:
                     return await self._run_on_cluster(bootstrap, until_caught_up, stop, clock)
-                if self.config.guarantee == EXACTLY_ONCE:
-                    raise TopologyError(
-                        f"app {self.name!r}: guarantee 'exactly_once' runs on a Kafka-protocol "
-                        "cluster only (give the app a bootstrap, e.g. `headwater broker`'s "
-                        "address); on a data directory use 'at_least_once'"
-                    )
                 return await self._run_embedded(
                     Path(data_dir or self.data_dir), until_caught_up, stop, clock
                 )
@@ -342,8 +335,18 @@ class App:
             except MissingSourceTopicError as exc:
                 where = f"{directory} (no such data directory)"
                 raise MissingSourceTopicError(exc.topics, where) from None
+        transactional_id = None
+        if self.config.guarantee == EXACTLY_ONCE:
+            # Stable: one process owns the directory, and a restart fences its predecessor.
+            instance = self.config.instance_id
+            transactional_id = self.name if instance is None else f"{self.name}-{instance}"
+        opened = open_in_process(
+            directory,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+        )
         try:
-            async with _first_error_wins(open_in_process(directory)) as local:
+            async with _first_error_wins(opened) as local:
                 return await self._run_on(
                     local, until_caught_up, stop, clock, state_dir=directory / ".state"
                 )

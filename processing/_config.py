@@ -47,13 +47,14 @@ class AppConfig:
         the last commit are processed again, and their outputs repeat) or
         ``"exactly_once"``: each commit interval's outputs, state changes and input
         positions are one transaction, visible together or not at all to downstream
-        readers that read committed records (``isolation.level=read_committed``). On a
-        Kafka-protocol cluster only.
+        readers that read committed records (``isolation.level=read_committed``), on a
+        data directory (the store's transactions) and on a Kafka-protocol cluster.
     :param instance_id: this worker's stable identity among the app's workers (unique per
         worker, the same across its restarts). On a cluster it is the group member's
         ``group.instance.id`` (static membership: a restarted worker takes its partitions
         back without waiting for its old session to expire) and, with ``exactly_once``,
-        part of its transactional id, so that a restarted worker fences the one it
+        part of its transactional id (on a data directory too: ``<app>-<instance_id>``,
+        else the app's name), so that a restarted worker fences the one it
         replaces and aborts the transaction that one left open at once (without it, an
         open transaction of a crashed worker holds downstream readers back until its
         ``transaction.timeout.ms``, ``TRANSACTION_TIMEOUT_MS``, runs out).

@@ -6,7 +6,9 @@ record's lineage header. The store's :func:`~headwater.store.encode_columns` lay
 columns out as one v2 batch in a single pass (in C when the store was built with its
 speedups), with the lineage as a header column every record carries (its values the
 source prefix and each source offset in decimal), so no per-record headers are built.
-Pure functions, safe from any thread.
+A transactional writer's batches also carry its producer id, epoch and each batch's
+first sequence number (:class:`ProducerStamp`), in the same pass. Pure functions, safe
+from any thread.
 """
 
 from __future__ import annotations
@@ -17,6 +19,22 @@ from typing import NamedTuple
 from headwater.store import DecimalColumn, encode_columns
 
 from ._lineage import SEQUENCE_HEADER, SOURCE_HEADER, Headers
+
+#: Sequence numbers wrap from 2**31 - 1 to 0 (Kafka's).
+_SEQUENCE_SPAN = 1 << 31
+
+
+class ProducerStamp(NamedTuple):
+    """What makes a batch a transactional producer's: its id, its epoch, and the sequence
+    number of the batch's first record (the next ones follow)."""
+
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+
+    def after(self, count: int) -> ProducerStamp:
+        """Return the stamp of the batch that follows one of ``count`` records."""
+        return self._replace(base_sequence=(self.base_sequence + count) % _SEQUENCE_SPAN)
 
 
 class OutRecords(NamedTuple):
@@ -93,10 +111,13 @@ class OutRecords(NamedTuple):
         ]
 
 
-def encode_out_records(records: OutRecords, *, base_offset: int = 0) -> bytes:
+def encode_out_records(
+    records: OutRecords, *, base_offset: int = 0, producer: ProducerStamp | None = None
+) -> bytes:
     """Encode ``records`` (at least one) as one uncompressed v2 batch, CRC included.
 
-    Timestamps are create times; offset deltas run from 0.
+    Timestamps are create times; offset deltas run from 0. With ``producer``, the batch
+    belongs to that producer's open transaction.
 
     :raises ValueError: if there are no records.
     """
@@ -107,6 +128,7 @@ def encode_out_records(records: OutRecords, *, base_offset: int = 0) -> bytes:
     columns: tuple[tuple[str, list[bytes] | DecimalColumn], ...] = ((SOURCE_HEADER, lineage),)
     if records.sequence is not None:
         columns += ((SEQUENCE_HEADER, DecimalColumn(b"", records.sequence)),)
+    producer_id, producer_epoch, base_sequence = producer or (-1, -1, -1)
     return encode_columns(
         records.values,
         keys=None if keys.count(None) == len(keys) else keys,
@@ -114,19 +136,26 @@ def encode_out_records(records: OutRecords, *, base_offset: int = 0) -> bytes:
         header_columns=columns,
         headers=records.headers,
         base_offset=base_offset,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        transactional=producer is not None,
     )
 
 
-def encode_within(records: OutRecords, limit: int) -> list[bytes]:
+def encode_within(
+    records: OutRecords, limit: int, producer: ProducerStamp | None = None
+) -> list[bytes]:
     """Encode ``records`` as one batch, or as several (in order) if one would exceed
     ``limit`` bytes; a single record larger than ``limit`` stays a batch of its own, for
     the store to refuse. Encoding first and splitting only what turns out too big costs
-    nothing in the common case, where a batch's outputs fit one append."""
-    batch = encode_out_records(records)
+    nothing in the common case, where a batch's outputs fit one append. With
+    ``producer``, the batches are that producer's, numbered on from its sequence."""
+    batch = encode_out_records(records, producer=producer)
     count = records.count()
     if len(batch) <= limit or count == 1:
         return [batch]
     half = count // 2
-    return encode_within(records.slice(0, half), limit) + encode_within(
-        records.slice(half, count), limit
+    return encode_within(records.slice(0, half), limit, producer) + encode_within(
+        records.slice(half, count), limit, None if producer is None else producer.after(half)
     )

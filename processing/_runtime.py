@@ -457,7 +457,7 @@ class Runtime:
                     if not isinstance(membership, Transactions):
                         raise TopologyError(
                             "guarantee 'exactly_once' needs a backend that commits "
-                            "transactions (a Kafka-protocol cluster: give the app a bootstrap)"
+                            "transactions (a data directory or a Kafka-protocol cluster)"
                         )
                     self._transactions = membership
                 self._membership = membership

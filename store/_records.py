@@ -52,6 +52,7 @@ from ._batch import (
     MIN_BATCH_LENGTH,
     PREFIX,
     TAIL,
+    TRANSACTIONAL_BIT,
     BatchHeader,
     Buffer,
     TimestampType,
@@ -261,6 +262,7 @@ def encode_batch(
     producer_epoch: int = -1,
     base_sequence: int = -1,
     partition_leader_epoch: int = -1,
+    transactional: bool = False,
 ) -> bytes:
     """Encode records as one batch, offset deltas 0 to ``len(records) - 1``.
 
@@ -268,6 +270,8 @@ def encode_batch(
     :param now_ms: the current time in epoch ms (default: the system clock); under
         ``LOG_APPEND_TIME`` it is also the batch's ``max_timestamp``.
     :param compression: the codec for the records section.
+    :param transactional: the batch belongs to its producer's open transaction
+        (attributes bit 4; give ``producer_id``, ``producer_epoch`` and ``base_sequence``).
     :returns: the batch bytes, CRC included.
     :raises ValueError: if ``records`` is empty or a field does not fit its wire type.
     :raises UnsupportedCompressionError: if the codec needs cramjam and it is missing.
@@ -300,6 +304,7 @@ def encode_batch(
     return _framed(
         b"".join(parts), count, base_timestamp, max_timestamp, base_offset, compression,
         timestamp_type, producer_id, producer_epoch, base_sequence, partition_leader_epoch,
+        transactional,
     )  # fmt: skip
 
 
@@ -313,6 +318,10 @@ def encode_columns(
     base_offset: int = 0,
     now_ms: int | None = None,
     compression: Compression = Compression.NONE,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    transactional: bool = False,
 ) -> bytes:
     """Encode records given column by column as one batch (create-time timestamps).
 
@@ -321,7 +330,10 @@ def encode_columns(
     ``timestamps[i]`` (None: every record ``now_ms``) and, as its headers, ``(name,
     column[i])`` for each of ``header_columns`` (a sequence of values or a
     :class:`DecimalColumn`) followed by ``headers[i]``. Every column has one item per
-    value. Columns given as lists take the fastest path.
+    value. Columns given as lists take the fastest path. A producer's batch carries its
+    ``producer_id``, ``producer_epoch`` and ``base_sequence`` (the sequence of its first
+    record) and, with ``transactional``, belongs to the producer's open transaction
+    (attributes bit 4).
 
     :returns: the batch bytes, CRC included.
     :raises ValueError: if there are no values, a column's length differs, or a field does
@@ -363,10 +375,15 @@ def encode_columns(
             ],
             base_offset=base_offset,
             compression=compression,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            base_sequence=base_sequence,
+            transactional=transactional,
         )
     return _framed(
         section, count, base_timestamp, max_timestamp, base_offset, compression,
-        TimestampType.CREATE_TIME, -1, -1, -1, -1,
+        TimestampType.CREATE_TIME, producer_id, producer_epoch, base_sequence, -1,
+        transactional,
     )  # fmt: skip
 
 
@@ -382,11 +399,14 @@ def _framed(  # noqa: PLR0917 - every field of the batch header, in wire order
     producer_epoch: int,
     base_sequence: int,
     partition_leader_epoch: int,
+    transactional: bool = False,
 ) -> bytes:
     """Return the batch of a records section: compressed if asked, header and CRC first."""
     if compression:
         payload = compress(compression, payload)
     attributes = compression | (LOG_APPEND_TIME_BIT if timestamp_type else 0)
+    if transactional:
+        attributes |= TRANSACTIONAL_BIT
     try:
         tail = TAIL.pack(
             attributes, count - 1, base_timestamp, max_timestamp,

@@ -8,8 +8,8 @@ offsets with a little metadata. :class:`Backend` and :class:`Membership` say exa
 that, so a pipeline never knows where it runs. Every call that may cross a network is
 ``async``, so a Kafka-protocol backend can implement them with a client.
 
-Implementations: :class:`InProcessBackend` (``in_process.py``), a store and a group
-coordinator in this process; :class:`MemoryBackend` (``memory.py``), the test driver's
+Implementations: :class:`InProcessBackend` (``in_process.py``), a store and its group and
+transaction coordinators in this process; :class:`MemoryBackend` (``memory.py``), the test driver's
 topics and group in memory; :class:`KafkaBackend` (``kafka.py``), a Kafka-protocol
 cluster (``headwater broker`` or Apache Kafka) through confluent-kafka.
 
@@ -64,7 +64,11 @@ class Membership(Protocol):
 @runtime_checkable
 class Transactions(Protocol):
     """A :class:`Membership` whose commits are transactions (an exactly-once run's): every
-    write since the last commit becomes visible together with the offsets, or never."""
+    write since the last commit becomes visible together with the offsets, or never.
+
+    The embedded backend's (``open_in_process(..., transactional_id=...)``: the store's
+    transactions, ``_store_txn.py``) and the Kafka backend's (``open_kafka(...,
+    transactional_id=...)``: librdkafka's transactional producer) memberships are."""
 
     async def commit_transaction(
         self, offsets: Mapping[TopicPartition, int], metadata: Mapping[TopicPartition, str]

@@ -10,9 +10,10 @@ listening socket on 127.0.0.1 (a port the OS picks) and announces its address in
 directory -- a bind and a small file, no broker -- and one task sleeps until the first
 client connects (the socket becomes readable; no polling). Only then is the broker loaded
 (importing ``headwater.broker`` is most of the cost of serving) and started on that
-socket, over the app's store and its group coordinator; the waiting client is its first
-connection. Leaving withdraws the address first, then stops the broker gracefully, or
-closes the socket if no client ever came.
+socket, over the app's store, its group coordinator and its transaction coordinator (one
+of each per directory: an exactly-once app's transactions and a client's meet there);
+the waiting client is its first connection. Leaving withdraws the address first, then
+stops the broker gracefully, or closes the socket if no client ever came.
 
 If the socket cannot be bound or the address not written, the app runs unserved and says
 so in its log: other processes then wait for it to end, as they would for any holder.
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio.abc import Listener, SocketAttribute, SocketStream
 
-from headwater.groups import GroupCoordinator
+from headwater.groups import GroupCoordinator, TransactionCoordinator
 from headwater.store import Store, clear_served_address, write_served_address
 
 logger = logging.getLogger("headwater.processing")
@@ -36,9 +37,11 @@ _HOST = "127.0.0.1"
 
 
 @contextlib.asynccontextmanager
-async def serving(store: Store, coordinator: GroupCoordinator) -> AsyncIterator[None]:
-    """Serve ``store`` and ``coordinator`` to other processes for a block (see the module
-    docstring); the block's own error is raised as it is."""
+async def serving(
+    store: Store, coordinator: GroupCoordinator, transactions: TransactionCoordinator
+) -> AsyncIterator[None]:
+    """Serve ``store``, ``coordinator`` and ``transactions`` to other processes for a block
+    (see the module docstring); the block's own error is raised as it is."""
     try:
         listener = await anyio.create_tcp_listener(local_host=_HOST, local_port=0)
     except OSError as exc:
@@ -54,7 +57,7 @@ async def serving(store: Store, coordinator: GroupCoordinator) -> AsyncIterator[
         yield
         return
     logger.info("serving data directory %s at %s", store.path, bootstrap)
-    server = _OnDemand(store, coordinator, listener)
+    server = _OnDemand(store, coordinator, transactions, listener)
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.run)
@@ -82,10 +85,15 @@ class _OnDemand:
     """The broker of an app, started when the first client connects."""
 
     def __init__(
-        self, store: Store, coordinator: GroupCoordinator, listener: Listener[SocketStream]
+        self,
+        store: Store,
+        coordinator: GroupCoordinator,
+        transactions: TransactionCoordinator,
+        listener: Listener[SocketStream],
     ) -> None:
         self._store = store
         self._coordinator = coordinator
+        self._transactions = transactions
         self._listener = listener
         self._waiting = anyio.CancelScope()
         self._stopping = anyio.Event()
@@ -106,5 +114,7 @@ class _OnDemand:
         from headwater.broker import serve_data_directory  # noqa: PLC0415
 
         logger.info("a client connected: starting the broker of %s", self._store.path)
-        async with serve_data_directory(self._store, self._coordinator, listener=self._listener):
+        async with serve_data_directory(
+            self._store, self._coordinator, listener=self._listener, transactions=self._transactions
+        ):
             await self._stopping.wait()

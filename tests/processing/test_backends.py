@@ -137,10 +137,12 @@ async def test_join_commit_with_metadata_and_rebalance(backend: Backend) -> None
         assert (await a.committed([tp[2]]))[tp[2]].metadata == "from-b"
 
 
-async def test_an_in_process_fetch_at_a_transaction_marker_waits_for_the_next_record(
+async def test_an_in_process_fetch_at_a_transaction_marker_steps_past_it_then_waits(
     data: Path,
 ) -> None:
-    """A marker is never a record: a fetch there waits (it once spun without yielding)."""
+    """A marker is never a record: a fetch there says where to read on (no records, an
+    empty range from past the marker), and a fetch from there waits (it once spun
+    without yielding)."""
     from headwater.store import ControlType, NewRecord, encode_transactional_batch
 
     async with open_in_process(data, serve=False) as local:
@@ -153,10 +155,14 @@ async def test_an_in_process_fetch_at_a_transaction_marker_waits_for_the_next_re
         await partition.write_marker(
             ControlType.COMMIT, producer_id=5, producer_epoch=0, coordinator_epoch=0
         )
+        at_marker = await local.fetch("t", 0, 1, 1 << 20)
+        assert not at_marker
+        assert at_marker.offsets == range(2, 2)
+        assert await local.end_offset("t", 0) == 2
         got: list[bytes | None] = []
 
         async def reader() -> None:
-            got.extend((await local.fetch("t", 0, 1, 1 << 20)).values)
+            got.extend((await local.fetch("t", 0, 2, 1 << 20)).values)
 
         with anyio.fail_after(60):  # a hang would otherwise never end
             async with anyio.create_task_group() as tg:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headwater.processing import OutRecords
-from headwater.processing._encoding import encode_out_records, encode_within
+from headwater.processing._encoding import ProducerStamp, encode_out_records, encode_within
 from headwater.processing._pipeline import _concat
 from headwater.store import decode_records, verify_batch
 
@@ -85,6 +85,25 @@ def test_batches_stay_within_the_limit_and_keep_order() -> None:
     ]
     big = OutRecords([b"y" * 1000], [None], [0], b"t/0/", [7])
     assert encode_within(big, 100) == [encode_out_records(big)]  # for the store to refuse
+
+
+def test_a_producers_batches_number_their_records_on_from_its_sequence() -> None:
+    count = 20_000
+    records = OutRecords(
+        [b"x" * 100] * count, [None] * count, [0] * count, b"t/0/", list(range(count))
+    )
+    start = (1 << 31) - 5000  # the numbers wrap past 2**31 - 1 to 0
+    batches = encode_within(records, 300_000, ProducerStamp(42, 3, start))
+    assert len(batches) > 1
+    expected = start
+    for batch in batches:
+        header = verify_batch(batch)
+        assert (header.producer_id, header.producer_epoch) == (42, 3)
+        assert header.is_transactional
+        assert header.base_sequence == expected
+        expected = (expected + header.last_offset_delta + 1) % (1 << 31)
+    assert expected == (start + count) % (1 << 31)
+    assert not verify_batch(encode_within(records.slice(0, 5), 300_000)[0]).is_transactional
 
 
 def test_lineage_relative_to_a_base_and_concatenated_with_absolute_offsets() -> None:

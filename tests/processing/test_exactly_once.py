@@ -1,13 +1,15 @@
-"""Exactly-once processing on a Kafka-protocol cluster: ``guarantee="exactly_once"``.
+"""Exactly-once processing: ``guarantee="exactly_once"``, on a Kafka-protocol cluster and
+on a data directory (the store's own transactions).
 
 A worker (``headwater run app.py`` in a subprocess) is killed with SIGKILL at random
 moments, restarted each time under the same ``instance_id`` (so it fences its
 predecessor's producer and aborts the transaction that one left open), then run until
 caught up; what a read_committed reader sees of its output must equal an uninterrupted
 run's exactly: the same records, none twice, none missing. W1-like (filter, map, to)
-and W2-like (key_by, tumbling window, aggregate, final) apps, on ``headwater broker``;
-the long run (``HEADWATER_EOS_CYCLES=N pytest -m slow ...``) does N kill cycles per app
-on both clusters.
+and W2-like (key_by, tumbling window, aggregate, final) apps, on ``headwater broker``
+and on a data directory (the app owns it: embedded); the long run
+(``HEADWATER_EOS_CYCLES=N pytest -m slow ...``) does N kill cycles per app on both
+clusters and on a data directory.
 
 The uninterrupted run is the same app file under another name (its own group and
 output topic), on the same input. Inputs are on one partition for W2: its repartition
@@ -26,11 +28,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import anyio
 import confluent_kafka as ck
 import orjson
 import pytest
 
 from headwater.processing import App, AppConfig, TopologyError, windows
+from headwater.store import IsolationLevel, NewRecord, TopicConfig, open_store
 
 from .cluster import TIMEOUT_S, create_topic, produce, unique
 
@@ -122,11 +126,45 @@ def read_committed(bootstrap: str, topic: str) -> list[list[tuple[bytes | None, 
         consumer.close()
 
 
-def start(app: Path, bootstrap: str, *args: str) -> subprocess.Popen[str]:
-    """Start ``headwater run app`` on ``bootstrap``."""
+def read_committed_in(data: Path, topic: str) -> list[list[tuple[bytes | None, bytes | None]]]:
+    """Return, per partition, the (key, value) of every record of ``topic`` in the data
+    directory ``data`` that a read_committed reader sees."""
+
+    async def read() -> list[list[tuple[bytes | None, bytes | None]]]:
+        async with open_store(data) as store:
+            out = []
+            for p in range(store.topic_config(topic).partitions):
+                partition = store.partition(topic, p)
+                records = await partition.read_records(
+                    0, 1 << 30, isolation=IsolationLevel.READ_COMMITTED
+                )
+                out.append([(r.key, r.value) for r in records])
+            return out
+
+    return anyio.run(read)
+
+
+def produce_into(data: Path, topic: str, values: list[bytes], partitions: int) -> None:
+    """Create ``topic`` in the data directory ``data`` and append ``values`` round-robin."""
+
+    async def write() -> None:
+        async with open_store(data) as store:
+            await store.create_topic(topic, TopicConfig(partitions=partitions))
+            for p in range(partitions):
+                records = [NewRecord(value) for value in values[p::partitions]]
+                for start in range(0, len(records), 500):
+                    await store.partition(topic, p).append(records[start : start + 500])
+
+    anyio.run(write)
+
+
+def start(app: Path, where: str | Path, *args: str) -> subprocess.Popen[str]:
+    """Start ``headwater run app`` on the cluster at ``where`` (a bootstrap), or on the
+    data directory ``where`` (a path)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    place = ["--data", str(where)] if isinstance(where, Path) else ["--bootstrap", where]
     return subprocess.Popen(
-        [HEADWATER, "run", str(app), "--bootstrap", bootstrap, *args],
+        [HEADWATER, "run", str(app), *place, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -134,9 +172,9 @@ def start(app: Path, bootstrap: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def finish(app: Path, bootstrap: str) -> str:
-    """Run ``app`` until caught up; return its stderr (it must succeed)."""
-    worker = start(app, bootstrap, "--until-caught-up")
+def finish(app: Path, where: str | Path) -> str:
+    """Run ``app`` until caught up (see :func:`start`); return its stderr (it must succeed)."""
+    worker = start(app, where, "--until-caught-up")
     try:
         _, stderr = worker.communicate(timeout=180)
     finally:
@@ -153,23 +191,32 @@ def write_app(tmp_path: Path, name: str, topic: str, workload: str) -> Path:
     return path
 
 
-def killed_and_restarted(bootstrap: str, tmp_path: Path, workload: str, cycles: int) -> None:
+def killed_and_restarted(where: str | Path, tmp_path: Path, workload: str, cycles: int) -> None:
     """Kill a worker ``cycles`` times at random moments, then finish; compare with an
-    uninterrupted run."""
+    uninterrupted run. ``where`` is a cluster's bootstrap, or a data directory (a path)."""
     rng = random.Random(f"{SEED}-{workload}-{cycles}")
     topic = unique(f"eos-{workload.lower()}-in")
     partitions = 2 if workload == "W1" else 1
-    create_topic(bootstrap, topic, partitions)
-    produce(bootstrap, topic, events(6000), partitions=partitions)
+    if isinstance(where, Path):
+        produce_into(where, topic, events(6000), partitions)
+    else:
+        create_topic(where, topic, partitions)
+        produce(where, topic, events(6000), partitions=partitions)
+
+    def output(name: str) -> list[list[tuple[bytes | None, bytes | None]]]:
+        topic = f"{name}-out"
+        if isinstance(where, Path):
+            return read_committed_in(where, topic)
+        return read_committed(where, topic)
 
     reference = unique("eos-ref")
-    reference_log = finish(write_app(tmp_path, reference, topic, workload), bootstrap)
-    expected = read_committed(bootstrap, f"{reference}-out")
+    reference_log = finish(write_app(tmp_path, reference, topic, workload), where)
+    expected = output(reference)
 
     name = unique("eos-kill")
     app = write_app(tmp_path, name, topic, workload)
     for _ in range(cycles):
-        worker = start(app, bootstrap)
+        worker = start(app, where)
         try:
             # A random moment: starting up, restoring, processing, committing.
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -178,8 +225,8 @@ def killed_and_restarted(bootstrap: str, tmp_path: Path, workload: str, cycles: 
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.communicate(timeout=60)
-    log = finish(app, bootstrap)
-    got = read_committed(bootstrap, f"{name}-out")
+    log = finish(app, where)
+    got = output(name)
 
     print(f"uninterrupted run:\n{reference_log}\nlast run:\n{log}")  # shown if it fails
     assert sum(map(len, expected)) > 0
@@ -198,6 +245,11 @@ def test_killed_workers_commit_each_output_once(
     killed_and_restarted(bootstrap, tmp_path, workload, QUICK_CYCLES)
 
 
+@pytest.mark.parametrize("workload", ["W1", "W2"])
+def test_killed_embedded_apps_commit_each_output_once(tmp_path: Path, workload: str) -> None:
+    killed_and_restarted(tmp_path / "data", tmp_path, workload, QUICK_CYCLES)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW_CYCLES, reason="set HEADWATER_EOS_CYCLES=N for the long run")
 @pytest.mark.parametrize("workload", ["W1", "W2"])
@@ -207,13 +259,22 @@ def test_killed_workers_commit_each_output_once_over_many_cycles(
     killed_and_restarted(cluster, tmp_path, workload, SLOW_CYCLES)
 
 
-def test_exactly_once_is_refused_on_a_data_directory(tmp_path: Path) -> None:
-    app = App("eos", data_dir=tmp_path / "data", guarantee="exactly_once")
-    app.stream("in", partitions=1).to("out")
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW_CYCLES, reason="set HEADWATER_EOS_CYCLES=N for the long run")
+@pytest.mark.parametrize("workload", ["W1", "W2"])
+def test_killed_embedded_apps_commit_each_output_once_over_many_cycles(
+    tmp_path: Path, workload: str
+) -> None:
+    killed_and_restarted(tmp_path / "data", tmp_path, workload, SLOW_CYCLES)
 
-    with pytest.raises(TopologyError, match=r"exactly_once.*Kafka-protocol cluster only"):
-        app.run(until_caught_up=True)
-    assert not (tmp_path / "data").exists()  # nothing created for an app that cannot run
+
+async def test_exactly_once_needs_a_backend_that_commits_transactions() -> None:
+    from headwater.processing._backends.memory import MemoryBackend
+
+    app = App("eos", guarantee="exactly_once")
+    app.stream("in", partitions=1).to("out")
+    with pytest.raises(TopologyError, match="needs a backend that commits transactions"):
+        await app.run_async(backend=MemoryBackend(), until_caught_up=True)
 
 
 def test_a_bad_guarantee_is_refused() -> None:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.store import _records
+from headwater.store import _records, encode_transactional_batch, verify_batch
 from headwater.store._errors import CorruptRecordError
 from headwater.store._records import (
     BATCH_HEADER_SIZE,
@@ -241,6 +241,32 @@ def test_columns_encode_byte_for_byte_as_encode_batch(columns: dict[str, Any], b
         Record(base + i, r.timestamp, r.key, r.value, tuple(r.headers))
         for i, r in enumerate(records)
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    columns=column_records,
+    producer=st.tuples(
+        st.integers(0, 2**63 - 1), st.integers(0, 2**15 - 1), st.integers(0, 2**31 - 1)
+    ),
+)
+def test_a_producers_columns_encode_as_its_transactional_batch(
+    columns: dict[str, Any], producer: tuple[int, int, int]
+) -> None:
+    producer_id, producer_epoch, base_sequence = producer
+    stamp = {"producer_id": producer_id, "producer_epoch": producer_epoch}
+    batch = encode_columns(
+        **columns, now_ms=NOW, **stamp, base_sequence=base_sequence, transactional=True
+    )
+    records = as_new_records(columns)
+    assert batch == encode_transactional_batch(
+        records, **stamp, base_sequence=base_sequence, now_ms=NOW
+    )
+    header = verify_batch(batch)
+    assert (header.producer_id, header.producer_epoch, header.base_sequence) == producer
+    assert header.is_transactional and not header.is_control
+    plain = encode_columns(**columns, now_ms=NOW, **stamp, base_sequence=base_sequence)
+    assert not verify_batch(plain).is_transactional
 
 
 def test_unusual_column_items_take_the_record_by_record_encoder() -> None:

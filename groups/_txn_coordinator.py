@@ -30,19 +30,20 @@ so that it is exactly as durable as the log: entering the coordinator replays th
   read_committed reader.
 
 Requests of one transactional id are handled one at a time (a lock per id); different
-ids run concurrently. Use it as an async context manager on the broker's event loop.
+ids run concurrently. Use it as an async context manager on the event loop of the
+store's owner: the broker drives it from Kafka's requests (answering with the codes it
+returns, ``_txn_codes.py``), an embedded exactly-once app calls it directly, and an app
+that serves its directory hands its own to the broker (one coordinator per directory).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 import anyio
 from anyio.abc import TaskGroup
 
-from headwater.groups import GroupCoordinator, GroupError, OffsetAndMetadata, TopicPartition
 from headwater.store import (
     CleanupPolicy,
     ControlType,
@@ -56,8 +57,12 @@ from headwater.store import (
     TopicNotFoundError,
 )
 
-from ._producers import ProducerIds
-from ._protocol import KafkaErrorCode
+from ._consumer_protocol import TopicPartition
+from ._errors import GroupError
+from ._host import GroupCoordinator, wall_clock_ms
+from ._offsets import OffsetAndMetadata
+from ._producer_ids import ProducerIds
+from ._txn_codes import TxnCode
 from ._txn_state import (
     DEFAULT_MAX_TIMEOUT_MS,
     TRANSACTION_STATE_TOPIC,
@@ -66,7 +71,7 @@ from ._txn_state import (
     TxnState,
 )
 
-logger = logging.getLogger("headwater.broker")
+logger = logging.getLogger("headwater.groups")
 
 #: The coordinator epoch written into markers: one coordinator, which never moves.
 COORDINATOR_EPOCH = 0
@@ -75,12 +80,7 @@ RETRY_MS = 1000
 _LOAD_BYTES = 1 << 20
 _SEGMENT_BYTES = 8 << 20
 
-E = KafkaErrorCode
-
-
-def wall_clock_ms() -> int:
-    """Return the wall-clock time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
+E = TxnCode
 
 
 class TransactionCoordinator:
@@ -118,6 +118,11 @@ class TransactionCoordinator:
 
     async def __aenter__(self) -> TransactionCoordinator:
         await self._load()
+        for meta in [m for m in self._txns.values() if m.state.deciding]:
+            # Before anything reads the group offsets a decided commit carries (failures
+            # are left to the timer).
+            async with self._lock(meta.transactional_id):
+                await self._finish(meta)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._run_timer)
@@ -148,8 +153,6 @@ class TransactionCoordinator:
                     self._apply(record.key, record.value, record.offset)
             position = records[-1].offset + 1
         decided = [m for m in self._txns.values() if m.state.deciding]
-        for meta in decided:  # finished before anything is served (see the docstring)
-            self._retry_at[meta.transactional_id] = 0
         if self._txns:
             logger.info(
                 "transactions: %d transactional id(s) loaded, %d to finish, %d open",
@@ -196,7 +199,7 @@ class TransactionCoordinator:
 
     async def init_producer_id(
         self, transactional_id: str, timeout_ms: int, producer_id: int = -1, epoch: int = -1
-    ) -> tuple[KafkaErrorCode, int, int]:
+    ) -> tuple[TxnCode, int, int]:
         """InitProducerId with a transactional id: return (error, producer id, epoch)."""
         if not 0 < timeout_ms <= self.max_timeout_ms:
             return E.INVALID_TRANSACTION_TIMEOUT, -1, -1
@@ -244,7 +247,7 @@ class TransactionCoordinator:
         producer_id: int,
         epoch: int,
         partitions: list[tuple[str, int]],
-    ) -> dict[tuple[str, int], KafkaErrorCode]:
+    ) -> dict[tuple[str, int], TxnCode]:
         """AddPartitionsToTxn: return an error code per partition."""
         async with self._lock(transactional_id):
             meta = self._current(transactional_id, producer_id, epoch)
@@ -264,7 +267,7 @@ class TransactionCoordinator:
 
     async def add_offsets(
         self, transactional_id: str, producer_id: int, epoch: int, group_id: str
-    ) -> KafkaErrorCode:
+    ) -> TxnCode:
         """AddOffsetsToTxn: the transaction will commit offsets of ``group_id``."""
         if not group_id:
             return E.INVALID_GROUP_ID
@@ -289,7 +292,7 @@ class TransactionCoordinator:
         member_id: str = "",
         generation_id: int = -1,
         group_instance_id: str | None = None,
-    ) -> dict[tuple[str, int], KafkaErrorCode]:
+    ) -> dict[tuple[str, int], int]:
         """TxnOffsetCommit: hold ``offsets`` in the transaction; an error code per partition."""
         async with self._lock(transactional_id):
             meta = self._current(transactional_id, producer_id, epoch)
@@ -305,8 +308,8 @@ class TransactionCoordinator:
                     group_instance_id=group_instance_id,
                 )
             except GroupError as exc:
-                return dict.fromkeys(offsets, KafkaErrorCode(exc.code))
-            codes = {
+                return dict.fromkeys(offsets, exc.code)
+            codes: dict[tuple[str, int], int] = {
                 tp: E.NONE if self._exists(*tp) and o.offset >= 0 else E.UNKNOWN_TOPIC_OR_PARTITION
                 for tp, o in offsets.items()
             }
@@ -317,7 +320,7 @@ class TransactionCoordinator:
 
     async def end_txn(
         self, transactional_id: str, producer_id: int, epoch: int, commit: bool
-    ) -> KafkaErrorCode:
+    ) -> TxnCode:
         """EndTxn: commit or abort the open transaction; answer once it is finished."""
         async with self._lock(transactional_id):
             meta = self._txns.get(transactional_id)
@@ -342,7 +345,7 @@ class TransactionCoordinator:
 
     def verify(
         self, transactional_id: str | None, producer_id: int, epoch: int, topic: str, index: int
-    ) -> KafkaErrorCode:
+    ) -> TxnCode:
         """Check a transactional batch before it is appended: it must belong to the open
         transaction of ``transactional_id``'s current producer, which added the partition."""
         meta = None if transactional_id is None else self._txns.get(transactional_id)

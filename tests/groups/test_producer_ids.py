@@ -1,9 +1,9 @@
-"""Producer ids for InitProducerId (broker/_producers.py); the sequence checks are the
+"""Producer ids for InitProducerId (groups/_producer_ids.py); the sequence checks are the
 log's (tests/store/test_producer_state.py)."""
 
 from __future__ import annotations
 
-from headwater.broker._producers import ProducerIds
+from headwater.groups import ProducerIds
 
 
 def test_new_producers_get_fresh_ids_and_epoch_zero() -> None:

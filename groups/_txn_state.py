@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from ._protocol import KafkaErrorCode
+from ._txn_codes import TxnCode
 
 TRANSACTION_STATE_TOPIC = "__transaction_state"
 """The internal compacted topic holding every transactional id's state."""
@@ -83,13 +83,13 @@ class TxnMetadata:
     #: When the current transaction began (epoch ms), -1 when none is open.
     started_ms: int = -1
 
-    def check_producer(self, producer_id: int, producer_epoch: int) -> KafkaErrorCode:
+    def check_producer(self, producer_id: int, producer_epoch: int) -> TxnCode:
         """Return ``NONE`` if the request comes from the current producer, else why not."""
         if producer_id != self.producer_id:
-            return KafkaErrorCode.INVALID_PRODUCER_ID_MAPPING
+            return TxnCode.INVALID_PRODUCER_ID_MAPPING
         if producer_epoch != self.producer_epoch:
-            return KafkaErrorCode.INVALID_PRODUCER_EPOCH
-        return KafkaErrorCode.NONE
+            return TxnCode.INVALID_PRODUCER_EPOCH
+        return TxnCode.NONE
 
     def begin(self, now_ms: int) -> None:
         """Open a transaction, unless one is open."""
