@@ -184,9 +184,16 @@ class _TransactionalMembership(_Membership):
 
         :raises TransactionAbortedError: if it could not commit (it was aborted).
         :raises ProducerFencedError: if another worker took over the transactional id.
+        :raises GroupError: if the group's consumer is closed (the membership is ending):
+            the transaction is left open, as a failed commit of offsets would leave them.
         """
         fetcher = self._fetcher
-        group_metadata = await fetcher.call(lambda c: c.consumer_group_metadata())
+        try:
+            group_metadata = await fetcher.call(lambda c: c.consumer_group_metadata())
+        except anyio.ClosedResourceError:
+            raise CoordinatorNotAvailableError(
+                f"{self._what('committing')} in a transaction: the group's consumer is closed"
+            ) from None
         asked = [
             ck.TopicPartition(tp.topic, tp.partition, offset, metadata.get(tp, ""))
             for tp, offset in offsets.items()

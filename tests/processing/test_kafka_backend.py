@@ -16,7 +16,7 @@ import anyio
 import orjson
 import pytest
 
-from headwater.groups import TopicPartition
+from headwater.groups import GroupError, TopicPartition
 from headwater.processing import (
     App,
     AppConfig,
@@ -249,6 +249,27 @@ async def test_two_members_share_the_tasks_and_one_takes_over_when_the_other_lea
     for topic in (a, b):
         commits = committed(cluster, name, topic, PARTITIONS)
         assert {p: offset for p, (offset, _) in commits.items()} == dict.fromkeys(range(4), 75)
+
+
+async def test_a_transaction_committed_after_the_membership_ended_is_a_group_error(
+    cluster: str,
+) -> None:
+    # A commit that lands while the membership closes (the run's periodic commit, as the
+    # run ends) fails as a commit of offsets would, with a GroupError the runtime retries
+    # or aborts on, not with the consumer's ClosedResourceError.
+    group, topic = unique("txn-group"), unique("txn-closed")
+    create_topic(cluster, topic, 1)
+
+    async def handled(tps: list[TopicPartition]) -> None:
+        pass
+
+    async with open_kafka(cluster, transactional_id=unique("txn")) as backend:
+        async with backend.join(
+            group, [topic], on_assigned=handled, on_revoked=handled, on_lost=handled
+        ) as membership:
+            pass
+        with pytest.raises(GroupError, match="consumer is closed"):
+            await membership.commit_transaction({TopicPartition(topic, 0): 0}, {})
 
 
 async def test_a_member_commits_offsets_with_their_metadata(cluster: str) -> None:
