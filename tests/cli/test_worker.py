@@ -115,15 +115,15 @@ class Supervised:
         """Send ``signum`` (if any), wait for the exit; return the exit status."""
         if signum is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
+        status: int | None = None
         try:
             status = self.proc.wait(HANG_S)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self._reader.join(HANG_S)
-            raise AssertionError(f"still running after {HANG_S} s:\n{self.log}") from None
+            pass
         finally:
             self.proc.kill()
         self._reader.join(HANG_S)
+        assert status is not None, f"still running after {HANG_S} s:\n{self.log}"
         assert "Traceback" not in self.log, self.log
         return status
 
