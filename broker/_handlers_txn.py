@@ -18,7 +18,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from headwater.groups import ProducerIds, TransactionCoordinator, pending_offsets
+from headwater.groups import TransactionCoordinator, pending_offsets
 from headwater.store import StoreError
 
 from ._dispatch import ClientInfo, Handler
@@ -46,13 +46,12 @@ def _unavailable_on_store_errors(handler: _Handler) -> _Handler:
 class TransactionHandlers:
     """InitProducerId and the transaction APIs.
 
-    :param coordinator: the transaction coordinator (entered, on the broker's loop).
-    :param producer_ids: hands out the ids of idempotent producers (the coordinator's own).
+    :param coordinator: the transaction coordinator (entered, on the broker's loop); its
+        producer ids are handed out to idempotent producers too.
     """
 
-    def __init__(self, coordinator: TransactionCoordinator, producer_ids: ProducerIds) -> None:
+    def __init__(self, coordinator: TransactionCoordinator) -> None:
         self._txns = coordinator
-        self._ids = producer_ids
 
     def table(self) -> dict[ApiKey, Handler]:
         """Return this module's handlers by API key."""
@@ -70,7 +69,7 @@ class TransactionHandlers:
         body = request.body
         transactional_id = body["transactional_id"]
         if transactional_id is None:
-            producer_id, epoch = self._ids.new_producer()
+            producer_id, epoch = self._txns.producer_ids.new_producer()
             return {"error_code": 0, "producer_id": producer_id, "producer_epoch": epoch}
         if not transactional_id:
             return {"error_code": KafkaErrorCode.INVALID_REQUEST, "producer_epoch": -1}

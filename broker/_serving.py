@@ -83,7 +83,7 @@ async def serve_data_directory(
             made = TransactionCoordinator(store, coordinator, ProducerIds.starting_now())
             transactions = await stack.enter_async_context(made)
         handlers = GroupHandlers(coordinator).table()
-        handlers.update(TransactionHandlers(transactions, transactions.producer_ids).table())
+        handlers.update(TransactionHandlers(transactions).table())
         broker = Broker(store, config, extra_handlers=handlers, transactions=transactions)
         async with _served(store, config, broker, listener) as served:
             yield served
