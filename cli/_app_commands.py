@@ -140,9 +140,11 @@ def run_app(
         show_progress=progress_shown(quiet),
         stop_at_end_of_input=stop_at_end_of_input,
     )
+    # Late records are named only where an app has windows that can drop them.
+    late = f", {stats.late:,} late" if stats.late else ""
     info(
         f"app {app.name!r}: processed {stats.records_in:,} records, wrote {stats.records_out:,}"
-        f" ({stats.skipped:,} skipped, {stats.dead_lettered:,} dead-lettered)"
+        f" ({stats.skipped:,} skipped, {stats.dead_lettered:,} dead-lettered{late})"
         f" in {stats.elapsed_s:.2f} s"
     )
 

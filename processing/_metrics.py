@@ -118,6 +118,7 @@ class _RuntimeCollector:
                 ("batches", "Batches an app processed."),
                 ("commits", "Commits of an app's positions."),
                 ("commit_failures", "Commits of an app's positions that failed."),
+                ("late", "Records that reached a window after it had closed."),
             )
         }
         lag = GaugeMetricFamily(
