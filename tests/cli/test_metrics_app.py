@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from headwater.cli._metrics_http import serving_metrics
 from headwater.cli._top import _apps
-from headwater.processing import App
+from headwater.processing import App, windows
 from headwater.store import disable_metrics
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
@@ -121,6 +121,32 @@ async def test_operators_lag_batches_and_commits_are_scraped(tmp_path: Path) -> 
     assert after[("headwater_app_commit_seconds_count", app_labels)] == commits
     # The run is over: it processes no task, so none lags.
     assert not [name for name, _ in after if name == "headwater_app_task_lag"]
+
+
+@pytest.mark.usefixtures("metrics_off_after")
+async def test_records_that_came_after_their_window_closed_are_counted_late(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    # 12000 closes [0, 10000) (grace 0): 3000 and 4000 come too late for it.
+    times = (0, 5000, 12000, 3000, 4000, 13000)
+    await load(data, "events", [{"k": "a", "t": t} for t in times])
+    app = App("windowed", data_dir=data)
+    (
+        app.stream("events")
+        .key_by(lambda e: e["k"])
+        .window(windows.tumbling(seconds=10), timestamp=lambda e: e["t"], grace_ms=0)
+        .count()
+        .final()
+        .to("counts")
+    )
+    async with serving_metrics(("127.0.0.1", 0)) as url:
+        assert url is not None
+        await app.run_async(until_caught_up=True)
+        samples = await scrape(url)
+
+    assert samples[("headwater_app_late_total", frozenset({("app", "windowed")}))] == 2
+    assert app.statistics().late == 2  # type: ignore[union-attr]
 
 
 async def scrape_after_run(app: App) -> Samples:
