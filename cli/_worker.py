@@ -170,6 +170,7 @@ def worker(
             async with serving_metrics(metrics):
                 if cluster is not None:
                     await _check_reachable(cluster)
+                    await _check_cluster_sources(app, cluster)
                     await supervise(cluster)
                 else:
                     assert directory is not None
@@ -216,6 +217,33 @@ def _check_sources(app: App, store: Store) -> None:
         plan_topics(app.graph, existing)
     except MissingSourceTopicError as exc:
         raise MissingSourceTopicError(exc.topics, f"data directory {store.path}") from None
+
+
+async def _check_cluster_sources(app: App, bootstrap: str) -> None:
+    """Refuse an app whose source topics are missing from the cluster at ``bootstrap``,
+    before any worker starts (each would fail on it, again and again, until the restart
+    bound gave up).
+
+    :raises MissingSourceTopicError: if a topic the app reads is not on the cluster.
+    :raises BrokerResponseError: if the cluster cannot be reached.
+    """
+    # Imported here: librdkafka only for a supervisor of workers on a cluster.
+    from headwater.processing.kafka_client import blocking, finish  # noqa: PLC0415
+
+    from ._kafka_client import Cluster  # noqa: PLC0415
+
+    cluster = Cluster(bootstrap, f"the cluster at {bootstrap}")
+    probe = cluster.reader_consumer()
+    try:
+        metadata = await blocking(cluster.metadata, probe)
+    finally:
+        await finish(probe.close)
+    existing = {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+    try:
+        plan_topics(app.graph, existing)
+    except MissingSourceTopicError as exc:
+        where = f"the cluster at {bootstrap}"
+        raise MissingSourceTopicError(exc.topics, where, bootstrap=bootstrap) from None
 
 
 def _checked_bootstrap(bootstrap: str) -> str:

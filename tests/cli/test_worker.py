@@ -351,6 +351,21 @@ def test_workers_on_a_cluster(tmp_path: Path, cluster: str) -> None:
     assert out == [list(range(p, 800, PARTITIONS)) for p in range(PARTITIONS)]
 
 
+def test_a_source_topic_missing_from_the_cluster_is_refused_before_any_worker_starts(
+    tmp_path: Path, cluster: str
+) -> None:
+    name = f"absent-{uuid.uuid4().hex[:8]}"
+    app = write_app(tmp_path, name, topic=name)
+
+    result = run_headwater(None, "worker", str(app), "-n", "2", "--bootstrap", cluster)
+
+    assert_error(  # one line: no worker started, failed and was restarted
+        result,
+        f"missing source topic {name!r} in the cluster at {cluster}: create it first "
+        f"(headwater topics create {name} --partitions N --bootstrap {cluster})",
+    )
+
+
 @pytest.fixture
 def refusing_address() -> Iterator[str]:
     with socket.socket() as closed:  # bound, never listening: connections are refused
