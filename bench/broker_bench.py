@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import json
 import multiprocessing
 import os
 import pstats
@@ -49,7 +51,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -211,11 +215,14 @@ def latency(
     linger_ms: float,
     *,
     warmup_s: float = 1.0,
+    stats: list[dict[str, Any]] | None = None,
 ) -> list[float]:
     """Produce at ``rate`` records/s; return the latency in ms of each record.
 
     Records sent in the first ``warmup_s`` seconds (connections, metadata, the first
     fetches) are sent but not counted; ``seconds`` of records are measured after them.
+    With ``stats``, the producer's librdkafka statistics of each second after the
+    warm-up are appended to it (see :func:`producer_stages`).
     """
     count = int(rate * (seconds + warmup_s))
     ctx = multiprocessing.get_context("spawn")
@@ -223,17 +230,23 @@ def latency(
     reader = ctx.Process(target=_latency_consumer, args=(bootstrap, topic, count, ready, out))
     reader.start()
     ready.wait(30)
+    measured_from = time.monotonic_ns() + int(warmup_s * 1e9)
+
+    def collect(text: str) -> None:
+        if stats is not None and time.monotonic_ns() > measured_from + 1e9:  # a whole second
+            stats.append(json.loads(text))
+
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "linger.ms": linger_ms,
             "delivery.report.only.error": True,
+            **({"statistics.interval.ms": 1000, "stats_cb": collect} if stats is not None else {}),
         }
     )
     burst = max(rate // 1000, 1)  # records per millisecond
     start = time.monotonic()
-    measured_from = time.monotonic_ns() + int(warmup_s * 1e9)
     for i in range(0, count, burst):
         due = start + i / rate
         pause = due - time.monotonic()
@@ -246,6 +259,131 @@ def latency(
     received: list[tuple[int, float]] = out.get(timeout=150)
     reader.join(30)
     return [ms for sent, ms in received if sent >= measured_from]
+
+
+#: librdkafka's producer windows, per broker (µs): produce() to the record's place in a
+#: request (the linger), the request's wait to be written to the socket, and the produce
+#: request's round trip (for a broker acknowledging after fsync, the fsync included).
+PRODUCER_STAGES = (("linger", "int_latency"), ("send queue", "outbuf_latency"),
+                   ("produce round trip", "rtt"))  # fmt: skip
+
+
+def producer_stages(stats: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Return each of :data:`PRODUCER_STAGES`' (p50, p99) in ms, the median over the
+    one-second windows of ``stats`` of the broker the records went to."""
+    found: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    for window in stats:
+        for broker in window["brokers"].values():
+            if broker.get("nodeid", -1) < 0 or not broker["int_latency"]["cnt"]:
+                continue  # the bootstrap connection, or a broker the records did not go to
+            for name, key in PRODUCER_STAGES:
+                found[name].append((broker[key]["p50"] / 1e3, broker[key]["p99"] / 1e3))
+    return {
+        name: (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs))
+        for name, pairs in found.items()
+    }
+
+
+def scrape_means(url: str) -> dict[str, tuple[float, float]]:
+    """Return (count, seconds) so far of the broker's produce requests and its fsyncs."""
+    totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name.startswith("headwater_broker_request_seconds"):
+                if sample.labels.get("api") != "PRODUCE":
+                    continue
+                name = "produce request"
+            elif sample.name.startswith("headwater_store_fsync_seconds"):
+                name = "fsync"
+            else:
+                continue
+            if sample.name.endswith("_count"):
+                totals[name][0] += sample.value
+            elif sample.name.endswith("_sum"):
+                totals[name][1] += sample.value
+    return {name: (count, total) for name, (count, total) in totals.items()}
+
+
+def compare_latency(args: argparse.Namespace) -> None:
+    """Measure end-to-end latency on headwater broker and, with ``--apache-kafka``, on
+    Apache Kafka, in alternating rounds; print each round, the stages, and the medians."""
+    temp = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    broker = None
+    try:
+        broker, address = start_broker(temp / "data", None, "--metrics", "127.0.0.1:0")
+        url = re.search(r"serving metrics at (\S+)", (temp / "data-broker.log").read_text())
+        assert url is not None, "the broker did not say where it serves its metrics"
+        with contextlib.ExitStack() as stack:
+            clusters = {"headwater": address}
+            if args.apache_kafka:
+                kafka = stack.enter_context(apache_kafka(temp))
+                if kafka is not None:
+                    clusters["apache-kafka"] = kafka
+            results: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+            for round_ in range(1, args.rounds + 1):
+                for name, bootstrap in clusters.items():
+                    metrics = url[1] if name == "headwater" else None
+                    results[name].append(latency_round(round_, name, bootstrap, metrics, args))
+        for name, pairs in results.items():
+            print(f"{name}: median of {len(pairs)} rounds p50 "
+                  f"{statistics.median(p for p, _ in pairs):.2f} ms, p99 "
+                  f"{statistics.median(p for _, p in pairs):.2f} ms "
+                  f"(target p50 <= 2 ms, p99 <= 5 ms)")  # fmt: skip
+    finally:
+        if broker is not None:
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def latency_round(
+    round_: int, name: str, bootstrap: str, metrics: str | None, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Measure the latency once on ``bootstrap``; print it with the producer's stages
+    and, given the broker's ``metrics`` URL, its mean produce request and fsync times;
+    return (p50, p99) in ms."""
+    before = scrape_means(metrics) if metrics else {}
+    stats: list[dict[str, Any]] = []
+    topic = create_topic(bootstrap, 1)
+    ms = latency(
+        bootstrap, topic, args.rate, args.latency_seconds, args.latency_linger_ms, stats=stats
+    )
+    p50, p99 = percentile(ms, 0.5), percentile(ms, 0.99)
+    stages = ", ".join(f"{part} {a:.2f}/{b:.2f}" for part, (a, b) in producer_stages(stats).items())
+    print(f"round {round_} {name:12} p50 {p50:5.2f} ms, p99 {p99:5.2f} ms, max {max(ms):6.2f} ms"
+          f" | producer p50/p99 ms: {stages}")  # fmt: skip
+    if metrics:
+        after = scrape_means(metrics)
+        means = ", ".join(
+            f"{part} {(after[part][1] - before.get(part, (0, 0))[1]) / n * 1e3:.3f} ms (x{n:,.0f})"
+            for part in ("produce request", "fsync")
+            if part in after and (n := after[part][0] - before.get(part, (0, 0))[0])
+        )
+        print(f"{'':21}broker means: {means}")
+    return p50, p99
+
+
+@contextlib.contextmanager
+def apache_kafka(root: Path) -> Iterator[str | None]:
+    """Run Apache Kafka as the tests do (``tests/apache_kafka``); yield its address, or
+    None (having said why) where it cannot run."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from apache_kafka.running import (  # noqa: PLC0415 - found on the path above
+        KafkaProcess,
+        KafkaUnavailableError,
+    )
+
+    kafka = KafkaProcess(root / "apache-kafka", heap="1g", quick_start=False)
+    try:
+        kafka.start()
+    except KafkaUnavailableError as exc:
+        print(f"Apache Kafka: not measured, it cannot run here: {exc}")
+        yield None
+        return
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -310,7 +448,19 @@ def main() -> None:
         "--metrics-cost", action="store_true", help="compare produce with metrics on and off"
     )
     parser.add_argument("--runs", type=int, default=5, help="produce runs each (--metrics-cost)")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the latency, in --rounds rounds, with librdkafka's and the broker's stages",
+    )
+    parser.add_argument(
+        "--apache-kafka", action="store_true", help="with --latency-only: Apache Kafka too"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="latency rounds (--latency-only)")
     args = parser.parse_args()
+    if args.latency_only:
+        compare_latency(args)
+        return
     if args.metrics_cost:
         compare_metrics(args.records, args.value_bytes, args.partitions, args.runs)
         return
