@@ -291,6 +291,8 @@ class Runtime:
         self._pending: list[TopicPartition] = []
         self._membership: Membership | None = None
         self._commit_lock = anyio.Lock()
+        #: Set once the run's final commit is due: periodic commits stop there.
+        self._ending = False
         self._task_group: TaskGroup | None = None
         self._progress = anyio.Event()
         self._records_in = self._records_out = self._skipped = self._dead_lettered = 0
@@ -485,6 +487,10 @@ class Runtime:
                     failed = True
                     raise
                 finally:
+                    # No periodic commit after the final one (one under way finishes
+                    # first, under the commit lock): none may reach the membership as
+                    # it leaves the group.
+                    self._ending = True
                     with anyio.CancelScope(shield=True):
                         if not self._exactly_once:
                             await self._commit_final(list(self._loops), "the run ends")
@@ -836,8 +842,10 @@ class Runtime:
         interval = self._config.commit_interval_ms / 1000
         while True:
             await anyio.sleep(interval)
+            if self._ending:
+                return
             try:
-                await self._commit(list(self._loops))
+                await self._commit(list(self._loops), periodic=True)
             except (GroupError, StoreError) as exc:
                 self._commit_failures += 1
                 logger.warning("app %r: commit failed (retried next time): %s", self._name, exc)
@@ -850,19 +858,22 @@ class Runtime:
                 self._fence(exc)
                 return
 
-    async def _commit(self, partitions: list[TopicPartition]) -> None:
+    async def _commit(self, partitions: list[TopicPartition], *, periodic: bool = False) -> None:
         """Commit the positions that moved, of ``partitions``, with their metadata; a task
         with state stores first writes its changelogs (under the task's lock, so that the
-        state and the positions agree) and waits for them to be durable.
+        state and the positions agree) and waits for them to be durable. A ``periodic``
+        commit that gets the commit lock after the run's final commit was due does nothing.
 
         :raises GroupError: as the membership's commit. :raises StoreError: likewise.
         """
         if self._membership is None:
             return
         if self._exactly_once:
-            await self._commit_transaction()
+            await self._commit_transaction(periodic=periodic)
             return
         async with self._commit_lock:  # one at a time: a later commit never goes first
+            if periodic and self._ending:
+                return
             offsets: dict[TopicPartition, int] = {}
             metadata: dict[TopicPartition, str] = {}
             states: list[PartitionState] = []
@@ -895,10 +906,10 @@ class Runtime:
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
 
-    async def _commit_transaction(self) -> None:
+    async def _commit_transaction(self, *, periodic: bool = False) -> None:
         """Commit the open transaction: under every task's lock, write the stores'
         changelog records, then commit the transaction with every position that moved
-        (see the module docstring).
+        (see the module docstring); as :meth:`_commit` says of ``periodic``.
 
         :raises TransactionAbortedError: if it was aborted instead (the caller restarts
             the tasks). :raises ProducerFencedError: if another worker took over.
@@ -906,6 +917,8 @@ class Runtime:
         membership = self._transactions
         assert membership is not None
         async with self._commit_lock, contextlib.AsyncExitStack() as locks:
+            if periodic and self._ending:
+                return
             runnings = sorted(self._running.values(), key=lambda r: r.task.id)
             for running in runnings:  # one order: two commits never wait for each other
                 await locks.enter_async_context(running.lock)

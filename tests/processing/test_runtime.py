@@ -352,3 +352,69 @@ async def test_a_repartition_writes_values_as_read_until_a_step_makes_new_ones(d
         assert sorted(await values(data, f"{name}-out"), key=str) == sorted(
             map(orjson.loads, read_as), key=str
         )
+
+
+class LeavesSlowly(InProcessBackend):
+    """Counts the transactions the app's membership commits after the run is done with
+    it, and waits 20 of the app's commit intervals before it leaves its group, as a
+    LeaveGroup round trip to a busy coordinator may."""
+
+    def __init__(self, backend: InProcessBackend) -> None:
+        super().__init__(backend.store, backend.coordinator, backend.transactions)
+        self.leaving = False
+        self.committed_while_leaving = 0
+        self.committed = 0
+
+    @contextlib.asynccontextmanager
+    async def join(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        on_assigned: PartitionsHandler,
+        on_revoked: PartitionsHandler,
+        on_lost: PartitionsHandler,
+    ) -> AsyncIterator[Membership]:
+        joined = super().join(
+            group_id, topics, on_assigned=on_assigned, on_revoked=on_revoked, on_lost=on_lost
+        )
+        async with joined as membership:
+            outer = self
+
+            class Counted:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(membership, name)
+
+                async def commit_transaction(
+                    self,
+                    offsets: Mapping[TopicPartition, int],
+                    metadata: Mapping[TopicPartition, str],
+                ) -> None:
+                    outer.committed += 1
+                    outer.committed_while_leaving += outer.leaving
+                    await membership.commit_transaction(offsets, metadata)  # type: ignore[attr-defined]
+
+            try:
+                yield Counted()  # type: ignore[misc]
+            finally:
+                # The run is done with the membership; the group has not yet revoked its
+                # partitions (which commits them, as a graceful leave does).
+                self.leaving = True
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.2)
+                self.leaving = False
+
+
+async def test_no_periodic_commit_lands_while_the_run_leaves_its_group(data: Path) -> None:
+    await load(data, "clicks", events(500), partitions=2)
+    config = AppConfig(commit_interval_ms=10, guarantee="exactly_once")
+    app = App("leaving", config=config)
+    app.stream("clicks").to("out")
+    with anyio.fail_after(60):
+        async with open_in_process(data, transactional_id="leaving") as local:
+            backend = LeavesSlowly(local)
+            await app.run_async(until_caught_up=True, backend=backend)
+
+    assert backend.committed >= 1  # the final commit, at least
+    assert backend.committed_while_leaving == 0
+    assert sorted(v["i"] for v in await values(data, "out")) == list(range(500))
