@@ -24,6 +24,11 @@ so that it is exactly as durable as the log: entering the coordinator replays th
 * A transaction open longer than its timeout is aborted by the timer task, with the
   epoch bumped so that the producer that left it is fenced. The task sleeps until the
   earliest deadline, and is woken when a transaction opens.
+* A transactional id unused for ``expiration_ms`` (Kafka's
+  ``transactional.id.expiration.ms``, 7 days by default) while no transaction of it is
+  open is forgotten: a tombstone in ``__transaction_state``, so compaction drops it too.
+  A producer that comes back later gets a new producer id from InitProducerId; one that
+  never went away gets ``INVALID_PRODUCER_ID_MAPPING`` and must initialise again.
 * After a crash, entering finishes every decided transaction (a marker written twice
   changes nothing, nor do offsets committed twice); an open one stays open, for its
   producer to end or its timeout to abort. So a transaction is never half-visible to a
@@ -77,6 +82,8 @@ logger = logging.getLogger("headwater.groups")
 COORDINATOR_EPOCH = 0
 #: After a failed attempt to finish a decided transaction, try again this much later.
 RETRY_MS = 1000
+#: How long an unused transactional id is kept (Kafka's default: 7 days).
+DEFAULT_EXPIRATION_MS = 7 * 24 * 3600 * 1000
 _LOAD_BYTES = 1 << 20
 _SEGMENT_BYTES = 8 << 20
 
@@ -91,6 +98,7 @@ class TransactionCoordinator:
     :param producer_ids: hands out producer ids (shared with idempotent producers).
     :param clock: epoch milliseconds, for transaction timeouts.
     :param max_timeout_ms: the longest transaction timeout a producer may ask for.
+    :param expiration_ms: how long a transactional id is kept after its last use.
     """
 
     def __init__(
@@ -101,11 +109,13 @@ class TransactionCoordinator:
         *,
         clock: Callable[[], int] = wall_clock_ms,
         max_timeout_ms: int = DEFAULT_MAX_TIMEOUT_MS,
+        expiration_ms: int = DEFAULT_EXPIRATION_MS,
     ) -> None:
         self.store = store
         self.groups = groups
         self.producer_ids = producer_ids
         self.max_timeout_ms = max_timeout_ms
+        self.expiration_ms = expiration_ms
         self._clock = clock
         self._txns: dict[str, TxnMetadata] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -167,12 +177,21 @@ class TransactionCoordinator:
             self._txns.pop(transactional_id, None)
             return
         try:
-            self._txns[transactional_id] = TxnMetadata.decode(transactional_id, value)
+            meta = TxnMetadata.decode(transactional_id, value)
         except ValueError as exc:
             logger.warning("%s offset %d: skipped: %s", TRANSACTION_STATE_TOPIC, offset, exc)
+            return
+        if meta.updated_ms < 0:  # written before states said when: its time runs from now
+            meta.updated_ms = self._clock()
+        self._txns[transactional_id] = meta
 
     async def _write(self, meta: TxnMetadata) -> None:
         """Append ``meta`` to ``__transaction_state``; return once durable."""
+        meta.updated_ms = self._clock()
+        await self._append(meta.transactional_id, meta.encode())
+        self._wakeup.set()  # its deadline or expiration may have moved
+
+    async def _append(self, transactional_id: str, value: bytes | None) -> None:
         if self._partition is None:
             store = self.store
             config = TopicConfig(
@@ -185,7 +204,7 @@ class TransactionCoordinator:
             )
             await store.create_topic(TRANSACTION_STATE_TOPIC, config, internal=True)
             self._partition = store.partition(TRANSACTION_STATE_TOPIC, 0)
-        record = NewRecord(value=meta.encode(), key=meta.transactional_id.encode())
+        record = NewRecord(value=value, key=transactional_id.encode())
         with anyio.CancelScope(shield=True):
             await self._partition.append([record], internal=True)
 
@@ -444,15 +463,18 @@ class TransactionCoordinator:
     # -- the timer -----------------------------------------------------------------------
 
     async def _run_timer(self) -> None:
-        """Finish decided transactions and abort timed-out ones, each at its time."""
+        """Finish decided transactions, abort timed-out ones and forget expired ids, each
+        at its time."""
         while True:
             now = self._clock()
             due: list[str] = []
             next_ms: int | None = None
             for transactional_id, meta in self._txns.items():
-                at = self._retry_at.get(transactional_id) if meta.state.deciding else None
+                at = self._retry_at.get(transactional_id)
                 if at is None:
                     at = meta.deadline_ms()
+                if at is None:
+                    at = meta.expires_ms(self.expiration_ms)
                 if at is None:
                     continue
                 if at <= now:
@@ -471,10 +493,16 @@ class TransactionCoordinator:
     async def _expire(self, transactional_id: str) -> None:
         async with self._lock(transactional_id):
             meta = self._txns.get(transactional_id)
+            self._retry_at.pop(transactional_id, None)  # set again by what fails below
             if meta is None:
                 return
             if meta.state.deciding:
                 await self._finish(meta)
+                return
+            expires = meta.expires_ms(self.expiration_ms)
+            if expires is not None:
+                if expires <= self._clock():
+                    await self._forget(meta)
                 return
             deadline = meta.deadline_ms()
             if deadline is None or deadline > self._clock():
@@ -495,6 +523,24 @@ class TransactionCoordinator:
                 self._retry_at[transactional_id] = self._clock() + RETRY_MS
                 return
             await self._finish(meta)
+
+    async def _forget(self, meta: TxnMetadata) -> None:
+        """Drop the expired id of ``meta``, durably (called under its lock)."""
+        transactional_id = meta.transactional_id
+        logger.info(
+            "transactional id %r unused for %d ms: forgotten",
+            transactional_id,
+            self.expiration_ms,
+        )
+        try:
+            await self._append(transactional_id, None)
+        except (StoreError, OSError) as exc:
+            logger.error("transactional id %r: cannot forget it yet: %s", transactional_id, exc)
+            self._retry_at[transactional_id] = self._clock() + RETRY_MS
+            return
+        del self._txns[transactional_id]
+        if not self._locks[transactional_id].statistics().tasks_waiting:
+            del self._locks[transactional_id]  # nothing waits for it: no leak per id
 
 
 def pending_offsets(

@@ -82,6 +82,8 @@ class TxnMetadata:
     offsets: dict[str, dict[TopicPartition, PendingOffset]] = field(default_factory=dict)
     #: When the current transaction began (epoch ms), -1 when none is open.
     started_ms: int = -1
+    #: When this state was last written (epoch ms), -1 if not known.
+    updated_ms: int = -1
 
     def check_producer(self, producer_id: int, producer_epoch: int) -> TxnCode:
         """Return ``NONE`` if the request comes from the current producer, else why not."""
@@ -105,6 +107,13 @@ class TxnMetadata:
         if self.state is not TxnState.ONGOING:
             return None
         return self.started_ms + self.timeout_ms
+
+    def expires_ms(self, expiration_ms: int) -> int | None:
+        """When this transactional id expires unless used again: ``expiration_ms`` after
+        its last write, while no transaction is open or being finished; else ``None``."""
+        if self.state is TxnState.ONGOING or self.state.deciding or self.updated_ms < 0:
+            return None
+        return self.updated_ms + expiration_ms
 
     def bump_epoch(self, new_producer_id: int) -> None:
         """Fence the current producer: the next epoch, or ``new_producer_id`` at epoch 0 once
@@ -147,6 +156,7 @@ class TxnMetadata:
                     for group, offsets in self.offsets.items()
                 },
                 "started_ms": self.started_ms,
+                "updated_ms": self.updated_ms,
             }
         )
 
@@ -176,6 +186,7 @@ class TxnMetadata:
                     for group, offsets in doc["offsets"].items()
                 },
                 int(doc["started_ms"]),
+                int(doc.get("updated_ms", -1)),  # absent from records of earlier versions
             )
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"not a transaction state record: {exc}") from exc

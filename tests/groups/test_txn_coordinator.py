@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from headwater.groups import (
@@ -14,6 +15,7 @@ from headwater.groups import (
     TopicPartition,
     TransactionCoordinator,
     TxnCode,
+    TxnMetadata,
     TxnState,
 )
 from headwater.store import (
@@ -138,3 +140,48 @@ async def test_a_new_producer_aborts_the_open_transaction_of_its_id(tmp_path: Pa
             await partition.append_batch(txn_batch(pid, new, b"new"))
             assert await tc.end_txn("t", pid, new, True) == E.NONE
             assert await committed_values(store, "out", 0) == [b"new"]
+
+
+async def test_a_transactional_id_unused_past_its_expiration_is_forgotten(tmp_path: Path) -> None:
+    now = [0]  # the coordinator's clock (epoch ms), moved by the test
+    async with open_store(tmp_path) as store:
+        await store.create_topic("out", TopicConfig())
+        async with GroupCoordinator(store) as groups:
+            ids = ProducerIds(first_producer_id=1)
+            async with TransactionCoordinator(
+                store, groups, ids, clock=lambda: now[0], expiration_ms=300
+            ) as tc:
+                _, pid, epoch = await tc.init_producer_id("t", 60_000)
+                for at in (100, 350):  # each use restarts the expiration
+                    now[0] = at
+                    await tc.add_partitions("t", pid, epoch, [("out", 0)])
+                    assert await tc.end_txn("t", pid, epoch, True) == E.NONE
+                now[0] = 600  # 250 ms after the last use
+                await anyio.sleep(0.5)  # the timer looks several times (every 50 ms here)
+                assert tc.describe("t") is not None
+                state_log = store.partition(TRANSACTION_STATE_TOPIC, 0)
+                end = state_log.high_watermark
+                now[0] = 700  # past it: forgotten, durably, by a tombstone
+                with anyio.fail_after(10):
+                    await state_log.wait_for(end)
+                tombstone = await state_log.read_records(end, 1 << 20)
+                assert [(r.key, r.value) for r in tombstone] == [(b"t", None)]
+                assert tc.describe("t") is None
+                assert await tc.add_partitions("t", pid, epoch, [("out", 0)]) == {
+                    ("out", 0): E.INVALID_PRODUCER_ID_MAPPING
+                }
+            async with TransactionCoordinator(store, groups, ids) as tc:  # after a restart
+                assert tc.describe("t") is None
+                code, new_pid, new_epoch = await tc.init_producer_id("t", 60_000)
+                assert (code, new_epoch) == (E.NONE, 0) and new_pid != pid
+
+
+def test_only_an_idle_transactional_id_expires() -> None:
+    meta = TxnMetadata("t", 1, 0, 60_000, updated_ms=1000)
+    for state in TxnState:
+        meta.state = state
+        idle = state is not TxnState.ONGOING and not state.deciding
+        assert meta.expires_ms(500) == (1500 if idle else None), state
+    meta.state, meta.updated_ms = TxnState.EMPTY, -1  # not known: never
+    assert meta.expires_ms(500) is None
+    assert TxnMetadata.decode("t", meta.encode()).updated_ms == -1
