@@ -51,13 +51,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from pipeline_bench import apache_kafka  # Apache Kafka started as the tests start it
 from prometheus_client.parser import text_string_to_metric_families
 
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
@@ -361,29 +361,6 @@ def latency_round(
         )
         print(f"{'':21}broker means: {means}")
     return p50, p99
-
-
-@contextlib.contextmanager
-def apache_kafka(root: Path) -> Iterator[str | None]:
-    """Run Apache Kafka as the tests do (``tests/apache_kafka``); yield its address, or
-    None (having said why) where it cannot run."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from apache_kafka.running import (  # noqa: PLC0415 - found on the path above
-        KafkaProcess,
-        KafkaUnavailableError,
-    )
-
-    kafka = KafkaProcess(root / "apache-kafka", heap="1g", quick_start=False)
-    try:
-        kafka.start()
-    except KafkaUnavailableError as exc:
-        print(f"Apache Kafka: not measured, it cannot run here: {exc}")
-        yield None
-        return
-    try:
-        yield kafka.bootstrap
-    finally:
-        kafka.stop()
 
 
 def percentile(values: list[float], fraction: float) -> float:
