@@ -165,7 +165,7 @@ class Fetcher:
         self._closed = False
         self._failure: HeadwaterError | None = None
         self._handlers: TaskGroup | None = None
-        self._joined = anyio.Event()  # also set when the consumer fails for good
+        self._joined = anyio.Event()  # also set when the consumer fails for good or closes
         #: The committed offsets of the partitions this member holds (those that have one).
         self.committed: dict[TopicPartition, OffsetAndMetadata] = {}
 
@@ -173,6 +173,7 @@ class Fetcher:
         """Wait until the group's first assignment (possibly empty) has been handled.
 
         :raises ClusterError: if the consumer failed for good meanwhile.
+        :raises anyio.ClosedResourceError: if it was closed first.
         """
         await self._joined.wait()
         self._check_failure()
@@ -212,6 +213,10 @@ class Fetcher:
             finally:
                 self._closed = True
                 self._refuse_requests()
+                # Nothing more will arrive: whoever still waits is told so.
+                self._joined.set()
+                for buffer in self._buffers.values():
+                    buffer.wake()
             tg.cancel_scope.cancel()
 
     def stop(self) -> None:
@@ -457,6 +462,7 @@ class Fetcher:
         :raises PartitionNotAssignedError: if the partition is not this member's, or is
             given up meanwhile.
         :raises ClusterError: if the consumer failed for good.
+        :raises anyio.ClosedResourceError: if the consumer is closed (or closes meanwhile).
         """
         self._check_failure()
         buffer = self._buffers.get(tp)
@@ -490,6 +496,8 @@ class Fetcher:
     def _check_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
+        if self._closed:
+            raise anyio.ClosedResourceError
 
     @staticmethod
     def _trim(buffer: _Buffer, offset: int) -> None:

@@ -355,6 +355,29 @@ async def test_fetch_reads_any_partition_from_any_offset(cluster: str) -> None:
         assert list(again.values) == [b"2999", b"3000"]
 
 
+async def test_a_reader_waiting_when_the_backend_closes_is_told_so(cluster: str) -> None:
+    topic = unique("closing")
+    create_topic(cluster, topic, 1)
+    produce(cluster, topic, [b"first"], partitions=1)
+    outcome: list[BaseException] = []
+
+    async def read_past_the_end(backend: KafkaBackend) -> None:
+        try:
+            await backend.fetch(topic, 0, 1, 1000)  # nothing there: waits
+        except anyio.ClosedResourceError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg, open_kafka(cluster) as backend:
+            assert (await backend.fetch(topic, 0, 0, 1000)).values == [b"first"]
+            tg.start_soon(read_past_the_end, backend)
+            await anyio.wait_all_tasks_blocked()
+            reader = backend._reader
+            assert reader is not None and reader._buffers[TopicPartition(topic, 0)].waiting
+    # The consumer closed under the waiting reader: it was woken, not left waiting forever.
+    assert len(outcome) == 1
+
+
 async def test_a_write_larger_than_the_producer_queue_waits_for_room(cluster: str) -> None:
     topic = unique("room")
     create_topic(cluster, topic, 1)
