@@ -354,12 +354,14 @@ def latency_round(
           f" | producer p50/p99 ms: {stages}")  # fmt: skip
     if metrics:
         after = scrape_means(metrics)
-        means = ", ".join(
-            f"{part} {(after[part][1] - before.get(part, (0, 0))[1]) / n * 1e3:.3f} ms (x{n:,.0f})"
-            for part in ("produce request", "fsync")
-            if part in after and (n := after[part][0] - before.get(part, (0, 0))[0])
-        )
-        print(f"{'':21}broker means: {means}")
+        means = []
+        for part in ("produce request", "fsync"):
+            count, seconds = after.get(part, (0.0, 0.0))
+            count_before, seconds_before = before.get(part, (0.0, 0.0))
+            if count > count_before:
+                mean_ms = (seconds - seconds_before) / (count - count_before) * 1e3
+                means.append(f"{part} {mean_ms:.3f} ms (x{count - count_before:,.0f})")
+        print(f"{'':21}broker means: {', '.join(means)}")
     return p50, p99
 
 

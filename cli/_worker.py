@@ -213,10 +213,21 @@ async def _on_data_directory(directory: Path, app: App, supervise: _Supervise) -
 def _check_sources(app: App, store: Store) -> None:
     """Refuse an app whose source topics are missing from ``store`` (as its run would)."""
     existing = {name: len(store.partitions(name)) for name in store.list_topics()}
+    _refuse_missing_sources(app, existing, f"data directory {store.path}")
+
+
+def _refuse_missing_sources(
+    app: App, existing: dict[str, int], where: str, bootstrap: str | None = None
+) -> None:
+    """Raise what the app's run would if a source topic is not among ``existing`` (topic
+    -> partition count), saying ``where`` they were looked for.
+
+    :raises MissingSourceTopicError: naming the missing topics.
+    """
     try:
         plan_topics(app.graph, existing)
     except MissingSourceTopicError as exc:
-        raise MissingSourceTopicError(exc.topics, f"data directory {store.path}") from None
+        raise MissingSourceTopicError(exc.topics, where, bootstrap=bootstrap) from None
 
 
 async def _check_cluster_sources(app: App, bootstrap: str) -> None:
@@ -239,11 +250,7 @@ async def _check_cluster_sources(app: App, bootstrap: str) -> None:
     finally:
         await finish(probe.close)
     existing = {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
-    try:
-        plan_topics(app.graph, existing)
-    except MissingSourceTopicError as exc:
-        where = f"the cluster at {bootstrap}"
-        raise MissingSourceTopicError(exc.topics, where, bootstrap=bootstrap) from None
+    _refuse_missing_sources(app, existing, f"the cluster at {bootstrap}", bootstrap)
 
 
 def _checked_bootstrap(bootstrap: str) -> str:

@@ -188,8 +188,10 @@ class TransactionCoordinator:
     async def _write(self, meta: TxnMetadata) -> None:
         """Append ``meta`` to ``__transaction_state``; return once durable."""
         meta.updated_ms = self._clock()
-        await self._append(meta.transactional_id, meta.encode())
-        self._wakeup.set()  # its deadline or expiration may have moved
+        try:
+            await self._append(meta.transactional_id, meta.encode())
+        finally:
+            self._wakeup.set()  # its deadline or expiration may have moved
 
     async def _append(self, transactional_id: str, value: bytes | None) -> None:
         if self._partition is None:
@@ -391,8 +393,7 @@ class TransactionCoordinator:
 
     def _open(self, meta: TxnMetadata) -> None:
         if meta.state is not TxnState.ONGOING:
-            meta.begin(self._clock())
-            self._wakeup.set()  # a new deadline
+            meta.begin(self._clock())  # a new deadline: the write that follows wakes the timer
 
     async def _finish(self, meta: TxnMetadata) -> bool:
         """Write the markers (and, for a commit, the offsets) of a decided transaction,

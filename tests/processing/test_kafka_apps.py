@@ -51,8 +51,9 @@ def windowed_sums(records: list[bytes]) -> dict[tuple[str, int], tuple[int, int]
         except (orjson.JSONDecodeError, KeyError):
             continue  # dead-lettered by the app
         if ms > 100:
-            count, total = sums.get((user, ts - ts % 10_000), (0, 0))
-            sums[(user, ts - ts % 10_000)] = (count + 1, total + ms)
+            window = (user, ts - ts % 10_000)
+            count, total = sums.get(window, (0, 0))
+            sums[window] = (count + 1, total + ms)
     return sums
 
 
