@@ -180,7 +180,7 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     "--receive-deadline",
     IngestLimits,
     "receive_deadline_s",
-    "Longest time to receive a request's head, and again its body.",
+    "Longest time to receive a whole request (the head gets min(5 s, half) of it).",
 )
 @_count_option("--max-depth", IngestLimits, "max_depth", "Deepest nesting of a record.")
 @_count_option(

@@ -13,10 +13,12 @@ with ``Retry-After``; the records of such a request may have been appended in pa
 of one partition, say, and not another's), and its ``Idempotency-Key`` is released, so a
 retry may append that part again: at least once, never lost.
 
-The receive deadline bounds both halves of a request: hypercorn closes a connection
-that has not sent a whole request head within it (its keep-alive timer runs from the
-connection's start, however the bytes trickle in), and the app answers 408 to a body
-that is not all there within it. Every error has a JSON body (``{"error": {"status",
+The receive deadline bounds a whole request, in two shares that add up to it: hypercorn
+closes a connection that has not sent a whole request head within the head's share (its
+keep-alive timer runs from the connection's start, or the previous answer, however the
+bytes trickle in), and the app answers 408 to a body that is not all there within the
+rest. Hypercorn does not say when a head began to arrive, so the body cannot have what
+the head left unused. Every error has a JSON body (``{"error": {"status",
 "code", "message"}}``), 404 and 405 from routing included.
 """
 
@@ -159,7 +161,7 @@ class HttpIngest:
         address = sock.getsockname()[:2]
         config = HypercornConfig()
         config.bind = [f"fd://{sock.detach()}"]
-        config.keep_alive_timeout = self.config.limits.receive_deadline_s
+        config.keep_alive_timeout = self.config.limits.head_deadline_s
         config.accesslog = None
         config.errorlog = logger
         config.graceful_timeout = 5.0
@@ -307,7 +309,7 @@ class HttpIngest:
         limit = self.config.limits.max_body_bytes
         chunks: list[bytes] = []
         size = 0
-        with anyio.move_on_after(self.config.limits.receive_deadline_s) as scope:
+        with anyio.move_on_after(self.config.limits.body_deadline_s) as scope:
             try:
                 async for chunk in request.stream():
                     size += len(chunk)

@@ -31,6 +31,8 @@ _NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 )
 _JSON_TYPE = "application/json"
+#: The head's share of a receive deadline long enough to give the rest to the body.
+_HEAD_DEADLINE_S = 5.0
 #: Every byte but brackets and the line end, for ``bytes.translate`` to delete.
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}\n")
 
@@ -40,9 +42,9 @@ class IngestLimits:
     """Limits of the ingest endpoint.
 
     :param max_body_bytes: the largest request body (413 beyond it).
-    :param receive_deadline_s: the longest a client may take to send a request's
-        headers, and again its body (408, or the connection closed, beyond it), however
-        steadily it trickles bytes.
+    :param receive_deadline_s: the longest a client may take to send a whole request,
+        however steadily it trickles bytes: the head gets :attr:`head_deadline_s` of it
+        (the connection is closed beyond), the body the rest (408 beyond).
     :param max_depth: the deepest nesting of arrays and objects in a record (400 beyond).
     :param max_inflight: how many requests may be appending at once (429 beyond).
     :param retry_after_s: what ``Retry-After`` says when the endpoint is busy.
@@ -62,6 +64,18 @@ class IngestLimits:
             raise ConnectorConfigError(
                 f"receive_deadline_s must be > 0, got {self.receive_deadline_s}"
             )
+
+    @property
+    def head_deadline_s(self) -> float:
+        """The head's share of the receive deadline: 5 s (a usual keep-alive timeout, and
+        plenty for at most 16 KiB of headers), or half the deadline if that is shorter.
+        It also bounds how long a connection may stay idle between requests."""
+        return min(_HEAD_DEADLINE_S, self.receive_deadline_s / 2)
+
+    @property
+    def body_deadline_s(self) -> float:
+        """The body's share of the receive deadline: what the head's leaves."""
+        return self.receive_deadline_s - self.head_deadline_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +175,13 @@ class IngestPolicy:
         )
 
     def too_slow(self) -> Refusal:
-        """The refusal of a body not received within ``receive_deadline_s``."""
+        """The refusal of a body not received within its share of the deadline."""
+        limits = self.limits
         return Refusal(
             408,
             "request_timeout",
-            f"the body did not arrive within {self.limits.receive_deadline_s:g} s",
+            f"the body did not arrive within {limits.body_deadline_s:g} s of the request's "
+            f"head (a request must arrive whole within {limits.receive_deadline_s:g} s)",
         )
 
     def busy(self, status: int, why: str) -> Refusal:

@@ -4,11 +4,13 @@ status, the receive deadline, idempotency under concurrent retries."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import math
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -360,6 +362,32 @@ async def test_a_trickled_body_gets_408(store: Store) -> None:
             answer = await read_until_closed_or_answer(sock)
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"request_timeout"' in answer
+    assert await records_of(store, "t") == []
+
+
+async def test_a_whole_request_must_arrive_within_the_deadline(store: Store) -> None:
+    # The head's share is 1.5 s and the body's 1.5 s: a head that takes 1.2 s leaves the
+    # body 1.5 s, not a fresh 3 s, so the request ends within 3 s of the connection.
+    await store.create_topic("t")
+    config = IngestConfig(limits=IngestLimits(receive_deadline_s=3.0))
+    head = (
+        b"POST /topics/t/records HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+    )
+    async with serving(store, config) as url:
+        with raw_connection(url) as sock:
+            started = time.monotonic()
+            sent = 0
+            while time.monotonic() - started < 1.2:
+                sock.sendall(head[sent : sent + 1])
+                sent += 1
+                await anyio.sleep(0.02)  # the client's pace, not a wait for the server
+            with contextlib.suppress(OSError):  # the server may have closed it already
+                sock.sendall(head[sent:] + b"\r\n{")
+            answer = await read_until_closed_or_answer(sock)
+            elapsed = time.monotonic() - started
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+    assert elapsed < 3.6, f"the request held its connection for {elapsed:.2f} s"
     assert await records_of(store, "t") == []
 
 

@@ -92,6 +92,16 @@ def test_limits_are_validated() -> None:
         IngestLimits(receive_deadline_s=0)
 
 
+@pytest.mark.parametrize(
+    ("deadline", "head", "body"), [(10.0, 5.0, 5.0), (60.0, 5.0, 55.0), (1.0, 0.5, 0.5)]
+)
+def test_the_receive_deadline_is_shared_by_head_and_body(
+    deadline: float, head: float, body: float
+) -> None:
+    limits = IngestLimits(receive_deadline_s=deadline)
+    assert (limits.head_deadline_s, limits.body_deadline_s) == (head, body)
+
+
 async def test_the_window_replays_conflicts_releases_and_forgets() -> None:
     now = [0.0]
     window = IdempotencyWindow(window_s=10, max_keys=2, clock=lambda: now[0])
