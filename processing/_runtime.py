@@ -55,14 +55,17 @@ stores' changelog records, and commits the transaction with every partition's po
 as the group's offsets: outputs, state and positions become visible together to
 read_committed readers, or not at all, so a crash anywhere re-processes only what no
 reader saw. Positions that moved past transaction markers alone (a fetch returning no
-records, see ``Backend.fetch``) are committed too. Whatever makes a commit impossible
-aborts the open transaction and restarts every task from the last commit, its stores
-closed dirty and restored from their changelogs: partitions lost, a commit the cluster
-refused, a run failing. Partitions revoked are committed first, like the at-least-once
-run. A producer fenced by another worker with the same transactional id (a restart of
-this one) stops the run without committing: the other worker owns its work. A run until
-caught up commits before it reads its internal topics' ends, and again before it
-decides they are reached: records written there are seen once committed.
+records, see ``Backend.fetch``) are committed too. A commit with nothing to commit (no
+write since the last one, of outputs, timers' outputs or changelog records, and no
+position moved) ends no transaction and is not counted: an idle app commits nothing.
+Whatever makes a commit impossible aborts the open transaction and restarts every task
+from the last commit, its stores closed dirty and restored from their changelogs:
+partitions lost, a commit the cluster refused, a run failing. Partitions revoked are
+committed first, like the at-least-once run. A producer fenced by another worker with
+the same transactional id (a restart of this one) stops the run without committing: the
+other worker owns its work. A run until caught up commits before it reads its internal
+topics' ends, and again before it decides they are reached: records written there are
+seen once committed.
 
 Stopping: :meth:`Runtime.run` ends when its ``stop`` event is set (SIGINT/SIGTERM in
 ``App.run``) or, with ``until_caught_up``, when every input partition has been
@@ -141,9 +144,12 @@ _FINAL_COMMIT_ATTEMPTS = 5
 class RunStatistics:
     """Counters of one run of an app.
 
-    ``commit_failures`` counts commits that failed: a periodic one is retried at the
-    next interval, a final one (partitions given up, the run ending) after retries; the
-    records after the last successful commit are processed again by whoever resumes.
+    ``commits`` counts the commits made: of offsets that moved or, with
+    ``exactly_once``, of transactions that hold something (an interval with nothing
+    written and no offset moved makes none). ``commit_failures`` counts commits that
+    failed: a periodic one is retried at the next interval, a final one (partitions given
+    up, the run ending) after retries; the records after the last successful commit are
+    processed again by whoever resumes.
     ``late`` counts records that windowed steps dropped because their window had closed
     (those a ``late()`` stream took are counted too). ``commit_seconds`` is the time the
     commits took (with ``exactly_once``, the changelog flush and the transaction's
@@ -299,6 +305,8 @@ class Runtime:
         self._batches = self._commits = self._commit_failures = self._late = 0
         self._aborts = 0
         self._commit_time = 0.0
+        #: Exactly-once: whether the open transaction holds writes (a commit ends it).
+        self._written = False
         self._exactly_once = config.guarantee == EXACTLY_ONCE
         self._fenced = False
         self._stop = anyio.Event()
@@ -616,6 +624,7 @@ class Runtime:
         except ProducerFencedError as exc:
             self._fence(exc)
             return
+        self._written = False
         self._aborts += 1
 
     async def _abort_final(self) -> None:
@@ -828,6 +837,8 @@ class Runtime:
         self._batches += records_in > 0
 
     async def _write(self, writes: list[Write]) -> None:
+        if writes:
+            self._written = True
         produce = self._backend.produce
         if len(writes) == 1:
             await produce(*writes[0])
@@ -942,7 +953,10 @@ class Runtime:
                         offsets[tp] = state.position
                         metadata[tp] = task.metadata()
                         states.append(state)
+            if not offsets and not self._written:
+                return  # nothing written, nothing read: no transaction to end
             await membership.commit_transaction(offsets, metadata)
+            self._written = False
             for state in states:
                 state.committed = offsets[state.tp]
             for task in flushed:  # their changelog records are committed: local copies too
