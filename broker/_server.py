@@ -213,6 +213,8 @@ class Broker:
         self._closing = True
         if self._shutdown is not None:
             self._shutdown.set()
+        if self._fetches is not None:
+            self._fetches.stop_waiting()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         for connection in self._open.values():
