@@ -46,6 +46,11 @@ def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+#: Calls to check for leaks with: a leak grows the count by one or two per call, while
+#: other threads of the process (clients of earlier tests) open and close a few meanwhile.
+CALLS = 50
+
+
 def test_the_operating_systems_file_system_syncs_natively() -> None:
     assert native_fsync(OS_FILE_SYSTEM)
     assert not native_fsync(RecordingFileSystem())
@@ -53,10 +58,10 @@ def test_the_operating_systems_file_system_syncs_natively() -> None:
 
 async def test_fsync_all_syncs_and_leaves_no_descriptor_behind(files: list[int]) -> None:
     before = open_descriptors()
-    for _ in range(50):
+    for _ in range(CALLS):
         await fsync_all(OS_FILE_SYSTEM, files)
     await fsync_all(OS_FILE_SYSTEM, [])
-    assert open_descriptors() == before
+    assert open_descriptors() - before < CALLS // 5
 
 
 @pytest.mark.parametrize("fs", [OS_FILE_SYSTEM, RecordingFileSystem()], ids=["native", "thread"])
@@ -79,13 +84,14 @@ async def test_a_file_system_that_intercepts_fsync_sees_each_one(files: list[int
 
 async def test_a_cancelled_wait_still_lets_the_fsync_finish(files: list[int]) -> None:
     before = open_descriptors()
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await fsync_all(OS_FILE_SYSTEM, files)  # shielded: runs to the end
-        await anyio.sleep(0)  # the cancellation lands at the next checkpoint
-        pytest.fail("the scope was cancelled")
-    assert scope.cancelled_caught
-    assert open_descriptors() == before
+    for _ in range(CALLS):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await fsync_all(OS_FILE_SYSTEM, files)  # shielded: runs to the end
+            await anyio.sleep(0)  # the cancellation lands at the next checkpoint
+            pytest.fail("the scope was cancelled")
+        assert scope.cancelled_caught
+    assert open_descriptors() - before < CALLS // 5
 
 
 async def test_a_flush_without_a_roll_is_light_and_one_with_a_roll_is_not(
