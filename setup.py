@@ -35,7 +35,8 @@ setup(
         Extension(
             "headwater.store._speedups",
             sources=["store/_speedups.c"],
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O2", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ],

@@ -285,11 +285,14 @@ def producer_stages(stats: list[dict[str, Any]]) -> dict[str, tuple[float, float
 
 
 def scrape_means(url: str) -> dict[str, tuple[float, float]]:
-    """Return (count, seconds) so far of the broker's produce requests and its fsyncs."""
+    """Return (count, seconds) so far of the broker's produce requests and its fsyncs,
+    and (count, 0) of all its requests."""
     totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
         for sample in family.samples:
             if sample.name.startswith("headwater_broker_request_seconds"):
+                if sample.name.endswith("_count"):
+                    totals["request"][0] += sample.value
                 if sample.labels.get("api") != "PRODUCE":
                     continue
                 name = "produce request"
@@ -311,6 +314,7 @@ def compare_latency(args: argparse.Namespace) -> None:
     broker = None
     try:
         broker, address = start_broker(temp / "data", None, "--metrics", "127.0.0.1:0")
+        args.broker_pid = broker.pid
         url = re.search(r"serving metrics at (\S+)", (temp / "data-broker.log").read_text())
         assert url is not None, "the broker did not say where it serves its metrics"
         with contextlib.ExitStack() as stack:
@@ -343,6 +347,7 @@ def latency_round(
     and, given the broker's ``metrics`` URL, its mean produce request and fsync times;
     return (p50, p99) in ms."""
     before = scrape_means(metrics) if metrics else {}
+    cpu_before = cpu_seconds(args.broker_pid) if metrics else 0.0
     stats: list[dict[str, Any]] = []
     topic = create_topic(bootstrap, 1)
     ms = latency(
@@ -353,6 +358,7 @@ def latency_round(
     print(f"round {round_} {name:12} p50 {p50:5.2f} ms, p99 {p99:5.2f} ms, max {max(ms):6.2f} ms"
           f" | producer p50/p99 ms: {stages}")  # fmt: skip
     if metrics:
+        cpu = cpu_seconds(args.broker_pid) - cpu_before
         after = scrape_means(metrics)
         means = []
         for part in ("produce request", "fsync"):
@@ -361,6 +367,8 @@ def latency_round(
             if count > count_before:
                 mean_ms = (seconds - seconds_before) / (count - count_before) * 1e3
                 means.append(f"{part} {mean_ms:.3f} ms (x{count - count_before:,.0f})")
+        requests = after["request"][0] - before.get("request", (0.0, 0.0))[0]
+        means.append(f"CPU {cpu / requests * 1e6:.0f} us per request (x{requests:,.0f})")
         print(f"{'':21}broker means: {', '.join(means)}")
     return p50, p99
 

@@ -13,7 +13,8 @@ large it is, so that a consumer always makes progress.
 Long polling: when fewer than ``min_bytes`` are available, the handler waits -- on the
 partitions' new-data notifications (:meth:`Partition.wait_for`), never by sleeping and
 polling -- until one of them has data, then reads again; it answers with what it has when
-``max_wait_ms`` runs out, or at once when the broker shuts down. :attr:`FetchHandlers.waiting`
+``max_wait_ms`` runs out, or at once when the broker shuts down (which cancels the waits:
+no task per fetch watches for it). :attr:`FetchHandlers.waiting`
 counts the fetches waiting so (the broker's statistics report it).
 
 There are no fetch sessions: every response says ``session_id`` 0 ("no session") and
@@ -72,6 +73,24 @@ def _epoch_error(current_leader_epoch: int) -> KafkaErrorCode | None:
     return KafkaErrorCode.FENCED_LEADER_EPOCH
 
 
+async def _wait_any(waiting: list[tuple[Partition, int, IsolationLevel]]) -> None:
+    """Return once one of the partitions has a record at its offset."""
+    if len(waiting) == 1:  # the usual case, without a task per partition
+        partition, offset, isolation = waiting[0]
+        with contextlib.suppress(LogClosedError):  # deleted: the next read says so
+            await partition.wait_for(offset, isolation=isolation)
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def wait_data(partition: Partition, offset: int, isolation: IsolationLevel) -> None:
+            with contextlib.suppress(LogClosedError):
+                await partition.wait_for(offset, isolation=isolation)
+            tg.cancel_scope.cancel()
+
+        for partition, offset, isolation in waiting:
+            tg.start_soon(wait_data, partition, offset, isolation)
+
+
 def _budget(body: Message) -> int:
     return body["max_bytes"] if body["max_bytes"] > 0 else _NO_LIMIT
 
@@ -92,7 +111,8 @@ class FetchHandlers:
     """Fetch and ListOffsets over the store.
 
     :param store: the open store.
-    :param shutdown: set when the broker shuts down; long polls answer at once then.
+    :param shutdown: set when the broker shuts down; no fetch waits after that, and
+        :meth:`stop_waiting` wakes those waiting then.
     """
 
     def __init__(self, store: Store, shutdown: anyio.Event) -> None:
@@ -100,6 +120,7 @@ class FetchHandlers:
         self._shutdown = shutdown
         #: Fetches waiting now for data (or for their ``max_wait_ms`` to run out).
         self.waiting = 0
+        self._waits: set[anyio.CancelScope] = set()
 
     def table(self) -> dict[ApiKey, Handler]:
         """Return this module's handlers by API key."""
@@ -143,11 +164,13 @@ class FetchHandlers:
             if remaining <= 0:
                 break
             self.waiting += 1
-            try:
-                with anyio.move_on_after(remaining) as scope:
-                    await self._wait_any(waiting)
-            finally:
-                self.waiting -= 1
+            with anyio.move_on_after(remaining) as scope:
+                self._waits.add(scope)  # cancelled by stop_waiting at shutdown
+                try:
+                    await _wait_any(waiting)
+                finally:
+                    self._waits.discard(scope)
+                    self.waiting -= 1
             if scope.cancelled_caught:
                 break
         return {"error_code": 0, "session_id": 0, "responses": responses}
@@ -224,24 +247,10 @@ class FetchHandlers:
                 )
         return responses, total, waiting
 
-    async def _wait_any(self, waiting: list[tuple[Partition, int, IsolationLevel]]) -> None:
-        """Return once one of the partitions has a record at its offset, or at shutdown."""
-        async with anyio.create_task_group() as tg:
-
-            async def wait_data(
-                partition: Partition, offset: int, isolation: IsolationLevel
-            ) -> None:
-                with contextlib.suppress(LogClosedError):  # deleted: the next read says so
-                    await partition.wait_for(offset, isolation=isolation)
-                tg.cancel_scope.cancel()
-
-            async def wait_shutdown() -> None:
-                await self._shutdown.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(wait_shutdown)
-            for partition, offset, isolation in waiting:
-                tg.start_soon(wait_data, partition, offset, isolation)
+    def stop_waiting(self) -> None:
+        """Wake every waiting fetch to answer with what it has (the broker shuts down)."""
+        for scope in self._waits:
+            scope.cancel()
 
     # -- ListOffsets -----------------------------------------------------------------------
 

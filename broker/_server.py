@@ -38,8 +38,10 @@ being sent, once per request (see ``_metrics.py``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import anyio
+import trio
 from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -213,6 +216,8 @@ class Broker:
         self._closing = True
         if self._shutdown is not None:
             self._shutdown.set()
+        if self._fetches is not None:
+            self._fetches.stop_waiting()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         for connection in self._open.values():
@@ -477,6 +482,7 @@ async def _write_responses(
     sent: Callable[[_Slot, int], None],
 ) -> None:
     """Send each slot's response in order, once it is ready; tell ``sent`` of each."""
+    raw: socket.socket | None = stream.extra(SocketAttribute.raw_socket) if _on_trio() else None
     async with slots:
         async for slot in slots:
             if slot.ready is not None:
@@ -486,16 +492,40 @@ async def _write_responses(
             size = 0
             if slot.body is not None:
                 parts = encode_response(slot.header, slot.body, api_version=slot.api_version)
-                await _send(stream, parts)
+                await _send(stream, raw, parts)
                 size = sum(map(len, parts))
             sent(slot, size)
 
 
-async def _send(stream: SocketStream, parts: list[Buffer]) -> None:
-    """Send the buffers of a response in order, none of them copied or joined."""
+async def _send(stream: SocketStream, raw: socket.socket | None, parts: list[Buffer]) -> None:
+    """Send the buffers of a response in order, none of them copied or joined.
+
+    Given the ``raw`` socket, in one ``sendmsg`` when the socket takes them all at once
+    (the usual case: one system call for a Fetch response's header and stored batches),
+    then the rest through the stream as the socket drains. Only on trio, whose stream
+    sends straight to the socket: asyncio's transport may still hold bytes of the last
+    send, which a write to the socket itself would overtake.
+    """
+    sent = 0
+    if raw is not None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            sent = raw.sendmsg(parts)
     for part in parts:
+        size = len(part)
+        if sent >= size:
+            sent -= size
+            continue
         # anyio declares bytes, and every backend takes any buffer (memoryview(item)).
-        await stream.send(cast(bytes, part))
+        await stream.send(cast(bytes, memoryview(part)[sent:] if sent else part))
+        sent = 0
+
+
+def _on_trio() -> bool:
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _peer(stream: SocketStream) -> tuple[str, int]:

@@ -164,6 +164,12 @@ class CheckpointFile:
             return created
 
     @property
+    def in_place(self) -> bool:
+        """Whether :meth:`record` without ``sync`` is one small write in place now (the
+        file is open in the current format): nothing to create, rename or fsync."""
+        return self._fd is not None
+
+    @property
     def last_segment(self) -> int | None:
         """The segment the last checkpoint this object recorded names (``None``: none yet,
         so the file still holds whatever an earlier session left)."""

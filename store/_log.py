@@ -16,6 +16,11 @@ thread: fsync the segments, write the indexes of rolled segments, fsync the dire
 then record the recovery checkpoint, see ``_checkpoint.py``) and ``complete_flush``
 (writer's side again: advance ``recovery_point``). Everything below ``recovery_point`` is
 durable, and the checkpoint on disk is at or past it before anything is acknowledged.
+The event loop's owner runs the middle step with ``FlushPlan.execute_async``: a plan
+whose only slow work is its segments' fsyncs (no segment rolled, the checkpoint written
+in place) sends just those to a thread that does not need the GIL (``_fsync.py``), so
+that the loop learns of them without waiting for a busy interpreter to hand the GIL
+back; any other plan runs ``execute`` whole in a worker thread.
 
 A failed fsync is final for the log. Linux reports a writeback error once and then marks
 the pages clean, whether or not they reached the disk (PostgreSQL's "fsyncgate"), so a
@@ -72,6 +77,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
+
 from ._batch import (
     CONTROL_BIT,
     TRANSACTIONAL_BIT,
@@ -96,6 +104,7 @@ from ._errors import (
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
+from ._fsync import fsync_all
 from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._log_start import read_log_start, write_log_start
 from ._producer_snapshots import load_producer_state, write_snapshot
@@ -174,6 +183,37 @@ class FlushPlan:
     #: How long ``execute`` took, once done.
     elapsed_s: float = field(default=0.0)
 
+    @property
+    def light(self) -> bool:
+        """Whether the segments' fsyncs are the plan's only slow work: no rolled segment's
+        indexes to write, no directory to fsync, a checkpoint to record with one small
+        write in place. The rest of such a plan may run on the event loop."""
+        return (
+            not self.rolled
+            and not self.sync_directory
+            and not self.sync_checkpoint
+            and self.checkpoint.in_place
+        )
+
+    async def execute_async(self) -> None:
+        """Run :meth:`execute` off the event loop; for a :attr:`light` plan, only the
+        fsyncs leave it (in a thread without the GIL, see ``_fsync.py``), and the
+        checkpoint is recorded on the loop after them.
+
+        :raises OSError: as :meth:`execute` does.
+        """
+        if not self.light:
+            await anyio.to_thread.run_sync(self.execute)
+            return
+        started = time.perf_counter()
+        try:
+            await fsync_all(self.fs, [segment.fd for segment in self.segments])
+            self._record_checkpoint()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        self.elapsed_s = time.perf_counter() - started
+
     def execute(self) -> None:
         """fsync what the plan names; write rolled segments' indexes; record the checkpoint.
 
@@ -208,6 +248,9 @@ class FlushPlan:
                 self.unindexed.append(segment)
         if self.sync_directory or renamed:
             fsync_dir(self.fs, self.directory)
+        self._record_checkpoint()
+
+    def _record_checkpoint(self) -> None:
         # Last, so that it names only what is durable, segment names included.
         try:
             created = self.checkpoint.record(self.target, sync=self.sync_checkpoint)

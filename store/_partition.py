@@ -272,7 +272,7 @@ class Partition:
         failed: OSError | None = None
         try:
             # Not cancellable: an fsync under way finishes, whoever stopped waiting for it.
-            await anyio.to_thread.run_sync(plan.execute)
+            await plan.execute_async()
         except OSError as exc:
             # complete_flush (below) fails the log: the page cache may have dropped the
             # data, so nothing from this log is acknowledged again until it is reopened.

@@ -13,11 +13,19 @@
  *
  * Encoding: encode_section writes what the Python encoder writes, or returns None for
  * input that is not of the exact types it takes, which then goes the Python way.
+ *
+ * Syncing: start_fsync runs a flush's fsyncs in a thread of its own that never takes the
+ * GIL, and says it is done by writing the outcome to a pipe the event loop waits on (see
+ * headwater.store._fsync for why).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* A varint of at most max_bytes bytes at *pos, zigzag-decoded into *out. Returns 0 when
  * it runs past the data, is longer than max_bytes, or does not fit 64 bits. */
@@ -806,6 +814,115 @@ murmur2(PyObject *module, PyObject *data)
     return PyLong_FromLong((long)(int32_t)h);
 }
 
+/* -- syncing ---------------------------------------------------------------------------- */
+
+/* One start_fsync call's work, owned by its thread, which frees it (and closes wake_fd:
+ * the caller may stop waiting, and must then not reuse the descriptor's number). */
+typedef struct {
+    int wake_fd;
+    Py_ssize_t count;
+    int fds[];
+} fsync_job;
+
+static void *
+run_fsync_job(void *arg)
+{
+    fsync_job *job = arg;
+    int32_t outcome = 0;
+    for (Py_ssize_t i = 0; i < job->count; i++) {
+        if (fsync(job->fds[i]) != 0) {
+            outcome = errno;
+            break;
+        }
+    }
+    /* A pipe write of 4 bytes is atomic; the reader waits for it, so it cannot be full. */
+    ssize_t written;
+    do {
+        written = write(job->wake_fd, &outcome, sizeof outcome);
+    } while (written < 0 && errno == EINTR);
+    close(job->wake_fd);
+    free(job);
+    return NULL;
+}
+
+/* A descriptor from a Python int: -1 with an exception set when it is not one. */
+static int
+as_fd(PyObject *number)
+{
+    long value = PyLong_AsLong(number);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (value < 0 || value > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "start_fsync: %ld is not a file descriptor", value);
+        return -1;
+    }
+    return (int)value;
+}
+
+PyDoc_STRVAR(start_fsync_doc,
+"start_fsync(fds, wake_fd, /)\n"
+"--\n\n"
+"fsync each descriptor of ``fds`` (a sequence of ints) in order, in a new thread that\n"
+"does not take the GIL; then write the outcome to ``wake_fd`` (the write end of a pipe)\n"
+"as a 4-byte native int: 0, or the errno of the first fsync that failed (the rest are\n"
+"not tried), and close ``wake_fd``, which the thread owns once this returns. Returns at\n"
+"once. The descriptors must stay open until the outcome is read.");
+
+static PyObject *
+start_fsync(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "start_fsync takes exactly 2 arguments");
+        return NULL;
+    }
+    int wake_fd = as_fd(args[1]);
+    if (wake_fd == -1) {
+        return NULL;
+    }
+    PyObject *fds = PySequence_Fast(args[0], "start_fsync: fds must be a sequence");
+    if (fds == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fds);
+    fsync_job *job = malloc(sizeof(fsync_job) + (size_t)count * sizeof(int));
+    if (job == NULL) {
+        Py_DECREF(fds);
+        return PyErr_NoMemory();
+    }
+    job->wake_fd = wake_fd;
+    job->count = count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int fd = as_fd(PySequence_Fast_GET_ITEM(fds, i));
+        if (fd == -1) {
+            free(job);
+            Py_DECREF(fds);
+            return NULL;
+        }
+        job->fds[i] = fd;
+    }
+    Py_DECREF(fds);
+    pthread_attr_t attr;
+    int failed = pthread_attr_init(&attr);
+    if (!failed) {
+        failed = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (!failed) {
+            /* fsync needs little stack; the default (often 8 MiB) is address space only,
+             * but a small one is cheaper to map. */
+            pthread_attr_setstacksize(&attr, 64 * 1024);
+            pthread_t thread;
+            failed = pthread_create(&thread, &attr, run_fsync_job, job);
+        }
+        pthread_attr_destroy(&attr);
+    }
+    if (failed) {
+        free(job);
+        errno = failed;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"decode_section", (PyCFunction)(void (*)(void))decode_section, METH_FASTCALL,
      decode_section_doc},
@@ -814,6 +931,7 @@ static PyMethodDef speedups_methods[] = {
     {"encode_section", (PyCFunction)(void (*)(void))encode_section, METH_FASTCALL,
      encode_section_doc},
     {"murmur2", (PyCFunction)murmur2, METH_O, murmur2_doc},
+    {"start_fsync", (PyCFunction)(void (*)(void))start_fsync, METH_FASTCALL, start_fsync_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,4 @@
-"""Types of the C accelerator of the record decoder (store/_speedups.c)."""
+"""Types of the store's C accelerator (store/_speedups.c)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +32,7 @@ def encode_section(
     /,
 ) -> bytes | None: ...
 def murmur2(data: Buffer, /) -> int: ...
+def start_fsync(fds: Sequence[int], wake_fd: int, /) -> None: ...
 def decode_columns(
     buffer: Buffer,
     start: int,
