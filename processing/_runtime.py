@@ -41,6 +41,15 @@ Backpressure and memory: a partition loop holds one batch (``max_batch_bytes`` o
 input) and its outputs; it reads the next batch only after the last one's outputs are
 durable, so a slow operator or a slow output slows reading, never buffers without bound.
 
+Repartition topics (the internal topics a ``key_by`` writes and the app reads back) are
+created with no retention (``INTERNAL_TOPIC_CONFIG``): their records keep their inputs'
+timestamps, so time-based retention would delete a replay of old input before it is read.
+The runtime deletes their records itself instead, as Kafka Streams does: after a commit,
+the records before each committed offset of a repartition partition
+(``Backend.delete_records``), at most every ``PURGE_INTERVAL_S`` and once more when the run
+ends, in a task of its own. A purge that fails is logged and skipped: it is housekeeping,
+and never holds a commit up. A repartition topic that existed before keeps its configs.
+
 Metrics (``_metrics.py``): every operator counts the records that reach it and that it
 passes on, per batch; with the process's metrics on when the runtime is made, each
 batch's time from its task taking it to its outputs being durable and each commit's time
@@ -138,6 +147,14 @@ _TRANSIENT = (
     StoreError,
 )
 _FINAL_COMMIT_ATTEMPTS = 5
+
+#: The configs a repartition topic is created with: no time or size retention, since its
+#: records keep their inputs' timestamps (a replay of last month's input would have them
+#: deleted before they are read); the runtime deletes them once consumed instead.
+INTERNAL_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+#: At most how often (seconds) a run deletes what it has committed past in its
+#: repartition topics (Kafka Streams' ``repartition.purge.interval.ms`` default).
+PURGE_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +309,10 @@ class Runtime:
         self._plan = TaskPlan([])
         self._pipelines: dict[int, Pipeline] = {}
         self._internal_topics: list[str] = []
+        #: Committed offsets of repartition partitions, not yet purged up to (``_purge``).
+        self._purgeable: dict[TopicPartition, int] = {}
+        self._purge_lock = anyio.Lock()
+        self._purged_at = -math.inf
         self._running: dict[TaskId, _Running] = {}
         self._loops: dict[TopicPartition, tuple[_Running, _Loop]] = {}
         self._pending: list[TopicPartition] = []
@@ -404,12 +425,14 @@ class Runtime:
             existing[topic] = await backend.partition_count(topic)
             counts = plan_topics(graph, existing)
         check_copartitioning(graph, counts)
+        internal = set(graph.topics(Role.SOURCE, internal=True))
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
                 logger.info(
                     "app %r: creating topic %r (%d partitions)", self._name, topic, partitions
                 )
-                await backend.create_topic(topic, partitions)
+                config = INTERNAL_TOPIC_CONFIG if topic in internal else None
+                await backend.create_topic(topic, partitions, config)
         for topic, partitions in graph.changelogs(counts).items():
             have = await backend.partition_count(topic)
             if have is None:
@@ -506,6 +529,8 @@ class Runtime:
                             await self._abort_final()
                         else:
                             await self._commit_final_transaction("the run ends")
+                        async with self._purge_lock:  # one under way finishes first
+                            await self._purge()
             tg.cancel_scope.cancel()
         for running in self._running.values():
             self._registry.drop(running.task)
@@ -916,6 +941,7 @@ class Runtime:
             self._commits += 1
             for state in states:  # the partition may have been given up meanwhile
                 state.committed = offsets[state.tp]
+            self._note_purgeable(offsets)
 
     async def _commit_transaction(self, *, periodic: bool = False) -> None:
         """Commit the open transaction: under every task's lock, write the stores'
@@ -959,6 +985,7 @@ class Runtime:
             self._written = False
             for state in states:
                 state.committed = offsets[state.tp]
+            self._note_purgeable(offsets)
             for task in flushed:  # their changelog records are committed: local copies too
                 await checkpointed(task, self._backend)
             took = time.perf_counter() - started
@@ -966,6 +993,44 @@ class Runtime:
             if self._metrics is not None:
                 self._commit_seconds.observe(took)
             self._commits += 1
+
+    # -- purging repartition topics ---------------------------------------------------------
+
+    def _note_purgeable(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Note the committed ``offsets`` of repartition partitions: their records before
+        those are consumed for good. Start a purge if none ran for ``PURGE_INTERVAL_S``
+        (the run's final commit purges in any case)."""
+        internal = self._internal_topics
+        for tp, offset in offsets.items():
+            if tp.topic in internal:
+                self._purgeable[tp] = max(offset, self._purgeable.get(tp, offset))
+        due = anyio.current_time() >= self._purged_at + PURGE_INTERVAL_S
+        if self._purgeable and due and not self._ending and not self._purge_lock.locked():
+            assert self._task_group is not None
+            self._task_group.start_soon(self._purge_in_turn)
+
+    async def _purge_in_turn(self) -> None:
+        async with self._purge_lock:
+            await self._purge()
+
+    async def _purge(self) -> None:
+        """Delete the records of repartition partitions before their committed offsets, as
+        Kafka Streams does: their topics keep records forever otherwise. Housekeeping: a
+        failure is logged and the run goes on (the next commit's offsets are purged in
+        their turn)."""
+        todo, self._purgeable = self._purgeable, {}
+        if not todo:
+            return
+        self._purged_at = anyio.current_time()
+        for tp, offset in sorted(todo.items()):
+            try:
+                await self._backend.delete_records(tp.topic, tp.partition, offset)
+            except HeadwaterError as exc:
+                logger.warning(
+                    "app %r: could not delete the consumed records of %s/%d before offset "
+                    "%d (the run goes on): %s",
+                    self._name, tp.topic, tp.partition, offset, exc,
+                )  # fmt: skip
 
     async def _flush_stores(self, running: _Running) -> None:
         """Write ``running``'s store changes and a checkpoint of its positions to their

@@ -3,9 +3,10 @@
 The runtime needs a few things from a log: topics (their partition counts, creating them
 with configs), produce (and know the records are durable), fetch a partition's records
 (waiting when there are none yet), its first and end offsets, membership of a consumer
-group (learning which partitions are this worker's, and when they move) and commits of
-offsets with a little metadata. :class:`Backend` and :class:`Membership` say exactly
-that, so a pipeline never knows where it runs. Every call that may cross a network is
+group (learning which partitions are this worker's, and when they move), commits of
+offsets with a little metadata, and deleting records that were consumed (a repartition
+topic's, see ``_runtime.py``). :class:`Backend` and :class:`Membership` say exactly that,
+so a pipeline never knows where it runs. Every call that may cross a network is
 ``async``, so a Kafka-protocol backend can implement them with a client.
 
 Implementations: :class:`InProcessBackend` (``in_process.py``), a store and its group and
@@ -124,6 +125,15 @@ class Backend(Protocol):
 
     async def start_offset(self, topic: str, partition: int) -> int:
         """Return the first offset still stored in a partition."""
+        ...
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> None:
+        """Delete a partition's records before ``before_offset`` (Kafka's DeleteRecords):
+        its start offset moves there, unless it is there or later already.
+
+        :raises OffsetOutOfRangeError: if ``before_offset`` is past the partition's end.
+        :raises PolicyViolationError: if the topic is compacted.
+        """
         ...
 
     async def end_offset(self, topic: str, partition: int) -> int:

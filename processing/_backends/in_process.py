@@ -195,6 +195,15 @@ class InProcessBackend:
         """Return the partition's log start offset."""
         return self.store.partition(topic, partition).log_start_offset
 
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> None:
+        """Delete the partition's records before ``before_offset``, durably (the store's
+        ``Partition.delete_records``; retention then deletes the segments left behind).
+
+        :raises OffsetOutOfRangeError: if ``before_offset`` is past the high watermark.
+        :raises PolicyViolationError: if the topic is compacted.
+        """
+        await self.store.partition(topic, partition).delete_records(before_offset)
+
     async def end_offset(self, topic: str, partition: int) -> int:
         """Return the partition's last stable offset (its high watermark unless a
         transaction is open): the end of what :meth:`fetch` reads."""

@@ -7,7 +7,7 @@ The same :class:`~headwater.processing.Backend` as the embedded log, over conflu
 
 - topics: an admin client (metadata for partition counts, CreateTopics with the configs
   as given, ListOffsets for a partition's first and end offsets, under
-  ``read_committed`` as the consumers read);
+  ``read_committed`` as the consumers read, DeleteRecords for what the runtime purges);
 - produce: one idempotent producer for the backend (``_kafka_produce.py``): a call
   returns once the cluster acknowledged its records (``acks=all``), so the runtime
   commits only what is durable downstream;
@@ -311,6 +311,29 @@ class KafkaBackend:
     async def start_offset(self, topic: str, partition: int) -> int:
         """Return the first offset still stored in a partition."""
         return await self._list_offset(topic, partition, earliest=True)
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> None:
+        """Delete a partition's records before ``before_offset`` (DeleteRecords through the
+        admin client); return once the partition's leader moved its start offset.
+
+        :raises OffsetOutOfRangeError: if ``before_offset`` is past the high watermark.
+        :raises InvalidConfigError: if the topic is compacted (the cluster's policy
+            violation).
+        :raises ClusterError: for anything else the cluster refuses.
+        """
+        tp = ck.TopicPartition(topic, partition, before_offset)
+        what = f"deleting records of {topic}/{partition} before offset {before_offset}"
+
+        def delete() -> None:
+            futures = self._admin.delete_records(
+                [tp], request_timeout=REQUEST_TIMEOUT_S, operation_timeout=REQUEST_TIMEOUT_S
+            )
+            next(iter(futures.values())).result()
+
+        try:
+            await anyio.to_thread.run_sync(delete)
+        except KafkaException as exc:
+            raise log_error(exc.args[0], what, self.bootstrap) from None
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """Return the end of what can be read from a partition (its last stable offset,

@@ -3,7 +3,8 @@
 Theory of operation. A topic is a list of partitions; a partition is a list of
 :class:`~headwater.store.Record` values (offsets from 0) plus the ends of the batches
 that were appended, so a fetch returns whole appended batches, as the store does. A
-produce is durable when it returns (memory is all there is). Fetch waits for records on
+produce is durable when it returns (memory is all there is). Deleting records only moves
+the partition's start offset (they stay in memory, out of reach). Fetch waits for records on
 an event that the next append sets; the event is made by the waiting fetch, in its own
 event loop, so the backend can be used from one ``anyio.run`` after another (the test
 driver runs one per call).
@@ -38,8 +39,10 @@ from headwater.groups import (
     range_assign,
 )
 from headwater.store import (
+    CleanupPolicy,
     InvalidConfigError,
     OffsetOutOfRangeError,
+    PolicyViolationError,
     Record,
     RecordColumns,
     TopicConfig,
@@ -51,12 +54,14 @@ from . import Membership, PartitionsHandler
 
 
 class _Partition:
-    __slots__ = ("batch_ends", "records", "waiter")
+    __slots__ = ("batch_ends", "records", "start", "waiter")
 
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.batch_ends: list[int] = []
         self.waiter: anyio.Event | None = None
+        #: Where deleted records end (``delete_records``); they stay in ``records``.
+        self.start = 0
 
     def append(self, records: Sequence[Record]) -> None:
         self.records.extend(records)
@@ -151,6 +156,8 @@ class MemoryBackend:
         """Return the appended batches from ``offset`` on (at least one; about
         ``max_bytes``), waiting for one if there is none."""
         source = self._partition(topic, partition)
+        if offset < source.start:
+            raise OffsetOutOfRangeError(f"{topic}/{partition} starts at {source.start}")
         while offset >= len(source.records):
             if offset > len(source.records):
                 raise OffsetOutOfRangeError(f"{topic}/{partition} has no offset {offset}")
@@ -167,9 +174,25 @@ class MemoryBackend:
         return RecordColumns.of(source.records[offset:stop])
 
     async def start_offset(self, topic: str, partition: int) -> int:
-        """Return 0: nothing is ever removed."""
-        self._partition(topic, partition)
-        return 0
+        """Return where the records :meth:`delete_records` deleted end (0 if none were)."""
+        return self._partition(topic, partition).start
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> None:
+        """Move the partition's start to ``before_offset`` (unless it is there or later):
+        fetches below it fail, as they do in the store.
+
+        :raises OffsetOutOfRangeError: if ``before_offset`` is past the partition's end.
+        :raises PolicyViolationError: if the topic is compacted.
+        """
+        target = self._partition(topic, partition)
+        if not 0 <= before_offset <= len(target.records):
+            raise OffsetOutOfRangeError(
+                f"cannot delete records of {topic}/{partition} before offset {before_offset}: "
+                f"it must lie from 0 to the end {len(target.records)}"
+            )
+        if self.configs[topic].cleanup_policy is CleanupPolicy.COMPACT:
+            raise PolicyViolationError(f"cannot delete records of {topic}/{partition}: compacted")
+        target.start = max(target.start, before_offset)
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """Return how many records the partition holds."""
