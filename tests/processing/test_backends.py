@@ -170,3 +170,16 @@ async def test_an_in_process_fetch_at_a_transaction_marker_steps_past_it_then_wa
                 await anyio.wait_all_tasks_blocked()
                 await local.produce("t", 0, out([b"after"]))
         assert got == [b"after"]
+
+
+async def test_delete_records_moves_the_start_offset(backend: Backend) -> None:
+    await backend.create_topic("t", 1)
+    await backend.produce("t", 0, out([b"a", b"b", b"c"]))
+    await backend.delete_records("t", 0, 2)
+    await backend.delete_records("t", 0, 1)  # behind the start: nothing moves back
+    assert await backend.start_offset("t", 0) == 2
+    assert (await backend.fetch("t", 0, 2, 1 << 20)).values == [b"c"]
+    with pytest.raises(OffsetOutOfRangeError):
+        await backend.fetch("t", 0, 1, 1 << 20)
+    with pytest.raises(OffsetOutOfRangeError):
+        await backend.delete_records("t", 0, 4)  # past the end

@@ -20,8 +20,9 @@ from headwater.processing import App, AppConfig, InProcessBackend
 from headwater.processing._encoding import OutRecords
 from headwater.store import NewRecord, Record, RecordColumns, TopicConfig, open_store
 
-from .cluster import TIMEOUT_S, committed, create_topic, read_topic, topic_config, unique
+from .cluster import TIMEOUT_S, committed, create_topic, topic_config, unique
 from .helpers import committed as committed_in
+from .test_exactly_once import read_committed
 
 DAY_MS = 24 * 3600 * 1000
 KEYS = 7
@@ -185,8 +186,8 @@ async def test_a_replay_on_a_cluster_keeps_then_purges_its_repartition_records(
     stats = await app.run_async(until_caught_up=True)
 
     assert stats.records_in == 2 * total
-    out = await anyio.to_thread.run_sync(read_topic, cluster, f"{name}-out")
-    updates = [(m.key(), orjson.loads(m.value() or b"")) for part in out for m in part]
+    out = await anyio.to_thread.run_sync(read_committed, cluster, f"{name}-out")
+    updates = [(key, orjson.loads(value or b"")) for part in out for key, value in part]
     assert latest_counts(updates) == {orjson.dumps(k): n for k, n in expected_counts(total).items()}
     repartition = f"{name}-n-repartition"
     assert topic_config(cluster, repartition)["retention.ms"] == "-1"
