@@ -58,6 +58,12 @@ class AppConfig:
         replaces and aborts the transaction that one left open at once (without it, an
         open transaction of a crashed worker holds downstream readers back until its
         ``transaction.timeout.ms``, ``TRANSACTION_TIMEOUT_MS``, runs out).
+    :param repartition_purge_interval_ms: at most how often the app deletes the records
+        of its repartition topics that it has committed past (they are kept with no
+        retention until then; Kafka Streams' ``repartition.purge.interval.ms``, whose
+        default this is). ``None`` keeps them all: ``headwater trace`` then follows an
+        output through its repartition topics back to its input at any age, while those
+        topics grow without bound.
     :raises TopologyError: if a value is out of range.
     """
 
@@ -68,6 +74,7 @@ class AppConfig:
     session_timeout_ms: int = 45_000
     guarantee: str = AT_LEAST_ONCE
     instance_id: str | None = None
+    repartition_purge_interval_ms: int | None = 30_000
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -79,6 +86,12 @@ class AppConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise TopologyError(f"AppConfig.{name} must be an integer >= {low}, got {value!r}")
+        purge = self.repartition_purge_interval_ms
+        if purge is not None and (type(purge) is not int or purge < 0):
+            raise TopologyError(
+                "AppConfig.repartition_purge_interval_ms must be an integer >= 0 or None, "
+                f"got {purge!r}"
+            )
         if self.state_dir is not None and not isinstance(self.state_dir, str | os.PathLike):
             raise TopologyError(f"AppConfig.state_dir must be a path, got {self.state_dir!r}")
         if self.guarantee not in (AT_LEAST_ONCE, EXACTLY_ONCE):

@@ -46,9 +46,12 @@ created with no retention (``INTERNAL_TOPIC_CONFIG``): their records keep their 
 timestamps, so time-based retention would delete a replay of old input before it is read.
 The runtime deletes their records itself instead, as Kafka Streams does: after a commit,
 the records before each committed offset of a repartition partition
-(``Backend.delete_records``), at most every ``PURGE_INTERVAL_S`` and once more when the run
-ends, in a task of its own. A purge that fails is logged and skipped: it is housekeeping,
-and never holds a commit up. A repartition topic that existed before keeps its configs.
+(``Backend.delete_records``), at most every ``AppConfig.repartition_purge_interval_ms``
+(30 s by default; ``None``: never) and once more when the run ends, in a task of its own.
+An output's lineage names the repartition record it came from, so ``headwater trace``
+follows an output back through a repartition topic only while that record is kept. A
+purge that fails is logged and skipped: it is housekeeping, and never holds a commit up.
+A repartition topic that existed before keeps its configs.
 
 Metrics (``_metrics.py``): every operator counts the records that reach it and that it
 passes on, per batch; with the process's metrics on when the runtime is made, each
@@ -152,9 +155,6 @@ _FINAL_COMMIT_ATTEMPTS = 5
 #: records keep their inputs' timestamps (a replay of last month's input would have them
 #: deleted before they are read); the runtime deletes them once consumed instead.
 INTERNAL_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
-#: At most how often (seconds) a run deletes what it has committed past in its
-#: repartition topics (Kafka Streams' ``repartition.purge.interval.ms`` default).
-PURGE_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -998,13 +998,17 @@ class Runtime:
 
     def _note_purgeable(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Note the committed ``offsets`` of repartition partitions: their records before
-        those are consumed for good. Start a purge if none ran for ``PURGE_INTERVAL_S``
-        (the run's final commit purges in any case)."""
+        those are consumed for good. Start a purge if none ran for the app's
+        ``repartition_purge_interval_ms`` (the run's final commit purges in any case), or
+        note nothing if that is ``None``."""
+        interval_ms = self._config.repartition_purge_interval_ms
+        if interval_ms is None:
+            return
         internal = self._internal_topics
         for tp, offset in offsets.items():
             if tp.topic in internal:
                 self._purgeable[tp] = max(offset, self._purgeable.get(tp, offset))
-        due = anyio.current_time() >= self._purged_at + PURGE_INTERVAL_S
+        due = anyio.current_time() >= self._purged_at + interval_ms / 1000
         if self._purgeable and due and not self._ending and not self._purge_lock.locked():
             assert self._task_group is not None
             self._task_group.start_soon(self._purge_in_turn)

@@ -12,10 +12,11 @@ from headwater.store import partition_for_key
 
 from .helpers import HEADWATER, Headwater, Log, assert_error, run_headwater
 
+# The app keeps its repartition records, so that trace follows an output back to its input.
 APP = """
-from headwater.processing import App
+from headwater.processing import App, AppConfig
 
-app = App("cli-app")
+app = App("cli-app", config=AppConfig(repartition_purge_interval_ms=None))
 clicks = app.stream("clicks")
 clicks.filter(lambda e: e["ms"] > 100).map(lambda e: {**e, "slow": e["ms"] > 500}).to("enriched")
 clicks.key_by(lambda e: e["user"]).repartition("by-user").to("by-user")

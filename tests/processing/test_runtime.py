@@ -337,7 +337,7 @@ def test_run_raises_an_os_error_itself(tmp_path: Path) -> None:
 async def test_a_repartition_writes_values_as_read_until_a_step_makes_new_ones(data: Path) -> None:
     read_as = [b'{"user": "ada",  "ms": 200}', b'{ "user":"bob", "ms":300, "x":1.50 }']
     await load(data, "clicks", read_as, raw=True)
-    app = App("as-read")
+    app = App("as-read", config=AppConfig(repartition_purge_interval_ms=None))  # read below
     clicks = app.stream("clicks")
     rekeyed = clicks.filter(lambda e: e["ms"] > 100).key_by(lambda e: e["user"])
     rekeyed.repartition("kept").to("kept-out")
