@@ -95,20 +95,24 @@ class _Delivery:
     """The outcome of one produce call: its records' reports, counted down in the delivery
     thread."""
 
-    __slots__ = ("done", "error", "left", "writer")
+    __slots__ = ("done", "error", "last_offset", "left", "writer")
 
     def __init__(self, count: int, writer: Writer) -> None:
         self.done = anyio.Event()
         self.error: KafkaError | None = None
         self.left = count
         self.writer = writer
+        #: The offset of the call's last record (a partition's reports come in order).
+        self.last_offset = -1
 
-    def report(self, error: KafkaError | None, _message: ck.Message) -> None:
+    def report(self, error: KafkaError | None, message: ck.Message) -> None:
         """librdkafka's delivery report of one record (in the delivery thread)."""
         if error is not None and self.error is None:
             self.error = error
         self.left -= 1
         if self.left == 0:
+            offset = message.offset()
+            self.last_offset = -1 if offset is None else offset
             self.writer.finished.append(self)
 
 
@@ -148,6 +152,9 @@ class Writer:
         #: Calls waiting for their reports (event loop only), and why none will come.
         self._waiting: set[_Delivery] = set()
         self._failure: KafkaError | None = None
+        #: Per (topic, partition), the offset after the last record this producer wrote
+        #: there (event loop only).
+        self.written_ends: dict[tuple[str, int], int] = {}
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -277,6 +284,10 @@ class Writer:
             self._waiting.discard(delivery)
         if delivery.error is not None:
             raise self._error(delivery.error, topic, partition)
+        if delivery.last_offset >= 0:
+            written = (topic, partition)
+            end = delivery.last_offset + 1
+            self.written_ends[written] = max(self.written_ends.get(written, 0), end)
 
     # -- transactions ------------------------------------------------------------------
 

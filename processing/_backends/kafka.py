@@ -337,8 +337,19 @@ class KafkaBackend:
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """Return the end of what can be read from a partition (its last stable offset,
-        which is the high watermark unless a transaction is open)."""
-        return await self._list_offset(topic, partition, earliest=False)
+        which is the high watermark unless a transaction is open), or will be once this
+        backend's committed transactions show there.
+
+        Kafka answers EndTxn before it writes the commit markers, so just after a commit
+        the last stable offset may not cover the committed records yet; the end is then
+        the offset after the last record this backend wrote to the partition, so that
+        whoever waits to read to the end (a run until caught up, its repartition topics)
+        waits for them too.
+        """
+        end = await self._list_offset(topic, partition, earliest=False)
+        if self._writer.transactional:
+            end = max(end, self._writer.written_ends.get((topic, partition), 0))
+        return end
 
     async def _list_offset(self, topic: str, partition: int, *, earliest: bool) -> int:
         tp = ck.TopicPartition(topic, partition)

@@ -172,14 +172,8 @@ def start_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_a_replay_on_a_cluster_keeps_then_purges_its_repartition_records(
-    cluster: str, tmp_path: Path, guarantee: str, request: pytest.FixtureRequest
+    cluster: str, tmp_path: Path, guarantee: str
 ) -> None:
-    if guarantee == "exactly_once" and request.node.callspec.params["cluster"] == "apache-kafka":
-        # Apache Kafka answers EndTxn before it writes the commit markers, so a run until
-        # caught up may read its repartition topic's end (the LSO) before its own last
-        # transaction shows there, and stop with those records unread (about one run in
-        # four): a defect of until_caught_up on that cluster, to be fixed on its own.
-        pytest.skip("until_caught_up may stop before its last transaction's markers land")
     name = unique("replay")
     total = 400
     create_topic(cluster, f"{name}-in", 2)
