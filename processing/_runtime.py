@@ -529,8 +529,7 @@ class Runtime:
                             await self._abort_final()
                         else:
                             await self._commit_final_transaction("the run ends")
-                        async with self._purge_lock:  # one under way finishes first
-                            await self._purge()
+                        await self._purge_in_turn()  # after one under way, if any
             tg.cancel_scope.cancel()
         for running in self._running.values():
             self._registry.drop(running.task)
@@ -1014,6 +1013,7 @@ class Runtime:
             self._task_group.start_soon(self._purge_in_turn)
 
     async def _purge_in_turn(self) -> None:
+        """:meth:`_purge`, once a purge under way (if any) has finished."""
         async with self._purge_lock:
             await self._purge()
 

@@ -208,7 +208,7 @@ class FlushPlan:
         started = time.perf_counter()
         try:
             await fsync_all(self.fs, [segment.fd for segment in self.segments])
-            self._record_checkpoint()
+            self._finish()
         except BaseException as exc:
             self.error = exc
             raise
@@ -248,10 +248,11 @@ class FlushPlan:
                 self.unindexed.append(segment)
         if self.sync_directory or renamed:
             fsync_dir(self.fs, self.directory)
-        self._record_checkpoint()
+        self._finish()
 
-    def _record_checkpoint(self) -> None:
-        # Last, so that it names only what is durable, segment names included.
+    def _finish(self) -> None:
+        """Record the checkpoint and mark the plan done: last, so that the checkpoint
+        names only what is durable, segment names included."""
         try:
             created = self.checkpoint.record(self.target, sync=self.sync_checkpoint)
         except OSError as exc:
