@@ -6,10 +6,16 @@ the page cache is short); what an append awaits is durability, as the topic's po
 * ``never``: nothing; the record is visible to readers at once.
 * ``always``: the append holds the partition's write lock through its own write and fsync,
   so every acknowledgement follows an fsync made for it.
+  Appends waiting for the lock take it in the order they came (anyio's lock is fair).
 * ``batch`` (group commit): an append that finds no fsync running starts one, in a worker
   thread, covering everything written so far; appends arriving meanwhile wait for it to
   finish and, if it did not cover them, the first of them starts the next. One fsync thus
   acknowledges every append that arrived during the previous one.
+
+So under every policy batches and markers enter the log in the order they were called:
+a transaction's marker follows every batch of it that was called before it, even when
+both wait for the lock (the transaction coordinator accepts no batch of a transaction
+once it has decided it, so none can follow its marker).
 
 Readers see records up to the *high watermark*: the durable end for ``always``/``batch``
 topics, the log end for ``never``. So a reader never sees a record that a crash could take

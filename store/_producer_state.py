@@ -34,6 +34,14 @@ not yet decided -- open, or closed by a marker that is not yet below the high wa
 (a crash could still take the marker back) -- else the high watermark. read_committed
 readers stop there.
 
+Moving the log start past a transaction's first offset (deleting records, retention)
+changes none of this, as in Kafka: the transaction stays open from its first offset, so
+the LSO may lie below the log start until a marker ends it (read_committed readers get
+nothing meanwhile), and an abort is indexed from that first offset, which hides the
+transaction's records that remain. The snapshot taken at each roll keeps that first
+offset through a reopen; rebuilt from the log alone, the transaction begins at its first
+record still stored, which hides and shows the same records.
+
 State unused for ``expiry_ms`` (Kafka's ``producer.id.expiration.ms``) is dropped, unless
 its transaction is open. The state round-trips through bytes (:meth:`to_snapshot`,
 :meth:`from_snapshot`); ``_producer_snapshots.py`` writes and reads the files and rebuilds
