@@ -44,7 +44,7 @@ that serves its directory hands its own to the broker (one coordinator per direc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import anyio
 from anyio.abc import TaskGroup
@@ -379,8 +379,43 @@ class TransactionCoordinator:
         return E.NONE
 
     def describe(self, transactional_id: str) -> TxnMetadata | None:
-        """Return the state of ``transactional_id`` (for inspection), or ``None``."""
+        """Return the state of ``transactional_id`` (for inspection), or ``None``.
+
+        The state is the coordinator's own object, as last changed: read it, never change it.
+        """
         return self._txns.get(transactional_id)
+
+    def list_transactions(
+        self,
+        states: Collection[TxnState] = (),
+        producer_ids: Collection[int] = (),
+        min_duration_ms: int = -1,
+    ) -> list[TxnMetadata]:
+        """Return the states of the known transactional ids, by id, that match every filter
+        given (Kafka's ListTransactions; read them, never change them).
+
+        :param states: only ids in one of these states (empty: any state).
+        :param producer_ids: only ids whose current producer id is one of these (empty: any).
+        :param min_duration_ms: only transactions running for longer than this, by the
+            coordinator's clock (negative: no filter); an id with no transaction open
+            has none running.
+        """
+        now = self._clock()
+        wanted_states = frozenset(states)
+        wanted_ids = frozenset(producer_ids)
+        found = []
+        for transactional_id in sorted(self._txns):
+            meta = self._txns[transactional_id]
+            if wanted_states and meta.state not in wanted_states:
+                continue
+            if wanted_ids and meta.producer_id not in wanted_ids:
+                continue
+            if min_duration_ms >= 0 and (
+                meta.started_ms < 0 or now - meta.started_ms <= min_duration_ms
+            ):
+                continue
+            found.append(meta)
+        return found
 
     # -- finishing -----------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ asynchronously by a :class:`Partition`::
         records = await store.partition("clicks", placed[0][0]).read_records(0, 1 << 20)
 """
 
+from ._active_producers import ActiveProducer as ActiveProducer
+from ._active_producers import active_producers as active_producers
 from ._address import ADDRESS_FILE as ADDRESS_FILE
 from ._address import ServedAddress as ServedAddress
 from ._address import clear_served_address as clear_served_address
@@ -96,6 +98,7 @@ __all__ = (
     "ADDRESS_FILE",
     "INTERNAL_PREFIX",
     "AbortedTransaction",
+    "ActiveProducer",
     "AppendInfo",
     "BatchHeader",
     "CleanupPolicy",
@@ -147,6 +150,7 @@ __all__ = (
     "TopicNotFoundError",
     "Tracked",
     "UnsupportedCompressionError",
+    "active_producers",
     "canonical_key",
     "check_codec",
     "clear_served_address",
