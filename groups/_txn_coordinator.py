@@ -248,6 +248,7 @@ class TransactionCoordinator:
                     return E.CONCURRENT_TRANSACTIONS, -1, -1
             meta.timeout_ms = timeout_ms
             meta.state = TxnState.EMPTY
+            meta.started_ms = -1
             await self._write(meta)
             return E.NONE, meta.producer_id, meta.producer_epoch
 
@@ -396,9 +397,10 @@ class TransactionCoordinator:
 
         :param states: only ids in one of these states (empty: any state).
         :param producer_ids: only ids whose current producer id is one of these (empty: any).
-        :param min_duration_ms: only transactions running for longer than this, by the
-            coordinator's clock (negative: no filter); an id with no transaction open
-            has none running.
+        :param min_duration_ms: only ids whose current or last transaction began longer
+            ago than this, by the coordinator's clock (negative: no filter); Kafka's
+            comparison, in which an id with no transaction since its producer started
+            passes every filter.
         """
         now = self._clock()
         wanted_states = frozenset(states)
@@ -410,9 +412,9 @@ class TransactionCoordinator:
                 continue
             if wanted_ids and meta.producer_id not in wanted_ids:
                 continue
-            if min_duration_ms >= 0 and (
-                meta.started_ms < 0 or now - meta.started_ms <= min_duration_ms
-            ):
+            # As Kafka compares: an id whose producer began no transaction yet (-1) counts
+            # as running since the epoch, so it passes every duration filter.
+            if min_duration_ms >= 0 and now - meta.started_ms <= min_duration_ms:
                 continue
             found.append(meta)
         return found
