@@ -27,6 +27,7 @@ keyed by the snake_case names of Kafka's fields, and response dicts back into fr
 from ._admin import AdminClient as AdminClient
 from ._admin import RemotePartition as RemotePartition
 from ._admin import RemoteTopic as RemoteTopic
+from ._admin import RemoteTransaction as RemoteTransaction
 from ._admin import parse_address as parse_address
 from ._config import BrokerConfig as BrokerConfig
 from ._config import Node as Node
@@ -87,6 +88,7 @@ __all__ = (
     "ProtocolError",
     "RemotePartition",
     "RemoteTopic",
+    "RemoteTransaction",
     "Request",
     "RequestHeader",
     "UnsupportedVersionError",

@@ -1,4 +1,5 @@
-"""A small blocking admin client over the codec: topics on a running Kafka-protocol broker.
+"""A small blocking admin client over the codec: topics (and transactions) on a running
+Kafka-protocol broker.
 
 Theory of operation
 -------------------
@@ -11,7 +12,8 @@ that does not know v3 asks) and uses, per API, the highest version both sides sp
 It follows the cluster's routing, so it works against a Kafka cluster as well as against
 ``headwater broker``: CreateTopics, DeleteTopics and CreatePartitions go to the
 controller that Metadata names, ListOffsets and DeleteRecords to each partition's leader,
-OffsetDelete to the group's coordinator (FindCoordinator), config changes to the
+OffsetDelete to the group's coordinator (FindCoordinator), DescribeTransactions to the
+transactional id's, ListTransactions to every broker, config changes to the
 bootstrap broker (any broker forwards them); connections are made on demand and kept by
 node id.
 
@@ -81,6 +83,21 @@ class RemoteTopic:
     internal: bool
     partitions: tuple[RemotePartition, ...]
     configs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTransaction:
+    """A transactional id as its coordinator reports it (the epoch, timeout, start and
+    partitions are known only from DescribeTransactions: -1 and empty otherwise)."""
+
+    transactional_id: str
+    producer_id: int
+    state: str
+    producer_epoch: int = -1
+    timeout_ms: int = -1
+    #: When its current or last transaction began (epoch ms), -1 if none since it started.
+    start_time_ms: int = -1
+    partitions: tuple[tuple[str, int], ...] = ()
 
 
 def parse_address(
@@ -438,6 +455,55 @@ class AdminClient:
             for topic in body["topics"]
             for p in topic["partitions"]
         }
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def list_transactions(self) -> list[RemoteTransaction]:
+        """Return every transactional id of the cluster, by id (ListTransactions to every
+        broker, each the coordinator of some).
+
+        :raises BrokerError: if a broker does not serve ListTransactions.
+        """
+        found: list[RemoteTransaction] = []
+        self._metadata([])
+        for node_id in sorted(self._brokers):
+            body = self._node(node_id).request(
+                ApiKey.LIST_TRANSACTIONS, {"state_filters": [], "producer_id_filters": []}
+            )
+            _check(body["error_code"], "listing transactions", None)
+            found += (
+                RemoteTransaction(t["transactional_id"], t["producer_id"], t["transaction_state"])
+                for t in body["transaction_states"]
+            )
+        return sorted(found, key=lambda t: t.transactional_id)
+
+    def describe_transaction(self, transactional_id: str) -> RemoteTransaction:
+        """Return ``transactional_id``'s state from its coordinator (DescribeTransactions).
+
+        :raises BrokerResponseError: ``TRANSACTIONAL_ID_NOT_FOUND`` for an unknown id.
+        :raises BrokerError: if the coordinator does not serve DescribeTransactions.
+        """
+        what = f"transactional id {transactional_id!r}"
+        found = self._bootstrap.request(
+            ApiKey.FIND_COORDINATOR, {"key": transactional_id, "key_type": 1}
+        )
+        _check(found["error_code"], f"finding the coordinator of {what}", None)
+        self._metadata([])
+        self._brokers.setdefault(found["node_id"], (found["host"], found["port"]))
+        body = self._node(found["node_id"]).request(
+            ApiKey.DESCRIBE_TRANSACTIONS, {"transactional_ids": [transactional_id]}
+        )
+        (t,) = body["transaction_states"]
+        _check(t["error_code"], f"describing {what}", None)
+        return RemoteTransaction(
+            transactional_id,
+            t["producer_id"],
+            t["transaction_state"],
+            t["producer_epoch"],
+            t["transaction_timeout_ms"],
+            t["transaction_start_time_ms"],
+            tuple(sorted((p["topic"], i) for p in t["topics"] for i in p["partitions"])),
+        )
 
     def list_topic_names(self) -> list[str]:
         """Return the names of every topic, sorted."""
