@@ -8,7 +8,8 @@
 
 :class:`AdminClient` administers topics on a running broker (``headwater topics ...
 --bootstrap HOST:PORT``): creates, changes, grows and deletes them, deletes their records,
-and deletes consumer groups' committed offsets.
+and deletes consumer groups' committed offsets; it also lists and describes transactional
+ids (``headwater transactions``).
 
 The process that owns a data directory serves it with :func:`serve_data_directory`, which
 announces the address in the directory (``headwater.store.served_address`` finds it).
