@@ -265,6 +265,8 @@ def test_state_filters_no_state_has_are_listed_back(bootstrap: str) -> None:
 
 
 def test_an_unknown_or_empty_transactional_id(bootstrap: str, admin: KafkaAdminClient) -> None:
+    # A fresh Kafka makes its transaction coordinator on first use; a producer waits for it.
+    txn_producer(bootstrap, f"tx-{uuid.uuid4().hex[:8]}")
     with pytest.raises(kafka.errors.TransactionalIdNotFoundError):
         admin.describe_transactions([f"never-{uuid.uuid4().hex[:8]}"])
     with Connection(port_of(bootstrap)) as connection:
