@@ -29,7 +29,7 @@ from ._admin import AdminClient as AdminClient
 from ._admin import RemotePartition as RemotePartition
 from ._admin import RemoteTopic as RemoteTopic
 from ._admin import RemoteTransaction as RemoteTransaction
-from ._admin import parse_address as parse_address
+from ._admin_connection import parse_address as parse_address
 from ._config import BrokerConfig as BrokerConfig
 from ._config import Node as Node
 from ._dispatch import ClientInfo as ClientInfo
