@@ -23,8 +23,7 @@ Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--p
 [--only W1|W2] [--restore-keys N] [--workers 1,2] [--broker] [--apache-kafka]
 [--bootstrap HOST:PORT] [--baseline] [--default-malloc] [--before DIR]``; with
 ``--profile W1`` (or ``W2``) one more run of that workload is profiled and its top entries
-printed
-(``pipeline_parts.py`` sorts a sampled profile into parts, in ns per event).
+printed (``pipeline_parts.py`` sorts a sampled profile into parts, in ns per event).
 
 Each run also prints what its process spent meanwhile: CPU time per event, in user and
 kernel mode, and page faults per event (a shared machine's load moves the CPU time less
