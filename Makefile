@@ -10,7 +10,7 @@ SMOKE_VENV := build/smoke-venv
 
 .PHONY: run test lint typecheck package kcat chromium unit clean
 
-$(STAMP): pyproject.toml setup.py store/_speedups.c
+$(STAMP): pyproject.toml setup.py store/_speedups.c processing/_speedups.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,compression]'

@@ -6,8 +6,9 @@ shipped with it, found by ``find_namespace_packages`` rather than listed, so a n
 be left out of the wheel. ``tests/``, ``bench/`` and ``examples/`` are not shipped.
 Package data (``py.typed``, the C module's ``.pyi``) is declared in pyproject.toml.
 
-The store codec's C loops are ``optional=True``: without a C compiler the package still
-installs, and the store runs on the Python codec that ``store/_speedups.c`` mirrors.
+The C loops (the store codec's, the processing runtime's) are ``optional=True``: without a
+C compiler the package still installs, and runs on the Python code that
+``store/_speedups.c`` and ``processing/_speedups.c`` mirror.
 """
 
 from pathlib import Path
@@ -38,6 +39,12 @@ setup(
             extra_compile_args=["-O2", "-pthread"],
             extra_link_args=["-pthread"],
             optional=True,
-        )
+        ),
+        Extension(
+            "headwater.processing._speedups",
+            sources=["processing/_speedups.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ],
 )

@@ -21,9 +21,9 @@ local copy (current, so only the changelog's empty tail is read).
 
 Usage: ``python bench/pipeline_bench.py [--events N] [--runs R] [--dir DIR] [--profile W]
 [--only W1|W2] [--restore-keys N] [--workers 1,2] [--broker] [--apache-kafka]
-[--bootstrap HOST:PORT] [--baseline] [--before DIR]``; with ``--profile W1`` (or ``W2``)
-one more run of that workload is profiled and its top entries printed
-(``pipeline_parts.py`` sorts a sampled profile into parts, in ns per event).
+[--bootstrap HOST:PORT] [--baseline] [--default-malloc] [--before DIR]``; with
+``--profile W1`` (or ``W2``) one more run of that workload is profiled and its top entries
+printed (``pipeline_parts.py`` sorts a sampled profile into parts, in ns per event).
 
 Each run also prints what its process spent meanwhile: CPU time per event, in user and
 kernel mode, and page faults per event (a shared machine's load moves the CPU time less
@@ -35,7 +35,13 @@ the pipelines: the same events as lines in a Python list, in batches of 10,000, 
 workload's own functions, ``orjson.loads`` and ``orjson.dumps`` per record, each batch's
 outputs joined and dropped (W2's: a dict of open windows, each window's result dumped
 when the stream time reaches its end); then each pipeline's ratio to its loop, by
-events/s and by CPU time per event (targets: W1 >= 0.6, W2 >= 0.5). ``--before DIR``
+events/s and by CPU time per event (targets: W1 >= 0.6, W2 >= 0.5). Every worker
+process, pipeline and plain loop alike, runs with glibc's heap trimming off
+(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``): the plain loop frees each batch's
+outputs whole, glibc hands that memory back, and on a virtual machine that returns
+freed pages to its host, touching it again costs a page fault per event, which
+measured the loop at a third of its speed; ``--default-malloc`` keeps glibc's
+defaults. ``--before DIR``
 runs each workload a second time per run with an earlier version's packages (a tree
 ``DIR/headwater/store``, ``DIR/headwater/processing``, ...: first on the worker's
 ``PYTHONPATH``), in alternating order, and prints the ratios now / before.
@@ -488,12 +494,19 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+#: The environment of the timed worker processes (see ``--default-malloc``).
+WORKER_ENV: dict[str, str] = {
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),  # never hand the heap's top back
+    "MALLOC_TOP_PAD_": str(64 << 20),  # grow it 64 MiB at a time
+}
+
+
 def run_in_worker(data: Path, name: str, workload: str, packages: Path | None = None) -> Timed:
     """Run ``workload`` in a new worker process, as ``headwater run`` would (with the
     headwater packages found under ``packages``, if given: see ``--before``)."""
-    env = None
+    env = {**os.environ, **WORKER_ENV}
     if packages is not None:
-        env = {**os.environ, "PYTHONPATH": str(packages)}
+        env["PYTHONPATH"] = str(packages)
     worker = subprocess.run(
         [sys.executable, __file__, "--worker", str(data), name, workload],
         check=True,
@@ -511,6 +524,7 @@ def run_plain_in_worker(count: int, workload: str) -> Timed:
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, **WORKER_ENV},
     )
     return Timed(*orjson.loads(worker.stdout))
 
@@ -839,7 +853,14 @@ def main() -> None:
         action="store_true",
         help="also run each workload's plain loop, interleaved, and print the ratios to it",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="run the workers with glibc's default heap trimming (see the docstring)",
+    )
     args = parser.parse_args()
+    if args.default_malloc:
+        WORKER_ENV.clear()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=args.dir))
     data = root / "data"
     workloads = [args.only] if args.only else ["W1", "W2"]

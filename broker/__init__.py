@@ -8,7 +8,8 @@
 
 :class:`AdminClient` administers topics on a running broker (``headwater topics ...
 --bootstrap HOST:PORT``): creates, changes, grows and deletes them, deletes their records,
-and deletes consumer groups' committed offsets.
+and deletes consumer groups' committed offsets; it also lists and describes transactional
+ids (``headwater transactions``).
 
 The process that owns a data directory serves it with :func:`serve_data_directory`, which
 announces the address in the directory (``headwater.store.served_address`` finds it).
@@ -27,7 +28,8 @@ keyed by the snake_case names of Kafka's fields, and response dicts back into fr
 from ._admin import AdminClient as AdminClient
 from ._admin import RemotePartition as RemotePartition
 from ._admin import RemoteTopic as RemoteTopic
-from ._admin import parse_address as parse_address
+from ._admin import RemoteTransaction as RemoteTransaction
+from ._admin_connection import parse_address as parse_address
 from ._config import BrokerConfig as BrokerConfig
 from ._config import Node as Node
 from ._dispatch import ClientInfo as ClientInfo
@@ -87,6 +89,7 @@ __all__ = (
     "ProtocolError",
     "RemotePartition",
     "RemoteTopic",
+    "RemoteTransaction",
     "Request",
     "RequestHeader",
     "UnsupportedVersionError",

@@ -1,4 +1,5 @@
-"""A small blocking admin client over the codec: topics on a running Kafka-protocol broker.
+"""A small blocking admin client over the codec: topics (and transactions) on a running
+Kafka-protocol broker.
 
 Theory of operation
 -------------------
@@ -11,7 +12,8 @@ that does not know v3 asks) and uses, per API, the highest version both sides sp
 It follows the cluster's routing, so it works against a Kafka cluster as well as against
 ``headwater broker``: CreateTopics, DeleteTopics and CreatePartitions go to the
 controller that Metadata names, ListOffsets and DeleteRecords to each partition's leader,
-OffsetDelete to the group's coordinator (FindCoordinator), config changes to the
+OffsetDelete to the group's coordinator (FindCoordinator), DescribeTransactions to the
+transactional id's, ListTransactions to every broker, config changes to the
 bootstrap broker (any broker forwards them); connections are made on demand and kept by
 node id.
 
@@ -27,37 +29,24 @@ when a broker cannot be reached (the CLI turns that into one line).
 
 from __future__ import annotations
 
-import importlib.metadata
-import socket
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import tenacity
 
-from ._errors import BrokerError, BrokerResponseError, MalformedResponseError
+from ._admin_connection import Connection, check_error, parse_address
+from ._errors import BrokerResponseError
 from ._protocol import (
-    API_VERSIONS,
     ApiKey,
     KafkaErrorCode,
     Message,
-    RequestHeader,
-    decode_response,
-    encode_request,
 )
 
 DEFAULT_TIMEOUT_S = 10.0
-_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
-_SIZE = struct.Struct(">i")
 _LATEST = -1
 _EARLIEST = -2
 _TOPIC_RESOURCE = 2
 _SET, _DELETE = 0, 1  # IncrementalAlterConfigs' operations
-try:
-    _SOFTWARE_VERSION = importlib.metadata.version("headwater")
-except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
-    _SOFTWARE_VERSION = "0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,98 +72,19 @@ class RemoteTopic:
     configs: Mapping[str, str] = field(default_factory=dict)
 
 
-def parse_address(
-    text: str, default_port: int = 9092, *, allow_any_port: bool = False
-) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT``; the port may be left out) into host and port.
+@dataclass(frozen=True, slots=True)
+class RemoteTransaction:
+    """A transactional id as its coordinator reports it (the epoch, timeout, start and
+    partitions are known only from DescribeTransactions: -1 and empty otherwise)."""
 
-    :param allow_any_port: accept port 0 ("any free port", for listening).
-    :raises ValueError: if the port is not a number from 1 (or 0) to 65535, or the host
-        is empty.
-    """
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not host:
-        raise ValueError(f"{text!r}: expected HOST:PORT")
-    if not port_text:
-        return host, default_port
-    low = 0 if allow_any_port else 1
-    if not port_text.isdigit() or not low <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: the port must be a number from {low} to 65535")
-    return host, int(port_text)
-
-
-class _Connection:
-    def __init__(self, host: str, port: int, client_id: str, timeout_s: float) -> None:
-        self.address = f"{host}:{port}"
-        self._sock = socket.create_connection((host, port), timeout=timeout_s)
-        self._client_id = client_id
-        self._correlation = 0
-        self.versions = self._negotiate()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def _negotiate(self) -> dict[int, int]:
-        # Kafka checks both names against [a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?: an
-        # empty version is an INVALID_REQUEST.
-        body = self.send(
-            ApiKey.API_VERSIONS,
-            3,
-            {"client_software_name": "headwater", "client_software_version": _SOFTWARE_VERSION},
-        )
-        if body["error_code"] == KafkaErrorCode.UNSUPPORTED_VERSION:
-            body = self.send(ApiKey.API_VERSIONS, 0, {})
-        _check(body["error_code"], "ApiVersions", None)
-        versions = {}
-        for entry in body["api_keys"]:
-            ours = API_VERSIONS.get(entry["api_key"])
-            if ours is None:
-                continue
-            low = max(ours.accepted[0], entry["min_version"])
-            high = min(ours.advertised[1], entry["max_version"])
-            if low <= high:
-                versions[entry["api_key"]] = high
-        return versions
-
-    def request(self, api_key: ApiKey, body: Mapping[str, Any]) -> Message:
-        version = self.versions.get(api_key)
-        if version is None:
-            raise BrokerError(f"the broker at {self.address} does not serve {api_key.name}")
-        return self.send(api_key, version, body)
-
-    def send(self, api_key: ApiKey, version: int, body: Mapping[str, Any]) -> Message:
-        self._correlation += 1
-        header = RequestHeader(api_key, version, self._correlation, self._client_id)
-        self._sock.sendall(b"".join(encode_request(header, body)))
-        (size,) = _SIZE.unpack(self._receive(4))
-        if not 4 <= size <= _MAX_RESPONSE_BYTES:
-            raise MalformedResponseError(f"response frame size {size} from {self.address}")
-        return decode_response(header, self._receive(size))
-
-    def _receive(self, size: int) -> bytes:
-        chunks = bytearray()
-        while len(chunks) < size:
-            chunk = self._sock.recv(min(size - len(chunks), 1 << 20))
-            if not chunk:
-                raise ConnectionResetError(f"the broker at {self.address} closed the connection")
-            chunks += chunk
-        return bytes(chunks)
-
-
-def _check(code: int, action: str, message: str | None) -> None:
-    if code == KafkaErrorCode.NONE:
-        return
-    try:
-        name = KafkaErrorCode(code).name
-    except ValueError:
-        name = f"error {code}"
-    detail = f": {message}" if message else ""
-    raise BrokerResponseError(f"{action} failed with {name}{detail}", code)
+    transactional_id: str
+    producer_id: int
+    state: str
+    producer_epoch: int = -1
+    timeout_ms: int = -1
+    #: When its current or last transaction began (epoch ms), -1 if none since it started.
+    start_time_ms: int = -1
+    partitions: tuple[tuple[str, int], ...] = ()
 
 
 #: The errors of a partition whose leadership is moving (module docstring).
@@ -211,8 +121,8 @@ class AdminClient:
         host, port = parse_address(bootstrap)
         self._client_id = client_id
         self._timeout_s = timeout_s
-        self._bootstrap = _Connection(host, port, client_id, timeout_s)
-        self._nodes: dict[int, _Connection] = {}
+        self._bootstrap = Connection(host, port, client_id, timeout_s)
+        self._nodes: dict[int, Connection] = {}
         self._brokers: dict[int, tuple[str, int]] = {}
 
     def __enter__(self) -> AdminClient:
@@ -228,13 +138,13 @@ class AdminClient:
             connection.close()
         self._nodes.clear()
 
-    def _node(self, node_id: int) -> _Connection:
+    def _node(self, node_id: int) -> Connection:
         connection = self._nodes.get(node_id)
         if connection is None:
             if node_id not in self._brokers:
                 return self._bootstrap
             host, port = self._brokers[node_id]
-            connection = _Connection(host, port, self._client_id, self._timeout_s)
+            connection = Connection(host, port, self._client_id, self._timeout_s)
             self._nodes[node_id] = connection
         return connection
 
@@ -249,7 +159,7 @@ class AdminClient:
         self._brokers = {b["node_id"]: (b["host"], b["port"]) for b in body["brokers"]}
         return body
 
-    def _controller(self) -> _Connection:
+    def _controller(self) -> Connection:
         return self._node(self._metadata([])["controller_id"])
 
     # -- topics ----------------------------------------------------------------------------
@@ -278,7 +188,7 @@ class AdminClient:
             },
         )
         for result in body["topics"]:
-            _check(result["error_code"], f"creating topic {name!r}", result["error_message"])
+            check_error(result["error_code"], f"creating topic {name!r}", result["error_message"])
 
     def delete_topic(self, name: str) -> None:
         """Delete topic ``name``.
@@ -290,7 +200,7 @@ class AdminClient:
             {"topic_names": [name], "timeout_ms": int(self._timeout_s * 1000)},
         )
         for result in body["responses"]:
-            _check(result["error_code"], f"deleting topic {name!r}", result["error_message"])
+            check_error(result["error_code"], f"deleting topic {name!r}", result["error_message"])
 
     def alter_topic_config(self, name: str, configs: Mapping[str, str | None]) -> None:
         """Change topic ``name``'s Kafka-named ``configs`` (IncrementalAlterConfigs): set
@@ -320,7 +230,7 @@ class AdminClient:
             },
         )
         for result in body["responses"]:
-            _check(result["error_code"], f"changing topic {name!r}", result["error_message"])
+            check_error(result["error_code"], f"changing topic {name!r}", result["error_message"])
 
     def create_partitions(self, name: str, count: int) -> None:
         """Grow topic ``name`` to ``count`` partitions (CreatePartitions).
@@ -338,7 +248,7 @@ class AdminClient:
             },
         )
         for result in body["results"]:
-            _check(
+            check_error(
                 result["error_code"],
                 f"adding partitions to topic {name!r}",
                 result["error_message"],
@@ -352,7 +262,7 @@ class AdminClient:
         body = self._metadata([name])
         for topic in body["topics"]:
             missing = topic["error_code"] == KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            _check(
+            check_error(
                 topic["error_code"],
                 f"looking up topic {name!r}",
                 "the topic does not exist" if missing else None,
@@ -374,7 +284,7 @@ class AdminClient:
         by_node: dict[int, list[int]] = {}
         for index in before:
             if index not in leaders:
-                _check(
+                check_error(
                     KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
                     f"deleting records of {name}-{index}",
                     f"topic {name!r} has {len(leaders)} partition(s)",
@@ -399,7 +309,7 @@ class AdminClient:
             for topic in body["topics"]:
                 for p in topic["partitions"]:
                     index = p["partition_index"]
-                    _check(p["error_code"], f"deleting records of {name}-{index}", None)
+                    check_error(p["error_code"], f"deleting records of {name}-{index}", None)
                     lows[index] = p["low_watermark"]
         return lows
 
@@ -416,7 +326,7 @@ class AdminClient:
         :raises BrokerError: if the broker does not serve OffsetDelete.
         """
         found = self._bootstrap.request(ApiKey.FIND_COORDINATOR, {"key": group, "key_type": 0})
-        _check(found["error_code"], f"finding the coordinator of group {group!r}", None)
+        check_error(found["error_code"], f"finding the coordinator of group {group!r}", None)
         self._metadata([])
         self._brokers.setdefault(found["node_id"], (found["host"], found["port"]))
         topics: dict[str, list[int]] = {}
@@ -432,12 +342,61 @@ class AdminClient:
                 ],
             },
         )
-        _check(body["error_code"], f"deleting offsets of group {group!r}", None)
+        check_error(body["error_code"], f"deleting offsets of group {group!r}", None)
         return {
             (topic["name"], p["partition_index"]): p["error_code"]
             for topic in body["topics"]
             for p in topic["partitions"]
         }
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def list_transactions(self) -> list[RemoteTransaction]:
+        """Return every transactional id of the cluster, by id (ListTransactions to every
+        broker, each the coordinator of some).
+
+        :raises BrokerError: if a broker does not serve ListTransactions.
+        """
+        found: list[RemoteTransaction] = []
+        self._metadata([])
+        for node_id in sorted(self._brokers):
+            body = self._node(node_id).request(
+                ApiKey.LIST_TRANSACTIONS, {"state_filters": [], "producer_id_filters": []}
+            )
+            check_error(body["error_code"], "listing transactions", None)
+            found += (
+                RemoteTransaction(t["transactional_id"], t["producer_id"], t["transaction_state"])
+                for t in body["transaction_states"]
+            )
+        return sorted(found, key=lambda t: t.transactional_id)
+
+    def describe_transaction(self, transactional_id: str) -> RemoteTransaction:
+        """Return ``transactional_id``'s state from its coordinator (DescribeTransactions).
+
+        :raises BrokerResponseError: ``TRANSACTIONAL_ID_NOT_FOUND`` for an unknown id.
+        :raises BrokerError: if the coordinator does not serve DescribeTransactions.
+        """
+        what = f"transactional id {transactional_id!r}"
+        found = self._bootstrap.request(
+            ApiKey.FIND_COORDINATOR, {"key": transactional_id, "key_type": 1}
+        )
+        check_error(found["error_code"], f"finding the coordinator of {what}", None)
+        self._metadata([])
+        self._brokers.setdefault(found["node_id"], (found["host"], found["port"]))
+        body = self._node(found["node_id"]).request(
+            ApiKey.DESCRIBE_TRANSACTIONS, {"transactional_ids": [transactional_id]}
+        )
+        (t,) = body["transaction_states"]
+        check_error(t["error_code"], f"describing {what}", None)
+        return RemoteTransaction(
+            transactional_id,
+            t["producer_id"],
+            t["transaction_state"],
+            t["producer_epoch"],
+            t["transaction_timeout_ms"],
+            t["transaction_start_time_ms"],
+            tuple(sorted((p["topic"], i) for p in t["topics"] for i in p["partitions"])),
+        )
 
     def list_topic_names(self) -> list[str]:
         """Return the names of every topic, sorted."""
@@ -466,7 +425,7 @@ class AdminClient:
         internal: dict[str, bool] = {}
         for topic in body["topics"]:
             missing = topic["error_code"] == KafkaErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            _check(
+            check_error(
                 topic["error_code"],
                 f"describing topic {topic['name']!r}",
                 "the topic does not exist" if missing else None,
@@ -528,7 +487,7 @@ class AdminClient:
             for topic in body["topics"]:
                 for p in topic["partitions"]:
                     where = f"{topic['name']}-{p['partition_index']}"
-                    _check(p["error_code"], f"listing offsets of {where}", None)
+                    check_error(p["error_code"], f"listing offsets of {where}", None)
                     offsets[topic["name"], p["partition_index"]] = p["offset"]
         return offsets
 

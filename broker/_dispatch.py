@@ -22,6 +22,12 @@ handler}`` over the objects they need:
                            OffsetDelete -- over a
                            :class:`~headwater.groups.GroupCoordinator` (``headwater broker``
                            passes them as ``extra_handlers``).
+* ``_handlers_txn.py``     InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn,
+                           TxnOffsetCommit, EndTxn -- over a
+                           :class:`~headwater.groups.TransactionCoordinator`;
+* ``_handlers_txn_admin.py`` ListTransactions, DescribeTransactions, DescribeProducers,
+                           WriteTxnMarkers -- over the transaction coordinator and its
+                           store (both passed as ``extra_handlers`` too).
 
 The server merges the tables (later ones win, so a module may take over an API) and
 advertises in ApiVersions exactly the APIs of the merged table, with the version ranges

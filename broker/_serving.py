@@ -38,6 +38,7 @@ from headwater.store import Store, clear_served_address, write_served_address
 from ._config import BrokerConfig
 from ._handlers_groups import GroupHandlers
 from ._handlers_txn import TransactionHandlers
+from ._handlers_txn_admin import TransactionAdminHandlers
 from ._server import Broker
 
 logger = logging.getLogger("headwater.broker")
@@ -84,6 +85,7 @@ async def serve_data_directory(
             transactions = await stack.enter_async_context(made)
         handlers = GroupHandlers(coordinator).table()
         handlers.update(TransactionHandlers(transactions).table())
+        handlers.update(TransactionAdminHandlers(transactions).table())
         broker = Broker(store, config, extra_handlers=handlers, transactions=transactions)
         async with _served(store, config, broker, listener) as served:
             yield served

@@ -31,6 +31,7 @@ COMMANDS = {
     "produce": "_produce:produce",
     "consume": "_consume:consume",
     "groups": "_groups:groups",
+    "transactions": "_transactions:transactions",
     "broker": "_broker:broker",
     "connect": "_connect:connect",
     "run": "_app_commands:run_app",

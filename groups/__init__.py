@@ -156,6 +156,7 @@ from ._rebalance import GroupState as GroupState
 from ._txn_codes import TxnCode as TxnCode
 from ._txn_coordinator import TransactionCoordinator as TransactionCoordinator
 from ._txn_coordinator import pending_offsets as pending_offsets
+from ._txn_coordinator import read_transaction_states as read_transaction_states
 from ._txn_state import TRANSACTION_STATE_TOPIC as TRANSACTION_STATE_TOPIC
 from ._txn_state import PendingOffset as PendingOffset
 from ._txn_state import TxnMetadata as TxnMetadata
@@ -225,5 +226,6 @@ __all__ = (
     "encode_subscription",
     "pending_offsets",
     "range_assign",
+    "read_transaction_states",
     "round_robin_assign",
 )

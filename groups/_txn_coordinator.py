@@ -44,7 +44,7 @@ that serves its directory hands its own to the broker (one coordinator per direc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import anyio
 from anyio.abc import TaskGroup
@@ -152,16 +152,8 @@ class TransactionCoordinator:
         store = self.store
         if not store.has_topic(TRANSACTION_STATE_TOPIC):
             return  # made by the first transactional id's first write
-        partition = self._partition = store.partition(TRANSACTION_STATE_TOPIC, 0)
-        position, end = partition.log_start_offset, partition.high_watermark
-        while position < end:
-            records = await partition.read_records(position, _LOAD_BYTES)
-            if not records:
-                break
-            for record in records:
-                if record.offset < end and record.key is not None:
-                    self._apply(record.key, record.value, record.offset)
-            position = records[-1].offset + 1
+        self._partition = store.partition(TRANSACTION_STATE_TOPIC, 0)
+        self._txns = await read_transaction_states(store, self._clock())
         decided = [m for m in self._txns.values() if m.state.deciding]
         if self._txns:
             logger.info(
@@ -170,20 +162,6 @@ class TransactionCoordinator:
                 len(decided),
                 sum(m.state is TxnState.ONGOING for m in self._txns.values()),
             )
-
-    def _apply(self, key: bytes, value: bytes | None, offset: int) -> None:
-        transactional_id = key.decode(errors="replace")
-        if value is None:
-            self._txns.pop(transactional_id, None)
-            return
-        try:
-            meta = TxnMetadata.decode(transactional_id, value)
-        except ValueError as exc:
-            logger.warning("%s offset %d: skipped: %s", TRANSACTION_STATE_TOPIC, offset, exc)
-            return
-        if meta.updated_ms < 0:  # written before states said when: its time runs from now
-            meta.updated_ms = self._clock()
-        self._txns[transactional_id] = meta
 
     async def _write(self, meta: TxnMetadata) -> None:
         """Append ``meta`` to ``__transaction_state``; return once durable."""
@@ -248,6 +226,7 @@ class TransactionCoordinator:
                     return E.CONCURRENT_TRANSACTIONS, -1, -1
             meta.timeout_ms = timeout_ms
             meta.state = TxnState.EMPTY
+            meta.started_ms = -1
             await self._write(meta)
             return E.NONE, meta.producer_id, meta.producer_epoch
 
@@ -379,8 +358,44 @@ class TransactionCoordinator:
         return E.NONE
 
     def describe(self, transactional_id: str) -> TxnMetadata | None:
-        """Return the state of ``transactional_id`` (for inspection), or ``None``."""
+        """Return the state of ``transactional_id`` (for inspection), or ``None``.
+
+        The state is the coordinator's own object, as last changed: read it, never change it.
+        """
         return self._txns.get(transactional_id)
+
+    def list_transactions(
+        self,
+        states: Collection[TxnState] = (),
+        producer_ids: Collection[int] = (),
+        min_duration_ms: int = -1,
+    ) -> list[TxnMetadata]:
+        """Return the states of the known transactional ids, by id, that match every filter
+        given (Kafka's ListTransactions; read them, never change them).
+
+        :param states: only ids in one of these states (empty: any state).
+        :param producer_ids: only ids whose current producer id is one of these (empty: any).
+        :param min_duration_ms: only ids whose current or last transaction began longer
+            ago than this, by the coordinator's clock (negative: no filter); Kafka's
+            comparison, in which an id with no transaction since its producer started
+            passes every filter.
+        """
+        now = self._clock()
+        wanted_states = frozenset(states)
+        wanted_ids = frozenset(producer_ids)
+        found = []
+        for transactional_id in sorted(self._txns):
+            meta = self._txns[transactional_id]
+            if wanted_states and meta.state not in wanted_states:
+                continue
+            if wanted_ids and meta.producer_id not in wanted_ids:
+                continue
+            # As Kafka compares: an id whose producer began no transaction yet (-1) counts
+            # as running since the epoch, so it passes every duration filter.
+            if min_duration_ms >= 0 and now - meta.started_ms <= min_duration_ms:
+                continue
+            found.append(meta)
+        return found
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -542,6 +557,44 @@ class TransactionCoordinator:
         del self._txns[transactional_id]
         if not self._locks[transactional_id].statistics().tasks_waiting:
             del self._locks[transactional_id]  # nothing waits for it: no leak per id
+
+
+async def read_transaction_states(store: Store, now_ms: int) -> dict[str, TxnMetadata]:
+    """Return every transactional id's state as ``__transaction_state`` holds it (empty
+    when it does not exist): its latest record per id, tombstones dropping the id.
+
+    Reads only: what a coordinator loads on entering, and what a tool shows of a data
+    directory no coordinator serves. A state written before states said when they were
+    written is taken as written at ``now_ms``.
+    """
+    txns: dict[str, TxnMetadata] = {}
+    if not store.has_topic(TRANSACTION_STATE_TOPIC):
+        return txns
+    partition = store.partition(TRANSACTION_STATE_TOPIC, 0)
+    position, end = partition.log_start_offset, partition.high_watermark
+    while position < end:
+        records = await partition.read_records(position, _LOAD_BYTES)
+        if not records:
+            break
+        for record in records:
+            if record.offset >= end or record.key is None:
+                continue
+            transactional_id = record.key.decode(errors="replace")
+            if record.value is None:
+                txns.pop(transactional_id, None)
+                continue
+            try:
+                meta = TxnMetadata.decode(transactional_id, record.value)
+            except ValueError as exc:
+                logger.warning(
+                    "%s offset %d: skipped: %s", TRANSACTION_STATE_TOPIC, record.offset, exc
+                )
+                continue
+            if meta.updated_ms < 0:  # its time runs from now
+                meta.updated_ms = now_ms
+            txns[transactional_id] = meta
+        position = records[-1].offset + 1
+    return txns
 
 
 def pending_offsets(

@@ -80,7 +80,8 @@ class TxnMetadata:
     partitions: set[TopicPartition] = field(default_factory=set)
     groups: set[str] = field(default_factory=set)
     offsets: dict[str, dict[TopicPartition, PendingOffset]] = field(default_factory=dict)
-    #: When the current transaction began (epoch ms), -1 when none is open.
+    #: When the current or last transaction began (epoch ms); -1 when none began since the
+    #: producer's InitProducerId (Kafka keeps and shows it alike).
     started_ms: int = -1
     #: When this state was last written (epoch ms), -1 if not known.
     updated_ms: int = -1
@@ -124,7 +125,7 @@ class TxnMetadata:
             self.producer_epoch += 1
 
     def finish(self) -> None:
-        """Mark a decided transaction complete and forget what it wrote."""
+        """Mark a decided transaction complete and forget what it wrote (not when it began)."""
         assert self.state.deciding, self.state
         self.state = (
             TxnState.COMPLETE_COMMIT
@@ -134,7 +135,6 @@ class TxnMetadata:
         self.partitions.clear()
         self.groups.clear()
         self.offsets.clear()
-        self.started_ms = -1
 
     # -- the record ----------------------------------------------------------------------
 

@@ -51,7 +51,8 @@ from headwater.groups import TopicPartition
 
 from ._batch import Batch, Context
 from ._clock import Timer
-from ._lineage import SEQUENCE_HEADER, SOURCE_HEADER, SourcePosition
+from ._lineage import SourcePosition
+from ._marks import newer_marks
 from ._operators import Step
 from ._stores import MemoryStore, StoreSpec
 
@@ -127,37 +128,7 @@ class StatefulStep(Step):
         applied = self.stores[0].applied
         for s in self.stores[1:]:
             s.applied = applied
-        headers = ctx.records.headers
-        read = ctx.read
-        keep: list[bool] = []
-        dropped = 0
-        last_prefix: bytes | None = None
-        last = -1
-        for origin in batch.origins:
-            if origin >= read:  # emitted by a step of this task: not a read record
-                keep.append(True)
-                continue
-            found = headers[origin]
-            if not found or found[0][0] != SOURCE_HEADER or found[0][1] is None:
-                keep.append(True)  # not written by a runtime: nothing to compare
-                continue
-            prefix, _, digits = found[0][1].rpartition(b"/")
-            mark = int(digits) << 32
-            if len(found) > 1 and found[1][0] == SEQUENCE_HEADER:
-                mark |= int(found[1][1] or 0)
-            if prefix != last_prefix:
-                if last_prefix is not None:
-                    applied[last_prefix] = last
-                last_prefix = prefix
-                last = applied.get(prefix, -1)
-            if mark > last:
-                last = mark
-                keep.append(True)
-            else:
-                keep.append(False)
-                dropped += 1
-        if last_prefix is not None:
-            applied[last_prefix] = last
+        keep, dropped = newer_marks(ctx.records.headers, batch.origins, ctx.read, applied)
         if not dropped:
             return batch
         logger.info(
@@ -165,6 +136,7 @@ class StatefulStep(Step):
             "upstream task that re-processed its uncommitted input)",
             self.task.id, self.node.label, dropped, ctx.topic, ctx.partition,
         )  # fmt: skip
+        assert keep is not None
         return batch.select(keep)
 
     def emit(

@@ -10,6 +10,8 @@ asynchronously by a :class:`Partition`::
         records = await store.partition("clicks", placed[0][0]).read_records(0, 1 << 20)
 """
 
+from ._active_producers import ActiveProducer as ActiveProducer
+from ._active_producers import active_producers as active_producers
 from ._address import ADDRESS_FILE as ADDRESS_FILE
 from ._address import ServedAddress as ServedAddress
 from ._address import clear_served_address as clear_served_address
@@ -70,6 +72,7 @@ from ._partition import records_from as records_from
 from ._partitioner import StickyPartitioner as StickyPartitioner
 from ._partitioner import murmur2 as murmur2
 from ._partitioner import partition_for_key as partition_for_key
+from ._partitioner import partitions_for_keys as partitions_for_keys
 from ._producer_state import AbortedTransaction as AbortedTransaction
 from ._records import DecimalColumn as DecimalColumn
 from ._records import NewRecord as NewRecord
@@ -96,6 +99,7 @@ __all__ = (
     "ADDRESS_FILE",
     "INTERNAL_PREFIX",
     "AbortedTransaction",
+    "ActiveProducer",
     "AppendInfo",
     "BatchHeader",
     "CleanupPolicy",
@@ -147,6 +151,7 @@ __all__ = (
     "TopicNotFoundError",
     "Tracked",
     "UnsupportedCompressionError",
+    "active_producers",
     "canonical_key",
     "check_codec",
     "clear_served_address",
@@ -165,6 +170,7 @@ __all__ = (
     "open_store",
     "parse_batch_header",
     "partition_for_key",
+    "partitions_for_keys",
     "read_holder",
     "records_from",
     "repair_partition",

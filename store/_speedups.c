@@ -1,5 +1,6 @@
 /*
- * The store's hot loops in C: decoding and encoding v2 records sections, and murmur2.
+ * The store's hot loops in C: decoding and encoding v2 records sections, and murmur2 (of
+ * one key, and the partitions of a list of keys).
  *
  * Each function has a reference implementation in Python (headwater.store._records and
  * _partitioner); this module is an optional accelerator of exactly those, built when a C
@@ -773,15 +774,10 @@ PyDoc_STRVAR(murmur2_doc,
 "Kafka's murmur2 of ``data`` (a bytes-like object) as a signed 32-bit int: the C build of\n"
 "headwater.store._partitioner.murmur2.");
 
-static PyObject *
-murmur2(PyObject *module, PyObject *data)
+/* Kafka's murmur2 of data[0:length], as the unsigned bits of Java's int result. */
+static uint32_t
+murmur2_bits(const unsigned char *bytes, Py_ssize_t length)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    const unsigned char *bytes = view.buf;
-    Py_ssize_t length = view.len;
     const uint32_t m = 0x5BD1E995;
     uint32_t h = 0x9747B28CU ^ (uint32_t)length;
     Py_ssize_t words = length / 4;
@@ -810,8 +806,80 @@ murmur2(PyObject *module, PyObject *data)
     h ^= h >> 13;
     h *= m;
     h ^= h >> 15;
+    return h;
+}
+
+static PyObject *
+murmur2(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uint32_t h = murmur2_bits(view.buf, view.len);
     PyBuffer_Release(&view);
     return PyLong_FromLong((long)(int32_t)h);
+}
+
+PyDoc_STRVAR(partitions_for_keys_doc,
+"partitions_for_keys(keys, num_partitions, default, /)\n"
+"--\n\n"
+"The C build of headwater.store._partitioner.partitions_for_keys for a list of bytes and\n"
+"None; None for anything else (the caller then goes key by key).");
+
+static PyObject *
+partitions_for_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "partitions_for_keys takes 3 arguments");
+        return NULL;
+    }
+    PyObject *keys = args[0];
+    long count = PyLong_AsLong(args[1]);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(keys) || count < 1 || count > (1L << 20)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(keys);
+    /* One int object per partition, shared by the keys placed there. */
+    PyObject **numbers = PyMem_Calloc((size_t)count, sizeof(PyObject *));
+    PyObject *result = numbers ? PyList_New(size) : PyErr_NoMemory();
+    if (result == NULL) {
+        PyMem_Free(numbers);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *number;
+        if (key == Py_None) {
+            number = args[2];
+        } else if (PyBytes_CheckExact(key)) {
+            uint32_t h = murmur2_bits((const unsigned char *)PyBytes_AS_STRING(key),
+                                      PyBytes_GET_SIZE(key));
+            long partition = (long)((h & 0x7FFFFFFFU) % (uint32_t)count);
+            number = numbers[partition];
+            if (number == NULL) {
+                number = numbers[partition] = PyLong_FromLong(partition);
+                if (number == NULL) {
+                    Py_CLEAR(result);
+                    goto done;
+                }
+            }
+        } else {
+            Py_CLEAR(result);
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        PyList_SET_ITEM(result, i, Py_NewRef(number));
+    }
+done:
+    for (long p = 0; p < count; p++) {
+        Py_XDECREF(numbers[p]);
+    }
+    PyMem_Free(numbers);
+    return result;
 }
 
 /* -- syncing ---------------------------------------------------------------------------- */
@@ -931,6 +999,8 @@ static PyMethodDef speedups_methods[] = {
     {"encode_section", (PyCFunction)(void (*)(void))encode_section, METH_FASTCALL,
      encode_section_doc},
     {"murmur2", (PyCFunction)murmur2, METH_O, murmur2_doc},
+    {"partitions_for_keys", (PyCFunction)(void (*)(void))partitions_for_keys, METH_FASTCALL,
+     partitions_for_keys_doc},
     {"start_fsync", (PyCFunction)(void (*)(void))start_fsync, METH_FASTCALL, start_fsync_doc},
     {NULL, NULL, 0, NULL},
 };

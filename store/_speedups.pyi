@@ -48,3 +48,6 @@ def decode_columns(
     headers: list[tuple[tuple[str, bytes | None], ...]],
     /,
 ) -> bool | None: ...
+def partitions_for_keys(
+    keys: Sequence[bytes | None], num_partitions: int, default: int, /
+) -> list[int] | None: ...

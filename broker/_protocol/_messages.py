@@ -2,11 +2,11 @@
 
 Theory of operation
 -------------------
-Each API is declared once (``_log_apis``, ``_group_apis``, ``_admin_apis``) over the
-versions the broker advertises (NOTES.md's table), with the fields of every version;
-``_codec.py`` walks these declarations. Fields that only newer versions carry are left out
-until the broker advertises those versions: extending an API means raising ``advertised``
-and adding the new fields with ``since=``.
+Each API is declared once (``_log_apis``, ``_group_apis``, ``_admin_apis``, ``_txn_apis``,
+``_txn_admin_apis``) over the versions the broker advertises (NOTES.md's table), with the
+fields of every version; ``_codec.py`` walks these declarations. Fields that only newer
+versions carry are left out until the broker advertises those versions: extending an API
+means raising ``advertised`` and adding the new fields with ``since=``.
 
 ``advertised`` is what ApiVersions lists and what the codec decodes; ``accepted`` is the
 subrange the broker actually serves (Produce v0-2 carry the old message formats, Fetch
@@ -46,6 +46,12 @@ from ._group_apis import (
 )
 from ._log_apis import FETCH, INIT_PRODUCER_ID, LIST_OFFSETS, PRODUCE
 from ._schema import Api
+from ._txn_admin_apis import (
+    DESCRIBE_PRODUCERS,
+    DESCRIBE_TRANSACTIONS,
+    LIST_TRANSACTIONS,
+    WRITE_TXN_MARKERS,
+)
 from ._txn_apis import ADD_OFFSETS_TO_TXN, ADD_PARTITIONS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT
 
 APIS: dict[int, Api] = {
@@ -57,6 +63,7 @@ APIS: dict[int, Api] = {
         ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS, DELETE_GROUPS, DELETE_RECORDS,
         CREATE_PARTITIONS, OFFSET_DELETE,
         ADD_PARTITIONS_TO_TXN, ADD_OFFSETS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT,
+        WRITE_TXN_MARKERS, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS,
     )
 }  # fmt: skip
 """Every declared API by key."""

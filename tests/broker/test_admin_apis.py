@@ -424,6 +424,16 @@ def retention_of(admin: AdminClient, topic: str) -> tuple[str, bool]:
     return entry.value, bool(entry.is_default)
 
 
+def assert_retention_becomes(admin: AdminClient, topic: str, expected: tuple[str, bool]) -> None:
+    """Describe the topic until it shows ``expected`` (or fail after ``TIMEOUT_S``): Apache
+    Kafka answers an alter once its controller has recorded it, and the broker describing
+    the topic applies it from the metadata log a moment later."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while (found := retention_of(admin, topic)) != expected:
+        assert time.monotonic() < deadline, f"retention.ms stayed {found}, not {expected}"
+        time.sleep(0.05)  # no event to wait on: the metadata log is the broker's own
+
+
 def test_incremental_alter_configs_on_a_live_topic(bootstrap: str) -> None:
     topic = create_topic(bootstrap, 1)
     produce(bootstrap, topic, {0: 3})
@@ -437,9 +447,9 @@ def test_incremental_alter_configs_on_a_live_topic(bootstrap: str) -> None:
         admin.incremental_alter_configs([resource])[resource].result(TIMEOUT_S)
 
     alter(AlterConfigOpType.SET, "3600000")
-    assert retention_of(admin, topic) == ("3600000", False)
+    assert_retention_becomes(admin, topic, ("3600000", False))
     alter(AlterConfigOpType.DELETE, None)
-    assert retention_of(admin, topic) == (default, True)
+    assert_retention_becomes(admin, topic, (default, True))
 
     client = kafka.KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -448,5 +458,5 @@ def test_incremental_alter_configs_on_a_live_topic(bootstrap: str) -> None:
         assert response == {"topic": {topic: "OK"}}
     finally:
         client.close()
-    assert retention_of(admin, topic) == ("7200000", False)
+    assert_retention_becomes(admin, topic, ("7200000", False))
     assert watermarks(bootstrap, topic, 0) == (0, 3)  # records stay as they were

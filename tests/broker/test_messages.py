@@ -52,6 +52,10 @@ NOTES_TABLE = {
     ApiKey.ADD_OFFSETS_TO_TXN: ((0, 3), (0, 3), 3),
     ApiKey.END_TXN: ((0, 3), (0, 3), 3),
     ApiKey.TXN_OFFSET_COMMIT: ((0, 3), (0, 3), 3),
+    ApiKey.WRITE_TXN_MARKERS: ((0, 1), (0, 1), 1),
+    ApiKey.DESCRIBE_PRODUCERS: ((0, 0), (0, 0), 0),
+    ApiKey.DESCRIBE_TRANSACTIONS: ((0, 0), (0, 0), 0),
+    ApiKey.LIST_TRANSACTIONS: ((0, 1), (0, 1), 0),
 }
 
 # kafka-python patches a few schema entries; these are Kafka's own values.

@@ -88,6 +88,13 @@ TXN_APIS = {
     ApiKey.TXN_OFFSET_COMMIT,
 }
 """What ``headwater broker`` adds over its transaction coordinator."""
+TXN_ADMIN_APIS = {
+    ApiKey.LIST_TRANSACTIONS,
+    ApiKey.DESCRIBE_TRANSACTIONS,
+    ApiKey.DESCRIBE_PRODUCERS,
+    ApiKey.WRITE_TXN_MARKERS,
+}
+"""What ``headwater broker`` adds for Kafka's transaction tooling."""
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +189,7 @@ def test_api_versions_advertises_exactly_the_served_apis(conn: Connection, versi
     body = conn.request(ApiKey.API_VERSIONS, version, {"client_software_name": "t"})
     assert body["error_code"] == 0
     advertised = {e["api_key"]: (e["min_version"], e["max_version"]) for e in body["api_keys"]}
-    assert set(advertised) == SERVED | GROUP_APIS | TXN_APIS
+    assert set(advertised) == SERVED | GROUP_APIS | TXN_APIS | TXN_ADMIN_APIS
     for key, (low, high) in advertised.items():
         assert (low, high) == API_VERSIONS[ApiKey(key)].advertised
     # librdkafka enables features from these exact old versions.

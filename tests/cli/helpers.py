@@ -31,7 +31,7 @@ Headwater = Callable[..., subprocess.CompletedProcess[str]]
 #: importing headwater again for each of the suite's thousand-odd short commands would
 #: cost a third of a second each. Everything else (and anything given an environment of
 #: its own, or following a log) runs as a real subprocess.
-IN_PROCESS = frozenset({"topics", "produce", "consume", "groups", "trace"})
+IN_PROCESS = frozenset({"topics", "produce", "consume", "groups", "transactions", "trace"})
 
 
 def run_headwater(

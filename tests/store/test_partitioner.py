@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater.store._partitioner import StickyPartitioner, _murmur2, murmur2, partition_for_key
+from headwater.store._partitioner import (
+    StickyPartitioner,
+    _murmur2,
+    murmur2,
+    partition_for_key,
+    partitions_for_keys,
+)
 
 with warnings.catch_warnings():
     # Importing kafka-python loads its protocol schemas with a deprecated importlib API.
@@ -89,6 +95,28 @@ def test_partition_for_key_single_partition() -> None:
 def test_partition_for_key_rejects_no_partitions(num_partitions: int) -> None:
     with pytest.raises(ValueError, match="num_partitions"):
         partition_for_key(b"k", num_partitions)
+
+
+@given(
+    st.lists(st.none() | st.binary(max_size=40), max_size=50),
+    st.integers(min_value=1, max_value=4096),
+    st.integers(min_value=0, max_value=9),
+)
+def test_partitions_for_keys_places_each_key_as_partition_for_key(
+    keys: list[bytes | None], num_partitions: int, default: int
+) -> None:
+    # Against the Python murmur2, so the C loop is checked against the reference.
+    expected = [default if k is None else (_murmur2(k) & 0x7FFFFFFF) % num_partitions for k in keys]
+    assert partitions_for_keys(keys, num_partitions, default) == expected
+    # Not a list of bytes (a tuple, a bytearray key): key by key, with the same answer.
+    assert partitions_for_keys(tuple(keys), num_partitions, default) == expected
+    mixed = [bytearray(k) if k is not None else None for k in keys]
+    assert partitions_for_keys(mixed, num_partitions, default) == expected  # type: ignore[arg-type]
+
+
+def test_partitions_for_keys_rejects_no_partitions() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        partitions_for_keys([b"a"], 0, 0)
 
 
 def test_keys_spread_evenly_over_partitions() -> None:

@@ -1,0 +1,13 @@
+"""Types of the processing runtime's C accelerator (processing/_speedups.c)."""
+
+from collections.abc import Sequence
+
+def newer_marks(
+    headers: Sequence[Sequence[tuple[str, bytes | None]]],
+    origins: Sequence[int],
+    read: int,
+    applied: dict[bytes, int],
+    source_name: str,
+    sequence_name: str,
+    /,
+) -> tuple[list[bool] | None, int] | None: ...
