@@ -35,8 +35,9 @@ failing to write them is not such an error (the next flush writes them again).
 The active segment rolls when the next batch would take it past ``segment_bytes`` or its
 first batch is older than ``segment_ms``; it is fsynced before the next one is created,
 so only the last segment can ever end in a torn batch. Retention removes whole segments
-from the front (never the active one), by age (a segment whose newest record is older than
-``retention_ms``) and by size (while the log is larger than ``retention_bytes``).
+from the front (never the active one, nor one that ends past the high watermark its owner
+names), by age (a segment whose newest record is older than ``retention_ms``) and by
+size (while the log is larger than ``retention_bytes``).
 ``log_start_offset`` is the base offset of the first remaining segment, or later: deleting
 records (:meth:`PartitionLog.advance_log_start`, Kafka's DeleteRecords) moves it to any
 offset up to the log end, recorded durably in a file of its own (see ``_log_start.py``)
@@ -934,18 +935,24 @@ class PartitionLog:
 
     # -- retention -------------------------------------------------------------------------
 
-    def enforce_retention(self, now_ms: int | None = None) -> list[int]:
+    def enforce_retention(
+        self, now_ms: int | None = None, *, upper_offset: int | None = None
+    ) -> list[int]:
         """Delete whole segments past ``retention_ms`` or beyond ``retention_bytes``.
 
         Also deletes, whatever the cleanup policy, segments that end at or before the log
         start (records deleted by :meth:`advance_log_start`). The active segment is never
         deleted, nor otherwise anything of a compacted topic (its records go only when
-        superseded). Returns the base offsets removed.
+        superseded), nor a segment that ends past ``upper_offset`` (the high watermark;
+        default: the log end), so that, as in Kafka, the log start never passes what
+        readers may see. Returns the base offsets removed.
         """
         if self._failure is not None or self.read_only:
             return []
+        upper = self._log_end_offset if upper_offset is None else upper_offset
         removed: list[int] = []
-        while len(self._segments) > 1 and self._segments[1].base_offset <= self._deleted_before:
+        deleted = min(self._deleted_before, upper)
+        while len(self._segments) > 1 and self._segments[1].base_offset <= deleted:
             removed.append(self._segments[0].base_offset)
             self._delete_oldest()
         if self.config.cleanup_policy is CleanupPolicy.COMPACT:
@@ -954,7 +961,7 @@ class PartitionLog:
         retention_ms = self.config.retention_ms
         retention_bytes = self.config.retention_bytes
         total = sum(s.size for s in self._segments)
-        while len(self._segments) > 1:
+        while len(self._segments) > 1 and self._segments[1].base_offset <= upper:
             oldest = self._segments[0]
             expired = retention_ms >= 0 and now - oldest.max_timestamp > retention_ms
             oversized = retention_bytes >= 0 and total - oldest.size >= retention_bytes

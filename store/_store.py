@@ -368,13 +368,20 @@ class Store:
         return removed
 
     def enforce_retention(self) -> int:
-        """Apply every topic's retention now; return how many segments were deleted."""
+        """Apply every topic's retention now; return how many segments were deleted.
+
+        Only records below a partition's high watermark are deleted: the log start never
+        passes what readers may see (a segment that rolled is durable before its records
+        are acknowledged, and stays until they are).
+        """
         removed = 0
         now = self._clock()
         for partitions in self._topics.values():
             for partition in partitions:
                 if not partition.log.closed:
-                    removed += len(partition.log.enforce_retention(now))
+                    removed += len(
+                        partition.log.enforce_retention(now, upper_offset=partition.high_watermark)
+                    )
         return removed
 
     def _check_open(self) -> None:

@@ -6,7 +6,9 @@ the new log start until a marker ends it), an abort is indexed from that first o
 hides the transaction's records that remain, and read_committed readers from the log start
 see exactly what they saw before. All of it holds through a clean reopen and through a
 reopen after a crash (the log abandoned as ``kill -9`` leaves it), and, with the producer
-snapshots gone, readers still see the same records.
+snapshots gone, readers still see the same records. Retention also never moves the log
+start past the high watermark (Kafka's rule), so the log start cannot pass records that
+are written but not yet acknowledged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from headwater.store import (
     TopicConfig,
     encode_batch,
     encode_transactional_batch,
+    open_store,
 )
 from headwater.store._producer_snapshots import SNAPSHOT_SUFFIX
 
@@ -158,3 +161,28 @@ async def test_retention_past_a_transaction_that_then_commits(tmp_path: Path, ho
             partition = reopen(partition, how)
     finally:
         partition.close()
+
+
+async def test_retention_never_moves_the_log_start_past_the_high_watermark(
+    tmp_path: Path,
+) -> None:
+    """A segment that rolled holds records written but not yet acknowledged (their
+    group-commit fsync has not answered): retention keeps it until they are, so that the
+    log start never passes the high watermark, and with it the LSO of a transaction."""
+    config = TopicConfig(durability=Durability.BATCH, retention_bytes=1)
+    async with open_store(tmp_path, clock=lambda: NOW_MS) as store:
+        await store.create_topic("t", config)
+        partition = store.partition("t", 0)
+        txn = Writer(TXN, transactional=True)
+        written = partition.append_batch_nowait(txn.batch(b"t0", NOW_MS))
+        partition.log.roll()
+        partition.append_batch_nowait(txn.batch(b"t1", NOW_MS))
+        assert partition.high_watermark == 0
+        assert store.enforce_retention() == 0
+        assert partition.log_start_offset == 0
+        assert partition.last_stable_offset == 0
+        await partition.wait_durable(written.next_offset + 1)
+        assert store.enforce_retention() == 1
+        assert partition.log_start_offset == 1 <= partition.high_watermark == 2
+        # The transaction stays open from offset 0, below the log start, as in Kafka.
+        assert partition.last_stable_offset == 0
