@@ -13,12 +13,10 @@ import asyncio
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apache_kafka.running import ApacheKafka
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -48,23 +46,6 @@ with warnings.catch_warnings():
     import kafka.errors
 
 TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="module")
-def headwater_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path_factory.mktemp("admin-apis") / "data").start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(params=["headwater", "kafka"])
-def bootstrap(request: pytest.FixtureRequest) -> str:
-    """The cluster under test: ``headwater broker``, or Apache Kafka."""
-    if request.param == "kafka":
-        kafka_broker: ApacheKafka = request.getfixturevalue("apache_kafka")
-        return kafka_broker.bootstrap
-    broker: BrokerProcess = request.getfixturevalue("headwater_broker")
-    return broker.bootstrap
 
 
 def unique(prefix: str) -> str:

@@ -14,12 +14,10 @@ import asyncio
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apache_kafka.running import ApacheKafka
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -30,6 +28,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from .conftest import Cluster
 from .running import BrokerProcess
 
 with warnings.catch_warnings():
@@ -37,30 +36,6 @@ with warnings.catch_warnings():
     import kafka
 
 TIMEOUT_S = 60.0
-
-
-class Cluster:
-    """Where a scenario runs: a bootstrap address, and a broker we may kill (or not)."""
-
-    def __init__(self, bootstrap: str, broker: BrokerProcess | None = None) -> None:
-        self.bootstrap = bootstrap
-        self.broker = broker
-
-
-@pytest.fixture(scope="module")
-def headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path_factory.mktemp("txn") / "data").start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(params=["headwater", "kafka"])
-def cluster(request: pytest.FixtureRequest) -> Cluster:
-    if request.param == "kafka":
-        kafka_fixture: ApacheKafka = request.getfixturevalue("apache_kafka")
-        return Cluster(kafka_fixture.bootstrap)
-    broker: BrokerProcess = request.getfixturevalue("headwater")
-    return Cluster(broker.bootstrap, broker)
 
 
 def new_topic(bootstrap: str, prefix: str, partitions: int = 1) -> str:

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from apache_kafka.running import ApacheKafka
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -40,22 +39,6 @@ TXN_TIMEOUT_MS = 300_000
 #: kafka-python counts a transaction as hanging once older than this + 5 minutes (the
 #: Java tool's margin): -5 minutes makes every open transaction count.
 EVERY_OPEN_TRANSACTION = -5 * 60 * 1000
-
-
-@pytest.fixture(scope="module")
-def headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path_factory.mktemp("txn-admin") / "data").start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(params=["headwater", "kafka"])
-def bootstrap(request: pytest.FixtureRequest) -> str:
-    if request.param == "kafka":
-        kafka_fixture: ApacheKafka = request.getfixturevalue("apache_kafka")
-        return kafka_fixture.bootstrap
-    broker: BrokerProcess = request.getfixturevalue("headwater")
-    return broker.bootstrap
 
 
 @pytest.fixture

@@ -17,22 +17,19 @@ runs against headwater only: the Kafka fixture is shared by the session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import tenacity
-from apache_kafka.running import ApacheKafka
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from headwater.broker import ApiKey
 
+from .conftest import Cluster
 from .running import BrokerProcess, Connection
 from .test_transactions import (
     TIMEOUT_S,
-    Cluster,
     new_topic,
     read_all,
     restart_on_same_port,
@@ -40,23 +37,6 @@ from .test_transactions import (
     txn_producer,
     values,
 )
-
-
-@pytest.fixture(scope="module")
-def headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path_factory.mktemp("txn-log-start") / "data").start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(params=["headwater", "kafka"])
-def cluster(request: pytest.FixtureRequest) -> Cluster:
-    if request.param == "kafka":
-        kafka_fixture: ApacheKafka = request.getfixturevalue("apache_kafka")
-        return Cluster(kafka_fixture.bootstrap)
-    broker: BrokerProcess = request.getfixturevalue("headwater")
-    return Cluster(broker.bootstrap, broker)
-
 
 RU, RC = 0, 1
 _LATEST, _EARLIEST = -1, -2

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
-from apache_kafka.running import ApacheKafka
 
 from headwater.broker import ApiKey, KafkaErrorCode, serve_data_directory
 from headwater.groups import GroupCoordinator
@@ -40,7 +38,7 @@ from headwater.store import (
     parse_batch_header,
 )
 
-from .running import AsyncConnection, BrokerProcess, Connection, produce_body
+from .running import AsyncConnection, Connection, produce_body
 from .test_transactions import new_topic, read_all
 from .test_transactions_log_start import list_offset, port_of, wait_for_high_watermark
 
@@ -157,22 +155,6 @@ async def run(tmp_path: Path) -> None:
 
 
 # -- a late batch, against headwater broker and Apache Kafka ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path_factory.mktemp("txn-order") / "data").start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(params=["headwater", "kafka"])
-def bootstrap(request: pytest.FixtureRequest) -> str:
-    if request.param == "kafka":
-        kafka_fixture: ApacheKafka = request.getfixturevalue("apache_kafka")
-        return kafka_fixture.bootstrap
-    broker: BrokerProcess = request.getfixturevalue("headwater")
-    return broker.bootstrap
 
 
 def until_ready(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
