@@ -34,9 +34,8 @@ import heapq
 from bisect import insort
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress, groupby, repeat
-from operator import add as add_ints
-from operator import itemgetter, le
+from itertools import compress, groupby
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._batch import Batch, Context, apply_each, indexes, mask_without
@@ -44,6 +43,7 @@ from ._clock import Timer
 from ._stateful import StatefulStep
 from ._stores import StoreKind
 from ._table import Change
+from ._window_columns import running_max, tumbling_windows
 from .windows import (
     HoppingWindows,
     SessionWindows,
@@ -412,13 +412,6 @@ def _place(source: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-def running_max(times: list[int], first: int) -> list[int]:
-    """Return the stream time each record of a batch sees: the largest of ``first`` and
-    the times up to it."""
-    top = first  # a comparison per time: four times as fast as accumulate(times, max)
-    return [top := t if t > top else top for t in times]
-
-
 def _as_ms(ts: Any) -> int:
     """Return a timestamp function's result as int epoch ms.
 
@@ -474,20 +467,14 @@ class TumblingAggregateStep(WindowedAggregateStep):
         size, grace = spec.size_ms, self.grace_ms
         origins = batch.origins
         source, _ = self.source_id(ctx, origins[0])
-        starts = [ts - ts % size for ts in times]
+        starts, late = tumbling_windows(times, size, grace, first)
         values = batch.values
         rows = indexes(len(values))
-        late: list[int] = []
-        top = max(times)
-        if min(starts) + size + grace <= (top if top > first else first):  # some may be late
-            closed = list(map(add_ints, starts, repeat(size + grace)))
-            is_late = list(map(le, closed, running_max(times, first)))
-            if True in is_late:
-                late = list(compress(rows, is_late))
-                keep = mask_without(len(values), late)
-                keys, starts, values, rows, origins = (
-                    list(compress(column, keep)) for column in (keys, starts, values, rows, origins)
-                )
+        if late:
+            keep = mask_without(len(values), late)
+            keys, starts, values, rows, origins = (
+                list(compress(column, keep)) for column in (keys, starts, values, rows, origins)
+            )
         # The lineage of the records that are not late only: the late change no state.
         sources: list[str] | None = None  # each row's source, if they differ
         if ctx.sources is None:

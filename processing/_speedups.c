@@ -1,8 +1,10 @@
 /*
- * The processing runtime's hot loops in C: for now, which records of a repartition topic
- * a stateful step has applied already (newer_marks).
+ * The processing runtime's hot loops in C: which records of a repartition topic a
+ * stateful step has applied already (newer_marks), and a batch's tumbling windows and
+ * late records (tumbling_windows).
  *
- * Each function has a reference implementation in Python (headwater.processing._marks);
+ * Each function has a reference implementation in Python (headwater.processing._marks,
+ * _window_columns);
  * this module is an optional accelerator of exactly that, built when a C compiler is
  * present at install time, and the tests hold the two to the same results. For input it
  * does not take (a header that is not a plain decimal number, a mark past what it keeps
@@ -314,8 +316,97 @@ done:
     return result;
 }
 
+/* -- tumbling windows ------------------------------------------------------------------ */
+
+PyDoc_STRVAR(tumbling_windows_doc,
+"tumbling_windows(times, size, grace, first)\n"
+"--\n\n"
+"headwater.processing._window_columns._tumbling_windows in one loop: return (starts,\n"
+"late), each record's window start and the indexes of the late records; or None for\n"
+"input to leave to the Python version (a time that is not an int within 64 bits, or a\n"
+"negative one; a size below 1).");
+
+static PyObject *
+tumbling_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "tumbling_windows takes 4 arguments");
+        return NULL;
+    }
+    PyObject *times = args[0];
+    if (!PyList_CheckExact(times) || PyList_GET_SIZE(times) == 0) {
+        Py_RETURN_NONE;
+    }
+    long long size, grace = 0, first = 0, close_after;
+    int overflow = 0;
+    size = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (!overflow) {
+        grace = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    }
+    if (!overflow) {
+        first = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow || size < 1 || grace < 0 || __builtin_add_overflow(size, grace, &close_after)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(times);
+    PyObject *starts = PyList_New(count);
+    PyObject *late = PyList_New(0);
+    if (starts == NULL || late == NULL) {
+        goto error;
+    }
+    long long now = first;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(times, i);
+        if (!PyLong_CheckExact(item)) {
+            goto give_up;
+        }
+        long long t = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (t == -1 && PyErr_Occurred()) {
+            goto error;
+        }
+        if (overflow || t < 0) {
+            goto give_up;
+        }
+        long long start = t - t % size, closes;
+        PyObject *value = PyLong_FromLongLong(start);
+        if (value == NULL) {
+            goto error;
+        }
+        PyList_SET_ITEM(starts, i, value);
+        if (t > now) {
+            now = t;
+        }
+        if (__builtin_add_overflow(start, close_after, &closes)) {
+            goto give_up;
+        }
+        if (closes <= now) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(late, index) < 0) {
+                Py_XDECREF(index);
+                goto error;
+            }
+            Py_DECREF(index);
+        }
+    }
+    return Py_BuildValue("(NN)", starts, late);
+give_up:
+    Py_DECREF(starts);
+    Py_DECREF(late);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(starts);
+    Py_XDECREF(late);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"newer_marks", (PyCFunction)(void (*)(void))newer_marks, METH_FASTCALL, newer_marks_doc},
+    {"tumbling_windows", (PyCFunction)(void (*)(void))tumbling_windows, METH_FASTCALL,
+     tumbling_windows_doc},
     {NULL, NULL, 0, NULL},
 };
 

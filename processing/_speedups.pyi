@@ -11,3 +11,6 @@ def newer_marks(
     sequence_name: str,
     /,
 ) -> tuple[list[bool] | None, int] | None: ...
+def tumbling_windows(
+    times: list[int], size: int, grace: int, first: int, /
+) -> tuple[list[int], list[int]] | None: ...
