@@ -4,11 +4,16 @@ the records one at a time as Kafka Streams does."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from headwater.processing import _window_columns
+from headwater.processing._aggregate import _windowed_many
 from headwater.processing._window_columns import _tumbling_windows, tumbling_windows
+from headwater.processing.windows import Windowed
 
 compiled = _window_columns._c_tumbling_windows
 
@@ -52,3 +57,11 @@ def test_times_past_64_bits_are_left_to_python_and_answered_alike() -> None:
     if compiled is not None:
         assert compiled(times, 10, 0, 0) is None
     assert tumbling_windows(times, 10, 0, 0) == model(times, 10, 0, 0)
+
+
+def test_results_built_a_column_at_a_time_are_windowed_values_like_any_other() -> None:
+    made = _windowed_many(["u1", 7], [0, 10], [10, 20], [{"count": 1}, 3])
+    assert made == [Windowed("u1", 0, 10, {"count": 1}), Windowed(7, 10, 20, 3)]
+    assert hash(made[1]) == hash(Windowed(7, 10, 20, 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made[0].start = 5  # type: ignore[misc]
