@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from headwater.store import Record, RecordColumns, partitions_for_keys
+from headwater.store import Record, RecordColumns, partition_rows
 
 from ._batch import Batch, Context, apply_each
 from ._clock import Clock
@@ -232,19 +232,12 @@ class Pipeline:
         if count == 1 or keys.count(None) == len(keys):
             writes.setdefault((sink.topic, default), []).append(out)
             return
-        partitions = partitions_for_keys(keys, count, default)
-        targets = set(partitions)
-        if len(targets) == 1:
-            writes.setdefault((sink.topic, partitions[0]), []).append(out)
+        rows = partition_rows(keys, count, default)
+        if len(rows) == 1:
+            writes.setdefault((sink.topic, next(iter(rows))), []).append(out)
             return
-        # The records by partition, each partition's in their order (the sort is stable):
-        # one pass over the columns per partition, in C.
-        order = sorted(range(len(partitions)), key=partitions.__getitem__)
-        start = 0
-        for p in sorted(targets):
-            stop = start + partitions.count(p)
-            writes.setdefault((sink.topic, p), []).append(_take(out, order[start:stop]))
-            start = stop
+        for p in sorted(rows):  # each partition's records in their order, one pass each
+            writes.setdefault((sink.topic, p), []).append(_take(out, rows[p]))
 
     def _place_dead_letters(
         self, ctx: Context, writes: dict[tuple[str, int], list[OutRecords]]

@@ -72,7 +72,7 @@ from ._partition import records_from as records_from
 from ._partitioner import StickyPartitioner as StickyPartitioner
 from ._partitioner import murmur2 as murmur2
 from ._partitioner import partition_for_key as partition_for_key
-from ._partitioner import partitions_for_keys as partitions_for_keys
+from ._partitioner import partition_rows as partition_rows
 from ._producer_state import AbortedTransaction as AbortedTransaction
 from ._records import DecimalColumn as DecimalColumn
 from ._records import NewRecord as NewRecord
@@ -170,7 +170,7 @@ __all__ = (
     "open_store",
     "parse_batch_header",
     "partition_for_key",
-    "partitions_for_keys",
+    "partition_rows",
     "read_holder",
     "records_from",
     "repair_partition",

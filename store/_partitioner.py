@@ -18,8 +18,8 @@ then moves to another partition. :class:`StickyPartitioner` is that choice as a 
 object: the producer tells it when a batch is complete; randomness is injected so tests
 are deterministic.
 
-murmur2 runs once per keyed record (:func:`partitions_for_keys` places a batch's keys in
-one C loop). Its C build (``store/_speedups.c``) is used when it
+murmur2 runs once per keyed record (:func:`partition_rows` sorts a batch's keys into
+partitions in one C loop). Its C build (``store/_speedups.c``) is used when it
 was compiled; the Python version here, the reference the tests hold it to, is written for
 CPython's speed: words are unpacked by one precompiled ``struct`` call, masks are applied
 only where a shift or the result needs the low 32 bits (a product's low bits do not
@@ -32,7 +32,7 @@ import random
 import struct
 from collections.abc import Callable, Sequence
 
-__all__ = ["StickyPartitioner", "murmur2", "partition_for_key", "partitions_for_keys"]
+__all__ = ["StickyPartitioner", "murmur2", "partition_for_key", "partition_rows"]
 
 # One unpacker per word count for keys up to 255 bytes: building a format per call would
 # cost as much as hashing a short key.
@@ -74,10 +74,10 @@ def _murmur2(data: bytes) -> int:
 murmur2: Callable[[bytes], int]
 try:  # the C build of the same functions (store/_speedups.c), when it was compiled
     from ._speedups import murmur2
-    from ._speedups import partitions_for_keys as _partitions_for_keys
+    from ._speedups import partition_rows as _partition_rows
 except ImportError:  # pragma: no cover - installed without a C compiler
     murmur2 = _murmur2
-    _partitions_for_keys = None  # type: ignore[assignment]
+    _partition_rows = None  # type: ignore[assignment]
 
 
 def partition_for_key(key: bytes, num_partitions: int) -> int:
@@ -94,21 +94,27 @@ def partition_for_key(key: bytes, num_partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % num_partitions
 
 
-def partitions_for_keys(
+def partition_rows(
     keys: Sequence[bytes | None], num_partitions: int, default: int
-) -> list[int]:
-    """Return :func:`partition_for_key` of each key, ``default`` for each ``None`` key:
-    in one C loop where the C build is present and the keys are a list of ``bytes``.
+) -> dict[int, list[int]]:
+    """Return the indexes of ``keys`` by the partition :func:`partition_for_key` picks for
+    each (``default`` for a ``None`` key): each partition's in order, the partitions in
+    the order first met. One C loop where the C build is present and the keys are a list
+    of ``bytes``.
 
     :raises ValueError: if ``num_partitions`` is less than 1.
     """
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be at least 1, got {num_partitions}")
-    if _partitions_for_keys is not None:
-        found = _partitions_for_keys(keys, num_partitions, default)
+    if _partition_rows is not None:
+        found = _partition_rows(keys, num_partitions, default)
         if found is not None:
             return found
-    return [default if key is None else partition_for_key(key, num_partitions) for key in keys]
+    rows: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        partition = default if key is None else partition_for_key(key, num_partitions)
+        rows.setdefault(partition, []).append(i)
+    return rows
 
 
 class StickyPartitioner:

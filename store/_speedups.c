@@ -1,6 +1,6 @@
 /*
  * The store's hot loops in C: decoding and encoding v2 records sections, and murmur2 (of
- * one key, and the partitions of a list of keys).
+ * one key, and the rows of a list of keys by partition).
  *
  * Each function has a reference implementation in Python (headwater.store._records and
  * _partitioner); this module is an optional accelerator of exactly those, built when a C
@@ -821,17 +821,17 @@ murmur2(PyObject *module, PyObject *data)
     return PyLong_FromLong((long)(int32_t)h);
 }
 
-PyDoc_STRVAR(partitions_for_keys_doc,
-"partitions_for_keys(keys, num_partitions, default, /)\n"
+PyDoc_STRVAR(partition_rows_doc,
+"partition_rows(keys, num_partitions, default, /)\n"
 "--\n\n"
-"The C build of headwater.store._partitioner.partitions_for_keys for a list of bytes and\n"
+"The C build of headwater.store._partitioner.partition_rows for a list of bytes and\n"
 "None; None for anything else (the caller then goes key by key).");
 
 static PyObject *
-partitions_for_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+partition_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "partitions_for_keys takes 3 arguments");
+        PyErr_SetString(PyExc_TypeError, "partition_rows takes 3 arguments");
         return NULL;
     }
     PyObject *keys = args[0];
@@ -839,46 +839,73 @@ partitions_for_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (count == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (!PyList_CheckExact(keys) || count < 1 || count > (1L << 20)) {
+    long fallback = PyLong_AsLong(args[2]);
+    if (fallback == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(keys) || count < 1 || count > (1L << 20) || fallback < 0 ||
+        fallback >= count) {
         Py_RETURN_NONE;
     }
     Py_ssize_t size = PyList_GET_SIZE(keys);
-    /* One int object per partition, shared by the keys placed there. */
-    PyObject **numbers = PyMem_Calloc((size_t)count, sizeof(PyObject *));
-    PyObject *result = numbers ? PyList_New(size) : PyErr_NoMemory();
-    if (result == NULL) {
-        PyMem_Free(numbers);
-        return NULL;
+    /* Each partition's list of rows, and the partitions in the order first met. */
+    PyObject **rows = PyMem_Calloc((size_t)count, sizeof(PyObject *));
+    long *order = PyMem_Malloc((size_t)count * sizeof(long));
+    PyObject *result = NULL;
+    Py_ssize_t seen = 0;
+    if (rows == NULL || order == NULL) {
+        PyErr_NoMemory();
+        goto done;
     }
     for (Py_ssize_t i = 0; i < size; i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
-        PyObject *number;
+        long partition;
         if (key == Py_None) {
-            number = args[2];
+            partition = fallback;
         } else if (PyBytes_CheckExact(key)) {
             uint32_t h = murmur2_bits((const unsigned char *)PyBytes_AS_STRING(key),
                                       PyBytes_GET_SIZE(key));
-            long partition = (long)((h & 0x7FFFFFFFU) % (uint32_t)count);
-            number = numbers[partition];
-            if (number == NULL) {
-                number = numbers[partition] = PyLong_FromLong(partition);
-                if (number == NULL) {
-                    Py_CLEAR(result);
-                    goto done;
-                }
-            }
+            partition = (long)((h & 0x7FFFFFFFU) % (uint32_t)count);
         } else {
-            Py_CLEAR(result);
             result = Py_NewRef(Py_None);
             goto done;
         }
-        PyList_SET_ITEM(result, i, Py_NewRef(number));
+        if (rows[partition] == NULL) {
+            rows[partition] = PyList_New(0);
+            if (rows[partition] == NULL) {
+                goto done;
+            }
+            order[seen++] = partition;
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(rows[partition], index) < 0) {
+            Py_XDECREF(index);
+            goto done;
+        }
+        Py_DECREF(index);
     }
+    PyObject *found = PyDict_New();
+    if (found == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < seen; s++) {
+        PyObject *number = PyLong_FromLong(order[s]);
+        if (number == NULL || PyDict_SetItem(found, number, rows[order[s]]) < 0) {
+            Py_XDECREF(number);
+            Py_DECREF(found);
+            goto done;
+        }
+        Py_DECREF(number);
+    }
+    result = found;
 done:
-    for (long p = 0; p < count; p++) {
-        Py_XDECREF(numbers[p]);
+    if (rows != NULL) {
+        for (long p = 0; p < count; p++) {
+            Py_XDECREF(rows[p]);
+        }
     }
-    PyMem_Free(numbers);
+    PyMem_Free(rows);
+    PyMem_Free(order);
     return result;
 }
 
@@ -999,8 +1026,8 @@ static PyMethodDef speedups_methods[] = {
     {"encode_section", (PyCFunction)(void (*)(void))encode_section, METH_FASTCALL,
      encode_section_doc},
     {"murmur2", (PyCFunction)murmur2, METH_O, murmur2_doc},
-    {"partitions_for_keys", (PyCFunction)(void (*)(void))partitions_for_keys, METH_FASTCALL,
-     partitions_for_keys_doc},
+    {"partition_rows", (PyCFunction)(void (*)(void))partition_rows, METH_FASTCALL,
+     partition_rows_doc},
     {"start_fsync", (PyCFunction)(void (*)(void))start_fsync, METH_FASTCALL, start_fsync_doc},
     {NULL, NULL, 0, NULL},
 };

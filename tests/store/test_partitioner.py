@@ -15,7 +15,7 @@ from headwater.store._partitioner import (
     _murmur2,
     murmur2,
     partition_for_key,
-    partitions_for_keys,
+    partition_rows,
 )
 
 with warnings.catch_warnings():
@@ -100,23 +100,29 @@ def test_partition_for_key_rejects_no_partitions(num_partitions: int) -> None:
 @given(
     st.lists(st.none() | st.binary(max_size=40), max_size=50),
     st.integers(min_value=1, max_value=4096),
-    st.integers(min_value=0, max_value=9),
+    st.data(),
 )
-def test_partitions_for_keys_places_each_key_as_partition_for_key(
-    keys: list[bytes | None], num_partitions: int, default: int
+def test_partition_rows_sorts_each_key_where_partition_for_key_puts_it(
+    keys: list[bytes | None], num_partitions: int, data: st.DataObject
 ) -> None:
+    default = data.draw(st.integers(0, num_partitions - 1))
     # Against the Python murmur2, so the C loop is checked against the reference.
-    expected = [default if k is None else (_murmur2(k) & 0x7FFFFFFF) % num_partitions for k in keys]
-    assert partitions_for_keys(keys, num_partitions, default) == expected
-    # Not a list of bytes (a tuple, a bytearray key): key by key, with the same answer.
-    assert partitions_for_keys(tuple(keys), num_partitions, default) == expected
+    expected: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        p = default if k is None else (_murmur2(k) & 0x7FFFFFFF) % num_partitions
+        expected.setdefault(p, []).append(i)
+    found = partition_rows(keys, num_partitions, default)
+    assert found == expected
+    assert list(found) == list(expected)  # partitions in the order first met
+    # Not a list of bytes (a tuple, bytearray keys): key by key, with the same answer.
+    assert partition_rows(tuple(keys), num_partitions, default) == expected
     mixed = [bytearray(k) if k is not None else None for k in keys]
-    assert partitions_for_keys(mixed, num_partitions, default) == expected  # type: ignore[arg-type]
+    assert partition_rows(mixed, num_partitions, default) == expected  # type: ignore[arg-type]
 
 
-def test_partitions_for_keys_rejects_no_partitions() -> None:
+def test_partition_rows_rejects_no_partitions() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        partitions_for_keys([b"a"], 0, 0)
+        partition_rows([b"a"], 0, 0)
 
 
 def test_keys_spread_evenly_over_partitions() -> None:
