@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import tenacity
@@ -166,10 +167,19 @@ class KafkaProcess:
     :param quick_start: trade the JIT's peak speed for a faster, lighter start (tests).
     """
 
-    def __init__(self, folder: Path, *, heap: str = "768m", quick_start: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        heap: str = "768m",
+        quick_start: bool = True,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.folder = folder
         self.heap = heap
         self.quick_start = quick_start
+        #: Broker settings added to the test defaults (``server.properties`` lines).
+        self.settings = dict(settings or {})
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -218,8 +228,9 @@ class KafkaProcess:
         self.log_path.unlink(missing_ok=True)
         self.port = _free_port()
         properties = self.folder / "server.properties"
+        extra = "".join(f"{name}={value}\n" for name, value in self.settings.items())
         properties.write_text(
-            _PROPERTIES.format(port=self.port, controller_port=_free_port(), data=data)
+            _PROPERTIES.format(port=self.port, controller_port=_free_port(), data=data) + extra
         )
         formatted = subprocess.run(
             self._java(lib, "kafka.tools.StorageTool", "format", "--standalone",
@@ -230,6 +241,18 @@ class KafkaProcess:
             raise RuntimeError(
                 f"kafka-storage format failed:\n{formatted.stdout}{formatted.stderr}"
             )
+        return self._run(lib, timeout_s)
+
+    def restart(self, timeout_s: float = 90.0) -> KafkaProcess:
+        """Start the broker again on its data and ports (after :meth:`kill`, a crash:
+        Kafka recovers its logs and its coordinators' state) and wait until it answers.
+
+        :raises RuntimeError: if the broker exits or does not answer in time.
+        """
+        return self._run(kafka_jars(), timeout_s)
+
+    def _run(self, lib: Path, timeout_s: float) -> KafkaProcess:
+        properties = self.folder / "server.properties"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self._java(lib, "kafka.Kafka", str(properties)),

@@ -5,7 +5,8 @@ subprocess and against the Apache Kafka fixture (skipped where Kafka cannot run,
 ``tests/conftest.py``). confluent-kafka (librdkafka) and aiokafka write transactions;
 confluent-kafka and kafka-python read them with ``read_committed`` and
 ``read_uncommitted``. The crash scenarios (``kill -9`` of the broker mid-transaction) run
-against headwater only: the Kafka fixture is shared by the session.
+against a headwater broker of their own, and against an Apache Kafka of their own (the
+session's fixture is shared), with the same assertions.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import asyncio
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from apache_kafka.running import KafkaProcess, KafkaUnavailableError
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -392,3 +395,62 @@ def test_kill_9_mid_transaction_whose_producer_is_gone_aborts_it_whole(tmp_path:
     finally:
         if broker.alive():
             broker.kill()
+
+
+# -- Apache Kafka killed mid-transaction: the same scenarios, the same results -----------
+
+
+@pytest.fixture
+def killable_kafka(tmp_path: Path) -> Iterator[KafkaProcess]:
+    """An Apache Kafka of the test's own, to kill -9 and restart; it looks for timed-out
+    transactions every second (Kafka's default: every 10 s) so the abort comes soon."""
+    process = KafkaProcess(
+        tmp_path / "kafka",
+        settings={"transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000"},
+    )
+    try:
+        process.start()
+    except KafkaUnavailableError as exc:
+        pytest.skip(f"Apache Kafka cannot run here: {exc}")
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+def test_kill_9_of_apache_kafka_mid_transaction_gives_what_headwater_gives(
+    killable_kafka: KafkaProcess,
+) -> None:
+    """Both headwater scenarios above at once: one producer outlives the crash and
+    commits its transaction whole; the other is gone, and its transaction is aborted
+    whole at its timeout."""
+    kafka = killable_kafka
+    topic = new_topic(kafka.bootstrap, "tx-kill")
+    gone_topic = new_topic(kafka.bootstrap, "tx-gone")
+    producer = txn_producer(kafka.bootstrap)
+    producer.begin_transaction()
+    send(producer, topic, [b"k1", b"k2"])
+    dead = txn_producer(kafka.bootstrap, **{"transaction.timeout.ms": 3000})
+    dead.begin_transaction()
+    send(dead, gone_topic, [b"lost-1", b"lost-2"])
+    kafka.kill()
+    kafka.restart()
+    del dead  # never heard of again
+    # The open transaction survived the crash: read_committed still stops before it.
+    assert values(read_all(kafka.bootstrap, topic, "read_committed")) == []
+    assert values(read_all(kafka.bootstrap, topic, "read_uncommitted")) == [b"k1", b"k2"]
+    send(producer, topic, [b"k3"])
+    producer.commit_transaction(TIMEOUT_S)
+    assert values(read_all(kafka.bootstrap, topic, "read_committed")) == [b"k1", b"k2", b"k3"]
+    # The gone producer's transaction is aborted at its timeout, never shown.
+    later = txn_producer(kafka.bootstrap)
+    later.begin_transaction()
+    send(later, gone_topic, [b"later"])
+    later.commit_transaction(TIMEOUT_S)
+    got = wait_for_values(kafka.bootstrap, gone_topic, "read_committed", [b"later"])
+    assert got == [b"later"]
+    assert values(read_all(kafka.bootstrap, gone_topic, "read_uncommitted")) == [
+        b"lost-1",
+        b"lost-2",
+        b"later",
+    ]
