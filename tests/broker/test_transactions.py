@@ -402,11 +402,17 @@ def test_kill_9_mid_transaction_whose_producer_is_gone_aborts_it_whole(tmp_path:
 
 @pytest.fixture
 def killable_kafka(tmp_path: Path) -> Iterator[KafkaProcess]:
-    """An Apache Kafka of the test's own, to kill -9 and restart; it looks for timed-out
-    transactions every second (Kafka's default: every 10 s) so the abort comes soon."""
+    """An Apache Kafka of the test's own, to kill -9 and restart. It looks for timed-out
+    transactions every second (Kafka's default: every 10 s), so the abort comes soon; and
+    its broker session lasts 2 s (default 9 s), which a restarted broker waits out for its
+    killed incarnation: measured, a restart took 12.5 s with the default, 4.3 s with this."""
     process = KafkaProcess(
         tmp_path / "kafka",
-        settings={"transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000"},
+        settings={
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+            "broker.session.timeout.ms": "2000",
+            "broker.heartbeat.interval.ms": "500",
+        },
     )
     try:
         process.start()
