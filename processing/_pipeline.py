@@ -86,9 +86,8 @@ class Pipeline:
         self._graph = graph
         self._partitions = partitions
         self._live = graph.live_nodes()
-        #: Each key's partition, per partition count (a cache: murmur2 per key is dear).
-        #: Text and integer keys as the default key serde writes them (a cache: keys
-        #: repeat, and one bytes object per distinct key also makes placing them cheaper).
+        #: Text and integer keys as the default key serde writes them, for the batches
+        #: whose keys cannot be cut from one encoding of the list (``_json_each``).
         self._key_bytes: dict[str | int, bytes] = {}
         #: Each operator's counts by node id, shared by the steps of every task.
         self.counts: dict[int, OperatorCounts] = {}

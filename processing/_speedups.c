@@ -159,7 +159,8 @@ source_index(sources_t *sources, PyObject *applied, const char *data, Py_ssize_t
 static inline int
 header_pair(PyObject *item, PyObject **name, PyObject **value)
 {
-    if ((!PyTuple_CheckExact(item) && !PyList_CheckExact(item)) || PySequence_Fast_GET_SIZE(item) < 2) {
+    if ((!PyTuple_CheckExact(item) && !PyList_CheckExact(item)) ||
+        PySequence_Fast_GET_SIZE(item) < 2) {
         return 0;
     }
     *name = PySequence_Fast_GET_ITEM(item, 0);
@@ -183,7 +184,8 @@ newer_marks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *headers = args[0], *origins = args[1], *applied = args[3];
     PyObject *source_name = args[4], *sequence_name = args[5];
-    if (!PyList_CheckExact(headers) || !PyList_CheckExact(origins) || !PyDict_CheckExact(applied)) {
+    if (!PyList_CheckExact(headers) || !PyList_CheckExact(origins) ||
+        !PyDict_CheckExact(applied)) {
         Py_RETURN_NONE;
     }
     Py_ssize_t read = PyLong_AsSsize_t(args[2]);

@@ -350,20 +350,60 @@ def restart_on_same_port(broker: BrokerProcess) -> BrokerProcess:
     return BrokerProcess(broker.data, "--listen", f"127.0.0.1:{port}").start()
 
 
+def begin_open(bootstrap: str, topic: str) -> Producer:
+    """A producer with a transaction open on ``topic``, holding k1 and k2."""
+    producer = txn_producer(bootstrap)
+    producer.begin_transaction()
+    send(producer, topic, [b"k1", b"k2"])
+    return producer
+
+
+def begin_gone(bootstrap: str, topic: str) -> Producer:
+    """A producer (3 s transaction timeout) with a transaction open on ``topic``, holding
+    lost-1 and lost-2, that the test then drops: it never ends its transaction."""
+    dead = txn_producer(bootstrap, **{"transaction.timeout.ms": 3000})
+    dead.begin_transaction()
+    send(dead, topic, [b"lost-1", b"lost-2"])
+    return dead
+
+
+def assert_open_survived_then_committed_whole(
+    bootstrap: str, topic: str, producer: Producer
+) -> None:
+    """After the crash, ``begin_open``'s transaction is still open; its producer then
+    commits it with one more record, and all of it shows at once."""
+    # The open transaction survived the crash: read_committed still stops before it.
+    assert values(read_all(bootstrap, topic, "read_committed")) == []
+    assert values(read_all(bootstrap, topic, "read_uncommitted")) == [b"k1", b"k2"]
+    send(producer, topic, [b"k3"])
+    producer.commit_transaction(TIMEOUT_S)
+    assert values(read_all(bootstrap, topic, "read_committed")) == [b"k1", b"k2", b"k3"]
+
+
+def assert_gone_aborted_whole(bootstrap: str, topic: str) -> None:
+    """``begin_gone``'s transaction is aborted at its timeout and never shows."""
+    # A transaction after it is readable once the coordinator has aborted the first
+    # one (its timeout), and the first one's records never are.
+    later = txn_producer(bootstrap)
+    later.begin_transaction()
+    send(later, topic, [b"later"])
+    later.commit_transaction(TIMEOUT_S)
+    got = wait_for_values(bootstrap, topic, "read_committed", [b"later"])
+    assert got == [b"later"]
+    assert values(read_all(bootstrap, topic, "read_uncommitted")) == [
+        b"lost-1",
+        b"lost-2",
+        b"later",
+    ]
+
+
 def test_kill_9_mid_transaction_then_the_producer_commits_it_whole(tmp_path: Path) -> None:
     broker = BrokerProcess(tmp_path / "data").start()
     try:
         topic = new_topic(broker.bootstrap, "tx-kill")
-        producer = txn_producer(broker.bootstrap)
-        producer.begin_transaction()
-        send(producer, topic, [b"k1", b"k2"])
+        producer = begin_open(broker.bootstrap, topic)
         broker = restart_on_same_port(broker)
-        # The open transaction survived the crash: read_committed still stops before it.
-        assert values(read_all(broker.bootstrap, topic, "read_committed")) == []
-        assert values(read_all(broker.bootstrap, topic, "read_uncommitted")) == [b"k1", b"k2"]
-        send(producer, topic, [b"k3"])
-        producer.commit_transaction(TIMEOUT_S)
-        assert values(read_all(broker.bootstrap, topic, "read_committed")) == [b"k1", b"k2", b"k3"]
+        assert_open_survived_then_committed_whole(broker.bootstrap, topic, producer)
     finally:
         if broker.alive():
             broker.kill()
@@ -373,24 +413,10 @@ def test_kill_9_mid_transaction_whose_producer_is_gone_aborts_it_whole(tmp_path:
     broker = BrokerProcess(tmp_path / "data").start()
     try:
         topic = new_topic(broker.bootstrap, "tx-gone")
-        dead = txn_producer(broker.bootstrap, **{"transaction.timeout.ms": 3000})
-        dead.begin_transaction()
-        send(dead, topic, [b"lost-1", b"lost-2"])
+        dead = begin_gone(broker.bootstrap, topic)
         broker = restart_on_same_port(broker)
         del dead  # never heard of again
-        # A transaction after it is readable once the coordinator has aborted the first
-        # one (its timeout), and the first one's records never are.
-        later = txn_producer(broker.bootstrap)
-        later.begin_transaction()
-        send(later, topic, [b"later"])
-        later.commit_transaction(TIMEOUT_S)
-        got = wait_for_values(broker.bootstrap, topic, "read_committed", [b"later"])
-        assert got == [b"later"]
-        assert values(read_all(broker.bootstrap, topic, "read_uncommitted")) == [
-            b"lost-1",
-            b"lost-2",
-            b"later",
-        ]
+        assert_gone_aborted_whole(broker.bootstrap, topic)
         assert "open past its timeout" in broker.log()
     finally:
         if broker.alive():
@@ -433,30 +459,10 @@ def test_kill_9_of_apache_kafka_mid_transaction_gives_what_headwater_gives(
     kafka = killable_kafka
     topic = new_topic(kafka.bootstrap, "tx-kill")
     gone_topic = new_topic(kafka.bootstrap, "tx-gone")
-    producer = txn_producer(kafka.bootstrap)
-    producer.begin_transaction()
-    send(producer, topic, [b"k1", b"k2"])
-    dead = txn_producer(kafka.bootstrap, **{"transaction.timeout.ms": 3000})
-    dead.begin_transaction()
-    send(dead, gone_topic, [b"lost-1", b"lost-2"])
+    producer = begin_open(kafka.bootstrap, topic)
+    dead = begin_gone(kafka.bootstrap, gone_topic)
     kafka.kill()
     kafka.restart()
     del dead  # never heard of again
-    # The open transaction survived the crash: read_committed still stops before it.
-    assert values(read_all(kafka.bootstrap, topic, "read_committed")) == []
-    assert values(read_all(kafka.bootstrap, topic, "read_uncommitted")) == [b"k1", b"k2"]
-    send(producer, topic, [b"k3"])
-    producer.commit_transaction(TIMEOUT_S)
-    assert values(read_all(kafka.bootstrap, topic, "read_committed")) == [b"k1", b"k2", b"k3"]
-    # The gone producer's transaction is aborted at its timeout, never shown.
-    later = txn_producer(kafka.bootstrap)
-    later.begin_transaction()
-    send(later, gone_topic, [b"later"])
-    later.commit_transaction(TIMEOUT_S)
-    got = wait_for_values(kafka.bootstrap, gone_topic, "read_committed", [b"later"])
-    assert got == [b"later"]
-    assert values(read_all(kafka.bootstrap, gone_topic, "read_uncommitted")) == [
-        b"lost-1",
-        b"lost-2",
-        b"later",
-    ]
+    assert_open_survived_then_committed_whole(kafka.bootstrap, topic, producer)
+    assert_gone_aborted_whole(kafka.bootstrap, gone_topic)
