@@ -281,7 +281,6 @@ def _serialise(
     """Return the values, keys and origins ``sink`` writes, serialised; a value or key
     whose serialisation fails is left out under its node's policy (the sink's for
     values, the ``key_by``'s for keys)."""
-    serialise = batch_serializer(sink.serde)
     values: list[bytes | None] = []
     keys: list[bytes | None] = []
     origins: list[int] = []
@@ -292,6 +291,7 @@ def _serialise(
             encoded, batch = _serialise_keys(key_node, batch, ctx, key_bytes)
             out = _stored_values(sink, batch, ctx)
             if out is None:
+                serialise = batch_serializer(sink.serde, batch.values)
                 out, batch = apply_each(
                     sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
                 )
@@ -301,7 +301,9 @@ def _serialise(
         else:
             out = _stored_values(sink, batch, ctx)
             if out is None:
-                out, batch = apply_each(sink.node, serialise, batch, ctx)
+                out, batch = apply_each(
+                    sink.node, batch_serializer(sink.serde, batch.values), batch, ctx
+                )
             batch_keys = list(map(stored.__getitem__, batch.origins))
         if len(batches) == 1:
             return out, batch_keys, batch.origins

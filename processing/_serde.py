@@ -27,6 +27,7 @@ import orjson
 from headwater.store import canonical_key
 
 from ._errors import SerdeError
+from .windows import Windowed
 
 T = TypeVar("T")
 
@@ -136,12 +137,28 @@ def batch_deserializer(serde: Serde[Any], data: list[bytes | None]) -> Callable[
     return serde.deserialize
 
 
-def batch_serializer(serde: Serde[Any]) -> Callable[[Any], bytes | None]:
-    """Return the function that serialises one value with ``serde`` (``orjson.dumps``
-    itself for a plain :class:`JsonSerde`)."""
+def batch_serializer(serde: Serde[Any], values: list[Any]) -> Callable[[Any], bytes | None]:
+    """Return the function that serialises each of ``values`` with ``serde``
+    (``orjson.dumps`` itself for a plain :class:`JsonSerde`, or :func:`_dump_windowed`
+    when every value is a :class:`Windowed`)."""
     if type(serde) is JsonSerde and not serde._option:
+        if values and set(map(type, values)) == _WINDOWED:
+            return _dump_windowed
         return orjson.dumps
     return serde.serialize
+
+
+_WINDOWED = {Windowed}
+
+
+def _dump_windowed(value: Windowed[Any]) -> bytes:
+    """Return ``orjson.dumps(value)`` of a :class:`Windowed`, through a dict of its
+    fields: the same bytes (orjson writes a dataclass's fields in order, as a dict's
+    keys), in half the time (orjson's dataclass path costs about 800 ns a result here,
+    a dict made and dumped 370)."""
+    return orjson.dumps(
+        {"key": value.key, "start": value.start, "end": value.end, "value": value.value}
+    )
 
 
 def encode_key(key: object) -> bytes | None:

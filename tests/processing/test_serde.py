@@ -1,4 +1,5 @@
-"""Key encoding: canonical JSON, equal keys equal bytes, no collisions across types."""
+"""Key encoding: canonical JSON, equal keys equal bytes, no collisions across types; and
+windowed results serialised as orjson writes them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.processing import JsonKeySerde, SerdeError, encode_key
+from headwater.processing import JsonKeySerde, JsonSerde, SerdeError, encode_key
+from headwater.processing._serde import JSON, batch_serializer
+from headwater.processing.windows import Windowed
 
 scalars = st.one_of(
     st.booleans(),
@@ -68,3 +71,21 @@ def test_examples() -> None:
         encode_key(b"raw")
     with pytest.raises(SerdeError, match="cannot encode key"):
         encode_key({1, 2})
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=keys, value=keys, start=st.integers(0, 2**53), size=st.integers(1, 2**20))
+def test_windowed_results_serialise_as_orjson_writes_the_dataclass(
+    key: Any, value: Any, start: int, size: int
+) -> None:
+    result = Windowed(key, start, start + size, value)
+    serialise = batch_serializer(JSON, [result])
+    assert serialise is not orjson.dumps  # the faster path, through a dict
+    assert serialise(result) == orjson.dumps(result)
+
+
+def test_values_other_than_windowed_results_serialise_with_orjson_itself() -> None:
+    assert batch_serializer(JSON, [{"a": 1}, Windowed("k", 0, 1, 2)]) is orjson.dumps
+    assert batch_serializer(JSON, []) is orjson.dumps
+    sorted_json = JsonSerde(option=orjson.OPT_SORT_KEYS)
+    assert batch_serializer(sorted_json, [Windowed("k", 0, 1, 2)]) == sorted_json.serialize
