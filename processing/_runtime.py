@@ -782,6 +782,9 @@ class Runtime:
                 task.settle()
             self._count(outcome, len(records))
             self._notify_progress()
+            # Free the batch and what it wrote before waiting for the next: the other
+            # tasks' batches then reuse that memory while it is still in the cache.
+            del outcome, records
 
     async def _process_in_turn(
         self, running: _Running, loop: _Loop, records: RecordColumns
@@ -808,6 +811,7 @@ class Runtime:
             running.notify()
             self._count(outcome, len(part))
             self._notify_progress()
+            del outcome, part  # before waiting for the next turn, as in the loop above
             start = stop
 
     async def _wait_turn(self, running: _Running, loop: _Loop, head: int) -> int | None:
