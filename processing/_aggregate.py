@@ -227,6 +227,9 @@ class WindowedAggregateStep(StatefulStep):
     def event_times(self, batch: Batch, ctx: Context) -> tuple[list[int], Batch]:
         """Return each record's event time, and the batch without the records whose
         timestamp function failed or gave no usable time (their node's policy applies)."""
+        if batch.encoded_by is not None:  # handed over, checked (see _handoff.py)
+            assert ctx.event_times is not None
+            return list(map(ctx.event_times.__getitem__, batch.origins)), batch
         if self.timestamp is None:
             times = list(map(ctx.records.timestamps.__getitem__, batch.origins))
         else:
@@ -270,10 +273,11 @@ class WindowedAggregateStep(StatefulStep):
         self.stream_time_ms = self.base_stream_time = self.store.stream_time_ms = now
         if late:
             ctx.late += len(late)
+        if late and self.outputs.late:
             mask = [False] * len(batch.values)
             for i in late:
                 mask[i] = True
-            late_batch = batch.select(mask)
+            late_batch = batch.select(mask).decoded(ctx)
             for child in self.outputs.late:
                 await child.push(late_batch, ctx)
         if updates and self.outputs.updates:
@@ -444,11 +448,16 @@ def _as_ms(ts: Any) -> int:
 
 
 class TumblingAggregateStep(WindowedAggregateStep):
-    """Tumbling windows: one window per record, found by arithmetic."""
+    """Tumbling windows: one window per record, found by arithmetic.
+
+    Given the event times of a batch read back from a repartition topic (handed over by
+    the task that wrote it, see ``_handoff.py``), it takes the values still encoded and
+    decodes only the records that are not late."""
 
     __slots__ = ()
 
     closes_in_start_order = True
+    takes_encoded_values = True
 
     def window_end(self, wkey: Any) -> int:
         """Return ``start + size``."""
@@ -494,6 +503,16 @@ class TumblingAggregateStep(WindowedAggregateStep):
             keys, starts, values, rows, origins = (
                 list(compress(column, keep)) for column in (keys, starts, values, rows, origins)
             )
+        if batch.encoded_by is not None and values:  # the late are never decoded
+            kept = Batch(values, origins, encoded_by=batch.encoded_by).decoded(ctx)
+            if len(kept.values) < len(values):  # a value did not decode: drop the record
+                decodes = set(kept.origins)
+                keep = [o in decodes for o in origins]
+                keys = list(compress(keys, keep))
+                starts = list(compress(starts, keep))
+                rows = list(compress(rows, keep))
+                origins = list(compress(origins, keep))
+            values = kept.values
         # The lineage of the records that are not late only: the late change no state.
         sources: list[str] | None = None  # each row's source, if they differ
         if ctx.sources is None:
@@ -595,6 +614,8 @@ class HoppingAggregateStep(TumblingAggregateStep):
     """Hopping windows: each record folds into every open window that holds it."""
 
     __slots__ = ()
+
+    takes_encoded_values = False
 
     def fold(
         self,

@@ -18,7 +18,10 @@ the rows' stored values (``read_as``: that serde; None once a step made values o
 own): only ``filter``, ``key_by`` or ``branch`` ran since the source. A repartition
 topic's sink then writes the stored bytes again instead of encoding each value anew, so
 a function given to those steps must not change the value it is given (``peek`` may:
-it passes on a batch of values of its own).
+it passes on a batch of values of its own). A source whose only step is a tumbling
+window, given the rows' event times (``Context.event_times``, see ``_handoff.py``),
+passes the stored bytes on undecoded (``encoded_by``: the source node): the window
+decodes only the records it keeps (:meth:`Batch.decoded`), not the late ones.
 
 The rows of a context are the input batch's records; a step that emits a value of its
 own (a timer firing, a result of many inputs) first adds a row with
@@ -44,6 +47,7 @@ from headwater.store import RecordColumns
 
 from ._errors import ErrorPolicy, OperatorError, describe_exception, user_frame
 from ._lineage import Headers, SourcePosition
+from ._serde import batch_deserializer
 
 if TYPE_CHECKING:
     from ._graph import Node
@@ -85,7 +89,7 @@ class Event(NamedTuple, Generic[T]):
 class Batch:
     """Values in flight, as columns: see the module docstring."""
 
-    __slots__ = ("key_node", "keys", "origins", "read_as", "values")
+    __slots__ = ("encoded_by", "key_node", "keys", "origins", "read_as", "values")
 
     def __init__(
         self,
@@ -94,12 +98,17 @@ class Batch:
         keys: list[Any] | None = None,
         key_node: Node | None = None,
         read_as: object = None,
+        *,
+        encoded_by: Node | None = None,
     ):
         self.values = values
         self.origins = origins
         self.keys = keys
         self.key_node = key_node
         self.read_as = read_as
+        #: The source node whose serde decodes the values, while they are still the
+        #: stored bytes (see the module docstring); None once they are decoded.
+        self.encoded_by = encoded_by
 
     def __len__(self) -> int:
         return len(self.values)
@@ -130,7 +139,18 @@ class Batch:
             keys,
             self.key_node,
             self.read_as,
+            encoded_by=self.encoded_by,
         )
+
+    def decoded(self, ctx: Context) -> Batch:
+        """Return the batch with its values decoded (itself if they are), without the
+        records whose value does not decode (their source node's policy applies)."""
+        node = self.encoded_by
+        if node is None:
+            return self
+        decode = batch_deserializer(node.params["serde"], self.values)
+        values, batch = apply_each(node, decode, self, ctx)
+        return Batch(values, batch.origins, batch.keys, self.key_node, self.read_as)
 
     def rekeyed(self, keys: list[Any], key_node: Node) -> Batch:
         """Return the batch with ``keys`` (one per record), made by ``key_node``."""
@@ -171,6 +191,7 @@ class Context:
     __slots__ = (
         "dead_letters",
         "dedupe",
+        "event_times",
         "late",
         "outputs",
         "partition",
@@ -198,6 +219,9 @@ class Context:
         #: Whether the input rows were read from a repartition topic whose records name
         #: their source in offset order (stateful steps drop those applied already).
         self.dedupe = False
+        #: The input rows' event times, handed over by the task that wrote them for the
+        #: window that reads them (see ``_handoff.py``).
+        self.event_times: Sequence[int] | None = None
 
     def source(self, origin: int) -> SourcePosition:
         """Return where row ``origin`` was read (or, for an emitted row, what it covers)."""

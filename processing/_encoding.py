@@ -52,7 +52,9 @@ class OutRecords(NamedTuple):
     the common case keeps one prefix. ``sequence`` (None: none) numbers the records
     that came from one source record, written as the ``headwater.seq`` header (see
     ``_lineage.py``): only a repartition topic's records carry it, and only when some
-    source record made several of them.
+    source record made several of them. ``event_times`` (None: not known) holds each
+    record's event time for the window that reads a repartition topic, for a backend
+    that hands them to that reader in this process (see ``_handoff.py``).
     """
 
     values: list[bytes | None]
@@ -64,6 +66,7 @@ class OutRecords(NamedTuple):
     source_base: int = 0
     prefixes: list[bytes] | None = None
     sequence: list[int] | None = None
+    event_times: list[int] | None = None
 
     def count(self) -> int:  # type: ignore[override]
         """Return how many records there are."""
@@ -81,6 +84,7 @@ class OutRecords(NamedTuple):
             self.source_base,
             None if self.prefixes is None else self.prefixes[start:stop],
             None if self.sequence is None else self.sequence[start:stop],
+            None if self.event_times is None else self.event_times[start:stop],
         )
 
     def lineage(self) -> list[bytes]:

@@ -28,6 +28,7 @@ from operator import not_
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
+import orjson
 
 from ._batch import Batch, Context, Event, apply_each, indexes, mask_without
 from ._retry import Retry
@@ -48,6 +49,8 @@ class Step:
 
     #: Whether the step reads its task's stream time (the task tracks it only if so).
     uses_stream_time: ClassVar[bool] = False
+    #: Whether the step takes a batch of values still encoded (``Batch.encoded_by``).
+    takes_encoded_values: ClassVar[bool] = False
 
     def __init__(self, node: Node, task: Task) -> None:
         self.node = node
@@ -95,15 +98,27 @@ class SourceStep(Step):
         self.counts.records_in += len(raw)
         serde = self.serde
         batch = Batch(raw, indexes(len(raw)), read_as=serde)
+        encoded_by = None
         if type(serde) is not BytesSerde:
             decode = batch_deserializer(serde, raw)
-            values, batch = apply_each(self.node, decode, batch, ctx)
-            batch = Batch(values, batch.origins, read_as=serde)
-        if self.key_serde is not None:  # keys stay bytes until a step asks (Batch.key_objects)
-            batch = Batch(batch.values, batch.origins, None, self.node, serde)
+            if ctx.event_times is not None and decode is orjson.loads and self.decodes_later():
+                encoded_by = self.node  # the window decodes what it keeps (see Batch)
+            else:
+                values, batch = apply_each(self.node, decode, batch, ctx)
+                batch = Batch(values, batch.origins, read_as=serde)
+        if self.key_serde is not None or encoded_by is not None:
+            # Keys stay bytes until a step asks (Batch.key_objects).
+            key_node = None if self.key_serde is None else self.node
+            batch = Batch(batch.values, batch.origins, None, key_node, serde, encoded_by=encoded_by)
         if self.node.params.get("dedupe"):
             ctx.dedupe = True
         await self.forward(batch, ctx)
+
+    def decodes_later(self) -> bool:
+        """Return whether the source's one step decodes the values itself (only those
+        it keeps: a tumbling window, see ``_handoff.py``)."""
+        children = self.children
+        return len(children) == 1 and children[0].takes_encoded_values
 
 
 class FilterStep(Step):

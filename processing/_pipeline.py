@@ -17,7 +17,7 @@ like its task (modulo the count), which keeps a partition's order and costs no h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from time import perf_counter
@@ -32,6 +32,7 @@ from ._clock import Clock
 from ._encoding import OutRecords
 from ._errors import describe_exception, user_frame
 from ._graph import Graph, Node
+from ._handoff import event_times
 from ._lineage import (
     ERROR_LOCATION,
     ERROR_MESSAGE,
@@ -46,6 +47,7 @@ from ._operators import SinkStep, SourceStep, Step
 from ._serde import BytesSerde, JsonKeySerde, JsonSerde, StrSerde, batch_serializer
 from ._stores._changelog import StoreRegistry
 from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
+from .windows import TumblingWindows
 
 #: At most this many keys are kept in the cache of key encodings (see ``_serialise_keys``).
 _KEY_CACHE_LIMIT = 100_000
@@ -91,6 +93,16 @@ class Pipeline:
         self._key_bytes: dict[str | int, bytes] = {}
         #: Each operator's counts by node id, shared by the steps of every task.
         self.counts: dict[int, OperatorCounts] = {}
+        #: The timestamp function of the window that reads each repartition sink's topic,
+        #: for the sinks whose event times are handed to that window (``_handoff.py``),
+        #: and the sources that read those topics (the windows' own).
+        self._event_time_fns: dict[int, Callable[[Any], Any]] = {}
+        self._timed_readers: set[int] = set()
+        for node in graph.nodes:
+            fn = _event_time_fn(graph, node) if node.id in self._live else None
+            if fn is not None:
+                self._event_time_fns[node.id] = fn
+                self._timed_readers.update(reader.id for reader in graph.children(node))
 
     def task(self, task_id: TaskId, clock: Clock, registry: StoreRegistry | None = None) -> Task:
         """Return a new task of this group with its own instance of every step (and of
@@ -120,10 +132,17 @@ class Pipeline:
         return task
 
     async def process(
-        self, task: Task, topic: str, partition: int, records: RecordColumns
+        self,
+        task: Task,
+        topic: str,
+        partition: int,
+        records: RecordColumns,
+        event_times: Sequence[int] | None = None,
     ) -> Outcome:
         """Run ``records`` (read from ``topic``/``partition``, one of ``task``'s, at least
         one record) through the task's steps; fire the stream-time timers they make due.
+        ``event_times``: the records' event times, handed over by the task that wrote
+        them for the window that reads them (see ``_handoff.py``).
 
         Stream time moves once the steps have seen the batch: during it a step sees the
         stream time before the batch (one that needs it record by record keeps the
@@ -134,11 +153,14 @@ class Pipeline:
         """
         started = perf_counter()
         ctx = Context(task, topic, partition, records)
+        roots = task.roots[topic]
+        if event_times is not None and len(roots) == 1 and roots[0].node.id in self._timed_readers:
+            ctx.event_times = event_times
         if task.stores:
             task.last_input_ms = task.clock.now_ms()
         token = CURRENT_TASK.set(task)
         try:
-            for root in task.roots[topic]:
+            for root in roots:
                 await root.start(ctx)
         finally:
             CURRENT_TASK.reset(token)
@@ -186,9 +208,10 @@ class Pipeline:
         ctx: Context,
         writes: dict[tuple[str, int], list[OutRecords]],
     ) -> None:
-        values, keys, origins = _serialise(sink, batches, ctx, self._key_bytes)
+        values, keys, origins, decoded = _serialise(sink, batches, ctx, self._key_bytes)
         if not values:
             return
+        event_time_fn = self._event_time_fns.get(sink.node.id)
         sink.counts.records_out += len(values)
         dedupe = sink.node.params.get("dedupe")
         if dedupe and len(batches) > 1:
@@ -226,6 +249,13 @@ class Pipeline:
             out = OutRecords(values, keys, timestamps, prefix, sources, headers)
         if dedupe and len(set(origins)) < len(origins):
             out = out._replace(sequence=_sequence(origins))
+        if event_time_fn is not None and decoded is not None:
+            try:  # the window's function; if it fails, the window calls it (and says so)
+                times = event_times(list(map(event_time_fn, decoded)))
+            except Exception:
+                times = None
+            if times is not None:
+                out = out._replace(event_times=times)
         count = sink.partitions
         default = ctx.partition % count
         if count == 1 or keys.count(None) == len(keys):
@@ -277,20 +307,25 @@ class Pipeline:
 
 def _serialise(
     sink: SinkStep, batches: list[Batch], ctx: Context, key_bytes: dict[str | int, bytes]
-) -> tuple[list[bytes | None], list[bytes | None], list[int]]:
+) -> tuple[list[bytes | None], list[bytes | None], list[int], list[Any] | None]:
     """Return the values, keys and origins ``sink`` writes, serialised; a value or key
     whose serialisation fails is left out under its node's policy (the sink's for
-    values, the ``key_by``'s for keys)."""
+    values, the ``key_by``'s for keys). Last, when one batch reached the sink and its
+    values are written as the rows' stored bytes (``_stored_values``), the values
+    themselves (what decoding those bytes gives), else None."""
     values: list[bytes | None] = []
     keys: list[bytes | None] = []
     origins: list[int] = []
     stored = ctx.records.keys
+    decoded: list[Any] | None = None
     for batch in batches:
         key_node = batch.key_node
         if batch.keys is not None and key_node is not None:
             encoded, batch = _serialise_keys(key_node, batch, ctx, key_bytes)
             out = _stored_values(sink, batch, ctx)
-            if out is None:
+            if out is not None:
+                decoded = batch.values
+            else:
                 serialise = batch_serializer(sink.serde, batch.values)
                 out, batch = apply_each(
                     sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
@@ -300,17 +335,19 @@ def _serialise(
             batch_keys: list[Any] = encoded
         else:
             out = _stored_values(sink, batch, ctx)
-            if out is None:
+            if out is not None:
+                decoded = batch.values
+            else:
                 out, batch = apply_each(
                     sink.node, batch_serializer(sink.serde, batch.values), batch, ctx
                 )
             batch_keys = list(map(stored.__getitem__, batch.origins))
         if len(batches) == 1:
-            return out, batch_keys, batch.origins
+            return out, batch_keys, batch.origins, decoded
         values.extend(out)
         keys.extend(batch_keys)
         origins.extend(batch.origins)
-    return values, keys, origins
+    return values, keys, origins, None
 
 
 #: The serdes whose encoding of a value they decoded decodes to that value again.
@@ -328,6 +365,39 @@ def _stored_values(sink: SinkStep, batch: Batch, ctx: Context) -> list[bytes | N
         return None
     stored = list(map(ctx.records.values.__getitem__, batch.origins))
     return stored if all(stored) else None  # JSON writes a missing value as null
+
+
+def _event_time_fn(graph: Graph, node: Node) -> Callable[[Any], Any] | None:
+    """Return the timestamp function of the tumbling window that alone reads repartition
+    sink ``node``'s topic, when its event times can be handed to it (see
+    ``_handoff.py``), else None: the sink's values must be the very objects its source
+    decoded, seen by no other step (from the source down, every node has one child and
+    is a ``filter`` or a ``key_by``, which pass their values on unchanged), so that the
+    function gives what it gives the window for the values decoded again."""
+    if node.kind != "through" or type(node.params["serde"]) is not JsonSerde:
+        return None
+    readers = graph.children(node)
+    windows = graph.children(readers[0]) if len(readers) == 1 else []
+    if len(windows) != 1 or windows[0].kind != "window_aggregate":
+        return None
+    window = windows[0].params
+    if type(window["windows"]) is not TumblingWindows or window["timestamp"] is None:
+        return None
+    current = node
+    while len(current.parents) == 1:
+        (parent,) = current.parents
+        if len(graph.children(parent)) != 1:
+            return None
+        if parent.is_source:
+            return window["timestamp"]  # type: ignore[no-any-return]
+        if parent.kind not in _PASSING:
+            return None
+        current = parent
+    return None
+
+
+#: The kinds of node that pass on the values they are given, unchanged (as objects).
+_PASSING = {"filter", "key_by"}
 
 
 def _serialise_keys(
@@ -431,6 +501,7 @@ def _take(out: OutRecords, rows: list[int]) -> OutRecords:
         out.source_base,
         None if out.prefixes is None else take(out.prefixes),
         None if out.sequence is None else take(out.sequence),
+        None if out.event_times is None else take(out.event_times),
     )
 
 
@@ -461,6 +532,9 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
         sequence = []
         for p in parts:
             sequence.extend(p.sequence if p.sequence is not None else repeat(0, len(p.values)))
+    times: list[int] | None = None
+    if all(p.event_times is not None for p in parts):
+        times = [t for p in parts for t in p.event_times]  # type: ignore[union-attr]
     return OutRecords(
         [v for p in parts for v in p.values],
         [k for p in parts for k in p.keys],
@@ -471,4 +545,5 @@ def _concat(parts: list[OutRecords]) -> OutRecords:
         base,
         prefixes,
         sequence,
+        times,
     )

@@ -94,7 +94,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -731,6 +731,7 @@ class Runtime:
 
     async def _read_partition_loop(self, running: _Running, loop: _Loop) -> None:
         backend, clock, task = self._backend, self._clock, running.task
+        handoff = backend.handoff
         state = loop.state
         topic, partition = state.tp
         max_bytes = self._config.max_batch_bytes
@@ -772,11 +773,12 @@ class Runtime:
                     task.settle()
                 self._count(outcome, 0)
                 continue
+            times = None if handoff is None else handoff.take(topic, partition, records.offsets)
             if synchronized:
-                await self._process_in_turn(running, loop, records)
+                await self._process_in_turn(running, loop, records, times)
                 continue
             async with running.lock:
-                outcome = await running.pipeline.process(task, topic, partition, records)
+                outcome = await running.pipeline.process(task, topic, partition, records, times)
                 await self._write(outcome.writes)
                 state.position = records.offsets[-1] + 1
                 task.settle()
@@ -787,11 +789,15 @@ class Runtime:
             del outcome, records
 
     async def _process_in_turn(
-        self, running: _Running, loop: _Loop, records: RecordColumns
+        self,
+        running: _Running,
+        loop: _Loop,
+        records: RecordColumns,
+        event_times: Sequence[int] | None,
     ) -> None:
         """Process ``records`` of a task of several partitions in timestamp order with the
         other partitions' batches: each turn, the records up to the next batch of another
-        partition (see :meth:`_wait_turn`)."""
+        partition (see :meth:`_wait_turn`). ``event_times``: theirs, if handed over."""
         state, task = loop.state, running.task
         topic, partition = state.tp
         timestamps = records.timestamps
@@ -801,9 +807,12 @@ class Runtime:
             stop = count
             if limit is not None and not loop.stopping:
                 stop = next((j for j in range(start + 1, count) if timestamps[j] > limit), count)
-            part = records if stop - start == count else _slice(records, start, stop)
+            part, times = records, event_times
+            if stop - start != count:
+                part = _slice(records, start, stop)
+                times = None if event_times is None else event_times[start:stop]
             async with running.lock:
-                outcome = await running.pipeline.process(task, topic, partition, part)
+                outcome = await running.pipeline.process(task, topic, partition, part, times)
                 await self._write(outcome.writes)
                 state.position = part.offsets[-1] + 1
                 task.settle()

@@ -356,8 +356,13 @@ class TestDriver:
                         continue
                     records = await backend.fetch(tp.topic, tp.partition, state.position, max_bytes)
                     end = records.offsets[-1] + 1
+                    times = None
+                    if backend.handoff is not None:
+                        times = backend.handoff.take(tp.topic, tp.partition, records.offsets)
                     try:
-                        outcome = await pipeline.process(task, tp.topic, tp.partition, records)
+                        outcome = await pipeline.process(
+                            task, tp.topic, tp.partition, records, times
+                        )
                     except BaseException:
                         state.position = end  # the failed batch is not read again
                         raise

@@ -35,6 +35,7 @@ from headwater.groups import OffsetAndMetadata, TopicPartition
 from headwater.store import RecordColumns
 
 from .._encoding import OutRecords
+from .._handoff import Handoff
 
 #: Called with the partitions concerned (sorted).
 PartitionsHandler = Callable[[list[TopicPartition]], Awaitable[None]]
@@ -92,6 +93,10 @@ class Transactions(Protocol):
 
 class Backend(Protocol):
     """The log as the runtime uses it. Implementations are used from one event loop."""
+
+    #: The event times of repartition records this process appended, for the reader
+    #: here (``_handoff.py``); None where the log is in another process.
+    handoff: Handoff | None
 
     async def partition_count(self, topic: str) -> int | None:
         """Return how many partitions ``topic`` has, or None if it does not exist."""

@@ -3,7 +3,10 @@
 Theory of operation. Produce encodes each partition's records as one v2 batch with the
 store's column encoder (``_encoding.py``; several when they exceed the topic's
 ``max_message_bytes``) and appends it with ``Partition.append_batch``, which returns
-once the batch is durable under the topic's policy. Fetch reads the partition straight
+once the batch is durable under the topic's policy; the event times the pipeline knows
+of a repartition topic's records (``OutRecords.event_times``) then go to the backend's
+:class:`~headwater.processing._handoff.Handoff`, for the task here that reads them (not
+under exactly-once, whose transactional producer writes them). Fetch reads the partition straight
 from the store, committed records only (``read_committed``, as every Kafka consumer of
 the Kafka backend reads), and, when caught up, waits on its notification (a cancelled
 wait loses nothing: nothing was read); when all that lies before the partition's last
@@ -62,6 +65,7 @@ from headwater.store import (
 )
 
 from .._encoding import OutRecords, encode_within
+from .._handoff import Handoff
 from . import Membership, PartitionsHandler
 from ._serve import serving
 from ._store_txn import StoreTransactions
@@ -143,6 +147,9 @@ class InProcessBackend:
         self.coordinator = coordinator
         #: The transactional producer every write goes through, if the run is exactly-once.
         self.transactions = transactions
+        #: The event times of the repartition records this process appended, for their
+        #: reader here (see ``_handoff.py``).
+        self.handoff: Handoff | None = Handoff()
 
     async def partition_count(self, topic: str) -> int | None:
         """Return how many partitions ``topic`` has, or None if it does not exist."""
@@ -174,8 +181,15 @@ class InProcessBackend:
             await self.transactions.produce(topic, partition, records)
             return
         target = self.store.partition(topic, partition)
+        times, handoff = records.event_times, self.handoff
+        done = 0
         for batch in encode_within(records, target.config.max_message_bytes):
-            await target.append_batch(batch)
+            info = await target.append_batch(batch)
+            if times is not None and handoff is not None:  # for the reader here, now durable
+                count = info.next_offset - info.base_offset
+                part = times if count == len(times) else times[done : done + count]
+                handoff.put(topic, partition, info.base_offset, part)
+                done += count
 
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
         """Read committed records at or after ``offset``; wait for the first one if there

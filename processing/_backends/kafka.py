@@ -69,6 +69,7 @@ from headwater.store import RecordColumns
 
 from .._encoding import OutRecords
 from .._errors import ClusterError
+from .._handoff import Handoff
 from . import Membership, PartitionsHandler
 from ._bootstrap import check_bootstrap
 from ._kafka_errors import RETRIABLE_CODES, cluster_error, group_error, log_error
@@ -216,6 +217,9 @@ class KafkaBackend:
 
     Build it with :func:`open_kafka`. Concurrency: one event loop.
     """
+
+    #: Records leave the process: their reader learns their event times itself.
+    handoff: Handoff | None = None
 
     def __init__(
         self,

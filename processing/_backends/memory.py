@@ -3,7 +3,10 @@
 Theory of operation. A topic is a list of partitions; a partition is a list of
 :class:`~headwater.store.Record` values (offsets from 0) plus the ends of the batches
 that were appended, so a fetch returns whole appended batches, as the store does. A
-produce is durable when it returns (memory is all there is). Deleting records only moves
+produce is durable when it returns (memory is all there is); the event times the
+pipeline knows of a repartition topic's records go to a
+:class:`~headwater.processing._handoff.Handoff` for their reader, as on the embedded
+log. Deleting records only moves
 the partition's start offset (they stay in memory, out of reach). Fetch waits for records on
 an event that the next append sets; the event is made by the waiting fetch, in its own
 event loop, so the backend can be used from one ``anyio.run`` after another (the test
@@ -50,6 +53,7 @@ from headwater.store import (
 )
 
 from .._encoding import OutRecords
+from .._handoff import Handoff
 from . import Membership, PartitionsHandler
 
 
@@ -81,6 +85,8 @@ class MemoryBackend:
         self._groups: dict[str, MemoryGroup] = {}
         #: Exceptions the next commits raise, one each, first first (for tests).
         self.commit_errors: list[Exception] = []
+        #: The event times of repartition records the app appended (``_handoff.py``).
+        self.handoff: Handoff | None = Handoff()
 
     # -- topics ------------------------------------------------------------------------
 
@@ -132,9 +138,12 @@ class MemoryBackend:
         self.create_topic_now(topic, partitions, config)
 
     async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
-        """Append ``records``, with their lineage and headers, as one batch."""
+        """Append ``records``, with their lineage and headers, as one batch (and hand
+        their event times over, if known)."""
         log = self._partition(topic, partition).records
         start = len(log)
+        if records.event_times is not None and self.handoff is not None:
+            self.handoff.put(topic, partition, start, records.event_times)
         self.append(
             topic,
             partition,
