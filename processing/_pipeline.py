@@ -29,6 +29,7 @@ from headwater.store import Record, RecordColumns, partition_rows
 
 from ._batch import Batch, Context, apply_each
 from ._clock import Clock
+from ._columns import take_rows
 from ._encoding import OutRecords
 from ._errors import describe_exception, user_frame
 from ._graph import Graph, Node
@@ -487,22 +488,19 @@ def _sequence(origins: list[int]) -> list[int]:
 
 def _take(out: OutRecords, rows: list[int]) -> OutRecords:
     """Return records ``rows`` (indexes, in the order given) of ``out``."""
-
-    def take(column: list[Any]) -> list[Any]:
-        return list(map(column.__getitem__, rows))
-
-    return OutRecords(
-        take(out.values),
-        take(out.keys),
-        take(out.timestamps),
-        out.source,
-        take(out.source_offsets),
-        None if out.headers is None else take(out.headers),
-        out.source_base,
-        None if out.prefixes is None else take(out.prefixes),
-        None if out.sequence is None else take(out.sequence),
-        None if out.event_times is None else take(out.event_times),
+    optional = (out.headers, out.prefixes, out.sequence, out.event_times)
+    present = tuple(column for column in optional if column is not None)
+    taken = iter(
+        take_rows((out.values, out.keys, out.timestamps, out.source_offsets, *present), rows)
     )
+    values, keys, timestamps, offsets = next(taken), next(taken), next(taken), next(taken)
+    headers, prefixes, sequence, times = (
+        None if column is None else next(taken) for column in optional
+    )
+    return OutRecords(
+        values, keys, timestamps, out.source, offsets, headers, out.source_base, prefixes,
+        sequence, times,
+    )  # fmt: skip
 
 
 def _concat(parts: list[OutRecords]) -> OutRecords:

@@ -1,10 +1,11 @@
 /*
  * The processing runtime's hot loops in C: which records of a repartition topic a
- * stateful step has applied already (newer_marks), and a batch's tumbling windows and
- * late records (tumbling_windows).
+ * stateful step has applied already (newer_marks), a batch's tumbling windows and late
+ * records (tumbling_windows), and the rows of a batch's output columns that go to one
+ * partition (take_rows).
  *
  * Each function has a reference implementation in Python (headwater.processing._marks,
- * _window_columns);
+ * _window_columns, _columns);
  * this module is an optional accelerator of exactly that, built when a C compiler is
  * present at install time, and the tests hold the two to the same results. For input it
  * does not take (a header that is not a plain decimal number, a mark past what it keeps
@@ -405,10 +406,83 @@ error:
     return NULL;
 }
 
+/* -- rows of columns ------------------------------------------------------------------- */
+
+PyDoc_STRVAR(take_rows_doc,
+"take_rows(columns, rows)\n"
+"--\n\n"
+"headwater.processing._columns._take_rows in one loop per column: return, for each list\n"
+"of the tuple `columns`, a list of its items at `rows`; or None for input to leave to\n"
+"the Python version (a column or `rows` that is not a list, an index that is not an int\n"
+"from 0 to below the shortest column's length).");
+
+static PyObject *
+take_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take_rows takes 2 arguments");
+        return NULL;
+    }
+    PyObject *columns = args[0], *rows = args[1];
+    if (!PyTuple_CheckExact(columns) || !PyList_CheckExact(rows)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t width = PyTuple_GET_SIZE(columns), count = PyList_GET_SIZE(rows);
+    Py_ssize_t shortest = PY_SSIZE_T_MAX;
+    for (Py_ssize_t c = 0; c < width; c++) {
+        PyObject *column = PyTuple_GET_ITEM(columns, c);
+        if (!PyList_CheckExact(column)) {
+            Py_RETURN_NONE;
+        }
+        if (PyList_GET_SIZE(column) < shortest) {
+            shortest = PyList_GET_SIZE(column);
+        }
+    }
+    Py_ssize_t *at = PyMem_Malloc((count > 0 ? count : 1) * sizeof(Py_ssize_t));
+    if (at == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(rows, i);
+        Py_ssize_t index = PyLong_CheckExact(item) ? PyLong_AsSsize_t(item) : -1;
+        if (index == -1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* past Py_ssize_t: the Python version says what is wrong */
+        }
+        if (index < 0 || index >= shortest) {
+            PyMem_Free(at);
+            Py_RETURN_NONE;
+        }
+        at[i] = index;
+    }
+    PyObject *result = PyList_New(width);
+    if (result == NULL) {
+        PyMem_Free(at);
+        return NULL;
+    }
+    for (Py_ssize_t c = 0; c < width; c++) {
+        PyObject *column = PyTuple_GET_ITEM(columns, c);
+        PyObject *taken = PyList_New(count);
+        if (taken == NULL) {
+            PyMem_Free(at);
+            Py_DECREF(result);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *item = PyList_GET_ITEM(column, at[i]);
+            Py_INCREF(item);
+            PyList_SET_ITEM(taken, i, item);
+        }
+        PyList_SET_ITEM(result, c, taken);
+    }
+    PyMem_Free(at);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"newer_marks", (PyCFunction)(void (*)(void))newer_marks, METH_FASTCALL, newer_marks_doc},
     {"tumbling_windows", (PyCFunction)(void (*)(void))tumbling_windows, METH_FASTCALL,
      tumbling_windows_doc},
+    {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL, take_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 """Types of the processing runtime's C accelerator (processing/_speedups.c)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 def newer_marks(
     headers: Sequence[Sequence[tuple[str, bytes | None]]],
@@ -14,3 +15,4 @@ def newer_marks(
 def tumbling_windows(
     times: list[int], size: int, grace: int, first: int, /
 ) -> tuple[list[int], list[int]] | None: ...
+def take_rows(columns: tuple[list[Any], ...], rows: list[int], /) -> list[list[Any]] | None: ...
