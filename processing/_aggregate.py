@@ -39,8 +39,9 @@ from itertools import compress, groupby, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._batch import Batch, Context, apply_each, indexes, mask_without
+from ._batch import Batch, Context, apply_each, at_origins, indexes, mask_without
 from ._clock import Timer
+from ._columns import take_rows
 from ._stateful import StatefulStep
 from ._stores import StoreKind
 from ._table import Change
@@ -229,9 +230,9 @@ class WindowedAggregateStep(StatefulStep):
         timestamp function failed or gave no usable time (their node's policy applies)."""
         if batch.encoded_by is not None:  # handed over, checked (see _handoff.py)
             assert ctx.event_times is not None
-            return list(map(ctx.event_times.__getitem__, batch.origins)), batch
+            return at_origins(ctx.event_times, batch.origins), batch
         if self.timestamp is None:
-            times = list(map(ctx.records.timestamps.__getitem__, batch.origins))
+            times = at_origins(ctx.records.timestamps, batch.origins)
         else:
             times, batch = apply_each(self.node, self.timestamp, batch, ctx)
             if not set(map(type, times)) <= {int}:  # check (or convert whole floats) each
@@ -499,10 +500,8 @@ class TumblingAggregateStep(WindowedAggregateStep):
         values = batch.values
         rows = indexes(len(values))
         if late:
-            keep = mask_without(len(values), late)
-            keys, starts, values, rows, origins = (
-                list(compress(column, keep)) for column in (keys, starts, values, rows, origins)
-            )
+            rows = list(compress(rows, mask_without(len(values), late)))
+            keys, starts, values, origins = take_rows((keys, starts, values, origins), rows)
         if batch.encoded_by is not None and values:  # the late are never decoded
             kept = Batch(values, origins, encoded_by=batch.encoded_by).decoded(ctx)
             if len(kept.values) < len(values):  # a value did not decode: drop the record

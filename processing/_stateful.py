@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from headwater.groups import TopicPartition
 
-from ._batch import Batch, Context
+from ._batch import Batch, Context, at_origins
 from ._clock import Timer
 from ._lineage import SourcePosition
 from ._marks import newer_marks
@@ -91,7 +91,7 @@ class StatefulStep(Step):
     def key_bytes(self, batch: Batch, ctx: Context) -> list[bytes | None]:
         """Return each record's key as the bytes it is written as."""
         if batch.keys is None or stored_keys(batch.key_node):
-            return list(map(ctx.records.keys.__getitem__, batch.origins))
+            return at_origins(ctx.records.keys, batch.origins)
         assert batch.key_node is not None
         serialize = batch.key_node.params["key_serde"].serialize
         return list(map(serialize, batch.keys))
