@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._batch import Batch, Context, apply_each, at_origins, indexes, mask_without
 from ._clock import Timer
 from ._columns import take_rows
+from ._operators import SinkStep
+from ._serde import writes_plain_json
 from ._stateful import StatefulStep
 from ._stores import StoreKind
 from ._table import Change
@@ -127,9 +129,14 @@ def reduce_aggregator(fn: Callable[[Any, Any], Any]) -> Aggregator:
 
 
 class _Outputs:
-    """A windowed aggregation's children, by what they receive."""
+    """A windowed aggregation's children, by what they receive.
 
-    __slots__ = ("final", "late", "updates")
+    ``final_as_json`` and ``updates_as_json`` say whether all that sees those results
+    is topics written as plain JSON: the results are then made as the dicts JSON writes
+    a :class:`Windowed` as (the same bytes), not as objects made only to be thrown away
+    once written."""
+
+    __slots__ = ("final", "final_as_json", "late", "updates", "updates_as_json")
 
     def __init__(self, children: list[Step | None]) -> None:
         self.final: list[Step] = []
@@ -138,6 +145,22 @@ class _Outputs:
         for child in children:
             if child is not None:
                 getattr(self, child.node.params["output"]).append(child)
+        self.final_as_json = _only_json_sinks(self.final)
+        self.updates_as_json = _only_json_sinks(self.updates)
+
+
+def _only_json_sinks(outputs: list[Step]) -> bool:
+    """Return whether the steps of one output (``final``, ``updates``) pass its results
+    on only to sinks that write topics as plain JSON (linked already: a step's
+    children are built before it)."""
+    return all(
+        output.children
+        and all(
+            isinstance(sink, SinkStep) and sink.node.kind == "to" and writes_plain_json(sink.serde)
+            for sink in output.children
+        )
+        for output in outputs
+    )
 
 
 class WindowedAggregateStep(StatefulStep):
@@ -282,7 +305,7 @@ class WindowedAggregateStep(StatefulStep):
             for child in self.outputs.late:
                 await child.push(late_batch, ctx)
         if updates and self.outputs.updates:
-            out = self.emit_windows(ctx, updates)
+            out = self.emit_windows(ctx, updates, as_json=self.outputs.updates_as_json)
             for child in self.outputs.updates:
                 await child.push(out, ctx)
         await self.close_until(now, ctx)
@@ -335,7 +358,7 @@ class WindowedAggregateStep(StatefulStep):
         if results and self.outputs.final:
             if not self.closes_in_start_order:
                 results.sort(key=self.window_start_of)
-            out = self.emit_windows(ctx, results)
+            out = self.emit_windows(ctx, results, as_json=self.outputs.final_as_json)
             for child in self.outputs.final:
                 await child.push(out, ctx)
 
@@ -347,8 +370,11 @@ class WindowedAggregateStep(StatefulStep):
         """Return the (exclusive) end of each window of ``wkeys``."""
         return list(map(self.window_end, wkeys))
 
-    def emit_windows(self, ctx: Context, results: list[tuple[Any, Any, str, int]]) -> Batch:
-        """Add rows for window results and return the batch of :class:`Windowed` values.
+    def emit_windows(
+        self, ctx: Context, results: list[tuple[Any, Any, str, int]], *, as_json: bool = False
+    ) -> Batch:
+        """Add rows for window results and return the batch of :class:`Windowed` values
+        (``as_json``: of the dicts JSON writes them as, for sinks that only write JSON).
 
         Column by column: each key's object is decoded once, each source parsed once."""
         wkeys, accs, sources, offsets = zip(*results, strict=True)
@@ -369,7 +395,14 @@ class WindowedAggregateStep(StatefulStep):
         places = {source: _place(source) for source in set(sources)}
         ends = self.window_ends(wkeys)  # type: ignore[arg-type]
         objects = list(map(decoded.__getitem__, keys))
-        values = _windowed_many(objects, [w[1] for w in wkeys], ends, accs)
+        starts = [w[1] for w in wkeys]
+        if as_json:  # the dicts JSON writes a Windowed as (its fields, in order)
+            values: list[Any] = [
+                {"key": k, "start": s, "end": e, "value": v}
+                for k, s, e, v in zip(objects, starts, ends, accs, strict=True)
+            ]
+        else:
+            values = _windowed_many(objects, starts, ends, accs)
         origins = ctx.add_rows_at(
             [end - 1 for end in ends], list(map(places.__getitem__, sources)), offsets
         )

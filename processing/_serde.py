@@ -137,11 +137,17 @@ def batch_deserializer(serde: Serde[Any], data: list[bytes | None]) -> Callable[
     return serde.deserialize
 
 
+def writes_plain_json(serde: Serde[Any]) -> bool:
+    """Return whether ``serde`` writes values as ``orjson.dumps`` does (a plain
+    :class:`JsonSerde`)."""
+    return type(serde) is JsonSerde and not serde._option
+
+
 def batch_serializer(serde: Serde[Any], values: list[Any]) -> Callable[[Any], bytes | None]:
     """Return the function that serialises each of ``values`` with ``serde``
     (``orjson.dumps`` itself for a plain :class:`JsonSerde`, or :func:`_dump_windowed`
     when every value is a :class:`Windowed`)."""
-    if type(serde) is JsonSerde and not serde._option:
+    if writes_plain_json(serde):
         if values and set(map(type, values)) == _WINDOWED:
             return _dump_windowed
         return orjson.dumps

@@ -350,3 +350,49 @@ def test_a_repartition_topic_numbers_the_records_of_one_source_record() -> None:
     headers = [dict(r.headers) for r in driver.records("seq-n-repartition")]
     assert [h["headwater.source"] for h in headers] == [b"in/0/0"] * 3
     assert [h.get("headwater.seq") for h in headers] == [b"0", b"1", b"2"]
+
+
+class KeyOnly:
+    """A serde that reads a result's attributes (so it must get :class:`Windowed`)."""
+
+    def serialize(self, value: Any) -> bytes:
+        return f"{value.key}@{value.start}-{value.end}={value.value}".encode()
+
+    def deserialize(self, data: bytes | None) -> Any:
+        return None if data is None else data.decode()
+
+
+def test_results_are_windowed_objects_to_every_step_but_a_plain_json_sink() -> None:
+    # Results that only JSON sinks see are made as the dicts JSON writes (the same
+    # bytes); a step or serde that reads them gets the objects.
+    def results_app(*, reader: str | None) -> App:
+        app = App("results")
+        counted = (
+            app.stream("in")
+            .key_by(lambda e: e["k"])
+            .window(windows.tumbling(ms=10), timestamp=lambda e: e["t"])
+            .aggregate(lambda: 0, lambda acc, e: acc + 1, name="counts")
+        )
+        counted.final().to("json")
+        counted.updates().to("json-updates")
+        if reader == "map":
+            counted.final().map(lambda w: [type(w).__name__, w.key, w.end]).to("seen")
+        elif reader == "serde":
+            counted.updates().to("seen", serde=KeyOnly())
+        return app
+
+    records = [("a", 1), ("b", 2), ("a", 5), ("a", 12), ("b", 25)]
+    plain = run(results_app(reader=None), records)
+    for reader in ("map", "serde"):
+        driver = run(results_app(reader=reader), records)
+        assert driver.records("json") == plain.records("json")
+        assert driver.records("json-updates") == plain.records("json-updates")
+    assert plain.values("json") == [
+        {"key": "a", "start": 0, "end": 10, "value": 2},
+        {"key": "b", "start": 0, "end": 10, "value": 1},
+        {"key": "a", "start": 10, "end": 20, "value": 1},
+    ]
+    assert run(results_app(reader="map"), records).values("seen") == [
+        ["Windowed", "a", 10], ["Windowed", "b", 10], ["Windowed", "a", 20],
+    ]  # fmt: skip
+    assert run(results_app(reader="serde"), records).values("seen")[:2] == ["a@0-10=1", "b@0-10=1"]
