@@ -251,7 +251,7 @@ class Partition:
         """Under ``batch``, start making everything appended so far durable, without
         waiting: its fsyncs begin now, and the next :meth:`wait_durable` (or :meth:`flush`)
         finishes the flush and publishes what it made durable. Does nothing under the
-        other policies, while a flush runs, or with nothing to flush.
+        other policies, while a flush runs, with nothing to flush, or once closed.
 
         For a caller that appends in one task and waits in another (the broker: a
         produce's handler appends, a task of its connection waits), so that the fsync
@@ -263,6 +263,7 @@ class Partition:
             self.config.durability is not Durability.BATCH
             or self._flush_done is not None
             or self._started_flush is not None
+            or self.log.closed
         ):
             return
         plan = self.log.prepare_flush()

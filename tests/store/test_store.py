@@ -313,6 +313,7 @@ async def test_closing_under_a_started_flush_finishes_it(tmp_path: Path) -> None
             partition.append_batch_nowait(encode_batch([NewRecord(value=value)]))
         partition.start_flush()  # and no wait: the store closes with it under way
     assert (tmp_path / "t" / "0" / CLEAN_SHUTDOWN_FILE).exists()
+    partition.start_flush()  # closed: nothing to start
     async with open_store(tmp_path) as store:
         partition = store.partition("t", 0)
         assert [r.value for r in await partition.read_records(0, 1 << 16)] == [b"a", b"b", b"c"]
