@@ -74,7 +74,7 @@ import logging
 import os
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,16 +219,12 @@ class FlushPlan:
             return
         self.start()
         underway, self._underway = self._underway, None
-        try:
+        with self._timed(self._started):
             if underway is not None:
                 await underway.wait()
             else:
                 await fsync_all(self.fs, [segment.fd for segment in self.segments])
             self._finish()
-        except BaseException as exc:
-            self.error = exc
-            raise
-        self.elapsed_s = time.perf_counter() - self._started
 
     def finish_started(self) -> None:
         """Finish the plan in the calling thread, waiting for the fsyncs :meth:`start`
@@ -240,13 +236,9 @@ class FlushPlan:
         if underway is None:
             self.execute()
             return
-        try:
+        with self._timed(self._started):
             underway.wait_blocking()
             self._finish()
-        except BaseException as exc:
-            self.error = exc
-            raise
-        self.elapsed_s = time.perf_counter() - self._started
 
     def execute(self) -> None:
         """fsync what the plan names; write rolled segments' indexes; record the checkpoint.
@@ -257,9 +249,14 @@ class FlushPlan:
 
         :raises OSError: if an fsync fails; ``done`` stays ``False`` and ``error`` says why.
         """
-        started = time.perf_counter()
-        try:
+        with self._timed(time.perf_counter()):
             self._execute()
+
+    @contextlib.contextmanager
+    def _timed(self, started: float) -> Iterator[None]:
+        """Note why the work inside failed, else how long the plan took since ``started``."""
+        try:
+            yield
         except BaseException as exc:
             self.error = exc
             raise
