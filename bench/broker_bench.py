@@ -66,10 +66,16 @@ TARGETS = {"produce": 400_000, "consume": 500_000, "p99_ms": 10.0}
 
 
 def start_broker(
-    data: Path, profile_path: Path | None, *args: str
+    data: Path, profile_path: Path | None, *args: str, packages: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``headwater broker`` on a free port; return the process and its address."""
+    """Start ``headwater broker`` on a free port; return the process and its address.
+
+    :param packages: a folder holding another version's ``headwater/<package>`` folders,
+        put first on the broker's ``PYTHONPATH`` (an A/B comparison).
+    """
     env = dict(os.environ)
+    if packages is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(packages), env.get("PYTHONPATH")]))
     if profile_path is not None:
         env["HEADWATER_BROKER_PROFILE"] = str(profile_path)
     log_path = data.parent / f"{data.name}-broker.log"
@@ -311,14 +317,23 @@ def compare_latency(args: argparse.Namespace) -> None:
     """Measure end-to-end latency on headwater broker and, with ``--apache-kafka``, on
     Apache Kafka, in alternating rounds; print each round, the stages, and the medians."""
     temp = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-    broker = None
+    brokers: list[subprocess.Popen[bytes]] = []
     try:
-        broker, address = start_broker(temp / "data", None, "--metrics", "127.0.0.1:0")
-        args.broker_pid = broker.pid
-        url = re.search(r"serving metrics at (\S+)", (temp / "data-broker.log").read_text())
-        assert url is not None, "the broker did not say where it serves its metrics"
+        clusters: dict[str, str] = {}
+        urls: dict[str, str] = {}
+        versions = {"headwater": None}
+        if args.before is not None:
+            versions["before"] = args.before
+        for name, packages in versions.items():
+            broker, address = start_broker(
+                temp / name, None, "--metrics", "127.0.0.1:0", packages=packages
+            )
+            brokers.append(broker)
+            args.broker_pids[name] = broker.pid
+            url = re.search(r"serving metrics at (\S+)", (temp / f"{name}-broker.log").read_text())
+            assert url is not None, "the broker did not say where it serves its metrics"
+            clusters[name], urls[name] = address, url[1]
         with contextlib.ExitStack() as stack:
-            clusters = {"headwater": address}
             if args.apache_kafka:
                 kafka = stack.enter_context(apache_kafka(temp))
                 if kafka is not None:
@@ -326,15 +341,20 @@ def compare_latency(args: argparse.Namespace) -> None:
             results: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
             for round_ in range(1, args.rounds + 1):
                 for name, bootstrap in clusters.items():
-                    metrics = url[1] if name == "headwater" else None
+                    metrics = urls.get(name)
                     results[name].append(latency_round(round_, name, bootstrap, metrics, args))
         for name, pairs in results.items():
             print(f"{name}: median of {len(pairs)} rounds p50 "
                   f"{statistics.median(p for p, _ in pairs):.2f} ms, p99 "
                   f"{statistics.median(p for _, p in pairs):.2f} ms "
                   f"(target p50 <= 2 ms, p99 <= 5 ms)")  # fmt: skip
+        if "before" in results:
+            pairs = list(zip(results["headwater"], results["before"], strict=True))
+            p50 = statistics.median(now[0] / then[0] for now, then in pairs)
+            p99 = statistics.median(now[1] / then[1] for now, then in pairs)
+            print(f"now / before, median of the rounds' ratios: p50 {p50:.3f}, p99 {p99:.3f}")
     finally:
-        if broker is not None:
+        for broker in brokers:
             broker.send_signal(signal.SIGTERM)
             broker.wait(30)
         shutil.rmtree(temp, ignore_errors=True)
@@ -347,7 +367,8 @@ def latency_round(
     and, given the broker's ``metrics`` URL, its mean produce request and fsync times;
     return (p50, p99) in ms."""
     before = scrape_means(metrics) if metrics else {}
-    cpu_before = cpu_seconds(args.broker_pid) if metrics else 0.0
+    pid = args.broker_pids.get(name, 0)
+    cpu_before = cpu_seconds(pid) if metrics else 0.0
     stats: list[dict[str, Any]] = []
     topic = create_topic(bootstrap, 1)
     ms = latency(
@@ -358,7 +379,7 @@ def latency_round(
     print(f"round {round_} {name:12} p50 {p50:5.2f} ms, p99 {p99:5.2f} ms, max {max(ms):6.2f} ms"
           f" | producer p50/p99 ms: {stages}")  # fmt: skip
     if metrics:
-        cpu = cpu_seconds(args.broker_pid) - cpu_before
+        cpu = cpu_seconds(pid) - cpu_before
         after = scrape_means(metrics)
         means = []
         for part in ("produce request", "fsync"):
@@ -444,7 +465,15 @@ def main() -> None:
         "--apache-kafka", action="store_true", help="with --latency-only: Apache Kafka too"
     )
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds (--latency-only)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="with --latency-only: also a broker of an earlier version, its packages found "
+        "under DIR (DIR/headwater/store, ...), in alternating rounds, and the ratios now / before",
+    )
     args = parser.parse_args()
+    args.broker_pids = {}
     if args.latency_only:
         compare_latency(args)
         return

@@ -46,13 +46,16 @@ request order, and leaves the wait for durability (the group-commit fsync of eac
 partition written, concurrently) as :class:`~headwater.broker._dispatch.Deferred` work, so
 that the requests a client pipelines behind this one are written meanwhile and share the
 next fsync. Topics at durability ``always`` (an fsync per append, under the partition's
-lock) and ``never`` (nothing to wait for) are appended whole before the handler returns.
+lock) and ``never`` (nothing to wait for) are appended whole before the handler returns;
+a request's ``always`` partitions side by side, each with its own fsync, so that a
+request to several of them waits for about one fsync, not one after another.
 Every ``acks`` value is answered once durable (the log has no weaker point at which to
 answer); ``acks=0`` gets no response at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import struct
@@ -261,6 +264,10 @@ class ProduceHandlers:
             refusal = KafkaErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
         responses: list[Message] = []
         unflushed: list[tuple[Partition, int, Message]] = []
+        # Appends that wait for their own fsync (durability ``always``) run side by side
+        # when there are several, rather than each partition's after the last one's.
+        held: list[tuple[str, Message, Message]] = []
+        together = refusal is None and self._fsyncs_per_append(body) > 1
         for topic in body["topic_data"]:
             results: list[Message] = []
             responses.append({"name": topic["name"], "partition_responses": results})
@@ -269,18 +276,54 @@ class ProduceHandlers:
                 results.append(result)
                 if refusal is not None:
                     result["error_code"] = refusal
-                    continue
-                index = data["index"]
-                code, message = await self._append(
-                    topic["name"], index, data["records"], result, unflushed, body=body
-                )
-                if code != KafkaErrorCode.NONE:
-                    _refuse(result, code, message)
-                    self._log_refusal(topic["name"], index, code, message)
+                elif (
+                    together and self._durability(topic["name"], data["index"]) is Durability.ALWAYS
+                ):
+                    held.append((topic["name"], data, result))
+                else:
+                    await self._append_one(topic["name"], data, result, unflushed, body)
+        if held:
+            async with anyio.create_task_group() as tg:
+                for name, data, result in held:
+                    tg.start_soon(self._append_one, name, data, result, unflushed, body)
         response = None if acks == 0 else {"responses": responses}
         if not unflushed:
             return response
-        return Deferred(functools.partial(self._wait_durable, unflushed, response))
+        return Deferred(
+            functools.partial(self._wait_durable, unflushed, response),
+            functools.partial(_start_flushes, unflushed),
+        )
+
+    def _durability(self, topic: str, index: int) -> Durability | None:
+        try:
+            return self._store.partition(topic, index).config.durability
+        except (TopicNotFoundError, LogClosedError):
+            return None  # the append answers for it
+
+    def _fsyncs_per_append(self, body: Message) -> int:
+        """How many of the request's partitions fsync each append themselves."""
+        return sum(
+            self._durability(topic["name"], data["index"]) is Durability.ALWAYS
+            for topic in body["topic_data"]
+            for data in topic["partition_data"]
+        )
+
+    async def _append_one(
+        self,
+        topic: str,
+        data: Message,
+        result: Message,
+        unflushed: list[tuple[Partition, int, Message]],
+        body: Message,
+    ) -> None:
+        """Append one partition's batch; note a refusal in its ``result``."""
+        index = data["index"]
+        code, message = await self._append(
+            topic, index, data["records"], result, unflushed, body=body
+        )
+        if code != KafkaErrorCode.NONE:
+            _refuse(result, code, message)
+            self._log_refusal(topic, index, code, message)
 
     def _log_refusal(self, topic: str, index: int, code: KafkaErrorCode, message: str) -> None:
         if code == KafkaErrorCode.UNSUPPORTED_COMPRESSION_TYPE and not self._codec_warned:
@@ -340,7 +383,8 @@ class ProduceHandlers:
         batch = bytearray(records)
         try:
             if partition.config.durability is Durability.BATCH:
-                # Written now; made durable (group commit) by the deferred flush.
+                # Written now; made durable (group commit) by a flush that the deferred
+                # work begins and waits for.
                 info = partition.append_batch_nowait(batch)
                 unflushed.append((partition, info.next_offset, result))
             else:
@@ -395,6 +439,12 @@ class ProduceHandlers:
         except (StoreError, OSError) as exc:
             logger.error("fsync of %s-%d failed: %s", partition.topic, partition.index, exc)
             _refuse(result, KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc))
+
+
+def _start_flushes(unflushed: list[tuple[Partition, int, Message]]) -> None:
+    for partition, _, _ in unflushed:
+        with contextlib.suppress(StoreError):  # a failed log: the wait answers for it
+            partition.start_flush()
 
 
 def _refuse(result: Message, code: KafkaErrorCode, message: str) -> None:

@@ -792,10 +792,13 @@ def test_list_offsets(conn: Connection) -> None:
 # -- connections ---------------------------------------------------------------------------
 
 
-def test_pipelined_requests_are_answered_in_order(conn: Connection) -> None:
+@pytest.mark.parametrize("first", [0, 2], ids=["produce-first", "metadata-first"])
+def test_pipelined_requests_are_answered_in_order(conn: Connection, first: int) -> None:
+    # Produces wait for their fsync; metadata answers at once, and is sent at once when no
+    # response waits before it.
     name = new_topic(conn)
     headers = []
-    for i in range(60):
+    for i in range(first, first + 60):
         if i % 3 == 2:
             headers.append(conn.send(ApiKey.METADATA, 9, {"topics": [{"name": name}]}))
         else:
