@@ -345,22 +345,25 @@ class WindowedAggregateStep(StatefulStep):
         while heap and heap[0] <= stream_time:
             due.extend(self.closing.pop(heapq.heappop(heap)))
         store.load(due)
-        data = store.data
-        closed: list[Any] = []
-        results: list[tuple[Any, Any, str, int]] = []
-        for wkey in due:
-            state = data.pop(wkey, None)
-            if state is not None:
-                closed.append(wkey)
-                results.append((wkey, state[0], state[1], state[2]))
+        states = list(map(store.data.pop, due, repeat(None)))  # [acc, source, offset] each
+        closed = due
+        if not all(states):  # windows gone before they closed (sessions merged)
+            keep = [state is not None for state in states]
+            closed, states = list(compress(due, keep)), list(compress(states, keep))
         store.touched(closed)
         self.closed(closed)
-        if results and self.outputs.final:
-            if not self.closes_in_start_order:
-                results.sort(key=self.window_start_of)
-            out = self.emit_windows(ctx, results, as_json=self.outputs.final_as_json)
-            for child in self.outputs.final:
-                await child.push(out, ctx)
+        if not states or not self.outputs.final:
+            return
+        accs, sources, offsets = zip(*states, strict=True)
+        if not self.closes_in_start_order:
+            unsorted = zip(closed, accs, sources, offsets, strict=True)
+            results = sorted(unsorted, key=self.window_start_of)
+            closed, accs, sources, offsets = zip(*results, strict=True)  # type: ignore[assignment]
+        out = self.emit_columns(
+            ctx, closed, accs, sources, offsets, as_json=self.outputs.final_as_json
+        )
+        for child in self.outputs.final:
+            await child.push(out, ctx)
 
     def window_start_of(self, result: tuple[Any, Any, str, int]) -> int:
         """Return the window start of a result (what ``final()`` orders by)."""
@@ -373,11 +376,25 @@ class WindowedAggregateStep(StatefulStep):
     def emit_windows(
         self, ctx: Context, results: list[tuple[Any, Any, str, int]], *, as_json: bool = False
     ) -> Batch:
-        """Add rows for window results and return the batch of :class:`Windowed` values
-        (``as_json``: of the dicts JSON writes them as, for sinks that only write JSON).
+        """Add rows for window results (state key, aggregate, source, offset) and return
+        the batch of :class:`Windowed` values (``as_json``: of the dicts JSON writes them
+        as, for sinks that only write JSON)."""
+        wkeys, accs, sources, offsets = zip(*results, strict=True)
+        return self.emit_columns(ctx, wkeys, accs, sources, offsets, as_json=as_json)
+
+    def emit_columns(
+        self,
+        ctx: Context,
+        wkeys: Sequence[Any],
+        accs: Sequence[Any],
+        sources: Sequence[str],
+        offsets: Sequence[int],
+        *,
+        as_json: bool = False,
+    ) -> Batch:
+        """:meth:`emit_windows` of the results as columns.
 
         Column by column: each key's object is decoded once, each source parsed once."""
-        wkeys, accs, sources, offsets = zip(*results, strict=True)
         keys: list[bytes | None] = [w[0] for w in wkeys]
         decoded = self.key_objects
         missing = set(keys).difference(decoded)
