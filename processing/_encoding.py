@@ -135,7 +135,7 @@ def encode_out_records(
     producer_id, producer_epoch, base_sequence = producer or (-1, -1, -1)
     return encode_columns(
         records.values,
-        keys=None if keys.count(None) == len(keys) else keys,
+        keys=None if not keys or all_none(keys) else keys,
         timestamps=records.timestamps,
         header_columns=columns,
         headers=records.headers,
@@ -145,6 +145,12 @@ def encode_out_records(
         base_sequence=base_sequence,
         transactional=producer is not None,
     )
+
+
+def all_none(keys: list[bytes | None]) -> bool:
+    """Return whether every one of ``keys`` (at least one) is None: the first decides
+    most lists at once (comparing a key with None costs about 25 ns)."""
+    return keys[0] is None and keys.count(None) == len(keys)
 
 
 def encode_within(

@@ -30,7 +30,7 @@ from headwater.store import Record, RecordColumns, partition_rows
 from ._batch import Batch, Context, apply_each
 from ._clock import Clock
 from ._columns import take_rows
-from ._encoding import OutRecords
+from ._encoding import OutRecords, all_none
 from ._errors import describe_exception, user_frame
 from ._graph import Graph, Node
 from ._handoff import event_times
@@ -259,7 +259,7 @@ class Pipeline:
                 out = out._replace(event_times=times)
         count = sink.partitions
         default = ctx.partition % count
-        if count == 1 or keys.count(None) == len(keys):
+        if count == 1 or all_none(keys):
             writes.setdefault((sink.topic, default), []).append(out)
             return
         rows = partition_rows(keys, count, default)
