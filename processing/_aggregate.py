@@ -39,7 +39,7 @@ from itertools import compress, groupby, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._batch import Batch, Context, apply_each, at_origins, indexes, mask_without
+from ._batch import Batch, Context, apply_each, at_origins, mask_without
 from ._clock import Timer
 from ._columns import take_rows
 from ._operators import SinkStep
@@ -546,12 +546,10 @@ class TumblingAggregateStep(WindowedAggregateStep):
         size, grace = spec.size_ms, self.grace_ms
         origins = batch.origins
         source, _ = self.source_id(ctx, origins[0])
-        starts, late = tumbling_windows(times, size, grace, first)
+        rows, starts, late = tumbling_windows(times, size, grace, first)
         values = batch.values
-        rows = indexes(len(values))
         if late:
-            rows = list(compress(rows, mask_without(len(values), late)))
-            keys, starts, values, origins = take_rows((keys, starts, values, origins), rows)
+            keys, values, origins = take_rows((keys, values, origins), rows)
         if batch.encoded_by is not None and values:  # the late are never decoded
             kept = Batch(values, origins, encoded_by=batch.encoded_by).decoded(ctx)
             if len(kept.values) < len(values):  # a value did not decode: drop the record

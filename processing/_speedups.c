@@ -322,22 +322,24 @@ done:
 /* -- tumbling windows ------------------------------------------------------------------ */
 
 PyDoc_STRVAR(tumbling_windows_doc,
-"tumbling_windows(times, size, grace, first)\n"
+"tumbling_windows(times, size, grace, first, rows)\n"
 "--\n\n"
-"headwater.processing._window_columns._tumbling_windows in one loop: return (starts,\n"
-"late), each record's window start and the indexes of the late records; or None for\n"
-"input to leave to the Python version (a time that is not an int within 64 bits, or a\n"
-"negative one; a size below 1).");
+"headwater.processing._window_columns._tumbling_windows in one loop: return (kept,\n"
+"starts, late), the rows of the records that are not late, their window starts, and the\n"
+"rows of the late records, each row the item of the list `rows` at its index; or None\n"
+"for input to leave to the Python version (a time that is not an int within 64 bits, or\n"
+"a negative one; a size below 1; `rows` not a list of len(times)).");
 
 static PyObject *
 tumbling_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "tumbling_windows takes 4 arguments");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "tumbling_windows takes 5 arguments");
         return NULL;
     }
-    PyObject *times = args[0];
-    if (!PyList_CheckExact(times) || PyList_GET_SIZE(times) == 0) {
+    PyObject *times = args[0], *rows = args[4];
+    if (!PyList_CheckExact(times) || PyList_GET_SIZE(times) == 0 || !PyList_CheckExact(rows) ||
+        PyList_GET_SIZE(rows) != PyList_GET_SIZE(times)) {
         Py_RETURN_NONE;
     }
     long long size, grace = 0, first = 0, close_after;
@@ -356,11 +358,12 @@ tumbling_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Py_ssize_t count = PyList_GET_SIZE(times);
-    PyObject *starts = PyList_New(count);
-    PyObject *late = PyList_New(0);
-    if (starts == NULL || late == NULL) {
-        goto error;
+    /* First pass: each record's window start, and whether it is late (start < 0). */
+    long long *starts = PyMem_Malloc(count * sizeof(long long));
+    if (starts == NULL) {
+        return PyErr_NoMemory();
     }
+    Py_ssize_t late_count = 0;
     long long now = first;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyList_GET_ITEM(times, i);
@@ -375,11 +378,6 @@ tumbling_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto give_up;
         }
         long long start = t - t % size, closes;
-        PyObject *value = PyLong_FromLongLong(start);
-        if (value == NULL) {
-            goto error;
-        }
-        PyList_SET_ITEM(starts, i, value);
         if (t > now) {
             now = t;
         }
@@ -387,22 +385,48 @@ tumbling_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto give_up;
         }
         if (closes <= now) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL || PyList_Append(late, index) < 0) {
-                Py_XDECREF(index);
-                goto error;
-            }
-            Py_DECREF(index);
+            starts[i] = -1; /* late: starts are never negative otherwise */
+            late_count++;
+        } else {
+            starts[i] = start;
         }
     }
-    return Py_BuildValue("(NN)", starts, late);
+    /* Second pass: the three lists, at their final sizes. */
+    PyObject *kept = PyList_New(count - late_count);
+    PyObject *kept_starts = PyList_New(count - late_count);
+    PyObject *late = PyList_New(late_count);
+    if (kept == NULL || kept_starts == NULL || late == NULL) {
+        Py_XDECREF(kept);
+        Py_XDECREF(kept_starts);
+        Py_XDECREF(late);
+        goto error;
+    }
+    Py_ssize_t k = 0, l = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        Py_INCREF(row);
+        if (starts[i] < 0) {
+            PyList_SET_ITEM(late, l++, row);
+            continue;
+        }
+        PyObject *start = PyLong_FromLongLong(starts[i]);
+        if (start == NULL) {
+            Py_DECREF(row);
+            Py_DECREF(kept);
+            Py_DECREF(kept_starts);
+            Py_DECREF(late);
+            goto error;
+        }
+        PyList_SET_ITEM(kept, k, row);
+        PyList_SET_ITEM(kept_starts, k++, start);
+    }
+    PyMem_Free(starts);
+    return Py_BuildValue("(NNN)", kept, kept_starts, late);
 give_up:
-    Py_DECREF(starts);
-    Py_DECREF(late);
+    PyMem_Free(starts);
     Py_RETURN_NONE;
 error:
-    Py_XDECREF(starts);
-    Py_XDECREF(late);
+    PyMem_Free(starts);
     return NULL;
 }
 

@@ -5,17 +5,22 @@ batch at once. A record at event time ``t`` belongs to the window starting at
 ``t - t % size``; it is late when that window has closed by the stream time it sees,
 ``start + size + grace <= max(first, t_0, ..., t_i)`` (the records before it in the
 batch moved the stream time, as Kafka Streams' record-at-a-time order would).
+:func:`tumbling_windows` gives the rows that are not late with their windows, and the
+late rows: a late record needs no window.
 
 :func:`tumbling_windows` runs in C (``_speedups``, built where a compiler is present at
-install time) in one loop with no list per step; the column-by-column Python here is its
-reference, and what runs for input the C loop does not take (times that are not ints
-within 64 bits). The tests hold the two to the same results.
+install time) in one loop with no list per step, and no new int for a row number below
+2**15 or for a late record's window; the column-by-column Python here is its reference,
+and what runs for input the C loop does not take (times that are not ints within 64
+bits). The tests hold the two to the same results.
 """
 
 from __future__ import annotations
 
 from itertools import compress, repeat
-from operator import add, le
+from operator import add, le, not_
+
+from ._batch import indexes
 
 __all__ = ["running_max", "tumbling_windows"]
 
@@ -29,16 +34,23 @@ def running_max(times: list[int], first: int) -> list[int]:
 
 def _tumbling_windows(
     times: list[int], size: int, grace: int, first: int
-) -> tuple[list[int], list[int]]:
-    """Return each record's window start, and the indexes of the late records (event
-    times ``times``, at least one, none negative; stream time ``first`` before them)."""
+) -> tuple[list[int], list[int], list[int]]:
+    """Return the rows (indexes) of the records that are not late, their window starts,
+    and the rows of the late records (event times ``times``, at least one, none
+    negative; stream time ``first`` before them)."""
     starts = [t - t % size for t in times]
+    rows = indexes(len(times))
     top = max(times)
     if min(starts) + size + grace > (top if top > first else first):
-        return starts, []  # no window of the batch closes by its end: none is late
+        return rows, starts, []  # no window of the batch closes by its end: none is late
     closed = list(map(add, starts, repeat(size + grace)))
     is_late = list(map(le, closed, running_max(times, first)))
-    return starts, list(compress(range(len(times)), is_late))
+    on_time = list(map(not_, is_late))
+    return (
+        list(compress(rows, on_time)),
+        list(compress(starts, on_time)),
+        list(compress(rows, is_late)),
+    )
 
 
 try:
@@ -49,10 +61,10 @@ except ImportError:  # built without a C compiler
 
 def _accelerated(
     times: list[int], size: int, grace: int, first: int
-) -> tuple[list[int], list[int]]:
+) -> tuple[list[int], list[int], list[int]]:
     """:func:`_tumbling_windows` in C where it takes the input (see the module docstring)."""
     assert _c_tumbling_windows is not None
-    found = _c_tumbling_windows(times, size, grace, first)
+    found = _c_tumbling_windows(times, size, grace, first, indexes(len(times)))
     if found is None:
         return _tumbling_windows(times, size, grace, first)
     return found

@@ -12,22 +12,27 @@ from hypothesis import strategies as st
 
 from headwater.processing import _window_columns
 from headwater.processing._aggregate import _windowed_many
+from headwater.processing._batch import indexes
 from headwater.processing._window_columns import _tumbling_windows, tumbling_windows
 from headwater.processing.windows import Windowed
 
 compiled = _window_columns._c_tumbling_windows
 
 
-def model(times: list[int], size: int, grace: int, first: int) -> tuple[list[int], list[int]]:
+def model(
+    times: list[int], size: int, grace: int, first: int
+) -> tuple[list[int], list[int], list[int]]:
     """Record by record: its window, then late if that window closed by the stream time."""
-    starts, late, now = [], [], first
+    kept, starts, late, now = [], [], [], first
     for i, t in enumerate(times):
         now = max(now, t)
         start = t - t % size
-        starts.append(start)
         if start + size + grace <= now:
             late.append(i)
-    return starts, late
+        else:
+            kept.append(i)
+            starts.append(start)
+    return kept, starts, late
 
 
 batches = st.tuples(
@@ -49,13 +54,14 @@ def test_windows_and_late_records_are_the_models(batch: tuple[list[int], int, in
 def test_the_c_loop_answers_as_the_python_one(batch: tuple[list[int], int, int, int]) -> None:
     if compiled is None:  # pragma: no cover - only where the extension could not be built
         return
-    assert compiled(*batch) == _tumbling_windows(*batch)
+    assert compiled(*batch, indexes(len(batch[0]))) == _tumbling_windows(*batch)
 
 
 def test_times_past_64_bits_are_left_to_python_and_answered_alike() -> None:
     times = [1 << 70, 5]
     if compiled is not None:
-        assert compiled(times, 10, 0, 0) is None
+        assert compiled(times, 10, 0, 0, [0, 1]) is None
+        assert compiled([5], 10, 0, 0, [0, 1]) is None  # a row per time, or Python answers
     assert tumbling_windows(times, 10, 0, 0) == model(times, 10, 0, 0)
 
 
