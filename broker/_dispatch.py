@@ -76,15 +76,10 @@ class Deferred(NamedTuple):
     """Work a handler leaves to finish after the connection's next requests are handled.
 
     ``finish`` returns the response body (or ``None`` for no response); it runs in a task
-    of the connection, and its response is still sent in request order. ``begin``, when
-    given, is called as soon as the connection has handled every request it has received
-    so far, usually before ``finish`` has had a turn: a Produce starts its fsync there,
-    one for all the requests that arrived together, instead of waiting for that turn.
-    ``finish`` must not depend on it.
+    of the connection, and its response is still sent in request order.
     """
 
     finish: Callable[[], Awaitable[Message | None]]
-    begin: Callable[[], None] | None = None
 
 
 class Handler(Protocol):

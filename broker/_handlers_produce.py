@@ -55,7 +55,6 @@ answer); ``acks=0`` gets no response at all.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import struct
@@ -289,10 +288,7 @@ class ProduceHandlers:
         response = None if acks == 0 else {"responses": responses}
         if not unflushed:
             return response
-        return Deferred(
-            functools.partial(self._wait_durable, unflushed, response),
-            functools.partial(_start_flushes, unflushed),
-        )
+        return Deferred(functools.partial(self._wait_durable, unflushed, response))
 
     def _durability(self, topic: str, index: int) -> Durability | None:
         try:
@@ -383,8 +379,7 @@ class ProduceHandlers:
         batch = bytearray(records)
         try:
             if partition.config.durability is Durability.BATCH:
-                # Written now; made durable (group commit) by a flush that the deferred
-                # work begins and waits for.
+                # Written now; made durable (group commit) by the deferred flush.
                 info = partition.append_batch_nowait(batch)
                 unflushed.append((partition, info.next_offset, result))
             else:
@@ -439,12 +434,6 @@ class ProduceHandlers:
         except (StoreError, OSError) as exc:
             logger.error("fsync of %s-%d failed: %s", partition.topic, partition.index, exc)
             _refuse(result, KafkaErrorCode.KAFKA_STORAGE_ERROR, str(exc))
-
-
-def _start_flushes(unflushed: list[tuple[Partition, int, Message]]) -> None:
-    for partition, _, _ in unflushed:
-        with contextlib.suppress(StoreError):  # a failed log: the wait answers for it
-            partition.start_flush()
 
 
 def _refuse(result: Message, code: KafkaErrorCode, message: str) -> None:

@@ -398,7 +398,6 @@ class Broker:
     ) -> str:
         reader = FrameReader(self._config.max_frame_bytes)
         frames: deque[memoryview] = deque()
-        begins: list[Callable[[], None]] = []
         while True:
             if self._closing:
                 return "the broker is shutting down"
@@ -421,14 +420,9 @@ class Broker:
                 except MalformedMessageError as exc:
                     raise _RejectedError(f"bad frame: {exc}") from None
                 continue
-            slot = await self._handle(frames.popleft(), connection, tg, begins)
+            slot = await self._handle(frames.popleft(), connection, tg)
             connection.requests += 1
             self._requests += 1
-            if begins and not frames:
-                # Every request received so far is handled; before anything else runs.
-                for begin in begins:
-                    begin()
-                begins.clear()
             if slot is None:
                 continue
             if slot.ready is None and not responses.queued:
@@ -438,14 +432,9 @@ class Broker:
                 await slots.send(slot)
 
     async def _handle(
-        self,
-        frame: memoryview,
-        connection: _Connection,
-        tg: TaskGroup,
-        begins: list[Callable[[], None]],
+        self, frame: memoryview, connection: _Connection, tg: TaskGroup
     ) -> _Slot | None:
-        """Decode and handle one request; return its response slot (``None``: no response);
-        note in ``begins`` the deferred work to begin once the requests received are handled."""
+        """Decode and handle one request; return its response slot (``None``: no response)."""
         started = 0.0 if self._meter is None else time.perf_counter()
         try:
             request = decode_request(frame, allow_trailing_bytes=True)
@@ -473,8 +462,6 @@ class Broker:
             raise _RejectedError(f"request for {name}, an API this broker does not serve")
         result = await handler(request, connection.info)
         if isinstance(result, Deferred):
-            if result.begin is not None:
-                begins.append(result.begin)
             slot = _Slot(header, ready=anyio.Event(), started=started)
             tg.start_soon(_finish, slot, result.finish)
             return slot

@@ -17,11 +17,6 @@ Without the C build, or for a file system whose ``fsync`` is not the operating s
 (one that injects failures or records what became durable), the fsyncs run in a worker
 thread through that file system as before.
 
-Starting and waiting are separate steps (:func:`start_fsyncs`, :meth:`FsyncsUnderWay.wait`):
-a caller that knows the fsyncs will be needed starts them at once, and awaits their
-outcome later, in another task; the broker starts a produce's fsync in its handler, before
-the task that answers the produce has had its turn of the event loop.
-
 The wait is not cancellable: an fsync under way finishes, whoever stopped waiting for it,
 and its descriptors must stay open until it has (the caller's flush holds them).
 """
@@ -53,65 +48,27 @@ def native_fsync(fs: FileSystem) -> bool:
     return _start_fsync is not None and fs.fsync is os.fsync
 
 
-class FsyncsUnderWay:
-    """fsyncs running in a thread of their own (see the module docstring); await
-    :meth:`wait`, or call :meth:`wait_blocking`, exactly once for their outcome."""
-
-    __slots__ = ("_read_end",)
-
-    def __init__(self, fds: Sequence[int]) -> None:
-        assert _start_fsync is not None
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        try:
-            _start_fsync(fds, write_end)  # the thread owns write_end from here on
-        except BaseException:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        self._read_end = read_end
-
-    async def wait(self) -> None:
-        """Return once every fsync is done.
-
-        :raises OSError: from the first fsync that failed (those after it are not tried).
-        """
-        with anyio.CancelScope(shield=True):
-            try:
-                await anyio.wait_readable(self._read_end)
-                raw = os.read(self._read_end, _OUTCOME_BYTES)
-            finally:
-                os.close(self._read_end)
-        _check(raw)
-
-    def wait_blocking(self) -> None:
-        """Block the calling thread until every fsync is done (see :meth:`wait`)."""
-        try:
-            raw = os.read(self._read_end, _OUTCOME_BYTES)
-        finally:
-            os.close(self._read_end)
-        _check(raw)
-
-
-def start_fsyncs(fs: FileSystem, fds: Sequence[int]) -> FsyncsUnderWay | None:
-    """Start fsyncing each of ``fds`` in order, in a thread without the GIL; return
-    ``None`` (nothing started) when ``fs`` cannot (see :func:`native_fsync`)."""
-    return FsyncsUnderWay(fds) if native_fsync(fs) else None
-
-
 async def fsync_all(fs: FileSystem, fds: Sequence[int]) -> None:
     """fsync each of ``fds`` in order, off the event loop; return once all are durable.
 
     :raises OSError: from the first fsync that failed (those after it are not tried).
     """
-    underway = start_fsyncs(fs, fds)
-    if underway is not None:
-        await underway.wait()
-        return
     with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(_fsync_each, fs, fds)
-
-
-def _check(raw: bytes) -> None:
+        if not native_fsync(fs):
+            await anyio.to_thread.run_sync(_fsync_each, fs, fds)
+            return
+        assert _start_fsync is not None
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                _start_fsync(fds, write_end)  # the thread owns write_end from here on
+            except BaseException:
+                os.close(write_end)
+                raise
+            await anyio.wait_readable(read_end)
+            raw = os.read(read_end, _OUTCOME_BYTES)
+        finally:
+            os.close(read_end)
     if len(raw) != _OUTCOME_BYTES:  # the thread could not report: assume the worst
         raise OSError(errno.EIO, "the fsync thread ended without saying how it went")
     outcome = int.from_bytes(raw, sys.byteorder)

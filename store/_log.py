@@ -105,7 +105,7 @@ from ._errors import (
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
-from ._fsync import FsyncsUnderWay, fsync_all, start_fsyncs
+from ._fsync import fsync_all
 from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._log_start import read_log_start, write_log_start
 from ._producer_snapshots import load_producer_state, write_snapshot
@@ -183,9 +183,6 @@ class FlushPlan:
     unindexed: list[Segment] = field(default_factory=list)
     #: How long ``execute`` took, once done.
     elapsed_s: float = field(default=0.0)
-    #: The fsyncs :meth:`start` set going, and when.
-    _underway: FsyncsUnderWay | None = field(default=None, init=False, repr=False)
-    _started: float = field(default=0.0, init=False, repr=False)
 
     @property
     def light(self) -> bool:
@@ -199,14 +196,6 @@ class FlushPlan:
             and self.checkpoint.in_place
         )
 
-    def start(self) -> None:
-        """Set a :attr:`light` plan's fsyncs going now, in a thread without the GIL, for
-        :meth:`execute_async` or :meth:`finish_started` to finish; anything else waits
-        for those."""
-        if self.light and self._underway is None and not self._started:
-            self._started = time.perf_counter()
-            self._underway = start_fsyncs(self.fs, [segment.fd for segment in self.segments])
-
     async def execute_async(self) -> None:
         """Run :meth:`execute` off the event loop; for a :attr:`light` plan, only the
         fsyncs leave it (in a thread without the GIL, see ``_fsync.py``), and the
@@ -217,27 +206,8 @@ class FlushPlan:
         if not self.light:
             await anyio.to_thread.run_sync(self.execute)
             return
-        self.start()
-        underway, self._underway = self._underway, None
-        with self._timed(self._started):
-            if underway is not None:
-                await underway.wait()
-            else:
-                await fsync_all(self.fs, [segment.fd for segment in self.segments])
-            self._finish()
-
-    def finish_started(self) -> None:
-        """Finish the plan in the calling thread, waiting for the fsyncs :meth:`start`
-        set going, if any (a log closing under a started flush).
-
-        :raises OSError: as :meth:`execute` does.
-        """
-        underway, self._underway = self._underway, None
-        if underway is None:
-            self.execute()
-            return
-        with self._timed(self._started):
-            underway.wait_blocking()
+        with self._timed(time.perf_counter()):
+            await fsync_all(self.fs, [segment.fd for segment in self.segments])
             self._finish()
 
     def execute(self) -> None:

@@ -47,7 +47,7 @@ from ._config import CleanupPolicy, Durability, TopicConfig
 from ._control import ControlType
 from ._errors import LogClosedError, OffsetOutOfRangeError, PolicyViolationError, StoreError
 from ._isolation import IsolationLevel, skip_hidden_batches, visible_batches
-from ._log import AppendInfo, FlushPlan, PartitionLog
+from ._log import AppendInfo, PartitionLog
 from ._log_start import write_log_start
 from ._producer_state import AbortedTransaction
 from ._records import (
@@ -85,7 +85,6 @@ class Partition:
         self._high_watermark = log.log_end_offset if never else log.recovery_point
         self._new_data: anyio.Event | None = None
         self._flush_done: anyio.Event | None = None
-        self._started_flush: FlushPlan | None = None  # see start_flush
         self._write_lock: anyio.Lock | None = None
         self._start_lock: anyio.Lock | None = None
 
@@ -247,30 +246,6 @@ class Partition:
         self._check_writable(internal)
         return self.log.append_batch(batch)
 
-    def start_flush(self) -> None:
-        """Under ``batch``, start making everything appended so far durable, without
-        waiting: its fsyncs begin now, and the next :meth:`wait_durable` (or :meth:`flush`)
-        finishes the flush and publishes what it made durable. Does nothing under the
-        other policies, while a flush runs, with nothing to flush, or once closed.
-
-        For a caller that appends in one task and waits in another (the broker: a
-        produce's handler appends, a task of its connection waits), so that the fsync
-        does not wait for that task's turn of the event loop. A wait must follow.
-
-        :raises LogFailedError: if an fsync of this partition failed earlier.
-        """
-        if (
-            self.config.durability is not Durability.BATCH
-            or self._flush_done is not None
-            or self._started_flush is not None
-            or self.log.closed
-        ):
-            return
-        plan = self.log.prepare_flush()
-        if plan is not None:
-            plan.start()
-            self._started_flush = plan
-
     async def wait_durable(self, next_offset: int) -> None:
         """Return once every record below ``next_offset`` is durable under the topic's policy.
 
@@ -295,9 +270,7 @@ class Partition:
         await self.wait_durable(info.next_offset)
 
     async def _flush(self) -> None:
-        plan, self._started_flush = self._started_flush, None
-        if plan is None:
-            plan = self.log.prepare_flush()  # raises LogFailedError once an fsync has failed
+        plan = self.log.prepare_flush()  # raises LogFailedError once an fsync has failed
         if plan is None:
             self._publish(self.log.recovery_point)
             return
@@ -323,13 +296,9 @@ class Partition:
 
         :raises LogFailedError: if an fsync of this partition failed, now or earlier.
         """
-        while True:
-            while self._flush_done is not None:
-                await self._flush_done.wait()
-            started = self._started_flush is not None
-            await self._flush()
-            if not started:  # a started flush covers only what came before its start
-                return
+        while self._flush_done is not None:
+            await self._flush_done.wait()
+        await self._flush()
 
     def _publish(self, offset: int) -> None:
         if offset > self._high_watermark:
@@ -527,22 +496,10 @@ class Partition:
 
     def close(self) -> None:
         """Close the log cleanly and wake every waiting reader (they get LogClosedError)."""
-        failed: OSError | None = None
-        plan, self._started_flush = self._started_flush, None
-        try:
-            if plan is not None:  # started, and no wait came to finish it
-                try:
-                    plan.finish_started()
-                except OSError as exc:
-                    failed = exc  # complete_flush fails the log, which close then abandons
-                self.log.complete_flush(plan)
-            self.log.close()
-        finally:
-            if self._new_data is not None:
-                self._new_data.set()
-                self._new_data = None
-        if failed is not None:
-            raise self.log.failed_error() from failed
+        self.log.close()
+        if self._new_data is not None:
+            self._new_data.set()
+            self._new_data = None
 
 
 def records_from(data: bytes, start_offset: int = 0) -> list[Record]:

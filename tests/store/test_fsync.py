@@ -12,7 +12,7 @@ import pytest
 
 from headwater.store import NewRecord, OsFileSystem, PartitionLog, TopicConfig
 from headwater.store._fs import OS_FILE_SYSTEM
-from headwater.store._fsync import fsync_all, native_fsync, start_fsyncs
+from headwater.store._fsync import fsync_all, native_fsync
 
 
 class RecordingFileSystem(OsFileSystem):
@@ -74,24 +74,6 @@ async def test_a_failed_fsync_raises_its_errno_and_stops_there(
     assert raised.value.errno == errno.EBADF
     if isinstance(fs, RecordingFileSystem):
         assert fs.synced == [files[0], bad]  # the one after the failure is not tried
-
-
-async def test_started_fsyncs_are_awaited_or_waited_for_later(files: list[int]) -> None:
-    assert start_fsyncs(RecordingFileSystem(), files) is None  # not the native path
-    before = open_descriptors()
-    for i in range(CALLS):
-        underway = start_fsyncs(OS_FILE_SYSTEM, files)
-        assert underway is not None
-        if i % 2:
-            await underway.wait()
-        else:
-            underway.wait_blocking()
-    assert open_descriptors() - before < CALLS // 5
-    underway = start_fsyncs(OS_FILE_SYSTEM, [files[0], NOT_OPEN])
-    assert underway is not None
-    with pytest.raises(OSError) as raised:
-        underway.wait_blocking()
-    assert raised.value.errno == errno.EBADF
 
 
 async def test_a_file_system_that_intercepts_fsync_sees_each_one(files: list[int]) -> None:

@@ -23,7 +23,6 @@ from headwater.store import (
     PartitionLog,
     StoreError,
     TopicConfig,
-    encode_batch,
     open_store,
 )
 from headwater.store._files import CLEAN_SHUTDOWN_FILE, RECOVERY_CHECKPOINT_FILE
@@ -178,35 +177,3 @@ async def test_appends_waiting_on_a_failed_fsync_fail_and_later_ones_are_refused
         assert partition.log_end_offset >= 2
         info = await partition.append(records(partition.log_end_offset, 1))
         assert partition.high_watermark == info.next_offset
-
-
-async def test_a_started_flush_that_fails_fails_its_wait_and_the_close(
-    tmp_path: Path, fsync: FailingFsync
-) -> None:
-    config = TopicConfig(durability=Durability.BATCH)
-    async with open_store(tmp_path, fs=fsync) as store:
-        await store.create_topic("t", config)
-        partition = store.partition("t", 0)
-        await partition.append(records(0, 2))
-        fsync.fail_next_of(partition.log.segments[-1].log_path)
-        written = partition.append_batch_nowait(encode_batch(records(2, 2)))
-        partition.start_flush()
-        with pytest.raises(LogFailedError):
-            await partition.wait_durable(written.next_offset)
-        assert partition.high_watermark == 2
-    assert not (tmp_path / "t" / "0" / CLEAN_SHUTDOWN_FILE).exists()
-
-
-async def test_closing_under_a_started_flush_that_fails_says_so(
-    tmp_path: Path, fsync: FailingFsync
-) -> None:
-    with pytest.raises(StoreError, match="closing failed"):
-        async with open_store(tmp_path, fs=fsync) as store:
-            await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
-            partition = store.partition("t", 0)
-            await partition.append(records(0, 2))
-            fsync.fail_next_of(partition.log.segments[-1].log_path)
-            partition.append_batch_nowait(encode_batch(records(2, 2)))
-            partition.start_flush()  # and no wait: the store closes with it under way
-    assert fsync.failed == 1
-    assert not (tmp_path / "t" / "0" / CLEAN_SHUTDOWN_FILE).exists()

@@ -23,7 +23,6 @@ from headwater.store import (
     open_store,
     partition_for_key,
 )
-from headwater.store._files import CLEAN_SHUTDOWN_FILE
 
 
 async def test_create_list_describe_delete(tmp_path: Path) -> None:
@@ -260,63 +259,6 @@ async def test_nowait_appends_become_visible_once_durable(tmp_path: Path) -> Non
         assert [r.value for r in await partition.read_records(0, 1 << 16)] == [
             b"%d" % i for i in range(10)
         ]
-
-
-async def test_a_started_flush_is_finished_by_the_next_wait(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as store:
-        await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
-        partition = store.partition("t", 0)
-        first = partition.append_batch_nowait(encode_batch([NewRecord(value=b"a")]))
-        partition.start_flush()
-        partition.start_flush()  # one flush at a time: a second start waits for the next wait
-        later = partition.append_batch_nowait(encode_batch([NewRecord(value=b"b")]))
-        assert partition.high_watermark == 0  # nothing is published before a wait
-        await partition.wait_durable(first.next_offset)
-        assert partition.high_watermark >= first.next_offset
-        # The started flush covered only what came before its start; the wait for the
-        # later batch flushes again.
-        await partition.wait_durable(later.next_offset)
-        assert partition.high_watermark == partition.log.recovery_point == 2
-
-
-async def test_flush_covers_what_was_appended_after_a_started_flush(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as store:
-        await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
-        partition = store.partition("t", 0)
-        partition.append_batch_nowait(encode_batch([NewRecord(value=b"a")]))
-        partition.start_flush()
-        partition.append_batch_nowait(encode_batch([NewRecord(value=b"b")]))
-        await partition.flush()
-        assert partition.high_watermark == partition.log.recovery_point == 2
-
-
-@pytest.mark.parametrize("durability", [Durability.ALWAYS, Durability.NEVER])
-async def test_start_flush_leaves_the_other_policies_alone(
-    tmp_path: Path, durability: Durability
-) -> None:
-    async with open_store(tmp_path) as store:
-        await store.create_topic("t", TopicConfig(durability=durability))
-        partition = store.partition("t", 0)
-        partition.append_batch_nowait(encode_batch([NewRecord(value=b"a")]))
-        partition.start_flush()
-        plan = partition.log.prepare_flush()  # still there to take: nothing was started
-        assert plan is not None
-        plan.execute()
-        partition.log.complete_flush(plan)
-
-
-async def test_closing_under_a_started_flush_finishes_it(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as store:
-        await store.create_topic("t", TopicConfig(durability=Durability.BATCH))
-        partition = store.partition("t", 0)
-        for value in (b"a", b"b", b"c"):
-            partition.append_batch_nowait(encode_batch([NewRecord(value=value)]))
-        partition.start_flush()  # and no wait: the store closes with it under way
-    assert (tmp_path / "t" / "0" / CLEAN_SHUTDOWN_FILE).exists()
-    partition.start_flush()  # closed: nothing to start
-    async with open_store(tmp_path) as store:
-        partition = store.partition("t", 0)
-        assert [r.value for r in await partition.read_records(0, 1 << 16)] == [b"a", b"b", b"c"]
 
 
 # -- internal topics, colliding names, config changes ------------------------------------
