@@ -31,12 +31,6 @@ produce runs against each (a fresh topic every time), interleaved (on-off, then 
 ...) so that the machine's drift weighs on both alike. It prints both medians and their
 ratio (target: on at most 3% slower), and checks that a scrape of the first broker
 counted the produce requests.
-
-``--latency-only`` measures only the end-to-end latency, in ``--rounds`` rounds, with
-librdkafka's stages and the broker's mean produce request, fsync and CPU per request;
-``--apache-kafka`` adds Apache Kafka's rounds, and ``--before DIR`` a broker of an earlier
-version (its packages under ``DIR/headwater/store``, ...: first on its ``PYTHONPATH``),
-each in alternating rounds, then the medians and the ratios now / before.
 """
 
 from __future__ import annotations

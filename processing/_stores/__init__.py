@@ -37,6 +37,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import is_
 from typing import Any, NamedTuple
 
 import orjson
@@ -305,18 +307,25 @@ class MemoryStore:
         ``positions``; forget the changes."""
         dirty, created, data = self.dirty, self.created, self.data
         encode_key, encode_value = self.spec.keys.encode, self.spec.encode_value
-        keys: list[bytes | None] = []
-        values: list[bytes | None] = []
-        for key in dirty:
-            value = data.get(key, _MISSING)
-            if value is _MISSING:
-                if key in created:
-                    continue  # never written: nothing to remove
+        if created:
+            # Keys made and removed since the last flush were never written: leave them
+            # out with two C loops over the hashes the sets hold (a window key is a
+            # tuple, hashed anew on every lookup of it).
+            dirty.difference_update(created.difference(data))
+        # The rest is one record per key: look them all up in one C loop and, when none
+        # was removed (the usual case; checked by identity, as values may be anything),
+        # encode them without a Python loop.
+        latest = list(map(data.get, dirty, repeat(_MISSING)))
+        keys: list[bytes | None]
+        values: list[bytes | None]
+        if not any(map(is_, latest, repeat(_MISSING))):
+            keys = list(map(encode_key, dirty))
+            values = list(map(encode_value, latest))
+        else:
+            keys, values = [], []
+            for key, value in zip(dirty, latest, strict=True):
                 keys.append(encode_key(key))
-                values.append(None)
-            else:
-                keys.append(encode_key(key))
-                values.append(encode_value(value))
+                values.append(None if value is _MISSING else encode_value(value))
         self.dirty = set()
         self.created = set()
         self.checkpoint_positions = dict(positions)
