@@ -266,7 +266,8 @@ class ProduceHandlers:
         # Appends that wait for their own fsync (durability ``always``) run side by side
         # when there are several, rather than each partition's after the last one's.
         held: list[tuple[str, Message, Message]] = []
-        together = refusal is None and self._fsyncs_per_append(body) > 1
+        fsyncing = set() if refusal is not None else self._fsyncing_partitions(body)
+        together = len(fsyncing) > 1
         for topic in body["topic_data"]:
             results: list[Message] = []
             responses.append({"name": topic["name"], "partition_responses": results})
@@ -275,9 +276,7 @@ class ProduceHandlers:
                 results.append(result)
                 if refusal is not None:
                     result["error_code"] = refusal
-                elif (
-                    together and self._durability(topic["name"], data["index"]) is Durability.ALWAYS
-                ):
+                elif together and (topic["name"], data["index"]) in fsyncing:
                     held.append((topic["name"], data, result))
                 else:
                     await self._append_one(topic["name"], data, result, unflushed, body)
@@ -290,19 +289,19 @@ class ProduceHandlers:
             return response
         return Deferred(functools.partial(self._wait_durable, unflushed, response))
 
-    def _durability(self, topic: str, index: int) -> Durability | None:
-        try:
-            return self._store.partition(topic, index).config.durability
-        except (TopicNotFoundError, LogClosedError):
-            return None  # the append answers for it
-
-    def _fsyncs_per_append(self, body: Message) -> int:
-        """How many of the request's partitions fsync each append themselves."""
-        return sum(
-            self._durability(topic["name"], data["index"]) is Durability.ALWAYS
-            for topic in body["topic_data"]
-            for data in topic["partition_data"]
-        )
+    def _fsyncing_partitions(self, body: Message) -> set[tuple[str, int]]:
+        """Return the request's partitions that fsync each append themselves (durability
+        ``always``); one it cannot find is left to its append, which answers for it."""
+        found = set()
+        for topic in body["topic_data"]:
+            for data in topic["partition_data"]:
+                try:
+                    partition = self._store.partition(topic["name"], data["index"])
+                except (TopicNotFoundError, LogClosedError):
+                    continue
+                if partition.config.durability is Durability.ALWAYS:
+                    found.add((topic["name"], data["index"]))
+        return found
 
     async def _append_one(
         self,

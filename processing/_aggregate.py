@@ -554,11 +554,8 @@ class TumblingAggregateStep(WindowedAggregateStep):
             kept = Batch(values, origins, encoded_by=batch.encoded_by).decoded(ctx)
             if len(kept.values) < len(values):  # a value did not decode: drop the record
                 decodes = set(kept.origins)
-                keep = [o in decodes for o in origins]
-                keys = list(compress(keys, keep))
-                starts = list(compress(starts, keep))
-                rows = list(compress(rows, keep))
-                origins = list(compress(origins, keep))
+                decoded = [i for i, origin in enumerate(origins) if origin in decodes]
+                keys, starts, rows, origins = take_rows((keys, starts, rows, origins), decoded)
             values = kept.values
         # The lineage of the records that are not late only: the late change no state.
         sources: list[str] | None = None  # each row's source, if they differ

@@ -106,8 +106,6 @@ class Handoff:
                 end = stop
             parts.append(times)
             at = end
-        if not parts:
-            return None
         self._taken += stop - offsets.start
         return parts[0] if len(parts) == 1 else [t for part in parts for t in part]
 
