@@ -129,6 +129,10 @@ def _cluster_id() -> str:
             return found
 
 
+#: The broker's settings. ``log.retention.ms=-1``: the tests write records stamped far in
+#: the past (event times from 0, fixed dates), and Kafka's retention check, every five
+#: minutes, deletes such a topic's records, the active segment's too, whichever test is
+#: reading them then.
 _PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
@@ -147,6 +151,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+log.retention.ms=-1
 auto.create.topics.enable=false
 """
 
