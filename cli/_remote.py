@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table
 
-from headwater.broker import AdminClient, RemoteTopic
 from headwater.store import TopicConfig, kafka_config_entries
 
 from ._output import info, stdout_console
+
+if TYPE_CHECKING:
+    from headwater.broker import AdminClient, RemoteTopic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +50,10 @@ def bootstrap_option(f: F) -> F:
 @contextlib.contextmanager
 def admin_client(bootstrap: str) -> Iterator[AdminClient]:
     """Connect to ``bootstrap``; turn a failure to reach it into a one-line error."""
+    # Imported here: the commands on a data directory nobody serves do without the
+    # broker package (and the event loop it brings), a tenth of a second at start-up.
+    from headwater.broker import AdminClient  # noqa: PLC0415
+
     try:
         client = AdminClient(bootstrap, client_id="headwater-cli")
     except ValueError as exc:
