@@ -129,10 +129,11 @@ def _cluster_id() -> str:
             return found
 
 
-#: The broker's settings. ``log.retention.ms=-1``: the tests write records stamped far in
-#: the past (event times from 0, fixed dates), and Kafka's retention check, every five
-#: minutes, deletes such a topic's records, the active segment's too, whichever test is
-#: reading them then.
+#: The broker's settings. The retention check waits a day (it would run 30 s after the
+#: start, then every five minutes): the tests write records stamped far in the past (event
+#: times from 0, fixed dates), and the check deletes such a topic's records, the active
+#: segment's too, whichever test is reading them then. Topics keep Kafka's default
+#: configs, which some tests describe.
 _PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
@@ -151,7 +152,8 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-log.retention.ms=-1
+log.initial.task.delay.ms=86400000
+log.retention.check.interval.ms=86400000
 auto.create.topics.enable=false
 """
 
