@@ -617,8 +617,9 @@ def load_cluster(bootstrap: str, count: int) -> str:
 
 
 #: W1 as an app file for ``headwater worker``: each worker process writes, when its run
-#: ends, [start, end, records in, records out, CPU seconds] to RESULTS/<pid>.json (times on
-#: the system-wide monotonic clock, so the parent can compare the workers').
+#: ends, [start, end, records in, records out, CPU seconds, seconds its partition loops
+#: waited for their writes] to RESULTS/<pid>.json (times on the system-wide monotonic
+#: clock, so the parent can compare the workers').
 TIMED_W1 = """
 import os
 import time
@@ -634,7 +635,7 @@ class TimedApp(App):
         started, cpu = time.monotonic(), time.process_time()
         stats = await super().run_async(**options)
         figures = [started, time.monotonic(), stats.records_in, stats.records_out,
-                   time.process_time() - cpu]
+                   time.process_time() - cpu, stats.write_seconds]
         Path({results!r}, f"{{os.getpid()}}.json").write_bytes(orjson.dumps(figures))
         return stats
 
@@ -671,19 +672,22 @@ def run_supervised(root: Path, where: list[str], topic: str, name: str, workers:
         sys.exit(f"expected {workers} worker run(s), found {len(figures)}:\n{supervisor.stderr}")
     elapsed = max(f[1] for f in figures) - min(f[0] for f in figures)
     records_in, records_out = sum(int(f[2]) for f in figures), sum(int(f[3]) for f in figures)
-    return Supervised(elapsed, records_in, records_out, sum(f[4] for f in figures), all_cpu)
+    workers_cpu, write_wait = sum(f[4] for f in figures), sum(f[5] for f in figures)
+    return Supervised(elapsed, records_in, records_out, workers_cpu, all_cpu, write_wait)
 
 
 class Supervised(NamedTuple):
     """One run under ``headwater worker``: wall seconds, records, the workers' CPU seconds
-    during their runs, and the CPU seconds of every process of the command (supervisor,
-    its broker on a data directory, the workers from start to exit)."""
+    during their runs, the CPU seconds of every process of the command (supervisor, its
+    broker on a data directory, the workers from start to exit), and the seconds the
+    workers' partition loops waited for their writes to be acknowledged (summed)."""
 
     elapsed_s: float
     records_in: int
     records_out: int
     workers_cpu_s: float
     all_cpu_s: float
+    write_wait_s: float
 
 
 def _children_cpu() -> float:
@@ -781,7 +785,8 @@ def bench_workers(
                 f"({measured.records_out:,} written) in {measured.elapsed_s:.2f} s = "
                 f"{rates[workers][-1]:,.0f} events/s; workers' CPU "
                 f"{measured.workers_cpu_s / records_in * 1e6:.1f} us per event, all its "
-                f"processes' {measured.all_cpu_s / records_in * 1e6:.1f} us"
+                f"processes' {measured.all_cpu_s / records_in * 1e6:.1f} us; the partition "
+                f"loops waited {measured.write_wait_s:.1f} s in all for acknowledgements"
             )
     medians = {workers: statistics.median(runs) for workers, runs in rates.items()}
     for workers, median in medians.items():

@@ -9,12 +9,15 @@ lettered). These are plain integers, kept whether or not metrics are on: one add
 per batch and step.
 
 Measured when metrics are on: ``headwater_app_batch_seconds{app}``, a batch from the
-moment its task takes it to its outputs being durable, and
-``headwater_app_commit_seconds{app}``, one commit of positions. Read at scrape time from
-every running app: the operators' counts, the run's totals, the lag of each task (the
-records its partitions have yet to read, behind the end offsets the runtime last looked
-up, every commit interval, only while metrics are on), and how far each task's stores
-got in restoring from their changelogs (records restored, and the total to read).
+moment its task takes it to its outputs being durable;
+``headwater_app_write_seconds{app}``, the last part of that: from a batch's outputs being
+handed to the backend to their being durable (a batch that writes nothing is not
+counted); and ``headwater_app_commit_seconds{app}``, one commit of positions. Read at
+scrape time from every running app: the operators' counts, the run's totals, the lag of
+each task (the records its partitions have yet to read, behind the end offsets the
+runtime last looked up, every commit interval, only while metrics are on), and how far
+each task's stores got in restoring from their changelogs (records restored, and the
+total to read).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ProcessingMetrics:
 
     batch_seconds: Histogram
     commit_seconds: Histogram
+    write_seconds: Histogram
     #: The running apps that the collector reads.
     runtimes: Tracked[Runtime]
 
@@ -74,6 +78,13 @@ def _define(registry: CollectorRegistry) -> ProcessingMetrics:
         Histogram(
             "headwater_app_commit_seconds",
             "Time one commit of an app's positions took.",
+            ["app"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        ),
+        Histogram(
+            "headwater_app_write_seconds",
+            "Time from a batch's outputs being handed to the backend to their being durable.",
             ["app"],
             buckets=BATCH_BUCKETS,
             registry=registry,

@@ -171,6 +171,10 @@ class RunStatistics:
     (those a ``late()`` stream took are counted too). ``commit_seconds`` is the time the
     commits took (with ``exactly_once``, the changelog flush and the transaction's
     commit), ``aborts`` the transactions an exactly-once run aborted.
+    ``write_seconds`` is the time the partition loops waited for their batches' outputs
+    to be written and acknowledged (durable), summed over the loops, which wait side by
+    side: against ``elapsed_s`` times the number of partitions, it says how much of a
+    run went to waiting for the log or cluster rather than to processing.
     """
 
     records_in: int
@@ -184,6 +188,7 @@ class RunStatistics:
     late: int = 0
     commit_seconds: float = 0.0
     aborts: int = 0
+    write_seconds: float = 0.0
 
     @property
     def records_per_s(self) -> float:
@@ -326,6 +331,7 @@ class Runtime:
         self._batches = self._commits = self._commit_failures = self._late = 0
         self._aborts = 0
         self._commit_time = 0.0
+        self._write_time = 0.0
         #: Exactly-once: whether the open transaction holds writes (a commit ends it).
         self._written = False
         self._exactly_once = config.guarantee == EXACTLY_ONCE
@@ -346,6 +352,7 @@ class Runtime:
             self._metrics.runtimes.add(self)
             self._batch_seconds = self._metrics.batch_seconds.labels(name)
             self._commit_seconds = self._metrics.commit_seconds.labels(name)
+            self._write_seconds = self._metrics.write_seconds.labels(name)
 
     @property
     def name(self) -> str:
@@ -366,6 +373,7 @@ class Runtime:
             self._late,
             self._commit_time,
             self._aborts,
+            self._write_time,
         )
 
     def tasks(self) -> dict[TaskId, Task]:
@@ -769,7 +777,7 @@ class Runtime:
                     break
                 async with running.lock:  # a wall-time timer is due
                     outcome = await running.pipeline.advance(task, clock.now_ms())
-                    await self._write(outcome.writes)
+                    await self._write_outputs(outcome.writes)
                     task.settle()
                 self._count(outcome, 0)
                 continue
@@ -779,7 +787,7 @@ class Runtime:
                 continue
             async with running.lock:
                 outcome = await running.pipeline.process(task, topic, partition, records, times)
-                await self._write(outcome.writes)
+                await self._write_outputs(outcome.writes)
                 state.position = records.offsets[-1] + 1
                 task.settle()
             self._count(outcome, len(records))
@@ -813,7 +821,7 @@ class Runtime:
                 times = None if event_times is None else event_times[start:stop]
             async with running.lock:
                 outcome = await running.pipeline.process(task, topic, partition, part, times)
-                await self._write(outcome.writes)
+                await self._write_outputs(outcome.writes)
                 state.position = part.offsets[-1] + 1
                 task.settle()
             running.heads.pop(state.tp, None)
@@ -872,6 +880,17 @@ class Runtime:
         self._late += outcome.late
         self._dead_lettered += outcome.dead_lettered
         self._batches += records_in > 0
+
+    async def _write_outputs(self, writes: list[Write]) -> None:
+        """:meth:`_write` a batch's outputs, timing the wait (``RunStatistics.write_seconds``)."""
+        if not writes:
+            return
+        started = time.perf_counter()
+        await self._write(writes)
+        took = time.perf_counter() - started
+        self._write_time += took
+        if self._metrics is not None:
+            self._write_seconds.observe(took)
 
     async def _write(self, writes: list[Write]) -> None:
         if writes:

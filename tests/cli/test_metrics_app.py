@@ -116,6 +116,10 @@ async def test_operators_lag_batches_and_commits_are_scraped(tmp_path: Path) -> 
     batches = after[("headwater_app_batches_total", app_labels)]
     assert batches >= 2
     assert after[("headwater_app_batch_seconds_count", app_labels)] == batches
+    # A batch that wrote something waited for it (one whose records were all filtered
+    # out or skipped did not).
+    assert 1 <= after[("headwater_app_write_seconds_count", app_labels)] <= batches
+    assert after[("headwater_app_write_seconds_sum", app_labels)] > 0
     commits = after[("headwater_app_commits_total", app_labels)]
     assert commits >= 1
     assert after[("headwater_app_commit_seconds_count", app_labels)] == commits

@@ -228,6 +228,38 @@ async def test_a_slow_operator_slows_reading(data: Path) -> None:
     assert max(ahead) <= 2 * 10  # at most the batch in hand per partition, never more
 
 
+class SlowWrites(InProcessBackend):
+    """A log whose every write takes at least ``WRITE_S`` to be acknowledged."""
+
+    WRITE_S = 0.02
+
+    def __init__(self, backend: InProcessBackend) -> None:
+        super().__init__(backend.store, backend.coordinator)
+        self.writes = 0
+
+    async def produce(self, topic: str, partition: int, records: OutRecords) -> None:
+        await super().produce(topic, partition, records)
+        await anyio.sleep(self.WRITE_S)
+        self.writes += 1
+
+
+async def test_the_statistics_say_how_long_the_loops_waited_for_their_writes(data: Path) -> None:
+    await load(data, "clicks", events(300), partitions=2, batch=10)
+    async with open_in_process(data) as local:
+        backend = SlowWrites(local)
+        stats = await w1("slow").run_async(until_caught_up=True, backend=backend)
+    assert stats.records_out > 0 and backend.writes > 0
+    # Every write (W1's batches each write one partition) waited at least WRITE_S, and
+    # the two partitions' loops waited side by side for no longer than the run lasted.
+    assert backend.writes * SlowWrites.WRITE_S <= stats.write_seconds <= 2 * stats.elapsed_s
+
+    nothing = App("nothing")
+    nothing.stream("clicks").filter(lambda e: False).to("none")
+    async with open_in_process(data) as local:
+        stats = await nothing.run_async(until_caught_up=True, backend=local)
+    assert stats.records_in == 300 and stats.write_seconds == 0.0
+
+
 class RevokedWhileCommitting(InProcessBackend):
     """Holds the runtime's first commit of all four partitions until a revocation starts.
 
