@@ -84,6 +84,9 @@ class Partition:
         never = log.config.durability is Durability.NEVER
         self._high_watermark = log.log_end_offset if never else log.recovery_point
         self._new_data: anyio.Event | None = None
+        #: How many times new records woke readers waiting in :meth:`wait_for` (a writer
+        #: that sees it move may let them go first: see the broker's produce handler).
+        self.readers_woken = 0
         self._flush_done: anyio.Event | None = None
         self._write_lock: anyio.Lock | None = None
         self._start_lock: anyio.Lock | None = None
@@ -306,6 +309,7 @@ class Partition:
             if self._new_data is not None:
                 self._new_data.set()
                 self._new_data = None
+                self.readers_woken += 1
 
     # -- deleting records -------------------------------------------------------------------
 
