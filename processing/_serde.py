@@ -148,7 +148,8 @@ def batch_serializer(serde: Serde[Any], values: list[Any]) -> Callable[[Any], by
     (``orjson.dumps`` itself for a plain :class:`JsonSerde`, or :func:`_dump_windowed`
     when every value is a :class:`Windowed`)."""
     if writes_plain_json(serde):
-        if values and set(map(type, values)) == _WINDOWED:
+        # The first value rules out most batches without a look at every value's type.
+        if values and type(values[0]) is Windowed and set(map(type, values)) == _WINDOWED:
             return _dump_windowed
         return orjson.dumps
     return serde.serialize
