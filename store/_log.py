@@ -105,7 +105,7 @@ from ._errors import (
 )
 from ._files import CLEAN_SHUTDOWN_FILE, atomic_write, fsync_dir, make_dirs
 from ._fs import OS_FILE_SYSTEM, FileSystem
-from ._fsync import fsync_all
+from ._fsync import StartedFsync, fsync_all, start_fsync
 from ._loader import LoadMode, load_segments, rebuild_indexes
 from ._log_start import read_log_start, write_log_start
 from ._producer_snapshots import load_producer_state, write_snapshot
@@ -183,6 +183,9 @@ class FlushPlan:
     unindexed: list[Segment] = field(default_factory=list)
     #: How long ``execute`` took, once done.
     elapsed_s: float = field(default=0.0)
+    #: The fsyncs :meth:`start` set going, and when.
+    _started: StartedFsync | None = field(default=None, init=False, repr=False)
+    _started_at: float = field(default=0.0, init=False, repr=False)
 
     @property
     def light(self) -> bool:
@@ -196,13 +199,47 @@ class FlushPlan:
             and self.checkpoint.in_place
         )
 
-    async def execute_async(self) -> None:
-        """Run :meth:`execute` off the event loop; for a :attr:`light` plan, only the
-        fsyncs leave it (in a thread without the GIL, see ``_fsync.py``), and the
-        checkpoint is recorded on the loop after them.
+    def start(self) -> bool:
+        """Set a :attr:`light` plan's fsyncs going now, in a thread without the GIL, for
+        :meth:`execute_async` (or :meth:`finish_blocking`) to wait for; return whether
+        they were (not for a heavy plan, nor a file system that cannot, see
+        ``_fsync.py``: ``execute_async`` then does all the work, as it would have).
+
+        :raises OSError: if no thread could be had to run them.
+        """
+        if self._started is not None or not self.light:
+            return self._started is not None
+        started_at = time.perf_counter()
+        self._started = start_fsync(self.fs, [segment.fd for segment in self.segments])
+        self._started_at = started_at
+        return self._started is not None
+
+    def finish_blocking(self) -> None:
+        """Finish the plan in the calling thread: wait for the fsyncs :meth:`start` set
+        going, else :meth:`execute` it all.
 
         :raises OSError: as :meth:`execute` does.
         """
+        if self._started is None:
+            self.execute()
+            return
+        with self._timed(self._started_at):
+            self._started.wait_blocking()
+            self._finish()
+
+    async def execute_async(self) -> None:
+        """Run :meth:`execute` off the event loop; for a :attr:`light` plan, only the
+        fsyncs leave it (in a thread without the GIL, see ``_fsync.py``), and the
+        checkpoint is recorded on the loop after them. Fsyncs that :meth:`start` set
+        going are waited for, not repeated.
+
+        :raises OSError: as :meth:`execute` does.
+        """
+        if self._started is not None:
+            with self._timed(self._started_at):
+                await self._started.wait()
+                self._finish()
+            return
         if not self.light:
             await anyio.to_thread.run_sync(self.execute)
             return

@@ -10,7 +10,9 @@ the page cache is short); what an append awaits is durability, as the topic's po
 * ``batch`` (group commit): an append that finds no fsync running starts one, in a worker
   thread, covering everything written so far; appends arriving meanwhile wait for it to
   finish and, if it did not cover them, the first of them starts the next. One fsync thus
-  acknowledges every append that arrived during the previous one.
+  acknowledges every append that arrived during the previous one. A writer that will
+  wait soon may start that fsync at once (:meth:`Partition.begin_flush`); the first wait
+  then takes it over.
 
 So under every policy batches and markers enter the log in the order they were called:
 a transaction's marker follows every batch of it that was called before it, even when
@@ -37,6 +39,7 @@ start is written in a worker thread, then takes effect (see ``_log_start.py``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import anyio
@@ -45,9 +48,15 @@ import anyio.to_thread
 from ._batch import parse_batch_header
 from ._config import CleanupPolicy, Durability, TopicConfig
 from ._control import ControlType
-from ._errors import LogClosedError, OffsetOutOfRangeError, PolicyViolationError, StoreError
+from ._errors import (
+    LogClosedError,
+    LogFailedError,
+    OffsetOutOfRangeError,
+    PolicyViolationError,
+    StoreError,
+)
 from ._isolation import IsolationLevel, skip_hidden_batches, visible_batches
-from ._log import AppendInfo, PartitionLog
+from ._log import AppendInfo, FlushPlan, PartitionLog
 from ._log_start import write_log_start
 from ._producer_state import AbortedTransaction
 from ._records import (
@@ -88,6 +97,8 @@ class Partition:
         #: that sees it move may let them go first: see the broker's produce handler).
         self.readers_woken = 0
         self._flush_done: anyio.Event | None = None
+        #: A flush :meth:`begin_flush` set going, for the next one to take over.
+        self._begun: FlushPlan | None = None
         self._write_lock: anyio.Lock | None = None
         self._start_lock: anyio.Lock | None = None
 
@@ -259,6 +270,8 @@ class Partition:
         :raises LogFailedError: if an fsync fails, now or earlier.
         """
         if self.config.durability is Durability.NEVER:
+            if self._begun is not None:  # begun before the topic's durability changed
+                await self._flush()
             self._publish(self.log.log_end_offset)
             return
         while self._high_watermark < next_offset:
@@ -272,8 +285,37 @@ class Partition:
     async def _acknowledge(self, info: AppendInfo) -> None:
         await self.wait_durable(info.next_offset)
 
+    def begin_flush(self) -> None:
+        """Start making everything appended so far durable, without waiting: the fsyncs
+        start now, in a thread, and the next :meth:`wait_durable`, :meth:`flush` or
+        :meth:`close` waits for them instead of starting its own.
+
+        For a writer that has just appended with :meth:`append_batch_nowait` and will
+        wait for durability soon (the broker): the wait then starts where the fsync
+        already is. Does nothing unless the durability is ``batch`` and no flush is under
+        way (the appends are then left to the next one, as group commit does).
+        """
+        if (
+            self.config.durability is not Durability.BATCH
+            or self._flush_done is not None
+            or self._begun is not None
+            or self.log.closed
+        ):
+            return
+        try:
+            plan = self.log.prepare_flush()
+        except LogFailedError:
+            return  # the wait says so
+        if plan is None:
+            return
+        self._begun = plan
+        with contextlib.suppress(OSError):  # no thread to be had now: the wait runs it all
+            plan.start()
+
     async def _flush(self) -> None:
-        plan = self.log.prepare_flush()  # raises LogFailedError once an fsync has failed
+        plan, self._begun = self._begun, None
+        if plan is None:
+            plan = self.log.prepare_flush()  # raises LogFailedError once an fsync failed
         if plan is None:
             self._publish(self.log.recovery_point)
             return
@@ -499,7 +541,19 @@ class Partition:
         return found
 
     def close(self) -> None:
-        """Close the log cleanly and wake every waiting reader (they get LogClosedError)."""
+        """Close the log cleanly and wake every waiting reader (they get LogClosedError).
+
+        A flush :meth:`begin_flush` started that no one waited for is finished first, in
+        this thread (its fsyncs use the log's descriptors).
+        """
+        plan, self._begun = self._begun, None
+        if plan is not None:
+            try:
+                plan.finish_blocking()
+            except OSError:
+                pass  # complete_flush fails the log: close then leaves it as a crash would
+            finally:
+                self.log.complete_flush(plan)
         self.log.close()
         if self._new_data is not None:
             self._new_data.set()
