@@ -742,7 +742,7 @@ class Runtime:
         handoff = backend.handoff
         state = loop.state
         topic, partition = state.tp
-        max_bytes = self._config.max_batch_bytes
+        max_bytes = self._config.max_batch_bytes or backend.batch_bytes
         synchronized = running.synchronized
         while not loop.stopping:
             if synchronized:

@@ -344,7 +344,7 @@ class TestDriver:
 
     async def _pump(self) -> None:
         """Process every assigned partition up to its end, until nothing moves."""
-        max_bytes = self._config.max_batch_bytes
+        max_bytes = self._config.max_batch_bytes or self._backend.batch_bytes
         backend = self._backend
         moved = True
         while moved:

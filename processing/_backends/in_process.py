@@ -66,7 +66,7 @@ from headwater.store import (
 
 from .._encoding import OutRecords, encode_within
 from .._handoff import Handoff
-from . import Membership, PartitionsHandler
+from . import LOCAL_BATCH_BYTES, Membership, PartitionsHandler
 from ._serve import serving
 from ._store_txn import StoreTransactions
 
@@ -150,6 +150,7 @@ class InProcessBackend:
         #: The event times of the repartition records this process appended, for their
         #: reader here (see ``_handoff.py``).
         self.handoff: Handoff | None = Handoff()
+        self.batch_bytes = LOCAL_BATCH_BYTES
 
     async def partition_count(self, topic: str) -> int | None:
         """Return how many partitions ``topic`` has, or None if it does not exist."""

@@ -70,7 +70,7 @@ from headwater.store import RecordColumns
 from .._encoding import OutRecords
 from .._errors import ClusterError
 from .._handoff import Handoff
-from . import Membership, PartitionsHandler
+from . import CLUSTER_BATCH_BYTES, Membership, PartitionsHandler
 from ._bootstrap import check_bootstrap
 from ._kafka_errors import RETRIABLE_CODES, cluster_error, group_error, log_error
 from ._kafka_fetch import Fetcher, GroupHandlers
@@ -220,6 +220,7 @@ class KafkaBackend:
 
     #: Records leave the process: their reader learns their event times itself.
     handoff: Handoff | None = None
+    batch_bytes = CLUSTER_BATCH_BYTES
 
     def __init__(
         self,

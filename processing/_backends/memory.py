@@ -54,7 +54,7 @@ from headwater.store import (
 
 from .._encoding import OutRecords
 from .._handoff import Handoff
-from . import Membership, PartitionsHandler
+from . import LOCAL_BATCH_BYTES, Membership, PartitionsHandler
 
 
 class _Partition:
@@ -87,6 +87,7 @@ class MemoryBackend:
         self.commit_errors: list[Exception] = []
         #: The event times of repartition records the app appended (``_handoff.py``).
         self.handoff: Handoff | None = Handoff()
+        self.batch_bytes = LOCAL_BATCH_BYTES
 
     # -- topics ------------------------------------------------------------------------
 

@@ -22,7 +22,13 @@ from headwater.processing import (
     OperatorError,
     open_in_process,
 )
-from headwater.processing._backends import Membership, PartitionsHandler
+from headwater.processing._backends import (
+    CLUSTER_BATCH_BYTES,
+    LOCAL_BATCH_BYTES,
+    Membership,
+    PartitionsHandler,
+)
+from headwater.processing._backends.kafka import KafkaBackend
 from headwater.processing._encoding import OutRecords
 from headwater.store import RecordColumns, open_store, partition_for_key
 
@@ -35,8 +41,8 @@ def events(count: int, start: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def w1(name: str = "w1") -> App:
-    app = App(name)
+def w1(name: str = "w1", config: AppConfig | None = None) -> App:
+    app = App(name) if config is None else App(name, config=config)
     clicks = app.stream("clicks")
     clicks.filter(lambda e: e["ms"] > 100).map(lambda e: {**e, "slow": e["ms"] > 500}).to("out")
     return app
@@ -226,6 +232,33 @@ async def test_a_slow_operator_slows_reading(data: Path) -> None:
         stats = await app.run_async(until_caught_up=True, backend=backend)
     assert stats.records_in == 300
     assert max(ahead) <= 2 * 10  # at most the batch in hand per partition, never more
+
+
+class AskedBytes(InProcessBackend):
+    """Notes how many bytes the runtime asks each fetch for."""
+
+    def __init__(self, backend: InProcessBackend) -> None:
+        super().__init__(backend.store, backend.coordinator)
+        self.asked: set[int] = set()
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> RecordColumns:
+        self.asked.add(max_bytes)
+        return await super().fetch(topic, partition, offset, max_bytes)
+
+
+async def test_the_batch_size_is_the_backends_unless_the_app_says(data: Path) -> None:
+    await load(data, "clicks", events(30), partitions=1, batch=10)
+    assert AppConfig().max_batch_bytes is None
+    for config, expected in ((None, LOCAL_BATCH_BYTES), (AppConfig(max_batch_bytes=300), 300)):
+        async with open_in_process(data) as local:
+            backend = AskedBytes(local)
+            stats = await w1(f"asked-{expected}", config).run_async(
+                until_caught_up=True, backend=backend
+            )
+        assert stats.records_in == 30
+        assert backend.asked == {expected}
+    # A cluster's writes wait a round trip each: it reads in larger batches.
+    assert KafkaBackend.batch_bytes == CLUSTER_BATCH_BYTES > LOCAL_BATCH_BYTES
 
 
 class SlowWrites(InProcessBackend):
