@@ -4,6 +4,7 @@ backend under test. Every call blocks (run it in a thread while an app runs)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +32,35 @@ def create_topic(
     new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})
     for future in admin.create_topics([new], operation_timeout=TIMEOUT_S).values():
         future.result()
+
+
+def clear(bootstrap: str, topics: Sequence[str], app: str) -> None:
+    """Delete ``topics`` and app ``app``'s internal topics and consumer group, where a
+    cluster kept from an earlier session (``$HEADWATER_TEST_KAFKA``) still has them: for
+    a test of an example, whose names are its own and fixed. Returns once they are gone.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def left() -> list[str]:
+        names = admin.list_topics(timeout=TIMEOUT_S).topics
+        return [t for t in names if t in topics or t.startswith(f"{app}-")]
+
+    doomed = left()
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=TIMEOUT_S).values():
+            future.result()
+    groups = admin.list_consumer_groups().result(TIMEOUT_S).valid
+    if any(group.group_id == app for group in groups):
+        for future in admin.delete_consumer_groups([app], request_timeout=TIMEOUT_S).values():
+            future.result()
+    # Deleting is asynchronous on Kafka: the names are free once metadata stops naming them.
+    deadline = time.monotonic() + TIMEOUT_S
+    while doomed and time.monotonic() < deadline:
+        doomed = left()
+        if doomed:
+            time.sleep(0.1)
+    if doomed:
+        raise TimeoutError(f"topics {doomed} were still there {TIMEOUT_S} s after deleting them")
 
 
 def topic_exists(bootstrap: str, topic: str) -> bool:

@@ -14,7 +14,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .cluster import committed, create_topic, produce, read_topic, unique, wait_for_records
+from .cluster import (
+    clear,
+    committed,
+    create_topic,
+    produce,
+    read_topic,
+    unique,
+    wait_for_records,
+)
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
@@ -64,6 +72,8 @@ def values(bootstrap: str, topic: str) -> list[list[bytes | None]]:
 def test_clickstream_example_on_a_cluster(cluster: str) -> None:
     lines = (EXAMPLES / "data" / "clicks.jsonl").read_bytes().splitlines()
     records = [line for line in lines if line.strip()]
+    outputs = ("clicks-enriched", "slow-clicks", "clicks-per-user-10s", "clicks-dlq")
+    clear(cluster, ["clicks", *outputs], app="clickstream")
     create_topic(cluster, "clicks", 2)
     produce(cluster, "clicks", records, partitions=2)  # records[p::2] to p, as the example
 
