@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
-from headwater.broker import BrokerResponseError, KafkaErrorCode, RemoteTransaction
 from headwater.groups import TxnMetadata, read_transaction_states
 
 from ._datadir import claimed, data_dir, data_option
@@ -25,6 +25,9 @@ from ._owner import Served
 from ._remote import admin_client, bootstrap_option
 from ._run import run_async
 from ._target import bootstrap_of
+
+if TYPE_CHECKING:
+    from headwater.broker import RemoteTransaction
 
 
 @click.group()
@@ -107,6 +110,8 @@ def _read(
 
 
 def _remote(bootstrap: str, transactional_id: str | None) -> list[RemoteTransaction]:
+    from headwater.broker import BrokerResponseError, KafkaErrorCode  # noqa: PLC0415
+
     with admin_client(bootstrap) as client:
         if transactional_id is None:
             return client.list_transactions()
@@ -119,6 +124,9 @@ def _remote(bootstrap: str, transactional_id: str | None) -> list[RemoteTransact
 
 
 def _row(meta: TxnMetadata) -> RemoteTransaction:
+    # Imported here, as admin_client does: --help and an empty directory go without it.
+    from headwater.broker import RemoteTransaction  # noqa: PLC0415
+
     return RemoteTransaction(
         meta.transactional_id,
         meta.producer_id,

@@ -20,7 +20,9 @@ print(status, *heavy)
 """
 
 
-@pytest.mark.parametrize("command", ["consume", "produce", "groups", "repair", "topics"])
+@pytest.mark.parametrize(
+    "command", ["consume", "produce", "groups", "repair", "topics", "transactions"]
+)
 def test_log_commands_do_not_import_the_runtime_the_broker_or_metrics(command: str) -> None:
     out = subprocess.run(
         [sys.executable, "-c", PROBE, command, "--help"],
