@@ -344,8 +344,8 @@ class TestDriver:
 
     async def _pump(self) -> None:
         """Process every assigned partition up to its end, until nothing moves."""
-        max_bytes = self._config.max_batch_bytes or self._backend.batch_bytes
         backend = self._backend
+        max_bytes = self._config.max_batch_bytes or backend.batch_bytes
         moved = True
         while moved:
             moved = False

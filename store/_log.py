@@ -207,11 +207,9 @@ class FlushPlan:
 
         :raises OSError: if no thread could be had to run them.
         """
-        if self._started is not None or not self.light:
-            return self._started is not None
-        started_at = time.perf_counter()
-        self._started = start_fsync(self.fs, [segment.fd for segment in self.segments])
-        self._started_at = started_at
+        if self._started is None and self.light:
+            self._started_at = time.perf_counter()
+            self._started = start_fsync(self.fs, [segment.fd for segment in self.segments])
         return self._started is not None
 
     def finish_blocking(self) -> None:

@@ -16,8 +16,8 @@
  * input that is not of the exact types it takes, which then goes the Python way.
  *
  * Syncing: start_fsync runs a flush's fsyncs in a thread that never takes the GIL (one
- * of a few kept for the purpose), and says it is done by writing the outcome to a pipe the event loop waits on (see
- * headwater.store._fsync for why).
+ * of a few kept for the purpose), and says it is done by writing the outcome to a pipe
+ * the event loop waits on (see headwater.store._fsync for why).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1003,6 +1003,27 @@ register_fork_handler(void)
     pthread_atfork(NULL, NULL, reset_pool_after_fork);
 }
 
+/* Start one more syncing thread; 0, or the error. */
+static int
+start_sync_thread(void)
+{
+    pthread_attr_t attr;
+    int failed = pthread_attr_init(&attr);
+    if (failed) {
+        return failed;
+    }
+    failed = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (!failed) {
+        /* fsync needs little stack; the default (often 8 MiB) is address space only, but
+         * a small one is cheaper to map. */
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        pthread_t thread;
+        failed = pthread_create(&thread, &attr, sync_thread, NULL);
+    }
+    pthread_attr_destroy(&attr);
+    return failed;
+}
+
 /* Queue ``job`` for a syncing thread, starting one if none is free. Returns 0, or the
  * error of starting a thread, in which case ``job`` is not queued and is the caller's. */
 static int
@@ -1020,37 +1041,21 @@ submit_fsync_job(fsync_job *job)
     }
     queue_tail = job;
     queued_jobs++;
-    int failed = 0;
-    if (queued_jobs <= idle_threads) {
-        pthread_cond_signal(&pool_wakeup);
+    int failed = queued_jobs <= idle_threads ? 0 : start_sync_thread();
+    if (failed && idle_threads == 0) {
+        /* No waiting thread is sure to take it: take it back (it is last in the queue). */
+        if (before == NULL) {
+            queue_head = NULL;
+        } else {
+            before->next = NULL;
+        }
+        queue_tail = before;
+        queued_jobs--;
     } else {
-        pthread_attr_t attr;
-        failed = pthread_attr_init(&attr);
-        if (!failed) {
-            failed = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            if (!failed) {
-                /* fsync needs little stack; the default (often 8 MiB) is address space
-                 * only, but a small one is cheaper to map. */
-                pthread_attr_setstacksize(&attr, 64 * 1024);
-                pthread_t thread;
-                failed = pthread_create(&thread, &attr, sync_thread, NULL);
-            }
-            pthread_attr_destroy(&attr);
-        }
-        if (failed && idle_threads == 0) {
-            /* No thread would ever take it: take it back (it is last in the queue). */
-            if (before == NULL) {
-                queue_head = NULL;
-            } else {
-                before->next = NULL;
-            }
-            queue_tail = before;
-            queued_jobs--;
-        } else if (failed) {
-            /* A busy thread takes it after its own job: later, but it runs. */
-            pthread_cond_signal(&pool_wakeup);
-            failed = 0;
-        }
+        /* A waiting thread takes it, after the jobs queued before it if it had to be
+         * shared (no new thread could be started). */
+        pthread_cond_signal(&pool_wakeup);
+        failed = 0;
     }
     pthread_mutex_unlock(&pool_lock);
     return failed;
@@ -1075,10 +1080,11 @@ PyDoc_STRVAR(start_fsync_doc,
 "start_fsync(fds, wake_fd, /)\n"
 "--\n\n"
 "fsync each descriptor of ``fds`` (a sequence of ints) in order, in a thread that does\n"
-"not take the GIL (an idle one of the module's, else a new one); then write the outcome to ``wake_fd`` (the write end of a pipe)\n"
-"as a 4-byte native int: 0, or the errno of the first fsync that failed (the rest are\n"
-"not tried), and close ``wake_fd``, which the thread owns once this returns. Returns at\n"
-"once. The descriptors must stay open until the outcome is read.");
+"not take the GIL (an idle one of the module's, else a new one); then write the outcome\n"
+"to ``wake_fd`` (the write end of a pipe) as a 4-byte native int: 0, or the errno of the\n"
+"first fsync that failed (the rest are not tried), and close ``wake_fd``, which the\n"
+"thread owns once this returns. Returns at once. The descriptors must stay open until\n"
+"the outcome is read.");
 
 static PyObject *
 start_fsync(PyObject *module, PyObject *const *args, Py_ssize_t nargs)

@@ -220,6 +220,7 @@ class KafkaBackend:
 
     #: Records leave the process: their reader learns their event times itself.
     handoff: Handoff | None = None
+    #: Each batch's writes wait a round trip: larger batches (see ``CLUSTER_BATCH_BYTES``).
     batch_bytes = CLUSTER_BATCH_BYTES
 
     def __init__(
