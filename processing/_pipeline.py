@@ -45,7 +45,14 @@ from ._lineage import (
 )
 from ._metrics import OperatorCounts
 from ._operators import SinkStep, SourceStep, Step
-from ._serde import BytesSerde, JsonKeySerde, JsonSerde, StrSerde, batch_serializer
+from ._serde import (
+    BytesSerde,
+    JsonKeySerde,
+    JsonSerde,
+    StrSerde,
+    batch_serializer,
+    serialize_all,
+)
 from ._stores._changelog import StoreRegistry
 from ._tasks import CURRENT_TASK, Task, TaskId, TopicGroup
 from .windows import TumblingWindows
@@ -327,21 +334,25 @@ def _serialise(
             if out is not None:
                 decoded = batch.values
             else:
-                serialise = batch_serializer(sink.serde, batch.values)
-                out, batch = apply_each(
-                    sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
-                )
-                assert batch.keys is not None
-                encoded = batch.keys
+                out = serialize_all(sink.serde, batch.values)
+                if out is None:
+                    serialise = batch_serializer(sink.serde, batch.values)
+                    out, batch = apply_each(
+                        sink.node, serialise, Batch(batch.values, batch.origins, encoded), ctx
+                    )
+                    assert batch.keys is not None
+                    encoded = batch.keys
             batch_keys: list[Any] = encoded
         else:
             out = _stored_values(sink, batch, ctx)
             if out is not None:
                 decoded = batch.values
             else:
-                out, batch = apply_each(
-                    sink.node, batch_serializer(sink.serde, batch.values), batch, ctx
-                )
+                out = serialize_all(sink.serde, batch.values)
+                if out is None:
+                    out, batch = apply_each(
+                        sink.node, batch_serializer(sink.serde, batch.values), batch, ctx
+                    )
             batch_keys = list(map(stored.__getitem__, batch.origins))
         if len(batches) == 1:
             return out, batch_keys, batch.origins, decoded

@@ -27,6 +27,7 @@ import orjson
 from headwater.store import canonical_key
 
 from ._errors import SerdeError
+from ._json_columns import dumps_each
 from .windows import Windowed
 
 T = TypeVar("T")
@@ -156,6 +157,18 @@ def batch_serializer(serde: Serde[Any], values: list[Any]) -> Callable[[Any], by
 
 
 _WINDOWED = {Windowed}
+
+
+def serialize_all(serde: Serde[Any], values: list[Any]) -> list[bytes | None] | None:
+    """Return each of ``values`` serialised by ``serde``, all in one call, where that
+    gives the bytes :func:`batch_serializer`'s function gives value by value (a plain
+    :class:`JsonSerde`: see ``_json_columns.py``); else None, and the caller serialises
+    value by value (and applies its error policy to each value that fails).
+    :class:`Windowed` values are left to :func:`_dump_windowed`, faster than orjson's
+    dataclass path."""
+    if not values or not writes_plain_json(serde) or type(values[0]) is Windowed:
+        return None
+    return dumps_each(values)
 
 
 def _dump_windowed(value: Windowed[Any]) -> bytes:

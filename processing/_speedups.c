@@ -1,11 +1,12 @@
 /*
  * The processing runtime's hot loops in C: which records of a repartition topic a
  * stateful step has applied already (newer_marks), a batch's tumbling windows and late
- * records (tumbling_windows), and the rows of a batch's output columns that go to one
- * partition (take_rows).
+ * records (tumbling_windows), the rows of a batch's output columns that go to one
+ * partition (take_rows), and the elements of a JSON array as orjson wrote it
+ * (split_array).
  *
  * Each function has a reference implementation in Python (headwater.processing._marks,
- * _window_columns, _columns);
+ * _window_columns, _columns, _json_columns);
  * this module is an optional accelerator of exactly that, built when a C compiler is
  * present at install time, and the tests hold the two to the same results. For input it
  * does not take (a header that is not a plain decimal number, a mark past what it keeps
@@ -502,11 +503,120 @@ take_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* -- split_array -------------------------------------------------------------------- */
+
+PyDoc_STRVAR(split_array_doc,
+"split_array(text, /)\n"
+"--\n\n"
+"Return the text of each element of ``text``, a JSON array as orjson writes it (no\n"
+"whitespace), as a list of bytes; or None if ``text`` is not bytes holding such an\n"
+"array (its brackets, strings or nesting do not close), and the Python version says\n"
+"what is wrong.");
+
+/* The end of the string whose opening quote is just before `p`: the address of its
+ * closing quote, or NULL if there is none before `end`. A quote closes the string when
+ * an even number of backslashes stands before it (each pair is one escaped backslash). */
+static inline const char *
+string_end(const char *p, const char *end)
+{
+    const char *from = p;
+    for (;;) {
+        const char *quote = memchr(p, '"', (size_t)(end - p));
+        if (quote == NULL) {
+            return NULL;
+        }
+        const char *slash = quote;
+        while (slash > from && slash[-1] == '\\') {
+            slash--;
+        }
+        if (((quote - slash) & 1) == 0) {
+            return quote;
+        }
+        p = quote + 1;
+    }
+}
+
+static int
+append_slice(PyObject *list, const char *start, const char *stop)
+{
+    PyObject *item = PyBytes_FromStringAndSize(start, stop - start);
+    if (item == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(list, item);
+    Py_DECREF(item);
+    return failed;
+}
+
+static PyObject *
+split_array(PyObject *module, PyObject *text)
+{
+    if (!PyBytes_CheckExact(text)) {
+        Py_RETURN_NONE;
+    }
+    const char *data = PyBytes_AS_STRING(text);
+    Py_ssize_t size = PyBytes_GET_SIZE(text);
+    if (size < 2 || data[0] != '[' || data[size - 1] != ']') {
+        Py_RETURN_NONE;
+    }
+    PyObject *elements = PyList_New(0);
+    if (elements == NULL || size == 2) {
+        return elements;
+    }
+    const char *p = data + 1, *end = data + size - 1, *start = p;
+    Py_ssize_t depth = 0;
+    while (p < end) {
+        switch (*p) {
+        case '"':
+            p = string_end(p + 1, end);
+            if (p == NULL) {
+                goto malformed;
+            }
+            break;
+        case '{':
+        case '[':
+            depth++;
+            break;
+        case '}':
+        case ']':
+            if (--depth < 0) {
+                goto malformed;
+            }
+            break;
+        case ',':
+            if (depth == 0) {
+                if (p == start || append_slice(elements, start, p) < 0) {
+                    goto failed;
+                }
+                start = p + 1;
+            }
+            break;
+        default:
+            break;
+        }
+        p++;
+    }
+    if (depth != 0 || start == end || append_slice(elements, start, end) < 0) {
+        goto failed;
+    }
+    return elements;
+
+failed:
+    if (PyErr_Occurred()) {
+        Py_DECREF(elements);
+        return NULL;
+    }
+malformed:
+    Py_DECREF(elements);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"newer_marks", (PyCFunction)(void (*)(void))newer_marks, METH_FASTCALL, newer_marks_doc},
     {"tumbling_windows", (PyCFunction)(void (*)(void))tumbling_windows, METH_FASTCALL,
      tumbling_windows_doc},
     {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL, take_rows_doc},
+    {"split_array", (PyCFunction)split_array, METH_O, split_array_doc},
     {NULL, NULL, 0, NULL},
 };
 

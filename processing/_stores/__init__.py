@@ -45,6 +45,8 @@ import orjson
 
 from headwater.groups import TopicPartition
 
+from .._json_columns import dumps_each
+
 #: The changelog key of the checkpoint record (JSON keys never start with a NUL byte).
 CHECKPOINT_KEY = b"\x00headwater.checkpoint"
 #: The checkpoint record's format version.
@@ -320,7 +322,8 @@ class MemoryStore:
         values: list[bytes | None]
         if not any(map(is_, latest, repeat(_MISSING))):
             keys = list(map(encode_key, dirty))
-            values = list(map(encode_value, latest))
+            found = dumps_each(latest) if encode_value is _encode_json_value else None
+            values = found if found is not None else list(map(encode_value, latest))
         else:
             keys, values = [], []
             for key, value in zip(dirty, latest, strict=True):

@@ -111,6 +111,19 @@ def test_serialisation_errors_follow_the_policy() -> None:
     assert driver.values("out") == [0, 0]
 
 
+def test_a_value_json_refuses_is_dead_lettered_and_the_rest_of_its_batch_written() -> None:
+    # The sink encodes a batch in one call; one value it cannot encode sends it back to
+    # encoding value by value, so that only that record meets the policy.
+    app = App("errors")
+    app.stream("in", on_error="dead_letter").map(lambda v: {v} if v == 2 else {"v": v}).to("out")
+    driver = TestDriver(app)
+    driver.send_many("in", [1, 2, 3, 4])
+    assert driver.values("out") == [{"v": 1}, {"v": 3}, {"v": 4}]
+    (letter,) = driver.records("in-dlq")
+    assert letter.value == b"2"
+    assert dict(letter.headers)["headwater.error.type"] == b"TypeError"
+
+
 def test_async_failure_after_retries_is_dead_lettered() -> None:
     app = App("errors")
     calls = 0
