@@ -7,7 +7,9 @@ the encoding itself (about 1.5 us a value against 0.2 here, for the events of th
 standard workloads). One ``orjson.dumps`` of the whole list writes every value's text
 into one buffer, and it is the same text each value's own ``dumps`` gives: orjson writes
 an array's elements as it writes them alone, with a comma between them and no
-whitespace. :func:`split_array` cuts it into the elements again.
+whitespace. :func:`split_array` cuts it into the elements again. Memory: while it does,
+the list's text is held once more, as much again as the values' texts (which the record
+batch that carries them holds too).
 
 :func:`split_array` runs in C (``_speedups``, built where a compiler is present at
 install time), one pass over the text with no Python call per element; the Python here
