@@ -37,6 +37,11 @@ _HEAD_DEADLINE_S = 5.0
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}\n")
 
 
+#: The deepest nesting of arrays and objects that orjson writes: a record of a JSON body
+#: is written anew, so no deeper one can be taken.
+MAX_DEPTH = 254
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class IngestLimits:
     """Limits of the ingest endpoint.
@@ -45,7 +50,8 @@ class IngestLimits:
     :param receive_deadline_s: the longest a client may take to send a whole request,
         however steadily it trickles bytes: the head gets :attr:`head_deadline_s` of it
         (the connection is closed beyond), the body the rest (408 beyond).
-    :param max_depth: the deepest nesting of arrays and objects in a record (400 beyond).
+    :param max_depth: the deepest nesting of arrays and objects in a record (400 beyond;
+        at most :data:`MAX_DEPTH`, the deepest a record of a JSON body can be written).
     :param max_inflight: how many requests may be appending at once (429 beyond).
     :param retry_after_s: what ``Retry-After`` says when the endpoint is busy.
     """
@@ -60,6 +66,11 @@ class IngestLimits:
         for name in ("max_body_bytes", "max_depth", "max_inflight", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ConnectorConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_depth > MAX_DEPTH:
+            raise ConnectorConfigError(
+                f"max_depth must be at most {MAX_DEPTH} (the deepest nesting a record of a "
+                f"JSON body can be written with), got {self.max_depth}"
+            )
         if not self.receive_deadline_s > 0:
             raise ConnectorConfigError(
                 f"receive_deadline_s must be > 0, got {self.receive_deadline_s}"
@@ -201,8 +212,12 @@ class IngestPolicy:
         items = document if isinstance(document, list) else [document]
         if not items:
             return _malformed("the body holds no records (an empty array)")
-        values = list(map(orjson.dumps, items))
-        refusal = self._check_depth(values, items, nested=isinstance(document, list))
+        nested = isinstance(document, list)
+        try:
+            values = list(map(orjson.dumps, items))
+        except orjson.JSONEncodeError:  # nested past what orjson writes, so past max_depth
+            return self._too_deep(items, nested=nested)
+        refusal = self._check_depth(values, items, nested=nested)
         if refusal is not None:
             return refusal
         return ParsedBody(values, _keys(items, key_field))
@@ -266,6 +281,18 @@ class IngestPolicy:
                 where = f"record {index + 1}" if nested or len(values) > 1 else "the record"
                 return _malformed(f"{where} is nested deeper than {limit} levels")
         return None
+
+    def _too_deep(self, items: Sequence[Any], *, nested: bool) -> Refusal:
+        """Refuse the first of ``items`` that orjson cannot write (nested deeper than
+        ``MAX_DEPTH``, and so than ``max_depth``)."""
+        index = 0
+        for index, item in enumerate(items):  # noqa: B007 - the index is the answer
+            try:
+                orjson.dumps(item)
+            except orjson.JSONEncodeError:
+                break
+        where = f"record {index + 1}" if nested or len(items) > 1 else "the record"
+        return _malformed(f"{where} is nested deeper than {self.limits.max_depth} levels")
 
 
 def _malformed(message: str) -> Refusal:

@@ -449,6 +449,24 @@ async def test_a_failed_append_releases_its_idempotency_key(store: Store) -> Non
     assert accepted.status_code == 200
 
 
+async def test_a_record_nested_past_what_json_encodes_is_refused_and_the_endpoint_serves_on(
+    store: Store,
+) -> None:
+    # 300 levels: orjson reads it, but no record of a JSON body that deep can be stored.
+    await store.create_topic("t")
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    async with client(store) as http:
+        alone = await http.post("/topics/t/records", content=deep, headers=JSON)
+        in_array = await http.post("/topics/t/records", content=b"[1," + deep + b"]", headers=JSON)
+        after = await http.post("/topics/t/records", content=b"[1,2]", headers=JSON)
+    assert alone.status_code == in_array.status_code == 400
+    assert error_of(alone)["code"] == error_of(in_array)["code"] == "malformed_body"
+    assert "the record is nested deeper than 64 levels" in error_of(alone)["message"]
+    assert "record 2 is nested deeper than 64 levels" in error_of(in_array)["message"]
+    assert after.status_code == 200
+    assert [r.value for r in await records_of(store, "t")] == [b"1", b"2"]
+
+
 async def test_health_and_openapi(store: Store) -> None:
     async with client(store, IngestConfig(tokens=("t0ken",))) as http:
         health = await http.get("/healthz")

@@ -72,6 +72,17 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.parametrize("limit", [3, 254])
+def test_a_record_nested_past_what_json_writes_is_refused_not_raised(limit: int) -> None:
+    policy = IngestPolicy(IngestLimits(max_depth=limit))
+    deep = b'{"a":' * 255 + b"1" + b"}" * 255  # read by orjson, too deep for it to write
+    for body, where in ((deep, "the record"), (b"[1," + deep + b"]", "record 2")):
+        refusal = policy.parse("json", body, None)
+        assert isinstance(refusal, Refusal)
+        assert (refusal.status, refusal.code) == (400, "malformed_body")
+        assert refusal.message == f"{where} is nested deeper than {limit} levels"
+
+
 @given(st.lists(json_values, min_size=1, max_size=5))
 def test_nesting_is_refused_exactly_beyond_the_limit(records: list[Any]) -> None:
     """Brackets inside strings only ever make the cheap count larger: the exact walk
@@ -88,6 +99,9 @@ def test_nesting_is_refused_exactly_beyond_the_limit(records: list[Any]) -> None
 def test_limits_are_validated() -> None:
     with pytest.raises(ConnectorConfigError, match="max_depth"):
         IngestLimits(max_depth=0)
+    with pytest.raises(ConnectorConfigError, match="max_depth must be at most 254"):
+        IngestLimits(max_depth=255)
+    assert IngestLimits(max_depth=254).max_depth == 254
     with pytest.raises(ConnectorConfigError, match="receive_deadline_s"):
         IngestLimits(receive_deadline_s=0)
 
