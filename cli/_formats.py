@@ -41,7 +41,12 @@ def format_value(value: bytes | None) -> bytes:
     except orjson.JSONDecodeError:
         return orjson.dumps(value.decode("utf-8", "backslashreplace"))
     if b"\n" in value or b"\r" in value:
-        return orjson.dumps(orjson.loads(value))  # keep it on one line
+        try:
+            return orjson.dumps(orjson.loads(value))  # keep it on one line
+        except orjson.JSONEncodeError:
+            # Nested past what orjson writes (it reads deeper). A line end in JSON text
+            # is whitespace between tokens (never inside a string): a space will do.
+            return value.replace(b"\r", b" ").replace(b"\n", b" ")
     return value
 
 

@@ -62,6 +62,14 @@ class Chunk:
     skipped: list[str] = field(default_factory=list)
 
 
+#: Why a line whose JSON nests past what orjson writes (254 levels; it reads 1024) is
+#: refused: JSON values and keys are stored re-encoded.
+_TOO_DEEP = (
+    "the JSON nests deeper than 254 levels, the most a value or key is stored with "
+    "(--format raw stores a line as it is)"
+)
+
+
 class BadLineError(Exception):
     """A line that cannot become a record (the message says why)."""
 
@@ -147,8 +155,10 @@ class LineParser:
                         )
                     yield Chunk(records, None, skipped)
                     records, skipped, size = [], [], BATCH_OVERHEAD_BYTES
-            except BadLineError as exc:
-                message = f"line {number}: {exc}"
+            except (BadLineError, orjson.JSONEncodeError) as exc:
+                # JSON that orjson reads but will not write: nested past 254 levels.
+                why = _TOO_DEEP if isinstance(exc, orjson.JSONEncodeError) else exc
+                message = f"line {number}: {why}"
                 if not self.skip_invalid:
                     self.failed = True
                     self.line_number = number

@@ -33,6 +33,24 @@ def test_invalid_json_line_keeps_what_was_acknowledged(hw: Headwater) -> None:
     assert len(hw("consume", "t").stdout.splitlines()) == 4
 
 
+def test_json_nested_past_what_is_stored_is_refused_and_consumed_on_one_line(
+    hw: Headwater,
+) -> None:
+    assert hw("topics", "create", "deep").returncode == 0
+    deep = "[" * 300 + "1" + "]" * 300  # valid JSON, deeper than a value is written
+    result = hw("produce", "deep", input=f'{{"n": 1}}\n{deep}\n')
+    assert_error(result, "line 2", "nests deeper than 254 levels", "the 1 records before it")
+    # Stored as it is (raw), with a line end inside: consume prints it on one line.
+    raw = hw("produce", "deep", "--format", "raw", input=deep[:300] + "\r" + deep[300:] + "\n")
+    assert raw.returncode == 0, raw.stderr
+    for args in ((), ("--format", "json")):
+        consumed = hw("consume", "deep", *args)
+        assert consumed.returncode == 0, consumed.stderr
+        lines = consumed.stdout.splitlines()
+        assert len(lines) == 2
+        assert json.loads(lines[1] if not args else json.dumps(json.loads(lines[1])["value"]))
+
+
 def test_record_over_max_message_bytes(hw: Headwater) -> None:
     assert hw("topics", "create", "small", "-c", "max.message.bytes=200").returncode == 0
     big = json.dumps({"blob": "x" * 300})

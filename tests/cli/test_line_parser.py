@@ -109,3 +109,22 @@ def test_a_line_format_refuses_what_cannot_go_together() -> None:
     ):
         with pytest.raises(ValueError):
             LineFormat(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("line_format", "prefix"),
+    [(JSON, b""), (KEYED, b""), (LineFormat(key_delimiter=b"="), b"key=")],
+    ids=["json", "keyed", "key-delimiter"],
+)
+def test_json_read_but_too_deep_to_store_is_a_bad_line(
+    line_format: LineFormat, prefix: bytes
+) -> None:
+    # orjson reads 1024 levels but writes 254; a value is stored as it writes it.
+    deep = b'{"k":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+    lines = [prefix + b'{"k": 1}', prefix + deep, prefix + b'{"k": 2}']
+    parser = LineParser(line_format, 1 << 20, skip_invalid=True)
+    chunks = parse(parser, b"\n".join(lines) + b"\n")
+    assert [r.value for r in records(chunks)] == [b'{"k":1}', b'{"k":2}']
+    (skipped,) = [s for c in chunks for s in c.skipped]
+    assert skipped.startswith("line 2: the JSON nests deeper than 254 levels")
+    assert "--format raw" in skipped
