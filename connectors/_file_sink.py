@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -376,9 +377,19 @@ def _encode_json_lines(records: list[Record]) -> _Encoded:
             rejected.append(record)
             continue
         # A JSON value may hold line ends between its tokens: it is written on one line.
-        lines.append((orjson.dumps(parsed) if b"\n" in value else value) + b"\n")
+        lines.append((_one_line(parsed, value) if b"\n" in value else value) + b"\n")
         kept.append(record.offset)
     return _Encoded(b"".join(lines), list(itertools.accumulate(map(len, lines))), kept, rejected)
+
+
+def _one_line(parsed: Any, value: bytes) -> bytes:
+    """Return JSON text ``value`` (``parsed`` is what it holds) on one line: written anew,
+    or, nested deeper than orjson writes (it reads deeper), with its line ends, which JSON
+    text holds only between tokens, made spaces."""
+    try:
+        return orjson.dumps(parsed)
+    except orjson.JSONEncodeError:
+        return value.replace(b"\n", b" ")
 
 
 def _encode_csv(records: list[Record], columns: Sequence[str] | None) -> _Encoded:
@@ -398,7 +409,11 @@ def _encode_csv(records: list[Record], columns: Sequence[str] | None) -> _Encode
             continue
         if chosen is None:
             chosen = list(value)
-        rows.append(_csv_row([_cell(value.get(c)) for c in chosen]))
+        try:
+            rows.append(_csv_row([_cell(value.get(c)) for c in chosen]))
+        except orjson.JSONEncodeError:  # a cell nested deeper than orjson writes
+            rejected.append(record)
+            continue
         kept.append(record.offset)
     ends = list(itertools.accumulate(map(len, rows)))
     return _Encoded(b"".join(rows), ends, kept, rejected, chosen)

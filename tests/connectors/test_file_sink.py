@@ -127,6 +127,21 @@ async def test_values_a_file_cannot_hold_go_to_the_dead_letter_topic(
     assert all(dict(r.headers)["headwater.topic"] == b"t" for r in dead)
 
 
+async def test_a_value_with_line_ends_nested_past_what_json_writes_is_written_on_one_line(
+    store: Store, tmp_path: Path
+) -> None:
+    # orjson reads it but cannot write it again (254 levels at most): its line ends, which
+    # JSON text holds only between tokens, become spaces.
+    deep = b"[" * 300 + b"\n" + b"1" + b"]" * 300
+    out = tmp_path / "out"
+    await produce(store, "t", [b'{"i":\n0}', deep, b'{"i":2}'])
+    async with sink_runner(store, out) as runner:
+        await runner.run(until_caught_up=True)
+    lines = [x for p in final_files(out) for x in p.read_bytes().splitlines()]
+    assert lines == [b'{"i":0}', b"[" * 300 + b" 1" + b"]" * 300, b'{"i":2}']
+    assert orjson.loads(lines[1]) == orjson.loads(deep)
+
+
 async def test_csv_files_have_a_header_and_one_row_per_object(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "out"
     await produce(
@@ -139,6 +154,20 @@ async def test_csv_files_have_a_header_and_one_row_per_object(store: Store, tmp_
     assert path.read_text() == 'user,ms\nann,12\n"b,c",3\n'
     [dead] = await records_of(store, "t-dlq")
     assert dead.value == b"[1]"
+
+
+async def test_a_csv_cell_nested_past_what_json_writes_goes_to_the_dead_letter_topic(
+    store: Store, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    deep = b'{"user":"d","ms":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+    await produce(store, "t", [b'{"user":"ann","ms":12}', deep, b'{"user":"b","ms":3}'])
+    async with sink_runner(store, out, format="csv") as runner:
+        await runner.run(until_caught_up=True)
+    [path] = final_files(out)
+    assert path.read_text() == "user,ms\nann,12\nb,3\n"
+    [dead] = await records_of(store, "t-dlq")
+    assert dead.value == deep
 
 
 async def test_a_final_file_not_yet_committed_is_resumed_after(
