@@ -198,14 +198,26 @@ def topology(app: App) -> Json:
     }
 
 
+#: How deep JSON may nest to be shown as JSON: orjson writes 254 levels at most, and the
+#: answers that carry a record wrap its key and value a few levels down. JSON nested
+#: deeper (orjson reads 1024) is shown as its text.
+MAX_SHOWN_DEPTH = 240
+_WRITTEN_DEPTH = 254
+
+
 def _bytes_json(data: bytes | None) -> Json | None:
-    """Show bytes as JSON when they parse as JSON, else as text, else as base64."""
+    """Show bytes as JSON when they parse as JSON (and nest no deeper than
+    ``MAX_SHOWN_DEPTH``), else as text, else as base64."""
     if data is None:
         return None
     try:
-        return {"json": orjson.loads(data)}
+        parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         pass
+    else:
+        # A value nests at most as deep as it has opening brackets: most need no check.
+        if data.count(b"[") + data.count(b"{") <= MAX_SHOWN_DEPTH or _shallow(parsed):
+            return {"json": parsed}
     try:
         text = data.decode()
     except UnicodeDecodeError:
@@ -220,6 +232,18 @@ def _text_or_base64(data: bytes | None) -> Json | None:
         return {"text": data.decode()}
     except UnicodeDecodeError:
         return {"base64": base64.b64encode(data).decode()}
+
+
+def _shallow(value: Any) -> bool:
+    """Return whether ``value`` nests no deeper than ``MAX_SHOWN_DEPTH``: whether orjson
+    writes it wrapped in lists up to its own limit."""
+    for _ in range(_WRITTEN_DEPTH - MAX_SHOWN_DEPTH):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def record_json(topic: str, partition: int, record: Record) -> Json:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import base64
 
 import click
+import orjson
 import pytest
 
 from headwater.cli._top_view import AppSample, GroupSample, Sample
 from headwater.cli._ui import check_exposure, is_loopback
 from headwater.cli._ui_feed import failure_message
-from headwater.cli._ui_model import chart_point, overview, partition_offsets, record_json
+from headwater.cli._ui_model import (
+    MAX_SHOWN_DEPTH,
+    chart_point,
+    overview,
+    partition_offsets,
+    record_json,
+)
 from headwater.groups import TopicPartition
 from headwater.store import Record, TopicNotFoundError
 
@@ -99,6 +106,17 @@ def test_records_show_json_text_or_base64_and_their_source() -> None:
     assert binary["key"] is None and binary["value"] == {"base64": "gIE="}
     assert binary["source"] is None
     assert record_json("t", 0, Record(0, 0, None, b"12", ()))["value"] == {"json": 12}
+
+
+@pytest.mark.parametrize("depth", [MAX_SHOWN_DEPTH, MAX_SHOWN_DEPTH + 1, 300])
+def test_json_nested_past_what_an_answer_can_carry_is_shown_as_text(depth: int) -> None:
+    deep = b"[" * depth + b"1" + b"]" * depth  # orjson reads up to 1024 levels
+    shown = record_json("t", 0, Record(0, 0, deep, deep, ()))
+    kind = "json" if depth <= MAX_SHOWN_DEPTH else "text"
+    assert set(shown["key"]) == set(shown["value"]) == {kind}
+    page = orjson.loads(orjson.dumps({"records": [shown]}))  # what the browser is sent
+    assert page["records"][0]["value"] == ({"text": deep.decode()} if kind == "text" else
+                                          {"json": orjson.loads(deep)})  # fmt: skip
 
 
 def test_partition_offsets_say_why_there_are_none() -> None:
