@@ -52,15 +52,20 @@ async def wait_for_count(store: Store, topic: str, count: int) -> None:
     """Wait until ``topic`` holds at least ``count`` readable records (woken by appends)."""
     partitions = store.partitions(topic)
     with anyio.fail_after(HANG_S):
-        while sum(p.high_watermark - p.log_start_offset for p in partitions) < count:
+        while True:
+            # The marks counted are the ones waited past: a task started later would read
+            # a mark that appends made meanwhile, and wait for records that never come.
+            marks = [p.high_watermark for p in partitions]
+            if sum(m - p.log_start_offset for p, m in zip(partitions, marks, strict=True)) >= count:
+                return
             async with anyio.create_task_group() as tg:
 
-                async def wake(partition: Partition) -> None:
-                    await partition.wait_for(partition.high_watermark)
+                async def wake(partition: Partition, mark: int) -> None:
+                    await partition.wait_for(mark)
                     tg.cancel_scope.cancel()
 
-                for p in partitions:
-                    tg.start_soon(wake, p)
+                for p, mark in zip(partitions, marks, strict=True):
+                    tg.start_soon(wake, p, mark)
 
 
 def wait_for_line(process: subprocess.Popen[bytes], text: bytes) -> bytes:
