@@ -3,15 +3,16 @@
 Run from the repository root::
 
     .venv/bin/python bench/cli_bench.py
-    .venv/bin/python bench/cli_bench.py --baseline /tmp/old_produce.py
+    .venv/bin/python bench/cli_bench.py --baseline /tmp/old_lines.py
 
 Prints lines per second for the parser (JSON lines unkeyed and keyed by a field, raw lines,
 ``KEY:VALUE`` lines) and records per second for each ``consume --format``. Each figure is
 the best of ``--rounds`` rounds of CPU time (the least disturbed by other work). With
-``--baseline FILE`` (a Python file defining the old ``LineParser(key_field,
-max_batch_bytes)``, e.g. ``git show REV:cli/_produce.py``, loaded as a module of
-``headwater.cli``), the JSON parser cases run it too, interleaved round by round with the
-current one, and the ratio current/baseline is printed.
+``--baseline FILE`` (a Python file defining the old ``LineParser(line_format,
+max_batch_bytes)``, or an older ``LineParser(key_field, max_batch_bytes)``, e.g. ``git
+show REV:cli/_lines.py``, loaded as a module of ``headwater.cli``), the JSON parser cases
+run it too, interleaved round by round with the current one, and the ratio
+current/baseline is printed.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def parse_new(data: bytes, line_format: LineFormat) -> Callable[[], int]:
 
 
 def parse_old(module: Any, data: bytes, key_field: str | None) -> Callable[[], int]:
+    # A baseline from before LineFormat took the key field itself.
+    line_format = getattr(module, "LineFormat", None)
+    first = key_field if line_format is None else line_format(key_field=key_field)
+
     def run() -> int:
-        parser = module.LineParser(key_field, MAX_BATCH)
+        parser = module.LineParser(first, MAX_BATCH)
         return drain(parser.feed(data)) + drain(parser.end())
 
     return run
