@@ -19,12 +19,13 @@ Error texts name the line by its number.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
-from headwater.store import NewRecord, canonical_key
+from headwater.store import NewRecord, canonical_key, exact_json, has_wide_integer
 
 BATCH_RECORDS = 1000
 #: Bytes a v2 batch adds to its records, and the most one record adds to its key and value.
@@ -108,9 +109,10 @@ class LineParser:
         # The per-line loop is the command's hot path: keep it to locals and C calls, and
         # plain JSON lines (the common case) inline; raw and KEY:VALUE lines take a call.
         line_format = self.format
-        loads, dumps, key_field, limit = (
+        loads, dumps, wide, key_field, limit = (
             orjson.loads,
             orjson.dumps,
+            has_wide_integer,
             line_format.key_field,
             self.max_batch_bytes,
         )
@@ -135,6 +137,8 @@ class LineParser:
                             f"invalid JSON ({exc.msg}) at column {exc.colno}"
                         ) from None
                     value = dumps(document)
+                    if wide(line):  # orjson read an integer of it as a float: keep it
+                        value = _exact(line)
                     if key_field is None:
                         key = None
                     elif type(document) is dict and (named := document.get(key_field)) is not None:
@@ -186,9 +190,18 @@ class LineParser:
         if self.format.raw:
             return key, line.removesuffix(b"\r")
         try:
-            return key, orjson.dumps(orjson.loads(line))
+            value = orjson.dumps(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
             raise BadLineError(f"the value is not JSON ({exc.msg}) at column {exc.colno}") from None
+        if has_wide_integer(line):  # orjson read an integer of it as a float: keep it
+            value = _exact(line)
+        return key, value
+
+
+def _exact(line: bytes) -> bytes:
+    """Return JSON ``line`` compact, its integers beyond 64 bits kept exact (orjson reads
+    them as floats; one of more than 308 digits it refused already, as infinite)."""
+    return exact_json(json.loads(line))
 
 
 def _key(document: object, field: str) -> bytes | None:

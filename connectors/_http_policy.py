@@ -9,7 +9,8 @@ here is tested synchronously.
 Bodies. ``application/json`` holds one record, or an array of records; NDJSON
 (``application/x-ndjson``, also ``application/jsonl``) holds one record per non-blank
 line. A record is any JSON value; NDJSON lines are stored as sent, JSON records
-re-serialised compactly. With a key field, a record that is an object with that field
+re-serialised compactly (integers beyond 64 bits, which orjson reads as floats, kept
+exact). With a key field, a record that is an object with that field
 gets it as its key (a string as its UTF-8 bytes, anything else as compact JSON; null or
 missing: no key). Nesting deeper than ``max_depth`` is refused: a cheap count of
 brackets finds the records that might be that deep, and only those are walked.
@@ -18,12 +19,15 @@ brackets finds the records that might be that deep, and only those are walked.
 from __future__ import annotations
 
 import hmac
+import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from headwater.store import exact_json, has_wide_integer
 
 from ._errors import ConnectorConfigError
 
@@ -217,6 +221,9 @@ class IngestPolicy:
             values = list(map(orjson.dumps, items))
         except orjson.JSONEncodeError:  # nested past what orjson writes, so past max_depth
             return self._too_deep(items, nested=nested)
+        if has_wide_integer(body):  # orjson read an integer as a float: write them exactly
+            exact = json.loads(body)  # within its digit limit: orjson refused longer ones
+            values = list(map(exact_json, exact if nested else [exact]))
         refusal = self._check_depth(values, items, nested=nested)
         if refusal is not None:
             return refusal

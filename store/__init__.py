@@ -58,6 +58,8 @@ from ._fs import OsFileSystem as OsFileSystem
 from ._holder import LockHolder as LockHolder
 from ._holder import read_holder as read_holder
 from ._isolation import IsolationLevel as IsolationLevel
+from ._json_numbers import exact_json as exact_json
+from ._json_numbers import has_wide_integer as has_wide_integer
 from ._keys import canonical_key as canonical_key
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
@@ -153,6 +155,8 @@ __all__ = (
     "UnsupportedCompressionError",
     "active_producers",
     "canonical_key",
+    "exact_json",
+    "has_wide_integer",
     "check_codec",
     "clear_served_address",
     "decode_columns",

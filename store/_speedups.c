@@ -1,9 +1,10 @@
 /*
- * The store's hot loops in C: decoding and encoding v2 records sections, and murmur2 (of
- * one key, and the rows of a list of keys by partition).
+ * The store's hot loops in C: decoding and encoding v2 records sections, murmur2 (of
+ * one key, and the rows of a list of keys by partition), and finding the integers of a
+ * JSON text that do not fit 64 bits (wide_integers).
  *
- * Each function has a reference implementation in Python (headwater.store._records and
- * _partitioner); this module is an optional accelerator of exactly those, built when a C
+ * Each function has a reference implementation in Python (headwater.store._records,
+ * _partitioner and _json_numbers); this module is an optional accelerator of exactly those, built when a C
  * compiler is present at install time, and the tests hold the two to the same results.
  *
  * Decoding: when decode_section returns a list, the Python decoder would have returned an
@@ -1128,6 +1129,79 @@ start_fsync(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* -- wide integers in JSON text -------------------------------------------------------- */
+
+PyDoc_STRVAR(wide_integers_doc,
+"wide_integers(text, /)\n"
+"--\n\n"
+"Return whether ``text`` (bytes of valid JSON) holds an integer below -2**63 or above\n"
+"2**64 - 1, which orjson reads as a float: the C build of\n"
+"headwater.store._json_numbers.has_wide_integer.\n\n"
+":raises TypeError: if ``text`` is not bytes.");
+
+/* Whether the `count` digits at `digits` (no leading zeros: JSON has none) spell a
+ * number above `limit`, itself `limit_count` digits long. */
+static inline int
+digits_above(const unsigned char *digits, Py_ssize_t count, const char *limit,
+             Py_ssize_t limit_count)
+{
+    return count > limit_count || (count == limit_count && memcmp(digits, limit, count) > 0);
+}
+
+static inline int
+is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static PyObject *
+wide_integers(PyObject *module, PyObject *text)
+{
+    if (!PyBytes_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "wide_integers takes bytes, not %.100s",
+                     Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(text);
+    const unsigned char *end = p + PyBytes_GET_SIZE(text);
+    while (p < end) {
+        unsigned char c = *p;
+        if (c == '"') { /* a string: on past its closing quote (an escape skips a byte) */
+            p++;
+            while (p < end) {
+                unsigned char d = *p++;
+                if (d == '\\') {
+                    p++;
+                } else if (d == '"') {
+                    break;
+                }
+            }
+            continue;
+        }
+        if (c != '-' && !is_digit(c)) {
+            p++;
+            continue;
+        }
+        int negative = c == '-';
+        const unsigned char *digits = p + negative, *q = digits;
+        while (q < end && is_digit(*q)) {
+            q++;
+        }
+        int fraction = q < end && (*q == '.' || *q == 'e' || *q == 'E');
+        if (!fraction && (negative ? digits_above(digits, q - digits, "9223372036854775808", 19)
+                                   : digits_above(digits, q - digits, "18446744073709551615", 20))) {
+            Py_RETURN_TRUE;
+        }
+        /* The rest of the number: its fraction and exponent. */
+        while (q < end && (is_digit(*q) || *q == '.' || *q == 'e' || *q == 'E' || *q == '+' ||
+                           *q == '-')) {
+            q++;
+        }
+        p = q;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"decode_section", (PyCFunction)(void (*)(void))decode_section, METH_FASTCALL,
      decode_section_doc},
@@ -1139,6 +1213,7 @@ static PyMethodDef speedups_methods[] = {
     {"partition_rows", (PyCFunction)(void (*)(void))partition_rows, METH_FASTCALL,
      partition_rows_doc},
     {"start_fsync", (PyCFunction)(void (*)(void))start_fsync, METH_FASTCALL, start_fsync_doc},
+    {"wide_integers", (PyCFunction)wide_integers, METH_O, wide_integers_doc},
     {NULL, NULL, 0, NULL},
 };
 

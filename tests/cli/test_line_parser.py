@@ -128,3 +128,16 @@ def test_json_read_but_too_deep_to_store_is_a_bad_line(
     (skipped,) = [s for c in chunks for s in c.skipped]
     assert skipped.startswith("line 2: the JSON nests deeper than 254 levels")
     assert "--format raw" in skipped
+
+
+def test_integers_beyond_64_bits_are_stored_exactly() -> None:
+    lines = (
+        b'{"id": 123456789012345678901, "n": 1.5}\n'
+        b'{"id": 18446744073709551615}\n'  # the widest orjson keeps: written by orjson
+        b"k=[-9223372036854775809]\n"
+    )
+    got = [r.value for r in records(parse(LineParser(JSON, 1 << 20), lines.rsplit(b"k=", 1)[0]))]
+    assert got == [b'{"id":123456789012345678901,"n":1.5}', b'{"id":18446744073709551615}']
+    keyed = LineParser(LineFormat(key_delimiter=b"="), 1 << 20)
+    (record,) = records(parse(keyed, b"k=[-9223372036854775809]\n"))
+    assert (record.key, record.value) == (b"k", b"[-9223372036854775809]")

@@ -138,3 +138,14 @@ def test_consume_into_a_closed_pipe_is_quiet(log: Log, clicks: str) -> None:
         stderr = proc.stderr.read()
     assert status == 0
     assert stderr == b""
+
+
+def test_integers_beyond_64_bits_go_in_and_come_out_exactly(log: Log, name: str) -> None:
+    assert log("topics", "create", name).returncode == 0
+    lines = '{"id": 123456789012345678901}\n{"id": -9223372036854775809, "ok": 1.5}\n'
+    assert log("produce", name, input=lines).returncode == 0
+    consumed = log("consume", name)
+    assert consumed.stdout.splitlines() == [
+        '{"id":123456789012345678901}',
+        '{"id":-9223372036854775809,"ok":1.5}',
+    ]

@@ -96,6 +96,20 @@ def test_nesting_is_refused_exactly_beyond_the_limit(records: list[Any]) -> None
     assert isinstance(as_array, Refusal) == too_deep
 
 
+def test_json_integers_beyond_64_bits_are_kept_exactly() -> None:
+    policy = IngestPolicy()
+    array = policy.parse("json", b'[{"id": 123456789012345678901, "x": 1.5}, 7]', None)
+    assert isinstance(array, ParsedBody)
+    assert array.values == [b'{"id":123456789012345678901,"x":1.5}', b"7"]
+    alone = policy.parse("json", b'{"id": -92233720368547758090}', None)
+    assert isinstance(alone, ParsedBody) and alone.values == [b'{"id":-92233720368547758090}']
+    widest = b"9" * 308  # longer ones orjson refuses as infinite
+    kept = policy.parse("json", b"[" + widest + b"]", None)
+    assert isinstance(kept, ParsedBody) and kept.values == [widest]
+    too_long = policy.parse("json", b"[" + widest + b"9]", None)
+    assert isinstance(too_long, Refusal) and too_long.status == 400
+
+
 def test_limits_are_validated() -> None:
     with pytest.raises(ConnectorConfigError, match="max_depth"):
         IngestLimits(max_depth=0)
