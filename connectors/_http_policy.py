@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from headwater.processing import JsonSerde
 from headwater.store import exact_json, has_wide_integer
 
 from ._errors import ConnectorConfigError
@@ -218,7 +219,7 @@ class IngestPolicy:
             return _malformed("the body holds no records (an empty array)")
         nested = isinstance(document, list)
         try:
-            values = list(map(orjson.dumps, items))
+            values = _JSON.serialize_many(items)
         except orjson.JSONEncodeError:  # nested past what orjson writes, so past max_depth
             return self._too_deep(items, nested=nested)
         if has_wide_integer(body):  # orjson read an integer as a float: write them exactly
@@ -300,6 +301,11 @@ class IngestPolicy:
                 break
         where = f"record {index + 1}" if nested or len(items) > 1 else "the record"
         return _malformed(f"{where} is nested deeper than {self.limits.max_depth} levels")
+
+
+#: How a JSON body's records are written anew: compact, as orjson writes them, in one
+#: call for the whole body.
+_JSON = JsonSerde()
 
 
 def _malformed(message: str) -> Refusal:

@@ -67,6 +67,20 @@ class JsonSerde:
             return orjson.dumps(value, option=self._option)
         return orjson.dumps(value)
 
+    def serialize_many(self, values: list[Any]) -> list[bytes]:
+        """Return :meth:`serialize` of each of ``values``, the same bytes, written in one
+        orjson call where that can be done (no ``option``; see ``_json_columns.py``):
+        several times faster for many small values.
+
+        :raises orjson.JSONEncodeError: (a TypeError) if a value does not encode.
+        """
+        if not self._option:
+            texts = dumps_each(values)
+            if texts is not None:
+                return texts  # type: ignore[return-value]
+        option = self._option
+        return [orjson.dumps(value, option=option) for value in values]
+
     def deserialize(self, data: bytes | None) -> Any:
         """Return the JSON value in ``data`` (None for no value).
 

@@ -89,3 +89,21 @@ def test_values_other_than_windowed_results_serialise_with_orjson_itself() -> No
     assert batch_serializer(JSON, []) is orjson.dumps
     sorted_json = JsonSerde(option=orjson.OPT_SORT_KEYS)
     assert batch_serializer(sorted_json, [Windowed("k", 0, 1, 2)]) == sorted_json.serialize
+
+
+json_documents = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+@given(st.lists(json_documents, max_size=8))
+def test_serialize_many_gives_what_serialize_gives_each(values: list[Any]) -> None:
+    for serde in (JsonSerde(), JsonSerde(option=orjson.OPT_SORT_KEYS)):
+        assert serde.serialize_many(values) == [serde.serialize(v) for v in values]
+
+
+def test_serialize_many_raises_for_a_value_json_cannot_hold() -> None:
+    with pytest.raises(orjson.JSONEncodeError):
+        JsonSerde().serialize_many([{"a": 1}, {1, 2}])
