@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from headwater.store import NewRecord, canonical_key, exact_json, has_wide_integer
+from headwater.store import (
+    MAX_JSON_DEPTH,
+    NewRecord,
+    canonical_key,
+    exact_json,
+    has_wide_integer,
+)
 
 BATCH_RECORDS = 1000
 #: Bytes a v2 batch adds to its records, and the most one record adds to its key and value.
@@ -63,11 +69,11 @@ class Chunk:
     skipped: list[str] = field(default_factory=list)
 
 
-#: Why a line whose JSON nests past what orjson writes (254 levels; it reads 1024) is
-#: refused: JSON values and keys are stored re-encoded.
+#: Why a line whose JSON nests past what orjson writes (it reads deeper) is refused: JSON
+#: values and keys are stored re-encoded.
 _TOO_DEEP = (
-    "the JSON nests deeper than 254 levels, the most a value or key is stored with "
-    "(--format raw stores a line as it is)"
+    f"the JSON nests deeper than {MAX_JSON_DEPTH} levels, the most a value or key is "
+    "stored with (--format raw stores a line as it is)"
 )
 
 
@@ -160,7 +166,7 @@ class LineParser:
                     yield Chunk(records, None, skipped)
                     records, skipped, size = [], [], BATCH_OVERHEAD_BYTES
             except (BadLineError, orjson.JSONEncodeError) as exc:
-                # JSON that orjson reads but will not write: nested past 254 levels.
+                # JSON that orjson reads but will not write: nested past MAX_JSON_DEPTH.
                 why = _TOO_DEEP if isinstance(exc, orjson.JSONEncodeError) else exc
                 message = f"line {number}: {why}"
                 if not self.skip_invalid:

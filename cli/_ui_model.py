@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from headwater.processing import App, source_of
-from headwater.store import Record, is_internal_topic
+from headwater.store import MAX_JSON_DEPTH, Record, is_internal_topic
 
 from ._top_view import Sample, consumed_per_topic
 
@@ -198,11 +198,10 @@ def topology(app: App) -> Json:
     }
 
 
-#: How deep JSON may nest to be shown as JSON: orjson writes 254 levels at most, and the
-#: answers that carry a record wrap its key and value a few levels down. JSON nested
-#: deeper (orjson reads 1024) is shown as its text.
+#: How deep JSON may nest to be shown as JSON: orjson writes ``MAX_JSON_DEPTH`` levels at
+#: most, and the answers that carry a record wrap its key and value a few levels down.
+#: JSON nested deeper (orjson reads 1024) is shown as its text.
 MAX_SHOWN_DEPTH = 240
-_WRITTEN_DEPTH = 254
 
 
 def _bytes_json(data: bytes | None) -> Json | None:
@@ -237,7 +236,7 @@ def _text_or_base64(data: bytes | None) -> Json | None:
 def _shallow(value: Any) -> bool:
     """Return whether ``value`` nests no deeper than ``MAX_SHOWN_DEPTH``: whether orjson
     writes it wrapped in lists up to its own limit."""
-    for _ in range(_WRITTEN_DEPTH - MAX_SHOWN_DEPTH):
+    for _ in range(MAX_JSON_DEPTH - MAX_SHOWN_DEPTH):
         value = [value]
     try:
         orjson.dumps(value)

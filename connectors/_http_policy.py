@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from headwater.processing import JsonSerde
-from headwater.store import exact_json, has_wide_integer
+from headwater.store import MAX_JSON_DEPTH, exact_json, has_wide_integer
 
 from ._errors import ConnectorConfigError
 
@@ -40,11 +40,9 @@ _JSON_TYPE = "application/json"
 _HEAD_DEADLINE_S = 5.0
 #: Every byte but brackets and the line end, for ``bytes.translate`` to delete.
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}\n")
-
-
-#: The deepest nesting of arrays and objects that orjson writes: a record of a JSON body
-#: is written anew, so no deeper one can be taken.
-MAX_DEPTH = 254
+#: How a JSON body's records are written anew: compact, as orjson writes them, in one
+#: call for the whole body.
+_JSON = JsonSerde()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,7 +54,8 @@ class IngestLimits:
         however steadily it trickles bytes: the head gets :attr:`head_deadline_s` of it
         (the connection is closed beyond), the body the rest (408 beyond).
     :param max_depth: the deepest nesting of arrays and objects in a record (400 beyond;
-        at most :data:`MAX_DEPTH`, the deepest a record of a JSON body can be written).
+        at most :data:`~headwater.store.MAX_JSON_DEPTH`, the deepest a record of a JSON
+        body can be written, since it is written anew).
     :param max_inflight: how many requests may be appending at once (429 beyond).
     :param retry_after_s: what ``Retry-After`` says when the endpoint is busy.
     """
@@ -71,9 +70,9 @@ class IngestLimits:
         for name in ("max_body_bytes", "max_depth", "max_inflight", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ConnectorConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_depth > MAX_DEPTH:
+        if self.max_depth > MAX_JSON_DEPTH:
             raise ConnectorConfigError(
-                f"max_depth must be at most {MAX_DEPTH} (the deepest nesting a record of a "
+                f"max_depth must be at most {MAX_JSON_DEPTH} (the deepest nesting a record of a "
                 f"JSON body can be written with), got {self.max_depth}"
             )
         if not self.receive_deadline_s > 0:
@@ -292,7 +291,7 @@ class IngestPolicy:
 
     def _too_deep(self, items: Sequence[Any], *, nested: bool) -> Refusal:
         """Refuse the first of ``items`` that orjson cannot write (nested deeper than
-        ``MAX_DEPTH``, and so than ``max_depth``)."""
+        ``MAX_JSON_DEPTH``, and so than ``max_depth``)."""
         index = 0
         for index, item in enumerate(items):  # noqa: B007 - the index is the answer
             try:
@@ -301,11 +300,6 @@ class IngestPolicy:
                 break
         where = f"record {index + 1}" if nested or len(items) > 1 else "the record"
         return _malformed(f"{where} is nested deeper than {self.limits.max_depth} levels")
-
-
-#: How a JSON body's records are written anew: compact, as orjson writes them, in one
-#: call for the whole body.
-_JSON = JsonSerde()
 
 
 def _malformed(message: str) -> Refusal:

@@ -58,6 +58,7 @@ from ._fs import OsFileSystem as OsFileSystem
 from ._holder import LockHolder as LockHolder
 from ._holder import read_holder as read_holder
 from ._isolation import IsolationLevel as IsolationLevel
+from ._json_numbers import MAX_JSON_DEPTH as MAX_JSON_DEPTH
 from ._json_numbers import exact_json as exact_json
 from ._json_numbers import has_wide_integer as has_wide_integer
 from ._keys import canonical_key as canonical_key
@@ -100,6 +101,7 @@ from ._topic_names import validate_topic_name as validate_topic_name
 __all__ = (
     "ADDRESS_FILE",
     "INTERNAL_PREFIX",
+    "MAX_JSON_DEPTH",
     "AbortedTransaction",
     "ActiveProducer",
     "AppendInfo",
@@ -155,8 +157,6 @@ __all__ = (
     "UnsupportedCompressionError",
     "active_producers",
     "canonical_key",
-    "exact_json",
-    "has_wide_integer",
     "check_codec",
     "clear_served_address",
     "decode_columns",
@@ -166,6 +166,8 @@ __all__ = (
     "encode_batch",
     "encode_columns",
     "encode_transactional_batch",
+    "exact_json",
+    "has_wide_integer",
     "is_data_directory",
     "is_internal_topic",
     "kafka_config_entries",

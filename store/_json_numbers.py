@@ -1,10 +1,15 @@
-"""Integers of a JSON text that do not fit 64 bits.
+"""What orjson reads of a JSON text but cannot write again as it was.
 
-Pure logic, no I/O. orjson reads an integer below -2**63 or above 2**64 - 1 as a float,
-so writing what it read again rounds it: ``123456789012345678901`` comes back as
-``1.2345678901234568e+20``. Whatever stores JSON it re-encodes (``headwater produce``,
-the ingest endpoint) asks :func:`has_wide_integer` first and encodes such a text in a
-way that keeps its integers (see :func:`exact_json`).
+Pure logic, no I/O. Whatever stores JSON it re-encodes (``headwater produce``, the
+ingest endpoint) or shows it again (``headwater consume``, the file sink, the record
+browser) meets two limits of orjson:
+
+- it reads an integer below -2**63 or above 2**64 - 1 as a float, so writing what it
+  read rounds it (``123456789012345678901`` comes back as ``1.2345678901234568e+20``):
+  such code asks :func:`has_wide_integer` first and encodes a text that has one with
+  :func:`exact_json`, which keeps its integers;
+- it reads arrays and objects nested up to 1,024 levels, but writes at most
+  :data:`MAX_JSON_DEPTH`.
 
 :func:`has_wide_integer` runs in C (``_speedups``, built where a compiler is present at
 install time), one pass over the text outside its strings; the Python here is its
@@ -17,7 +22,10 @@ import json
 import re
 from typing import Any
 
-__all__ = ["exact_json", "has_wide_integer"]
+__all__ = ["MAX_JSON_DEPTH", "exact_json", "has_wide_integer"]
+
+#: The deepest nesting of arrays and objects orjson writes (it reads deeper).
+MAX_JSON_DEPTH = 254
 
 #: A string (skipped), or a number: its sign, integer digits, fraction and exponent.
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?)([0-9]+)(\.[0-9]+)?([eE][+-]?[0-9]+)?')
