@@ -144,7 +144,8 @@ class LineParser:
                         ) from None
                     value = dumps(document)
                     if wide(line):  # orjson read an integer of it as a float: keep it
-                        value = _exact(line)
+                        document = json.loads(line)  # for the key too, as key_by reads it
+                        value = exact_json(document)
                     if key_field is None:
                         key = None
                     elif type(document) is dict and (named := document.get(key_field)) is not None:

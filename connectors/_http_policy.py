@@ -28,7 +28,13 @@ from typing import Any
 import orjson
 
 from headwater.processing import JsonSerde
-from headwater.store import MAX_JSON_DEPTH, exact_json, has_wide_integer
+from headwater.store import (
+    MAX_JSON_DEPTH,
+    exact_dumps,
+    exact_json,
+    has_wide_integer,
+    wide_integer_rows,
+)
 
 from ._errors import ConnectorConfigError
 
@@ -223,7 +229,8 @@ class IngestPolicy:
             return self._too_deep(items, nested=nested)
         if has_wide_integer(body):  # orjson read an integer as a float: write them exactly
             exact = json.loads(body)  # within its digit limit: orjson refused longer ones
-            values = list(map(exact_json, exact if nested else [exact]))
+            items = exact if nested else [exact]  # the keys too
+            values = list(map(exact_json, items))
         refusal = self._check_depth(values, items, nested=nested)
         if refusal is not None:
             return refusal
@@ -245,6 +252,8 @@ class IngestPolicy:
                 items: list[Any] | None = None
             else:
                 items = list(map(orjson.loads, lines))
+                for row in wide_integer_rows(lines):  # keys are taken exactly
+                    items[row] = json.loads(lines[row])
         except orjson.JSONDecodeError:
             for number, line in enumerate(lines, 1):
                 try:
@@ -317,7 +326,7 @@ def _keys(items: Sequence[Any], key_field: str | None) -> list[bytes | None] | N
         elif isinstance(key, str):
             keys.append(key.encode())
         else:
-            keys.append(orjson.dumps(key))
+            keys.append(exact_dumps(key))
     return keys if keys.count(None) != len(keys) else None
 
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from headwater.store import Record, RecordColumns, partition_rows
+from headwater.store import Record, RecordColumns, canonical_key, partition_rows
 
 from ._batch import Batch, Context, apply_each
 from ._clock import Clock
@@ -430,7 +430,7 @@ def _serialise_keys(
         except KeyError:  # keys not seen yet
             if len(cache) > _KEY_CACHE_LIMIT:
                 cache.clear()
-            cache.update({key: orjson.dumps(key) for key in set(keys).difference(cache)})
+            cache.update({key: canonical_key(key) for key in set(keys).difference(cache)})
             return list(map(cache.__getitem__, keys)), batch
     return apply_each(key_node, key_serde.serialize, batch, ctx, keys)
 

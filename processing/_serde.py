@@ -3,9 +3,11 @@
 A :class:`Serde` is two functions, ``serialize`` and ``deserialize``. The runtime calls
 them on whole batches through ``map``, so a serde is a plain object with two methods and
 no per-call setup. Values are JSON (orjson) by default; :class:`BytesSerde` passes bytes
-through and :class:`StrSerde` is UTF-8 text. A record without a value (a tombstone)
-deserialises to ``None`` with every serde here; ``None`` serialises to no value with the
-bytes and str serdes, and to ``null`` with JSON.
+through and :class:`StrSerde` is UTF-8 text. JSON integers beyond 64 bits, which orjson
+reads as floats and will not write, are read and written exactly (the standard library's
+``json`` takes over for the values that hold one: ``headwater.store.exact_loads``). A
+record without a value (a tombstone) deserialises to ``None`` with every serde here;
+``None`` serialises to no value with the bytes and str serdes, and to ``null`` with JSON.
 
 Keys are bytes in the log, but a key computed by ``key_by`` stays the user's object
 while it flows through the steps (so a stateful step sees ``"ada"``, not ``b'"ada"'``)
@@ -24,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from headwater.store import canonical_key
+from headwater.store import canonical_key, exact_dumps, exact_loads, wide_integer_rows
 
 from ._errors import SerdeError
 from ._json_columns import dumps_each
@@ -50,7 +52,8 @@ class Serde(Protocol[T]):
 
 
 class JsonSerde:
-    """JSON values through orjson: dicts, lists, str, int, float, bool, None.
+    """JSON values through orjson: dicts, lists, str, int, float, bool, None (integers of
+    any width: see the module docstring).
 
     :param option: orjson ``OPT_*`` flags for serialising (``orjson.OPT_SORT_KEYS``, ...).
     """
@@ -62,31 +65,32 @@ class JsonSerde:
         return "json"
 
     def serialize(self, value: Any) -> bytes | None:
-        """Return ``value`` as JSON bytes."""
-        if self._option:
-            return orjson.dumps(value, option=self._option)
-        return orjson.dumps(value)
+        """Return ``value`` as JSON bytes.
+
+        :raises TypeError: if ``value`` does not encode (see ``exact_dumps``).
+        """
+        return exact_dumps(value, self._option)
 
     def serialize_many(self, values: list[Any]) -> list[bytes]:
         """Return :meth:`serialize` of each of ``values``, the same bytes, written in one
         orjson call where that can be done (no ``option``; see ``_json_columns.py``):
         several times faster for many small values.
 
-        :raises orjson.JSONEncodeError: (a TypeError) if a value does not encode.
+        :raises TypeError: if a value does not encode.
         """
         if not self._option:
             texts = dumps_each(values)
             if texts is not None:
                 return texts  # type: ignore[return-value]
         option = self._option
-        return [orjson.dumps(value, option=option) for value in values]
+        return [exact_dumps(value, option) for value in values]
 
     def deserialize(self, data: bytes | None) -> Any:
         """Return the JSON value in ``data`` (None for no value).
 
         :raises orjson.JSONDecodeError: (a ValueError) if ``data`` is not JSON.
         """
-        return None if data is None else orjson.loads(data)
+        return None if data is None else exact_loads(data)
 
 
 class BytesSerde:
@@ -143,11 +147,14 @@ JSON = JsonSerde()
 def batch_deserializer(serde: Serde[Any], data: list[bytes | None]) -> Callable[[Any], Any]:
     """Return the function that deserialises each item of ``data`` with ``serde``.
 
-    The runtime's hot path: for a plain :class:`JsonSerde` and no missing or empty values
-    it is ``orjson.loads`` itself, which saves a Python call per record. (``all`` tests
-    each value's length, cheaper than comparing each with None.)
+    The runtime's hot path: for a plain :class:`JsonSerde`, no missing or empty values and
+    no integer beyond 64 bits (one C call finds them) it is ``orjson.loads`` itself, which
+    saves a Python call per record. (``all`` tests each value's length, cheaper than
+    comparing each with None.)
     """
-    if type(serde) is JsonSerde and not serde._option and all(data):
+    if (
+        type(serde) is JsonSerde and not serde._option and all(data) and not wide_integer_rows(data)  # type: ignore[arg-type]
+    ):
         return orjson.loads
     return serde.deserialize
 
@@ -159,14 +166,14 @@ def writes_plain_json(serde: Serde[Any]) -> bool:
 
 
 def batch_serializer(serde: Serde[Any], values: list[Any]) -> Callable[[Any], bytes | None]:
-    """Return the function that serialises each of ``values`` with ``serde``
-    (``orjson.dumps`` itself for a plain :class:`JsonSerde`, or :func:`_dump_windowed`
-    when every value is a :class:`Windowed`)."""
+    """Return the function that serialises each of ``values`` with ``serde``: for a plain
+    :class:`JsonSerde`, ``exact_dumps`` itself, or :func:`_dump_windowed` when every
+    value is a :class:`Windowed`."""
     if writes_plain_json(serde):
         # The first value rules out most batches without a look at every value's type.
         if values and type(values[0]) is Windowed and set(map(type, values)) == _WINDOWED:
             return _dump_windowed
-        return orjson.dumps
+        return exact_dumps
     return serde.serialize
 
 
@@ -190,9 +197,11 @@ def _dump_windowed(value: Windowed[Any]) -> bytes:
     fields: the same bytes (orjson writes a dataclass's fields in order, as a dict's
     keys), in half the time (orjson's dataclass path costs about 800 ns a result here,
     a dict made and dumped 370)."""
-    return orjson.dumps(
-        {"key": value.key, "start": value.start, "end": value.end, "value": value.value}
-    )
+    fields = {"key": value.key, "start": value.start, "end": value.end, "value": value.value}
+    try:
+        return orjson.dumps(fields)
+    except TypeError:  # an integer beyond 64 bits (else it raises again)
+        return exact_dumps(fields)
 
 
 def encode_key(key: object) -> bytes | None:
@@ -228,7 +237,7 @@ class JsonKeySerde:
 
         :raises orjson.JSONDecodeError: (a ValueError) if ``data`` is not JSON.
         """
-        return None if data is None else orjson.loads(data)
+        return None if data is None else exact_loads(data)
 
 
 #: The default key serde of ``key_by``.

@@ -59,8 +59,11 @@ from ._holder import LockHolder as LockHolder
 from ._holder import read_holder as read_holder
 from ._isolation import IsolationLevel as IsolationLevel
 from ._json_numbers import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from ._json_numbers import exact_dumps as exact_dumps
 from ._json_numbers import exact_json as exact_json
+from ._json_numbers import exact_loads as exact_loads
 from ._json_numbers import has_wide_integer as has_wide_integer
+from ._json_numbers import wide_integer_rows as wide_integer_rows
 from ._keys import canonical_key as canonical_key
 from ._log import AppendInfo as AppendInfo
 from ._log import LogStatistics as LogStatistics
@@ -166,7 +169,9 @@ __all__ = (
     "encode_batch",
     "encode_columns",
     "encode_transactional_batch",
+    "exact_dumps",
     "exact_json",
+    "exact_loads",
     "has_wide_integer",
     "is_data_directory",
     "is_internal_topic",
@@ -185,5 +190,6 @@ __all__ = (
     "setting_keys",
     "validate_topic_name",
     "verify_batch",
+    "wide_integer_rows",
     "write_served_address",
 )

@@ -1,7 +1,7 @@
 /*
  * The store's hot loops in C: decoding and encoding v2 records sections, murmur2 (of
  * one key, and the rows of a list of keys by partition), and finding the integers of a
- * JSON text that do not fit 64 bits (wide_integers).
+ * JSON text that do not fit 64 bits (wide_integers, and wide_integer_rows of many texts).
  *
  * Each function has a reference implementation in Python (headwater.store._records,
  * _partitioner and _json_numbers); this module is an optional accelerator of exactly those, built when a C
@@ -1154,16 +1154,48 @@ is_digit(unsigned char c)
     return c >= '0' && c <= '9';
 }
 
-static PyObject *
-wide_integers(PyObject *module, PyObject *text)
+/* The fewest digits in a row that a JSON integer outside 64 bits has: 19 below -2**63,
+ * 20 above 2**64 - 1. */
+#define WIDE_RUN 19
+
+/* Whether `n` bytes at `p` hold WIDE_RUN digits in a row anywhere (in strings too). Most
+ * texts have no such run, and looking at every WIDE_RUN-th byte finds any there is (a run
+ * of WIDE_RUN covers one of them), so a text is ruled out in a few comparisons. */
+static int
+has_digit_run(const unsigned char *p, Py_ssize_t n)
 {
-    if (!PyBytes_Check(text)) {
-        PyErr_Format(PyExc_TypeError, "wide_integers takes bytes, not %.100s",
-                     Py_TYPE(text)->tp_name);
-        return NULL;
+    for (Py_ssize_t i = WIDE_RUN - 1; i < n; i += WIDE_RUN) {
+        if (!is_digit(p[i])) {
+            continue;
+        }
+        /* A run of WIDE_RUN through i reaches i - 9 or i + 9: most shorter runs are ruled
+         * out here, without walking them. */
+        if ((i < 9 || !is_digit(p[i - 9])) && (i + 9 >= n || !is_digit(p[i + 9]))) {
+            continue;
+        }
+        Py_ssize_t low = i, high = i + 1;
+        while (low > 0 && is_digit(p[low - 1])) {
+            low--;
+        }
+        while (high < n && is_digit(p[high])) {
+            high++;
+        }
+        if (high - low >= WIDE_RUN) {
+            return 1;
+        }
+        /* The next byte looked at lies past this run: it is shorter than WIDE_RUN. */
     }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(text);
-    const unsigned char *end = p + PyBytes_GET_SIZE(text);
+    return 0;
+}
+
+/* Whether the JSON text of `n` bytes at `p` holds an integer outside 64 bits. */
+static int
+text_has_wide_integer(const unsigned char *p, Py_ssize_t n)
+{
+    if (!has_digit_run(p, n)) {
+        return 0;
+    }
+    const unsigned char *end = p + n;
     while (p < end) {
         unsigned char c = *p;
         if (c == '"') { /* a string: on past its closing quote (an escape skips a byte) */
@@ -1190,7 +1222,7 @@ wide_integers(PyObject *module, PyObject *text)
         int fraction = q < end && (*q == '.' || *q == 'e' || *q == 'E');
         if (!fraction && (negative ? digits_above(digits, q - digits, "9223372036854775808", 19)
                                    : digits_above(digits, q - digits, "18446744073709551615", 20))) {
-            Py_RETURN_TRUE;
+            return 1;
         }
         /* The rest of the number: its fraction and exponent. */
         while (q < end && (is_digit(*q) || *q == '.' || *q == 'e' || *q == 'E' || *q == '+' ||
@@ -1199,7 +1231,62 @@ wide_integers(PyObject *module, PyObject *text)
         }
         p = q;
     }
-    Py_RETURN_FALSE;
+    return 0;
+}
+
+static PyObject *
+wide_integers(PyObject *module, PyObject *text)
+{
+    if (!PyBytes_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "wide_integers takes bytes, not %.100s",
+                     Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    return PyBool_FromLong(text_has_wide_integer(
+        (const unsigned char *)PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text)));
+}
+
+PyDoc_STRVAR(wide_integer_rows_doc,
+"wide_integer_rows(texts, /)\n"
+"--\n\n"
+"Return the indexes of the texts (a list of bytes of valid JSON) that hold an integer\n"
+"orjson reads as a float, in order: the C build of\n"
+"headwater.store._json_numbers.wide_integer_rows.\n\n"
+":raises TypeError: if ``texts`` is not a list of bytes.");
+
+static PyObject *
+wide_integer_rows(PyObject *module, PyObject *texts)
+{
+    if (!PyList_Check(texts)) {
+        PyErr_Format(PyExc_TypeError, "wide_integer_rows takes a list, not %.100s",
+                     Py_TYPE(texts)->tp_name);
+        return NULL;
+    }
+    PyObject *rows = PyList_New(0);
+    if (rows == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(texts); i++) {
+        PyObject *text = PyList_GET_ITEM(texts, i);
+        if (!PyBytes_Check(text)) {
+            Py_DECREF(rows);
+            PyErr_Format(PyExc_TypeError, "wide_integer_rows takes bytes, not %.100s",
+                         Py_TYPE(text)->tp_name);
+            return NULL;
+        }
+        if (!text_has_wide_integer((const unsigned char *)PyBytes_AS_STRING(text),
+                                   PyBytes_GET_SIZE(text))) {
+            continue;
+        }
+        PyObject *row = PyLong_FromSsize_t(i);
+        if (row == NULL || PyList_Append(rows, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(rows);
+            return NULL;
+        }
+        Py_DECREF(row);
+    }
+    return rows;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -1213,6 +1300,7 @@ static PyMethodDef speedups_methods[] = {
     {"partition_rows", (PyCFunction)(void (*)(void))partition_rows, METH_FASTCALL,
      partition_rows_doc},
     {"start_fsync", (PyCFunction)(void (*)(void))start_fsync, METH_FASTCALL, start_fsync_doc},
+    {"wide_integer_rows", (PyCFunction)wide_integer_rows, METH_O, wide_integer_rows_doc},
     {"wide_integers", (PyCFunction)wide_integers, METH_O, wide_integers_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from headwater.groups import TopicPartition
+from headwater.store import exact_dumps, exact_loads, wide_integer_rows
 
 from .._json_columns import dumps_each
 
@@ -68,12 +69,12 @@ def _identity(value: Any) -> Any:
 
 def encode_json_key(key: object) -> bytes:
     """Encode a store key as canonical JSON (tuples as arrays)."""
-    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
+    return exact_dumps(key, orjson.OPT_SORT_KEYS)
 
 
 def decode_json_key(data: bytes) -> Any:
     """Decode a JSON store key; arrays come back as tuples, so that they hash."""
-    return _tuples(orjson.loads(data))
+    return _tuples(exact_loads(data))
 
 
 def _tuples(value: Any) -> Any:
@@ -123,7 +124,16 @@ SESSION_KEYS = KeyCodec("session", encode_session_key, decode_session_key)
 
 
 def _encode_json_value(value: Any) -> bytes:
-    return orjson.dumps(value)
+    return exact_dumps(value)
+
+
+def _decode_json_values(values: list[bytes]) -> list[Any]:
+    """Return ``exact_loads`` of each of ``values``: ``orjson.loads`` in one C loop, and
+    the standard library's ``json`` for the few with an integer beyond 64 bits."""
+    decoded = list(map(orjson.loads, values))
+    for row in wide_integer_rows(values):
+        decoded[row] = exact_loads(values[row])
+    return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +149,7 @@ class StoreSpec:
     kind: StoreKind = StoreKind.MEMORY
     keys: KeyCodec = JSON_KEYS
     encode_value: Callable[[Any], bytes | None] = field(default=_encode_json_value)
-    decode_value: Callable[[bytes], Any] = field(default=orjson.loads)
+    decode_value: Callable[[bytes], Any] = field(default=exact_loads)
 
 
 class Checkpoint(NamedTuple):
@@ -367,7 +377,11 @@ class MemoryStore:
             keys, values = list(latest), list(latest.values())
         if decode_key is not _identity:
             keys = list(map(decode_key, keys))  # type: ignore[arg-type]
-        data.update(zip(keys, map(decode_value, values), strict=True))  # type: ignore[arg-type]
+        if decode_value is exact_loads:
+            decoded = _decode_json_values(values)  # type: ignore[arg-type]
+        else:
+            decoded = list(map(decode_value, values))  # type: ignore[arg-type]
+        data.update(zip(keys, decoded, strict=True))
 
     def take_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Take what a restored checkpoint says the state covers."""

@@ -6,7 +6,7 @@ import pytest
 
 from headwater.cli._lines import BATCH_RECORDS, Chunk, LineFormat, LineParser
 from headwater.processing import encode_key
-from headwater.store import NewRecord
+from headwater.store import NewRecord, canonical_key
 
 JSON = LineFormat()
 KEYED = LineFormat(key_field="k")
@@ -141,3 +141,10 @@ def test_integers_beyond_64_bits_are_stored_exactly() -> None:
     keyed = LineParser(LineFormat(key_delimiter=b"="), 1 << 20)
     (record,) = records(parse(keyed, b"k=[-9223372036854775809]\n"))
     assert (record.key, record.value) == (b"k", b"[-9223372036854775809]")
+
+
+def test_a_key_beyond_64_bits_is_taken_exactly_as_key_by_encodes_it() -> None:
+    lines = b'{"k": 123456789012345678901, "n": 1}\n{"k": 123456789012345678902}\n'
+    got = records(parse(LineParser(KEYED, 1 << 20), lines))
+    assert [r.key for r in got] == [b"123456789012345678901", b"123456789012345678902"]
+    assert [r.key for r in got] == [canonical_key(int(r.key)) for r in got]

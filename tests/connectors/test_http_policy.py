@@ -110,6 +110,15 @@ def test_json_integers_beyond_64_bits_are_kept_exactly() -> None:
     assert isinstance(too_long, Refusal) and too_long.status == 400
 
 
+def test_keys_beyond_64_bits_are_taken_exactly() -> None:
+    policy = IngestPolicy()
+    records = b'{"id": 123456789012345678901}', b'{"id": 123456789012345678902, "x": 1}'
+    for kind, body in (("json", b"[" + b",".join(records) + b"]"), ("ndjson", b"\n".join(records))):
+        parsed = policy.parse(kind, body, "id")
+        assert isinstance(parsed, ParsedBody), kind
+        assert parsed.keys == [b"123456789012345678901", b"123456789012345678902"], kind
+
+
 def test_limits_are_validated() -> None:
     with pytest.raises(ConnectorConfigError, match="max_depth"):
         IngestLimits(max_depth=0)

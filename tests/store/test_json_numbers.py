@@ -11,10 +11,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater.store import _json_numbers, exact_json, has_wide_integer
-from headwater.store._json_numbers import _has_wide_integer
+from headwater.store import (
+    _json_numbers,
+    canonical_key,
+    exact_dumps,
+    exact_json,
+    exact_loads,
+    has_wide_integer,
+    wide_integer_rows,
+)
+from headwater.store._json_numbers import _has_wide_integer, _wide_integer_rows
 
 compiled = _json_numbers._c_wide_integers
+compiled_rows = _json_numbers._c_wide_integer_rows
 needs_c = pytest.mark.skipif(compiled is None, reason="built without the C speedups")
 
 #: Integers around the edges of what orjson keeps, and far beyond.
@@ -96,3 +105,84 @@ def test_only_bytes_are_taken() -> None:
 def test_exact_json_is_compact_and_keeps_wide_integers() -> None:
     value = json.loads(b'{"id": 123456789012345678901, "n": [-1, 2.5, "\\u00e9"]}')
     assert exact_json(value) == '{"id":123456789012345678901,"n":[-1,2.5,"é"]}'.encode()
+
+
+@given(st.lists(json_values, max_size=8))
+def test_the_rows_with_a_wide_integer_are_found_in_one_call(values: list[Any]) -> None:
+    texts = [text_of(value) for value in values]
+    expected = [i for i, text in enumerate(texts) if holds_wide(json.loads(text))]
+    assert _wide_integer_rows(texts) == expected
+    assert wide_integer_rows(texts) == expected
+
+
+#: JSON arrays of long numbers and digit strings, padded so that runs of digits fall on
+#: every position the C scan looks at.
+digit_arrays = st.builds(
+    lambda pad, items: b"[" + b" " * pad + b",".join(items) + b"]",
+    st.integers(0, 40),
+    st.lists(
+        st.integers(-(10**25), 10**25).map(lambda n: str(n).encode())
+        | st.from_regex(rb"\A[0-9]{15,25}\Z").map(lambda d: b'"' + d + b'"'),
+        max_size=4,
+    ),
+)
+
+
+@needs_c
+@given(st.lists(json_values.map(text_of) | digit_arrays, max_size=8))
+def test_the_c_rows_agree_with_the_python(texts: list[bytes]) -> None:
+    assert compiled_rows(texts) == _wide_integer_rows(texts)
+
+
+@pytest.mark.parametrize("rows", [_wide_integer_rows, wide_integer_rows])
+def test_rows_take_a_list_of_bytes(rows: Any) -> None:
+    with pytest.raises(TypeError):
+        rows([b"1", "18446744073709551616"])
+    assert rows([]) == []
+
+
+@given(json_values)
+def test_exact_loads_reads_every_integer_as_written(value: Any) -> None:
+    text = text_of(value)
+    loaded = exact_loads(text)
+    assert loaded == json.loads(text)
+    assert exact_loads(bytearray(text)) == exact_loads(text.decode()) == loaded
+    if not holds_wide(loaded):  # orjson's own value: no second parse
+        assert orjson.dumps(loaded) == orjson.dumps(orjson.loads(text))
+
+
+@given(json_values)
+def test_exact_dumps_writes_what_orjson_writes_and_wide_integers_exactly(value: Any) -> None:
+    text = exact_dumps(value)
+    assert exact_loads(text) == value
+    if holds_wide(value):
+        assert text == exact_json(value)
+    else:
+        assert text == orjson.dumps(value)
+    assert exact_dumps(value, orjson.OPT_SORT_KEYS) == (
+        exact_json(value, sort_keys=True)
+        if holds_wide(value)
+        else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    )
+
+
+def test_exact_dumps_refuses_what_orjson_refuses_for_other_reasons() -> None:
+    with pytest.raises(TypeError, match="Dict key must be str"):
+        exact_dumps({1: 2**70})
+    with pytest.raises(TypeError, match="64-bit"):  # an option json cannot follow
+        exact_dumps([2**70], orjson.OPT_INDENT_2)
+    with pytest.raises(TypeError):  # a value only orjson writes, beside a wide integer
+        exact_dumps([2**70, object()])
+
+
+def test_exact_loads_refuses_what_orjson_refuses() -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        exact_loads(b"[18446744073709551616")
+    with pytest.raises(orjson.JSONDecodeError):
+        exact_loads(b"1" * 400)  # infinite as a double: orjson says so first
+
+
+def test_keys_beyond_64_bits_are_canonical_and_exact() -> None:
+    assert canonical_key(2**70) == b"1180591620717411303424"
+    assert canonical_key({"b": -(2**64), "a": 1}) == b'{"a":1,"b":-18446744073709551616}'
+    assert canonical_key(float(2**70)) == b"1.1805916207174113e+21"  # a float stays one
