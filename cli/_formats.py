@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import click
 import orjson
 
-from headwater.store import Record
+from headwater.store import Record, exact_dumps, exact_loads
 
 Formatter = Callable[[int, Sequence[Record]], bytes]
 """(partition, records) -> the bytes that print them."""
@@ -42,7 +42,7 @@ def format_value(value: bytes | None) -> bytes:
         return orjson.dumps(value.decode("utf-8", "backslashreplace"))
     if b"\n" in value or b"\r" in value:
         try:
-            return orjson.dumps(orjson.loads(value))  # keep it on one line
+            return exact_dumps(exact_loads(value))  # keep it on one line
         except orjson.JSONEncodeError:
             # Nested past what orjson writes (it reads deeper). A line end in JSON text
             # is whitespace between tokens (never inside a string): a space will do.

@@ -32,6 +32,7 @@ from headwater.store import (
     MAX_JSON_DEPTH,
     exact_dumps,
     exact_json,
+    exact_loads,
     has_wide_integer,
     wide_integer_rows,
 )
@@ -253,7 +254,7 @@ class IngestPolicy:
             else:
                 items = list(map(orjson.loads, lines))
                 for row in wide_integer_rows(lines):  # keys are taken exactly
-                    items[row] = json.loads(lines[row])
+                    items[row] = exact_loads(lines[row])
         except orjson.JSONDecodeError:
             for number, line in enumerate(lines, 1):
                 try:

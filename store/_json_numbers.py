@@ -95,7 +95,12 @@ def exact_loads(text: bytes | bytearray | memoryview | str) -> Any:
     if type(text) is not bytes:
         text = text.encode() if isinstance(text, str) else bytes(text)
     if has_wide_integer(text):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError:
+            # Nested past what json reads (orjson reads 1,024 levels): far past what
+            # either writes (orjson 254 levels), so the value cannot be written again.
+            return value
     return value
 
 
@@ -114,7 +119,10 @@ def exact_dumps(value: Any, option: int = 0) -> bytes:
     except orjson.JSONEncodeError as exc:
         if str(exc) != _WIDE_INTEGER_MESSAGE or option & ~orjson.OPT_SORT_KEYS:
             raise
-    return exact_json(value, sort_keys=bool(option))
+    try:
+        return exact_json(value, sort_keys=bool(option))
+    except RecursionError:  # nested past what json writes: orjson would refuse it too
+        raise orjson.JSONEncodeError("Recursion limit reached") from None
 
 
 def exact_json(value: Any, *, sort_keys: bool = False) -> bytes:

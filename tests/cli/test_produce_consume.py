@@ -118,10 +118,18 @@ async def test_values_that_are_not_json_print_as_strings(hw: Headwater, data: Pa
                 NewRecord(value=None),
                 NewRecord(value=b"\xff\xfe"),
                 NewRecord(value=b"[1,2]", key=b"k"),
+                NewRecord(value=b'{"id":\n 123456789012345678901}'),  # kept exactly
             ],
         )
     out = hw("consume", "raw").stdout.splitlines()
-    assert out == ['"plain text"', '{"a":1}', "null", '"\\\\xff\\\\xfe"', "[1,2]"]
+    assert out == [
+        '"plain text"',
+        '{"a":1}',
+        "null",
+        '"\\\\xff\\\\xfe"',
+        "[1,2]",
+        '{"id":123456789012345678901}',
+    ]
 
 
 def test_consume_into_a_closed_pipe_is_quiet(log: Log, clicks: str) -> None:

@@ -186,3 +186,18 @@ def test_keys_beyond_64_bits_are_canonical_and_exact() -> None:
     assert canonical_key(2**70) == b"1180591620717411303424"
     assert canonical_key({"b": -(2**64), "a": 1}) == b'{"a":1,"b":-18446744073709551616}'
     assert canonical_key(float(2**70)) == b"1.1805916207174113e+21"  # a float stays one
+
+
+def test_nesting_past_what_json_reads_or_writes_does_not_crash() -> None:
+    deep = b"[" * 1023 + b"18446744073709551616" + b"]" * 1023  # orjson reads 1,024 levels
+    inner: Any = exact_loads(deep)  # past json's depth: orjson's value, its number a float
+    while isinstance(inner, list):
+        (inner,) = inner
+    assert inner == float(2**64)
+    value: list[Any] = [2**70]
+    inner = value
+    for _ in range(2000):
+        inner.append([])
+        inner = inner[-1]
+    with pytest.raises(TypeError, match="Recursion limit"):  # as orjson says of depth
+        exact_dumps(value)
