@@ -46,14 +46,20 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import orjson
 
 from headwater.groups import ConsumerBatch, OffsetAndMetadata, TopicPartition
-from headwater.store import FileSystem, OsFileSystem, Record, validate_topic_name
+from headwater.store import (
+    FileSystem,
+    OsFileSystem,
+    Record,
+    exact_dumps,
+    exact_loads,
+    validate_topic_name,
+)
 
 from ._dead_letters import DeadLetters, dead_letter_topic
 from ._errors import ConnectorConfigError
@@ -377,17 +383,17 @@ def _encode_json_lines(records: list[Record]) -> _Encoded:
             rejected.append(record)
             continue
         # A JSON value may hold line ends between its tokens: it is written on one line.
-        lines.append((_one_line(parsed, value) if b"\n" in value else value) + b"\n")
+        lines.append((_one_line(value) if b"\n" in value else value) + b"\n")
         kept.append(record.offset)
     return _Encoded(b"".join(lines), list(itertools.accumulate(map(len, lines))), kept, rejected)
 
 
-def _one_line(parsed: Any, value: bytes) -> bytes:
-    """Return JSON text ``value`` (``parsed`` is what it holds) on one line: written anew,
-    or, nested deeper than orjson writes (it reads deeper), with its line ends, which JSON
+def _one_line(value: bytes) -> bytes:
+    """Return JSON text ``value`` on one line: written anew (its integers as written), or,
+    nested deeper than orjson writes (it reads deeper), with its line ends, which JSON
     text holds only between tokens, made spaces."""
     try:
-        return orjson.dumps(parsed)
+        return exact_dumps(exact_loads(value))
     except orjson.JSONEncodeError:
         return value.replace(b"\n", b" ")
 
@@ -401,7 +407,7 @@ def _encode_csv(records: list[Record], columns: Sequence[str] | None) -> _Encode
     chosen = list(columns) if columns is not None else None
     for record in records:
         try:
-            value = orjson.loads(record.value or b"null")
+            value = exact_loads(record.value or b"null")
         except orjson.JSONDecodeError:
             value = None
         if not isinstance(value, dict):
@@ -431,7 +437,7 @@ def _cell(value: object) -> str:
         return ""
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    return exact_dumps(value).decode()
 
 
 def _csv_row(columns: list[str]) -> bytes:

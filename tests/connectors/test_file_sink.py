@@ -170,6 +170,28 @@ async def test_a_csv_cell_nested_past_what_json_writes_goes_to_the_dead_letter_t
     assert dead.value == deep
 
 
+#: A value with integers beyond 64 bits, and a line end (so that it is written anew).
+WIDE = b'{"id":\n123456789012345678901,"n":-9223372036854775809}'
+
+
+async def test_integers_beyond_64_bits_are_written_exactly(store: Store, tmp_path: Path) -> None:
+    await produce(store, "t", [WIDE])
+    async with sink_runner(store, tmp_path) as runner:
+        await runner.run(until_caught_up=True)
+    [path] = final_files(tmp_path)
+    assert path.read_bytes() == b'{"id":123456789012345678901,"n":-9223372036854775809}\n'
+
+
+async def test_integers_beyond_64_bits_are_written_exactly_as_csv_cells(
+    store: Store, tmp_path: Path
+) -> None:
+    await produce(store, "t", [WIDE])
+    async with sink_runner(store, tmp_path, format="csv") as runner:
+        await runner.run(until_caught_up=True)
+    [path] = final_files(tmp_path)
+    assert path.read_bytes() == b"id,n\n123456789012345678901,-9223372036854775809\n"
+
+
 async def test_a_final_file_not_yet_committed_is_resumed_after(
     store: Store, tmp_path: Path
 ) -> None:
