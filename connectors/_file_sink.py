@@ -378,7 +378,7 @@ def _encode_json_lines(records: list[Record]) -> _Encoded:
     rejected = []
     for record, value in zip(records, values, strict=True):
         try:
-            parsed = orjson.loads(value)
+            orjson.loads(value)
         except orjson.JSONDecodeError:
             rejected.append(record)
             continue
