@@ -152,11 +152,18 @@ def batch_deserializer(serde: Serde[Any], data: list[bytes | None]) -> Callable[
     saves a Python call per record. (``all`` tests each value's length, cheaper than
     comparing each with None.)
     """
-    if (
-        type(serde) is JsonSerde and not serde._option and all(data) and not wide_integer_rows(data)  # type: ignore[arg-type]
-    ):
+    if type(serde) is JsonSerde and not serde._option and all(data) and _read_alike(data):
         return orjson.loads
     return serde.deserialize
+
+
+def _read_alike(data: list[bytes | None]) -> bool:
+    """Return whether ``orjson.loads`` reads each of ``data`` (values, none missing) as
+    :meth:`JsonSerde.deserialize` does: no value holds an integer beyond 64 bits."""
+    try:
+        return not wide_integer_rows(data)  # type: ignore[arg-type]
+    except TypeError:  # not a list of bytes: the serde reads each value itself
+        return False
 
 
 def writes_plain_json(serde: Serde[Any]) -> bool:

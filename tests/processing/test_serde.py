@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headwater.processing import JsonKeySerde, JsonSerde, SerdeError, encode_key
-from headwater.processing._serde import JSON, batch_serializer
+from headwater.processing._serde import JSON, batch_deserializer, batch_serializer
 from headwater.processing.windows import Windowed
 from headwater.store import exact_dumps
 
@@ -131,3 +131,11 @@ def test_json_values_come_back_as_they_went_in_integers_of_any_width_too(value: 
 def test_serialize_many_raises_for_a_value_json_cannot_hold() -> None:
     with pytest.raises(orjson.JSONEncodeError):
         JsonSerde().serialize_many([{"a": 1}, {1, 2}])
+
+
+def test_the_batch_decoder_is_orjson_itself_unless_a_value_needs_more() -> None:
+    assert batch_deserializer(JSON, [b"1", b'{"a":2}']) is orjson.loads
+    assert batch_deserializer(JSON, [b"1", b"18446744073709551616"]) == JSON.deserialize
+    assert batch_deserializer(JSON, [b"1", bytearray(b"2")]) == JSON.deserialize
+    assert batch_deserializer(JSON, (b"1", b"2")) == JSON.deserialize  # type: ignore[arg-type]
+    assert batch_deserializer(JSON, [b"1", None]) == JSON.deserialize
