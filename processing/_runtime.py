@@ -51,7 +51,9 @@ the records before each committed offset of a repartition partition
 An output's lineage names the repartition record it came from, so ``headwater trace``
 follows an output back through a repartition topic only while that record is kept. A
 purge that fails is logged and skipped: it is housekeeping, and never holds a commit up.
-A repartition topic that existed before keeps its configs.
+A repartition topic that existed before keeps its configs. A store's changelog that
+existed before must be compacted (retention would delete state a restore needs): the app
+refuses to start otherwise, and says how to compact it.
 
 Metrics (``_metrics.py``): every operator counts the records that reach it and that it
 passes on, per batch; with the process's metrics on when the runtime is made, each
@@ -433,6 +435,21 @@ class Runtime:
             existing[topic] = await backend.partition_count(topic)
             counts = plan_topics(graph, existing)
         check_copartitioning(graph, counts)
+        # Existing changelogs are checked first: a refused one leaves nothing created.
+        changelogs = graph.changelogs(counts)
+        missing = []
+        for topic, partitions in changelogs.items():
+            have = await backend.partition_count(topic)
+            if have is None:
+                missing.append(topic)
+            elif have != partitions:
+                raise TopologyError(
+                    f"changelog {topic!r} has {have} partitions, but its store's tasks read "
+                    f"{partitions}: the input topics changed; delete the changelog (its state "
+                    "is lost) or restore the partition count"
+                )
+            else:
+                await self._check_compacted(backend, topic)
         internal = set(graph.topics(Role.SOURCE, internal=True))
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
@@ -441,24 +458,32 @@ class Runtime:
                 )
                 config = INTERNAL_TOPIC_CONFIG if topic in internal else None
                 await backend.create_topic(topic, partitions, config)
-        for topic, partitions in graph.changelogs(counts).items():
-            have = await backend.partition_count(topic)
-            if have is None:
-                logger.info("app %r: creating changelog %r (%d partitions, compacted)",
-                            self._name, topic, partitions)  # fmt: skip
-                await backend.create_topic(topic, partitions, {"cleanup.policy": "compact"})
-            elif have != partitions:
-                raise TopologyError(
-                    f"changelog {topic!r} has {have} partitions, but its store's tasks read "
-                    f"{partitions}: the input topics changed; delete the changelog (its state "
-                    "is lost) or restore the partition count"
-                )
+        for topic in missing:
+            logger.info("app %r: creating changelog %r (%d partitions, compacted)",
+                        self._name, topic, changelogs[topic])  # fmt: skip
+            await backend.create_topic(topic, changelogs[topic], {"cleanup.policy": "compact"})
         groups = plan_topic_groups(graph, counts)
         self._plan = TaskPlan(groups)
         self._pipelines = {group.id: Pipeline(graph, group, counts) for group in groups}
         read = set(self._plan.topics())
         self._internal_topics = [t for t in graph.topics(Role.SOURCE, internal=True) if t in read]
         return counts
+
+    async def _check_compacted(self, backend: Backend, changelog: str) -> None:
+        """Refuse a changelog that existed with a policy that is not compaction: retention
+        would delete the state of keys not written for a while, and a restore would then
+        miss it (as Kafka Streams validates its internal topics).
+
+        :raises TopologyError: naming the command that compacts it.
+        """
+        policy = await backend.cleanup_policy(changelog)
+        if policy is None or "compact" in policy.split(","):
+            return
+        raise TopologyError(
+            f"changelog {changelog!r} exists with cleanup.policy={policy}, so retention "
+            "would delete state that a restore needs: compact it (headwater topics alter "
+            f"{changelog} -c cleanup.policy=compact) or delete it (its state is lost)"
+        )
 
     async def run(self, stop: anyio.Event | None = None) -> RunStatistics:
         """Run until ``stop`` is set (or caught up, if asked); return the statistics.

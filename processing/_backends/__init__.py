@@ -115,6 +115,11 @@ class Backend(Protocol):
         """Return how many partitions ``topic`` has, or None if it does not exist."""
         ...
 
+    async def cleanup_policy(self, topic: str) -> str | None:
+        """Return ``topic``'s ``cleanup.policy`` as Kafka spells it (``"delete"``,
+        ``"compact"`` or ``"compact,delete"``), or None if it does not exist."""
+        ...
+
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None
     ) -> None:

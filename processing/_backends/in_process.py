@@ -158,6 +158,12 @@ class InProcessBackend:
             return None
         return self.store.topic_config(topic).partitions
 
+    async def cleanup_policy(self, topic: str) -> str | None:
+        """Return ``topic``'s cleanup policy (None: no such topic)."""
+        if not self.store.has_topic(topic):
+            return None
+        return str(self.store.topic_config(topic).cleanup_policy)
+
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None
     ) -> None:

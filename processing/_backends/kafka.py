@@ -54,6 +54,7 @@ from anyio.abc import TaskGroup
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in __all__
     AdminClient,
+    ConfigResource,
     NewTopic,
     OffsetSpec,
 )
@@ -291,6 +292,26 @@ class KafkaBackend:
         if found is None or found.error is not None:
             return None
         return len(found.partitions)
+
+    async def cleanup_policy(self, topic: str) -> str | None:
+        """Return ``topic``'s cleanup policy as the cluster describes it (None: no such
+        topic)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        what = f"describing topic {topic!r}"
+        futures = await self._call(
+            lambda: self._admin.describe_configs([resource], request_timeout=REQUEST_TIMEOUT_S),
+            what,
+        )
+        (future,) = futures.values()
+        try:
+            entries = await anyio.to_thread.run_sync(future.result)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise cluster_error(error, what, self.bootstrap) from None
+        entry = entries.get("cleanup.policy")
+        return "delete" if entry is None or entry.value is None else str(entry.value)
 
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None

@@ -132,6 +132,11 @@ class MemoryBackend:
         partitions = self._topics.get(topic)
         return None if partitions is None else len(partitions)
 
+    async def cleanup_policy(self, topic: str) -> str | None:
+        """Return ``topic``'s cleanup policy (None: no such topic)."""
+        config = self.configs.get(topic)
+        return None if config is None else str(config.cleanup_policy)
+
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None
     ) -> None:

@@ -41,6 +41,10 @@ async def test_topics_with_configs(backend: Backend) -> None:
         else backend.store.topic_config("t")  # type: ignore[attr-defined]
     )
     assert config.cleanup_policy is CleanupPolicy.COMPACT and config.retention_ms == 1000
+    assert await backend.cleanup_policy("t") == "compact"
+    await backend.create_topic("d", 1)
+    assert await backend.cleanup_policy("d") == "delete"  # the default
+    assert await backend.cleanup_policy("missing") is None
     with pytest.raises(InvalidConfigError, match="unknown"):
         await backend.create_topic("u", 1, {"no.such.config": "1"})
     assert await backend.partition_count("u") is None

@@ -8,10 +8,12 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
+import pytest
 
-from headwater.processing import App, AppConfig, windows
+from headwater.processing import App, AppConfig, TopologyError, windows
+from headwater.processing._backends.kafka import open_kafka
 
-from .cluster import create_topic, produce, read_topic, topic_config, unique
+from .cluster import create_topic, produce, read_topic, topic_config, topic_exists, unique
 
 SIZE_MS = 1_000
 
@@ -73,3 +75,17 @@ async def test_a_windowed_count_keeps_its_state_across_runs(cluster: str) -> Non
         assert counts == [model[window] - late[window]], window  # once, and right
     straddling = [w for w in finals if w not in closed_first and w[1] < 1200 * 7 - SIZE_MS]
     assert straddling  # windows counted partly by each run: their state was restored
+
+
+async def test_a_changelog_that_is_not_compacted_is_refused(cluster: str) -> None:
+    name = unique("retained")
+    create_topic(cluster, f"{name}-in", 2)
+    changelog = f"{name}-counts-changelog"
+    create_topic(cluster, changelog, 2, {"cleanup.policy": "delete"})  # made by hand, wrongly
+    with pytest.raises(TopologyError, match=rf"{changelog}.*cleanup\.policy=delete") as refused:
+        await windowed_count(name, cluster).run_async(until_caught_up=True)
+    assert f"headwater topics alter {changelog} -c cleanup.policy=compact" in str(refused.value)
+    assert not topic_exists(cluster, f"{name}-out")  # refused before anything ran
+    async with open_kafka(cluster) as backend:
+        assert await backend.cleanup_policy(changelog) == "delete"
+        assert await backend.cleanup_policy(unique("missing")) is None

@@ -20,6 +20,7 @@ from headwater.processing import (
     InProcessBackend,
     MissingSourceTopicError,
     OperatorError,
+    TopologyError,
     open_in_process,
 )
 from headwater.processing._backends import (
@@ -30,7 +31,7 @@ from headwater.processing._backends import (
 )
 from headwater.processing._backends.kafka import KafkaBackend
 from headwater.processing._encoding import OutRecords
-from headwater.store import RecordColumns, open_store, partition_for_key
+from headwater.store import RecordColumns, TopicConfig, open_store, partition_for_key
 
 from .helpers import committed, load, read, run_until_caught_up, values
 
@@ -485,3 +486,24 @@ async def test_no_periodic_commit_lands_while_the_run_leaves_its_group(data: Pat
     assert backend.committed >= 1  # the final commit, at least
     assert backend.committed_while_leaving == 0
     assert sorted(v["i"] for v in await values(data, "out")) == list(range(500))
+
+
+def counted(name: str) -> App:
+    app = App(name)
+    app.stream("clicks").key_by(lambda e: e["user"]).count(name="counts").to_stream().to("n")
+    return app
+
+
+async def test_a_changelog_that_is_not_compacted_is_refused(data: Path) -> None:
+    await load(data, "clicks", events(50), partitions=1)
+    async with open_store(data) as store:  # made by hand, with the default delete policy
+        await store.create_topic("tally-counts-changelog", TopicConfig(partitions=1))
+    with pytest.raises(TopologyError, match=r"cleanup\.policy=delete") as refused:
+        await run_until_caught_up(counted("tally"), data)
+    assert "headwater topics alter tally-counts-changelog -c cleanup.policy=compact" in str(
+        refused.value
+    )
+    async with open_store(data) as store:  # as `headwater topics alter` does
+        await store.alter_topic_config("tally-counts-changelog", {"cleanup.policy": "compact"})
+    stats = await run_until_caught_up(counted("tally"), data)
+    assert stats.records_in == 50 + 50  # its repartition topic's records count too
