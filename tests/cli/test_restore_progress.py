@@ -22,7 +22,14 @@ from headwater.cli._app_run import bar_state
 from headwater.cli._main import run
 from headwater.cli._metrics_http import serving_metrics
 from headwater.processing import RestoreProgress, open_in_process
-from headwater.store import NewRecord, TopicConfig, disable_metrics, enable_metrics, open_store
+from headwater.store import (
+    CleanupPolicy,
+    NewRecord,
+    TopicConfig,
+    disable_metrics,
+    enable_metrics,
+    open_store,
+)
 
 APP = """
 from headwater.processing import App
@@ -47,7 +54,9 @@ async def fill(data: Path) -> None:
     async with open_store(data) as store:
         await store.create_topic("in", TopicConfig(partitions=1))
         await store.append("in", [NewRecord(b'{"k": "new"}')], partition=0)
-        await store.create_topic(CHANGELOG, TopicConfig(partitions=1))
+        await store.create_topic(
+            CHANGELOG, TopicConfig(partitions=1, cleanup_policy=CleanupPolicy.COMPACT)
+        )
         for start in range(0, RECORDS, 100):  # counts of keys the input never has
             await store.append(
                 CHANGELOG,
