@@ -32,9 +32,8 @@ from headwater.store import (
     MAX_JSON_DEPTH,
     exact_dumps,
     exact_json,
-    exact_loads,
+    exact_loads_each,
     has_wide_integer,
-    wide_integer_rows,
 )
 
 from ._errors import ConnectorConfigError
@@ -252,9 +251,7 @@ class IngestPolicy:
                 deque(map(orjson.loads, lines), maxlen=0)
                 items: list[Any] | None = None
             else:
-                items = list(map(orjson.loads, lines))
-                for row in wide_integer_rows(lines):  # keys are taken exactly
-                    items[row] = exact_loads(lines[row])
+                items = exact_loads_each(lines)  # keys are taken exactly
         except orjson.JSONDecodeError:
             for number, line in enumerate(lines, 1):
                 try:

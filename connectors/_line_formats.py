@@ -12,8 +12,8 @@ with their line numbers, for the dead-letter topic.
   JSON object from header names to the row's fields (strings). A row with another
   number of fields, or that the csv module refuses (an unterminated quote: a field may
   not span lines), is malformed. Blank lines are skipped. A chunk's rows are read by one
-  ``csv.reader`` and its objects written in one orjson call (``serialize_many``), three
-  times as fast as a reader and a ``dumps`` per line; a chunk that one reader cannot
+  ``csv.reader`` and its objects written in one orjson call (``serialize_many``), about
+  twice as fast as a reader and a ``dumps`` per line; a chunk that one reader cannot
   read exactly as it would read each line alone (a line that is not UTF-8 or that the
   csv module refuses, a quoted field running over a line end) is read line by line.
 - ``text``: every line is a record, its bytes as they are (an empty line too).
@@ -126,6 +126,16 @@ def _too_long(size: int) -> str:
     return f"a value of {size} bytes exceeds the topic's max_message_bytes (first KiB kept)"
 
 
+def _row_fault(number: int, row: list[str], header: list[str] | None) -> str | None:
+    """Return why CSV ``row`` (line ``number``) is malformed, or None: it is the header
+    (line 1 while there is none yet) or a record under ``header``."""
+    if header is None:
+        return None if number == 1 else "no header row: the file's first line is missing"
+    if len(row) != len(header):
+        return f"expected {len(header)} fields, got {len(row)}"
+    return None
+
+
 def _parse_csv(
     lines: list[bytes], first_line: int, header: list[str] | None, limit: float
 ) -> ParsedLines:
@@ -138,17 +148,14 @@ def _parse_csv(
     objects: list[dict[str, str]] = []
     kept: list[tuple[int, bytes]] = []
     for (number, line), row in zip(numbered, rows, strict=True):
-        if header is None:
-            if number != 1:
-                rejected.append((number, line, "no header row: the file's first line is missing"))
-                continue
+        fault = _row_fault(number, row, header)
+        if fault is not None:
+            rejected.append((number, line, fault))
+        elif header is None:
             header = out.header = row
-            continue
-        if len(row) != len(header):
-            rejected.append((number, line, f"expected {len(header)} fields, got {len(row)}"))
-            continue
-        objects.append(dict(zip(header, row, strict=True)))
-        kept.append((number, line))
+        else:
+            objects.append(dict(zip(header, row, strict=True)))
+            kept.append((number, line))
     values = _JSON.serialize_many(objects)  # names and fields are strings: they encode
     if max(map(len, values), default=0) > limit:
         fitting = []
@@ -195,14 +202,12 @@ def _parse_csv_one_by_one(
             out.reject(number, line, f"not a CSV row: {exc}")
             continue
         row = rows[0] if rows else []
-        if header is None:
-            if number != 1:
-                out.reject(number, line, "no header row: the file's first line is missing")
-                continue
-            header = out.header = row
+        fault = _row_fault(number, row, header)
+        if fault is not None:
+            out.reject(number, line, fault)
             continue
-        if len(row) != len(header):
-            out.reject(number, line, f"expected {len(header)} fields, got {len(row)}")
+        if header is None:
+            header = out.header = row
             continue
         value = orjson.dumps(dict(zip(header, row, strict=True)))
         if len(value) > limit:

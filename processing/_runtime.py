@@ -449,7 +449,7 @@ class Runtime:
                     "is lost) or restore the partition count"
                 )
             else:
-                await self._check_compacted(backend, topic)
+                await _check_compacted(backend, topic)
         internal = set(graph.topics(Role.SOURCE, internal=True))
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
@@ -468,22 +468,6 @@ class Runtime:
         read = set(self._plan.topics())
         self._internal_topics = [t for t in graph.topics(Role.SOURCE, internal=True) if t in read]
         return counts
-
-    async def _check_compacted(self, backend: Backend, changelog: str) -> None:
-        """Refuse a changelog that existed with a policy that is not compaction: retention
-        would delete the state of keys not written for a while, and a restore would then
-        miss it (as Kafka Streams validates its internal topics).
-
-        :raises TopologyError: naming the command that compacts it.
-        """
-        policy = await backend.cleanup_policy(changelog)
-        if policy is None or "compact" in policy.split(","):
-            return
-        raise TopologyError(
-            f"changelog {changelog!r} exists with cleanup.policy={policy}, so retention "
-            "would delete state that a restore needs: compact it (headwater topics alter "
-            f"{changelog} -c cleanup.policy=compact) or delete it (its state is lost)"
-        )
 
     async def run(self, stop: anyio.Event | None = None) -> RunStatistics:
         """Run until ``stop`` is set (or caught up, if asked); return the statistics.
@@ -1198,3 +1182,20 @@ class Runtime:
             await self._restart(gone=[])
         except ProducerFencedError as exc:
             self._fence(exc)
+
+
+async def _check_compacted(backend: Backend, changelog: str) -> None:
+    """Refuse a changelog that existed with a policy that is not compaction: retention
+    would delete the state of keys not written for a while, and a restore would then
+    miss it (as Kafka Streams validates its internal topics).
+
+    :raises TopologyError: naming the command that compacts it.
+    """
+    policy = await backend.cleanup_policy(changelog)
+    if policy is None or "compact" in policy.split(","):
+        return
+    raise TopologyError(
+        f"changelog {changelog!r} exists with cleanup.policy={policy}, so retention "
+        "would delete state that a restore needs: compact it (headwater topics alter "
+        f"{changelog} -c cleanup.policy=compact) or delete it (its state is lost)"
+    )

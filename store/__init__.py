@@ -62,6 +62,7 @@ from ._json_numbers import MAX_JSON_DEPTH as MAX_JSON_DEPTH
 from ._json_numbers import exact_dumps as exact_dumps
 from ._json_numbers import exact_json as exact_json
 from ._json_numbers import exact_loads as exact_loads
+from ._json_numbers import exact_loads_each as exact_loads_each
 from ._json_numbers import has_wide_integer as has_wide_integer
 from ._json_numbers import wide_integer_rows as wide_integer_rows
 from ._keys import canonical_key as canonical_key
@@ -172,6 +173,7 @@ __all__ = (
     "exact_dumps",
     "exact_json",
     "exact_loads",
+    "exact_loads_each",
     "has_wide_integer",
     "is_data_directory",
     "is_internal_topic",

@@ -34,6 +34,7 @@ __all__ = [
     "exact_dumps",
     "exact_json",
     "exact_loads",
+    "exact_loads_each",
     "has_wide_integer",
     "wide_integer_rows",
 ]
@@ -102,6 +103,19 @@ def exact_loads(text: bytes | bytearray | memoryview | str) -> Any:
             # either writes (orjson 254 levels), so the value cannot be written again.
             return value
     return value
+
+
+def exact_loads_each(texts: list[bytes]) -> list[Any]:
+    """Return :func:`exact_loads` of each of ``texts``: ``orjson.loads`` in one C loop,
+    and the standard library's ``json`` for the few with an integer beyond 64 bits.
+
+    :raises orjson.JSONDecodeError: (a ValueError) if a text is not JSON.
+    :raises TypeError: if a text is not bytes.
+    """
+    values = list(map(orjson.loads, texts))
+    for row in wide_integer_rows(texts):
+        values[row] = exact_loads(texts[row])
+    return values
 
 
 def exact_dumps(value: Any, option: int = 0) -> bytes:

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from headwater.groups import TopicPartition
-from headwater.store import exact_dumps, exact_loads, wide_integer_rows
+from headwater.store import exact_dumps, exact_loads, exact_loads_each
 
 from .._json_columns import dumps_each
 
@@ -125,15 +125,6 @@ SESSION_KEYS = KeyCodec("session", encode_session_key, decode_session_key)
 
 def _encode_json_value(value: Any) -> bytes:
     return exact_dumps(value)
-
-
-def _decode_json_values(values: list[bytes]) -> list[Any]:
-    """Return ``exact_loads`` of each of ``values``: ``orjson.loads`` in one C loop, and
-    the standard library's ``json`` for the few with an integer beyond 64 bits."""
-    decoded = list(map(orjson.loads, values))
-    for row in wide_integer_rows(values):
-        decoded[row] = exact_loads(values[row])
-    return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +369,7 @@ class MemoryStore:
         if decode_key is not _identity:
             keys = list(map(decode_key, keys))  # type: ignore[arg-type]
         if decode_value is exact_loads:
-            decoded = _decode_json_values(values)  # type: ignore[arg-type]
+            decoded = exact_loads_each(values)  # type: ignore[arg-type]
         else:
             decoded = list(map(decode_value, values))  # type: ignore[arg-type]
         data.update(zip(keys, decoded, strict=True))

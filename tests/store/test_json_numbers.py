@@ -17,6 +17,7 @@ from headwater.store import (
     exact_dumps,
     exact_json,
     exact_loads,
+    exact_loads_each,
     has_wide_integer,
     wide_integer_rows,
 )
@@ -201,3 +202,11 @@ def test_nesting_past_what_json_reads_or_writes_does_not_crash() -> None:
         inner = inner[-1]
     with pytest.raises(TypeError, match="Recursion limit"):  # as orjson says of depth
         exact_dumps(value)
+
+
+@given(st.lists(json_values, max_size=6))
+def test_exact_loads_each_is_exact_loads_of_each(values: list[Any]) -> None:
+    texts = [text_of(value) for value in values]
+    assert exact_loads_each(texts) == [exact_loads(text) for text in texts]
+    with pytest.raises(orjson.JSONDecodeError):
+        exact_loads_each([*texts, b"[1"])
