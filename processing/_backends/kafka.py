@@ -61,6 +61,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in __al
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
+    retry_if_result,
     stop_after_delay,
     wait_exponential,
 )
@@ -334,6 +335,42 @@ class KafkaBackend:
             error: KafkaError = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise log_error(error, what, self.bootstrap) from None
+        await self._await_visible(topic)
+
+    async def _await_visible(self, topic: str) -> None:
+        """Wait until the broker's metadata lists ``topic`` with a leader for every
+        partition.
+
+        The controller acknowledges a creation before the brokers have applied it, so a
+        caller that looks the topic up at once (its partition count, a produce) could
+        otherwise find nothing; Kafka Streams waits for its internal topics the same way.
+        """
+
+        async def ready() -> bool:
+            metadata = await self._call(
+                lambda: self._admin.list_topics(timeout=REQUEST_TIMEOUT_S),
+                f"looking up {topic!r}",
+            )
+            found = metadata.topics.get(topic)
+            return (
+                found is not None
+                and found.error is None
+                and bool(found.partitions)
+                and all(p.leader >= 0 for p in found.partitions.values())
+            )
+
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=stop_after_delay(REQUEST_TIMEOUT_S),
+            wait=wait_exponential(multiplier=0.01, max=0.25),
+            retry=retry_if_result(lambda visible: not visible),
+            retry_error_callback=lambda _: False,
+        )
+        if not await retrying(ready):
+            raise ClusterError(
+                f"topic {topic!r} was created on {self.bootstrap} but its brokers did not "
+                f"list it within {REQUEST_TIMEOUT_S:g} s: check the cluster's health"
+            )
 
     async def start_offset(self, topic: str, partition: int) -> int:
         """Return the first offset still stored in a partition."""

@@ -32,6 +32,22 @@ def create_topic(
     new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})
     for future in admin.create_topics([new], operation_timeout=TIMEOUT_S).values():
         future.result()
+    # The controller acknowledges before the brokers list the topic: wait for them.
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _has_leaders(admin, topic):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic!r} was not listed {TIMEOUT_S} s after creating it")
+        time.sleep(0.01)
+
+
+def _has_leaders(admin: AdminClient, topic: str) -> bool:
+    found = admin.list_topics(timeout=TIMEOUT_S).topics.get(topic)
+    return (
+        found is not None
+        and found.error is None
+        and bool(found.partitions)
+        and all(p.leader >= 0 for p in found.partitions.values())
+    )
 
 
 def clear(bootstrap: str, topics: Sequence[str], app: str) -> None:
