@@ -51,9 +51,11 @@ the records before each committed offset of a repartition partition
 An output's lineage names the repartition record it came from, so ``headwater trace``
 follows an output back through a repartition topic only while that record is kept. A
 purge that fails is logged and skipped: it is housekeeping, and never holds a commit up.
-A repartition topic that existed before keeps its configs. A store's changelog that
-existed before must be compacted (retention would delete state a restore needs): the app
-refuses to start otherwise, and says how to compact it.
+Internal topics that existed before the run are checked before anything is created, as
+Kafka Streams validates its own: a repartition topic must have the configs above (time
+or size retention, or compaction, could delete records not read yet), and a store's
+changelog must be compacted (retention would delete state a restore needs). The app
+refuses to start otherwise, and says which command fixes the topic.
 
 Metrics (``_metrics.py``): every operator counts the records that reach it and that it
 passes on, per batch; with the process's metrics on when the runtime is made, each
@@ -435,7 +437,11 @@ class Runtime:
             existing[topic] = await backend.partition_count(topic)
             counts = plan_topics(graph, existing)
         check_copartitioning(graph, counts)
-        # Existing changelogs are checked first: a refused one leaves nothing created.
+        # Existing internal topics are checked first: a refused one leaves nothing created.
+        internal = set(graph.topics(Role.SOURCE, internal=True))
+        for topic in sorted(internal):
+            if existing.get(topic) is not None:
+                _check_unretained(topic, await backend.topic_config(topic))
         changelogs = graph.changelogs(counts)
         missing = []
         for topic, partitions in changelogs.items():
@@ -449,8 +455,7 @@ class Runtime:
                     "is lost) or restore the partition count"
                 )
             else:
-                await _check_compacted(backend, topic)
-        internal = set(graph.topics(Role.SOURCE, internal=True))
+                _check_compacted(topic, await backend.topic_config(topic))
         for topic, partitions in counts.items():
             if existing.get(topic) is None:
                 logger.info(
@@ -1184,18 +1189,44 @@ class Runtime:
             self._fence(exc)
 
 
-async def _check_compacted(backend: Backend, changelog: str) -> None:
+def _check_compacted(changelog: str, config: Mapping[str, str] | None) -> None:
     """Refuse a changelog that existed with a policy that is not compaction: retention
     would delete the state of keys not written for a while, and a restore would then
     miss it (as Kafka Streams validates its internal topics).
 
     :raises TopologyError: naming the command that compacts it.
     """
-    policy = await backend.cleanup_policy(changelog)
-    if policy is None or "compact" in policy.split(","):
+    policy = (config or {}).get("cleanup.policy", "delete")
+    if config is None or "compact" in policy.split(","):
         return
     raise TopologyError(
         f"changelog {changelog!r} exists with cleanup.policy={policy}, so retention "
         "would delete state that a restore needs: compact it (headwater topics alter "
         f"{changelog} -c cleanup.policy=compact) or delete it (its state is lost)"
+    )
+
+
+def _check_unretained(topic: str, config: Mapping[str, str] | None) -> None:
+    """Refuse a repartition topic that existed with retention or compaction
+    (``INTERNAL_TOPIC_CONFIG`` has neither): its records keep their inputs' timestamps,
+    so a replay of old input would be deleted by time before the app reads it, and a
+    backlog by size; compaction would drop records that share a key, and refuses those
+    without one. The runtime deletes what it has read itself (the module docstring).
+
+    :raises TopologyError: naming the settings and the command that changes them.
+    """
+    if config is None:
+        return
+    wrong = [
+        f"{name}={config[name]}"
+        for name, wanted in INTERNAL_TOPIC_CONFIG.items()
+        if name in config and config[name] != wanted
+    ]
+    if not wrong:
+        return
+    settings = " ".join(f"-c {name}={wanted}" for name, wanted in INTERNAL_TOPIC_CONFIG.items())
+    raise TopologyError(
+        f"repartition topic {topic!r} exists with {', '.join(wrong)}, so records the app "
+        f"has not read yet could be deleted: change it (headwater topics alter {topic} "
+        f"{settings}) or delete it (records not yet read are lost)"
     )

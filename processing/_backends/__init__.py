@@ -115,9 +115,10 @@ class Backend(Protocol):
         """Return how many partitions ``topic`` has, or None if it does not exist."""
         ...
 
-    async def cleanup_policy(self, topic: str) -> str | None:
-        """Return ``topic``'s ``cleanup.policy`` as Kafka spells it (``"delete"``,
-        ``"compact"`` or ``"compact,delete"``), or None if it does not exist."""
+    async def topic_config(self, topic: str) -> Mapping[str, str] | None:
+        """Return ``topic``'s configs as Kafka names and spells them (``cleanup.policy``:
+        ``"delete"``, ``"compact"`` or ``"compact,delete"``; ``retention.ms``: ``"-1"``
+        for none, ...), defaults included, or None if it does not exist."""
         ...
 
     async def create_topic(

@@ -61,6 +61,7 @@ from headwater.store import (
     Store,
     TopicConfig,
     TopicExistsError,
+    kafka_config_entries,
     open_store,
 )
 
@@ -158,11 +159,11 @@ class InProcessBackend:
             return None
         return self.store.topic_config(topic).partitions
 
-    async def cleanup_policy(self, topic: str) -> str | None:
-        """Return ``topic``'s cleanup policy (None: no such topic)."""
+    async def topic_config(self, topic: str) -> Mapping[str, str] | None:
+        """Return ``topic``'s configs as Kafka spells them (None: no such topic)."""
         if not self.store.has_topic(topic):
             return None
-        return str(self.store.topic_config(topic).cleanup_policy)
+        return kafka_config_entries(self.store.topic_config(topic))
 
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None

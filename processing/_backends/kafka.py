@@ -294,9 +294,9 @@ class KafkaBackend:
             return None
         return len(found.partitions)
 
-    async def cleanup_policy(self, topic: str) -> str | None:
-        """Return ``topic``'s cleanup policy as the cluster describes it (None: no such
-        topic)."""
+    async def topic_config(self, topic: str) -> Mapping[str, str] | None:
+        """Return ``topic``'s configs as the cluster describes them, defaults included
+        (None: no such topic)."""
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         what = f"describing topic {topic!r}"
         futures = await self._call(
@@ -311,8 +311,9 @@ class KafkaBackend:
             if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 return None
             raise cluster_error(error, what, self.bootstrap) from None
-        entry = entries.get("cleanup.policy")
-        return "delete" if entry is None or entry.value is None else str(entry.value)
+        return {
+            name: str(entry.value) for name, entry in entries.items() if entry.value is not None
+        }
 
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None

@@ -50,6 +50,7 @@ from headwater.store import (
     RecordColumns,
     TopicConfig,
     TopicNotFoundError,
+    kafka_config_entries,
 )
 
 from .._encoding import OutRecords
@@ -132,10 +133,10 @@ class MemoryBackend:
         partitions = self._topics.get(topic)
         return None if partitions is None else len(partitions)
 
-    async def cleanup_policy(self, topic: str) -> str | None:
-        """Return ``topic``'s cleanup policy (None: no such topic)."""
+    async def topic_config(self, topic: str) -> Mapping[str, str] | None:
+        """Return ``topic``'s configs as Kafka spells them (None: no such topic)."""
         config = self.configs.get(topic)
-        return None if config is None else str(config.cleanup_policy)
+        return None if config is None else kafka_config_entries(config)
 
     async def create_topic(
         self, topic: str, partitions: int, config: Mapping[str, str] | None = None

@@ -12,6 +12,8 @@ from typing import Any
 import confluent_kafka as ck
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in __all__
     AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
     ConfigResource,
     NewTopic,
 )
@@ -91,6 +93,23 @@ def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     (future,) = admin.describe_configs([resource]).values()
     return {name: entry.value for name, entry in future.result(TIMEOUT_S).items()}
+
+
+def alter_topic(bootstrap: str, topic: str, changes: Mapping[str, str]) -> None:
+    """Set ``changes`` on ``topic``'s configs; return once the cluster describes them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entries = [
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+        for name, value in changes.items()
+    ]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
+    admin.incremental_alter_configs([resource])[resource].result(TIMEOUT_S)
+    # Brokers apply a change after the controller acknowledges it: wait for them.
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(topic_config(bootstrap, topic).get(k) != v for k, v in changes.items()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic!r} did not show {dict(changes)} after {TIMEOUT_S} s")
+        time.sleep(0.01)
 
 
 def produce(

@@ -41,10 +41,14 @@ async def test_topics_with_configs(backend: Backend) -> None:
         else backend.store.topic_config("t")  # type: ignore[attr-defined]
     )
     assert config.cleanup_policy is CleanupPolicy.COMPACT and config.retention_ms == 1000
-    assert await backend.cleanup_policy("t") == "compact"
+    found = await backend.topic_config("t")
+    assert found is not None
+    assert (found["cleanup.policy"], found["retention.ms"]) == ("compact", "1000")
     await backend.create_topic("d", 1)
-    assert await backend.cleanup_policy("d") == "delete"  # the default
-    assert await backend.cleanup_policy("missing") is None
+    defaults = await backend.topic_config("d")
+    assert defaults is not None
+    assert (defaults["cleanup.policy"], defaults["retention.bytes"]) == ("delete", "-1")
+    assert await backend.topic_config("missing") is None
     with pytest.raises(InvalidConfigError, match="unknown"):
         await backend.create_topic("u", 1, {"no.such.config": "1"})
     assert await backend.partition_count("u") is None

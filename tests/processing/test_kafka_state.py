@@ -13,7 +13,15 @@ import pytest
 from headwater.processing import App, AppConfig, TopologyError, windows
 from headwater.processing._backends.kafka import open_kafka
 
-from .cluster import create_topic, produce, read_topic, topic_config, topic_exists, unique
+from .cluster import (
+    alter_topic,
+    create_topic,
+    produce,
+    read_topic,
+    topic_config,
+    topic_exists,
+    unique,
+)
 
 SIZE_MS = 1_000
 
@@ -87,5 +95,27 @@ async def test_a_changelog_that_is_not_compacted_is_refused(cluster: str) -> Non
     assert f"headwater topics alter {changelog} -c cleanup.policy=compact" in str(refused.value)
     assert not topic_exists(cluster, f"{name}-out")  # refused before anything ran
     async with open_kafka(cluster) as backend:
-        assert await backend.cleanup_policy(changelog) == "delete"
-        assert await backend.cleanup_policy(unique("missing")) is None
+        found = await backend.topic_config(changelog)
+        assert found is not None and found["cleanup.policy"] == "delete"
+        assert await backend.topic_config(unique("missing")) is None
+
+
+async def test_a_repartition_topic_with_retention_is_refused(cluster: str) -> None:
+    name = unique("retained")
+    create_topic(cluster, f"{name}-in", 1)
+    produce(cluster, f"{name}-in", [orjson.dumps(event(i)) for i in range(20)], partitions=1)
+    internal = f"{name}-by-k-repartition"
+    create_topic(cluster, internal, 1)  # made by hand, with the cluster's week of retention
+
+    def rekeyed() -> App:
+        app = App(name, bootstrap=cluster)
+        app.stream(f"{name}-in").key_by(lambda e: e["k"]).repartition("by-k").to(f"{name}-out")
+        return app
+
+    with pytest.raises(TopologyError, match=rf"{internal}.*retention\.ms=604800000"):
+        await rekeyed().run_async(until_caught_up=True)
+    assert not topic_exists(cluster, f"{name}-out")  # refused before anything ran
+    alter_topic(cluster, internal, {"retention.ms": "-1"})
+    stats = await rekeyed().run_async(until_caught_up=True)
+    assert stats.records_in == 20 + 20
+    assert sorted(e["i"] for e in values(cluster, f"{name}-out")) == list(range(20))

@@ -507,3 +507,48 @@ async def test_a_changelog_that_is_not_compacted_is_refused(data: Path) -> None:
         await store.alter_topic_config("tally-counts-changelog", {"cleanup.policy": "compact"})
     stats = await run_until_caught_up(counted("tally"), data)
     assert stats.records_in == 50 + 50  # its repartition topic's records count too
+
+
+def rekeyed(name: str) -> App:
+    app = App(name)
+    app.stream("clicks").key_by(lambda e: e["user"]).repartition("by-user").to("located")
+    return app
+
+
+@pytest.mark.parametrize(
+    ("made_with", "wrong"),
+    [
+        ({}, "retention.ms=604800000"),  # the store's default: a week
+        ({"retention.ms": "-1", "retention.bytes": "1000000"}, "retention.bytes=1000000"),
+        ({"retention.ms": "-1", "cleanup.policy": "compact"}, "cleanup.policy=compact"),
+    ],
+)
+async def test_a_repartition_topic_that_could_lose_records_is_refused(
+    data: Path, made_with: dict[str, str], wrong: str
+) -> None:
+    await load(data, "clicks", events(50), partitions=1)
+    internal = "moved-by-user-repartition"
+    async with open_store(data) as store:  # made by hand, wrongly
+        await store.create_topic(
+            internal, TopicConfig.from_strings(made_with, TopicConfig(partitions=1))
+        )
+    with pytest.raises(TopologyError, match=rf"{internal}.*{wrong}") as refused:
+        await run_until_caught_up(rekeyed("moved"), data)
+    fix = "-c cleanup.policy=delete -c retention.ms=-1 -c retention.bytes=-1"
+    assert f"headwater topics alter {internal} {fix}" in str(refused.value)
+    async with open_store(data, read_only=True) as store:
+        assert not store.has_topic("located")  # refused before anything was created
+    async with open_store(data) as store:  # as `headwater topics alter` does
+        await store.alter_topic_config(
+            internal, {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+        )
+    stats = await run_until_caught_up(rekeyed("moved"), data)
+    assert stats.records_in == 50 + 50
+    assert sorted(e["i"] for e in await values(data, "located")) == list(range(50))
+
+
+async def test_a_repartition_topic_made_by_an_earlier_run_is_accepted(data: Path) -> None:
+    await load(data, "clicks", events(30), partitions=1)
+    assert (await run_until_caught_up(rekeyed("again"), data)).records_in == 60
+    await load(data, "clicks", events(30, start=30), partitions=1)
+    assert (await run_until_caught_up(rekeyed("again"), data)).records_in == 60
