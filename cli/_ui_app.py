@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from headwater.store import HeadwaterError, Record
+from headwater.store import HeadwaterError, Record, exact_dumps
 
 from ._access import LogAccess, RecordSink
 from ._app_commands import lineage
@@ -96,7 +96,8 @@ def create_app(context: UiContext, token: str | None) -> Starlette:
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status, media_type="application/json")
+    # exact_dumps: a record's JSON value may hold integers beyond 64 bits.
+    return Response(exact_dumps(content), status, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

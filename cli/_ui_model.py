@@ -17,13 +17,15 @@ Rates need two samples: without the one before, they are ``None``.
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from headwater.processing import App, source_of
-from headwater.store import MAX_JSON_DEPTH, Record, is_internal_topic
+from headwater.store import MAX_JSON_DEPTH, Record, exact_dumps, exact_loads, is_internal_topic
 
 from ._top_view import Sample, consumed_per_topic
 
@@ -204,19 +206,30 @@ def topology(app: App) -> Json:
 MAX_SHOWN_DEPTH = 240
 
 
+#: Digits enough for an integer a browser's ``JSON.parse`` may round (beyond 2**53).
+_LONG_DIGITS = re.compile(rb"\d{16}")
+
+
 def _bytes_json(data: bytes | None) -> Json | None:
     """Show bytes as JSON when they parse as JSON (and nest no deeper than
-    ``MAX_SHOWN_DEPTH``), else as text, else as base64."""
+    ``MAX_SHOWN_DEPTH``), else as text, else as base64.
+
+    Integers keep every digit (``exact_loads``). A browser reads integers beyond 2**53
+    rounded, so a value that may hold one carries its indented text too (``shown``),
+    which the page prints instead of its own rendering of ``json``.
+    """
     if data is None:
         return None
     try:
-        parsed = orjson.loads(data)
+        parsed = exact_loads(data)
     except orjson.JSONDecodeError:
         pass
     else:
         # A value nests at most as deep as it has opening brackets: most need no check.
         if data.count(b"[") + data.count(b"{") <= MAX_SHOWN_DEPTH or _shallow(parsed):
-            return {"json": parsed}
+            if _LONG_DIGITS.search(data) is None:
+                return {"json": parsed}
+            return {"json": parsed, "shown": json.dumps(parsed, indent=2, ensure_ascii=False)}
     try:
         text = data.decode()
     except UnicodeDecodeError:
@@ -239,7 +252,7 @@ def _shallow(value: Any) -> bool:
     for _ in range(MAX_JSON_DEPTH - MAX_SHOWN_DEPTH):
         value = [value]
     try:
-        orjson.dumps(value)
+        exact_dumps(value)
     except orjson.JSONEncodeError:
         return False
     return True

@@ -209,7 +209,7 @@ function renderAppRates(apps) {
 
 function shown(data) {
   if (data === null || data === undefined) return el("span", { class: "note" }, "(none)");
-  if ("json" in data) return el("pre", { class: "json" }, JSON.stringify(data.json, null, 2));
+  if ("json" in data) return el("pre", { class: "json" }, data.shown ?? JSON.stringify(data.json, null, 2));
   if ("text" in data) return el("pre", {}, data.text);
   return el("pre", { class: "note" }, `base64 ${data.base64}`);
 }

@@ -364,6 +364,12 @@ def test_a_broker_at_bootstrap_is_seen_and_browsed(broker: BrokerProcess) -> Non
         assert past.status_code == 400 and "past the end" in past.json()["error"]
         trace = ui.get("api/lineage", params={"topic": "ui-payments", "partition": 1, "offset": 0})
         assert [s["record"]["value"] for s in trace.json()["steps"]] == [{"json": {"amount": 5}}]
+        wide = '{"id": 123456789012345678901234567890}\n'  # beyond 64 bits: kept exactly
+        ok(run_headwater(None, "produce", "ui-payments", "-p", "0", *at, input=wide))
+        page = ui.get("api/records", params={"topic": "ui-payments", "partition": 0, "offset": 0})
+        (value,) = [r["value"] for r in page.json()["records"]]
+        assert value["json"] == {"id": 123456789012345678901234567890}
+        assert '"id": 123456789012345678901234567890' in value["shown"]
     finally:
         status, log = ui.stop()
     assert status == 0, log

@@ -159,6 +159,20 @@ def test_the_page_shows_a_produced_record_and_lag_falling(
         wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, steps)) == 1, "its lineage")
         assert "a source event" in text_of(browser, steps)
 
+        # Integers past 2**53 show as written, not as the browser's JSON.parse reads them.
+        wide = '{"id": 123456789012345678901234567890, "seq": 9007199254740993}\n'
+        ok(run_headwater(data, "produce", "copied", input=wide))
+        click(browser, '#topics tr[data-topic="copied"][data-partition="0"] a.browse')
+        cells = '#records tbody tr[data-topic="copied"] td.value'
+
+        def shown(d: Driver) -> bool:
+            texts = [e.text for e in d.find_elements(By.CSS_SELECTOR, cells)]
+            return any('"seq": 9007199254740993' in t for t in texts) and any(
+                '"id": 123456789012345678901234567890' in t for t in texts
+            )
+
+        wait(browser, shown, "the integers as written")
+
         browser.execute_script("window.scrollTo(0, 0)")
         shot = tmp_path / "ui.png"
         assert browser.save_screenshot(str(shot))

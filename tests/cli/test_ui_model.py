@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import click
 import orjson
@@ -156,3 +157,17 @@ def test_a_failed_look_is_said_in_one_line() -> None:
     assert failure_message(ExceptionGroup("x", [busy])) == "data directory d is busy"
     assert failure_message(TopicNotFoundError("no topic 'x'")) == "no topic 'x'"
     assert failure_message(RuntimeError("boom")) == "RuntimeError: boom"
+
+
+def test_integers_a_browser_would_round_are_kept_and_shown_as_written() -> None:
+    text = b'{"id": 123456789012345678901234567890, "seq": 9007199254740993, "x": [1.5]}'
+    value = record_json("t", 0, Record(0, 0, None, text, ()))["value"]
+    exact = {"id": 123456789012345678901234567890, "seq": 9007199254740993, "x": [1.5]}
+    assert value["json"] == exact
+    # The page prints this text: a browser's JSON.parse would read 9007199254740992.
+    assert value["shown"] == json.dumps(exact, indent=2)
+    assert "9007199254740993" in value["shown"]
+    # Fifteen digits or fewer: a browser reads them exactly, and renders the value itself.
+    assert record_json("t", 0, Record(0, 0, None, b'{"n": 123456789012345}', ()))["value"] == {
+        "json": {"n": 123456789012345}
+    }
