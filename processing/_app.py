@@ -363,13 +363,8 @@ class App:
         from ._backends.kafka import open_kafka  # noqa: PLC0415 - librdkafka only when used
 
         try:
-            session_ms = self.config.session_timeout_ms
-            member: dict[str, int | str] = {
-                "session.timeout.ms": session_ms,
-                # Kafka's advice: heartbeats at most a third of the session apart.
-                "heartbeat.interval.ms": max(1, min(3000, session_ms // 3)),
-            }
             config = self.config
+            member = member_settings(config)
             transactional_id = None
             if config.instance_id is not None:
                 member["group.instance.id"] = f"{self.name}-{config.instance_id}"
@@ -555,3 +550,24 @@ def _fewer_gc_passes() -> Iterator[None]:
     finally:
         gc.unfreeze()
         gc.set_threshold(*old)
+
+
+#: Longest time between a group member's heartbeats on a cluster.
+MAX_HEARTBEAT_MS = 1_000
+
+
+def member_settings(config: AppConfig) -> dict[str, int | str]:
+    """Return the librdkafka settings of an app's group members on a cluster.
+
+    A member of Kafka's classic group protocol learns that its group rebalances only
+    from the answer to a heartbeat, so a worker that joins a running group (the workers of
+    ``headwater worker --processes N`` starting together, a scale-out) gets partitions
+    once every other member has sent one. Heartbeats are therefore at most
+    :data:`MAX_HEARTBEAT_MS` apart rather than Kafka's default 3 s, and at most a third of
+    the session apart, as Kafka advises.
+    """
+    session_ms = config.session_timeout_ms
+    return {
+        "session.timeout.ms": session_ms,
+        "heartbeat.interval.ms": max(1, min(MAX_HEARTBEAT_MS, session_ms // 3)),
+    }

@@ -36,7 +36,8 @@ split tasks). Offsets are committed with their metadata through the group member
 automatically. Nothing blocks the event loop: librdkafka's blocking calls run in threads
 of their own, whose results and callbacks reach the loop through ``anyio.from_thread``.
 Settings: an app's ``AppConfig.session_timeout_ms`` becomes the group members'
-``session.timeout.ms`` (heartbeats a third of it apart, at most 3 s).
+``session.timeout.ms`` (heartbeats a third of it apart, at most 1 s: see
+``_app.member_settings``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from headwater.processing import AppConfig
+from headwater.processing._app import member_settings
+
 from .cluster import (
     clear,
     committed,
@@ -267,3 +270,15 @@ def test_a_frozen_worker_loses_its_partitions_then_rejoins(cluster: str, tmp_pat
     assert set(out) == set(range(6000))
     commits = committed(cluster, name, f"{name}-in", 4)
     assert {p: offset for p, (offset, _) in commits.items()} == dict.fromkeys(range(4), 1500)
+
+
+@pytest.mark.parametrize(
+    ("session_ms", "heartbeat_ms"), [(45_000, 1_000), (6_000, 1_000), (1_500, 500)]
+)
+def test_members_heartbeat_often_enough_to_rebalance_within_a_second(
+    session_ms: int, heartbeat_ms: int
+) -> None:
+    # A joining worker waits for every other member's next heartbeat: with Kafka's
+    # default (3 s), a worker of `headwater worker --processes 2` often started 3 s late.
+    settings = member_settings(AppConfig(session_timeout_ms=session_ms))
+    assert settings == {"session.timeout.ms": session_ms, "heartbeat.interval.ms": heartbeat_ms}
