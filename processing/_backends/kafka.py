@@ -87,7 +87,16 @@ REQUEST_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 
 #: How every consumer reads: committed records only, and told where a partition ends.
-_READING = {"isolation.level": "read_committed", "enable.partition.eof": True}
+#: librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1 s by
+#: default) whenever its local queue is over ``queued.min.messages``, which happens as
+#: soon as the cluster is ahead of the Python loop; the fetcher pauses a partition itself
+#: when its reader falls behind (``_kafka_fetch.py``), so the long backoff only idles
+#: partitions that are about to be read.
+_READING = {
+    "isolation.level": "read_committed",
+    "enable.partition.eof": True,
+    "fetch.queue.backoff.ms": 10,
+}
 
 librdkafka_logger = logging.getLogger("headwater.processing.librdkafka")
 # librdkafka's own lines (connection attempts, retries) are for debugging: what matters
