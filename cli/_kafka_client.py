@@ -105,7 +105,7 @@ class Cluster(ClusterClient):
     def reader_consumer(self, **settings: Any) -> Consumer:
         """Return a consumer that assigns partitions itself and never commits."""
         return Consumer(
-            self.config(
+            self.consumer_config(
                 **{
                     "group.id": READER_GROUP,
                     "client.id": "headwater-cli",

@@ -112,7 +112,7 @@ async def read_group(
 ) -> None:
     """Deliver ``topic`` into ``sink`` as a member of ``group``; commit what it took."""
     consumer = Consumer(
-        cluster.config(
+        cluster.consumer_config(
             **{
                 "group.id": group,
                 "isolation.level": isolation.name.lower(),

@@ -123,7 +123,7 @@ class KafkaGroups:
         }
         return KafkaGroupConsumer(
             self.cluster,
-            Consumer(self.cluster.config(**settings)),
+            Consumer(self.cluster.consumer_config(**settings)),
             list(topics),
             (on_assigned, on_revoked, on_lost),
         )

@@ -386,7 +386,7 @@ class KafkaPositionStore:
         """Read every partition of the topic (one, unless made otherwise) to its end."""
         cluster = self.log.cluster
         consumer = Consumer(
-            cluster.config(
+            cluster.consumer_config(
                 **{
                     "group.id": "headwater-connect-positions",  # assigned, never committed
                     "enable.auto.commit": False,

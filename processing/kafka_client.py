@@ -37,7 +37,22 @@ from headwater.store import HeadwaterError, Record
 
 from ._errors import ClusterError
 
-__all__ = ("PROBE_S", "TIMEOUT_S", "ClusterClient", "blocking", "finish", "to_record")
+__all__ = (
+    "CONSUMER_SETTINGS",
+    "PROBE_S",
+    "TIMEOUT_S",
+    "ClusterClient",
+    "blocking",
+    "finish",
+    "to_record",
+)
+
+#: Settings of every consumer headwater makes. librdkafka postpones a partition's next
+#: fetch by ``fetch.queue.backoff.ms`` (1 s by default) whenever its local queue is over
+#: ``queued.min.messages``, which happens as soon as the cluster is ahead of the Python
+#: code reading it; the queue's thresholds still bound its memory, so a short backoff
+#: only stops idling partitions that are about to be read.
+CONSUMER_SETTINGS: Mapping[str, Any] = {"fetch.queue.backoff.ms": 10}
 
 T = TypeVar("T")
 _Headers = tuple[tuple[str, bytes | None], ...]
@@ -114,6 +129,11 @@ class ClusterClient:
             "error_cb": self._on_error,
             **settings,
         }
+
+    def consumer_config(self, **settings: Any) -> dict[str, Any]:
+        """Return :meth:`config` for a consumer: with :data:`CONSUMER_SETTINGS` under
+        ``settings``."""
+        return self.config(**{**CONSUMER_SETTINGS, **settings})
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() in _UNREACHABLE and self.unreachable_reason is None:

@@ -73,6 +73,7 @@ from headwater.store import RecordColumns
 from .._encoding import OutRecords
 from .._errors import ClusterError
 from .._handoff import Handoff
+from ..kafka_client import CONSUMER_SETTINGS
 from . import CLUSTER_BATCH_BYTES, Membership, PartitionsHandler
 from ._bootstrap import check_bootstrap
 from ._kafka_errors import RETRIABLE_CODES, cluster_error, group_error, log_error
@@ -86,17 +87,10 @@ REQUEST_TIMEOUT_S = 30.0
 #: How long the first contact may take before the cluster is reported unreachable.
 CONNECT_TIMEOUT_S = 10.0
 
-#: How every consumer reads: committed records only, and told where a partition ends.
-#: librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1 s by
-#: default) whenever its local queue is over ``queued.min.messages``, which happens as
-#: soon as the cluster is ahead of the Python loop; the fetcher pauses a partition itself
-#: when its reader falls behind (``_kafka_fetch.py``), so the long backoff only idles
-#: partitions that are about to be read.
-_READING = {
-    "isolation.level": "read_committed",
-    "enable.partition.eof": True,
-    "fetch.queue.backoff.ms": 10,
-}
+#: How every consumer reads: committed records only, and told where a partition ends
+#: (with the fetch backoff of :data:`~headwater.processing.kafka_client.CONSUMER_SETTINGS`:
+#: the fetcher pauses a partition itself when its reader falls behind).
+_READING = {"isolation.level": "read_committed", "enable.partition.eof": True, **CONSUMER_SETTINGS}
 
 librdkafka_logger = logging.getLogger("headwater.processing.librdkafka")
 # librdkafka's own lines (connection attempts, retries) are for debugging: what matters
