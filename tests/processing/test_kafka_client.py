@@ -12,7 +12,8 @@ def test_consumers_do_not_idle_a_partition_for_a_second_when_their_queue_fills()
     config = cluster.consumer_config(**{"group.id": "g"})
     assert config["fetch.queue.backoff.ms"] == CONSUMER_SETTINGS["fetch.queue.backoff.ms"] <= 100
     assert (config["group.id"], config["client.id"]) == ("g", "mine")
-    assert "fetch.queue.backoff.ms" not in cluster.config()  # a consumer property: producers would warn
+    # A consumer property: the producers and admin clients made from config() would warn.
+    assert "fetch.queue.backoff.ms" not in cluster.config()
     assert (
         cluster.consumer_config(**{"fetch.queue.backoff.ms": 500})["fetch.queue.backoff.ms"] == 500
     )
