@@ -139,6 +139,9 @@ def _row_fault(number: int, row: list[str], header: list[str] | None) -> str | N
 def _parse_csv(
     lines: list[bytes], first_line: int, header: list[str] | None, limit: float
 ) -> ParsedLines:
+    """Parse a chunk of CSV ``lines`` (the first is line ``first_line``) under ``header``
+    (None: the chunk starts the file) into JSON objects of at most ``limit`` bytes: all
+    rows by one reader, else line by line (see :func:`_rows_at_once`)."""
     numbered = [(number, line) for number, line in enumerate(lines, first_line) if line.strip()]
     rows = _rows_at_once([line for _, line in numbered])
     if rows is None:

@@ -1196,8 +1196,10 @@ def _check_compacted(changelog: str, config: Mapping[str, str] | None) -> None:
 
     :raises TopologyError: naming the command that compacts it.
     """
-    policy = (config or {}).get("cleanup.policy", "delete")
-    if config is None or "compact" in policy.split(","):
+    if config is None:
+        return
+    policy = config.get("cleanup.policy", "delete")
+    if "compact" in policy.split(","):
         return
     raise TopologyError(
         f"changelog {changelog!r} exists with cleanup.policy={policy}, so retention "

@@ -288,15 +288,18 @@ class KafkaBackend:
 
     async def partition_count(self, topic: str) -> int | None:
         """Return how many partitions ``topic`` has, or None if it does not exist."""
+        found = await self._listed(topic)
+        return None if found is None else len(found.partitions)
+
+    async def _listed(self, topic: str) -> Any:
+        """Return ``topic``'s metadata as the brokers list it (None: they list none)."""
         # All topics' metadata: asking for one topic by name may create it where the
         # cluster creates topics on first use.
         metadata = await self._call(
             lambda: self._admin.list_topics(timeout=REQUEST_TIMEOUT_S), f"looking up {topic!r}"
         )
         found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
-            return None
-        return len(found.partitions)
+        return None if found is None or found.error is not None else found
 
     async def topic_config(self, topic: str) -> Mapping[str, str] | None:
         """Return ``topic``'s configs as the cluster describes them, defaults included
@@ -352,14 +355,9 @@ class KafkaBackend:
         """
 
         async def ready() -> bool:
-            metadata = await self._call(
-                lambda: self._admin.list_topics(timeout=REQUEST_TIMEOUT_S),
-                f"looking up {topic!r}",
-            )
-            found = metadata.topics.get(topic)
+            found = await self._listed(topic)
             return (
                 found is not None
-                and found.error is None
                 and bool(found.partitions)
                 and all(p.leader >= 0 for p in found.partitions.values())
             )
